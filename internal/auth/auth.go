@@ -1,0 +1,187 @@
+package auth
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/wspresence/wspresence/events"
+)
+
+// ErrUnauthorized is wrapped by every refusal of a token or key.
+var ErrUnauthorized = errors.New("unauthorized")
+
+// Reason classifies a refusal.
+type Reason string
+
+// The reasons a token is refused.
+const (
+	ReasonMissing   Reason = "missing"
+	ReasonTooLarge  Reason = "too_large"
+	ReasonMalformed Reason = "malformed"
+	ReasonAlgorithm Reason = "algorithm"
+	ReasonSignature Reason = "signature"
+	ReasonExpired   Reason = "expired"
+	ReasonNotYet    Reason = "not_yet_valid"
+	ReasonNoExpiry  Reason = "no_expiry"
+	ReasonUserID    Reason = "user_id"
+)
+
+// Error is a refusal: it wraps ErrUnauthorized and says why.
+type Error struct {
+	Reason Reason
+	err    error
+}
+
+// Error implements error.
+func (e *Error) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("unauthorized: %s", e.Reason)
+	}
+	return fmt.Sprintf("unauthorized: %s: %v", e.Reason, e.err)
+}
+
+// Unwrap lets errors.Is match ErrUnauthorized and the underlying cause.
+func (e *Error) Unwrap() []error { return []error{ErrUnauthorized, e.err} }
+
+// ReasonOf returns the reason of a refusal, or "" if err is not one.
+func ReasonOf(err error) Reason {
+	var ae *Error
+	if errors.As(err, &ae) {
+		return ae.Reason
+	}
+	return ""
+}
+
+// MaxTokenBytes bounds the size of a token accepted for parsing.
+const MaxTokenBytes = 8 * 1024
+
+// DefaultLeeway is the clock skew tolerated on exp and nbf.
+const DefaultLeeway = 30 * time.Second
+
+// MinSecretBytes is the shortest HS256 secret accepted.
+const MinSecretBytes = 16
+
+// Verifier validates user tokens signed with one HS256 secret.
+type Verifier struct {
+	secret []byte
+	parser *jwt.Parser
+}
+
+// NewVerifier returns a Verifier for secret with the given leeway on exp and nbf, and now
+// as its clock (nil means time.Now).
+func NewVerifier(secret []byte, leeway time.Duration, now func() time.Time) (*Verifier, error) {
+	if len(secret) < MinSecretBytes {
+		return nil, fmt.Errorf("jwt secret is %d bytes, at least %d needed", len(secret), MinSecretBytes)
+	}
+	opts := []jwt.ParserOption{
+		jwt.WithLeeway(leeway),
+		jwt.WithExpirationRequired(),
+		jwt.WithJSONNumber(),
+	}
+	if now != nil {
+		opts = append(opts, jwt.WithTimeFunc(now))
+	}
+	return &Verifier{secret: append([]byte(nil), secret...), parser: jwt.NewParser(opts...)}, nil
+}
+
+// Verify checks token and returns its user id. The userId claim may be a string or a
+// number (rendered in decimal, as the original service accepted it).
+func (v *Verifier) Verify(token string) (string, error) {
+	switch {
+	case token == "":
+		return "", &Error{Reason: ReasonMissing}
+	case len(token) > MaxTokenBytes:
+		return "", &Error{Reason: ReasonTooLarge}
+	}
+	claims := jwt.MapClaims{}
+	_, err := v.parser.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
+		// HS256 only: "none", RS*, ES* and the longer HMACs are refused before any check.
+		if t.Method != jwt.SigningMethodHS256 {
+			return nil, errAlgorithm
+		}
+		return v.secret, nil
+	})
+	if err != nil {
+		return "", &Error{Reason: classify(err), err: err}
+	}
+	uid, err := userID(claims["userId"])
+	if err != nil {
+		return "", &Error{Reason: ReasonUserID, err: err}
+	}
+	return uid, nil
+}
+
+var errAlgorithm = errors.New("signing algorithm is not HS256")
+
+func classify(err error) Reason {
+	switch {
+	case errors.Is(err, errAlgorithm), errors.Is(err, jwt.ErrTokenUnverifiable):
+		return ReasonAlgorithm
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
+		return ReasonSignature
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return ReasonExpired
+	case errors.Is(err, jwt.ErrTokenNotValidYet), errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
+		return ReasonNotYet
+	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
+		return ReasonNoExpiry
+	}
+	return ReasonMalformed
+}
+
+func userID(v any) (string, error) {
+	var id string
+	switch x := v.(type) {
+	case nil:
+		return "", errors.New("userId claim is missing")
+	case string:
+		id = x
+	case json.Number:
+		if _, err := x.Int64(); err != nil {
+			return "", errors.New("userId claim is not an integer")
+		}
+		id = x.String()
+	default:
+		return "", fmt.Errorf("userId claim is a %T, not a string or number", v)
+	}
+	if err := events.ValidateUserID(id); err != nil {
+		return "", fmt.Errorf("userId claim: %w", err)
+	}
+	return id, nil
+}
+
+// Mint signs a token for userID valid for ttl from now, with iat, nbf and exp set.
+func Mint(secret []byte, userID string, ttl time.Duration, now time.Time) (string, error) {
+	if err := events.ValidateUserID(userID); err != nil {
+		return "", err
+	}
+	if ttl <= 0 {
+		return "", errors.New("ttl must be positive")
+	}
+	claims := jwt.MapClaims{
+		"userId": userID,
+		"iat":    now.Unix(),
+		"nbf":    now.Unix(),
+		"exp":    now.Add(ttl).Unix(),
+	}
+	return jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(secret)
+}
+
+// BearerToken returns the token of an "Authorization: Bearer <token>" header value, or
+// the value itself when it has no scheme (the original service's query-string form).
+func BearerToken(header string) string {
+	if scheme, rest, ok := strings.Cut(header, " "); ok && strings.EqualFold(scheme, "bearer") {
+		return strings.TrimSpace(rest)
+	}
+	return strings.TrimSpace(header)
+}
+
+// KeyMatches reports whether got equals the API key want, in constant time.
+func KeyMatches(want, got string) bool {
+	return got != "" && subtle.ConstantTimeCompare([]byte(want), []byte(got)) == 1
+}
