@@ -1,0 +1,376 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/presence"
+)
+
+// Local values of the EventBridge envelope fields that name an AWS account and region.
+const (
+	LocalAccount = "000000000000"
+	LocalRegion  = "local"
+)
+
+const projectorName = "presence"
+
+// projectBatchSize is how many log entries one projector transaction folds.
+const projectBatchSize = 1000
+
+// Grace is a grace timer to run: at Deadline, ExpireGrace(UserID).
+type Grace struct {
+	UserID   string
+	Deadline time.Time
+}
+
+// Projection reports what a projector run did.
+type Projection struct {
+	// Events is the number of log entries folded.
+	Events int
+	// Published is the number of events written to the outbox.
+	Published int
+	// Graces lists the grace timers the run started.
+	Graces []Grace
+	// Checkpoint is the sequence number the view has folded up to.
+	Checkpoint int64
+}
+
+// Project folds every log entry past the checkpoint into the view, in batches, each batch
+// one transaction with its outbox rows and the new checkpoint. Only one projector may run
+// at a time per store; it is safe to call again after an error (it resumes at the last
+// committed checkpoint).
+func (s *Store) Project(ctx context.Context) (Projection, error) {
+	var total Projection
+	for {
+		p, err := s.projectBatch(ctx)
+		total.Events += p.Events
+		total.Published += p.Published
+		total.Graces = append(total.Graces, p.Graces...)
+		if p.Checkpoint > 0 {
+			total.Checkpoint = p.Checkpoint
+		}
+		if err != nil {
+			return total, err
+		}
+		if p.Events < projectBatchSize {
+			return total, nil
+		}
+	}
+}
+
+// batchView caches the rows a projector batch touches.
+type batchView struct {
+	tx    *sql.Tx
+	users map[string]*presence.User
+	conns map[string]*presence.Conn
+	dirtU map[string]bool
+	dirtC map[string]bool
+}
+
+func (s *Store) projectBatch(ctx context.Context) (p Projection, err error) {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return p, fmt.Errorf("projector begin: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
+	var cp int64
+	if err := tx.QueryRowContext(ctx, `SELECT seq FROM checkpoints WHERE name = ?`, projectorName).Scan(&cp); err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return p, fmt.Errorf("read checkpoint: %w", err)
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT seq, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?`, cp, projectBatchSize)
+	if err != nil {
+		return p, fmt.Errorf("read change feed: %w", err)
+	}
+	type entry struct {
+		seq int64
+		e   events.ConnectionEvent
+	}
+	var feed []entry
+	for rows.Next() {
+		var en entry
+		var data string
+		if err := rows.Scan(&en.seq, &data); err != nil {
+			rows.Close()
+			return p, fmt.Errorf("scan change feed: %w", err)
+		}
+		if err := json.Unmarshal([]byte(data), &en.e); err != nil {
+			rows.Close()
+			return p, fmt.Errorf("decode event %d: %w", en.seq, err)
+		}
+		feed = append(feed, en)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return p, fmt.Errorf("read change feed: %w", err)
+	}
+	p.Checkpoint = cp
+	if len(feed) == 0 {
+		_ = tx.Rollback()
+		return p, nil
+	}
+	bv := &batchView{tx: tx, users: map[string]*presence.User{}, conns: map[string]*presence.Conn{},
+		dirtU: map[string]bool{}, dirtC: map[string]bool{}}
+	graces := map[string]time.Time{}
+	for _, en := range feed {
+		u, err := bv.user(ctx, en.e.UserID)
+		if err != nil {
+			return p, err
+		}
+		c, err := bv.conn(ctx, en.e.ConnectionID)
+		if err != nil {
+			return p, err
+		}
+		nu, nc, eff := presence.Apply(*u, *c, en.e, s.opts.Grace)
+		if nu != *u {
+			*u = nu
+			bv.dirtU[nu.ID] = true
+		}
+		if nc != *c {
+			*c = nc
+			bv.dirtC[nc.ID] = true
+		}
+		for _, pub := range eff.Publish {
+			ok, err := insertPublished(ctx, tx, pub, en.e.At)
+			if err != nil {
+				return p, err
+			}
+			if ok {
+				p.Published++
+			}
+		}
+		if eff.GraceStarted {
+			graces[nu.ID] = nu.GraceDeadline(s.opts.Grace)
+		} else if !nu.GracePending() {
+			delete(graces, nu.ID)
+		}
+		p.Checkpoint = en.seq
+	}
+	if err := bv.flush(ctx); err != nil {
+		return p, err
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO checkpoints (name, seq) VALUES (?, ?)
+		ON CONFLICT (name) DO UPDATE SET seq = excluded.seq`, projectorName, p.Checkpoint); err != nil {
+		return p, fmt.Errorf("write checkpoint: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return p, fmt.Errorf("projector commit: %w", err)
+	}
+	p.Events = len(feed)
+	for uid, d := range graces {
+		p.Graces = append(p.Graces, Grace{UserID: uid, Deadline: d})
+	}
+	return p, nil
+}
+
+func (bv *batchView) user(ctx context.Context, id string) (*presence.User, error) {
+	if u, ok := bv.users[id]; ok {
+		return u, nil
+	}
+	u, err := loadUser(ctx, bv.tx, id)
+	if err != nil {
+		return nil, err
+	}
+	bv.users[id] = &u
+	return &u, nil
+}
+
+func (bv *batchView) conn(ctx context.Context, id string) (*presence.Conn, error) {
+	if c, ok := bv.conns[id]; ok {
+		return c, nil
+	}
+	c := presence.Conn{ID: id}
+	var opened, closed, seen sql.NullInt64
+	var reason sql.NullString
+	err := bv.tx.QueryRowContext(ctx, `SELECT user_id, opened_at, closed_at, reason, last_seen FROM view_connections
+		WHERE connection_id = ?`, id).Scan(&c.UserID, &opened, &closed, &reason, &seen)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("load connection %s: %w", id, err)
+	}
+	c.OpenedAt, c.ClosedAt, c.LastSeen = fromNanos(opened), fromNanos(closed), fromNanos(seen)
+	c.Reason = events.CloseReason(reason.String)
+	bv.conns[id] = &c
+	return &c, nil
+}
+
+func (bv *batchView) flush(ctx context.Context) error {
+	for id := range bv.dirtU {
+		if err := saveUser(ctx, bv.tx, *bv.users[id]); err != nil {
+			return err
+		}
+	}
+	for id := range bv.dirtC {
+		c := bv.conns[id]
+		if _, err := bv.tx.ExecContext(ctx, `INSERT INTO view_connections (connection_id, user_id, opened_at, closed_at, reason, last_seen)
+			VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (connection_id) DO UPDATE SET opened_at = excluded.opened_at,
+			closed_at = excluded.closed_at, reason = excluded.reason, last_seen = excluded.last_seen`,
+			c.ID, c.UserID, toNanos(c.OpenedAt), toNanos(c.ClosedAt), nullString(string(c.Reason)), toNanos(c.LastSeen)); err != nil {
+			return fmt.Errorf("save connection %s: %w", c.ID, err)
+		}
+	}
+	return nil
+}
+
+type querier interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+func loadUser(ctx context.Context, q querier, id string) (presence.User, error) {
+	u := presence.User{ID: id, Announced: presence.AnnouncedOffline}
+	var last, since sql.NullInt64
+	var announced string
+	err := q.QueryRowContext(ctx, `SELECT live, last_activity, announced, offline_since FROM view_users WHERE user_id = ?`, id).
+		Scan(&u.Live, &last, &announced, &since)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return u, nil
+	case err != nil:
+		return u, fmt.Errorf("load user %s: %w", id, err)
+	}
+	u.LastActivity, u.OfflineSince, u.Announced = fromNanos(last), fromNanos(since), presence.Announced(announced)
+	return u, nil
+}
+
+func saveUser(ctx context.Context, tx *sql.Tx, u presence.User) error {
+	announced := u.Announced
+	if announced == "" {
+		announced = presence.AnnouncedOffline
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO view_users (user_id, live, last_activity, announced, offline_since)
+		VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET live = excluded.live, last_activity = excluded.last_activity,
+		announced = excluded.announced, offline_since = excluded.offline_since`,
+		u.ID, u.Live, toNanos(u.LastActivity), string(announced), toNanos(u.OfflineSince)); err != nil {
+		return fmt.Errorf("save user %s: %w", u.ID, err)
+	}
+	return nil
+}
+
+// insertPublished writes p to the outbox unless an event with its id is there already.
+func insertPublished(ctx context.Context, tx *sql.Tx, p events.Published, at time.Time) (bool, error) {
+	env, err := events.NewEnvelope(p, LocalAccount, LocalRegion, at)
+	if err != nil {
+		return false, err
+	}
+	data, err := json.Marshal(env)
+	if err != nil {
+		return false, fmt.Errorf("encode %s envelope: %w", p.DetailType(), err)
+	}
+	res, err := tx.ExecContext(ctx, `INSERT INTO published (event_id, detail_type, envelope) VALUES (?, ?, ?)
+		ON CONFLICT (event_id) DO NOTHING`, p.ID(), string(p.DetailType()), string(data))
+	if err != nil {
+		return false, fmt.Errorf("publish %s %s: %w", p.DetailType(), p.ID(), err)
+	}
+	n, _ := res.RowsAffected()
+	return n == 1, nil
+}
+
+// ExpireGrace runs the grace timer of userID: if its live set is still empty, it is still
+// announced online and the deadline has passed, the announced state becomes offline and
+// UserOffline is written to the outbox, in one transaction. It reports whether an event
+// was published. Running it twice, or too early, publishes nothing.
+func (s *Store) ExpireGrace(ctx context.Context, userID string) (published bool, err error) {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return false, fmt.Errorf("grace begin: %w", err)
+	}
+	defer func() {
+		if err != nil || !published {
+			_ = tx.Rollback()
+		}
+	}()
+	u, err := loadUser(ctx, tx, userID)
+	if err != nil {
+		return false, err
+	}
+	now := s.opts.Now()
+	nu, off, ok := presence.ExpireGrace(u, now, s.opts.Grace)
+	if !ok {
+		return false, nil
+	}
+	if err := saveUser(ctx, tx, nu); err != nil {
+		return false, err
+	}
+	if _, err := insertPublished(ctx, tx, off, now); err != nil {
+		return false, err
+	}
+	if err := tx.Commit(); err != nil {
+		return false, fmt.Errorf("grace commit: %w", err)
+	}
+	return true, nil
+}
+
+// PendingGraces lists the grace timers to run: users with no live connection still
+// announced online (after a restart, these timers are restored from here).
+func (s *Store) PendingGraces(ctx context.Context) ([]Grace, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT user_id, offline_since FROM view_users WHERE live = 0 AND announced = 'online'`)
+	if err != nil {
+		return nil, fmt.Errorf("list pending graces: %w", err)
+	}
+	defer rows.Close()
+	var out []Grace
+	for rows.Next() {
+		var uid string
+		var since sql.NullInt64
+		if err := rows.Scan(&uid, &since); err != nil {
+			return nil, fmt.Errorf("list pending graces: %w", err)
+		}
+		out = append(out, Grace{UserID: uid, Deadline: fromNanos(since).Add(s.opts.Grace)})
+	}
+	return out, rows.Err()
+}
+
+// Rebuild drops the view and folds the whole log again, then expires the grace periods
+// that are over, as the timers would have. The outbox keeps its rows: an event the
+// rebuild decides again has the same id and is not published twice. Run it only while no
+// other process uses the store.
+func (s *Store) Rebuild(ctx context.Context) (Projection, error) {
+	if _, err := s.w.ExecContext(ctx, dropView+viewSchema); err != nil {
+		return Projection{}, fmt.Errorf("reset view: %w", err)
+	}
+	p, err := s.Project(ctx)
+	if err != nil {
+		return p, err
+	}
+	graces, err := s.PendingGraces(ctx)
+	if err != nil {
+		return p, err
+	}
+	for _, g := range graces {
+		if _, err := s.ExpireGrace(ctx, g.UserID); err != nil {
+			return p, err
+		}
+	}
+	return p, nil
+}
+
+func toNanos(t time.Time) sql.NullInt64 {
+	if t.IsZero() {
+		return sql.NullInt64{}
+	}
+	return sql.NullInt64{Int64: t.UnixNano(), Valid: true}
+}
+
+func fromNanos(n sql.NullInt64) time.Time {
+	if !n.Valid {
+		return time.Time{}
+	}
+	return time.Unix(0, n.Int64).UTC()
+}
+
+func nullString(s string) sql.NullString { return sql.NullString{String: s, Valid: s != ""} }
+
+func jsonUnmarshal(data string, v any) error {
+	if err := json.Unmarshal([]byte(data), v); err != nil {
+		return fmt.Errorf("decode stored event: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,250 @@
+package sqlite_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/store/sqlite"
+)
+
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) Add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
+
+var t0 = time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC)
+
+func open(t *testing.T, path string, clk *clock, onCommit func(int)) *sqlite.Store {
+	t.Helper()
+	s, err := sqlite.Open(context.Background(), path, sqlite.Options{Grace: 5 * time.Second, Now: clk.Now, OnCommit: onCommit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func mustAppend(t *testing.T, s *sqlite.Store, evs ...events.ConnectionEvent) int {
+	t.Helper()
+	n, err := s.Append(context.Background(), evs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func mustProject(t *testing.T, s *sqlite.Store) sqlite.Projection {
+	t.Helper()
+	p, err := s.Project(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func detailTypes(t *testing.T, s *sqlite.Store) []events.DetailType {
+	t.Helper()
+	recs, err := s.PublishedSince(context.Background(), 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []events.DetailType
+	for _, r := range recs {
+		var env events.Envelope
+		if err := json.Unmarshal(r.Envelope, &env); err != nil {
+			t.Fatal(err)
+		}
+		if env.DetailType != r.DetailType || env.Source != events.Source {
+			t.Fatalf("envelope %s does not match its row", r.Envelope)
+		}
+		out = append(out, r.DetailType)
+	}
+	return out
+}
+
+func TestAppendIsIdempotentOnNaturalKey(t *testing.T) {
+	clk := &clock{t: t0}
+	s := open(t, filepath.Join(t.TempDir(), "db"), clk, nil)
+	defer s.Close()
+	open := events.Opened("u1", "c1", t0, "127.0.0.1", "test")
+	if n := mustAppend(t, s, open, open); n != 1 {
+		t.Fatalf("appended %d, want 1", n)
+	}
+	if n := mustAppend(t, s, open, events.Closed("u1", "c1", t0.Add(time.Second), events.ReasonClient)); n != 1 {
+		t.Fatalf("second append appended %d, want 1", n)
+	}
+	// A close reported again for another reason is the same close.
+	if n := mustAppend(t, s, events.Closed("u1", "c1", t0.Add(2*time.Second), events.ReasonGone)); n != 0 {
+		t.Fatalf("second close appended %d, want 0", n)
+	}
+	log, err := s.Log(context.Background())
+	if err != nil || len(log) != 2 {
+		t.Fatalf("log = %v, %v", log, err)
+	}
+	if _, err := s.Append(context.Background(), events.ConnectionEvent{Type: "Bogus"}); err == nil {
+		t.Fatal("invalid event appended")
+	}
+}
+
+func TestConcurrentAppendsShareTransactions(t *testing.T) {
+	clk := &clock{t: t0}
+	var commits, requests atomic.Int64
+	s := open(t, filepath.Join(t.TempDir(), "db"), clk, func(n int) { commits.Add(1); requests.Add(int64(n)) })
+	defer s.Close()
+	const n = 400
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := s.Append(context.Background(), events.Opened(fmt.Sprintf("u%d", i%50), fmt.Sprintf("c%d", i), t0, "", "")); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if requests.Load() != n {
+		t.Fatalf("%d requests committed, want %d", requests.Load(), n)
+	}
+	if commits.Load() >= n {
+		t.Fatalf("%d commits for %d concurrent appends: no group commit", commits.Load(), n)
+	}
+	t.Logf("%d appends in %d commits", n, commits.Load())
+	p := mustProject(t, s)
+	if p.Events != n {
+		t.Fatalf("projected %d events, want %d", p.Events, n)
+	}
+	online, err := s.OnlineUsers(context.Background(), "", 1000)
+	if err != nil || len(online) != 50 {
+		t.Fatalf("online = %d users, %v", len(online), err)
+	}
+}
+
+func TestProjectionTransitionsAndGrace(t *testing.T) {
+	clk := &clock{t: t0}
+	s := open(t, filepath.Join(t.TempDir(), "db"), clk, nil)
+	defer s.Close()
+	ctx := context.Background()
+	mustAppend(t, s, events.Opened("a", "a1", t0, "", ""), events.Opened("a", "a2", t0, "", ""), events.Opened("b", "b1", t0, "", ""))
+	mustProject(t, s)
+	users, _ := s.Users(ctx, []string{"a", "b", "nobody"})
+	if users[0].Connections != 2 || users[1].Connections != 1 || users[2].Online() || !users[2].LastActivity.IsZero() {
+		t.Fatalf("users = %+v", users)
+	}
+	mustAppend(t, s, events.Closed("a", "a1", t0.Add(time.Second), events.ReasonClient))
+	if p := mustProject(t, s); len(p.Graces) != 0 {
+		t.Fatalf("grace started with a connection left: %+v", p.Graces)
+	}
+	mustAppend(t, s, events.Closed("a", "a2", t0.Add(2*time.Second), events.ReasonClient))
+	p := mustProject(t, s)
+	if len(p.Graces) != 1 || p.Graces[0].UserID != "a" || !p.Graces[0].Deadline.Equal(t0.Add(7*time.Second)) {
+		t.Fatalf("graces = %+v", p.Graces)
+	}
+	clk.t = t0.Add(6 * time.Second)
+	if ok, err := s.ExpireGrace(ctx, "a"); err != nil || ok {
+		t.Fatalf("early expiry published=%v err=%v", ok, err)
+	}
+	clk.t = t0.Add(7 * time.Second)
+	if ok, err := s.ExpireGrace(ctx, "a"); err != nil || !ok {
+		t.Fatalf("expiry published=%v err=%v", ok, err)
+	}
+	if ok, _ := s.ExpireGrace(ctx, "a"); ok {
+		t.Fatal("second expiry published again")
+	}
+	got := detailTypes(t, s)
+	want := []events.DetailType{events.DetailUserOnline, events.DetailUserOnline, events.DetailUserOffline}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("published %v, want %v", got, want)
+	}
+}
+
+func TestRestartResumesFromCheckpointAndRebuildEqualsLive(t *testing.T) {
+	clk := &clock{t: t0}
+	path := filepath.Join(t.TempDir(), "db")
+	s := open(t, path, clk, nil)
+	ctx := context.Background()
+	for i := range 30 {
+		uid := fmt.Sprintf("u%d", i%7)
+		cid := fmt.Sprintf("c%d", i)
+		at := t0.Add(time.Duration(i) * time.Second)
+		mustAppend(t, s, events.Opened(uid, cid, at, "", ""), events.Activity(uid, cid, at.Add(time.Millisecond)))
+		if i%3 == 0 {
+			mustAppend(t, s, events.Closed(uid, cid, at.Add(2*time.Second), events.ReasonClient))
+		}
+	}
+	mustProject(t, s)
+	// Appended but not projected before the restart.
+	mustAppend(t, s, events.Closed("u1", "c1", t0.Add(time.Minute), events.ReasonExpired))
+	s.Close()
+
+	s = open(t, path, clk, nil)
+	defer s.Close()
+	if p := mustProject(t, s); p.Events != 1 {
+		t.Fatalf("after restart the projector folded %d events, want only the 1 past the checkpoint", p.Events)
+	}
+	clk.t = t0.Add(time.Hour)
+	graces, _ := s.PendingGraces(ctx)
+	for _, g := range graces {
+		if _, err := s.ExpireGrace(ctx, g.UserID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	live, err := s.Dump(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := detailTypes(t, s)
+	if _, err := s.Rebuild(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rebuilt, err := s.Dump(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(live, rebuilt) {
+		t.Fatalf("rebuilt view differs:\nlive    %+v\nrebuilt %+v", live, rebuilt)
+	}
+	if after := detailTypes(t, s); !reflect.DeepEqual(before, after) {
+		t.Fatalf("rebuild published again: %v -> %v", before, after)
+	}
+}
+
+func TestQueueAndOutbox(t *testing.T) {
+	clk := &clock{t: t0}
+	s := open(t, filepath.Join(t.TempDir(), "db"), clk, nil)
+	defer s.Close()
+	ctx := context.Background()
+	m := sqlite.QueuedMessage{MessageID: "m1", UserID: "u", Body: "hi", EnqueuedAt: t0}
+	if err := s.Enqueue(ctx, m, m, sqlite.QueuedMessage{MessageID: "m1", UserID: "v", Body: "hi", EnqueuedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	q, err := s.PendingMessages(ctx, 10)
+	if err != nil || len(q) != 2 || q[0].UserID != "u" || q[1].UserID != "v" {
+		t.Fatalf("queue = %+v, %v", q, err)
+	}
+	out := []events.Published{events.NewMessageDelivered("m1", "u", 1, t0), events.NewMessageUndeliverable("m1", "v", events.UndeliverableOffline, t0)}
+	if n, err := s.Complete(ctx, []int64{q[0].Seq, q[1].Seq}, out); err != nil || n != 2 {
+		t.Fatalf("Complete = %d, %v", n, err)
+	}
+	if n, _ := s.Complete(ctx, nil, out); n != 0 {
+		t.Fatalf("the same outcomes were published again (%d)", n)
+	}
+	if q, _ := s.PendingMessages(ctx, 10); len(q) != 0 {
+		t.Fatalf("queue not emptied: %+v", q)
+	}
+	head, _ := s.LastPublishedSeq(ctx)
+	recs, _ := s.PublishedSince(ctx, head-1, 10)
+	if len(recs) != 1 || recs[0].DetailType != events.DetailMessageUndeliverable {
+		t.Fatalf("PublishedSince(head-1) = %+v", recs)
+	}
+}
