@@ -282,3 +282,23 @@ func (s *Store) Log(ctx context.Context) ([]events.ConnectionEvent, error) {
 	}
 	return out, rows.Err()
 }
+
+// AllLiveConnections lists every live connection of the view (after a restart of the
+// local runtime these are the connections that died with the process).
+func (s *Store) AllLiveConnections(ctx context.Context) ([]presence.Conn, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT connection_id, user_id FROM view_connections
+		WHERE opened_at IS NOT NULL AND closed_at IS NULL ORDER BY user_id, connection_id`)
+	if err != nil {
+		return nil, fmt.Errorf("list live connections: %w", err)
+	}
+	defer rows.Close()
+	var out []presence.Conn
+	for rows.Next() {
+		var c presence.Conn
+		if err := rows.Scan(&c.ID, &c.UserID); err != nil {
+			return nil, fmt.Errorf("list live connections: %w", err)
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}

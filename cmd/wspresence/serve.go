@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"github.com/wspresence/wspresence/internal/auth"
+	"github.com/wspresence/wspresence/internal/localrt"
+	"github.com/wspresence/wspresence/internal/store/sqlite"
+)
+
+// sampleUser is the user of the sample token printed at start.
+const sampleUser = "1234"
+
+func serveFlags(cfg *localrt.Config, stderr io.Writer, getenv env) *flags {
+	f := newFlags("serve", "serve [flags]", stderr, getenv)
+	f.String(&cfg.Addr, "addr", "WSPRESENCE_ADDR", "listen address (port 0 picks a free port)")
+	f.String(&cfg.DataDir, "data", "WSPRESENCE_DATA", "data directory: store, generated secrets")
+	f.Duration(&cfg.OfflineGrace, "offline-grace", "WSPRESENCE_OFFLINE_GRACE", "time without connections before UserOffline")
+	f.String(&cfg.JWTSecret, "jwt-secret", "WSPRESENCE_JWT_SECRET", "HS256 secret of user tokens (generated into the data dir if empty)")
+	f.String(&cfg.APIKey, "api-key", "WSPRESENCE_API_KEY", "API key of the backend endpoints (generated into the data dir if empty)")
+	f.Int(&cfg.MaxConnectionsPerUser, "max-connections-per-user", "WSPRESENCE_MAX_CONNECTIONS_PER_USER", "simultaneous connections allowed per user")
+	f.Duration(&cfg.PingInterval, "ping-interval", "WSPRESENCE_PING_INTERVAL", "server ping period; an unanswered ping expires the connection")
+	f.Duration(&cfg.IdleTimeout, "idle-timeout", "WSPRESENCE_IDLE_TIMEOUT", "close connections silent for this long")
+	f.Duration(&cfg.ActivityInterval, "activity-interval", "WSPRESENCE_ACTIVITY_INTERVAL", "record client activity at most once per connection per interval")
+	f.Duration(&cfg.ShutdownTimeout, "shutdown-timeout", "WSPRESENCE_SHUTDOWN_TIMEOUT", "bound of the graceful shutdown")
+	f.Duration(&cfg.TombstoneRetention, "tombstone-retention", "WSPRESENCE_TOMBSTONE_RETENTION", "how long closed connections stay in the view")
+	f.List(&cfg.AllowedOrigins, "allowed-origins", "WSPRESENCE_ALLOWED_ORIGINS", "browser origins allowed to connect (host patterns, * for any)")
+	f.String(&cfg.LogLevel, "log-level", "WSPRESENCE_LOG_LEVEL", "debug, info, warn or error")
+	return f
+}
+
+func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) error {
+	cfg := localrt.DefaultConfig()
+	f := serveFlags(&cfg, stderr, getenv)
+	parseErr := f.parse(args)
+	if errors.Is(parseErr, errUsage) || errors.Is(parseErr, flagErrHelp) {
+		return parseErr
+	}
+	// Every problem at once: bad values from flags or environment, then Validate's.
+	if err := errors.Join(parseErr, cfg.Validate()); err != nil {
+		return fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	log := newLogger(stderr, cfg.LogLevel)
+	srv, err := localrt.New(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	if err := srv.Start(ctx); err != nil {
+		_ = srv.Shutdown(context.Background())
+		return err
+	}
+	tok, err := auth.Mint([]byte(srv.JWTSecret()), sampleUser, time.Hour, time.Now())
+	if err != nil {
+		_ = srv.Shutdown(context.Background())
+		return err
+	}
+	addr := srv.Addr().String()
+	fmt.Fprintf(stdout, `wspresence is listening on %[1]s (data in %[2]s)
+  WebSocket   ws://%[1]s/?Authorization=<JWT>
+  REST        http://%[1]s/user/online       (header X-Api-Key: <API key>)
+  Messages    POST http://%[1]s/messages
+  Events      http://%[1]s/events            (Server-Sent Events)
+  API key     %[3]s
+  Sample token for user %[4]s (valid 1h):
+    %[5]s
+  Try: wscat -c "ws://%[1]s/?Authorization=%[5]s"
+`, addr, cfg.DataDir, srv.APIKey(), sampleUser, tok)
+	select {
+	case <-ctx.Done():
+	case <-waitChan(srv):
+	}
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	log.Info("stopped")
+	return srv.Wait()
+}
+
+func waitChan(srv *localrt.Server) <-chan error {
+	ch := make(chan error, 1)
+	go func() { ch <- srv.Wait() }()
+	return ch
+}
+
+func newLogger(w io.Writer, level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
+}
+
+func rebuild(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) error {
+	cfg := localrt.DefaultConfig()
+	f := newFlags("rebuild", "rebuild [--data DIR]", stderr, getenv)
+	f.String(&cfg.DataDir, "data", "WSPRESENCE_DATA", "data directory of the store")
+	f.Duration(&cfg.OfflineGrace, "offline-grace", "WSPRESENCE_OFFLINE_GRACE", "grace period the view is folded with")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	lock, err := localrt.LockDataDir(cfg.DataDir)
+	if err != nil {
+		return fmt.Errorf("%w (stop the server first)", err)
+	}
+	defer lock.Close()
+	store, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, localrt.StoreFile), sqlite.Options{Grace: cfg.OfflineGrace})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	p, err := store.Rebuild(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "view rebuilt from %d events (checkpoint %d)\n", p.Events, p.Checkpoint)
+	return nil
+}

@@ -1,0 +1,140 @@
+package delivery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/wspresence/wspresence/events"
+)
+
+// ErrConnectionGone is returned by a Poster when the connection no longer exists (410 Gone
+// on AWS; an unknown or broken socket locally).
+var ErrConnectionGone = errors.New("connection gone")
+
+// ErrDeliveryFailed is returned by Deliver when no connection was reached and at least one
+// post failed for a reason other than gone: the message should be retried.
+var ErrDeliveryFailed = errors.New("delivery failed")
+
+// Connections reads the view. LiveConnections must be safe for concurrent use and return
+// the ids of the user's live connections (none for an unknown user).
+type Connections interface {
+	LiveConnections(ctx context.Context, userID string) ([]string, error)
+}
+
+// Poster posts a text frame to one connection. It returns ErrConnectionGone (wrapped or
+// not) when the connection no longer exists, and must be safe for concurrent use.
+type Poster interface {
+	Post(ctx context.Context, connectionID string, data []byte) error
+}
+
+// Log appends connection events (idempotently, by natural key).
+type Log interface {
+	Append(ctx context.Context, evs ...events.ConnectionEvent) (int, error)
+}
+
+// Deliverer delivers messages. Its fields are set once before use.
+type Deliverer struct {
+	Connections Connections
+	Poster      Poster
+	Log         Log
+	// Concurrency bounds the posts in flight for one message (default 8).
+	Concurrency int
+	// Now is the clock (default time.Now).
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+// Result is the outcome of delivering one message to one user.
+type Result struct {
+	// Delivered is the number of connections reached.
+	Delivered int
+	// Gone lists the connections found gone (and recorded closed).
+	Gone []string
+	// Failed is the number of posts that failed for another reason.
+	Failed int
+	// Outcome is the event to publish.
+	Outcome events.Published
+}
+
+// Deliver posts body to every live connection of userID. It returns an error wrapping
+// ErrDeliveryFailed when nothing was reached and some post failed for a reason other than
+// gone (the caller retries, and after its last attempt publishes Result.Outcome, which is
+// then MessageUndeliverable{failed}); any other error means the view or the log could not
+// be reached.
+func (d *Deliverer) Deliver(ctx context.Context, messageID, userID, body string) (Result, error) {
+	now := time.Now
+	if d.Now != nil {
+		now = d.Now
+	}
+	conns, err := d.Connections.LiveConnections(ctx, userID)
+	if err != nil {
+		return Result{}, fmt.Errorf("deliver %s to %s: %w", messageID, userID, err)
+	}
+	var res Result
+	if len(conns) > 0 {
+		res = d.post(ctx, conns, []byte(body))
+	}
+	if len(res.Gone) > 0 {
+		at := now()
+		closed := make([]events.ConnectionEvent, len(res.Gone))
+		for i, id := range res.Gone {
+			closed[i] = events.Closed(userID, id, at, events.ReasonGone)
+		}
+		if _, err := d.Log.Append(ctx, closed...); err != nil {
+			return res, fmt.Errorf("record gone connections of %s: %w", userID, err)
+		}
+	}
+	at := now()
+	switch {
+	case res.Delivered > 0:
+		res.Outcome = events.NewMessageDelivered(messageID, userID, res.Delivered, at)
+	case len(conns) == 0:
+		res.Outcome = events.NewMessageUndeliverable(messageID, userID, events.UndeliverableOffline, at)
+	case res.Failed == 0:
+		res.Outcome = events.NewMessageUndeliverable(messageID, userID, events.UndeliverableGone, at)
+	default:
+		res.Outcome = events.NewMessageUndeliverable(messageID, userID, events.UndeliverableFailed, at)
+		return res, fmt.Errorf("deliver %s to %s: %d of %d posts failed: %w", messageID, userID, res.Failed, len(conns), ErrDeliveryFailed)
+	}
+	return res, nil
+}
+
+func (d *Deliverer) post(ctx context.Context, conns []string, data []byte) Result {
+	limit := d.Concurrency
+	if limit <= 0 {
+		limit = 8
+	}
+	var (
+		mu  sync.Mutex
+		res Result
+		wg  sync.WaitGroup
+		sem = make(chan struct{}, limit)
+	)
+	for _, id := range conns {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			err := d.Poster.Post(ctx, id, data)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				res.Delivered++
+			case errors.Is(err, ErrConnectionGone):
+				res.Gone = append(res.Gone, id)
+			default:
+				res.Failed++
+				if d.Logger != nil {
+					d.Logger.WarnContext(ctx, "post to connection failed", "connectionId", id, "err", err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return res
+}

@@ -1,0 +1,116 @@
+package localrt
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/wspresence/wspresence/internal/auth"
+)
+
+// Config configures the local runtime. DefaultConfig gives the documented defaults; every
+// field can be set by a flag of `wspresence serve` or a WSPRESENCE_* environment variable.
+type Config struct {
+	// Addr is the listen address (WSPRESENCE_ADDR, default 127.0.0.1:8080). Port 0 picks one.
+	Addr string
+	// DataDir holds the store, the generated secrets and the lock (WSPRESENCE_DATA,
+	// default ./wspresence-data).
+	DataDir string
+	// OfflineGrace is how long a user must stay without connections before UserOffline
+	// (WSPRESENCE_OFFLINE_GRACE, default 5s).
+	OfflineGrace time.Duration
+	// JWTSecret signs user tokens (WSPRESENCE_JWT_SECRET); generated and kept in DataDir
+	// when empty.
+	JWTSecret string
+	// APIKey guards the backend endpoints (WSPRESENCE_API_KEY); generated and kept in
+	// DataDir when empty.
+	APIKey string
+	// MaxConnectionsPerUser caps a user's simultaneous connections
+	// (WSPRESENCE_MAX_CONNECTIONS_PER_USER, default 10).
+	MaxConnectionsPerUser int
+	// PingInterval is how often the server pings each connection
+	// (WSPRESENCE_PING_INTERVAL, default 30s); a ping unanswered within PingInterval
+	// closes the connection as expired.
+	PingInterval time.Duration
+	// IdleTimeout closes a connection that sent nothing for that long, as API Gateway does
+	// (WSPRESENCE_IDLE_TIMEOUT, default 10m).
+	IdleTimeout time.Duration
+	// ActivityInterval throttles ActivityRecorded to one per connection per interval
+	// (WSPRESENCE_ACTIVITY_INTERVAL, default 30s).
+	ActivityInterval time.Duration
+	// ShutdownTimeout bounds the graceful shutdown (WSPRESENCE_SHUTDOWN_TIMEOUT, default 10s).
+	ShutdownTimeout time.Duration
+	// TombstoneRetention is how long closed connections are remembered in the view
+	// (WSPRESENCE_TOMBSTONE_RETENTION, default 24h).
+	TombstoneRetention time.Duration
+	// AllowedOrigins lists the browser origins (host patterns) allowed to open a WebSocket
+	// (WSPRESENCE_ALLOWED_ORIGINS, comma-separated, default "*": tokens, not cookies,
+	// authenticate connections).
+	AllowedOrigins []string
+	// LogLevel is debug, info, warn or error (WSPRESENCE_LOG_LEVEL, default info).
+	LogLevel string
+}
+
+// DefaultConfig returns the documented defaults.
+func DefaultConfig() Config {
+	return Config{
+		Addr:                  "127.0.0.1:8080",
+		DataDir:               "./wspresence-data",
+		OfflineGrace:          5 * time.Second,
+		MaxConnectionsPerUser: 10,
+		PingInterval:          30 * time.Second,
+		IdleTimeout:           10 * time.Minute,
+		ActivityInterval:      30 * time.Second,
+		ShutdownTimeout:       10 * time.Second,
+		TombstoneRetention:    24 * time.Hour,
+		AllowedOrigins:        []string{"*"},
+		LogLevel:              "info",
+	}
+}
+
+// Validate reports every problem of c at once.
+func (c Config) Validate() error {
+	var errs []error
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		errs = append(errs, fmt.Errorf("addr %q: want host:port", c.Addr))
+	}
+	if strings.TrimSpace(c.DataDir) == "" {
+		errs = append(errs, errors.New("data dir is empty"))
+	}
+	if c.JWTSecret != "" && len(c.JWTSecret) < auth.MinSecretBytes {
+		errs = append(errs, fmt.Errorf("jwt secret is %d bytes, at least %d needed", len(c.JWTSecret), auth.MinSecretBytes))
+	}
+	if c.APIKey != "" && len(c.APIKey) < 16 {
+		errs = append(errs, fmt.Errorf("api key is %d bytes, at least 16 needed", len(c.APIKey)))
+	}
+	positive := []struct {
+		name string
+		d    time.Duration
+	}{
+		{"ping interval", c.PingInterval}, {"idle timeout", c.IdleTimeout},
+		{"activity interval", c.ActivityInterval}, {"shutdown timeout", c.ShutdownTimeout},
+		{"tombstone retention", c.TombstoneRetention},
+	}
+	for _, p := range positive {
+		if p.d <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive, got %s", p.name, p.d))
+		}
+	}
+	if c.OfflineGrace < 0 {
+		errs = append(errs, fmt.Errorf("offline grace must not be negative, got %s", c.OfflineGrace))
+	}
+	if c.MaxConnectionsPerUser < 1 {
+		errs = append(errs, fmt.Errorf("max connections per user must be at least 1, got %d", c.MaxConnectionsPerUser))
+	}
+	if len(c.AllowedOrigins) == 0 {
+		errs = append(errs, errors.New("allowed origins is empty (use * to allow any)"))
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log level %q: want debug, info, warn or error", c.LogLevel))
+	}
+	return errors.Join(errs...)
+}

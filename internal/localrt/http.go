@@ -1,0 +1,228 @@
+package localrt
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/auth"
+	"github.com/wspresence/wspresence/internal/httperr"
+	"github.com/wspresence/wspresence/internal/onlineapi"
+	"github.com/wspresence/wspresence/internal/store/sqlite"
+)
+
+// Limits of POST /messages.
+const (
+	// MaxRequestBytes caps a POST /messages body.
+	MaxRequestBytes = 4 << 20
+	// MaxMessagesPerRequest caps the messages of one POST /messages.
+	MaxMessagesPerRequest = 100
+)
+
+// sseKeepAlive spaces the comments that keep an idle event stream open through proxies.
+const sseKeepAlive = 15 * time.Second
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/{$}", s.handleWebSocket)
+	mux.HandleFunc("GET /healthz", s.handleHealth)
+	mux.Handle("/user/online", s.backend(s.handleOnline))
+	mux.Handle("/messages", s.backend(s.handleMessages))
+	mux.Handle("GET /events", s.backend(s.handleEvents))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		httperr.Write(w, r, s.log, httperr.New(http.StatusNotFound, httperr.CodeNotFound, "no such endpoint"))
+	})
+	return mux
+}
+
+// backend guards the endpoints meant for other services: the API key, as
+// "Authorization: Bearer <key>" or "X-Api-Key: <key>". A user JWT is not enough.
+func (s *Server) backend(next http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key := r.Header.Get("X-Api-Key")
+		if key == "" {
+			key = auth.BearerToken(r.Header.Get("Authorization"))
+		}
+		if !auth.KeyMatches(s.cfg.APIKey, key) {
+			s.log.Info("backend request refused", "path", r.URL.Path, "remote", r.RemoteAddr)
+			httperr.Write(w, r, s.log, httperr.New(http.StatusUnauthorized, httperr.CodeUnauthorized, "missing or wrong API key"))
+			return
+		}
+		next(w, r)
+	})
+}
+
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	if s.isStopping() {
+		httperr.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "stopping"})
+		return
+	}
+	httperr.WriteJSON(w, http.StatusOK, map[string]any{"status": "ok", "connections": s.hub.count()})
+}
+
+func methodNotAllowed(allow string) *httperr.Error {
+	return httperr.New(http.StatusMethodNotAllowed, httperr.CodeMethod, "use "+allow)
+}
+
+// handleOnline is GET /user/online, the original service's contract.
+func (s *Server) handleOnline(w http.ResponseWriter, r *http.Request) {
+	if !onlineapi.MethodAllowed(r.Method) {
+		w.Header().Set("Allow", "GET, HEAD")
+		httperr.Write(w, r, s.log, methodNotAllowed("GET"))
+		return
+	}
+	q, err := onlineapi.Parse(r.URL.RawQuery)
+	if err != nil {
+		httperr.Write(w, r, s.log, err)
+		return
+	}
+	var users []sqlite.UserStatus
+	if q.ByIDs() {
+		users, err = s.store.Users(r.Context(), q.UserIDs)
+	} else {
+		users, err = s.store.OnlineUsers(r.Context(), q.After, q.Limit+1)
+	}
+	if err != nil {
+		httperr.Write(w, r, s.log, err)
+		return
+	}
+	out := make([]onlineapi.Status, len(users))
+	for i, u := range users {
+		out[i] = onlineapi.NewStatus(u.UserID, u.Connections, u.LastActivity)
+	}
+	if !q.ByIDs() {
+		var next string
+		if out, next = onlineapi.Page(q, out); next != "" {
+			w.Header().Set(onlineapi.NextTokenHeader, next)
+		}
+	}
+	httperr.WriteJSON(w, http.StatusOK, out)
+}
+
+// EnqueueReply is the answer of POST /messages: the id of each accepted message, in order.
+type EnqueueReply struct {
+	MessageIDs []string `json:"messageIds"`
+}
+
+// handleMessages is POST /messages: the local queue's SendMessage. It answers 202 only
+// once every message is durable.
+func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", "POST")
+		httperr.Write(w, r, s.log, methodNotAllowed("POST"))
+		return
+	}
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxRequestBytes))
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			httperr.Write(w, r, s.log, httperr.BadRequest(httperr.CodeRequestTooLarge,
+				fmt.Sprintf("request body larger than %d bytes", MaxRequestBytes)))
+			return
+		}
+		httperr.Write(w, r, s.log, httperr.BadRequest(httperr.CodeInvalidRequest, "could not read the request body"))
+		return
+	}
+	msgs, err := events.DecodeMessages(data, MaxMessagesPerRequest)
+	if err != nil {
+		httperr.Write(w, r, s.log, httperr.BadRequest(httperr.CodeInvalidMessage, err.Error()))
+		return
+	}
+	now := s.now()
+	reply := EnqueueReply{MessageIDs: make([]string, len(msgs))}
+	var queued []sqlite.QueuedMessage
+	for i, m := range msgs {
+		if m.MessageID == "" {
+			m.MessageID = uuid.NewString()
+		}
+		reply.MessageIDs[i] = m.MessageID
+		for _, uid := range m.Recipients() {
+			queued = append(queued, sqlite.QueuedMessage{MessageID: m.MessageID, UserID: uid, Body: m.Body, EnqueuedAt: now})
+		}
+	}
+	if err := s.store.Enqueue(r.Context(), queued...); err != nil {
+		if errors.Is(err, sqlite.ErrClosed) {
+			httperr.Write(w, r, s.log, httperr.New(http.StatusServiceUnavailable, httperr.CodeUnavailable, "server is shutting down"))
+			return
+		}
+		httperr.Write(w, r, s.log, err)
+		return
+	}
+	httperr.WriteJSON(w, http.StatusAccepted, reply)
+}
+
+// handleEvents is GET /events: the published events as Server-Sent Events, each data line
+// an EventBridge envelope, each id the outbox sequence number. A client resumes with the
+// Last-Event-ID header (or ?after=SEQ; ?after=0 replays everything kept); without either
+// the stream starts at the present.
+func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		httperr.Write(w, r, s.log, errors.New("response writer cannot flush"))
+		return
+	}
+	ctx := r.Context()
+	cursorText := r.Header.Get("Last-Event-ID")
+	if cursorText == "" {
+		cursorText = r.URL.Query().Get("after")
+	}
+	var cursor int64
+	if cursorText != "" {
+		n, err := strconv.ParseInt(cursorText, 10, 64)
+		if err != nil || n < 0 {
+			httperr.Write(w, r, s.log, httperr.BadRequest(httperr.CodeInvalidRequest, "Last-Event-ID / after must be a non-negative integer"))
+			return
+		}
+		cursor = n
+	} else {
+		head, err := s.store.LastPublishedSeq(ctx)
+		if err != nil {
+			httperr.Write(w, r, s.log, err)
+			return
+		}
+		cursor = head
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	fmt.Fprint(w, ": wspresence events\n\n")
+	flusher.Flush()
+	keepAlive := time.NewTicker(sseKeepAlive)
+	defer keepAlive.Stop()
+	for {
+		wait := s.bus.wait() // taken before reading, so no notification is missed
+		recs, err := s.store.PublishedSince(ctx, cursor, 500)
+		if err != nil {
+			if ctx.Err() == nil && !s.isStopping() {
+				s.log.Error("read outbox", "err", err)
+			}
+			return
+		}
+		for _, rec := range recs {
+			fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", rec.Seq, rec.DetailType, rec.Envelope)
+			cursor = rec.Seq
+		}
+		if len(recs) > 0 {
+			flusher.Flush()
+		}
+		if len(recs) == 500 {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.stopping:
+			return
+		case <-wait:
+		case <-keepAlive.C:
+			fmt.Fprint(w, ": keep-alive\n\n")
+			flusher.Flush()
+		}
+	}
+}

@@ -1,0 +1,252 @@
+package localrt
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/delivery"
+	"github.com/wspresence/wspresence/internal/store/sqlite"
+)
+
+const (
+	// deliverBatch is how many queued messages one pump cycle takes.
+	deliverBatch = 256
+	// deliverWorkers bounds the users delivered to at once.
+	deliverWorkers = 32
+	// maxAttempts is how often a message whose posts fail is tried before it is reported
+	// MessageUndeliverable{failed}.
+	maxAttempts = 3
+	// retryDelay spaces the attempts.
+	retryDelay = time.Second
+)
+
+// pump is the local stand-in for the stream and queue triggers: on every commit it folds
+// the change feed into the view, then delivers the queued messages.
+func (s *Server) pump(ctx context.Context) {
+	attempts := map[int64]int{}
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.store.Appended():
+		case <-s.kick:
+		case <-retry.C:
+		}
+		more, retryLater := s.cycle(ctx, attempts)
+		if more {
+			s.wake()
+		}
+		if retryLater {
+			retry.Reset(retryDelay)
+		}
+	}
+}
+
+func (s *Server) wake() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// cycle runs one pass. The queue is read before the projector runs, so every connection
+// opened before a message was accepted is in the view the message is delivered from.
+func (s *Server) cycle(ctx context.Context, attempts map[int64]int) (more, retryLater bool) {
+	msgs, err := s.store.PendingMessages(ctx, deliverBatch)
+	if err != nil {
+		s.log.Error("read queue", "err", err)
+		return false, true
+	}
+	if err := s.project(ctx); err != nil {
+		s.log.Error("projector", "err", err)
+		return false, true
+	}
+	if len(msgs) == 0 {
+		return false, false
+	}
+	retryLater = s.deliver(ctx, msgs, attempts)
+	return len(msgs) == deliverBatch, retryLater
+}
+
+func (s *Server) project(ctx context.Context) error {
+	p, err := s.store.Project(ctx)
+	for _, g := range p.Graces {
+		s.graces.schedule(g.UserID, g.Deadline)
+	}
+	if p.Published > 0 {
+		s.bus.notify()
+	}
+	return err
+}
+
+// deliver delivers msgs, one user's messages in queue order, users in parallel, and
+// completes those with an outcome in one transaction.
+func (s *Server) deliver(ctx context.Context, msgs []sqlite.QueuedMessage, attempts map[int64]int) (retryLater bool) {
+	byUser := map[string][]sqlite.QueuedMessage{}
+	var order []string
+	for _, m := range msgs {
+		if _, ok := byUser[m.UserID]; !ok {
+			order = append(order, m.UserID)
+		}
+		byUser[m.UserID] = append(byUser[m.UserID], m)
+	}
+	type result struct {
+		seq     int64
+		outcome events.Published
+		err     error
+	}
+	results := make(chan result, len(msgs))
+	sem := make(chan struct{}, deliverWorkers)
+	var wg sync.WaitGroup
+	for _, uid := range order {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func(queue []sqlite.QueuedMessage) {
+			defer func() { <-sem; wg.Done() }()
+			for _, m := range queue {
+				res, err := s.deliverer.Deliver(ctx, m.MessageID, m.UserID, m.Body)
+				results <- result{seq: m.Seq, outcome: res.Outcome, err: err}
+			}
+		}(byUser[uid])
+	}
+	wg.Wait()
+	close(results)
+	var seqs []int64
+	var outcomes []events.Published
+	for r := range results {
+		switch {
+		case r.err == nil:
+		case errors.Is(r.err, delivery.ErrDeliveryFailed) && attempts[r.seq]+1 >= maxAttempts:
+			s.log.Warn("message undeliverable after retries", "attempts", maxAttempts, "err", r.err)
+		default:
+			attempts[r.seq]++
+			s.log.Warn("delivery will be retried", "attempt", attempts[r.seq], "err", r.err)
+			retryLater = true
+			continue
+		}
+		delete(attempts, r.seq)
+		seqs = append(seqs, r.seq)
+		outcomes = append(outcomes, r.outcome)
+	}
+	if len(seqs) == 0 {
+		return retryLater
+	}
+	n, err := s.store.Complete(ctx, seqs, outcomes)
+	if err != nil {
+		s.log.Error("complete deliveries", "err", err)
+		return true
+	}
+	if n > 0 {
+		s.bus.notify()
+	}
+	return retryLater
+}
+
+// prune forgets old tombstones once an hour.
+func (s *Server) prune(ctx context.Context) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if n, err := s.store.PruneTombstones(ctx, s.cfg.TombstoneRetention); err != nil {
+				s.log.Error("prune tombstones", "err", err)
+			} else if n > 0 {
+				s.log.Info("pruned tombstones", "count", n)
+			}
+		}
+	}
+}
+
+// expireGrace runs when a user's grace timer fires.
+func (s *Server) expireGrace(userID string) {
+	published, err := s.store.ExpireGrace(context.Background(), userID)
+	switch {
+	case err != nil && !errors.Is(err, sqlite.ErrClosed):
+		s.log.Error("grace timer", "userId", userID, "err", err)
+		s.graces.schedule(userID, s.now().Add(retryDelay))
+	case published:
+		s.bus.notify()
+	}
+}
+
+// graceTimers runs one timer per user whose grace period is pending. A timer that fires
+// for a user who came back does nothing (the store's conditional update decides).
+type graceTimers struct {
+	mu      sync.Mutex
+	timers  map[string]*time.Timer
+	fire    func(userID string)
+	stopped bool
+	running sync.WaitGroup
+}
+
+func newGraceTimers(fire func(string)) *graceTimers {
+	return &graceTimers{timers: map[string]*time.Timer{}, fire: fire}
+}
+
+// schedule (re)arms userID's timer for deadline (plus a millisecond, so the store's clock
+// has passed the deadline when it fires).
+func (g *graceTimers) schedule(userID string, deadline time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.stopped {
+		return
+	}
+	if t, ok := g.timers[userID]; ok {
+		t.Stop()
+	}
+	var t *time.Timer
+	t = time.AfterFunc(time.Until(deadline)+time.Millisecond, func() {
+		g.mu.Lock()
+		if g.stopped || g.timers[userID] != t {
+			g.mu.Unlock()
+			return
+		}
+		delete(g.timers, userID)
+		g.running.Add(1)
+		g.mu.Unlock()
+		defer g.running.Done()
+		g.fire(userID)
+	})
+	g.timers[userID] = t
+}
+
+// stop cancels every timer and waits for those already firing.
+func (g *graceTimers) stop() {
+	g.mu.Lock()
+	g.stopped = true
+	for _, t := range g.timers {
+		t.Stop()
+	}
+	g.timers = map[string]*time.Timer{}
+	g.mu.Unlock()
+	g.running.Wait()
+}
+
+// broadcaster wakes every waiter when the outbox grows.
+type broadcaster struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+func newBroadcaster() *broadcaster { return &broadcaster{ch: make(chan struct{})} }
+
+func (b *broadcaster) wait() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.ch
+}
+
+func (b *broadcaster) notify() {
+	b.mu.Lock()
+	close(b.ch)
+	b.ch = make(chan struct{})
+	b.mu.Unlock()
+}

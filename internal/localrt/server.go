@@ -1,0 +1,223 @@
+package localrt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/auth"
+	"github.com/wspresence/wspresence/internal/delivery"
+	"github.com/wspresence/wspresence/internal/store/sqlite"
+)
+
+// StoreFile is the name of the SQLite file in the data dir.
+const StoreFile = "wspresence.db"
+
+// Errors a connection attempt can meet before the upgrade.
+var (
+	errTooManyConnections = errors.New("too many connections for this user")
+	errClosing            = errors.New("server is shutting down")
+)
+
+// Server is the local runtime. Create it with New, then Start, then Shutdown.
+type Server struct {
+	cfg       Config
+	log       *slog.Logger
+	store     *sqlite.Store
+	verifier  *auth.Verifier
+	hub       *hub
+	bus       *broadcaster
+	graces    *graceTimers
+	deliverer *delivery.Deliverer
+	lock      *os.File
+	now       func() time.Time
+
+	httpSrv  *http.Server
+	ln       net.Listener
+	served   chan error
+	stopping chan struct{}
+	stopOnce sync.Once
+	conns    sync.WaitGroup
+	loops    sync.WaitGroup
+	loopStop context.CancelFunc
+	kick     chan struct{}
+	started  atomic.Bool
+}
+
+// New validates cfg, takes the data dir, loads or generates the secrets and opens the
+// store. Nothing listens until Start.
+func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	lock, err := LockDataDir(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*Server, error) {
+		lock.Close()
+		return nil, err
+	}
+	if cfg.JWTSecret == "" {
+		if cfg.JWTSecret, err = LoadOrCreateSecret(cfg.DataDir, JWTSecretFile); err != nil {
+			return fail(err)
+		}
+	}
+	if cfg.APIKey == "" {
+		if cfg.APIKey, err = LoadOrCreateSecret(cfg.DataDir, APIKeyFile); err != nil {
+			return fail(err)
+		}
+	}
+	verifier, err := auth.NewVerifier([]byte(cfg.JWTSecret), auth.DefaultLeeway, nil)
+	if err != nil {
+		return fail(err)
+	}
+	store, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, StoreFile), sqlite.Options{Grace: cfg.OfflineGrace, Logger: log})
+	if err != nil {
+		return fail(err)
+	}
+	s := &Server{cfg: cfg, log: log, store: store, verifier: verifier, hub: newHub(cfg.MaxConnectionsPerUser),
+		bus: newBroadcaster(), lock: lock, now: time.Now, stopping: make(chan struct{}), kick: make(chan struct{}, 1)}
+	s.graces = newGraceTimers(s.expireGrace)
+	s.deliverer = &delivery.Deliverer{Connections: store, Poster: s.hub, Log: store, Logger: log}
+	return s, nil
+}
+
+// JWTSecret returns the secret user tokens are signed with.
+func (s *Server) JWTSecret() string { return s.cfg.JWTSecret }
+
+// APIKey returns the key of the backend endpoints.
+func (s *Server) APIKey() string { return s.cfg.APIKey }
+
+// Store returns the server's store (for tools and tests).
+func (s *Server) Store() *sqlite.Store { return s.store }
+
+// Addr returns the address the server listens on (after Start).
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Start recovers the state a previous run left (folding the log, closing the connections
+// that died with it, restoring grace timers), then listens and serves until Shutdown.
+func (s *Server) Start(ctx context.Context) error {
+	if err := s.recover(ctx); err != nil {
+		return fmt.Errorf("recover: %w", err)
+	}
+	ln, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	s.ln = ln
+	s.httpSrv = &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	s.served = make(chan error, 1)
+	go func() { s.served <- s.httpSrv.Serve(ln) }()
+	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.loopStop = cancel
+	s.loops.Add(2)
+	go func() { defer s.loops.Done(); s.pump(loopCtx) }()
+	go func() { defer s.loops.Done(); s.prune(loopCtx) }()
+	s.started.Store(true)
+	s.log.Info("listening", "addr", ln.Addr().String(), "dataDir", s.cfg.DataDir)
+	return nil
+}
+
+// recover folds what the log holds past the checkpoint, appends ConnectionClosed{expired}
+// for every connection the view still holds live (this process holds none yet, so they
+// died with the previous one), folds that, and restarts the pending grace timers.
+func (s *Server) recover(ctx context.Context) error {
+	if _, err := s.store.Project(ctx); err != nil {
+		return err
+	}
+	dangling, err := s.store.AllLiveConnections(ctx)
+	if err != nil {
+		return err
+	}
+	if len(dangling) > 0 {
+		at := s.now()
+		closed := make([]events.ConnectionEvent, len(dangling))
+		for i, c := range dangling {
+			closed[i] = events.Closed(c.UserID, c.ID, at, events.ReasonExpired)
+		}
+		if _, err := s.store.Append(ctx, closed...); err != nil {
+			return err
+		}
+		s.log.Info("closed connections left by the previous run", "count", len(dangling))
+	}
+	if _, err := s.store.Project(ctx); err != nil {
+		return err
+	}
+	graces, err := s.store.PendingGraces(ctx)
+	if err != nil {
+		return err
+	}
+	for _, g := range graces {
+		s.graces.schedule(g.UserID, g.Deadline)
+	}
+	return nil
+}
+
+// Wait returns when the HTTP server stops serving (after Shutdown, or on a listener error).
+func (s *Server) Wait() error {
+	err := <-s.served
+	s.served <- err
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops the server: it refuses new connections, closes every WebSocket with a
+// close frame and appends ConnectionClosed{shutdown} for each, lets the projector and the
+// deliverer finish what is durable, and closes the store. Events whose grace period is
+// still running are announced by the next start.
+func (s *Server) Shutdown(ctx context.Context) error {
+	var errs []error
+	s.stopOnce.Do(func() {
+		close(s.stopping)
+		if !s.started.Load() {
+			errs = append(errs, s.store.Close(), s.lock.Close())
+			return
+		}
+		for _, c := range s.hub.closeAll() {
+			c.setReason(events.ReasonShutdown)
+			go c.ws.Close(websocketGoingAway, "server shutting down")
+		}
+		done := make(chan struct{})
+		go func() { s.conns.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			errs = append(errs, fmt.Errorf("waiting for connections to close: %w", ctx.Err()))
+		}
+		if err := s.httpSrv.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+		}
+		s.graces.stop()
+		s.loopStop()
+		s.loops.Wait()
+		// A last pass so what the connections appended is folded before the store closes.
+		if _, err := s.store.Project(context.WithoutCancel(ctx)); err != nil {
+			errs = append(errs, err)
+		}
+		errs = append(errs, s.store.Close(), s.lock.Close())
+	})
+	return errors.Join(errs...)
+}
+
+// isStopping reports whether Shutdown began.
+func (s *Server) isStopping() bool {
+	select {
+	case <-s.stopping:
+		return true
+	default:
+		return false
+	}
+}

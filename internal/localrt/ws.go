@@ -1,0 +1,176 @@
+package localrt
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/auth"
+	"github.com/wspresence/wspresence/internal/httperr"
+)
+
+const websocketGoingAway = websocket.StatusGoingAway
+
+// maxFrameBytes caps a client frame (API Gateway's 128 KB frame limit).
+const maxFrameBytes = events.MaxBodyBytes
+
+// newConnectionID returns a random id in the style of API Gateway's (12 bytes, base64).
+func newConnectionID() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// userToken returns the token of a connection request: the Authorization query parameter
+// (the original service's contract) or the Authorization header.
+func userToken(r *http.Request) string {
+	if v := r.URL.Query().Get("Authorization"); v != "" {
+		return auth.BearerToken(v)
+	}
+	return auth.BearerToken(r.Header.Get("Authorization"))
+}
+
+// handleWebSocket is $connect, the connection's life, and $disconnect.
+func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
+	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		httperr.Write(w, r, s.log, httperr.New(http.StatusUpgradeRequired, httperr.CodeInvalidRequest,
+			"this endpoint takes WebSocket connections: ws://HOST/?Authorization=<JWT>"))
+		return
+	}
+	userID, err := s.verifier.Verify(userToken(r))
+	if err != nil {
+		s.log.Info("connection refused", "reason", string(auth.ReasonOf(err)), "remote", r.RemoteAddr)
+		httperr.Write(w, r, s.log, httperr.New(http.StatusUnauthorized, httperr.CodeUnauthorized, "missing or invalid token"))
+		return
+	}
+	if err := s.hub.reserve(userID); err != nil {
+		if errors.Is(err, errClosing) {
+			httperr.Write(w, r, s.log, httperr.New(http.StatusServiceUnavailable, httperr.CodeUnavailable, "server is shutting down"))
+			return
+		}
+		s.log.Info("connection refused", "reason", "connection_cap", "userId", userID)
+		httperr.Write(w, r, s.log, httperr.New(http.StatusTooManyRequests, httperr.CodeTooMany, "too many connections for this user"))
+		return
+	}
+	defer s.hub.release(userID)
+	// Tracked before the upgrade so Shutdown waits for this connection's close event.
+	s.conns.Add(1)
+	defer s.conns.Done()
+
+	id := newConnectionID()
+	ctx := context.WithoutCancel(r.Context())
+	opened := events.Opened(userID, id, s.now(), sourceIP(r), r.UserAgent())
+	if _, err := s.store.Append(ctx, opened); err != nil {
+		httperr.Write(w, r, s.log, err)
+		return
+	}
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: s.cfg.AllowedOrigins,
+		InsecureSkipVerify: len(s.cfg.AllowedOrigins) == 1 && s.cfg.AllowedOrigins[0] == "*"})
+	if err != nil {
+		s.log.Info("upgrade failed", "userId", userID, "connectionId", id, "err", err)
+		s.appendClose(ctx, events.Closed(userID, id, s.now(), events.ReasonClient))
+		return
+	}
+	ws.SetReadLimit(maxFrameBytes)
+	c := &wsConn{id: id, userID: userID, ws: ws}
+	c.lastRead.Store(s.now().UnixNano())
+	s.hub.add(c)
+	if s.isStopping() {
+		c.setReason(events.ReasonShutdown)
+		go ws.Close(websocketGoingAway, "server shutting down")
+	}
+	log := s.log.With("userId", userID, "connectionId", id)
+	log.Info("connected")
+
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watchDone := make(chan struct{})
+	go func() { defer close(watchDone); s.watch(watchCtx, c) }()
+	s.readLoop(ctx, c)
+	stopWatch()
+	<-watchDone
+	s.hub.remove(c)
+	ws.CloseNow()
+	reason := c.closeReason()
+	s.appendClose(ctx, events.Closed(userID, id, s.now(), reason))
+	log.Info("disconnected", "reason", string(reason))
+}
+
+// readLoop reads client frames until the connection ends. Every frame is activity; a
+// frame that is not JSON, or an action we do not know, is otherwise ignored.
+func (s *Server) readLoop(ctx context.Context, c *wsConn) {
+	var lastRecorded time.Time
+	for {
+		_, data, err := c.ws.Read(ctx)
+		if err != nil {
+			if websocket.CloseStatus(err) == websocket.StatusMessageTooBig {
+				s.log.Info("frame too large", "userId", c.userID, "connectionId", c.id)
+			}
+			return
+		}
+		now := s.now()
+		c.lastRead.Store(now.UnixNano())
+		var frame struct {
+			Action string `json:"action"`
+		}
+		_ = json.Unmarshal(data, &frame) // non-JSON frames count as activity and nothing more
+		if now.Sub(lastRecorded) >= s.cfg.ActivityInterval {
+			lastRecorded = now
+			if _, err := s.store.Append(ctx, events.Activity(c.userID, c.id, now)); err != nil {
+				s.log.Error("record activity", "connectionId", c.id, "err", err)
+			}
+		}
+	}
+}
+
+// watch pings the connection every PingInterval and closes it as expired when a ping goes
+// unanswered or the client has been silent for IdleTimeout.
+func (s *Server) watch(ctx context.Context, c *wsConn) {
+	t := time.NewTicker(s.cfg.PingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if idle := s.now().Sub(time.Unix(0, c.lastRead.Load())); idle >= s.cfg.IdleTimeout {
+			c.setReason(events.ReasonExpired)
+			_ = c.ws.Close(websocket.StatusPolicyViolation, "idle timeout")
+			return
+		}
+		pctx, cancel := context.WithTimeout(ctx, s.cfg.PingInterval)
+		err := c.ws.Ping(pctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			c.setReason(events.ReasonExpired)
+			c.ws.CloseNow()
+			return
+		}
+	}
+}
+
+func (s *Server) appendClose(ctx context.Context, e events.ConnectionEvent) {
+	if _, err := s.store.Append(ctx, e); err != nil {
+		// The next start closes the connection as expired: nothing stays online.
+		s.log.Error("record close", "connectionId", e.ConnectionID, "err", err)
+	}
+}
+
+func sourceIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}

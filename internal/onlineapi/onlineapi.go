@@ -1,0 +1,145 @@
+package onlineapi
+
+import (
+	"encoding/base64"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/httperr"
+)
+
+// Limits of the query.
+const (
+	DefaultLimit = 100
+	MaxLimit     = 1000
+	MaxUserIDs   = 100
+	// MaxQueryBytes bounds the raw query string.
+	MaxQueryBytes = 64 * 1024
+)
+
+// NextTokenHeader carries the token of the next page.
+const NextTokenHeader = "X-Next-Token"
+
+// Query is a parsed GET /user/online request: either UserIDs (status of each) or a page of
+// the online list (Limit users after After).
+type Query struct {
+	UserIDs []string
+	Limit   int
+	After   string
+}
+
+// ByIDs reports whether the query asks for given users rather than the online list.
+func (q Query) ByIDs() bool { return q.UserIDs != nil }
+
+// Parse validates the query string of GET /user/online. Every error is a 400 *httperr.Error.
+// userIds may be comma-separated, repeated, or both; duplicates are answered once.
+func Parse(rawQuery string) (Query, error) {
+	if len(rawQuery) > MaxQueryBytes {
+		return Query{}, httperr.BadRequest(httperr.CodeInvalidRequest, fmt.Sprintf("query string longer than %d bytes", MaxQueryBytes))
+	}
+	values, err := url.ParseQuery(rawQuery)
+	if err != nil {
+		return Query{}, httperr.BadRequest(httperr.CodeInvalidRequest, "malformed query string")
+	}
+	return FromValues(values)
+}
+
+// FromValues validates already-decoded query parameters (as API Gateway delivers them).
+func FromValues(values url.Values) (Query, error) {
+	q := Query{Limit: DefaultLimit}
+	if raw, ok := values["limit"]; ok {
+		n, err := strconv.Atoi(last(raw))
+		if err != nil || n < 1 || n > MaxLimit {
+			return Query{}, httperr.BadRequest(httperr.CodeInvalidLimit, fmt.Sprintf("limit must be an integer from 1 to %d", MaxLimit))
+		}
+		q.Limit = n
+	}
+	if raw, ok := values["nextToken"]; ok {
+		after, err := DecodeToken(last(raw))
+		if err != nil {
+			return Query{}, httperr.BadRequest(httperr.CodeInvalidToken, "nextToken is not a token this API returned")
+		}
+		q.After = after
+	}
+	if raw, ok := values["userIds"]; ok {
+		seen := map[string]bool{}
+		q.UserIDs = []string{}
+		for _, v := range raw {
+			for _, id := range strings.Split(v, ",") {
+				id = strings.TrimSpace(id)
+				if err := events.ValidateUserID(id); err != nil {
+					return Query{}, httperr.BadRequest(httperr.CodeInvalidUserIDs, "userIds: "+err.Error())
+				}
+				if !seen[id] {
+					seen[id] = true
+					q.UserIDs = append(q.UserIDs, id)
+				}
+				if len(q.UserIDs) > MaxUserIDs {
+					return Query{}, httperr.BadRequest(httperr.CodeTooManyUserIDs, fmt.Sprintf("at most %d userIds per request", MaxUserIDs))
+				}
+			}
+		}
+	}
+	return q, nil
+}
+
+func last(vs []string) string { return vs[len(vs)-1] }
+
+const tokenPrefix = "v1."
+
+// EncodeToken returns the opaque token of the page that starts after userID.
+func EncodeToken(userID string) string {
+	return tokenPrefix + base64.RawURLEncoding.EncodeToString([]byte(userID))
+}
+
+// DecodeToken returns the user id a token from EncodeToken starts after.
+func DecodeToken(tok string) (string, error) {
+	rest, ok := strings.CutPrefix(tok, tokenPrefix)
+	if !ok {
+		return "", fmt.Errorf("unknown token version")
+	}
+	b, err := base64.RawURLEncoding.DecodeString(rest)
+	if err != nil {
+		return "", fmt.Errorf("decode token: %w", err)
+	}
+	if err := events.ValidateUserID(string(b)); err != nil {
+		return "", fmt.Errorf("decode token: %w", err)
+	}
+	return string(b), nil
+}
+
+// Status is one element of the reply, with the original service's field names.
+type Status struct {
+	UserID       string     `json:"UserId"`
+	IsOnline     bool       `json:"IsOnline"`
+	LastActivity *time.Time `json:"LastActivity"`
+	Connections  int        `json:"Connections"`
+}
+
+// NewStatus builds a reply element; a zero lastActivity becomes null.
+func NewStatus(userID string, connections int, lastActivity time.Time) Status {
+	s := Status{UserID: userID, IsOnline: connections > 0, Connections: connections}
+	if !lastActivity.IsZero() {
+		la := lastActivity.UTC()
+		s.LastActivity = &la
+	}
+	return s
+}
+
+// Page builds the reply of a list query from up to Limit+1 users read after q.After: it
+// keeps Limit of them and returns the next page's token ("" on the last page).
+func Page(q Query, users []Status) ([]Status, string) {
+	if len(users) <= q.Limit {
+		return users, ""
+	}
+	users = users[:q.Limit]
+	return users, EncodeToken(users[len(users)-1].UserID)
+}
+
+// MethodAllowed reports whether method may be used on /user/online.
+func MethodAllowed(method string) bool { return method == http.MethodGet || method == http.MethodHead }
