@@ -111,6 +111,8 @@ func (h *hub) Post(ctx context.Context, connectionID string, data []byte) error 
 type wsConn struct {
 	id, userID string
 	ws         *websocket.Conn
+	// drop ends the connection at once, without waiting for a close handshake.
+	drop context.CancelFunc
 	// reason is the close reason decided by whoever closed the connection first; the
 	// read loop records it (client when nobody else decided).
 	reason atomic.Pointer[events.CloseReason]

@@ -59,11 +59,15 @@ func (s *Server) wake() {
 func (s *Server) cycle(ctx context.Context, attempts map[int64]int) (more, retryLater bool) {
 	msgs, err := s.store.PendingMessages(ctx, deliverBatch)
 	if err != nil {
-		s.log.Error("read queue", "err", err)
+		if ctx.Err() == nil {
+			s.log.Error("read queue", "err", err)
+		}
 		return false, true
 	}
 	if err := s.project(ctx); err != nil {
-		s.log.Error("projector", "err", err)
+		if ctx.Err() == nil {
+			s.log.Error("projector", "err", err)
+		}
 		return false, true
 	}
 	if len(msgs) == 0 {
@@ -147,7 +151,7 @@ func (s *Server) deliver(ctx context.Context, msgs []sqlite.QueuedMessage, attem
 	return retryLater
 }
 
-// prune forgets old tombstones once an hour.
+// prune forgets old tombstones and delivered message ids once an hour.
 func (s *Server) prune(ctx context.Context) {
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
@@ -160,6 +164,9 @@ func (s *Server) prune(ctx context.Context) {
 				s.log.Error("prune tombstones", "err", err)
 			} else if n > 0 {
 				s.log.Info("pruned tombstones", "count", n)
+			}
+			if _, err := s.store.PruneMessages(ctx, s.cfg.TombstoneRetention); err != nil {
+				s.log.Error("prune messages", "err", err)
 			}
 		}
 	}

@@ -28,6 +28,9 @@ var (
 	errClosing            = errors.New("server is shutting down")
 )
 
+// closeHandshakeWait is how long Shutdown waits for clients to answer the close frame.
+const closeHandshakeWait = time.Second
+
 // Server is the local runtime. Create it with New, then Start, then Shutdown.
 type Server struct {
 	cfg       Config
@@ -186,7 +189,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			errs = append(errs, s.store.Close(), s.lock.Close())
 			return
 		}
-		for _, c := range s.hub.closeAll() {
+		open := s.hub.closeAll()
+		for _, c := range open {
 			c.setReason(events.ReasonShutdown)
 			go c.ws.Close(websocketGoingAway, "server shutting down")
 		}
@@ -194,6 +198,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		go func() { s.conns.Wait(); close(done) }()
 		select {
 		case <-done:
+		case <-time.After(closeHandshakeWait):
+			// Clients that do not answer the close frame are dropped.
+			for _, c := range open {
+				c.drop()
+			}
+			select {
+			case <-done:
+			case <-ctx.Done():
+				errs = append(errs, fmt.Errorf("waiting for connections to close: %w", ctx.Err()))
+			}
 		case <-ctx.Done():
 			errs = append(errs, fmt.Errorf("waiting for connections to close: %w", ctx.Err()))
 		}

@@ -80,7 +80,9 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ws.SetReadLimit(maxFrameBytes)
-	c := &wsConn{id: id, userID: userID, ws: ws}
+	readCtx, cancelRead := context.WithCancel(ctx)
+	defer cancelRead()
+	c := &wsConn{id: id, userID: userID, ws: ws, drop: cancelRead}
 	c.lastRead.Store(s.now().UnixNano())
 	s.hub.add(c)
 	if s.isStopping() {
@@ -93,7 +95,7 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	watchDone := make(chan struct{})
 	go func() { defer close(watchDone); s.watch(watchCtx, c) }()
-	s.readLoop(ctx, c)
+	s.readLoop(ctx, readCtx, c)
 	stopWatch()
 	<-watchDone
 	s.hub.remove(c)
@@ -103,12 +105,13 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 	log.Info("disconnected", "reason", string(reason))
 }
 
-// readLoop reads client frames until the connection ends. Every frame is activity; a
-// frame that is not JSON, or an action we do not know, is otherwise ignored.
-func (s *Server) readLoop(ctx context.Context, c *wsConn) {
+// readLoop reads client frames until the connection ends (or readCtx is cancelled, which
+// drops it). Every frame is activity; a frame that is not JSON, or an action we do not
+// know, is otherwise ignored.
+func (s *Server) readLoop(ctx, readCtx context.Context, c *wsConn) {
 	var lastRecorded time.Time
 	for {
-		_, data, err := c.ws.Read(ctx)
+		_, data, err := c.ws.Read(readCtx)
 		if err != nil {
 			if websocket.CloseStatus(err) == websocket.StatusMessageTooBig {
 				s.log.Info("frame too large", "userId", c.userID, "connectionId", c.id)

@@ -171,9 +171,20 @@ func (s *Store) PruneTombstones(ctx context.Context, retention time.Duration) (i
 	return res.RowsAffected()
 }
 
+// PruneMessages forgets delivered messages done more than retention ago: after that, their
+// MessageId may be enqueued again.
+func (s *Store) PruneMessages(ctx context.Context, retention time.Duration) (int64, error) {
+	res, err := s.w.ExecContext(ctx, `DELETE FROM messages WHERE done_at IS NOT NULL AND done_at < ?`,
+		s.opts.Now().Add(-retention).UnixNano())
+	if err != nil {
+		return 0, fmt.Errorf("prune messages: %w", err)
+	}
+	return res.RowsAffected()
+}
+
 // PendingMessages returns up to limit queued messages, oldest first.
 func (s *Store) PendingMessages(ctx context.Context, limit int) ([]QueuedMessage, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT seq, message_id, user_id, body, enqueued_at FROM messages ORDER BY seq LIMIT ?`, limit)
+	rows, err := s.r.QueryContext(ctx, `SELECT seq, message_id, user_id, body, enqueued_at FROM messages WHERE done_at IS NULL ORDER BY seq LIMIT ?`, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read queue: %w", err)
 	}
@@ -191,8 +202,9 @@ func (s *Store) PendingMessages(ctx context.Context, limit int) ([]QueuedMessage
 	return out, rows.Err()
 }
 
-// Complete removes the queued messages seqs and writes their outcomes to the outbox, in
-// one transaction. It returns the number of outcomes published (an outcome already in the
+// Complete marks the queued messages seqs done and writes their outcomes to the outbox, in
+// one transaction. A done message is remembered (see PruneMessages), so enqueueing the same
+// MessageId for the same user again is ignored. It returns the number of outcomes published (an outcome already in the
 // outbox is not published twice).
 func (s *Store) Complete(ctx context.Context, seqs []int64, outcomes []events.Published) (published int, err error) {
 	tx, err := s.w.BeginTx(ctx, nil)
@@ -215,7 +227,7 @@ func (s *Store) Complete(ctx context.Context, seqs []int64, outcomes []events.Pu
 		}
 	}
 	for _, seq := range seqs {
-		if _, err := tx.ExecContext(ctx, `DELETE FROM messages WHERE seq = ?`, seq); err != nil {
+		if _, err := tx.ExecContext(ctx, `UPDATE messages SET done_at = ?, body = '' WHERE seq = ?`, now.UnixNano(), seq); err != nil {
 			return 0, fmt.Errorf("dequeue %d: %w", seq, err)
 		}
 	}

@@ -30,8 +30,11 @@ CREATE TABLE IF NOT EXISTS messages (
 	user_id     TEXT    NOT NULL,
 	body        TEXT    NOT NULL,
 	enqueued_at INTEGER NOT NULL,
+	done_at     INTEGER,
 	UNIQUE (message_id, user_id)
 );
+CREATE INDEX IF NOT EXISTS messages_pending ON messages (seq) WHERE done_at IS NULL;
+CREATE INDEX IF NOT EXISTS messages_done ON messages (done_at) WHERE done_at IS NOT NULL;
 `
 
 const viewSchema = `

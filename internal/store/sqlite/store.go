@@ -165,7 +165,8 @@ func (s *Store) Append(ctx context.Context, evs ...events.ConnectionEvent) (int,
 }
 
 // Enqueue stores msgs in the local queue and returns once they are durable. A message
-// whose (MessageID, UserID) is already queued is not queued again.
+// whose (MessageID, UserID) is already queued, or was delivered within the retention of
+// PruneMessages, is not queued again.
 func (s *Store) Enqueue(ctx context.Context, msgs ...QueuedMessage) error {
 	return s.submit(ctx, &writeReq{messages: msgs, done: make(chan error, 1)})
 }

@@ -1,0 +1,176 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/wspresence/wspresence/internal/auth"
+	"github.com/wspresence/wspresence/internal/localrt"
+)
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuffer) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+func noEnv(string) string { return "" }
+
+// TestServeAndClientCommands runs `serve` with generated secrets, then drives it with
+// `token`, `send` and `online`, all reading the secrets from the data dir.
+func TestServeAndClientCommands(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errOut syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"serve", "--addr", "127.0.0.1:0", "--data", dir, "--offline-grace", "100ms"}, &out, &errOut, noEnv)
+	}()
+	addrRe := regexp.MustCompile(`listening on (127\.0\.0\.1:\d+)`)
+	var addr string
+	deadline := time.Now().Add(10 * time.Second)
+	for addr == "" {
+		if m := addrRe.FindStringSubmatch(out.String()); m != nil {
+			addr = m[1]
+		} else if time.Now().After(deadline) {
+			t.Fatalf("serve printed no address; stdout %q stderr %q", out.String(), errOut.String())
+		} else {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	// The secrets were generated into the data dir with mode 0600.
+	for _, f := range []string{localrt.JWTSecretFile, localrt.APIKeyFile} {
+		st, err := os.Stat(filepath.Join(dir, f))
+		if err != nil || st.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v %v", f, st, err)
+		}
+	}
+	key, _ := localrt.ReadSecret(dir, localrt.APIKeyFile)
+	if !strings.Contains(out.String(), key) {
+		t.Fatal("the start-up lines do not show the API key")
+	}
+	// The printed sample token is valid.
+	tokRe := regexp.MustCompile(`(?m)^\s+(eyJ[\w-]+\.[\w-]+\.[\w-]+)\s*$`)
+	m := tokRe.FindStringSubmatch(out.String())
+	if m == nil {
+		t.Fatalf("no sample token in %q", out.String())
+	}
+	secret, _ := localrt.ReadSecret(dir, localrt.JWTSecretFile)
+	v, _ := auth.NewVerifier([]byte(secret), 0, nil)
+	if uid, err := v.Verify(m[1]); err != nil || uid != sampleUser {
+		t.Fatalf("sample token: %q %v", uid, err)
+	}
+
+	cli := func(args ...string) string {
+		t.Helper()
+		var o, e bytes.Buffer
+		if code := run(ctx, append(args, "--data", dir), &o, &e, noEnv); code != 0 {
+			t.Fatalf("wspresence %v: exit %d: %s", args, code, e.String())
+		}
+		return strings.TrimSpace(o.String())
+	}
+	tok := cli("token", "--user", "cli-user", "--ttl", "10m")
+	dctx, dcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer dcancel()
+	conn, _, err := websocket.Dial(dctx, "ws://"+addr+"/?Authorization="+tok, nil)
+	if err != nil {
+		t.Fatalf("dial with the CLI's token: %v", err)
+	}
+	defer conn.CloseNow()
+	var status []struct {
+		UserId      string
+		IsOnline    bool
+		Connections int
+	}
+	for i := 0; ; i++ {
+		if err := json.Unmarshal([]byte(cli("online", "--url", "http://"+addr, "--users", "cli-user")), &status); err != nil {
+			t.Fatal(err)
+		}
+		if status[0].IsOnline {
+			break
+		}
+		if i > 200 {
+			t.Fatal("cli-user never shown online")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	sent := cli("send", "--url", "http://"+addr, "--user", "cli-user", "--body", "from the CLI")
+	if !strings.Contains(sent, "messageIds") {
+		t.Fatalf("send printed %q", sent)
+	}
+	_, data, err := conn.Read(dctx)
+	if err != nil || string(data) != "from the CLI" {
+		t.Fatalf("received %q, %v", data, err)
+	}
+
+	// A second server on the same data dir is refused.
+	var o2, e2 bytes.Buffer
+	if code := run(ctx, []string{"serve", "--addr", "127.0.0.1:0", "--data", dir}, &o2, &e2, noEnv); code == 0 || !strings.Contains(e2.String(), "in use") {
+		t.Fatalf("second serve: exit %d, %s", code, e2.String())
+	}
+
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("serve exited %d: %s", code, errOut.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("serve did not stop on cancel")
+	}
+	// Offline now: rebuild works and keeps the view.
+	var ro, re bytes.Buffer
+	if code := run(context.Background(), []string{"rebuild", "--data", dir}, &ro, &re, noEnv); code != 0 || !strings.Contains(ro.String(), "view rebuilt") {
+		t.Fatalf("rebuild: exit %d %s %s", code, ro.String(), re.String())
+	}
+	if strings.Contains(errOut.String(), tok) || strings.Contains(errOut.String(), secret) {
+		t.Fatal("a token or the secret appeared in the logs")
+	}
+}
+
+func TestConfigurationErrorsAreReportedTogether(t *testing.T) {
+	var o, e bytes.Buffer
+	env := func(k string) string {
+		return map[string]string{"WSPRESENCE_OFFLINE_GRACE": "soon", "WSPRESENCE_LOG_LEVEL": "loud"}[k]
+	}
+	code := run(context.Background(), []string{"serve", "--addr", "nowhere", "--max-connections-per-user", "0", "--jwt-secret", "short"}, &o, &e, env)
+	if code != 1 {
+		t.Fatalf("exit %d", code)
+	}
+	for _, want := range []string{"WSPRESENCE_OFFLINE_GRACE", "addr \"nowhere\"", "max connections per user", "jwt secret", "log level"} {
+		if !strings.Contains(e.String(), want) {
+			t.Errorf("error output lacks %q:\n%s", want, e.String())
+		}
+	}
+}
+
+func TestHelpAndUsage(t *testing.T) {
+	for _, cmd := range []string{"serve", "token", "send", "online", "rebuild"} {
+		var o, e bytes.Buffer
+		if code := run(context.Background(), []string{cmd, "--help"}, &o, &e, noEnv); code != 0 || !strings.Contains(e.String(), "Usage: wspresence "+cmd) {
+			t.Errorf("%s --help: exit %d, %q", cmd, code, e.String())
+		}
+	}
+	var o, e bytes.Buffer
+	if code := run(context.Background(), []string{"bogus"}, &o, &e, noEnv); code != 2 {
+		t.Errorf("unknown command: exit %d", code)
+	}
+	if code := run(context.Background(), []string{"token"}, &o, &e, noEnv); code != 1 {
+		t.Errorf("token without --user: exit %d", code)
+	}
+	e.Reset()
+	if code := run(context.Background(), []string{"token", "--user", "x", "--data", t.TempDir()}, &o, &e, noEnv); code != 1 || !strings.Contains(e.String(), "no JWT secret") {
+		t.Errorf("token with no secret anywhere: exit %d %q", code, e.String())
+	}
+}
