@@ -13,7 +13,9 @@ import (
 
 type fakeView map[string][]string
 
-func (f fakeView) LiveConnections(_ context.Context, uid string) ([]string, error) { return f[uid], nil }
+func (f fakeView) LiveConnections(_ context.Context, uid string) ([]string, error) {
+	return f[uid], nil
+}
 
 // fakePoster answers per connection: nil, ErrConnectionGone or another error.
 type fakePoster struct {
