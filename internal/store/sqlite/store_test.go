@@ -2,6 +2,7 @@ package sqlite_test
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/schematest"
 	"github.com/wspresence/wspresence/internal/store/sqlite"
 )
 
@@ -67,6 +69,7 @@ func detailTypes(t *testing.T, s *sqlite.Store) []events.DetailType {
 		if env.DetailType != r.DetailType || env.Source != events.Source {
 			t.Fatalf("envelope %s does not match its row", r.Envelope)
 		}
+		schematest.CheckEnvelope(t, r.Envelope)
 		out = append(out, r.DetailType)
 	}
 	return out
@@ -246,5 +249,38 @@ func TestQueueAndOutbox(t *testing.T) {
 	recs, _ := s.PublishedSince(ctx, head-1, 10)
 	if len(recs) != 1 || recs[0].DetailType != events.DetailMessageUndeliverable {
 		t.Fatalf("PublishedSince(head-1) = %+v", recs)
+	}
+}
+
+// TestMissingViewIsRebuiltOnOpen: a store whose view is gone (or of another version) is
+// folded again from the log when opened, to the same view.
+func TestMissingViewIsRebuiltOnOpen(t *testing.T) {
+	clk := &clock{t: t0}
+	path := filepath.Join(t.TempDir(), "db")
+	s := open(t, path, clk, nil)
+	ctx := context.Background()
+	mustAppend(t, s, events.Opened("a", "a1", t0, "", ""), events.Opened("b", "b1", t0, "", ""),
+		events.Closed("b", "b1", t0.Add(time.Second), events.ReasonClient))
+	mustProject(t, s)
+	want, _ := s.Dump(ctx)
+	s.Close()
+
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`DROP TABLE view_users; UPDATE meta SET value = 'old' WHERE key = 'view_version'`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	s = open(t, path, clk, nil)
+	defer s.Close()
+	if p := mustProject(t, s); p.Events != 3 {
+		t.Fatalf("re-folded %d events, want all 3", p.Events)
+	}
+	got, _ := s.Dump(ctx)
+	if !reflect.DeepEqual(want, got) {
+		t.Fatalf("view after rebuild on open:\nwant %+v\ngot  %+v", want, got)
 	}
 }
