@@ -188,16 +188,13 @@ func (bv *batchView) conn(ctx context.Context, id string) (*presence.Conn, error
 	if c, ok := bv.conns[id]; ok {
 		return c, nil
 	}
-	c := presence.Conn{ID: id}
-	var opened, closed, seen sql.NullInt64
-	var reason sql.NullString
-	err := bv.tx.QueryRowContext(ctx, `SELECT user_id, opened_at, closed_at, reason, last_seen FROM view_connections
-		WHERE connection_id = ?`, id).Scan(&c.UserID, &opened, &closed, &reason, &seen)
-	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+	c, err := scanConn(bv.tx.QueryRowContext(ctx, `SELECT `+connColumns+` FROM view_connections WHERE connection_id = ?`, id))
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		c = presence.Conn{ID: id}
+	case err != nil:
 		return nil, fmt.Errorf("load connection %s: %w", id, err)
 	}
-	c.OpenedAt, c.ClosedAt, c.LastSeen = fromNanos(opened), fromNanos(closed), fromNanos(seen)
-	c.Reason = events.CloseReason(reason.String)
 	bv.conns[id] = &c
 	return &c, nil
 }
@@ -225,19 +222,44 @@ type querier interface {
 }
 
 func loadUser(ctx context.Context, q querier, id string) (presence.User, error) {
-	u := presence.User{ID: id, Announced: presence.AnnouncedOffline}
-	var last, since sql.NullInt64
-	var announced string
-	err := q.QueryRowContext(ctx, `SELECT live, last_activity, announced, offline_since FROM view_users WHERE user_id = ?`, id).
-		Scan(&u.Live, &last, &announced, &since)
+	u, err := scanUser(q.QueryRowContext(ctx, `SELECT `+userColumns+` FROM view_users WHERE user_id = ?`, id))
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
-		return u, nil
+		return presence.User{ID: id, Announced: presence.AnnouncedOffline}, nil
 	case err != nil:
 		return u, fmt.Errorf("load user %s: %w", id, err)
 	}
+	return u, nil
+}
+
+// scanner is a *sql.Row or *sql.Rows.
+type scanner interface{ Scan(dest ...any) error }
+
+const userColumns = `user_id, live, last_activity, announced, offline_since`
+
+func scanUser(r scanner) (presence.User, error) {
+	var u presence.User
+	var last, since sql.NullInt64
+	var announced string
+	if err := r.Scan(&u.ID, &u.Live, &last, &announced, &since); err != nil {
+		return u, err
+	}
 	u.LastActivity, u.OfflineSince, u.Announced = fromNanos(last), fromNanos(since), presence.Announced(announced)
 	return u, nil
+}
+
+const connColumns = `connection_id, user_id, opened_at, closed_at, reason, last_seen`
+
+func scanConn(r scanner) (presence.Conn, error) {
+	var c presence.Conn
+	var opened, closed, seen sql.NullInt64
+	var reason sql.NullString
+	if err := r.Scan(&c.ID, &c.UserID, &opened, &closed, &reason, &seen); err != nil {
+		return c, err
+	}
+	c.OpenedAt, c.ClosedAt, c.LastSeen = fromNanos(opened), fromNanos(closed), fromNanos(seen)
+	c.Reason = events.CloseReason(reason.String)
+	return c, nil
 }
 
 func saveUser(ctx context.Context, tx *sql.Tx, u presence.User) error {

@@ -24,23 +24,8 @@ func (u UserStatus) Online() bool { return u.Connections > 0 }
 // OnlineUsers lists users with a live connection in user id order, starting after the id
 // after ("" for the first page), at most limit of them.
 func (s *Store) OnlineUsers(ctx context.Context, after string, limit int) ([]UserStatus, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT user_id, live, last_activity FROM view_users
+	return queryAll(ctx, s.r, "list online users", scanUserStatus, `SELECT user_id, live, last_activity FROM view_users
 		WHERE live > 0 AND user_id > ? ORDER BY user_id LIMIT ?`, after, limit)
-	if err != nil {
-		return nil, fmt.Errorf("list online users: %w", err)
-	}
-	defer rows.Close()
-	var out []UserStatus
-	for rows.Next() {
-		var u UserStatus
-		var last sql.NullInt64
-		if err := rows.Scan(&u.UserID, &u.Connections, &last); err != nil {
-			return nil, fmt.Errorf("list online users: %w", err)
-		}
-		u.LastActivity = fromNanos(last)
-		out = append(out, u)
-	}
-	return out, rows.Err()
 }
 
 // Users returns the status of each id, in the order given; a user the view has never seen
@@ -55,24 +40,14 @@ func (s *Store) Users(ctx context.Context, ids []string) ([]UserStatus, error) {
 		args[i] = id
 		out[i].UserID = id
 	}
-	rows, err := s.r.QueryContext(ctx, `SELECT user_id, live, last_activity FROM view_users WHERE user_id IN (?`+
+	list, err := queryAll(ctx, s.r, "read users", scanUserStatus, `SELECT user_id, live, last_activity FROM view_users WHERE user_id IN (?`+
 		strings.Repeat(",?", len(ids)-1)+`)`, args...)
 	if err != nil {
-		return nil, fmt.Errorf("read users: %w", err)
+		return nil, err
 	}
-	defer rows.Close()
-	found := make(map[string]UserStatus, len(ids))
-	for rows.Next() {
-		var u UserStatus
-		var last sql.NullInt64
-		if err := rows.Scan(&u.UserID, &u.Connections, &last); err != nil {
-			return nil, fmt.Errorf("read users: %w", err)
-		}
-		u.LastActivity = fromNanos(last)
+	found := make(map[string]UserStatus, len(list))
+	for _, u := range list {
 		found[u.UserID] = u
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read users: %w", err)
 	}
 	for i, id := range ids {
 		if u, ok := found[id]; ok {
@@ -84,21 +59,10 @@ func (s *Store) Users(ctx context.Context, ids []string) ([]UserStatus, error) {
 
 // LiveConnections lists the ids of userID's live connections.
 func (s *Store) LiveConnections(ctx context.Context, userID string) ([]string, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT connection_id FROM view_connections
+	return queryAll(ctx, s.r, "list connections of "+userID, func(r *sql.Rows) (id string, err error) {
+		return id, r.Scan(&id)
+	}, `SELECT connection_id FROM view_connections
 		WHERE user_id = ? AND opened_at IS NOT NULL AND closed_at IS NULL ORDER BY connection_id`, userID)
-	if err != nil {
-		return nil, fmt.Errorf("list connections of %s: %w", userID, err)
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, fmt.Errorf("list connections of %s: %w", userID, err)
-		}
-		out = append(out, id)
-	}
-	return out, rows.Err()
 }
 
 // View is the whole view: every user row and every connection row (tombstones included).
@@ -119,87 +83,44 @@ func (v View) Live() []presence.Conn {
 }
 
 // Dump reads the whole view, ordered by id.
-func (s *Store) Dump(ctx context.Context) (View, error) {
-	var v View
-	rows, err := s.r.QueryContext(ctx, `SELECT user_id FROM view_users ORDER BY user_id`)
+func (s *Store) Dump(ctx context.Context) (v View, err error) {
+	v.Users, err = queryAll(ctx, s.r, "dump users", func(r *sql.Rows) (presence.User, error) { return scanUser(r) },
+		`SELECT `+userColumns+` FROM view_users ORDER BY user_id`)
 	if err != nil {
-		return v, fmt.Errorf("dump users: %w", err)
+		return v, err
 	}
-	var ids []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			rows.Close()
-			return v, fmt.Errorf("dump users: %w", err)
-		}
-		ids = append(ids, id)
-	}
-	rows.Close()
-	for _, id := range ids {
-		u, err := loadUser(ctx, s.r, id)
-		if err != nil {
-			return v, err
-		}
-		v.Users = append(v.Users, u)
-	}
-	crow, err := s.r.QueryContext(ctx, `SELECT connection_id, user_id, opened_at, closed_at, reason, last_seen
-		FROM view_connections ORDER BY connection_id`)
-	if err != nil {
-		return v, fmt.Errorf("dump connections: %w", err)
-	}
-	defer crow.Close()
-	for crow.Next() {
-		var c presence.Conn
-		var opened, closed, seen sql.NullInt64
-		var reason sql.NullString
-		if err := crow.Scan(&c.ID, &c.UserID, &opened, &closed, &reason, &seen); err != nil {
-			return v, fmt.Errorf("dump connections: %w", err)
-		}
-		c.OpenedAt, c.ClosedAt, c.LastSeen, c.Reason = fromNanos(opened), fromNanos(closed), fromNanos(seen), events.CloseReason(reason.String)
-		v.Connections = append(v.Connections, c)
-	}
-	return v, crow.Err()
+	v.Connections, err = queryAll(ctx, s.r, "dump connections", func(r *sql.Rows) (presence.Conn, error) { return scanConn(r) },
+		`SELECT `+connColumns+` FROM view_connections ORDER BY connection_id`)
+	return v, err
 }
 
 // PruneTombstones forgets closed connections that closed more than retention ago.
 func (s *Store) PruneTombstones(ctx context.Context, retention time.Duration) (int64, error) {
-	res, err := s.w.ExecContext(ctx, `DELETE FROM view_connections WHERE closed_at IS NOT NULL AND closed_at < ?`,
-		s.opts.Now().Add(-retention).UnixNano())
-	if err != nil {
-		return 0, fmt.Errorf("prune tombstones: %w", err)
-	}
-	return res.RowsAffected()
+	return s.deleteBefore(ctx, "prune tombstones", `DELETE FROM view_connections WHERE closed_at IS NOT NULL AND closed_at < ?`, retention)
 }
 
 // PruneMessages forgets delivered messages done more than retention ago: after that, their
 // MessageId may be enqueued again.
 func (s *Store) PruneMessages(ctx context.Context, retention time.Duration) (int64, error) {
-	res, err := s.w.ExecContext(ctx, `DELETE FROM messages WHERE done_at IS NOT NULL AND done_at < ?`,
-		s.opts.Now().Add(-retention).UnixNano())
+	return s.deleteBefore(ctx, "prune messages", `DELETE FROM messages WHERE done_at IS NOT NULL AND done_at < ?`, retention)
+}
+
+func (s *Store) deleteBefore(ctx context.Context, what, query string, retention time.Duration) (int64, error) {
+	res, err := s.w.ExecContext(ctx, query, s.opts.Now().Add(-retention).UnixNano())
 	if err != nil {
-		return 0, fmt.Errorf("prune messages: %w", err)
+		return 0, fmt.Errorf("%s: %w", what, err)
 	}
 	return res.RowsAffected()
 }
 
 // PendingMessages returns up to limit queued messages, oldest first.
 func (s *Store) PendingMessages(ctx context.Context, limit int) ([]QueuedMessage, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT seq, message_id, user_id, body, enqueued_at FROM messages WHERE done_at IS NULL ORDER BY seq LIMIT ?`, limit)
-	if err != nil {
-		return nil, fmt.Errorf("read queue: %w", err)
-	}
-	defer rows.Close()
-	var out []QueuedMessage
-	for rows.Next() {
-		var m QueuedMessage
+	return queryAll(ctx, s.r, "read queue", func(r *sql.Rows) (m QueuedMessage, err error) {
 		var at int64
-		if err := rows.Scan(&m.Seq, &m.MessageID, &m.UserID, &m.Body, &at); err != nil {
-			return nil, fmt.Errorf("read queue: %w", err)
-		}
+		err = r.Scan(&m.Seq, &m.MessageID, &m.UserID, &m.Body, &at)
 		m.EnqueuedAt = time.Unix(0, at).UTC()
-		out = append(out, m)
-	}
-	return out, rows.Err()
+		return m, err
+	}, `SELECT seq, message_id, user_id, body, enqueued_at FROM messages WHERE done_at IS NULL ORDER BY seq LIMIT ?`, limit)
 }
 
 // Complete marks the queued messages seqs done and writes their outcomes to the outbox, in
@@ -246,22 +167,12 @@ type PublishedRecord struct {
 
 // PublishedSince returns up to limit outbox rows after seq, in order.
 func (s *Store) PublishedSince(ctx context.Context, seq int64, limit int) ([]PublishedRecord, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT seq, detail_type, envelope FROM published WHERE seq > ? ORDER BY seq LIMIT ?`, seq, limit)
-	if err != nil {
-		return nil, fmt.Errorf("read outbox: %w", err)
-	}
-	defer rows.Close()
-	var out []PublishedRecord
-	for rows.Next() {
-		var r PublishedRecord
+	return queryAll(ctx, s.r, "read outbox", func(r *sql.Rows) (rec PublishedRecord, err error) {
 		var env string
-		if err := rows.Scan(&r.Seq, &r.DetailType, &env); err != nil {
-			return nil, fmt.Errorf("read outbox: %w", err)
-		}
-		r.Envelope = []byte(env)
-		out = append(out, r)
-	}
-	return out, rows.Err()
+		err = r.Scan(&rec.Seq, &rec.DetailType, &env)
+		rec.Envelope = []byte(env)
+		return rec, err
+	}, `SELECT seq, detail_type, envelope FROM published WHERE seq > ? ORDER BY seq LIMIT ?`, seq, limit)
 }
 
 // LastPublishedSeq is the sequence number of the newest outbox row (0 if none).
@@ -275,42 +186,48 @@ func (s *Store) LastPublishedSeq(ctx context.Context) (int64, error) {
 
 // Log returns the whole connection log in sequence order (for tests and tools).
 func (s *Store) Log(ctx context.Context) ([]events.ConnectionEvent, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT data FROM events ORDER BY seq`)
-	if err != nil {
-		return nil, fmt.Errorf("read log: %w", err)
-	}
-	defer rows.Close()
-	var out []events.ConnectionEvent
-	for rows.Next() {
+	return queryAll(ctx, s.r, "read log", func(r *sql.Rows) (e events.ConnectionEvent, err error) {
 		var data string
-		if err := rows.Scan(&data); err != nil {
-			return nil, fmt.Errorf("read log: %w", err)
+		if err := r.Scan(&data); err != nil {
+			return e, err
 		}
-		var e events.ConnectionEvent
-		if err := jsonUnmarshal(data, &e); err != nil {
-			return nil, err
-		}
-		out = append(out, e)
-	}
-	return out, rows.Err()
+		return e, jsonUnmarshal(data, &e)
+	}, `SELECT data FROM events ORDER BY seq`)
 }
 
 // AllLiveConnections lists every live connection of the view (after a restart of the
 // local runtime these are the connections that died with the process).
 func (s *Store) AllLiveConnections(ctx context.Context) ([]presence.Conn, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT connection_id, user_id FROM view_connections
+	return queryAll(ctx, s.r, "list live connections", func(r *sql.Rows) (c presence.Conn, err error) {
+		return c, r.Scan(&c.ID, &c.UserID)
+	}, `SELECT connection_id, user_id FROM view_connections
 		WHERE opened_at IS NOT NULL AND closed_at IS NULL ORDER BY user_id, connection_id`)
+}
+
+func scanUserStatus(r *sql.Rows) (u UserStatus, err error) {
+	var last sql.NullInt64
+	err = r.Scan(&u.UserID, &u.Connections, &last)
+	u.LastActivity = fromNanos(last)
+	return u, err
+}
+
+// queryAll runs a query and scans every row with scan; errors name what was read.
+func queryAll[T any](ctx context.Context, db *sql.DB, what string, scan func(*sql.Rows) (T, error), query string, args ...any) ([]T, error) {
+	rows, err := db.QueryContext(ctx, query, args...)
 	if err != nil {
-		return nil, fmt.Errorf("list live connections: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	defer rows.Close()
-	var out []presence.Conn
+	var out []T
 	for rows.Next() {
-		var c presence.Conn
-		if err := rows.Scan(&c.ID, &c.UserID); err != nil {
-			return nil, fmt.Errorf("list live connections: %w", err)
+		v, err := scan(rows)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
 		}
-		out = append(out, c)
+		out = append(out, v)
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return out, nil
 }
