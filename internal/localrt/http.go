@@ -81,25 +81,13 @@ func (s *Server) handleOnline(w http.ResponseWriter, r *http.Request) {
 		httperr.Write(w, r, s.log, err)
 		return
 	}
-	var users []sqlite.UserStatus
-	if q.ByIDs() {
-		users, err = s.store.Users(r.Context(), q.UserIDs)
-	} else {
-		users, err = s.store.OnlineUsers(r.Context(), q.After, q.Limit+1)
-	}
+	out, next, err := onlineapi.Answer(r.Context(), s.store, q)
 	if err != nil {
 		httperr.Write(w, r, s.log, err)
 		return
 	}
-	out := make([]onlineapi.Status, len(users))
-	for i, u := range users {
-		out[i] = onlineapi.NewStatus(u.UserID, u.Connections, u.LastActivity)
-	}
-	if !q.ByIDs() {
-		var next string
-		if out, next = onlineapi.Page(q, out); next != "" {
-			w.Header().Set(onlineapi.NextTokenHeader, next)
-		}
+	if next != "" {
+		w.Header().Set(onlineapi.NextTokenHeader, next)
 	}
 	httperr.WriteJSON(w, http.StatusOK, out)
 }

@@ -1,6 +1,7 @@
 package onlineapi
 
 import (
+	"context"
 	"encoding/base64"
 	"fmt"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/httperr"
+	"github.com/wspresence/wspresence/internal/presence"
 )
 
 // Limits of the query.
@@ -143,3 +145,36 @@ func Page(q Query, users []Status) ([]Status, string) {
 
 // MethodAllowed reports whether method may be used on /user/online.
 func MethodAllowed(method string) bool { return method == http.MethodGet || method == http.MethodHead }
+
+// View is what the endpoint reads. Users answers every id given, in order (a user never
+// seen is offline with no last activity); OnlineUsers lists users with a live connection
+// in id order after the id after. Both must be safe for concurrent use.
+type View interface {
+	Users(ctx context.Context, ids []string) ([]presence.Status, error)
+	OnlineUsers(ctx context.Context, after string, limit int) ([]presence.Status, error)
+}
+
+// Answer runs q against v and returns the reply and the next page's token ("" if none).
+func Answer(ctx context.Context, v View, q Query) ([]Status, string, error) {
+	var (
+		users []presence.Status
+		err   error
+	)
+	if q.ByIDs() {
+		users, err = v.Users(ctx, q.UserIDs)
+	} else {
+		users, err = v.OnlineUsers(ctx, q.After, q.Limit+1)
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("read view: %w", err)
+	}
+	out := make([]Status, len(users))
+	for i, u := range users {
+		out[i] = NewStatus(u.UserID, u.Connections, u.LastActivity)
+	}
+	if q.ByIDs() {
+		return out, "", nil
+	}
+	out, next := Page(q, out)
+	return out, next, nil
+}

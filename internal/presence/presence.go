@@ -40,6 +40,18 @@ func (u User) GracePending() bool {
 // GraceDeadline is when the pending grace period ends.
 func (u User) GraceDeadline(grace time.Duration) time.Time { return u.OfflineSince.Add(grace) }
 
+// Status is what the view answers about one user.
+type Status struct {
+	UserID string
+	// Connections is the number of live connections.
+	Connections int
+	// LastActivity is the latest event time seen (zero if never seen).
+	LastActivity time.Time
+}
+
+// Online reports whether the user has a live connection.
+func (s Status) Online() bool { return s.Connections > 0 }
+
 // Conn is one connection's row of the view: live, or a tombstone once closed.
 type Conn struct {
 	ID     string

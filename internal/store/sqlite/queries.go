@@ -11,27 +11,17 @@ import (
 	"github.com/wspresence/wspresence/internal/presence"
 )
 
-// UserStatus is what the view says of one user.
-type UserStatus struct {
-	UserID       string
-	Connections  int
-	LastActivity time.Time // zero if never seen
-}
-
-// Online reports whether the user has a live connection.
-func (u UserStatus) Online() bool { return u.Connections > 0 }
-
 // OnlineUsers lists users with a live connection in user id order, starting after the id
 // after ("" for the first page), at most limit of them.
-func (s *Store) OnlineUsers(ctx context.Context, after string, limit int) ([]UserStatus, error) {
-	return queryAll(ctx, s.r, "list online users", scanUserStatus, `SELECT user_id, live, last_activity FROM view_users
+func (s *Store) OnlineUsers(ctx context.Context, after string, limit int) ([]presence.Status, error) {
+	return queryAll(ctx, s.r, "list online users", scanStatus, `SELECT user_id, live, last_activity FROM view_users
 		WHERE live > 0 AND user_id > ? ORDER BY user_id LIMIT ?`, after, limit)
 }
 
 // Users returns the status of each id, in the order given; a user the view has never seen
 // is offline with no last activity.
-func (s *Store) Users(ctx context.Context, ids []string) ([]UserStatus, error) {
-	out := make([]UserStatus, len(ids))
+func (s *Store) Users(ctx context.Context, ids []string) ([]presence.Status, error) {
+	out := make([]presence.Status, len(ids))
 	if len(ids) == 0 {
 		return out, nil
 	}
@@ -40,12 +30,12 @@ func (s *Store) Users(ctx context.Context, ids []string) ([]UserStatus, error) {
 		args[i] = id
 		out[i].UserID = id
 	}
-	list, err := queryAll(ctx, s.r, "read users", scanUserStatus, `SELECT user_id, live, last_activity FROM view_users WHERE user_id IN (?`+
+	list, err := queryAll(ctx, s.r, "read users", scanStatus, `SELECT user_id, live, last_activity FROM view_users WHERE user_id IN (?`+
 		strings.Repeat(",?", len(ids)-1)+`)`, args...)
 	if err != nil {
 		return nil, err
 	}
-	found := make(map[string]UserStatus, len(list))
+	found := make(map[string]presence.Status, len(list))
 	for _, u := range list {
 		found[u.UserID] = u
 	}
@@ -204,7 +194,7 @@ func (s *Store) AllLiveConnections(ctx context.Context) ([]presence.Conn, error)
 		WHERE opened_at IS NOT NULL AND closed_at IS NULL ORDER BY user_id, connection_id`)
 }
 
-func scanUserStatus(r *sql.Rows) (u UserStatus, err error) {
+func scanStatus(r *sql.Rows) (u presence.Status, err error) {
 	var last sql.NullInt64
 	err = r.Scan(&u.UserID, &u.Connections, &last)
 	u.LastActivity = fromNanos(last)
