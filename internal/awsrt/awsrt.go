@@ -1,0 +1,224 @@
+// Package awsrt wires the Lambda functions of the AWS runtime: it turns the settings a
+// function's main reads from its environment into AWS clients, adapters and a handler.
+// Nothing here reads the environment itself, except the AWS SDK's own configuration
+// chain (region, credentials, AWS_ENDPOINT_URL_*).
+package awsrt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/aws/aws-lambda-go/lambdacontext"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/apigatewaymanagementapi"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	awseventbridge "github.com/aws/aws-sdk-go-v2/service/eventbridge"
+	"github.com/aws/aws-sdk-go-v2/service/sfn"
+	"github.com/aws/aws-sdk-go-v2/service/ssm"
+	"github.com/wspresence/wspresence/internal/auth"
+	"github.com/wspresence/wspresence/internal/bus/eventbridge"
+	"github.com/wspresence/wspresence/internal/delivery"
+	"github.com/wspresence/wspresence/internal/gateway/apigw"
+	"github.com/wspresence/wspresence/internal/grace/stepfunctions"
+	"github.com/wspresence/wspresence/internal/lambda/authorizer"
+	"github.com/wspresence/wspresence/internal/lambda/connection"
+	"github.com/wspresence/wspresence/internal/lambda/online"
+	"github.com/wspresence/wspresence/internal/lambda/projector"
+	"github.com/wspresence/wspresence/internal/lambda/sender"
+	"github.com/wspresence/wspresence/internal/lambda/sweeper"
+	secretssm "github.com/wspresence/wspresence/internal/secret/ssm"
+	"github.com/wspresence/wspresence/internal/store/dynamo"
+)
+
+// Config holds the functions' settings as their environment gives them (strings; empty
+// means the default). Each constructor checks the ones it needs and reports every
+// problem at once.
+type Config struct {
+	// EventsTable and ViewTable name the tables (EVENTS_TABLE, VIEW_TABLE).
+	EventsTable, ViewTable string
+	// EventBus names the EventBridge bus (EVENT_BUS_NAME).
+	EventBus string
+	// GraceStateMachineARN is the offline-grace state machine (GRACE_STATE_MACHINE_ARN).
+	GraceStateMachineARN string
+	// OfflineGraceSeconds is the grace period (OFFLINE_GRACE_SECONDS, default 5).
+	OfflineGraceSeconds string
+	// JWTSecretParameter is the SSM parameter of the JWT secret (JWT_SECRET_PARAMETER,
+	// default /WebSocketAdapter/JwtSecret).
+	JWTSecretParameter string
+	// JWTSecretTTL is how long the secret is cached (JWT_SECRET_TTL, default 5m).
+	JWTSecretTTL string
+	// WebSocketEndpoint is the Management API endpoint of the WebSocket stage,
+	// https://{api-id}.execute-api.{region}.amazonaws.com/{stage} (WEBSOCKET_ENDPOINT).
+	WebSocketEndpoint string
+	// MaxReceives is the queue's maxReceiveCount (MAX_RECEIVES, default 5).
+	MaxReceives string
+	// StaleAfter is the sweeper's inactivity threshold (STALE_AFTER, default 15m).
+	StaleAfter string
+	// TombstoneRetention is how long closed connections are kept (TOMBSTONE_RETENTION,
+	// default 24h).
+	TombstoneRetention string
+}
+
+// DefaultJWTSecretParameter is the original service's parameter name.
+const DefaultJWTSecretParameter = "/WebSocketAdapter/JwtSecret"
+
+// Logger returns the functions' logger: JSON with the Lambda request id on every record.
+func Logger() *slog.Logger { return lambdacontext.NewLogger() }
+
+type checker struct{ errs []error }
+
+func (c *checker) need(name, v string) string {
+	if v == "" {
+		c.errs = append(c.errs, fmt.Errorf("%s is required", name))
+	}
+	return v
+}
+
+func (c *checker) duration(name, v string, def time.Duration) time.Duration {
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		c.errs = append(c.errs, fmt.Errorf("%s=%q: want a positive duration such as 30s", name, v))
+	}
+	return d
+}
+
+func (c *checker) integer(name, v string, def int) int {
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		c.errs = append(c.errs, fmt.Errorf("%s=%q: want a non-negative integer", name, v))
+	}
+	return n
+}
+
+func (c *checker) err() error {
+	if len(c.errs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("invalid configuration: %w", errors.Join(c.errs...))
+}
+
+func load(ctx context.Context) (aws.Config, error) {
+	cfg, err := config.LoadDefaultConfig(ctx)
+	if err != nil {
+		return cfg, fmt.Errorf("load AWS configuration: %w", err)
+	}
+	return cfg, nil
+}
+
+func (c Config) store(ck *checker, awsCfg aws.Config) *dynamo.Store {
+	return dynamo.New(dynamodb.NewFromConfig(awsCfg), dynamo.Tables{
+		Events: ck.need("EVENTS_TABLE", c.EventsTable), View: ck.need("VIEW_TABLE", c.ViewTable)})
+}
+
+func (c Config) gateway(ck *checker, awsCfg aws.Config) *apigw.Gateway {
+	endpoint := ck.need("WEBSOCKET_ENDPOINT", c.WebSocketEndpoint)
+	return apigw.New(apigatewaymanagementapi.NewFromConfig(awsCfg, func(o *apigatewaymanagementapi.Options) {
+		o.BaseEndpoint = aws.String(endpoint)
+	}))
+}
+
+func (c Config) publisher(ck *checker, awsCfg aws.Config) *eventbridge.Publisher {
+	return eventbridge.New(awseventbridge.NewFromConfig(awsCfg), ck.need("EVENT_BUS_NAME", c.EventBus))
+}
+
+// NewAuthorizer wires the WebSocket REQUEST authorizer.
+func NewAuthorizer(ctx context.Context, c Config, log *slog.Logger) (*authorizer.Handler, error) {
+	var ck checker
+	param := c.JWTSecretParameter
+	if param == "" {
+		param = DefaultJWTSecretParameter
+	}
+	ttl := ck.duration("JWT_SECRET_TTL", c.JWTSecretTTL, 5*time.Minute)
+	if err := ck.err(); err != nil {
+		return nil, err
+	}
+	awsCfg, err := load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &authorizer.Handler{Secrets: secretssm.New(ssm.NewFromConfig(awsCfg), param, ttl),
+		Leeway: auth.DefaultLeeway, Now: time.Now, Logger: log}, nil
+}
+
+// NewConnection wires the $connect and $disconnect handlers.
+func NewConnection(ctx context.Context, c Config, log *slog.Logger) (*connection.Handler, error) {
+	awsCfg, err := load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var ck checker
+	st := c.store(&ck, awsCfg)
+	return &connection.Handler{Log: st, Owners: st, Logger: log}, ck.err()
+}
+
+// NewProjector wires the stream handler.
+func NewProjector(ctx context.Context, c Config, log *slog.Logger) (*projector.Handler, error) {
+	awsCfg, err := load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var ck checker
+	grace := time.Duration(ck.integer("OFFLINE_GRACE_SECONDS", c.OfflineGraceSeconds, 5)) * time.Second
+	h := &projector.Handler{
+		View:      c.store(&ck, awsCfg),
+		Publisher: c.publisher(&ck, awsCfg),
+		Grace:     stepfunctions.New(sfn.NewFromConfig(awsCfg), ck.need("GRACE_STATE_MACHINE_ARN", c.GraceStateMachineARN), grace),
+		Logger:    log,
+	}
+	return h, ck.err()
+}
+
+// NewSender wires the SQS handler.
+func NewSender(ctx context.Context, c Config, log *slog.Logger) (*sender.Handler, error) {
+	awsCfg, err := load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var ck checker
+	st := c.store(&ck, awsCfg)
+	h := &sender.Handler{
+		Deliverer:   &delivery.Deliverer{Connections: st, Poster: c.gateway(&ck, awsCfg), Log: st, Logger: log},
+		Publisher:   c.publisher(&ck, awsCfg),
+		MaxReceives: ck.integer("MAX_RECEIVES", c.MaxReceives, 5),
+		Logger:      log,
+	}
+	return h, ck.err()
+}
+
+// NewOnline wires the GET /user/online handler.
+func NewOnline(ctx context.Context, c Config, log *slog.Logger) (*online.Handler, error) {
+	awsCfg, err := load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var ck checker
+	return &online.Handler{View: c.store(&ck, awsCfg), Logger: log}, ck.err()
+}
+
+// NewSweeper wires the scheduled sweeper.
+func NewSweeper(ctx context.Context, c Config, log *slog.Logger) (*sweeper.Handler, error) {
+	awsCfg, err := load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var ck checker
+	st := c.store(&ck, awsCfg)
+	h := &sweeper.Handler{
+		View: st, Log: st, Gateway: c.gateway(&ck, awsCfg),
+		StaleAfter: ck.duration("STALE_AFTER", c.StaleAfter, 15*time.Minute),
+		Retention:  ck.duration("TOMBSTONE_RETENTION", c.TombstoneRetention, 24*time.Hour),
+		Now:        time.Now, Logger: log,
+	}
+	return h, ck.err()
+}

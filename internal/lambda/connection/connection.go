@@ -1,0 +1,106 @@
+// Package connection holds the $connect and $disconnect handlers of the AWS runtime. They
+// append ConnectionOpened and ConnectionClosed to the event table with a conditional put
+// on the natural key, so a retried invocation appends nothing twice. $connect never posts
+// to the new connection (API Gateway refuses posts until the handshake completes). Handlers
+// are safe for concurrent use.
+package connection
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	lambdaevents "github.com/aws/aws-lambda-go/events"
+	"github.com/wspresence/wspresence/events"
+)
+
+// Log appends connection events idempotently.
+type Log interface {
+	Append(ctx context.Context, evs ...events.ConnectionEvent) (int, error)
+}
+
+// Owners finds the user of a connection from its open event, for a $disconnect whose
+// request carries no authorizer context.
+type Owners interface {
+	OpenedBy(ctx context.Context, connectionID string) (string, error)
+}
+
+// Handler handles $connect and $disconnect.
+type Handler struct {
+	Log    Log
+	Owners Owners
+	Logger *slog.Logger
+}
+
+// ErrNoUser is returned when a request carries no userId from the authorizer.
+var ErrNoUser = errors.New("no userId in the authorizer context")
+
+// UserID returns the userId the authorizer put in the request context.
+func UserID(rc lambdaevents.APIGatewayWebsocketProxyRequestContext) string {
+	if m, ok := rc.Authorizer.(map[string]any); ok {
+		if v, ok := m["userId"].(string); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+func eventTime(rc lambdaevents.APIGatewayWebsocketProxyRequestContext) time.Time {
+	if rc.RequestTimeEpoch > 0 {
+		return time.UnixMilli(rc.RequestTimeEpoch).UTC()
+	}
+	return time.Now().UTC()
+}
+
+func ok() lambdaevents.APIGatewayProxyResponse {
+	return lambdaevents.APIGatewayProxyResponse{StatusCode: http.StatusOK}
+}
+
+// Connect appends ConnectionOpened. An error makes API Gateway refuse the connection.
+func (h *Handler) Connect(ctx context.Context, req lambdaevents.APIGatewayWebsocketProxyRequest) (lambdaevents.APIGatewayProxyResponse, error) {
+	rc := req.RequestContext
+	userID := UserID(rc)
+	if userID == "" {
+		h.Logger.ErrorContext(ctx, "connect without a user", "connectionId", rc.ConnectionID, "requestId", rc.RequestID)
+		return lambdaevents.APIGatewayProxyResponse{StatusCode: http.StatusForbidden}, nil
+	}
+	e := events.Opened(userID, rc.ConnectionID, eventTime(rc), rc.Identity.SourceIP, rc.Identity.UserAgent)
+	if _, err := h.Log.Append(ctx, e); err != nil {
+		return lambdaevents.APIGatewayProxyResponse{}, fmt.Errorf("connect %s: %w", rc.ConnectionID, err)
+	}
+	h.Logger.InfoContext(ctx, "connected", "userId", userID, "connectionId", rc.ConnectionID, "requestId", rc.RequestID)
+	return ok(), nil
+}
+
+// ReasonFor maps API Gateway's disconnect status code to a close reason: a close frame
+// from either side is the client's doing; anything else (1006: no close frame, 1011 and
+// the rest) means the connection was lost.
+func ReasonFor(code int64) events.CloseReason {
+	switch code {
+	case 1000, 1001, 1005:
+		return events.ReasonClient
+	}
+	return events.ReasonExpired
+}
+
+// Disconnect appends ConnectionClosed with the reason of the status code.
+func (h *Handler) Disconnect(ctx context.Context, req lambdaevents.APIGatewayWebsocketProxyRequest) (lambdaevents.APIGatewayProxyResponse, error) {
+	rc := req.RequestContext
+	userID := UserID(rc)
+	if userID == "" {
+		var err error
+		if userID, err = h.Owners.OpenedBy(ctx, rc.ConnectionID); err != nil {
+			return lambdaevents.APIGatewayProxyResponse{}, fmt.Errorf("disconnect %s: %w: %w", rc.ConnectionID, ErrNoUser, err)
+		}
+	}
+	reason := ReasonFor(rc.DisconnectStatusCode)
+	if _, err := h.Log.Append(ctx, events.Closed(userID, rc.ConnectionID, eventTime(rc), reason)); err != nil {
+		return lambdaevents.APIGatewayProxyResponse{}, fmt.Errorf("disconnect %s: %w", rc.ConnectionID, err)
+	}
+	h.Logger.InfoContext(ctx, "disconnected", "userId", userID, "connectionId", rc.ConnectionID,
+		"requestId", rc.RequestID, "reason", string(reason), "statusCode", rc.DisconnectStatusCode)
+	return ok(), nil
+}

@@ -1,0 +1,122 @@
+// Package projector is the DynamoDB Streams handler of the AWS runtime: it decodes the new
+// images of the event table into connection events, folds each into the view (package
+// dynamo), publishes the transitions and starts the grace state machine. It reports the
+// records it could not process as batch item failures, so one bad record never fails the
+// whole batch; every step is idempotent, so a retried record completes what its first
+// attempt could not. A Handler is safe for concurrent use if its ports are.
+package projector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	lambdaevents "github.com/aws/aws-lambda-go/events"
+	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/store/dynamo"
+)
+
+// View folds one event into the view and says what to do next (package dynamo's Store).
+type View interface {
+	Apply(ctx context.Context, e events.ConnectionEvent) (dynamo.Effects, error)
+}
+
+// Publisher publishes events; publishing the same event id again must be harmless.
+type Publisher interface {
+	Publish(ctx context.Context, evs ...events.Published) error
+}
+
+// GraceStarter starts the offline grace timer of the period that began at since;
+// starting the same period twice must be harmless.
+type GraceStarter interface {
+	StartGrace(ctx context.Context, userID string, since time.Time) error
+}
+
+// Handler handles DynamoDB stream batches.
+type Handler struct {
+	View      View
+	Publisher Publisher
+	Grace     GraceStarter
+	Logger    *slog.Logger
+}
+
+// ErrUndecodable is wrapped by Decode for a record that is not a connection event.
+var ErrUndecodable = errors.New("undecodable stream record")
+
+// Handle processes a batch and returns the sequence numbers of the records that failed.
+func (h *Handler) Handle(ctx context.Context, ev lambdaevents.DynamoDBEvent) (lambdaevents.DynamoDBEventResponse, error) {
+	resp := lambdaevents.DynamoDBEventResponse{BatchItemFailures: []lambdaevents.DynamoDBBatchItemFailure{}}
+	for _, rec := range ev.Records {
+		if rec.EventName != string(lambdaevents.DynamoDBOperationTypeInsert) {
+			continue // the log is append-only: nothing else carries an event
+		}
+		if err := h.process(ctx, rec); err != nil {
+			log := h.Logger.With("sequenceNumber", rec.Change.SequenceNumber, "eventId", rec.EventID)
+			if errors.Is(err, ErrUndecodable) {
+				// Retries cannot fix it; reporting it lets the bounded retries end in the
+				// stream's on-failure destination, where it can be inspected.
+				log.ErrorContext(ctx, "undecodable record", "err", err)
+			} else {
+				log.WarnContext(ctx, "record failed, will be retried", "err", err)
+			}
+			resp.BatchItemFailures = append(resp.BatchItemFailures, lambdaevents.DynamoDBBatchItemFailure{ItemIdentifier: rec.Change.SequenceNumber})
+		}
+	}
+	return resp, nil
+}
+
+func (h *Handler) process(ctx context.Context, rec lambdaevents.DynamoDBEventRecord) error {
+	e, err := Decode(rec.Change.NewImage)
+	if err != nil {
+		return err
+	}
+	eff, err := h.View.Apply(ctx, e)
+	if err != nil {
+		return fmt.Errorf("apply %s: %w", e.Key(), err)
+	}
+	if len(eff.Publish) > 0 {
+		if err := h.Publisher.Publish(ctx, eff.Publish...); err != nil {
+			return fmt.Errorf("publish after %s: %w", e.Key(), err)
+		}
+	}
+	if eff.Grace != nil {
+		if err := h.Grace.StartGrace(ctx, eff.Grace.UserID, eff.Grace.Since); err != nil {
+			return fmt.Errorf("start grace after %s: %w", e.Key(), err)
+		}
+	}
+	return nil
+}
+
+func attr(img map[string]lambdaevents.DynamoDBAttributeValue, name string) string {
+	v, ok := img[name]
+	if !ok || v.DataType() != lambdaevents.DataTypeString {
+		return ""
+	}
+	return v.String()
+}
+
+// Decode turns an event table item's stream image into the connection event it holds.
+func Decode(img map[string]lambdaevents.DynamoDBAttributeValue) (events.ConnectionEvent, error) {
+	at, err := time.Parse(time.RFC3339Nano, attr(img, "at"))
+	if err != nil {
+		return events.ConnectionEvent{}, fmt.Errorf("%w: at: %w", ErrUndecodable, err)
+	}
+	e := events.ConnectionEvent{
+		Type:         events.Type(attr(img, "type")),
+		UserID:       attr(img, "userId"),
+		ConnectionID: attr(img, "connectionId"),
+		At:           at.UTC(),
+		SourceIP:     attr(img, "sourceIp"),
+		UserAgent:    attr(img, "userAgent"),
+		Reason:       events.CloseReason(attr(img, "reason")),
+	}
+	if err := e.Validate(); err != nil {
+		return e, fmt.Errorf("%w: %w", ErrUndecodable, err)
+	}
+	if key := attr(img, "pk"); key != "" && key != e.Key() {
+		return e, fmt.Errorf("%w: key %q does not match the event (%q)", ErrUndecodable, key, e.Key())
+	}
+	return e, nil
+}

@@ -1,0 +1,105 @@
+// Package sender is the SQS handler of the AWS runtime: for each message
+// {"UserId","Body"} (camelCase, MessageId and UserIds accepted too) it delivers the body
+// to every live connection of each recipient (package delivery) and publishes the outcome
+// events. It returns only the failed message ids, so SQS retries those alone and moves a
+// poison message to the dead-letter queue after its maximum receives. A Handler is safe
+// for concurrent use if its ports are.
+package sender
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+
+	lambdaevents "github.com/aws/aws-lambda-go/events"
+	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/delivery"
+)
+
+// Deliverer delivers one message to one user (package delivery's Deliverer).
+type Deliverer interface {
+	Deliver(ctx context.Context, messageID, userID, body string) (delivery.Result, error)
+}
+
+// Publisher publishes outcome events.
+type Publisher interface {
+	Publish(ctx context.Context, evs ...events.Published) error
+}
+
+// Handler handles SQS batches.
+type Handler struct {
+	Deliverer Deliverer
+	Publisher Publisher
+	// MaxReceives is the queue's maxReceiveCount: on the last receive, a message whose
+	// posts keep failing is reported MessageUndeliverable{failed} instead of retried.
+	MaxReceives int
+	// Concurrency bounds the messages handled at once (default 8).
+	Concurrency int
+	Logger      *slog.Logger
+}
+
+// Handle processes a batch and reports the messages that must be retried.
+func (h *Handler) Handle(ctx context.Context, ev lambdaevents.SQSEvent) (lambdaevents.SQSEventResponse, error) {
+	resp := lambdaevents.SQSEventResponse{BatchItemFailures: []lambdaevents.SQSBatchItemFailure{}}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	limit := h.Concurrency
+	if limit <= 0 {
+		limit = 8
+	}
+	sem := make(chan struct{}, limit)
+	for _, rec := range ev.Records {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := h.process(ctx, rec); err != nil {
+				h.Logger.WarnContext(ctx, "message failed", "messageId", rec.MessageId, "err", err)
+				mu.Lock()
+				resp.BatchItemFailures = append(resp.BatchItemFailures, lambdaevents.SQSBatchItemFailure{ItemIdentifier: rec.MessageId})
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return resp, nil
+}
+
+func (h *Handler) lastReceive(rec lambdaevents.SQSMessage) bool {
+	n, err := strconv.Atoi(rec.Attributes["ApproximateReceiveCount"])
+	return err == nil && h.MaxReceives > 0 && n >= h.MaxReceives
+}
+
+func (h *Handler) process(ctx context.Context, rec lambdaevents.SQSMessage) error {
+	msg, err := events.DecodeMessage([]byte(rec.Body))
+	if err != nil {
+		// Reported failed so that, after the queue's maximum receives, it lands in the DLQ.
+		return fmt.Errorf("poison message: %w", err)
+	}
+	id := msg.MessageID
+	if id == "" {
+		id = rec.MessageId // stable across redeliveries of this SQS message
+	}
+	var outcomes []events.Published
+	var errs []error
+	for _, uid := range msg.Recipients() {
+		res, err := h.Deliverer.Deliver(ctx, id, uid, msg.Body)
+		switch {
+		case err == nil:
+			outcomes = append(outcomes, res.Outcome)
+		case errors.Is(err, delivery.ErrDeliveryFailed) && h.lastReceive(rec):
+			outcomes = append(outcomes, res.Outcome)
+		default:
+			errs = append(errs, err)
+		}
+	}
+	if len(outcomes) > 0 {
+		if err := h.Publisher.Publish(ctx, outcomes...); err != nil {
+			errs = append(errs, fmt.Errorf("publish outcomes of %s: %w", id, err))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,281 @@
+package dynamo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/awsfail"
+	"github.com/wspresence/wspresence/internal/failure"
+	"github.com/wspresence/wspresence/internal/presence"
+)
+
+// Tables names the two tables.
+type Tables struct {
+	// Events is the event table: hash key "pk" (S), stream NEW_IMAGE.
+	Events string
+	// View is the view table: hash key "pk" (S), range key "sk" (S), sparse index
+	// OnlineIndex on ("online" S, "pk" S).
+	View string
+}
+
+// OnlineIndex is the name of the view table's sparse index of online users.
+const OnlineIndex = "online"
+
+// Item attribute names and fixed values.
+const (
+	userSK     = "#USER"
+	connPrefix = "CONN#"
+	onlineMark = "1"
+	batchLimit = 100
+	maxRetries = 8
+)
+
+// Store is the DynamoDB event store and view.
+type Store struct {
+	db     *dynamodb.Client
+	tables Tables
+}
+
+// New returns a Store on the given client and tables.
+func New(db *dynamodb.Client, tables Tables) *Store {
+	return &Store{db: db, tables: tables}
+}
+
+func s(v string) types.AttributeValue { return &types.AttributeValueMemberS{Value: v} }
+func n(t time.Time) types.AttributeValue {
+	return &types.AttributeValueMemberN{Value: strconv.FormatInt(t.UnixNano(), 10)}
+}
+func ss(v ...string) types.AttributeValue { return &types.AttributeValueMemberSS{Value: v} }
+
+func userKey(userID string) map[string]types.AttributeValue {
+	return map[string]types.AttributeValue{"pk": s(userID), "sk": s(userSK)}
+}
+
+func connKey(userID, connectionID string) map[string]types.AttributeValue {
+	return map[string]types.AttributeValue{"pk": s(userID), "sk": s(connPrefix + connectionID)}
+}
+
+// EventItem is the event table item of e.
+func EventItem(e events.ConnectionEvent) map[string]types.AttributeValue {
+	item := map[string]types.AttributeValue{
+		"pk":           s(e.Key()),
+		"type":         s(string(e.Type)),
+		"userId":       s(e.UserID),
+		"connectionId": s(e.ConnectionID),
+		"at":           s(e.At.UTC().Format(time.RFC3339Nano)),
+	}
+	if e.SourceIP != "" {
+		item["sourceIp"] = s(e.SourceIP)
+	}
+	if e.UserAgent != "" {
+		item["userAgent"] = s(e.UserAgent)
+	}
+	if e.Reason != "" {
+		item["reason"] = s(string(e.Reason))
+	}
+	return item
+}
+
+// Append writes each event with a conditional put on its natural key, so an event already
+// there is skipped; it returns how many were written. Errors wrap failure.ErrThrottled or
+// failure.ErrUnavailable where they apply.
+func (st *Store) Append(ctx context.Context, evs ...events.ConnectionEvent) (int, error) {
+	written := 0
+	for _, e := range evs {
+		if err := e.Validate(); err != nil {
+			return written, err
+		}
+		_, err := st.db.PutItem(ctx, &dynamodb.PutItemInput{
+			TableName:           aws.String(st.tables.Events),
+			Item:                EventItem(e),
+			ConditionExpression: aws.String("attribute_not_exists(pk)"),
+		})
+		switch {
+		case err == nil:
+			written++
+		case isConflict(err):
+		default:
+			return written, awsfail.Wrap("append "+e.Key(), err)
+		}
+	}
+	return written, nil
+}
+
+// ErrUnknownConnection is returned by OpenedBy for a connection with no open event.
+var ErrUnknownConnection = errors.New("unknown connection")
+
+// OpenedBy returns the user of a connection from its ConnectionOpened event.
+func (st *Store) OpenedBy(ctx context.Context, connectionID string) (string, error) {
+	out, err := st.db.GetItem(ctx, &dynamodb.GetItemInput{
+		TableName:      aws.String(st.tables.Events),
+		Key:            map[string]types.AttributeValue{"pk": s(events.Opened("", connectionID, time.Time{}, "", "").Key())},
+		ConsistentRead: aws.Bool(true),
+	})
+	if err != nil {
+		return "", awsfail.Wrap("read open of "+connectionID, err)
+	}
+	uid := str(out.Item, "userId")
+	if uid == "" {
+		return "", fmt.Errorf("%s: %w", connectionID, ErrUnknownConnection)
+	}
+	return uid, nil
+}
+
+func isConflict(err error) bool {
+	var ccf *types.ConditionalCheckFailedException
+	return errors.As(err, &ccf)
+}
+
+func str(item map[string]types.AttributeValue, name string) string {
+	if v, ok := item[name].(*types.AttributeValueMemberS); ok {
+		return v.Value
+	}
+	return ""
+}
+
+func strs(item map[string]types.AttributeValue, name string) []string {
+	if v, ok := item[name].(*types.AttributeValueMemberSS); ok {
+		return v.Value
+	}
+	return nil
+}
+
+func tm(item map[string]types.AttributeValue, name string) time.Time {
+	v, ok := item[name].(*types.AttributeValueMemberN)
+	if !ok {
+		return time.Time{}
+	}
+	ns, err := strconv.ParseInt(v.Value, 10, 64)
+	if err != nil {
+		return time.Time{}
+	}
+	return time.Unix(0, ns).UTC()
+}
+
+func statusOf(item map[string]types.AttributeValue) presence.Status {
+	return presence.Status{UserID: str(item, "pk"), Connections: len(strs(item, "live")), LastActivity: tm(item, "lastActivity")}
+}
+
+// LiveConnections lists the user's live connections (a consistent read).
+func (st *Store) LiveConnections(ctx context.Context, userID string) ([]string, error) {
+	out, err := st.db.GetItem(ctx, &dynamodb.GetItemInput{
+		TableName:            aws.String(st.tables.View),
+		Key:                  userKey(userID),
+		ConsistentRead:       aws.Bool(true),
+		ProjectionExpression: aws.String("live"),
+	})
+	if err != nil {
+		return nil, awsfail.Wrap("read connections of "+userID, err)
+	}
+	return strs(out.Item, "live"), nil
+}
+
+// Users returns each id's status, in the order given, reading BatchGetItem chunks of 100
+// and retrying unprocessed keys with jittered backoff.
+func (st *Store) Users(ctx context.Context, ids []string) ([]presence.Status, error) {
+	found := map[string]presence.Status{}
+	unique := make([]string, 0, len(ids))
+	seen := map[string]bool{}
+	for _, id := range ids {
+		if !seen[id] {
+			seen[id] = true
+			unique = append(unique, id)
+		}
+	}
+	for start := 0; start < len(unique); start += batchLimit {
+		chunk := unique[start:min(start+batchLimit, len(unique))]
+		keys := make([]map[string]types.AttributeValue, len(chunk))
+		for i, id := range chunk {
+			keys[i] = userKey(id)
+		}
+		req := map[string]types.KeysAndAttributes{st.tables.View: {Keys: keys,
+			ProjectionExpression: aws.String("pk, live, lastActivity")}}
+		for attempt := 0; len(req) > 0; attempt++ {
+			if attempt > 0 {
+				if attempt > maxRetries {
+					return nil, fmt.Errorf("read users: unprocessed keys after %d attempts: %w", maxRetries, failure.ErrThrottled)
+				}
+				if err := sleep(ctx, backoff(attempt)); err != nil {
+					return nil, err
+				}
+			}
+			out, err := st.db.BatchGetItem(ctx, &dynamodb.BatchGetItemInput{RequestItems: req})
+			if err != nil {
+				return nil, awsfail.Wrap("read users", err)
+			}
+			for _, item := range out.Responses[st.tables.View] {
+				found[str(item, "pk")] = statusOf(item)
+			}
+			req = out.UnprocessedKeys
+		}
+	}
+	res := make([]presence.Status, len(ids))
+	for i, id := range ids {
+		res[i] = presence.Status{UserID: id}
+		if u, ok := found[id]; ok {
+			res[i] = u
+		}
+	}
+	return res, nil
+}
+
+// OnlineUsers lists users with a live connection, in id order after the id after, from the
+// sparse index (eventually consistent, as any index).
+func (st *Store) OnlineUsers(ctx context.Context, after string, limit int) ([]presence.Status, error) {
+	cond := "#o = :one"
+	values := map[string]types.AttributeValue{":one": s(onlineMark)}
+	if after != "" {
+		cond += " AND pk > :after"
+		values[":after"] = s(after)
+	}
+	var out []presence.Status
+	var start map[string]types.AttributeValue
+	for len(out) < limit {
+		page, err := st.db.Query(ctx, &dynamodb.QueryInput{
+			TableName:                 aws.String(st.tables.View),
+			IndexName:                 aws.String(OnlineIndex),
+			KeyConditionExpression:    aws.String(cond),
+			ExpressionAttributeNames:  map[string]string{"#o": "online"},
+			ExpressionAttributeValues: values,
+			Limit:                     aws.Int32(int32(limit - len(out))),
+			ExclusiveStartKey:         start,
+		})
+		if err != nil {
+			return nil, awsfail.Wrap("list online users", err)
+		}
+		for _, item := range page.Items {
+			if st := statusOf(item); st.Online() {
+				out = append(out, st)
+			}
+		}
+		if page.LastEvaluatedKey == nil {
+			break
+		}
+		start = page.LastEvaluatedKey
+	}
+	return out, nil
+}
+
+func backoff(attempt int) time.Duration {
+	base := 10 * time.Millisecond << min(attempt, 6)
+	return base/2 + rand.N(base/2+1)
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

@@ -1,0 +1,91 @@
+package sqlite_test
+
+import (
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/store/sqlite"
+	"github.com/wspresence/wspresence/internal/storetest"
+)
+
+const contractGrace = 5 * time.Second
+
+// TestContract runs the store contract against the SQLite store.
+func TestContract(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) storetest.Harness {
+		clk := &clock{t: time.Date(2026, 4, 5, 6, 7, 8, 0, time.UTC)}
+		s, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "db"), sqlite.Options{Grace: contractGrace, Now: clk.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		var seen int64
+		published := func(t *testing.T) []events.Published {
+			recs, err := s.PublishedSince(context.Background(), seen, 1000)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out []events.Published
+			for _, r := range recs {
+				seen = r.Seq
+				out = append(out, decodePublished(t, r))
+			}
+			return out
+		}
+		return storetest.Harness{
+			Store: s,
+			Project: func(t *testing.T) ([]events.Published, []storetest.Grace) {
+				p, err := s.Project(context.Background())
+				if err != nil {
+					t.Fatal(err)
+				}
+				var graces []storetest.Grace
+				for _, g := range p.Graces {
+					graces = append(graces, storetest.Grace{UserID: g.UserID, Since: g.Deadline.Add(-contractGrace)})
+				}
+				return published(t), graces
+			},
+			ExpireGrace: func(t *testing.T, userID string, since time.Time) []events.Published {
+				clk.mu.Lock()
+				clk.t = since.Add(contractGrace)
+				clk.mu.Unlock()
+				if _, err := s.ExpireGrace(context.Background(), userID); err != nil {
+					t.Fatal(err)
+				}
+				return published(t)
+			},
+		}
+	})
+}
+
+func decodePublished(t *testing.T, r sqlite.PublishedRecord) events.Published {
+	t.Helper()
+	var env events.Envelope
+	if err := json.Unmarshal(r.Envelope, &env); err != nil {
+		t.Fatal(err)
+	}
+	var p events.Published
+	switch env.DetailType {
+	case events.DetailUserOnline:
+		var e events.UserOnline
+		err := json.Unmarshal(env.Detail, &e)
+		p = e
+		if err != nil {
+			t.Fatal(err)
+		}
+	case events.DetailUserOffline:
+		var e events.UserOffline
+		err := json.Unmarshal(env.Detail, &e)
+		p = e
+		if err != nil {
+			t.Fatal(err)
+		}
+	default:
+		t.Fatalf("unexpected %s", env.DetailType)
+	}
+	return p
+}
