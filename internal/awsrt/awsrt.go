@@ -125,11 +125,15 @@ func (c Config) gateway(ck *checker, awsCfg aws.Config) *apigw.Gateway {
 	endpoint := ck.need("WEBSOCKET_ENDPOINT", c.WebSocketEndpoint)
 	return apigw.New(apigatewaymanagementapi.NewFromConfig(awsCfg, func(o *apigatewaymanagementapi.Options) {
 		o.BaseEndpoint = aws.String(endpoint)
+		o.RetryMaxAttempts = 1 // the gateway retries throttling itself, with jitter
 	}))
 }
 
 func (c Config) publisher(ck *checker, awsCfg aws.Config) *eventbridge.Publisher {
-	return eventbridge.New(awseventbridge.NewFromConfig(awsCfg), ck.need("EVENT_BUS_NAME", c.EventBus))
+	client := awseventbridge.NewFromConfig(awsCfg, func(o *awseventbridge.Options) {
+		o.RetryMaxAttempts = 1 // the publisher resends failed entries itself
+	})
+	return eventbridge.New(client, ck.need("EVENT_BUS_NAME", c.EventBus))
 }
 
 // NewAuthorizer wires the WebSocket REQUEST authorizer.
