@@ -1,0 +1,100 @@
+package projector_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	lambdaevents "github.com/aws/aws-lambda-go/events"
+	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/lambda/projector"
+	"github.com/wspresence/wspresence/internal/lambdatest"
+	"github.com/wspresence/wspresence/internal/store/dynamo"
+)
+
+// fakeView answers Apply from a function.
+type fakeView func(events.ConnectionEvent) (dynamo.Effects, error)
+
+func (f fakeView) Apply(_ context.Context, e events.ConnectionEvent) (dynamo.Effects, error) {
+	return f(e)
+}
+
+type sink struct {
+	published []events.Published
+	graces    []string
+}
+
+func (s *sink) Publish(_ context.Context, evs ...events.Published) error {
+	s.published = append(s.published, evs...)
+	return nil
+}
+
+func (s *sink) StartGrace(_ context.Context, userID string, since time.Time) error {
+	s.graces = append(s.graces, userID+"@"+since.Format(time.RFC3339Nano))
+	return nil
+}
+
+func load(t *testing.T) lambdaevents.DynamoDBEvent {
+	var ev lambdaevents.DynamoDBEvent
+	lambdatest.Load(t, "dynamodb-stream.json", nil, &ev)
+	return ev
+}
+
+func TestDecodesRealRecords(t *testing.T) {
+	ev := load(t)
+	open, err := projector.Decode(ev.Records[0].Change.NewImage)
+	want := events.Opened("1234", "PXEyXdxwoAMCJzw=", time.Date(2026, 11, 26, 10, 0, 0, 123000000, time.UTC), "203.0.113.10", "wscat/6.0")
+	if err != nil || open != want {
+		t.Fatalf("Decode = %+v, %v; want %+v", open, err, want)
+	}
+	closed, err := projector.Decode(ev.Records[1].Change.NewImage)
+	if err != nil || closed.Type != events.TypeConnectionClosed || closed.Reason != events.ReasonClient {
+		t.Fatalf("Decode = %+v, %v", closed, err)
+	}
+	for name, img := range map[string]map[string]lambdaevents.DynamoDBAttributeValue{
+		"empty":       {},
+		"number at":   {"at": lambdaevents.NewNumberAttribute("1")},
+		"bad type":    {"type": lambdaevents.NewStringAttribute("Nope"), "userId": lambdaevents.NewStringAttribute("u"), "connectionId": lambdaevents.NewStringAttribute("c"), "at": lambdaevents.NewStringAttribute("2026-01-01T00:00:00Z")},
+		"key differs": {"pk": lambdaevents.NewStringAttribute("ConnectionOpened#other"), "type": lambdaevents.NewStringAttribute("ConnectionOpened"), "userId": lambdaevents.NewStringAttribute("u"), "connectionId": lambdaevents.NewStringAttribute("c"), "at": lambdaevents.NewStringAttribute("2026-01-01T00:00:00Z")},
+	} {
+		if _, err := projector.Decode(img); !errors.Is(err, projector.ErrUndecodable) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
+func TestHandlerPublishesAndStartsGraceAndReportsFailures(t *testing.T) {
+	ev := load(t)
+	at := time.Date(2026, 11, 26, 10, 5, 0, 456000000, time.UTC)
+	calls := 0
+	view := fakeView(func(e events.ConnectionEvent) (dynamo.Effects, error) {
+		calls++
+		switch {
+		case calls == 3:
+			return dynamo.Effects{}, errors.New("throttled")
+		case e.Type == events.TypeConnectionOpened:
+			return dynamo.Effects{Publish: []events.Published{events.NewUserOnline(e.UserID, e.ConnectionID, e.At)}}, nil
+		default:
+			return dynamo.Effects{Grace: &dynamo.Grace{UserID: e.UserID, Since: e.At}}, nil
+		}
+	})
+	s := &sink{}
+	h := &projector.Handler{View: view, Publisher: s, Grace: s, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	// A MODIFY record is not an event: skipped.
+	modify := ev.Records[0]
+	modify.EventName = "MODIFY"
+	ev.Records = append(ev.Records, modify, ev.Records[0])
+	resp, err := h.Handle(context.Background(), ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.published) != 1 || len(s.graces) != 1 || s.graces[0] != "1234@"+at.Format(time.RFC3339Nano) {
+		t.Fatalf("published %v, graces %v", s.published, s.graces)
+	}
+	if len(resp.BatchItemFailures) != 1 || resp.BatchItemFailures[0].ItemIdentifier != ev.Records[0].Change.SequenceNumber || calls != 3 {
+		t.Fatalf("failures %+v after %d applies", resp.BatchItemFailures, calls)
+	}
+}

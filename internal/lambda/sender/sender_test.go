@@ -1,0 +1,205 @@
+package sender_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	lambdaevents "github.com/aws/aws-lambda-go/events"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/apigatewaymanagementapi"
+	awseventbridge "github.com/aws/aws-sdk-go-v2/service/eventbridge"
+	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/awsfake"
+	"github.com/wspresence/wspresence/internal/bus/eventbridge"
+	"github.com/wspresence/wspresence/internal/delivery"
+	"github.com/wspresence/wspresence/internal/gateway/apigw"
+	"github.com/wspresence/wspresence/internal/lambda/sender"
+	"github.com/wspresence/wspresence/internal/lambdatest"
+	"github.com/wspresence/wspresence/internal/schematest"
+	"github.com/wspresence/wspresence/internal/store/dynamo"
+	"github.com/wspresence/wspresence/internal/store/dynamo/dynamotest"
+)
+
+type rig struct {
+	h       *sender.Handler
+	store   *dynamo.Store
+	stream  *dynamotest.Stream
+	apigw   *awsfake.Server
+	bus     *awsfake.Server
+	mu      sync.Mutex
+	posted  map[string][]string
+	busDown atomic.Bool
+}
+
+func (r *rig) postsTo(path string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.posted[path]
+}
+
+func newRig(t *testing.T, answer func(path string) awsfake.Response) *rig {
+	db := dynamotest.Client(t)
+	tables := dynamotest.NewTables(t, db)
+	r := &rig{store: dynamo.New(db, tables), stream: dynamotest.NewStream(db, tables.Events), posted: map[string][]string{}}
+	r.apigw = awsfake.New(t, func(req awsfake.Request) awsfake.Response {
+		r.mu.Lock()
+		r.posted[req.Path] = append(r.posted[req.Path], string(req.Body))
+		r.mu.Unlock()
+		return answer(req.Path)
+	})
+	r.bus = awsfake.New(t, func(req awsfake.Request) awsfake.Response {
+		if r.busDown.Load() {
+			return awsfake.Error(http.StatusInternalServerError, "InternalException", "down")
+		}
+		var in struct{ Entries []any }
+		_ = json.Unmarshal(req.Body, &in)
+		res := make([]map[string]string, len(in.Entries))
+		for i := range res {
+			res[i] = map[string]string{"EventId": "e"}
+		}
+		return awsfake.JSON(http.StatusOK, map[string]any{"FailedEntryCount": 0, "Entries": res})
+	})
+	gw := apigw.New(apigatewaymanagementapi.NewFromConfig(r.apigw.Config(), func(o *apigatewaymanagementapi.Options) {
+		o.BaseEndpoint = aws.String(r.apigw.URL + "/production")
+	}))
+	gw.Backoff = time.Millisecond
+	pub := eventbridge.New(awseventbridge.NewFromConfig(r.bus.Config()), "bus")
+	pub.Backoff = time.Millisecond
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	r.h = &sender.Handler{
+		Deliverer:   &delivery.Deliverer{Connections: r.store, Poster: gw, Log: r.store, Logger: quiet},
+		Publisher:   pub,
+		MaxReceives: 3,
+		Logger:      quiet,
+	}
+	return r
+}
+
+func (r *rig) open(t *testing.T, user string, conns ...string) {
+	for _, c := range conns {
+		if _, err := r.store.Apply(context.Background(), events.Opened(user, c, time.Now(), "", "")); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// published returns the PutEvents entries received, as envelopes checked against schemas.
+func (r *rig) published(t *testing.T) []map[string]any {
+	var out []map[string]any
+	for _, req := range r.bus.Requests() {
+		var in struct {
+			Entries []struct{ DetailType, Detail, Source string }
+		}
+		req.Decode(t, &in)
+		for _, e := range in.Entries {
+			env := map[string]any{"version": "0", "id": "x", "detail-type": e.DetailType, "source": e.Source, "account": "1",
+				"time": "2026-11-26T10:00:00Z", "region": "us-east-1", "resources": []string{}, "detail": json.RawMessage(e.Detail)}
+			data, _ := json.Marshal(env)
+			schematest.CheckEnvelope(t, data)
+			var d map[string]any
+			_ = json.Unmarshal([]byte(e.Detail), &d)
+			d["detail-type"] = e.DetailType
+			out = append(out, d)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i]["userId"].(string) < out[j]["userId"].(string) })
+	return out
+}
+
+func load(t *testing.T) lambdaevents.SQSEvent {
+	var ev lambdaevents.SQSEvent
+	lambdatest.Load(t, "sqs-event.json", nil, &ev)
+	return ev
+}
+
+func TestDeliversHealsAndReports(t *testing.T) {
+	r := newRig(t, func(path string) awsfake.Response {
+		if strings.HasSuffix(path, "/gone-1=") {
+			return awsfake.Error(http.StatusGone, "GoneException", "")
+		}
+		return awsfake.Response{Status: http.StatusOK}
+	})
+	r.open(t, "1234", "live-1=", "gone-1=")
+	ev := load(t)
+	resp, err := r.h.Handle(context.Background(), ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Only the poison message (a UserId of the wrong type) is reported failed.
+	if len(resp.BatchItemFailures) != 1 || resp.BatchItemFailures[0].ItemIdentifier != ev.Records[2].MessageId {
+		t.Fatalf("failures %+v", resp.BatchItemFailures)
+	}
+	if got := r.postsTo("/production/@connections/live-1="); len(got) != 1 || got[0] != "hello from the queue" {
+		t.Fatalf("posted to live-1: %v", got)
+	}
+	if got := r.postsTo("/production/@connections/gone-1="); len(got) != 1 {
+		t.Fatalf("posts to gone-1: %v", got)
+	}
+	// The 410 became ConnectionClosed{gone} in the log.
+	var gone bool
+	for _, rec := range r.stream.Next(t) {
+		img := rec.Change.NewImage
+		if img["type"].String() == "ConnectionClosed" && img["connectionId"].String() == "gone-1=" && img["reason"].String() == "gone" {
+			gone = true
+		}
+	}
+	if !gone {
+		t.Fatal("no ConnectionClosed{gone} appended for the 410")
+	}
+	pub := r.published(t)
+	if len(pub) != 2 {
+		t.Fatalf("published %v", pub)
+	}
+	if pub[0]["detail-type"] != "MessageDelivered" || pub[0]["userId"] != "1234" || pub[0]["connections"] != float64(1) ||
+		pub[0]["messageId"] != ev.Records[0].MessageId {
+		t.Fatalf("delivered event %v", pub[0])
+	}
+	if pub[1]["detail-type"] != "MessageUndeliverable" || pub[1]["userId"] != "5678" || pub[1]["reason"] != "offline" || pub[1]["messageId"] != "order-42" {
+		t.Fatalf("undeliverable event %v", pub[1])
+	}
+}
+
+func TestThrottledPostsAreRetriedThenReported(t *testing.T) {
+	r := newRig(t, func(string) awsfake.Response {
+		return awsfake.Error(http.StatusTooManyRequests, "LimitExceededException", "")
+	})
+	r.open(t, "1234", "c=")
+	ev := load(t)
+	ev.Records = ev.Records[:1]
+	resp, _ := r.h.Handle(context.Background(), ev)
+	if len(resp.BatchItemFailures) != 1 {
+		t.Fatalf("a throttled message must be retried: %+v", resp)
+	}
+	if len(r.bus.Requests()) != 0 {
+		t.Fatal("an outcome was published for a message that will be retried")
+	}
+	// On its last receive it is reported undeliverable instead.
+	ev.Records[0].Attributes["ApproximateReceiveCount"] = "3"
+	resp, _ = r.h.Handle(context.Background(), ev)
+	if len(resp.BatchItemFailures) != 0 {
+		t.Fatalf("last receive: %+v", resp)
+	}
+	if pub := r.published(t); len(pub) != 1 || pub[0]["reason"] != "failed" {
+		t.Fatalf("published %v", pub)
+	}
+}
+
+func TestPublishFailureRetriesTheMessage(t *testing.T) {
+	r := newRig(t, func(string) awsfake.Response { return awsfake.Response{Status: http.StatusOK} })
+	r.busDown.Store(true)
+	ev := load(t)
+	ev.Records = ev.Records[1:2]
+	resp, _ := r.h.Handle(context.Background(), ev)
+	if len(resp.BatchItemFailures) != 1 || resp.BatchItemFailures[0].ItemIdentifier != ev.Records[0].MessageId {
+		t.Fatalf("failures %+v", resp.BatchItemFailures)
+	}
+}
