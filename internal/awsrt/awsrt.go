@@ -67,7 +67,9 @@ type Config struct {
 // DefaultJWTSecretParameter is the original service's parameter name.
 const DefaultJWTSecretParameter = "/WebSocketAdapter/JwtSecret"
 
-// Logger returns the functions' logger: JSON with the Lambda request id on every record.
+// Logger returns the functions' logger (log/slog), with the Lambda request id on every
+// record; it writes JSON when the function's log format is JSON (AWS_LAMBDA_LOG_FORMAT,
+// which Lambda sets from the function's LoggingConfig).
 func Logger() *slog.Logger { return lambdacontext.NewLogger() }
 
 type checker struct{ errs []error }

@@ -1,0 +1,236 @@
+// Package services_test runs the Lambda functions' real binaries under the Lambda runtime
+// interface emulator (aws-lambda-rie, from WSPRESENCE_LAMBDA_RIE), each talking to dynalite
+// and to wire-level fakes of the other AWS services, and asserts their answers.
+package services_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	lambdaevents "github.com/aws/aws-lambda-go/events"
+	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/auth"
+	"github.com/wspresence/wspresence/internal/awsfake"
+	"github.com/wspresence/wspresence/internal/lambdatest"
+	"github.com/wspresence/wspresence/internal/schematest"
+	"github.com/wspresence/wspresence/internal/store/dynamo"
+	"github.com/wspresence/wspresence/internal/store/dynamo/dynamotest"
+	"github.com/wspresence/wspresence/schemas"
+)
+
+// RIEEnv names the variable holding the path of aws-lambda-rie.
+const RIEEnv = "WSPRESENCE_LAMBDA_RIE"
+
+var buildMu sync.Mutex
+
+// build compiles services/<name> as a Lambda bootstrap for this machine's architecture.
+func build(t *testing.T, name string) string {
+	t.Helper()
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	dir := filepath.Join(t.TempDir(), name)
+	out := filepath.Join(dir, "bootstrap")
+	cmd := exec.Command("go", "build", "-tags", "lambda.norpc", "-trimpath", "-o", out, "./services/"+name)
+	cmd.Dir = lambdatest.Root(t)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+runtime.GOARCH)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build %s: %v\n%s", name, err, b)
+	}
+	return out
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// function is one binary running under the emulator.
+type function struct {
+	url  string
+	logs *bytes.Buffer
+}
+
+func start(t *testing.T, name string, env map[string]string) *function {
+	t.Helper()
+	rie := os.Getenv(RIEEnv)
+	if rie == "" {
+		t.Skipf("%s is not set: go install the Lambda runtime interface emulator (see .ci/run)", RIEEnv)
+	}
+	bootstrap := build(t, name)
+	runtimeAPI, invoke := freePort(t), freePort(t)
+	cmd := exec.Command(rie, "--runtime-api-address", runtimeAPI, "--runtime-interface-emulator-address", invoke, bootstrap)
+	cmd.Dir = filepath.Dir(bootstrap)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "AWS_REGION=us-east-1", "AWS_ACCESS_KEY_ID=AKIDTEST",
+		"AWS_SECRET_ACCESS_KEY=secret", "AWS_LAMBDA_LOG_FORMAT=JSON", "AWS_EC2_METADATA_DISABLED=true"}
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	f := &function{url: "http://" + invoke + "/2015-03-31/functions/function/invocations", logs: &bytes.Buffer{}}
+	cmd.Stdout, cmd.Stderr = f.logs, f.logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("%s logs:\n%s", name, f.logs.String())
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.Dial("tcp", invoke)
+		if err == nil {
+			c.Close()
+			return f
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the emulator did not listen on %s", invoke)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (f *function) invoke(t *testing.T, payload []byte) []byte {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, f.url, bytes.NewReader(payload))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return body
+}
+
+func TestAuthorizerUnderTheEmulator(t *testing.T) {
+	secret := "emulated-secret-0123456789abcdef"
+	ssmFake := awsfake.New(t, func(r awsfake.Request) awsfake.Response {
+		return awsfake.JSON(http.StatusOK, map[string]any{"Parameter": map[string]any{"Name": "/WebSocketAdapter/JwtSecret", "Type": "SecureString", "Value": secret}})
+	})
+	f := start(t, "authorizer", map[string]string{"AWS_ENDPOINT_URL_SSM": ssmFake.URL})
+	tok, _ := auth.Mint([]byte(secret), "1234", time.Hour, time.Now())
+	var allow lambdaevents.APIGatewayCustomAuthorizerResponse
+	body := f.invoke(t, lambdatest.Raw(t, "authorizer-request.json", map[string]string{"TOKEN": tok}))
+	if err := json.Unmarshal(body, &allow); err != nil || allow.PrincipalID != "1234" || allow.Context["userId"] != "1234" ||
+		allow.PolicyDocument.Statement[0].Effect != "Allow" ||
+		allow.PolicyDocument.Statement[0].Resource[0] != "arn:aws:execute-api:us-east-1:123456789012:abcdef1234/production/$connect" {
+		t.Fatalf("answer %s (%v)", body, err)
+	}
+	var refused struct{ ErrorMessage string }
+	body = f.invoke(t, lambdatest.Raw(t, "authorizer-request.json", map[string]string{"TOKEN": "not-a-token"}))
+	if err := json.Unmarshal(body, &refused); err != nil || refused.ErrorMessage != "Unauthorized" {
+		t.Fatalf("bad token answered %s", body)
+	}
+	var in struct {
+		Name           string
+		WithDecryption bool
+	}
+	ssmFake.Requests()[0].Decode(t, &in)
+	if in.Name != "/WebSocketAdapter/JwtSecret" || !in.WithDecryption || len(ssmFake.Requests()) != 1 {
+		t.Fatalf("SSM calls %d, first %+v", len(ssmFake.Requests()), in)
+	}
+	if strings.Contains(f.logs.String(), tok) || strings.Contains(f.logs.String(), secret) {
+		t.Fatal("a token or the secret reached the logs")
+	}
+}
+
+func seed(t *testing.T) (dynamo.Tables, *dynamo.Store) {
+	db := dynamotest.Client(t)
+	tables := dynamotest.NewTables(t, db)
+	st := dynamo.New(db, tables)
+	at := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	for _, e := range []events.ConnectionEvent{events.Opened("1234", "live-1=", at, "", ""), events.Opened("1234", "gone-1=", at, "", "")} {
+		if _, err := st.Apply(context.Background(), e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return tables, st
+}
+
+func TestOnlineUnderTheEmulator(t *testing.T) {
+	tables, _ := seed(t)
+	f := start(t, "online", map[string]string{"AWS_ENDPOINT_URL_DYNAMODB": dynamotest.Endpoint(t),
+		"EVENTS_TABLE": tables.Events, "VIEW_TABLE": tables.View})
+	var resp lambdaevents.APIGatewayV2HTTPResponse
+	body := f.invoke(t, lambdatest.Raw(t, "http-api-v2-online.json", nil))
+	if err := json.Unmarshal(body, &resp); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("answer %s (%v)", body, err)
+	}
+	schematest.Check(t, schemas.UserOnlineReply, []byte(resp.Body))
+	var got []map[string]any
+	_ = json.Unmarshal([]byte(resp.Body), &got)
+	if len(got) != 2 || got[0]["UserId"] != "1234" || got[0]["Connections"] != float64(2) || got[1]["IsOnline"] != false {
+		t.Fatalf("body %s", resp.Body)
+	}
+}
+
+func TestSenderUnderTheEmulator(t *testing.T) {
+	tables, _ := seed(t)
+	gw := awsfake.New(t, func(r awsfake.Request) awsfake.Response {
+		if strings.HasSuffix(r.Path, "/gone-1=") {
+			return awsfake.Error(http.StatusGone, "GoneException", "")
+		}
+		return awsfake.Response{Status: http.StatusOK}
+	})
+	bus := awsfake.New(t, func(r awsfake.Request) awsfake.Response {
+		var in struct{ Entries []any }
+		_ = json.Unmarshal(r.Body, &in)
+		res := make([]map[string]string, len(in.Entries))
+		for i := range res {
+			res[i] = map[string]string{"EventId": fmt.Sprint(i)}
+		}
+		return awsfake.JSON(http.StatusOK, map[string]any{"FailedEntryCount": 0, "Entries": res})
+	})
+	f := start(t, "sender", map[string]string{"AWS_ENDPOINT_URL_DYNAMODB": dynamotest.Endpoint(t),
+		"AWS_ENDPOINT_URL_EVENTBRIDGE": bus.URL, "EVENTS_TABLE": tables.Events, "VIEW_TABLE": tables.View,
+		"EVENT_BUS_NAME": "wspresence", "WEBSOCKET_ENDPOINT": gw.URL + "/production"})
+	var sqs lambdaevents.SQSEvent
+	lambdatest.Load(t, "sqs-event.json", nil, &sqs)
+	var resp lambdaevents.SQSEventResponse
+	body := f.invoke(t, lambdatest.Raw(t, "sqs-event.json", nil))
+	if err := json.Unmarshal(body, &resp); err != nil || len(resp.BatchItemFailures) != 1 || resp.BatchItemFailures[0].ItemIdentifier != sqs.Records[2].MessageId {
+		t.Fatalf("answer %s (%v)", body, err)
+	}
+	posts := map[string]string{}
+	for _, r := range gw.Requests() {
+		posts[r.Path] = string(r.Body)
+	}
+	if posts["/production/@connections/live-1="] != "hello from the queue" || len(posts) != 2 {
+		t.Fatalf("posts %v", posts)
+	}
+	var types []string
+	for _, r := range bus.Requests() {
+		var in struct {
+			Entries []struct{ DetailType, EventBusName string }
+		}
+		r.Decode(t, &in)
+		for _, e := range in.Entries {
+			types = append(types, e.DetailType+"@"+e.EventBusName)
+		}
+	}
+	if strings.Join(types, ",") != "MessageDelivered@wspresence,MessageUndeliverable@wspresence" &&
+		strings.Join(types, ",") != "MessageUndeliverable@wspresence,MessageDelivered@wspresence" {
+		t.Fatalf("published %v", types)
+	}
+}
