@@ -65,7 +65,25 @@ func freePort(t *testing.T) string {
 // function is one binary running under the emulator.
 type function struct {
 	url  string
-	logs *bytes.Buffer
+	logs *syncBuffer
+}
+
+// syncBuffer collects a process's output while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func start(t *testing.T, name string, env map[string]string) *function {
@@ -83,7 +101,7 @@ func start(t *testing.T, name string, env map[string]string) *function {
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	f := &function{url: "http://" + invoke + "/2015-03-31/functions/function/invocations", logs: &bytes.Buffer{}}
+	f := &function{url: "http://" + invoke + "/2015-03-31/functions/function/invocations", logs: &syncBuffer{}}
 	cmd.Stdout, cmd.Stderr = f.logs, f.logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -70,7 +70,7 @@ func Token(req lambdaevents.APIGatewayCustomAuthorizerRequestTypeRequest) string
 
 // Handle answers one authorization request.
 func (h *Handler) Handle(ctx context.Context, req lambdaevents.APIGatewayCustomAuthorizerRequestTypeRequest) (lambdaevents.APIGatewayCustomAuthorizerResponse, error) {
-	log := h.Logger.With("requestId", req.RequestContext.RequestID)
+	log := h.Logger.With("apiRequestId", req.RequestContext.RequestID)
 	secret, err := h.Secrets.Get(ctx)
 	if err != nil {
 		log.ErrorContext(ctx, "jwt secret unavailable: refusing the connection", "err", err)

@@ -64,14 +64,14 @@ func (h *Handler) Connect(ctx context.Context, req lambdaevents.APIGatewayWebsoc
 	rc := req.RequestContext
 	userID := UserID(rc)
 	if userID == "" {
-		h.Logger.ErrorContext(ctx, "connect without a user", "connectionId", rc.ConnectionID, "requestId", rc.RequestID)
+		h.Logger.ErrorContext(ctx, "connect without a user", "connectionId", rc.ConnectionID, "apiRequestId", rc.RequestID)
 		return lambdaevents.APIGatewayProxyResponse{StatusCode: http.StatusForbidden}, nil
 	}
 	e := events.Opened(userID, rc.ConnectionID, eventTime(rc), rc.Identity.SourceIP, rc.Identity.UserAgent)
 	if _, err := h.Log.Append(ctx, e); err != nil {
 		return lambdaevents.APIGatewayProxyResponse{}, fmt.Errorf("connect %s: %w", rc.ConnectionID, err)
 	}
-	h.Logger.InfoContext(ctx, "connected", "userId", userID, "connectionId", rc.ConnectionID, "requestId", rc.RequestID)
+	h.Logger.InfoContext(ctx, "connected", "userId", userID, "connectionId", rc.ConnectionID, "apiRequestId", rc.RequestID)
 	return ok(), nil
 }
 
@@ -101,6 +101,6 @@ func (h *Handler) Disconnect(ctx context.Context, req lambdaevents.APIGatewayWeb
 		return lambdaevents.APIGatewayProxyResponse{}, fmt.Errorf("disconnect %s: %w", rc.ConnectionID, err)
 	}
 	h.Logger.InfoContext(ctx, "disconnected", "userId", userID, "connectionId", rc.ConnectionID,
-		"requestId", rc.RequestID, "reason", string(reason), "statusCode", rc.DisconnectStatusCode)
+		"apiRequestId", rc.RequestID, "reason", string(reason), "statusCode", rc.DisconnectStatusCode)
 	return ok(), nil
 }

@@ -34,7 +34,7 @@ func (h *Handler) Handle(ctx context.Context, req lambdaevents.APIGatewayV2HTTPR
 	}
 	out, next, err := onlineapi.Answer(ctx, h.View, q)
 	if err != nil {
-		h.Logger.ErrorContext(ctx, "read view", "requestId", req.RequestContext.RequestID, "err", err)
+		h.Logger.ErrorContext(ctx, "read view", "apiRequestId", req.RequestContext.RequestID, "err", err)
 		return reply(http.StatusInternalServerError, httperr.New(http.StatusInternalServerError, httperr.CodeInternal, "internal error")), nil
 	}
 	r := reply(http.StatusOK, out)
