@@ -188,8 +188,7 @@ func seed(t *testing.T) (dynamo.Tables, *dynamo.Store) {
 
 func TestOnlineUnderTheEmulator(t *testing.T) {
 	tables, _ := seed(t)
-	f := start(t, "online", map[string]string{"AWS_ENDPOINT_URL_DYNAMODB": dynamotest.Endpoint(t),
-		"EVENTS_TABLE": tables.Events, "VIEW_TABLE": tables.View})
+	f := start(t, "online", map[string]string{"AWS_ENDPOINT_URL_DYNAMODB": dynamotest.Endpoint(t), "VIEW_TABLE": tables.View})
 	var resp lambdaevents.APIGatewayV2HTTPResponse
 	body := f.invoke(t, lambdatest.Raw(t, "http-api-v2-online.json", nil))
 	if err := json.Unmarshal(body, &resp); err != nil || resp.StatusCode != http.StatusOK {

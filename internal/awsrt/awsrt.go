@@ -123,6 +123,11 @@ func (c Config) store(ck *checker, awsCfg aws.Config) *dynamo.Store {
 		Events: ck.need("EVENTS_TABLE", c.EventsTable), View: ck.need("VIEW_TABLE", c.ViewTable)})
 }
 
+// view is a store that only reads the view table.
+func (c Config) view(ck *checker, awsCfg aws.Config) *dynamo.Store {
+	return dynamo.New(dynamodb.NewFromConfig(awsCfg), dynamo.Tables{View: ck.need("VIEW_TABLE", c.ViewTable)})
+}
+
 func (c Config) gateway(ck *checker, awsCfg aws.Config) *apigw.Gateway {
 	endpoint := ck.need("WEBSOCKET_ENDPOINT", c.WebSocketEndpoint)
 	return apigw.New(apigatewaymanagementapi.NewFromConfig(awsCfg, func(o *apigatewaymanagementapi.Options) {
@@ -209,7 +214,7 @@ func NewOnline(ctx context.Context, c Config, log *slog.Logger) (*online.Handler
 		return nil, err
 	}
 	var ck checker
-	return &online.Handler{View: c.store(&ck, awsCfg), Logger: log}, ck.err()
+	return &online.Handler{View: c.view(&ck, awsCfg), Logger: log}, ck.err()
 }
 
 // NewSweeper wires the scheduled sweeper.

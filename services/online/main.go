@@ -12,8 +12,7 @@ import (
 func main() {
 	log := awsrt.Logger()
 	h, err := awsrt.NewOnline(context.Background(), awsrt.Config{
-		EventsTable: os.Getenv("EVENTS_TABLE"),
-		ViewTable:   os.Getenv("VIEW_TABLE"),
+		ViewTable: os.Getenv("VIEW_TABLE"),
 	}, log)
 	if err != nil {
 		log.Error("cannot start", "err", err)
