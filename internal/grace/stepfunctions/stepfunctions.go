@@ -18,6 +18,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sfn"
 	"github.com/aws/aws-sdk-go-v2/service/sfn/types"
+	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/awsfail"
 )
 
@@ -40,6 +41,9 @@ type Input struct {
 	// table stores it (a string, as DynamoDB numbers travel in the state machine).
 	OfflineSince string `json:"offlineSince"`
 	GraceSeconds int    `json:"graceSeconds"`
+	// Detail is the UserOffline event the machine publishes if the period ends offline;
+	// its lastActivity is the time the last connection closed.
+	Detail events.UserOffline `json:"detail"`
 }
 
 // ExecutionName is the idempotent name of the execution of userID's period since.
@@ -51,7 +55,7 @@ func ExecutionName(userID string, since time.Time) string {
 // StartGrace starts the execution of userID's offline period that began at since.
 func (s *Starter) StartGrace(ctx context.Context, userID string, since time.Time) error {
 	in, err := json.Marshal(Input{UserID: userID, OfflineSince: strconv.FormatInt(since.UnixNano(), 10),
-		GraceSeconds: int((s.grace + time.Second - 1) / time.Second)})
+		GraceSeconds: int((s.grace + time.Second - 1) / time.Second), Detail: events.NewUserOffline(userID, since, since)})
 	if err != nil {
 		return err
 	}

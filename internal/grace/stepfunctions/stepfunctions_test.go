@@ -2,12 +2,14 @@ package stepfunctions_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/sfn"
+	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/awsfake"
 	"github.com/wspresence/wspresence/internal/failure"
 	"github.com/wspresence/wspresence/internal/grace/stepfunctions"
@@ -37,7 +39,9 @@ func TestStartGrace(t *testing.T) {
 	if reqs[0].Target != "AWSStepFunctions.StartExecution" || in.StateMachineArn != arn || in.Name != stepfunctions.ExecutionName("user-1", since) {
 		t.Fatalf("request %s %+v", reqs[0].Target, in)
 	}
-	if in.Input != `{"userId":"user-1","offlineSince":"1767225601000000500","graceSeconds":5}` {
+	var input stepfunctions.Input
+	if err := json.Unmarshal([]byte(in.Input), &input); err != nil || input.UserID != "user-1" || input.OfflineSince != "1767225601000000500" ||
+		input.GraceSeconds != 5 || input.Detail.EventID != events.NewUserOffline("user-1", since, since).EventID || !input.Detail.At.Equal(since) {
 		t.Fatalf("input %s", in.Input)
 	}
 	var again struct{ Name string }
