@@ -1,4 +1,5 @@
-// Command connect is the $connect handler: it appends ConnectionOpened (see package connection).
+// Command connect is the $connect handler (it appends ConnectionOpened) and the $default
+// handler (a client frame is activity); see package connection.
 package main
 
 import (
@@ -19,5 +20,5 @@ func main() {
 		log.Error("cannot start", "err", err)
 		os.Exit(1)
 	}
-	lambda.StartHandlerFunc(h.Connect)
+	lambda.StartHandlerFunc(h.ConnectOrMessage)
 }

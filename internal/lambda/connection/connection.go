@@ -75,6 +75,35 @@ func (h *Handler) Connect(ctx context.Context, req lambdaevents.APIGatewayWebsoc
 	return ok(), nil
 }
 
+// ActivityInterval is the granularity of activity on AWS: a connection's frames within one
+// interval record one ActivityRecorded (its natural key carries the interval's start).
+const ActivityInterval = 30 * time.Second
+
+// Message is the $default route: a client frame counts as activity.
+func (h *Handler) Message(ctx context.Context, req lambdaevents.APIGatewayWebsocketProxyRequest) (lambdaevents.APIGatewayProxyResponse, error) {
+	rc := req.RequestContext
+	userID := UserID(rc)
+	if userID == "" {
+		var err error
+		if userID, err = h.Owners.OpenedBy(ctx, rc.ConnectionID); err != nil {
+			return lambdaevents.APIGatewayProxyResponse{}, fmt.Errorf("activity of %s: %w: %w", rc.ConnectionID, ErrNoUser, err)
+		}
+	}
+	at := eventTime(rc).Truncate(ActivityInterval)
+	if _, err := h.Log.Append(ctx, events.Activity(userID, rc.ConnectionID, at)); err != nil {
+		return lambdaevents.APIGatewayProxyResponse{}, fmt.Errorf("activity of %s: %w", rc.ConnectionID, err)
+	}
+	return ok(), nil
+}
+
+// ConnectOrMessage serves both the $connect and the $default routes from one function.
+func (h *Handler) ConnectOrMessage(ctx context.Context, req lambdaevents.APIGatewayWebsocketProxyRequest) (lambdaevents.APIGatewayProxyResponse, error) {
+	if req.RequestContext.RouteKey == "$connect" {
+		return h.Connect(ctx, req)
+	}
+	return h.Message(ctx, req)
+}
+
 // ReasonFor maps API Gateway's disconnect status code to a close reason: a close frame
 // from either side is the client's doing; anything else (1006: no close frame, 1011 and
 // the rest) means the connection was lost.

@@ -139,3 +139,34 @@ func TestAgainstDynamoDB(t *testing.T) {
 		t.Fatalf("OpenedBy = %q, %v", uid, err)
 	}
 }
+
+func TestDefaultRouteRecordsActivityOncePerInterval(t *testing.T) {
+	log := &memLog{byKey: map[string]events.ConnectionEvent{}}
+	h := &connection.Handler{Log: log, Owners: log, Logger: quiet()}
+	ctx := context.Background()
+	req := load(t, "websocket-connect.json")
+	if _, err := h.ConnectOrMessage(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	req.RequestContext.RouteKey = "$default"
+	req.RequestContext.EventType = "MESSAGE"
+	for i := range 3 {
+		req.RequestContext.RequestTimeEpoch = 1795687230000 + int64(i)*1000 // three frames within one interval
+		if resp, err := h.ConnectOrMessage(ctx, req); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("frame %d: %+v %v", i, resp, err)
+		}
+	}
+	req.RequestContext.RequestTimeEpoch = 1795687260000 // the next interval
+	if _, err := h.ConnectOrMessage(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range log.byKey {
+		if e.Type == events.TypeActivityRecorded {
+			n++
+		}
+	}
+	if n != 2 || len(log.byKey) != 3 {
+		t.Fatalf("%d activities (of %d events), want 2", n, len(log.byKey))
+	}
+}

@@ -3,6 +3,7 @@ package dynamo
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -11,6 +12,11 @@ import (
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/awsfail"
 )
+
+// TombstoneTTL is how long after its close a connection item expires through the table's
+// TTL (attribute expiresAt, epoch seconds): a backstop twice the sweeper's retention, which
+// also forgets the connection in the user's closed set.
+const TombstoneTTL = 48 * time.Hour
 
 // Grace is a grace period to start: when UserID's live set became empty at Since.
 type Grace struct {
@@ -139,8 +145,9 @@ func (st *Store) applyClose(ctx context.Context, e events.ConnectionEvent) (Effe
 	var eff Effects
 	if _, err := st.update(ctx, "record close of "+e.ConnectionID, &dynamodb.UpdateItemInput{
 		Key:                       connKey(e.UserID, e.ConnectionID),
-		UpdateExpression:          aws.String("SET connectionId = :c, closedAt = if_not_exists(closedAt, :at), reason = if_not_exists(reason, :r)"),
-		ExpressionAttributeValues: map[string]types.AttributeValue{":c": s(e.ConnectionID), ":at": n(e.At), ":r": s(string(e.Reason))},
+		UpdateExpression:          aws.String("SET connectionId = :c, closedAt = if_not_exists(closedAt, :at), reason = if_not_exists(reason, :r), expiresAt = :exp"),
+		ExpressionAttributeValues: map[string]types.AttributeValue{":c": s(e.ConnectionID), ":at": n(e.At), ":r": s(string(e.Reason)),
+			":exp": &types.AttributeValueMemberN{Value: strconv.FormatInt(e.At.Add(TombstoneTTL).Unix(), 10)}},
 	}); err != nil {
 		return eff, err
 	}
