@@ -3,7 +3,7 @@ export GOTOOLCHAIN := go1.27.3
 STATICCHECK_VERSION := v0.8.2
 GOBIN := $(shell go env GOPATH)/bin
 
-.PHONY: run test lint vuln ci
+.PHONY: run test lint vuln ci package
 
 ## run: start the local runtime (embedded store in ./wspresence-data)
 run:
@@ -28,3 +28,29 @@ vuln:
 ## ci: what CI runs
 ci:
 	bash .ci/run
+
+# ---------------------------------------------------------------- Lambda packaging
+# Each function is services/<name>, built for arm64 (provided.al2023) as a static
+# "bootstrap". `make package` zips them into dist/<name>.zip; `sam build` (BuildMethod:
+# makefile) calls the build-<LogicalId> targets below with ARTIFACTS_DIR set.
+LAMBDA_ARCH ?= arm64
+LAMBDA_FLAGS := -tags lambda.norpc -trimpath -ldflags="-s -w"
+FUNCTIONS := authorizer connect disconnect projector sender online sweeper
+lambda = CGO_ENABLED=0 GOOS=linux GOARCH=$(LAMBDA_ARCH) go build $(LAMBDA_FLAGS) -o $(ARTIFACTS_DIR)/bootstrap ./services/$(1)
+
+## package: dist/<function>.zip for every function (arm64 bootstrap)
+package:
+	@rm -rf dist && mkdir -p dist
+	@for fn in $(FUNCTIONS); do \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$(LAMBDA_ARCH) go build $(LAMBDA_FLAGS) -o dist/$$fn/bootstrap ./services/$$fn || exit 1; \
+		(cd dist/$$fn && zip -q -X ../$$fn.zip bootstrap) || exit 1; \
+		echo "dist/$$fn.zip $$(du -k dist/$$fn.zip | cut -f1) KB"; \
+	done
+
+build-WebSocketAdaptorAuthorizerFunction: ; $(call lambda,authorizer)
+build-WebSocketAdaptorOnConnectFunction: ; $(call lambda,connect)
+build-WebSocketAdaptorOnDisconnectFunction: ; $(call lambda,disconnect)
+build-WebSocketAdaptorProjectorFunction: ; $(call lambda,projector)
+build-WebSocketAdaptorSendMessageFunction: ; $(call lambda,sender)
+build-WebSocketAdaptorRestOnlineListFunction: ; $(call lambda,online)
+build-WebSocketAdaptorSweeperFunction: ; $(call lambda,sweeper)

@@ -1,0 +1,494 @@
+package deploy_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/wspresence/wspresence/internal/deploy"
+	"github.com/wspresence/wspresence/internal/lambdatest"
+)
+
+func load(t *testing.T) (deploy.Template, string) {
+	t.Helper()
+	root := lambdatest.Root(t)
+	tpl, err := deploy.Load(filepath.Join(root, "template.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tpl, root
+}
+
+// res renders a resource expression in a short canonical form.
+func res(v any) string {
+	switch x := v.(type) {
+	case string:
+		return x
+	case map[string]any:
+		for k, val := range x {
+			switch k {
+			case "Ref":
+				return "Ref:" + val.(string)
+			case "Fn::GetAtt":
+				parts := val.([]any)
+				return fmt.Sprintf("GetAtt:%s.%s", parts[0], parts[1])
+			case "Fn::Sub":
+				if s, ok := val.(string); ok {
+					return "Sub:" + s
+				}
+			}
+		}
+	}
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+type grant struct{ action, resource string }
+
+// grants lists what a role allows, one entry per action and resource; Fn::If statements
+// contribute their first branch.
+func grants(t *testing.T, role map[string]any, skipPolicy string) []grant {
+	t.Helper()
+	var out []grant
+	policies, _ := deploy.Props(role)["Policies"].([]any)
+	for _, p := range policies {
+		pm := p.(map[string]any)
+		if pm["PolicyName"] == skipPolicy {
+			continue
+		}
+		for _, st := range pm["PolicyDocument"].(map[string]any)["Statement"].([]any) {
+			stm := st.(map[string]any)
+			if iff, ok := stm["Fn::If"].([]any); ok {
+				stm = iff[1].(map[string]any)
+			}
+			if stm["Effect"] != "Allow" {
+				t.Fatalf("statement %v is not an Allow", stm)
+			}
+			actions, ok := stm["Action"].([]any)
+			if !ok {
+				actions = []any{stm["Action"]}
+			}
+			for _, a := range actions {
+				out = append(out, grant{a.(string), res(stm["Resource"])})
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].action+out[i].resource < out[j].action+out[j].resource })
+	return out
+}
+
+// function is a function of the template with its build and role.
+type function struct {
+	logical, service string
+	props            map[string]any
+	role             map[string]any
+}
+
+var buildTarget = regexp.MustCompile(`(?m)^build-(\w+):\s*;\s*\$\(call lambda,(\w+)\)`)
+
+func functions(t *testing.T, tpl deploy.Template, root string) map[string]function {
+	t.Helper()
+	mk, err := os.ReadFile(filepath.Join(root, "Makefile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	builds := map[string]string{}
+	for _, m := range buildTarget.FindAllStringSubmatch(string(mk), -1) {
+		builds[m[1]] = m[2]
+	}
+	out := map[string]function{}
+	rs := tpl.Resources()
+	for id, r := range rs {
+		if r["Type"] != "AWS::Serverless::Function" {
+			continue
+		}
+		svc, ok := builds[id]
+		if !ok {
+			t.Fatalf("function %s has no build-%s target in the Makefile", id, id)
+		}
+		if md, _ := r["Metadata"].(map[string]any); md["BuildMethod"] != "makefile" {
+			t.Fatalf("function %s does not build with the Makefile", id)
+		}
+		roleRef := res(deploy.Props(r)["Role"])
+		roleID := strings.TrimSuffix(strings.TrimPrefix(roleRef, "GetAtt:"), ".Arn")
+		role, ok := rs[roleID]
+		if !ok || role["Type"] != "AWS::IAM::Role" {
+			t.Fatalf("function %s has no role of its own (%s)", id, roleRef)
+		}
+		out[svc] = function{logical: id, service: svc, props: deploy.Props(r), role: role}
+	}
+	return out
+}
+
+// TestEveryServiceIsAFunction: each folder under services/ is built into a function.
+func TestEveryServiceIsAFunction(t *testing.T) {
+	tpl, root := load(t)
+	fns := functions(t, tpl, root)
+	dirs, err := os.ReadDir(filepath.Join(root, "services"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var services []string
+	for _, d := range dirs {
+		if d.IsDir() {
+			services = append(services, d.Name())
+			if _, ok := fns[d.Name()]; !ok {
+				t.Errorf("services/%s is not built into any function", d.Name())
+			}
+		}
+	}
+	if len(fns) != len(services) || len(fns) != 7 {
+		t.Fatalf("%d functions for %d services", len(fns), len(services))
+	}
+	globals := tpl["Globals"].(map[string]any)["Function"].(map[string]any)
+	if globals["Runtime"] != "provided.al2023" || !reflect.DeepEqual(globals["Architectures"], []any{"arm64"}) || globals["Handler"] != "bootstrap" {
+		t.Fatalf("function globals %v", globals)
+	}
+	for _, f := range fns {
+		if name := res(f.props["FunctionName"]); !strings.HasPrefix(name, "Sub:${AWS::StackName}-WebSocketAdaptor") {
+			t.Errorf("%s is named %s: want the stack name and WebSocketAdaptor...", f.logical, name)
+		}
+	}
+}
+
+var getenv = regexp.MustCompile(`os\.Getenv\("(\w+)"\)`)
+
+// TestEveryEnvironmentVariableIsSet: what a main reads, the template sets.
+func TestEveryEnvironmentVariableIsSet(t *testing.T) {
+	tpl, root := load(t)
+	for svc, f := range functions(t, tpl, root) {
+		src, err := os.ReadFile(filepath.Join(root, "services", svc, "main.go"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		vars := f.props["Environment"].(map[string]any)["Variables"].(map[string]any)
+		read := map[string]bool{}
+		for _, m := range getenv.FindAllStringSubmatch(string(src), -1) {
+			read[m[1]] = true
+			if _, ok := vars[m[1]]; !ok {
+				t.Errorf("%s reads %s, which the template does not set", f.logical, m[1])
+			}
+		}
+		for k := range vars {
+			if !read[k] {
+				t.Errorf("%s sets %s, which services/%s does not read", f.logical, k, svc)
+			}
+		}
+	}
+}
+
+// expected is what each function's adapters call (see docs/aws-runtime.md), as the role
+// must allow it: the action and the resource.
+var expected = map[string][]grant{
+	"authorizer": {
+		{"ssm:GetParameter", "Sub:arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${JwtSecretParameterName}"},
+		{"kms:Decrypt", "Ref:JwtSecretKmsKeyArn"},
+	},
+	"connect": {
+		{"dynamodb:PutItem", "GetAtt:EventsTable.Arn"}, {"dynamodb:GetItem", "GetAtt:EventsTable.Arn"},
+	},
+	"disconnect": {
+		{"dynamodb:PutItem", "GetAtt:EventsTable.Arn"}, {"dynamodb:GetItem", "GetAtt:EventsTable.Arn"},
+	},
+	"projector": {
+		{"dynamodb:UpdateItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:GetItem", "GetAtt:ViewTable.Arn"},
+		{"events:PutEvents", "GetAtt:EventBus.Arn"},
+		{"states:StartExecution", "Ref:OfflineGraceStateMachine"},
+		// The stream event source mapping and its on-failure destination.
+		{"dynamodb:DescribeStream", "GetAtt:EventsTable.StreamArn"}, {"dynamodb:GetRecords", "GetAtt:EventsTable.StreamArn"},
+		{"dynamodb:GetShardIterator", "GetAtt:EventsTable.StreamArn"}, {"dynamodb:ListStreams", "Sub:${EventsTable.Arn}/stream/*"},
+		{"sqs:SendMessage", "GetAtt:StreamFailureQueue.Arn"},
+	},
+	"sender": {
+		{"dynamodb:GetItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:PutItem", "GetAtt:EventsTable.Arn"},
+		{"events:PutEvents", "GetAtt:EventBus.Arn"},
+		{"execute-api:ManageConnections", "Sub:arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${WebSocketApi}/${StageName}/POST/@connections/*"},
+		// The queue event source mapping.
+		{"sqs:ReceiveMessage", "GetAtt:MessageQueue.Arn"}, {"sqs:DeleteMessage", "GetAtt:MessageQueue.Arn"},
+		{"sqs:GetQueueAttributes", "GetAtt:MessageQueue.Arn"}, {"sqs:ChangeMessageVisibility", "GetAtt:MessageQueue.Arn"},
+	},
+	"online": {
+		{"dynamodb:BatchGetItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:Query", "Sub:${ViewTable.Arn}/index/online"},
+	},
+	"sweeper": {
+		{"dynamodb:Scan", "GetAtt:ViewTable.Arn"}, {"dynamodb:UpdateItem", "GetAtt:ViewTable.Arn"},
+		{"dynamodb:DeleteItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:PutItem", "GetAtt:EventsTable.Arn"},
+		{"execute-api:ManageConnections", "Sub:arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${WebSocketApi}/${StageName}/GET/@connections/*"},
+	},
+}
+
+// TestRolesAllowExactlyWhatTheCodeCalls: each role allows the calls of its function's
+// adapters on the right resources and nothing else, and writes logs only to its own group.
+func TestRolesAllowExactlyWhatTheCodeCalls(t *testing.T) {
+	tpl, root := load(t)
+	for svc, f := range functions(t, tpl, root) {
+		got := grants(t, f.role, "logs")
+		want := slices.Clone(expected[svc])
+		sort.Slice(want, func(i, j int) bool { return want[i].action+want[i].resource < want[j].action+want[j].resource })
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%s role allows\n  %v\nwant\n  %v", f.logical, got, want)
+		}
+		logGroup := strings.Replace(f.logical, "Function", "LogGroup", 1)
+		logs := grants(t, map[string]any{"Properties": map[string]any{"Policies": filterPolicies(f.role, "logs")}}, "")
+		wantLogs := []grant{{"logs:CreateLogStream", "GetAtt:" + logGroup + ".Arn"}, {"logs:PutLogEvents", "GetAtt:" + logGroup + ".Arn"}}
+		if !reflect.DeepEqual(logs, wantLogs) {
+			t.Errorf("%s logs grants %v, want %v", f.logical, logs, wantLogs)
+		}
+	}
+	// Nowhere logs:* or a wildcard resource, except where AWS requires it (log delivery).
+	for id, r := range tpl.Resources() {
+		if r["Type"] != "AWS::IAM::Role" {
+			continue
+		}
+		for _, g := range grants(t, r, "") {
+			if g.action == "logs:*" || strings.HasSuffix(g.action, ":*") {
+				t.Errorf("%s allows %s", id, g.action)
+			}
+			if g.resource == "*" && !strings.HasPrefix(g.action, "logs:") {
+				t.Errorf("%s allows %s on *", id, g.action)
+			}
+		}
+	}
+}
+
+func filterPolicies(role map[string]any, name string) []any {
+	var out []any
+	for _, p := range deploy.Props(role)["Policies"].([]any) {
+		if p.(map[string]any)["PolicyName"] == name {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+var sdkCall = regexp.MustCompile(`\.(?:db|client)\.(\w+)\(ctx`)
+
+// TestRolesCoverTheAdaptersCalls ties the table above to the code: every SDK operation the
+// adapters call is granted to some function, and every granted data-plane action is called.
+func TestRolesCoverTheAdaptersCalls(t *testing.T) {
+	_, root := load(t)
+	prefixes := map[string]string{
+		"internal/store/dynamo":        "dynamodb:",
+		"internal/bus/eventbridge":     "events:",
+		"internal/grace/stepfunctions": "states:",
+		"internal/secret/ssm":          "ssm:",
+		"internal/gateway/apigw":       "execute-api:",
+	}
+	called := map[string]bool{}
+	for dir, prefix := range prefixes {
+		files, _ := filepath.Glob(filepath.Join(root, dir, "*.go"))
+		for _, f := range files {
+			if strings.HasSuffix(f, "_test.go") {
+				continue
+			}
+			src, _ := os.ReadFile(f)
+			for _, m := range sdkCall.FindAllStringSubmatch(string(src), -1) {
+				op := m[1]
+				if prefix == "execute-api:" {
+					op = "ManageConnections" // PostToConnection and GetConnection
+				}
+				called[prefix+op] = true
+			}
+		}
+	}
+	granted := map[string]bool{}
+	for _, gs := range expected {
+		for _, g := range gs {
+			granted[g.action] = true
+		}
+	}
+	for op := range called {
+		if !granted[op] {
+			t.Errorf("the code calls %s but no function may", op)
+		}
+	}
+	for op := range granted {
+		data := !strings.HasPrefix(op, "sqs:") && !strings.Contains(op, "Stream") && op != "kms:Decrypt" &&
+			op != "dynamodb:GetRecords" && op != "dynamodb:GetShardIterator"
+		if data && !called[op] {
+			t.Errorf("a role allows %s, which no adapter calls", op)
+		}
+	}
+}
+
+// TestReferencesResolve: every Ref and GetAtt names a resource, parameter or pseudo
+// parameter; every ${X} of a Sub too.
+func TestReferencesResolve(t *testing.T) {
+	tpl, _ := load(t)
+	known := map[string]bool{"AWS::StackName": true, "AWS::Region": true, "AWS::AccountId": true, "AWS::Partition": true, "AWS::NoValue": true, "AWS::URLSuffix": true}
+	for id := range tpl.Resources() {
+		known[id] = true
+	}
+	for id := range tpl["Parameters"].(map[string]any) {
+		known[id] = true
+	}
+	subVar := regexp.MustCompile(`\$\{([A-Za-z0-9:]+)(?:\.[A-Za-z]+)?\}`)
+	var walk func(path string, v any)
+	walk = func(path string, v any) {
+		switch x := v.(type) {
+		case map[string]any:
+			for k, val := range x {
+				switch k {
+				case "Ref":
+					if s, ok := val.(string); ok && !known[s] {
+						t.Errorf("%s: Ref to unknown %s", path, s)
+					}
+				case "Fn::GetAtt":
+					if parts, ok := val.([]any); ok && !known[parts[0].(string)] {
+						t.Errorf("%s: GetAtt of unknown %s", path, parts[0])
+					}
+				case "Fn::Sub":
+					if s, ok := val.(string); ok {
+						for _, m := range subVar.FindAllStringSubmatch(s, -1) {
+							if !known[m[1]] {
+								t.Errorf("%s: Sub of unknown %s", path, m[1])
+							}
+						}
+					}
+				}
+				walk(path+"."+k, val)
+			}
+		case []any:
+			for i, val := range x {
+				walk(fmt.Sprintf("%s[%d]", path, i), val)
+			}
+		}
+	}
+	walk("Resources", tpl["Resources"])
+	walk("Outputs", tpl["Outputs"])
+}
+
+// TestStateMachinesSubstitutions: each definition's ${X} is substituted, nothing more.
+func TestStateMachinesSubstitutions(t *testing.T) {
+	tpl, root := load(t)
+	placeholder := regexp.MustCompile(`\$\{(\w+)\}`)
+	n := 0
+	for id, r := range tpl.Resources() {
+		if r["Type"] != "AWS::Serverless::StateMachine" {
+			continue
+		}
+		n++
+		p := deploy.Props(r)
+		def, err := os.ReadFile(filepath.Join(root, p["DefinitionUri"].(string)))
+		if err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+		used := map[string]bool{}
+		for _, m := range placeholder.FindAllStringSubmatch(string(def), -1) {
+			used[m[1]] = true
+		}
+		subs, _ := p["DefinitionSubstitutions"].(map[string]any)
+		for k := range used {
+			if _, ok := subs[k]; !ok {
+				t.Errorf("%s: ${%s} has no substitution", id, k)
+			}
+		}
+		for k := range subs {
+			if !used[k] {
+				t.Errorf("%s: substitution %s is not used", id, k)
+			}
+		}
+	}
+	if n != 2 {
+		t.Fatalf("%d state machines, want offline-grace and broadcast", n)
+	}
+}
+
+// TestRegistrySchemasAreTheRepositorySchemas: one source of truth for the event schemas.
+func TestRegistrySchemasAreTheRepositorySchemas(t *testing.T) {
+	tpl, root := load(t)
+	files := map[string]string{"UserOnline": "user-online.json", "UserOffline": "user-offline.json",
+		"MessageDelivered": "message-delivered.json", "MessageUndeliverable": "message-undeliverable.json"}
+	seen := 0
+	for id, r := range tpl.Resources() {
+		if r["Type"] != "AWS::EventSchemas::Schema" {
+			continue
+		}
+		p := deploy.Props(r)
+		name := strings.TrimPrefix(p["SchemaName"].(string), "wspresence@")
+		file, ok := files[name]
+		if !ok || p["Type"] != "JSONSchemaDraft4" {
+			t.Fatalf("%s: schema %v", id, p["SchemaName"])
+		}
+		want, err := os.ReadFile(filepath.Join(root, "schemas", file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var a, b any
+		if err := json.Unmarshal([]byte(p["Content"].(string)), &a); err != nil {
+			t.Fatalf("%s content: %v", id, err)
+		}
+		_ = json.Unmarshal(want, &b)
+		if !reflect.DeepEqual(a, b) {
+			t.Errorf("%s differs from schemas/%s (regenerate the template's schema blocks)", id, file)
+		}
+		seen++
+	}
+	if seen != len(files) {
+		t.Fatalf("%d schemas in the registry, want %d", seen, len(files))
+	}
+}
+
+// TestOperationalSettings: the properties an operator relies on.
+func TestOperationalSettings(t *testing.T) {
+	tpl, root := load(t)
+	rs := tpl.Resources()
+	for _, tbl := range []string{"EventsTable", "ViewTable"} {
+		p := deploy.Props(rs[tbl])
+		if p["PointInTimeRecoverySpecification"].(map[string]any)["PointInTimeRecoveryEnabled"] != "true" {
+			t.Errorf("%s has no point-in-time recovery", tbl)
+		}
+	}
+	if deploy.Props(rs["EventsTable"])["StreamSpecification"].(map[string]any)["StreamViewType"] != "NEW_IMAGE" {
+		t.Error("the event table's stream is not NEW_IMAGE")
+	}
+	if deploy.Props(rs["ViewTable"])["TimeToLiveSpecification"].(map[string]any)["AttributeName"] != "expiresAt" {
+		t.Error("the view table's TTL is not on expiresAt (set by the DynamoDB store on closed connections)")
+	}
+	fns := functions(t, tpl, root)
+	stream := fns["projector"].props["Events"].(map[string]any)["Stream"].(map[string]any)["Properties"].(map[string]any)
+	if !reflect.DeepEqual(stream["FunctionResponseTypes"], []any{"ReportBatchItemFailures"}) || stream["BisectBatchOnFunctionError"] != "true" ||
+		stream["MaximumRetryAttempts"] == nil || stream["DestinationConfig"] == nil {
+		t.Errorf("stream mapping %v", stream)
+	}
+	queue := fns["sender"].props["Events"].(map[string]any)["Queue"].(map[string]any)["Properties"].(map[string]any)
+	if !reflect.DeepEqual(queue["FunctionResponseTypes"], []any{"ReportBatchItemFailures"}) {
+		t.Errorf("queue mapping %v", queue)
+	}
+	if redrive := deploy.Props(rs["MessageQueue"])["RedrivePolicy"].(map[string]any); res(redrive["deadLetterTargetArn"]) != "GetAtt:MessageDeadLetterQueue.Arn" {
+		t.Errorf("redrive %v", redrive)
+	}
+	if deploy.Props(rs["SendMessageQueueUrlParameter"])["Value"].(map[string]any)["Ref"] != "MessageQueue" {
+		t.Error("the queue URL parameter does not hold the queue URL")
+	}
+	route := deploy.Props(rs["ConnectRoute"])
+	auth := deploy.Props(rs["WebSocketAuthorizer"])
+	if route["AuthorizationType"] != "CUSTOM" || !reflect.DeepEqual(auth["IdentitySource"], []any{"route.request.querystring.Authorization"}) {
+		t.Errorf("$connect is not authorized from the Authorization query string: %v %v", route, auth)
+	}
+	online := fns["online"].props["Events"].(map[string]any)["OnlineList"].(map[string]any)["Properties"].(map[string]any)
+	if online["Path"] != "/user/online" || online["Method"] != "GET" || online["Auth"].(map[string]any)["Authorizer"] != "AWS_IAM" {
+		t.Errorf("GET /user/online %v", online)
+	}
+	alarms := 0
+	for _, r := range rs {
+		if r["Type"] == "AWS::CloudWatch::Alarm" {
+			alarms++
+		}
+	}
+	if alarms != 3+len(fns) {
+		t.Errorf("%d alarms, want DLQ, stream failures, iterator age and one per function", alarms)
+	}
+	for _, out := range []string{"WebSocketUrl", "HttpApiUrl", "SendMessageQueueUrl", "EventBusName"} {
+		if _, ok := tpl["Outputs"].(map[string]any)[out]; !ok {
+			t.Errorf("no output %s", out)
+		}
+	}
+}
