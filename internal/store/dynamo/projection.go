@@ -144,8 +144,8 @@ func (st *Store) applyOpen(ctx context.Context, e events.ConnectionEvent) (Effec
 func (st *Store) applyClose(ctx context.Context, e events.ConnectionEvent) (Effects, error) {
 	var eff Effects
 	if _, err := st.update(ctx, "record close of "+e.ConnectionID, &dynamodb.UpdateItemInput{
-		Key:                       connKey(e.UserID, e.ConnectionID),
-		UpdateExpression:          aws.String("SET connectionId = :c, closedAt = if_not_exists(closedAt, :at), reason = if_not_exists(reason, :r), expiresAt = :exp"),
+		Key:              connKey(e.UserID, e.ConnectionID),
+		UpdateExpression: aws.String("SET connectionId = :c, closedAt = if_not_exists(closedAt, :at), reason = if_not_exists(reason, :r), expiresAt = :exp"),
 		ExpressionAttributeValues: map[string]types.AttributeValue{":c": s(e.ConnectionID), ":at": n(e.At), ":r": s(string(e.Reason)),
 			":exp": &types.AttributeValueMemberN{Value: strconv.FormatInt(e.At.Add(TombstoneTTL).Unix(), 10)}},
 	}); err != nil {
