@@ -2,6 +2,7 @@ package localrt_test
 
 import (
 	"context"
+	"net/http"
 	"reflect"
 	"testing"
 	"time"
@@ -54,6 +55,25 @@ func TestEndToEnd(t *testing.T) {
 		u := sub.of(events.DetailMessageUndeliverable, "C")
 		return len(u) == 1 && u[0]["messageId"] == ids[0] && u[0]["reason"] == "offline"
 	})
+
+	// The metrics saw all of it.
+	ts.do(http.MethodGet, "/user/online", "wrong-key-0123456789", nil)
+	m := ts.metrics()
+	for _, name := range []string{
+		"wspresence_connections", "wspresence_online_users",
+		`wspresence_events_appended_total{type="ConnectionOpened"}`,
+		"wspresence_projector_lag_seconds_count",
+		`wspresence_messages_total{outcome="delivered"}`, `wspresence_messages_total{outcome="undeliverable"}`,
+		"wspresence_delivery_latency_seconds_count", `wspresence_auth_failures_total{reason="api_key"}`,
+		"wspresence_store_commit_batch_size_count",
+	} {
+		if v := m[name]; v <= 0 {
+			t.Errorf("metric %s = %v, want > 0", name, v)
+		}
+	}
+	if m["wspresence_connections"] != 3 || m["wspresence_online_users"] != 2 {
+		t.Errorf("connections %v, online users %v; want 3 and 2", m["wspresence_connections"], m["wspresence_online_users"])
+	}
 
 	// Closing one of A's connections keeps A online.
 	a1.close(t)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -312,3 +313,24 @@ func statusOf(list []onlineapi.Status, user string) (onlineapi.Status, bool) {
 }
 
 func closeStatus(err error) int { return int(websocket.CloseStatus(err)) }
+
+// metrics reads GET /metrics into a map from series (name and labels) to value.
+func (ts *testServer) metrics() map[string]float64 {
+	ts.t.Helper()
+	r := ts.do(http.MethodGet, "/metrics", "", nil)
+	if r.status != http.StatusOK {
+		ts.t.Fatalf("GET /metrics: %d", r.status)
+	}
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(r.body), "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out
+}

@@ -31,6 +31,7 @@ func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/{$}", s.handleWebSocket)
 	mux.HandleFunc("GET /healthz", s.handleHealth)
+	mux.Handle("GET /metrics", s.metrics.handler())
 	mux.Handle("/user/online", s.backend(s.handleOnline))
 	mux.Handle("/messages", s.backend(s.handleMessages))
 	mux.Handle("GET /events", s.backend(s.handleEvents))
@@ -50,6 +51,7 @@ func (s *Server) backend(next http.HandlerFunc) http.Handler {
 		}
 		if !auth.KeyMatches(s.cfg.APIKey, key) {
 			s.log.Info("backend request refused", "path", r.URL.Path, "remote", r.RemoteAddr)
+			s.metrics.authFailures.WithLabelValues("api_key").Inc()
 			httperr.Write(w, r, s.log, httperr.New(http.StatusUnauthorized, httperr.CodeUnauthorized, "missing or wrong API key"))
 			return
 		}

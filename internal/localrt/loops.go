@@ -100,9 +100,10 @@ func (s *Server) deliver(ctx context.Context, msgs []sqlite.QueuedMessage, attem
 		byUser[m.UserID] = append(byUser[m.UserID], m)
 	}
 	type result struct {
-		seq     int64
-		outcome events.Published
-		err     error
+		seq        int64
+		enqueuedAt time.Time
+		outcome    events.Published
+		err        error
 	}
 	results := make(chan result, len(msgs))
 	sem := make(chan struct{}, deliverWorkers)
@@ -114,7 +115,7 @@ func (s *Server) deliver(ctx context.Context, msgs []sqlite.QueuedMessage, attem
 			defer func() { <-sem; wg.Done() }()
 			for _, m := range queue {
 				res, err := s.deliverer.Deliver(ctx, m.MessageID, m.UserID, m.Body)
-				results <- result{seq: m.Seq, outcome: res.Outcome, err: err}
+				results <- result{seq: m.Seq, enqueuedAt: m.EnqueuedAt, outcome: res.Outcome, err: err}
 			}
 		}(byUser[uid])
 	}
@@ -122,6 +123,7 @@ func (s *Server) deliver(ctx context.Context, msgs []sqlite.QueuedMessage, attem
 	close(results)
 	var seqs []int64
 	var outcomes []events.Published
+	var done []result
 	for r := range results {
 		switch {
 		case r.err == nil:
@@ -136,6 +138,7 @@ func (s *Server) deliver(ctx context.Context, msgs []sqlite.QueuedMessage, attem
 		delete(attempts, r.seq)
 		seqs = append(seqs, r.seq)
 		outcomes = append(outcomes, r.outcome)
+		done = append(done, r)
 	}
 	if len(seqs) == 0 {
 		return retryLater
@@ -147,6 +150,10 @@ func (s *Server) deliver(ctx context.Context, msgs []sqlite.QueuedMessage, attem
 	}
 	if n > 0 {
 		s.bus.notify()
+	}
+	now := s.now()
+	for _, r := range done {
+		s.metrics.outcome(r.outcome, r.enqueuedAt, now)
 	}
 	return retryLater
 }

@@ -41,6 +41,7 @@ type Server struct {
 	bus       *broadcaster
 	graces    *graceTimers
 	deliverer *delivery.Deliverer
+	metrics   *metrics
 	lock      *os.File
 	now       func() time.Time
 
@@ -84,15 +85,30 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return fail(err)
 	}
-	store, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, StoreFile), sqlite.Options{Grace: cfg.OfflineGrace, Logger: log})
+	s := &Server{cfg: cfg, log: log, verifier: verifier, hub: newHub(cfg.MaxConnectionsPerUser),
+		bus: newBroadcaster(), lock: lock, now: time.Now, stopping: make(chan struct{}), kick: make(chan struct{}, 1)}
+	s.metrics = newMetrics(s.hub.count, storeCounter{s})
+	store, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, StoreFile), sqlite.Options{
+		Grace:       cfg.OfflineGrace,
+		Logger:      log,
+		OnCommit:    func(n int) { s.metrics.commitBatch.Observe(float64(n)) },
+		OnAppended:  func(t events.Type) { s.metrics.appended.WithLabelValues(string(t)).Inc() },
+		OnProjected: func(lag time.Duration) { s.metrics.projectorLag.Observe(lag.Seconds()) },
+	})
 	if err != nil {
 		return fail(err)
 	}
-	s := &Server{cfg: cfg, log: log, store: store, verifier: verifier, hub: newHub(cfg.MaxConnectionsPerUser),
-		bus: newBroadcaster(), lock: lock, now: time.Now, stopping: make(chan struct{}), kick: make(chan struct{}, 1)}
+	s.store = store
 	s.graces = newGraceTimers(s.expireGrace)
 	s.deliverer = &delivery.Deliverer{Connections: store, Poster: s.hub, Log: store, Logger: log}
 	return s, nil
+}
+
+// storeCounter counts online users in the server's store, once it is open.
+type storeCounter struct{ s *Server }
+
+func (c storeCounter) OnlineCount(ctx context.Context) (int, error) {
+	return c.s.store.OnlineCount(ctx)
 }
 
 // JWTSecret returns the secret user tokens are signed with.

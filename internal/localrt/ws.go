@@ -48,6 +48,7 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 	userID, err := s.verifier.Verify(userToken(r))
 	if err != nil {
 		s.log.Info("connection refused", "reason", string(auth.ReasonOf(err)), "remote", r.RemoteAddr)
+		s.metrics.authFailures.WithLabelValues(string(auth.ReasonOf(err))).Inc()
 		httperr.Write(w, r, s.log, httperr.New(http.StatusUnauthorized, httperr.CodeUnauthorized, "missing or invalid token"))
 		return
 	}
@@ -57,6 +58,7 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.log.Info("connection refused", "reason", "connection_cap", "userId", userID)
+		s.metrics.authFailures.WithLabelValues("connection_cap").Inc()
 		httperr.Write(w, r, s.log, httperr.New(http.StatusTooManyRequests, httperr.CodeTooMany, "too many connections for this user"))
 		return
 	}

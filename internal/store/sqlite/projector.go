@@ -166,6 +166,12 @@ func (s *Store) projectBatch(ctx context.Context) (p Projection, err error) {
 		return p, fmt.Errorf("projector commit: %w", err)
 	}
 	p.Events = len(feed)
+	if s.opts.OnProjected != nil {
+		now := s.opts.Now()
+		for _, en := range feed {
+			s.opts.OnProjected(now.Sub(en.e.At))
+		}
+	}
 	for uid, d := range graces {
 		p.Graces = append(p.Graces, Grace{UserID: uid, Deadline: d})
 	}

@@ -221,3 +221,12 @@ func queryAll[T any](ctx context.Context, db *sql.DB, what string, scan func(*sq
 	}
 	return out, nil
 }
+
+// OnlineCount counts the users with a live connection.
+func (s *Store) OnlineCount(ctx context.Context) (int, error) {
+	var n int
+	if err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM view_users WHERE live > 0`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count online users: %w", err)
+	}
+	return n, nil
+}

@@ -30,6 +30,11 @@ type Options struct {
 	// OnCommit, if set, is called after each group commit with the number of requests it
 	// held (for metrics).
 	OnCommit func(requests int)
+	// OnAppended, if set, is called after each commit for every event it appended.
+	OnAppended func(t events.Type)
+	// OnProjected, if set, is called for every event the projector folded, with the time
+	// from the event to the commit of its fold.
+	OnProjected func(lag time.Duration)
 }
 
 func (o *Options) setDefaults() {
@@ -70,7 +75,9 @@ type writeReq struct {
 	events   []events.ConnectionEvent
 	messages []QueuedMessage
 	appended int
-	done     chan error
+	// written marks which events were new.
+	written []bool
+	done    chan error
 }
 
 // Open opens (creating if needed) the store in the SQLite file at path and starts its
@@ -234,6 +241,15 @@ func (s *Store) commit(batch []*writeReq) {
 		if s.opts.OnCommit != nil {
 			s.opts.OnCommit(len(batch))
 		}
+		if s.opts.OnAppended != nil {
+			for _, req := range batch {
+				for i, e := range req.events {
+					if req.written[i] {
+						s.opts.OnAppended(e.Type)
+					}
+				}
+			}
+		}
 		select {
 		case s.wakeup <- struct{}{}:
 		default:
@@ -268,7 +284,8 @@ func (s *Store) writeBatch(batch []*writeReq) (err error) {
 	}
 	defer insMsg.Close()
 	for _, req := range batch {
-		for _, e := range req.events {
+		req.written = make([]bool, len(req.events))
+		for i, e := range req.events {
 			data, err := json.Marshal(e)
 			if err != nil {
 				return fmt.Errorf("encode %s: %w", e.Key(), err)
@@ -279,6 +296,7 @@ func (s *Store) writeBatch(batch []*writeReq) (err error) {
 			}
 			n, _ := res.RowsAffected()
 			req.appended += int(n)
+			req.written[i] = n == 1
 		}
 		for _, m := range req.messages {
 			if _, err := insMsg.ExecContext(ctx, m.MessageID, m.UserID, m.Body, m.EnqueuedAt.UnixNano()); err != nil {

@@ -1,0 +1,85 @@
+package localrt
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/wspresence/wspresence/events"
+)
+
+// metrics are the local runtime's Prometheus metrics, on a registry of their own.
+type metrics struct {
+	registry        *prometheus.Registry
+	appended        *prometheus.CounterVec
+	projectorLag    prometheus.Histogram
+	messages        *prometheus.CounterVec
+	deliveryLatency prometheus.Histogram
+	authFailures    *prometheus.CounterVec
+	commitBatch     prometheus.Histogram
+}
+
+// onlineCounter counts online users (the view).
+type onlineCounter interface {
+	OnlineCount(ctx context.Context) (int, error)
+}
+
+func newMetrics(connections func() int, view onlineCounter) *metrics {
+	reg := prometheus.NewRegistry()
+	m := &metrics{
+		registry: reg,
+		appended: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wspresence_events_appended_total",
+			Help: "Connection events appended to the log, by type (duplicates by natural key are not counted)."}, []string{"type"}),
+		projectorLag: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "wspresence_projector_lag_seconds",
+			Help: "Time from an event to its fold into the view.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wspresence_messages_total",
+			Help: "Messages processed per user, by outcome (delivered, undeliverable)."}, []string{"outcome"}),
+		deliveryLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "wspresence_delivery_latency_seconds",
+			Help: "Time from a message's acceptance to its delivery outcome.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wspresence_auth_failures_total",
+			Help: "Refused connection attempts and backend requests, by reason."}, []string{"reason"}),
+		commitBatch: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "wspresence_store_commit_batch_size",
+			Help: "Write requests group-committed per transaction.", Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
+	}
+	reg.MustRegister(m.appended, m.projectorLag, m.messages, m.deliveryLatency, m.authFailures, m.commitBatch,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_connections",
+			Help: "Live WebSocket connections held by this process."}, func() float64 { return float64(connections()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_online_users",
+			Help: "Users with at least one live connection (the view)."}, func() float64 {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			n, err := view.OnlineCount(ctx)
+			if err != nil {
+				return -1
+			}
+			return float64(n)
+		}),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	for _, t := range []events.Type{events.TypeConnectionOpened, events.TypeConnectionClosed, events.TypeActivityRecorded} {
+		m.appended.WithLabelValues(string(t))
+	}
+	for _, o := range []string{"delivered", "undeliverable"} {
+		m.messages.WithLabelValues(o)
+	}
+	return m
+}
+
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{})
+}
+
+// outcome records one message outcome and its latency since acceptance.
+func (m *metrics) outcome(p events.Published, enqueuedAt, now time.Time) {
+	switch p.(type) {
+	case events.MessageDelivered:
+		m.messages.WithLabelValues("delivered").Inc()
+	case events.MessageUndeliverable:
+		m.messages.WithLabelValues("undeliverable").Inc()
+	}
+	m.deliveryLatency.Observe(now.Sub(enqueuedAt).Seconds())
+}
