@@ -66,6 +66,8 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
   REST        http://%[1]s/user/online       (header X-Api-Key: <API key>)
   Messages    POST http://%[1]s/messages
   Events      http://%[1]s/events            (Server-Sent Events)
+  Dashboard   http://%[1]s/ui/#key=%[3]s
+  Metrics     http://%[1]s/metrics
   API key     %[3]s
   Sample token for user %[4]s (valid 1h):
     %[5]s

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"strconv"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/wspresence/wspresence/internal/auth"
 	"github.com/wspresence/wspresence/internal/bus/eventbridge"
 	"github.com/wspresence/wspresence/internal/delivery"
+	"github.com/wspresence/wspresence/internal/emf"
 	"github.com/wspresence/wspresence/internal/gateway/apigw"
 	"github.com/wspresence/wspresence/internal/grace/stepfunctions"
 	"github.com/wspresence/wspresence/internal/lambda/authorizer"
@@ -63,6 +65,13 @@ type Config struct {
 	// default 24h).
 	TombstoneRetention string
 }
+
+// Namespace is the CloudWatch namespace of the functions' embedded metrics.
+const Namespace = "wspresence"
+
+// metricsOut receives the functions' embedded metric records (Lambda ships stdout to
+// CloudWatch Logs, which extracts them).
+var metricsOut = emf.New(os.Stdout, Namespace)
 
 // DefaultJWTSecretParameter is the original service's parameter name.
 const DefaultJWTSecretParameter = "/WebSocketAdapter/JwtSecret"
@@ -159,7 +168,7 @@ func NewAuthorizer(ctx context.Context, c Config, log *slog.Logger) (*authorizer
 		return nil, err
 	}
 	return &authorizer.Handler{Secrets: secretssm.New(ssm.NewFromConfig(awsCfg), param, ttl),
-		Leeway: auth.DefaultLeeway, Now: time.Now, Logger: log}, nil
+		Leeway: auth.DefaultLeeway, Now: time.Now, Logger: log, Metrics: metricsOut}, nil
 }
 
 // NewConnection wires the $connect and $disconnect handlers.
@@ -170,7 +179,7 @@ func NewConnection(ctx context.Context, c Config, log *slog.Logger) (*connection
 	}
 	var ck checker
 	st := c.store(&ck, awsCfg)
-	return &connection.Handler{Log: st, Owners: st, Logger: log}, ck.err()
+	return &connection.Handler{Log: st, Owners: st, Logger: log, Metrics: metricsOut}, ck.err()
 }
 
 // NewProjector wires the stream handler.
@@ -186,6 +195,7 @@ func NewProjector(ctx context.Context, c Config, log *slog.Logger) (*projector.H
 		Publisher: c.publisher(&ck, awsCfg),
 		Grace:     stepfunctions.New(sfn.NewFromConfig(awsCfg), ck.need("GRACE_STATE_MACHINE_ARN", c.GraceStateMachineARN), grace),
 		Logger:    log,
+		Metrics:   metricsOut,
 	}
 	return h, ck.err()
 }
@@ -203,6 +213,7 @@ func NewSender(ctx context.Context, c Config, log *slog.Logger) (*sender.Handler
 		Publisher:   c.publisher(&ck, awsCfg),
 		MaxReceives: ck.integer("MAX_RECEIVES", c.MaxReceives, 5),
 		Logger:      log,
+		Metrics:     metricsOut,
 	}
 	return h, ck.err()
 }

@@ -330,3 +330,26 @@ func TestMessagesToSeveralUsersAndIdempotentIDs(t *testing.T) {
 	ts.send(`{"UserId":"M","Body":"marker"}`)
 	m.expectFrame(t, "marker")
 }
+
+func TestDashboardIsServed(t *testing.T) {
+	ts := startServer(t, t.TempDir(), nil)
+	r := ts.do(http.MethodGet, "/ui/", "", nil)
+	if r.status != http.StatusOK || !strings.Contains(string(r.body), "<title>wspresence dashboard</title>") ||
+		!strings.Contains(r.header.Get("Content-Security-Policy"), "default-src 'self'") {
+		t.Fatalf("GET /ui/: %d %q", r.status, r.header)
+	}
+	for _, f := range []string{"/ui/app.js", "/ui/app.css"} {
+		if r := ts.do(http.MethodGet, f, "", nil); r.status != http.StatusOK || len(r.body) < 100 {
+			t.Fatalf("GET %s: %d", f, r.status)
+		}
+	}
+	req, _ := http.NewRequest(http.MethodGet, ts.base+"/ui", nil)
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != "/ui/" {
+		t.Fatalf("GET /ui: %d %s", resp.StatusCode, resp.Header.Get("Location"))
+	}
+}

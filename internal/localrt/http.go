@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/auth"
+	"github.com/wspresence/wspresence/internal/dashboard"
 	"github.com/wspresence/wspresence/internal/httperr"
 	"github.com/wspresence/wspresence/internal/onlineapi"
 	"github.com/wspresence/wspresence/internal/store/sqlite"
@@ -32,6 +33,8 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("/{$}", s.handleWebSocket)
 	mux.HandleFunc("GET /healthz", s.handleHealth)
 	mux.Handle("GET /metrics", s.metrics.handler())
+	mux.Handle("GET /ui/", dashboard.Handler("/ui/"))
+	mux.Handle("GET /ui", http.RedirectHandler("/ui/", http.StatusMovedPermanently))
 	mux.Handle("/user/online", s.backend(s.handleOnline))
 	mux.Handle("/messages", s.backend(s.handleMessages))
 	mux.Handle("GET /events", s.backend(s.handleEvents))

@@ -15,6 +15,7 @@ import (
 
 	lambdaevents "github.com/aws/aws-lambda-go/events"
 	"github.com/wspresence/wspresence/internal/auth"
+	"github.com/wspresence/wspresence/internal/emf"
 )
 
 // ErrUnauthorized is the error API Gateway turns into a 401: its text must be exactly
@@ -34,6 +35,9 @@ type Handler struct {
 	Leeway  time.Duration
 	Now     func() time.Time
 	Logger  *slog.Logger
+	// Metrics, if set, receives one EMF record per request: Authorized, or AuthFailures
+	// with the refusal's Reason as a dimension.
+	Metrics *emf.Logger
 
 	mu       sync.Mutex
 	secret   string
@@ -79,8 +83,11 @@ func (h *Handler) Handle(ctx context.Context, req lambdaevents.APIGatewayCustomA
 	userID, err := h.verify(ctx, secret, Token(req))
 	if err != nil {
 		log.InfoContext(ctx, "connection refused", "reason", string(auth.ReasonOf(err)), "sourceIp", req.RequestContext.Identity.SourceIP)
+		_ = h.Metrics.Emit(map[string]string{"Function": "authorizer", "Reason": string(auth.ReasonOf(err))},
+			emf.Metric{Name: "AuthFailures", Value: 1, Unit: emf.Count})
 		return lambdaevents.APIGatewayCustomAuthorizerResponse{}, ErrUnauthorized
 	}
+	_ = h.Metrics.Emit(map[string]string{"Function": "authorizer"}, emf.Metric{Name: "Authorized", Value: 1, Unit: emf.Count})
 	return lambdaevents.APIGatewayCustomAuthorizerResponse{
 		PrincipalID: userID,
 		PolicyDocument: lambdaevents.APIGatewayCustomAuthorizerPolicy{

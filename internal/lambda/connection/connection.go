@@ -15,6 +15,7 @@ import (
 
 	lambdaevents "github.com/aws/aws-lambda-go/events"
 	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/emf"
 )
 
 // Log appends connection events idempotently.
@@ -33,6 +34,9 @@ type Handler struct {
 	Log    Log
 	Owners Owners
 	Logger *slog.Logger
+	// Metrics, if set, receives one EMF record per request: ConnectionsOpened,
+	// ConnectionsClosed (with the Reason dimension) or ActivityRecorded.
+	Metrics *emf.Logger
 }
 
 // ErrNoUser is returned when a request carries no userId from the authorizer.
@@ -72,6 +76,7 @@ func (h *Handler) Connect(ctx context.Context, req lambdaevents.APIGatewayWebsoc
 		return lambdaevents.APIGatewayProxyResponse{}, fmt.Errorf("connect %s: %w", rc.ConnectionID, err)
 	}
 	h.Logger.InfoContext(ctx, "connected", "userId", userID, "connectionId", rc.ConnectionID, "apiRequestId", rc.RequestID)
+	_ = h.Metrics.Emit(map[string]string{"Function": "connect"}, emf.Metric{Name: "ConnectionsOpened", Value: 1, Unit: emf.Count})
 	return ok(), nil
 }
 
@@ -93,6 +98,7 @@ func (h *Handler) Message(ctx context.Context, req lambdaevents.APIGatewayWebsoc
 	if _, err := h.Log.Append(ctx, events.Activity(userID, rc.ConnectionID, at)); err != nil {
 		return lambdaevents.APIGatewayProxyResponse{}, fmt.Errorf("activity of %s: %w", rc.ConnectionID, err)
 	}
+	_ = h.Metrics.Emit(map[string]string{"Function": "connect"}, emf.Metric{Name: "ActivityRecorded", Value: 1, Unit: emf.Count})
 	return ok(), nil
 }
 
@@ -131,5 +137,7 @@ func (h *Handler) Disconnect(ctx context.Context, req lambdaevents.APIGatewayWeb
 	}
 	h.Logger.InfoContext(ctx, "disconnected", "userId", userID, "connectionId", rc.ConnectionID,
 		"apiRequestId", rc.RequestID, "reason", string(reason), "statusCode", rc.DisconnectStatusCode)
+	_ = h.Metrics.Emit(map[string]string{"Function": "disconnect", "Reason": string(reason)},
+		emf.Metric{Name: "ConnectionsClosed", Value: 1, Unit: emf.Count})
 	return ok(), nil
 }

@@ -15,6 +15,7 @@ import (
 
 	lambdaevents "github.com/aws/aws-lambda-go/events"
 	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/emf"
 	"github.com/wspresence/wspresence/internal/store/dynamo"
 )
 
@@ -40,6 +41,11 @@ type Handler struct {
 	Publisher Publisher
 	Grace     GraceStarter
 	Logger    *slog.Logger
+	// Metrics, if set, receives one EMF record per batch: EventsApplied,
+	// TransitionsPublished, RecordsFailed and ProjectorLag (the oldest event's age).
+	Metrics *emf.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
 }
 
 // ErrUndecodable is wrapped by Decode for a record that is not a connection event.
@@ -48,11 +54,23 @@ var ErrUndecodable = errors.New("undecodable stream record")
 // Handle processes a batch and returns the sequence numbers of the records that failed.
 func (h *Handler) Handle(ctx context.Context, ev lambdaevents.DynamoDBEvent) (lambdaevents.DynamoDBEventResponse, error) {
 	resp := lambdaevents.DynamoDBEventResponse{BatchItemFailures: []lambdaevents.DynamoDBBatchItemFailure{}}
+	var applied, published int
+	var lag time.Duration
+	now := time.Now
+	if h.Now != nil {
+		now = h.Now
+	}
 	for _, rec := range ev.Records {
 		if rec.EventName != string(lambdaevents.DynamoDBOperationTypeInsert) {
 			continue // the log is append-only: nothing else carries an event
 		}
-		if err := h.process(ctx, rec); err != nil {
+		n, at, err := h.process(ctx, rec)
+		if err == nil {
+			applied++
+			published += n
+			lag = max(lag, now().Sub(at))
+		}
+		if err != nil {
 			log := h.Logger.With("sequenceNumber", rec.Change.SequenceNumber, "eventId", rec.EventID)
 			if errors.Is(err, ErrUndecodable) {
 				// Retries cannot fix it; reporting it lets the bounded retries end in the
@@ -64,29 +82,36 @@ func (h *Handler) Handle(ctx context.Context, ev lambdaevents.DynamoDBEvent) (la
 			resp.BatchItemFailures = append(resp.BatchItemFailures, lambdaevents.DynamoDBBatchItemFailure{ItemIdentifier: rec.Change.SequenceNumber})
 		}
 	}
+	_ = h.Metrics.Emit(map[string]string{"Function": "projector"},
+		emf.Metric{Name: "EventsApplied", Value: float64(applied), Unit: emf.Count},
+		emf.Metric{Name: "TransitionsPublished", Value: float64(published), Unit: emf.Count},
+		emf.Metric{Name: "RecordsFailed", Value: float64(len(resp.BatchItemFailures)), Unit: emf.Count},
+		emf.Metric{Name: "ProjectorLag", Value: float64(lag.Milliseconds()), Unit: emf.Milliseconds})
 	return resp, nil
 }
 
-func (h *Handler) process(ctx context.Context, rec lambdaevents.DynamoDBEventRecord) error {
+// process applies one record and returns the number of events it published and the
+// event's time.
+func (h *Handler) process(ctx context.Context, rec lambdaevents.DynamoDBEventRecord) (int, time.Time, error) {
 	e, err := Decode(rec.Change.NewImage)
 	if err != nil {
-		return err
+		return 0, time.Time{}, err
 	}
 	eff, err := h.View.Apply(ctx, e)
 	if err != nil {
-		return fmt.Errorf("apply %s: %w", e.Key(), err)
+		return 0, e.At, fmt.Errorf("apply %s: %w", e.Key(), err)
 	}
 	if len(eff.Publish) > 0 {
 		if err := h.Publisher.Publish(ctx, eff.Publish...); err != nil {
-			return fmt.Errorf("publish after %s: %w", e.Key(), err)
+			return 0, e.At, fmt.Errorf("publish after %s: %w", e.Key(), err)
 		}
 	}
 	if eff.Grace != nil {
 		if err := h.Grace.StartGrace(ctx, eff.Grace.UserID, eff.Grace.Since); err != nil {
-			return fmt.Errorf("start grace after %s: %w", e.Key(), err)
+			return 0, e.At, fmt.Errorf("start grace after %s: %w", e.Key(), err)
 		}
 	}
-	return nil
+	return len(eff.Publish), e.At, nil
 }
 
 func attr(img map[string]lambdaevents.DynamoDBAttributeValue, name string) string {

@@ -1,7 +1,9 @@
 package projector_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -10,6 +12,7 @@ import (
 
 	lambdaevents "github.com/aws/aws-lambda-go/events"
 	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/emf"
 	"github.com/wspresence/wspresence/internal/lambda/projector"
 	"github.com/wspresence/wspresence/internal/lambdatest"
 	"github.com/wspresence/wspresence/internal/store/dynamo"
@@ -82,7 +85,9 @@ func TestHandlerPublishesAndStartsGraceAndReportsFailures(t *testing.T) {
 		}
 	})
 	s := &sink{}
-	h := &projector.Handler{View: view, Publisher: s, Grace: s, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	var emfOut bytes.Buffer
+	h := &projector.Handler{View: view, Publisher: s, Grace: s, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Metrics: emf.New(&emfOut, "wspresence"), Now: func() time.Time { return at.Add(time.Second) }}
 	// A MODIFY record is not an event: skipped.
 	modify := ev.Records[0]
 	modify.EventName = "MODIFY"
@@ -96,5 +101,13 @@ func TestHandlerPublishesAndStartsGraceAndReportsFailures(t *testing.T) {
 	}
 	if len(resp.BatchItemFailures) != 1 || resp.BatchItemFailures[0].ItemIdentifier != ev.Records[0].Change.SequenceNumber || calls != 3 {
 		t.Fatalf("failures %+v after %d applies", resp.BatchItemFailures, calls)
+	}
+	var rec map[string]any
+	if err := json.Unmarshal(emfOut.Bytes(), &rec); err != nil {
+		t.Fatalf("EMF output %q: %v", emfOut.String(), err)
+	}
+	// The oldest applied event (the open, 5 min 1.333 s before the clock) sets the lag.
+	if rec["EventsApplied"] != 2.0 || rec["TransitionsPublished"] != 1.0 || rec["RecordsFailed"] != 1.0 || rec["ProjectorLag"] != 301333.0 {
+		t.Fatalf("EMF record %v", rec)
 	}
 }

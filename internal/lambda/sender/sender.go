@@ -13,10 +13,12 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"time"
 
 	lambdaevents "github.com/aws/aws-lambda-go/events"
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/delivery"
+	"github.com/wspresence/wspresence/internal/emf"
 )
 
 // Deliverer delivers one message to one user (package delivery's Deliverer).
@@ -39,6 +41,19 @@ type Handler struct {
 	// Concurrency bounds the messages handled at once (default 8).
 	Concurrency int
 	Logger      *slog.Logger
+	// Metrics, if set, receives one EMF record per batch: MessagesDelivered,
+	// MessagesUndeliverable, MessagesFailed, ConnectionsGone and DeliveryLatency (the
+	// slowest message's time from SQS's SentTimestamp to its outcome).
+	Metrics *emf.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// tally counts a batch's outcomes.
+type tally struct {
+	mu                             sync.Mutex
+	delivered, undeliverable, gone int
+	latency                        time.Duration
 }
 
 // Handle processes a batch and reports the messages that must be retried.
@@ -46,6 +61,7 @@ func (h *Handler) Handle(ctx context.Context, ev lambdaevents.SQSEvent) (lambdae
 	resp := lambdaevents.SQSEventResponse{BatchItemFailures: []lambdaevents.SQSBatchItemFailure{}}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
+	var t tally
 	limit := h.Concurrency
 	if limit <= 0 {
 		limit = 8
@@ -56,7 +72,7 @@ func (h *Handler) Handle(ctx context.Context, ev lambdaevents.SQSEvent) (lambdae
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			if err := h.process(ctx, rec); err != nil {
+			if err := h.process(ctx, rec, &t); err != nil {
 				h.Logger.WarnContext(ctx, "message failed", "messageId", rec.MessageId, "err", err)
 				mu.Lock()
 				resp.BatchItemFailures = append(resp.BatchItemFailures, lambdaevents.SQSBatchItemFailure{ItemIdentifier: rec.MessageId})
@@ -65,7 +81,36 @@ func (h *Handler) Handle(ctx context.Context, ev lambdaevents.SQSEvent) (lambdae
 		}()
 	}
 	wg.Wait()
+	_ = h.Metrics.Emit(map[string]string{"Function": "sender"},
+		emf.Metric{Name: "MessagesDelivered", Value: float64(t.delivered), Unit: emf.Count},
+		emf.Metric{Name: "MessagesUndeliverable", Value: float64(t.undeliverable), Unit: emf.Count},
+		emf.Metric{Name: "MessagesFailed", Value: float64(len(resp.BatchItemFailures)), Unit: emf.Count},
+		emf.Metric{Name: "ConnectionsGone", Value: float64(t.gone), Unit: emf.Count},
+		emf.Metric{Name: "DeliveryLatency", Value: float64(t.latency.Milliseconds()), Unit: emf.Milliseconds})
 	return resp, nil
+}
+
+func (h *Handler) now() time.Time {
+	if h.Now != nil {
+		return h.Now()
+	}
+	return time.Now()
+}
+
+// record counts one user's outcome of a message sent at sent (zero if unknown).
+func (t *tally) record(res delivery.Result, sent, now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.gone += len(res.Gone)
+	switch res.Outcome.(type) {
+	case events.MessageDelivered:
+		t.delivered++
+	case events.MessageUndeliverable:
+		t.undeliverable++
+	}
+	if !sent.IsZero() {
+		t.latency = max(t.latency, now.Sub(sent))
+	}
 }
 
 func (h *Handler) lastReceive(rec lambdaevents.SQSMessage) bool {
@@ -73,7 +118,7 @@ func (h *Handler) lastReceive(rec lambdaevents.SQSMessage) bool {
 	return err == nil && h.MaxReceives > 0 && n >= h.MaxReceives
 }
 
-func (h *Handler) process(ctx context.Context, rec lambdaevents.SQSMessage) error {
+func (h *Handler) process(ctx context.Context, rec lambdaevents.SQSMessage, t *tally) error {
 	msg, err := events.DecodeMessage([]byte(rec.Body))
 	if err != nil {
 		// Reported failed so that, after the queue's maximum receives, it lands in the DLQ.
@@ -83,23 +128,31 @@ func (h *Handler) process(ctx context.Context, rec lambdaevents.SQSMessage) erro
 	if id == "" {
 		id = rec.MessageId // stable across redeliveries of this SQS message
 	}
+	var sent time.Time
+	if ms, err := strconv.ParseInt(rec.Attributes["SentTimestamp"], 10, 64); err == nil {
+		sent = time.UnixMilli(ms)
+	}
 	var outcomes []events.Published
+	var results []delivery.Result
 	var errs []error
 	for _, uid := range msg.Recipients() {
 		res, err := h.Deliverer.Deliver(ctx, id, uid, msg.Body)
 		switch {
-		case err == nil:
+		case err == nil, errors.Is(err, delivery.ErrDeliveryFailed) && h.lastReceive(rec):
 			outcomes = append(outcomes, res.Outcome)
-		case errors.Is(err, delivery.ErrDeliveryFailed) && h.lastReceive(rec):
-			outcomes = append(outcomes, res.Outcome)
+			results = append(results, res)
 		default:
 			errs = append(errs, err)
 		}
 	}
 	if len(outcomes) > 0 {
 		if err := h.Publisher.Publish(ctx, outcomes...); err != nil {
-			errs = append(errs, fmt.Errorf("publish outcomes of %s: %w", id, err))
+			return errors.Join(append(errs, fmt.Errorf("publish outcomes of %s: %w", id, err))...)
 		}
+	}
+	now := h.now()
+	for _, res := range results {
+		t.record(res, sent, now)
 	}
 	return errors.Join(errs...)
 }

@@ -1,6 +1,7 @@
 package sender_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -21,6 +22,7 @@ import (
 	"github.com/wspresence/wspresence/internal/awsfake"
 	"github.com/wspresence/wspresence/internal/bus/eventbridge"
 	"github.com/wspresence/wspresence/internal/delivery"
+	"github.com/wspresence/wspresence/internal/emf"
 	"github.com/wspresence/wspresence/internal/gateway/apigw"
 	"github.com/wspresence/wspresence/internal/lambda/sender"
 	"github.com/wspresence/wspresence/internal/lambdatest"
@@ -129,6 +131,9 @@ func TestDeliversHealsAndReports(t *testing.T) {
 		return awsfake.Response{Status: http.StatusOK}
 	})
 	r.open(t, "1234", "live-1=", "gone-1=")
+	var emfOut bytes.Buffer
+	r.h.Metrics = emf.New(&emfOut, "wspresence")
+	r.h.Now = func() time.Time { return time.UnixMilli(1795687200000 + 250) } // 250 ms after the first SentTimestamp
 	ev := load(t)
 	resp, err := r.h.Handle(context.Background(), ev)
 	if err != nil {
@@ -165,6 +170,19 @@ func TestDeliversHealsAndReports(t *testing.T) {
 	}
 	if pub[1]["detail-type"] != "MessageUndeliverable" || pub[1]["userId"] != "5678" || pub[1]["reason"] != "offline" || pub[1]["messageId"] != "order-42" {
 		t.Fatalf("undeliverable event %v", pub[1])
+	}
+	// One embedded-metric record for the batch.
+	var rec map[string]any
+	if err := json.Unmarshal(emfOut.Bytes(), &rec); err != nil {
+		t.Fatalf("EMF output %q: %v", emfOut.String(), err)
+	}
+	for name, want := range map[string]float64{"MessagesDelivered": 1, "MessagesUndeliverable": 1, "MessagesFailed": 1, "ConnectionsGone": 1} {
+		if rec[name] != want {
+			t.Errorf("EMF %s = %v, want %v", name, rec[name], want)
+		}
+	}
+	if rec["Function"] != "sender" || rec["DeliveryLatency"] != 250.0 {
+		t.Errorf("EMF record %v", rec)
 	}
 }
 

@@ -1,0 +1,83 @@
+// Package emf writes CloudWatch Embedded Metric Format records: one JSON log line per
+// record, which CloudWatch Logs turns into metrics of the namespace without any API call.
+// A Logger is safe for concurrent use.
+package emf
+
+import (
+	"encoding/json"
+	"io"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Unit is a CloudWatch metric unit.
+type Unit string
+
+// The units used here.
+const (
+	Count        Unit = "Count"
+	Milliseconds Unit = "Milliseconds"
+)
+
+// Metric is one value of a record.
+type Metric struct {
+	Name  string
+	Value float64
+	Unit  Unit
+}
+
+// Logger writes records to one writer (a Lambda function's stdout).
+type Logger struct {
+	mu        sync.Mutex
+	w         io.Writer
+	namespace string
+	now       func() time.Time
+}
+
+// New returns a Logger of namespace writing to w.
+func New(w io.Writer, namespace string) *Logger {
+	return &Logger{w: w, namespace: namespace, now: time.Now}
+}
+
+// Emit writes one record: the metrics under the given dimensions (name to value). Metrics
+// with a zero value are written too, so a figure that stays at zero is still a data point.
+func (l *Logger) Emit(dims map[string]string, metrics ...Metric) error {
+	if l == nil || len(metrics) == 0 {
+		return nil
+	}
+	keys := make([]string, 0, len(dims))
+	for k := range dims {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	type def struct {
+		Name string `json:"Name"`
+		Unit Unit   `json:"Unit,omitempty"`
+	}
+	defs := make([]def, len(metrics))
+	rec := map[string]any{}
+	for k, v := range dims {
+		rec[k] = v
+	}
+	for i, m := range metrics {
+		defs[i] = def{Name: m.Name, Unit: m.Unit}
+		rec[m.Name] = m.Value
+	}
+	rec["_aws"] = map[string]any{
+		"Timestamp": l.now().UnixMilli(),
+		"CloudWatchMetrics": []any{map[string]any{
+			"Namespace":  l.namespace,
+			"Dimensions": [][]string{keys},
+			"Metrics":    defs,
+		}},
+	}
+	line, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	_, err = l.w.Write(append(line, '\n'))
+	return err
+}
