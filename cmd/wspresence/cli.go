@@ -148,6 +148,17 @@ func (f *flags) Int(p *int, name, envName, help string) {
 	})
 }
 
+func (f *flags) Float(p *float64, name, envName, help string) {
+	f.add(name, envName, strconv.FormatFloat(*p, 'g', -1, 64), help, func(s string) error {
+		v, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return errors.New("not a number")
+		}
+		*p = v
+		return nil
+	})
+}
+
 func (f *flags) List(p *[]string, name, envName, help string) {
 	f.add(name, envName, strings.Join(*p, ","), help, func(s string) error {
 		*p = splitList(s)

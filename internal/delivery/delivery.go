@@ -15,6 +15,27 @@ import (
 // on AWS; an unknown or broken socket locally).
 var ErrConnectionGone = errors.New("connection gone")
 
+// GoneError is an ErrConnectionGone that says why the connection is gone, when the poster
+// knows better than "gone" (a local connection closed for a full send queue is expired).
+type GoneError struct {
+	Reason events.CloseReason
+	Err    error
+}
+
+// Error implements error.
+func (e *GoneError) Error() string { return fmt.Sprintf("connection gone (%s): %v", e.Reason, e.Err) }
+
+// Unwrap makes errors.Is match ErrConnectionGone and the cause.
+func (e *GoneError) Unwrap() []error { return []error{ErrConnectionGone, e.Err} }
+
+func goneReason(err error) events.CloseReason {
+	var ge *GoneError
+	if errors.As(err, &ge) && ge.Reason.Valid() {
+		return ge.Reason
+	}
+	return events.ReasonGone
+}
+
 // ErrDeliveryFailed is returned by Deliver when no connection was reached and at least one
 // post failed for a reason other than gone: the message should be retried.
 var ErrDeliveryFailed = errors.New("delivery failed")
@@ -54,6 +75,8 @@ type Result struct {
 	Delivered int
 	// Gone lists the connections found gone (and recorded closed).
 	Gone []string
+	// goneReasons holds the close reason of each of Gone.
+	goneReasons []events.CloseReason
 	// Failed is the number of posts that failed for another reason.
 	Failed int
 	// Outcome is the event to publish.
@@ -82,7 +105,7 @@ func (d *Deliverer) Deliver(ctx context.Context, messageID, userID, body string)
 		at := now()
 		closed := make([]events.ConnectionEvent, len(res.Gone))
 		for i, id := range res.Gone {
-			closed[i] = events.Closed(userID, id, at, events.ReasonGone)
+			closed[i] = events.Closed(userID, id, at, res.goneReasons[i])
 		}
 		if _, err := d.Log.Append(ctx, closed...); err != nil {
 			return res, fmt.Errorf("record gone connections of %s: %w", userID, err)
@@ -127,6 +150,7 @@ func (d *Deliverer) post(ctx context.Context, conns []string, data []byte) Resul
 				res.Delivered++
 			case errors.Is(err, ErrConnectionGone):
 				res.Gone = append(res.Gone, id)
+				res.goneReasons = append(res.goneReasons, goneReason(err))
 			default:
 				res.Failed++
 				if d.Logger != nil {

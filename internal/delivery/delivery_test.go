@@ -44,9 +44,10 @@ func (f *fakeLog) Append(_ context.Context, evs ...events.ConnectionEvent) (int,
 var now = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
 func TestOutcomes(t *testing.T) {
-	view := fakeView{"a": {"a1", "a2", "a3"}, "g": {"g1"}, "f": {"f1", "f2"}}
+	view := fakeView{"a": {"a1", "a2", "a3"}, "g": {"g1", "g2"}, "f": {"f1", "f2"}}
 	poster := &fakePoster{answer: map[string]error{
 		"a2": delivery.ErrConnectionGone, "g1": delivery.ErrConnectionGone,
+		"g2": &delivery.GoneError{Reason: events.ReasonExpired, Err: errors.New("send queue full")},
 		"f1": errors.New("throttled"), "f2": delivery.ErrConnectionGone,
 	}}
 	log := &fakeLog{}
@@ -75,6 +76,13 @@ func TestOutcomes(t *testing.T) {
 	res, err = d.Deliver(ctx, "m3", "g", "x")
 	if u, ok := res.Outcome.(events.MessageUndeliverable); err != nil || !ok || u.Reason != events.UndeliverableGone {
 		t.Fatalf("gone: %+v %v", res.Outcome, err)
+	}
+	reasons := map[string]events.CloseReason{}
+	for _, e := range log.evs {
+		reasons[e.ConnectionID] = e.Reason
+	}
+	if reasons["g1"] != events.ReasonGone || reasons["g2"] != events.ReasonExpired {
+		t.Fatalf("close reasons %v: a poster's reason must be kept", reasons)
 	}
 	res, err = d.Deliver(ctx, "m4", "f", "x")
 	if u, ok := res.Outcome.(events.MessageUndeliverable); !errors.Is(err, delivery.ErrDeliveryFailed) || !ok || u.Reason != events.UndeliverableFailed {

@@ -353,3 +353,69 @@ func TestDashboardIsServed(t *testing.T) {
 		t.Fatalf("GET /ui: %d %s", resp.StatusCode, resp.Header.Get("Location"))
 	}
 }
+
+// TestSlowReaderCannotStallOthers: a client that stops reading fills its bounded send
+// queue and is closed (1013, expired); messages to others keep flowing meanwhile.
+func TestSlowReaderCannotStallOthers(t *testing.T) {
+	ts := startServer(t, t.TempDir(), func(c *localrt.Config) {
+		c.SendQueue = 4
+		c.WriteTimeout = 30 * time.Second // the queue, not the write timeout, must catch it
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	slow, _, err := websocket.Dial(ctx, ts.ws+"/?Authorization="+ts.token("slow"), nil) // never reads
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.CloseNow()
+	fast := ts.dial("fast")
+	waitFor(t, "both online", func() bool { l, _ := ts.online(""); return len(l) == 2 })
+	// Far more than the kernel's socket buffers hold: 200 frames of 120 KB.
+	big := strings.Repeat("x", 120*1024)
+	for i := range 200 {
+		ts.send(fmt.Sprintf(`[{"UserId":"slow","Body":%q},{"UserId":"fast","Body":"m%d"}]`, big, i))
+	}
+	for i := range 200 {
+		fast.expectFrame(t, fmt.Sprintf("m%d", i))
+	}
+	waitFor(t, "the slow reader closed as expired", func() bool {
+		log, _ := ts.srv.Store().Log(context.Background())
+		for _, e := range log {
+			if e.Type == events.TypeConnectionClosed && e.UserID == "slow" && e.Reason == events.ReasonExpired {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// TestInboundRateLimit: a client sending faster than allowed is closed with 1008.
+func TestInboundRateLimit(t *testing.T) {
+	ts := startServer(t, t.TempDir(), func(c *localrt.Config) { c.InboundRate = 5; c.InboundBurst = 5 })
+	c := ts.dial("chatty")
+	calm := ts.dial("calm")
+	ctx := context.Background()
+	for range 50 {
+		if err := c.conn.Write(ctx, websocket.MessageText, []byte(`{"action":"ping"}`)); err != nil {
+			break
+		}
+	}
+	select {
+	case err := <-c.closed:
+		if code := closeStatus(err); code != int(websocket.StatusPolicyViolation) {
+			t.Fatalf("closed with %v, want 1008", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a flooding client was not closed")
+	}
+	ts.send(`{"UserId":"calm","Body":"unaffected"}`)
+	calm.expectFrame(t, "unaffected")
+}
+
+func TestParseClientFrame(t *testing.T) {
+	for in, want := range map[string]string{`{"action":"ping"}`: "ping", `{"action":1}`: "", `not json`: "", `[]`: "", ``: ""} {
+		if got := localrt.ParseClientFrame([]byte(in)).Action; got != want {
+			t.Errorf("ParseClientFrame(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

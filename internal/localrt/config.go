@@ -40,6 +40,17 @@ type Config struct {
 	// ActivityInterval throttles ActivityRecorded to one per connection per interval
 	// (WSPRESENCE_ACTIVITY_INTERVAL, default 30s).
 	ActivityInterval time.Duration
+	// SendQueue is how many frames may wait for a slow reader; when full the connection is
+	// closed (1013) as expired, so one slow client never stalls delivery to the others
+	// (WSPRESENCE_SEND_QUEUE, default 256).
+	SendQueue int
+	// WriteTimeout bounds one frame's write (WSPRESENCE_WRITE_TIMEOUT, default 10s).
+	WriteTimeout time.Duration
+	// InboundRate and InboundBurst limit the frames a client may send per second; past
+	// them the connection is closed (1008) as expired (WSPRESENCE_INBOUND_RATE, default 20;
+	// WSPRESENCE_INBOUND_BURST, default 40).
+	InboundRate  float64
+	InboundBurst int
 	// ShutdownTimeout bounds the graceful shutdown (WSPRESENCE_SHUTDOWN_TIMEOUT, default 10s).
 	ShutdownTimeout time.Duration
 	// TombstoneRetention is how long closed connections are remembered in the view
@@ -63,6 +74,10 @@ func DefaultConfig() Config {
 		PingInterval:          30 * time.Second,
 		IdleTimeout:           10 * time.Minute,
 		ActivityInterval:      30 * time.Second,
+		SendQueue:             256,
+		WriteTimeout:          10 * time.Second,
+		InboundRate:           20,
+		InboundBurst:          40,
 		ShutdownTimeout:       10 * time.Second,
 		TombstoneRetention:    24 * time.Hour,
 		AllowedOrigins:        []string{"*"},
@@ -91,7 +106,7 @@ func (c Config) Validate() error {
 	}{
 		{"ping interval", c.PingInterval}, {"idle timeout", c.IdleTimeout},
 		{"activity interval", c.ActivityInterval}, {"shutdown timeout", c.ShutdownTimeout},
-		{"tombstone retention", c.TombstoneRetention},
+		{"tombstone retention", c.TombstoneRetention}, {"write timeout", c.WriteTimeout},
 	}
 	for _, p := range positive {
 		if p.d <= 0 {
@@ -100,6 +115,12 @@ func (c Config) Validate() error {
 	}
 	if c.OfflineGrace < 0 {
 		errs = append(errs, fmt.Errorf("offline grace must not be negative, got %s", c.OfflineGrace))
+	}
+	if c.SendQueue < 1 {
+		errs = append(errs, fmt.Errorf("send queue must be at least 1 frame, got %d", c.SendQueue))
+	}
+	if c.InboundRate <= 0 || c.InboundBurst < 1 {
+		errs = append(errs, fmt.Errorf("inbound rate must be positive and burst at least 1, got %v/s and %d", c.InboundRate, c.InboundBurst))
 	}
 	if c.MaxConnectionsPerUser < 1 {
 		errs = append(errs, fmt.Errorf("max connections per user must be at least 1, got %d", c.MaxConnectionsPerUser))

@@ -21,14 +21,12 @@ type hub struct {
 	limit   int
 	// closing is set once shutdown began: no new connection is admitted.
 	closing bool
-	// writeTimeout bounds one post to a connection.
-	writeTimeout time.Duration
 }
 
 var _ delivery.Poster = (*hub)(nil)
 
 func newHub(limit int) *hub {
-	return &hub{conns: map[string]*wsConn{}, perUser: map[string]int{}, limit: limit, writeTimeout: 10 * time.Second}
+	return &hub{conns: map[string]*wsConn{}, perUser: map[string]int{}, limit: limit}
 }
 
 // reserve takes one of userID's connection slots; it fails when the user is at the cap or
@@ -90,21 +88,44 @@ func (h *hub) count() int {
 	return len(h.conns)
 }
 
-// Post writes data as one text frame to the connection. A connection this process does
-// not hold, or whose write fails, is gone.
-func (h *hub) Post(ctx context.Context, connectionID string, data []byte) error {
+// Post queues data as one text frame for the connection, as API Gateway accepts a post
+// for delivery. A connection this process does not hold is gone; so is one whose send
+// queue is full (a reader too slow to keep up), which is closed with 1013 as expired.
+func (h *hub) Post(_ context.Context, connectionID string, data []byte) error {
 	c := h.get(connectionID)
 	if c == nil {
 		return fmt.Errorf("post to %s: %w", connectionID, delivery.ErrConnectionGone)
 	}
-	ctx, cancel := context.WithTimeout(ctx, h.writeTimeout)
-	defer cancel()
-	if err := c.ws.Write(ctx, websocket.MessageText, data); err != nil {
+	select {
+	case c.send <- data:
+		return nil
+	default:
 		c.setReason(events.ReasonExpired)
-		c.ws.CloseNow()
-		return fmt.Errorf("post to %s: %w: %w", connectionID, delivery.ErrConnectionGone, err)
+		go c.ws.Close(websocket.StatusTryAgainLater, "send queue full")
+		return &delivery.GoneError{Reason: events.ReasonExpired, Err: fmt.Errorf("post to %s: send queue full", connectionID)}
 	}
-	return nil
+}
+
+// writeLoop writes the queued frames until ctx ends; a failed or too slow write ends the
+// connection as expired.
+func (c *wsConn) writeLoop(ctx context.Context, timeout time.Duration) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case data := <-c.send:
+			wctx, cancel := context.WithTimeout(ctx, timeout)
+			err := c.ws.Write(wctx, websocket.MessageText, data)
+			cancel()
+			if err != nil {
+				if ctx.Err() == nil {
+					c.setReason(events.ReasonExpired)
+				}
+				c.ws.CloseNow()
+				return
+			}
+		}
+	}
 }
 
 // wsConn is one live WebSocket connection.
@@ -113,6 +134,8 @@ type wsConn struct {
 	ws         *websocket.Conn
 	// drop ends the connection at once, without waiting for a close handshake.
 	drop context.CancelFunc
+	// send queues the frames to write.
+	send chan []byte
 	// reason is the close reason decided by whoever closed the connection first; the
 	// read loop records it (client when nobody else decided).
 	reason atomic.Pointer[events.CloseReason]

@@ -15,6 +15,7 @@ import (
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/auth"
 	"github.com/wspresence/wspresence/internal/httperr"
+	"golang.org/x/time/rate"
 )
 
 const websocketGoingAway = websocket.StatusGoingAway
@@ -84,7 +85,7 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 	ws.SetReadLimit(maxFrameBytes)
 	readCtx, cancelRead := context.WithCancel(ctx)
 	defer cancelRead()
-	c := &wsConn{id: id, userID: userID, ws: ws, drop: cancelRead}
+	c := &wsConn{id: id, userID: userID, ws: ws, drop: cancelRead, send: make(chan []byte, s.cfg.SendQueue)}
 	c.lastRead.Store(s.now().UnixNano())
 	s.hub.add(c)
 	if s.isStopping() {
@@ -95,10 +96,12 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 	log.Info("connected")
 
 	watchCtx, stopWatch := context.WithCancel(ctx)
-	watchDone := make(chan struct{})
-	go func() { defer close(watchDone); s.watch(watchCtx, c) }()
+	watchDone := make(chan struct{}, 2)
+	go func() { defer func() { watchDone <- struct{}{} }(); s.watch(watchCtx, c) }()
+	go func() { defer func() { watchDone <- struct{}{} }(); c.writeLoop(watchCtx, s.cfg.WriteTimeout) }()
 	s.readLoop(ctx, readCtx, c)
 	stopWatch()
+	<-watchDone
 	<-watchDone
 	s.hub.remove(c)
 	ws.CloseNow()
@@ -112,6 +115,7 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 // know, is otherwise ignored.
 func (s *Server) readLoop(ctx, readCtx context.Context, c *wsConn) {
 	var lastRecorded time.Time
+	limiter := rate.NewLimiter(rate.Limit(s.cfg.InboundRate), s.cfg.InboundBurst)
 	for {
 		_, data, err := c.ws.Read(readCtx)
 		if err != nil {
@@ -122,10 +126,13 @@ func (s *Server) readLoop(ctx, readCtx context.Context, c *wsConn) {
 		}
 		now := s.now()
 		c.lastRead.Store(now.UnixNano())
-		var frame struct {
-			Action string `json:"action"`
+		if !limiter.AllowN(now, 1) {
+			s.log.Info("inbound rate limit exceeded", "userId", c.userID, "connectionId", c.id)
+			c.setReason(events.ReasonExpired)
+			_ = c.ws.Close(websocket.StatusPolicyViolation, "rate limit exceeded")
+			return
 		}
-		_ = json.Unmarshal(data, &frame) // non-JSON frames count as activity and nothing more
+		_ = ParseClientFrame(data) // every frame is activity; the action only names it
 		if now.Sub(lastRecorded) >= s.cfg.ActivityInterval {
 			lastRecorded = now
 			if _, err := s.store.Append(ctx, events.Activity(c.userID, c.id, now)); err != nil {
@@ -163,6 +170,21 @@ func (s *Server) watch(ctx context.Context, c *wsConn) {
 			return
 		}
 	}
+}
+
+// ClientFrame is what a client frame says: {"action":"ping"} and the like. A frame that
+// is not JSON, or whose action is not a string, has no action.
+type ClientFrame struct {
+	Action string `json:"action"`
+}
+
+// ParseClientFrame reads a client frame; it never fails, whatever the bytes.
+func ParseClientFrame(data []byte) ClientFrame {
+	var f ClientFrame
+	if json.Unmarshal(data, &f) != nil {
+		return ClientFrame{}
+	}
+	return f
 }
 
 func (s *Server) appendClose(ctx context.Context, e events.ConnectionEvent) {
