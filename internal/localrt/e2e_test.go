@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -118,6 +119,22 @@ func TestEndToEnd(t *testing.T) {
 	}
 	if n := len(sub.of(events.DetailUserOffline, "A")); n != 1 {
 		t.Fatalf("%d UserOffline for A, want exactly 1", n)
+	}
+
+	// Nothing secret reached the logs of the whole run.
+	logs := ts.logs.String()
+	for name, secret := range map[string]string{"API key": testKey, "JWT secret": testSecret} {
+		if strings.Contains(logs, secret) {
+			t.Errorf("the %s appears in the logs", name)
+		}
+	}
+	for _, tok := range ts.tokens {
+		if strings.Contains(logs, tok) {
+			t.Error("a user token appears in the logs")
+		}
+	}
+	if !strings.Contains(logs, `"msg":"connected"`) {
+		t.Fatal("the logs were not captured")
 	}
 
 	// Stop and restart on the same data dir: the view is unchanged.

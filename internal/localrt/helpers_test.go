@@ -34,7 +34,9 @@ type testServer struct {
 	cfg  localrt.Config
 	base string
 	ws   string
-	logs *bytes.Buffer
+	logs *lockedWriter
+	// tokens lists every token minted for the test.
+	tokens []string
 }
 
 // startServer starts a server on a random loopback port in dir; tweak adjusts the config.
@@ -49,8 +51,8 @@ func startServer(t *testing.T, dir string, tweak func(*localrt.Config)) *testSer
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	logs := &bytes.Buffer{}
-	log := slog.New(slog.NewJSONHandler(&lockedWriter{w: logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logs := &lockedWriter{w: &bytes.Buffer{}}
+	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	srv, err := localrt.New(context.Background(), cfg, log)
 	if err != nil {
 		t.Fatal(err)
@@ -74,6 +76,13 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
+// String returns what was written so far.
+func (l *lockedWriter) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.(*bytes.Buffer).String()
+}
+
 func (ts *testServer) stop() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -88,6 +97,7 @@ func (ts *testServer) token(user string) string {
 	if err != nil {
 		ts.t.Fatal(err)
 	}
+	ts.tokens = append(ts.tokens, tok)
 	return tok
 }
 
