@@ -126,3 +126,24 @@ func TestRotatedSecretIsPickedUpOnSignatureFailure(t *testing.T) {
 		t.Fatalf("%d more SSM calls within a minute", after-before)
 	}
 }
+
+// TestSSMTimeoutFailsClosed: an SSM that does not answer in time refuses the connection
+// (a 500, not an Allow and not a 401) and says why in the logs.
+func TestSSMTimeoutFailsClosed(t *testing.T) {
+	r := newRig(t)
+	release := make(chan struct{})
+	defer close(release)
+	r.srv.SetAnswer(func(awsfake.Request) awsfake.Response {
+		<-release
+		return awsfake.Response{Status: http.StatusInternalServerError}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	_, err := r.h.Handle(ctx, request(t, mint(t, r.secret, "1234")))
+	if err == nil || errors.Is(err, authorizer.ErrUnauthorized) {
+		t.Fatalf("err = %v, want a failure that is not Unauthorized", err)
+	}
+	if !strings.Contains(r.logs.String(), "jwt secret unavailable") {
+		t.Fatalf("logs: %s", r.logs.String())
+	}
+}

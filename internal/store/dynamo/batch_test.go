@@ -5,8 +5,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
+	"strings"
 	"testing"
+	"time"
+
+	lambdaevents "github.com/aws/aws-lambda-go/events"
+	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/lambda/projector"
+	"github.com/wspresence/wspresence/internal/store/dynamo/dynamotest"
 
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/wspresence/wspresence/internal/awsfake"
@@ -85,3 +94,31 @@ func TestThrottlingIsMappedToTheSentinel(t *testing.T) {
 }
 
 func isThrottled(err error) bool { return errors.Is(err, failure.ErrThrottled) }
+
+// TestProjectorReportsThrottledRecords: DynamoDB throttling fails the record (a batch item
+// failure, so Lambda retries it) and never the whole batch.
+func TestProjectorReportsThrottledRecords(t *testing.T) {
+	calls := 0
+	srv := awsfake.New(t, func(r awsfake.Request) awsfake.Response {
+		calls++
+		if strings.Contains(string(r.Body), "u-throttled") {
+			return awsfake.Error(http.StatusBadRequest, "ThrottlingException", "Rate of requests exceeds the allowed throughput.")
+		}
+		return awsfake.JSON(http.StatusOK, map[string]any{"Attributes": map[string]any{}})
+	})
+	st := dynamo.New(dynamodb.NewFromConfig(srv.Config()), dynamo.Tables{Events: "events", View: "view"})
+	rec := &recorder{}
+	h := &projector.Handler{View: st, Publisher: rec, Grace: rec, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	records := []lambdaevents.DynamoDBEventRecord{
+		dynamotest.Record(dynamo.EventItem(events.Opened("u-throttled", "c1", at, "", "")), 1),
+		dynamotest.Record(dynamo.EventItem(events.Activity("u-fine", "c2", at)), 2),
+	}
+	resp, err := h.Handle(context.Background(), lambdaevents.DynamoDBEvent{Records: records})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.BatchItemFailures) != 1 || resp.BatchItemFailures[0].ItemIdentifier != records[0].Change.SequenceNumber {
+		t.Fatalf("failures %+v, want only the throttled record", resp.BatchItemFailures)
+	}
+}
