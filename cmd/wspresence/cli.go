@@ -91,11 +91,15 @@ func newFlags(name, synopsis string, stderr io.Writer, getenv env) *flags {
 }
 
 type value struct {
-	f    *flags
-	name string
-	text string
-	set  func(string) error
+	f      *flags
+	name   string
+	text   string
+	set    func(string) error
+	isBool bool
 }
+
+// IsBoolFlag lets a boolean flag be given without a value (--pprof).
+func (v *value) IsBoolFlag() bool { return v.isBool }
 
 func (v *value) String() string { return v.text }
 
@@ -157,6 +161,18 @@ func (f *flags) Float(p *float64, name, envName, help string) {
 		*p = v
 		return nil
 	})
+}
+
+func (f *flags) Bool(p *bool, name, envName, help string) {
+	f.add(name, envName, strconv.FormatBool(*p), help, func(s string) error {
+		v, err := strconv.ParseBool(s)
+		if err != nil {
+			return errors.New("want true or false")
+		}
+		*p = v
+		return nil
+	})
+	f.fs.Lookup(name).Value.(*value).isBool = true
 }
 
 func (f *flags) List(p *[]string, name, envName, help string) {

@@ -62,6 +62,9 @@ type Config struct {
 	AllowedOrigins []string
 	// LogLevel is debug, info, warn or error (WSPRESENCE_LOG_LEVEL, default info).
 	LogLevel string
+	// Pprof serves the Go profiler at /debug/pprof/ behind the API key (WSPRESENCE_PPROF,
+	// default off); the benchmark uses it.
+	Pprof bool
 }
 
 // DefaultConfig returns the documented defaults.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"time"
 
@@ -35,6 +36,12 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("GET /metrics", s.metrics.handler())
 	mux.Handle("GET /ui/", dashboard.Handler("/ui/"))
 	mux.Handle("GET /ui", http.RedirectHandler("/ui/", http.StatusMovedPermanently))
+	if s.cfg.Pprof {
+		mux.Handle("/debug/pprof/", s.backend(pprof.Index))
+		mux.Handle("/debug/pprof/profile", s.backend(pprof.Profile))
+		mux.Handle("/debug/pprof/symbol", s.backend(pprof.Symbol))
+		mux.Handle("/debug/pprof/trace", s.backend(pprof.Trace))
+	}
 	mux.Handle("/user/online", s.backend(s.handleOnline))
 	mux.Handle("/messages", s.backend(s.handleMessages))
 	mux.Handle("GET /events", s.backend(s.handleEvents))
