@@ -3,7 +3,7 @@ export GOTOOLCHAIN := go1.27.3
 STATICCHECK_VERSION := v0.8.2
 GOBIN := $(shell go env GOPATH)/bin
 
-.PHONY: run test lint vuln ci package
+.PHONY: run test lint vuln ci package bench bench-long
 
 ## run: start the local runtime (embedded store in ./wspresence-data)
 run:
@@ -20,6 +20,18 @@ lint:
 	@test -x $(GOBIN)/staticcheck || go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	$(GOBIN)/staticcheck ./...
 	go mod tidy -diff
+
+## bench: the short benchmark profile (under 5 minutes): bench/results/<date>.json,
+## docs/benchmarks.md and docs/benchmarks.png; bench-long is the long profile
+BENCH_PROFILE ?= short
+bench:
+	@mkdir -p bench/results
+	go build -o bench/wspresence ./cmd/wspresence
+	go build -o bench/wspresence-bench ./cmd/wspresence-bench
+	./bench/wspresence-bench --profile $(BENCH_PROFILE) --server ./bench/wspresence
+
+bench-long:
+	$(MAKE) bench BENCH_PROFILE=long
 
 ## vuln: offline vulnerability scan
 vuln:

@@ -1,0 +1,90 @@
+// Command wspresence-bench measures `wspresence serve` against a minimal WebSocket
+// baseline in the same run, and writes the results, a report and a plot (see package
+// bench). `make bench` runs the short profile.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+
+	"github.com/wspresence/wspresence/internal/bench"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "wspresence-bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if len(os.Args) > 1 && os.Args[1] == "baseline-server" {
+		fs := flag.NewFlagSet("baseline-server", flag.ExitOnError)
+		addr := fs.String("addr", "127.0.0.1:0", "listen address")
+		_ = fs.Parse(os.Args[2:])
+		ln, err := net.Listen("tcp", *addr)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("baseline listening on %s\n", ln.Addr())
+		return bench.ServeBaseline(ctx, ln)
+	}
+	profile := flag.String("profile", "short", "smoke (seconds, CI), short (under 5 minutes) or long")
+	server := flag.String("server", "", "path of the wspresence binary (required)")
+	results := flag.String("results", "bench/results", "folder of the JSON results and profiles")
+	report := flag.String("report", "docs/benchmarks.md", "Markdown report to write (empty: none)")
+	plotPath := flag.String("plot", "docs/benchmarks.png", "PNG plot to write (empty: none)")
+	flag.Parse()
+	p, ok := bench.Profiles[*profile]
+	if !ok {
+		return fmt.Errorf("unknown profile %q", *profile)
+	}
+	if *server == "" {
+		return errors.New("--server is required")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	profDir, err := os.MkdirTemp("", "wspresence-bench-prof-")
+	if err != nil {
+		return err
+	}
+	res, err := bench.Run(ctx, p, *server, self, profDir, log)
+	if err != nil {
+		return err
+	}
+	if *results != "" {
+		path, err := res.Save(*results)
+		if err != nil {
+			return err
+		}
+		for _, f := range []string{"cpu.pprof", "heap.pprof"} {
+			if data, err := os.ReadFile(filepath.Join(profDir, f)); err == nil {
+				_ = os.WriteFile(path[:len(path)-len(".json")]+"."+f, data, 0o644)
+			}
+		}
+		log.Info("results", "file", path)
+		if *report != "" {
+			if err := os.WriteFile(*report, []byte(res.Markdown(filepath.Base(*plotPath), path)), 0o644); err != nil {
+				return err
+			}
+		}
+	}
+	if *plotPath != "" {
+		if err := res.Plot(*plotPath); err != nil {
+			return err
+		}
+	}
+	return res.Check()
+}

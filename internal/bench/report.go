@@ -1,0 +1,174 @@
+package bench
+
+import (
+	"fmt"
+	"image/color"
+	"os"
+	"strings"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+)
+
+type row struct {
+	metric      string
+	ws, base    float64
+	unit        string
+	target      string
+	lowerBetter bool
+}
+
+func (r *Results) rows() []row {
+	w, b := r.Wspresence, r.Baseline
+	maxConnect := func(s Side) (best ConnectResult) {
+		for _, c := range s.Connect {
+			if c.Achieved > best.Achieved {
+				best = c
+			}
+		}
+		return best
+	}
+	first := func(s Side) ConnectResult {
+		if len(s.Connect) == 0 {
+			return ConnectResult{}
+		}
+		return s.Connect[0]
+	}
+	maxDelivered := func(s Side) float64 {
+		m := 0.0
+		for _, d := range s.Delivery {
+			m = max(m, d.Delivered)
+		}
+		return m
+	}
+	atKnee := func(s Side) Latency {
+		k := kneeRate(s.Delivery)
+		for _, d := range s.Delivery {
+			if d.Offered == k {
+				return d.Latency
+			}
+		}
+		return Latency{}
+	}
+	lastMem := func(s Side) float64 {
+		if len(s.Memory) == 0 {
+			return 0
+		}
+		return s.Memory[len(s.Memory)-1].BytesPerConn / 1024
+	}
+	return []row{
+		{"connects/s at saturation", maxConnect(w).Achieved, maxConnect(b).Achieved, "/s", "≥ 10,000", false},
+		{fmt.Sprintf("connect latency p50 at %.0f/s", first(w).Offered), first(w).Latency.P50, first(b).Latency.P50, "ms", "", true},
+		{fmt.Sprintf("connect latency p99 at %.0f/s", first(w).Offered), first(w).Latency.P99, first(b).Latency.P99, "ms", "", true},
+		{"messages delivered/s (best offered rate)", maxDelivered(w), maxDelivered(b), "/s", "≥ 50,000", false},
+		{"knee (highest rate delivered in full)", kneeRate(w.Delivery), kneeRate(b.Delivery), "/s", "", false},
+		{"enqueue→receipt p50 at the knee", atKnee(w).P50, atKnee(b).P50, "ms", "", true},
+		{"enqueue→receipt p99 at the knee", atKnee(w).P99, atKnee(b).P99, "ms", "≤ 10 ms", true},
+		{"enqueue→receipt p99.9 at the knee", atKnee(w).P999, atKnee(b).P999, "ms", "", true},
+		{"projection lag p50, idle", w.LagIdle.P50, b.LagIdle.P50, "ms", "", true},
+		{"projection lag p99, idle", w.LagIdle.P99, b.LagIdle.P99, "ms", "≤ 5 ms", true},
+		{"projection lag p99, half load", w.LagLoaded.P99, b.LagLoaded.P99, "ms", "≤ 5 ms", true},
+		{fmt.Sprintf("REST p50, 1 id at %.0f/s", w.REST1.Rate), w.REST1.Latency.P50, b.REST1.Latency.P50, "ms", "", true},
+		{fmt.Sprintf("REST p99, 1 id at %.0f/s", w.REST1.Rate), w.REST1.Latency.P99, b.REST1.Latency.P99, "ms", "≤ 1 ms", true},
+		{fmt.Sprintf("REST p99, 100 ids at %.0f/s", w.REST100.Rate), w.REST100.Latency.P99, b.REST100.Latency.P99, "ms", "≤ 3 ms", true},
+		{"RSS per idle connection (largest N)", lastMem(w), lastMem(b), "KB", "≤ 8 KB", true},
+	}
+}
+
+// Markdown renders the report: the machine, the headline table, every point, the profile.
+func (r *Results) Markdown(plotFile, resultsFile string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Benchmarks\n\nOne run of `make bench` (profile `%s`), %s. The server under test and the\n", r.Profile.Name, r.Date.Format("2006-01-02 15:04 MST"))
+	fmt.Fprintf(&b, "baseline (a minimal coder/websocket server: no auth, no store, frames pushed as they come)\n")
+	fmt.Fprintf(&b, "ran in turn on one core (`taskset -c 0`: %v), the load generator on the other, through\n", r.Machine.Pinned)
+	fmt.Fprintf(&b, "their public interfaces only. Ratios are wspresence / baseline; raw results: `%s`.\n\n", resultsFile)
+	fmt.Fprintf(&b, "Machine: %d CPUs, %s, %s.\n\n", r.Machine.CPUs, r.Machine.Model, r.Machine.Go)
+	b.WriteString("| metric | wspresence | baseline | ratio | target |\n|---|---|---|---|---|\n")
+	for _, row := range r.rows() {
+		ratio := "–"
+		if row.base > 0 {
+			ratio = fmt.Sprintf("%.2f", row.ws/row.base)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", row.metric, num(row.ws, row.unit), num(row.base, row.unit), ratio, row.target)
+	}
+	fmt.Fprintf(&b, "\n![delivery latency against offered rate](%s)\n\n## Every point\n\n", plotFile)
+	b.WriteString("| scenario | offered | wspresence | baseline |\n|---|---|---|---|\n")
+	for i, c := range r.Wspresence.Connect {
+		bc := pick(r.Baseline.Connect, i)
+		fmt.Fprintf(&b, "| connect | %.0f/s | %.0f/s, p50 %.2f ms, p99 %.2f ms, %d errors | %.0f/s, p50 %.2f ms, p99 %.2f ms |\n",
+			c.Offered, c.Achieved, c.Latency.P50, c.Latency.P99, c.Errors, bc.Achieved, bc.Latency.P50, bc.Latency.P99)
+	}
+	for i, d := range r.Wspresence.Delivery {
+		bd := pick(r.Baseline.Delivery, i)
+		fmt.Fprintf(&b, "| delivery | %.0f msg/s | %.0f/s, p50 %.2f, p99 %.2f, p99.9 %.2f ms (%d/%d frames) | %.0f/s, p50 %.2f, p99 %.2f ms (%d/%d) |\n",
+			d.Offered, d.Delivered, d.Latency.P50, d.Latency.P99, d.Latency.P999, d.Received, d.Expected, bd.Delivered, bd.Latency.P50, bd.Latency.P99, bd.Received, bd.Expected)
+	}
+	for i, m := range r.Wspresence.Memory {
+		bm := pick(r.Baseline.Memory, i)
+		fmt.Fprintf(&b, "| memory | %d idle | %.1f KB/conn (RSS %.0f → %.0f MiB) | %.1f KB/conn |\n", m.N, m.BytesPerConn/1024, m.RSSBeforeMiB, m.RSSAfterMiB, bm.BytesPerConn/1024)
+	}
+	if r.CPUTop != "" {
+		fmt.Fprintf(&b, "\n## Profiles of the server under the delivery scenario\n\nCPU (`go tool pprof -top`):\n\n```\n%s```\n\nHeap:\n\n```\n%s```\n", r.CPUTop, r.HeapTop)
+	}
+	return b.String()
+}
+
+func pick[T any](s []T, i int) T {
+	var zero T
+	if i < len(s) {
+		return s[i]
+	}
+	return zero
+}
+
+func num(v float64, unit string) string {
+	switch unit {
+	case "/s":
+		return fmt.Sprintf("%.0f/s", v)
+	case "KB":
+		return fmt.Sprintf("%.1f KB", v)
+	}
+	return fmt.Sprintf("%.2f ms", v)
+}
+
+// Plot draws enqueue→receipt latency (p50, p99) against the offered rate, both targets.
+func (r *Results) Plot(path string) error {
+	p := plot.New()
+	p.Title.Text = "Delivery: enqueue→receipt latency vs offered rate"
+	p.X.Label.Text = "offered messages/s"
+	p.Y.Label.Text = "latency (ms)"
+	p.Y.Scale = plot.LogScale{}
+	p.Y.Tick.Marker = plot.LogTicks{}
+	series := func(s Side, q func(Latency) float64) plotter.XYs {
+		var xy plotter.XYs
+		for _, d := range s.Delivery {
+			if v := q(d.Latency); v > 0 {
+				xy = append(xy, plotter.XY{X: d.Offered, Y: v})
+			}
+		}
+		return xy
+	}
+	p50 := func(l Latency) float64 { return l.P50 }
+	p99 := func(l Latency) float64 { return l.P99 }
+	if err := plotutil.AddLinePoints(p,
+		"wspresence p50", series(r.Wspresence, p50), "wspresence p99", series(r.Wspresence, p99),
+		"baseline p50", series(r.Baseline, p50), "baseline p99", series(r.Baseline, p99)); err != nil {
+		return err
+	}
+	p.Legend.Top = true
+	p.Legend.Left = true
+	p.BackgroundColor = color.White
+	if err := os.MkdirAll(dirOf(path), 0o755); err != nil {
+		return err
+	}
+	return p.Save(8*vg.Inch, 5*vg.Inch, path)
+}
+
+func dirOf(path string) string {
+	if i := strings.LastIndexByte(path, '/'); i >= 0 {
+		return path[:i]
+	}
+	return "."
+}

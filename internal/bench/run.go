@@ -1,0 +1,238 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// Profile sizes a run.
+type Profile struct {
+	Name          string        `json:"name"`
+	ConnectN      int           `json:"connect_n"`
+	ConnectRates  []float64     `json:"connect_rates"`
+	Users, Conns  int           `json:"-"`
+	DeliveryRates []float64     `json:"delivery_rates"`
+	PhaseDuration time.Duration `json:"phase_duration_ns"`
+	Batch         int           `json:"batch"`
+	LagSamples    int           `json:"lag_samples"`
+	RESTDuration  time.Duration `json:"rest_duration_ns"`
+	RESTRate1     int           `json:"rest_rate_1"`
+	RESTRate100   int           `json:"rest_rate_100"`
+	MemoryN       []int         `json:"memory_n"`
+}
+
+// Profiles: smoke (CI, seconds), short (make bench, under 5 minutes), long.
+var Profiles = map[string]Profile{
+	"smoke": {Name: "smoke", ConnectN: 50, ConnectRates: []float64{500}, Users: 20, Conns: 40, DeliveryRates: []float64{500},
+		PhaseDuration: time.Second, Batch: 10, LagSamples: 5, RESTDuration: time.Second, RESTRate1: 100, RESTRate100: 50, MemoryN: []int{100}},
+	"short": {Name: "short", ConnectN: 3000, ConnectRates: []float64{1000, 3000, 6000}, Users: 1000, Conns: 2000,
+		DeliveryRates: []float64{2000, 5000, 10000, 20000, 40000}, PhaseDuration: 3 * time.Second, Batch: 50, LagSamples: 100,
+		RESTDuration: 3 * time.Second, RESTRate1: 2000, RESTRate100: 500, MemoryN: []int{1000, 2000}},
+	"long": {Name: "long", ConnectN: 10000, ConnectRates: []float64{2000, 5000, 10000, 15000}, Users: 5000, Conns: 10000,
+		DeliveryRates: []float64{5000, 10000, 20000, 40000, 60000, 80000}, PhaseDuration: 10 * time.Second, Batch: 100, LagSamples: 500,
+		RESTDuration: 10 * time.Second, RESTRate1: 5000, RESTRate100: 1000, MemoryN: []int{1000, 5000, 10000}},
+}
+
+// Side is one target's figures.
+type Side struct {
+	Connect   []ConnectResult `json:"connect"`
+	Delivery  []DeliveryPoint `json:"delivery"`
+	LagIdle   Latency         `json:"projection_lag_idle"`
+	LagLoaded Latency         `json:"projection_lag_half_load"`
+	REST1     RESTResult      `json:"rest_1_id"`
+	REST100   RESTResult      `json:"rest_100_ids"`
+	Memory    []MemoryResult  `json:"memory"`
+	Errors    int             `json:"errors"`
+}
+
+// Results is one run.
+type Results struct {
+	Date       time.Time `json:"date"`
+	Profile    Profile   `json:"profile"`
+	Machine    Machine   `json:"machine"`
+	Wspresence Side      `json:"wspresence"`
+	Baseline   Side      `json:"baseline"`
+	CPUTop     string    `json:"cpu_profile_top"`
+	HeapTop    string    `json:"heap_profile_top"`
+}
+
+// Machine describes where the run happened.
+type Machine struct {
+	CPUs   int    `json:"nproc"`
+	Model  string `json:"cpu_model"`
+	Go     string `json:"go"`
+	Pinned bool   `json:"pinned"`
+}
+
+func machine() Machine {
+	m := Machine{CPUs: runtime.NumCPU(), Go: runtime.Version()}
+	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			if v, ok := strings.CutPrefix(line, "model name"); ok {
+				m.Model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	_, err := exec.LookPath("taskset")
+	m.Pinned = err == nil && m.CPUs >= 2
+	return m
+}
+
+// Run measures both targets with profile p. serverBin is the wspresence binary, self this
+// program (for the baseline server), outDir receives profiles.
+func Run(ctx context.Context, p Profile, serverBin, self, outDir string, log *slog.Logger) (*Results, error) {
+	res := &Results{Date: time.Now().UTC(), Profile: p, Machine: machine()}
+	cpuServer := ""
+	if res.Machine.Pinned {
+		cpuServer = "0"
+	}
+	for _, name := range []string{"baseline", "wspresence"} {
+		var t *Target
+		var err error
+		if name == "baseline" {
+			t, err = StartBaseline(self, cpuServer)
+		} else {
+			dir, derr := os.MkdirTemp("", "wspresence-bench-")
+			if derr != nil {
+				return nil, derr
+			}
+			defer os.RemoveAll(dir)
+			t, err = StartWspresence(serverBin, dir, cpuServer)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("start %s: %w", name, err)
+		}
+		side, cpuTop, heapTop := measure(ctx, t, p, outDir, log)
+		t.Stop()
+		if name == "baseline" {
+			res.Baseline = side
+		} else {
+			res.Wspresence, res.CPUTop, res.HeapTop = side, cpuTop, heapTop
+		}
+	}
+	return res, nil
+}
+
+func measure(ctx context.Context, t *Target, p Profile, outDir string, log *slog.Logger) (Side, string, string) {
+	var s Side
+	log.Info("memory per idle connection", "target", t.Name)
+	for _, n := range p.MemoryN {
+		m := Memory(ctx, t, n, fmt.Sprintf("mem%d", n))
+		s.Memory = append(s.Memory, m)
+		s.Errors += m.Errors
+		time.Sleep(500 * time.Millisecond)
+	}
+	log.Info("connect rate", "target", t.Name)
+	for i, rate := range p.ConnectRates {
+		c := Connect(ctx, t, p.ConnectN, rate, fmt.Sprintf("conn%d", i))
+		s.Connect = append(s.Connect, c)
+		s.Errors += c.Errors
+		time.Sleep(time.Second)
+	}
+	log.Info("projection lag at idle", "target", t.Name)
+	var errs int
+	s.LagIdle, errs = Lag(ctx, t, p.LagSamples, "lagidle")
+	s.Errors += errs
+	fleet := OpenFleet(ctx, t, p.Users, p.Conns, 2000, "user")
+	defer fleet.Close()
+	s.Errors += fleet.Errors()
+	log.Info("REST", "target", t.Name)
+	s.REST1 = REST(t, fleet.Users[:1], p.RESTRate1, p.RESTDuration)
+	s.REST100 = REST(t, fleet.Users[:min(100, len(fleet.Users))], p.RESTRate100, p.RESTDuration)
+	s.Errors += s.REST1.Errors + s.REST100.Errors
+	log.Info("delivery", "target", t.Name)
+	var cpuTop, heapTop string
+	for i, rate := range p.DeliveryRates {
+		profiled := make(chan [2]string, 1)
+		if i == len(p.DeliveryRates)/2 && outDir != "" && p.Name != "smoke" {
+			go func() {
+				cpu, heap, err := t.Profile(ctx, outDir, int(p.PhaseDuration.Seconds()))
+				if err != nil || cpu == "" {
+					profiled <- [2]string{}
+					return
+				}
+				profiled <- [2]string{top(cpu), top(heap)}
+			}()
+		} else {
+			profiled <- [2]string{}
+		}
+		d := fleet.Deliver(ctx, t, rate, p.PhaseDuration, p.Batch)
+		s.Delivery = append(s.Delivery, d)
+		s.Errors += d.Errors
+		if tops := <-profiled; tops[0] != "" {
+			cpuTop, heapTop = tops[0], tops[1]
+		}
+	}
+	// Projection lag under half the highest rate that kept up.
+	knee := kneeRate(s.Delivery)
+	log.Info("projection lag at half load", "target", t.Name, "rate", knee/2)
+	loadCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for loadCtx.Err() == nil {
+			fleet.Deliver(loadCtx, t, knee/2, time.Second, p.Batch)
+		}
+	}()
+	s.LagLoaded, errs = Lag(ctx, t, p.LagSamples, "lagload")
+	s.Errors += errs
+	stop()
+	<-done
+	return s, cpuTop, heapTop
+}
+
+// kneeRate is the highest offered rate that was delivered in full (95%).
+func kneeRate(points []DeliveryPoint) float64 {
+	knee := 0.0
+	for _, d := range points {
+		if d.Received >= d.Expected*95/100 && d.Delivered >= d.Offered*0.9 {
+			knee = d.Offered
+		}
+	}
+	if knee == 0 && len(points) > 0 {
+		knee = points[0].Offered
+	}
+	return knee
+}
+
+func top(profile string) string {
+	out, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=15", profile).CombinedOutput()
+	if err != nil {
+		return fmt.Sprintf("(go tool pprof failed: %v)", err)
+	}
+	return string(out)
+}
+
+// Save writes the results JSON into dir as <date>.json.
+func (r *Results) Save(dir string) (string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, r.Date.Format("2006-01-02T150405Z")+".json")
+	data, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return "", err
+	}
+	return path, os.WriteFile(path, append(data, '\n'), 0o644)
+}
+
+// ErrScenario reports that a scenario had errors.
+var ErrScenario = errors.New("scenario errors")
+
+// Check returns ErrScenario when any scenario of either side had errors.
+func (r *Results) Check() error {
+	if r.Wspresence.Errors > 0 || r.Baseline.Errors > 0 {
+		return fmt.Errorf("%w: wspresence %d, baseline %d", ErrScenario, r.Wspresence.Errors, r.Baseline.Errors)
+	}
+	return nil
+}

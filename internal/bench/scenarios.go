@@ -1,0 +1,323 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+	vegeta "github.com/tsenart/vegeta/v12/lib"
+)
+
+// Latency summarises samples, in milliseconds.
+type Latency struct {
+	N    int     `json:"n"`
+	P50  float64 `json:"p50_ms"`
+	P99  float64 `json:"p99_ms"`
+	P999 float64 `json:"p999_ms"`
+}
+
+func summarize(samples []time.Duration) Latency {
+	if len(samples) == 0 {
+		return Latency{}
+	}
+	sort.Slice(samples, func(i, j int) bool { return samples[i] < samples[j] })
+	at := func(q float64) float64 {
+		i := int(q * float64(len(samples)-1))
+		return float64(samples[i].Microseconds()) / 1000
+	}
+	return Latency{N: len(samples), P50: at(0.50), P99: at(0.99), P999: at(0.999)}
+}
+
+// recorder collects latencies from many goroutines.
+type recorder struct {
+	mu      sync.Mutex
+	samples []time.Duration
+}
+
+func (r *recorder) add(d time.Duration) { r.mu.Lock(); r.samples = append(r.samples, d); r.mu.Unlock() }
+func (r *recorder) take() []time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.samples
+	r.samples = nil
+	return s
+}
+
+// openLoop calls fn(i) for i in [0, n) at rate per second, each in its own goroutine, on
+// schedule whatever the previous calls do, and waits for all of them.
+func openLoop(ctx context.Context, n int, rate float64, fn func(i int, due time.Time)) {
+	interval := time.Duration(float64(time.Second) / rate)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		due := start.Add(time.Duration(i) * interval)
+		if d := time.Until(due); d > 0 {
+			time.Sleep(d)
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); fn(i, due) }()
+	}
+	wg.Wait()
+}
+
+// ConnectResult is scenario 1.
+type ConnectResult struct {
+	Offered    float64 `json:"offered_per_s"`
+	Achieved   float64 `json:"connects_per_s"`
+	Latency    Latency `json:"latency"`
+	Errors     int     `json:"errors"`
+	Connection int     `json:"connections"`
+}
+
+// Connect opens n connections of distinct users at rate per second (open loop); latency
+// counts from each connection's scheduled time, so queueing shows.
+func Connect(ctx context.Context, t *Target, n int, rate float64, prefix string) ConnectResult {
+	var rec recorder
+	var errs atomic.Int64
+	conns := make([]*websocket.Conn, n)
+	urls := make([]string, n)
+	for i := range urls {
+		urls[i] = t.WebSocketURL(fmt.Sprintf("%s-%d", prefix, i))
+	}
+	start := time.Now()
+	var last atomic.Int64
+	openLoop(ctx, n, rate, func(i int, due time.Time) {
+		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		c, _, err := websocket.Dial(dctx, urls[i], nil)
+		if err != nil {
+			errs.Add(1)
+			return
+		}
+		now := time.Now()
+		rec.add(now.Sub(due))
+		last.Store(now.UnixNano())
+		conns[i] = c
+		go func() { _, _, _ = c.Read(context.Background()) }()
+	})
+	elapsed := time.Duration(last.Load() - start.UnixNano())
+	ok := n - int(errs.Load())
+	for _, c := range conns {
+		if c != nil {
+			c.CloseNow()
+		}
+	}
+	res := ConnectResult{Offered: rate, Latency: summarize(rec.take()), Errors: int(errs.Load()), Connection: ok}
+	if elapsed > 0 {
+		res.Achieved = float64(ok) / elapsed.Seconds()
+	}
+	return res
+}
+
+// Fleet is a set of idle connections that record each frame's latency (the frame body
+// carries its send time).
+type Fleet struct {
+	conns    []*websocket.Conn
+	Users    []string
+	perUser  int
+	rec      recorder
+	received atomic.Int64
+	errors   atomic.Int64
+}
+
+// OpenFleet opens conns connections spread over users users, at most rate per second.
+func OpenFleet(ctx context.Context, t *Target, users, conns int, rate float64, prefix string) *Fleet {
+	f := &Fleet{conns: make([]*websocket.Conn, conns), perUser: conns / users}
+	for u := range users {
+		f.Users = append(f.Users, fmt.Sprintf("%s-%d", prefix, u))
+	}
+	var mu sync.Mutex
+	openLoop(ctx, conns, rate, func(i int, _ time.Time) {
+		dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		c, _, err := websocket.Dial(dctx, t.WebSocketURL(f.Users[i%users]), nil)
+		if err != nil {
+			f.errors.Add(1)
+			return
+		}
+		c.SetReadLimit(1 << 20)
+		mu.Lock()
+		f.conns[i] = c
+		mu.Unlock()
+		go f.read(c)
+	})
+	return f
+}
+
+func (f *Fleet) read(c *websocket.Conn) {
+	for {
+		_, data, err := c.Read(context.Background())
+		if err != nil {
+			return
+		}
+		now := time.Now().UnixNano()
+		if i := strings.LastIndexByte(string(data), ':'); i >= 0 {
+			if sent, err := strconv.ParseInt(string(data[i+1:]), 10, 64); err == nil {
+				f.rec.add(time.Duration(now - sent))
+			}
+		}
+		f.received.Add(1)
+	}
+}
+
+// Close closes every connection.
+func (f *Fleet) Close() {
+	for _, c := range f.conns {
+		if c != nil {
+			c.CloseNow()
+		}
+	}
+}
+
+// Errors counts failed dials.
+func (f *Fleet) Errors() int { return int(f.errors.Load()) }
+
+// DeliveryPoint is one offered rate of scenario 2.
+type DeliveryPoint struct {
+	Offered   float64 `json:"offered_msgs_per_s"`
+	Delivered float64 `json:"delivered_per_s"`
+	Latency   Latency `json:"enqueue_to_receipt"`
+	Expected  int64   `json:"frames_expected"`
+	Received  int64   `json:"frames_received"`
+	Errors    int     `json:"errors"`
+}
+
+// Deliver enqueues messages at rate per second for dur (batches of batch messages per
+// request, users in turn) and waits for the frames.
+func (f *Fleet) Deliver(ctx context.Context, t *Target, rate float64, dur time.Duration, batch int) DeliveryPoint {
+	f.rec.take()
+	f.received.Store(0)
+	requests := int(rate * dur.Seconds() / float64(batch))
+	var errs atomic.Int64
+	var next atomic.Int64
+	start := time.Now()
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
+	openLoop(ctx, requests, rate/float64(batch), func(int, time.Time) {
+		type msg struct {
+			UserID string `json:"UserId"`
+			Body   string `json:"Body"`
+		}
+		msgs := make([]msg, batch)
+		now := strconv.FormatInt(time.Now().UnixNano(), 10)
+		for j := range msgs {
+			k := next.Add(1)
+			msgs[j] = msg{UserID: f.Users[int(k)%len(f.Users)], Body: "m" + strconv.FormatInt(k, 10) + ":" + now}
+		}
+		body, _ := json.Marshal(msgs)
+		resp, err := client.Do(t.PushRequest(ctx, body))
+		if err != nil {
+			errs.Add(1)
+			return
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			errs.Add(1)
+		}
+	})
+	expected := next.Load() * int64(f.perUser)
+	deadline := time.Now().Add(10 * time.Second)
+	for f.received.Load() < expected && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	got := f.received.Load()
+	return DeliveryPoint{Offered: rate, Delivered: float64(got) / float64(f.perUser) / elapsed.Seconds(),
+		Latency: summarize(f.rec.take()), Expected: expected, Received: got, Errors: int(errs.Load()) + int(expected-min(got, expected))}
+}
+
+// Lag measures append→view visible: from a connection's upgrade (its open is durable by
+// then) until the status query reports the user online.
+func Lag(ctx context.Context, t *Target, samples int, prefix string) (Latency, int) {
+	var lat []time.Duration
+	errors := 0
+	client := &http.Client{Timeout: 10 * time.Second}
+	for i := range samples {
+		user := fmt.Sprintf("%s-%d", prefix, i)
+		url := t.WebSocketURL(user)
+		c, _, err := websocket.Dial(ctx, url, nil)
+		if err != nil {
+			errors++
+			continue
+		}
+		start := time.Now()
+		for {
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, t.OnlineURL([]string{user}), nil)
+			req.Header = t.Header()
+			resp, err := client.Do(req)
+			if err != nil {
+				errors++
+				break
+			}
+			var st []struct{ IsOnline bool }
+			_ = json.NewDecoder(resp.Body).Decode(&st)
+			resp.Body.Close()
+			if len(st) == 1 && st[0].IsOnline {
+				lat = append(lat, time.Since(start))
+				break
+			}
+			if time.Since(start) > 5*time.Second {
+				errors++
+				break
+			}
+		}
+		c.CloseNow()
+	}
+	return summarize(lat), errors
+}
+
+// RESTResult is scenario 4 at one request shape.
+type RESTResult struct {
+	IDs     int     `json:"ids"`
+	Rate    float64 `json:"requests_per_s"`
+	Latency Latency `json:"latency"`
+	Errors  int     `json:"errors"`
+}
+
+// REST runs GET status queries of ids at rate per second for dur with vegeta.
+func REST(t *Target, ids []string, rate int, dur time.Duration) RESTResult {
+	targeter := vegeta.NewStaticTargeter(vegeta.Target{Method: http.MethodGet, URL: t.OnlineURL(ids), Header: t.Header()})
+	attacker := vegeta.NewAttacker(vegeta.KeepAlive(true))
+	var m vegeta.Metrics
+	var lat []time.Duration
+	for res := range attacker.Attack(targeter, vegeta.Rate{Freq: rate, Per: time.Second}, dur, "rest") {
+		m.Add(res)
+		if res.Error == "" && res.Code == http.StatusOK {
+			lat = append(lat, res.Latency)
+		}
+	}
+	m.Close()
+	return RESTResult{IDs: len(ids), Rate: float64(rate), Latency: summarize(lat), Errors: int(m.Requests) - len(lat)}
+}
+
+// MemoryResult is scenario 5 at one N.
+type MemoryResult struct {
+	N            int     `json:"connections"`
+	BytesPerConn float64 `json:"bytes_per_connection"`
+	RSSBeforeMiB float64 `json:"rss_before_mib"`
+	RSSAfterMiB  float64 `json:"rss_after_mib"`
+	Errors       int     `json:"errors"`
+}
+
+// Memory opens n idle connections and reports (RSS at n − RSS at 0)/n after GC.
+func Memory(ctx context.Context, t *Target, n int, prefix string) MemoryResult {
+	t.CollectGarbage(ctx)
+	before, _ := t.RSS()
+	f := OpenFleet(ctx, t, n, n, 2000, prefix)
+	time.Sleep(time.Second)
+	t.CollectGarbage(ctx)
+	time.Sleep(200 * time.Millisecond)
+	after, _ := t.RSS()
+	f.Close()
+	return MemoryResult{N: n, BytesPerConn: float64(after-before) / float64(n),
+		RSSBeforeMiB: float64(before) / (1 << 20), RSSAfterMiB: float64(after) / (1 << 20), Errors: f.Errors()}
+}

@@ -1,0 +1,211 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/wspresence/wspresence/internal/auth"
+	"github.com/wspresence/wspresence/internal/localrt"
+)
+
+// Target is a server under test, running in its own process.
+type Target struct {
+	Name   string
+	Base   string // http://addr
+	cmd    *exec.Cmd
+	key    string
+	secret []byte
+	tokens map[string]string
+	// baseline targets use ?user=, push to /push and read /online.
+	baseline bool
+}
+
+var listenRe = regexp.MustCompile(`listening on (\S+)`)
+
+// pinned prefixes a command with taskset to pin it to cpu, when taskset exists.
+func pinned(cpu string, name string, args ...string) *exec.Cmd {
+	if cpu != "" {
+		if ts, err := exec.LookPath("taskset"); err == nil {
+			return exec.Command(ts, append([]string{"-c", cpu, name}, args...)...)
+		}
+	}
+	return exec.Command(name, args...)
+}
+
+// StartWspresence starts `bin serve` on a fresh data dir, pinned to cpu.
+func StartWspresence(bin, dir, cpu string) (*Target, error) {
+	cmd := pinned(cpu, bin, "serve", "--addr", "127.0.0.1:0", "--data", dir, "--offline-grace", "1s",
+		"--log-level", "error", "--pprof", "--max-connections-per-user", "100", "--inbound-rate", "1000", "--inbound-burst", "1000")
+	t := &Target{Name: "wspresence", cmd: cmd, tokens: map[string]string{}}
+	if err := t.start(func(line string) bool { return strings.Contains(line, "Sample token") }); err != nil {
+		return nil, err
+	}
+	var err error
+	if t.key, err = localrt.ReadSecret(dir, localrt.APIKeyFile); err != nil {
+		return nil, err
+	}
+	s, err := localrt.ReadSecret(dir, localrt.JWTSecretFile)
+	t.secret = []byte(s)
+	return t, err
+}
+
+// StartBaseline starts `self baseline-server`, pinned to cpu.
+func StartBaseline(self, cpu string) (*Target, error) {
+	cmd := pinned(cpu, self, "baseline-server", "--addr", "127.0.0.1:0")
+	t := &Target{Name: "baseline", cmd: cmd, baseline: true}
+	return t, t.start(func(string) bool { return true })
+}
+
+func (t *Target) start(ready func(string) bool) error {
+	out, err := t.cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	t.cmd.Stderr = os.Stderr
+	if err := t.cmd.Start(); err != nil {
+		return err
+	}
+	sc := bufio.NewScanner(out)
+	timer := time.AfterFunc(30*time.Second, func() { _ = t.cmd.Process.Kill() })
+	defer timer.Stop()
+	for sc.Scan() {
+		if m := listenRe.FindStringSubmatch(sc.Text()); m != nil {
+			t.Base = "http://" + m[1]
+		}
+		if t.Base != "" && ready(sc.Text()) {
+			go func() { _, _ = io.Copy(io.Discard, out) }()
+			return nil
+		}
+	}
+	return fmt.Errorf("%s did not start", t.Name)
+}
+
+// Stop ends the process.
+func (t *Target) Stop() {
+	_ = t.cmd.Process.Signal(os.Interrupt)
+	done := make(chan struct{})
+	go func() { _ = t.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		_ = t.cmd.Process.Kill()
+	}
+}
+
+// WebSocketURL is where user connects.
+func (t *Target) WebSocketURL(user string) string {
+	ws := "ws" + strings.TrimPrefix(t.Base, "http")
+	if t.baseline {
+		return ws + "/?user=" + user
+	}
+	tok, ok := t.tokens[user]
+	if !ok {
+		tok, _ = auth.Mint(t.secret, user, 24*time.Hour, time.Now())
+		t.tokens[user] = tok
+	}
+	return ws + "/?Authorization=" + tok
+}
+
+// PushRequest builds the request that enqueues body (a JSON array of messages).
+func (t *Target) PushRequest(ctx context.Context, body []byte) *http.Request {
+	path := "/messages"
+	if t.baseline {
+		path = "/push"
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, t.Base+path, strings.NewReader(string(body)))
+	req.Header.Set("Content-Type", "application/json")
+	t.authorize(req)
+	return req
+}
+
+// OnlineURL is the status query of ids.
+func (t *Target) OnlineURL(ids []string) string {
+	if t.baseline {
+		return t.Base + "/online?userIds=" + strings.Join(ids, ",")
+	}
+	return t.Base + "/user/online?userIds=" + strings.Join(ids, ",")
+}
+
+func (t *Target) authorize(req *http.Request) {
+	if !t.baseline {
+		req.Header.Set("X-Api-Key", t.key)
+	}
+}
+
+// Header is the auth header of backend calls.
+func (t *Target) Header() http.Header {
+	h := http.Header{}
+	if !t.baseline {
+		h.Set("X-Api-Key", t.key)
+	}
+	return h
+}
+
+// CollectGarbage asks the server to collect garbage (for memory figures).
+func (t *Target) CollectGarbage(ctx context.Context) {
+	url := t.Base + "/gc"
+	if !t.baseline {
+		url = t.Base + "/debug/pprof/heap?gc=1"
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	t.authorize(req)
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+}
+
+// RSS returns the server process's resident set size in bytes.
+func (t *Target) RSS() (int64, error) {
+	pid := t.cmd.Process.Pid
+	// Under taskset the server is the child the exec replaced: same pid.
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS for %d", pid)
+}
+
+// Profile saves a CPU profile of seconds and a heap profile into dir (wspresence only).
+func (t *Target) Profile(ctx context.Context, dir string, seconds int) (cpu, heap string, err error) {
+	if t.baseline {
+		return "", "", nil
+	}
+	get := func(path, file string) (string, error) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, t.Base+path, nil)
+		t.authorize(req)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		f, err := os.Create(filepath.Join(dir, file))
+		if err != nil {
+			return "", err
+		}
+		defer f.Close()
+		_, err = io.Copy(f, resp.Body)
+		return f.Name(), err
+	}
+	if cpu, err = get(fmt.Sprintf("/debug/pprof/profile?seconds=%d", seconds), "cpu.pprof"); err != nil {
+		return "", "", err
+	}
+	heap, err = get("/debug/pprof/heap", "heap.pprof")
+	return cpu, heap, err
+}
