@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/coder/websocket"
 	"github.com/wspresence/wspresence/events"
@@ -103,28 +102,6 @@ func (h *hub) Post(_ context.Context, connectionID string, data []byte) error {
 		c.setReason(events.ReasonExpired)
 		go c.ws.Close(websocket.StatusTryAgainLater, "send queue full")
 		return &delivery.GoneError{Reason: events.ReasonExpired, Err: fmt.Errorf("post to %s: send queue full", connectionID)}
-	}
-}
-
-// writeLoop writes the queued frames until ctx ends; a failed or too slow write ends the
-// connection as expired.
-func (c *wsConn) writeLoop(ctx context.Context, timeout time.Duration) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case data := <-c.send:
-			wctx, cancel := context.WithTimeout(ctx, timeout)
-			err := c.ws.Write(wctx, websocket.MessageText, data)
-			cancel()
-			if err != nil {
-				if ctx.Err() == nil {
-					c.setReason(events.ReasonExpired)
-				}
-				c.ws.CloseNow()
-				return
-			}
-		}
 	}
 }
 

@@ -96,12 +96,10 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 	log.Info("connected")
 
 	watchCtx, stopWatch := context.WithCancel(ctx)
-	watchDone := make(chan struct{}, 2)
-	go func() { defer func() { watchDone <- struct{}{} }(); s.watch(watchCtx, c) }()
-	go func() { defer func() { watchDone <- struct{}{} }(); c.writeLoop(watchCtx, s.cfg.WriteTimeout) }()
+	watchDone := make(chan struct{})
+	go func() { defer close(watchDone); s.tend(watchCtx, c) }()
 	s.readLoop(ctx, readCtx, c)
 	stopWatch()
-	<-watchDone
 	<-watchDone
 	s.hub.remove(c)
 	ws.CloseNow()
@@ -142,15 +140,29 @@ func (s *Server) readLoop(ctx, readCtx context.Context, c *wsConn) {
 	}
 }
 
-// watch pings the connection every PingInterval and closes it as expired when a ping goes
-// unanswered or the client has been silent for IdleTimeout.
-func (s *Server) watch(ctx context.Context, c *wsConn) {
+// tend is the connection's one goroutine beside its reader: it writes the queued frames,
+// and every PingInterval pings the connection, closing it as expired when a ping goes
+// unanswered or the client has been silent for IdleTimeout. A failed or too slow write
+// ends the connection as expired too.
+func (s *Server) tend(ctx context.Context, c *wsConn) {
 	t := time.NewTicker(s.cfg.PingInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case data := <-c.send:
+			wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
+			err := c.ws.Write(wctx, websocket.MessageText, data)
+			cancel()
+			if err != nil {
+				if ctx.Err() == nil {
+					c.setReason(events.ReasonExpired)
+				}
+				c.ws.CloseNow()
+				return
+			}
+			continue
 		case <-t.C:
 		}
 		if idle := s.now().Sub(time.Unix(0, c.lastRead.Load())); idle >= s.cfg.IdleTimeout {
