@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/wspresence/wspresence/internal/auth"
@@ -25,6 +26,7 @@ type Target struct {
 	cmd    *exec.Cmd
 	key    string
 	secret []byte
+	mu     sync.Mutex
 	tokens map[string]string
 	// baseline targets use ?user=, push to /push and read /online.
 	baseline bool
@@ -108,6 +110,8 @@ func (t *Target) WebSocketURL(user string) string {
 	if t.baseline {
 		return ws + "/?user=" + user
 	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	tok, ok := t.tokens[user]
 	if !ok {
 		tok, _ = auth.Mint(t.secret, user, 24*time.Hour, time.Now())
