@@ -36,6 +36,7 @@ func serveFlags(cfg *localrt.Config, stderr io.Writer, getenv env) *flags {
 	f.Duration(&cfg.TombstoneRetention, "tombstone-retention", "WSPRESENCE_TOMBSTONE_RETENTION", "how long closed connections stay in the view")
 	f.List(&cfg.AllowedOrigins, "allowed-origins", "WSPRESENCE_ALLOWED_ORIGINS", "browser origins allowed to connect (host patterns, * for any)")
 	f.String(&cfg.LogLevel, "log-level", "WSPRESENCE_LOG_LEVEL", "debug, info, warn or error")
+	f.String(&cfg.Sync, "sync", "WSPRESENCE_SYNC", "store durability: full (survives power loss) or normal (survives a process crash, fewer fsyncs)")
 	f.Bool(&cfg.Pprof, "pprof", "WSPRESENCE_PPROF", "serve the Go profiler at /debug/pprof/ (behind the API key)")
 	return f
 }

@@ -229,10 +229,20 @@ func (r *Results) Save(dir string) (string, error) {
 // ErrScenario reports that a scenario had errors.
 var ErrScenario = errors.New("scenario errors")
 
-// Check returns ErrScenario when any scenario of either side had errors.
+// Check returns ErrScenario when any scenario of either side had errors; in the smoke
+// profile (rates far below capacity) a delivery backlog counts as an error too.
 func (r *Results) Check() error {
 	if r.Wspresence.Errors > 0 || r.Baseline.Errors > 0 {
 		return fmt.Errorf("%w: wspresence %d, baseline %d", ErrScenario, r.Wspresence.Errors, r.Baseline.Errors)
+	}
+	if r.Profile.Name == "smoke" {
+		for _, s := range []Side{r.Wspresence, r.Baseline} {
+			for _, d := range s.Delivery {
+				if d.Backlog > 0 {
+					return fmt.Errorf("%w: %d frames not delivered at %.0f msg/s", ErrScenario, d.Backlog, d.Offered)
+				}
+			}
+		}
 	}
 	return nil
 }

@@ -188,7 +188,10 @@ type DeliveryPoint struct {
 	Latency   Latency `json:"enqueue_to_receipt"`
 	Expected  int64   `json:"frames_expected"`
 	Received  int64   `json:"frames_received"`
-	Errors    int     `json:"errors"`
+	// Backlog is the frames not received 10 s after the phase: still queued (durable) when
+	// the rate is past what the server sustains.
+	Backlog int64 `json:"backlog"`
+	Errors  int   `json:"errors"`
 }
 
 // Deliver enqueues messages at rate per second for dur (batches of batch messages per
@@ -232,7 +235,7 @@ func (f *Fleet) Deliver(ctx context.Context, t *Target, rate float64, dur time.D
 	elapsed := time.Since(start)
 	got := f.received.Load()
 	return DeliveryPoint{Offered: rate, Delivered: float64(got) / float64(f.perUser) / elapsed.Seconds(),
-		Latency: summarize(f.rec.take()), Expected: expected, Received: got, Errors: int(errs.Load()) + int(expected-min(got, expected))}
+		Latency: summarize(f.rec.take()), Expected: expected, Received: got, Backlog: expected - min(got, expected), Errors: int(errs.Load())}
 }
 
 // Lag measures append→view visible: from a connection's upgrade (its open is durable by

@@ -62,6 +62,10 @@ type Config struct {
 	AllowedOrigins []string
 	// LogLevel is debug, info, warn or error (WSPRESENCE_LOG_LEVEL, default info).
 	LogLevel string
+	// Sync is the store's durability: "full" (default: every commit survives power loss)
+	// or "normal" (commits survive a crash of the process; far fewer fsyncs)
+	// (WSPRESENCE_SYNC).
+	Sync string
 	// Pprof serves the Go profiler at /debug/pprof/ behind the API key (WSPRESENCE_PPROF,
 	// default off); the benchmark uses it.
 	Pprof bool
@@ -85,6 +89,7 @@ func DefaultConfig() Config {
 		TombstoneRetention:    24 * time.Hour,
 		AllowedOrigins:        []string{"*"},
 		LogLevel:              "info",
+		Sync:                  "full",
 	}
 }
 
@@ -130,6 +135,9 @@ func (c Config) Validate() error {
 	}
 	if len(c.AllowedOrigins) == 0 {
 		errs = append(errs, errors.New("allowed origins is empty (use * to allow any)"))
+	}
+	if c.Sync != "full" && c.Sync != "normal" {
+		errs = append(errs, fmt.Errorf("sync %q: want full or normal", c.Sync))
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

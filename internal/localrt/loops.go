@@ -13,7 +13,7 @@ import (
 
 const (
 	// deliverBatch is how many queued messages one pump cycle takes.
-	deliverBatch = 256
+	deliverBatch = 1024
 	// deliverWorkers bounds the users delivered to at once.
 	deliverWorkers = 32
 	// maxAttempts is how often a message whose posts fail is tried before it is reported
@@ -106,6 +106,9 @@ func (s *Server) deliver(ctx context.Context, msgs []sqlite.QueuedMessage, attem
 		err        error
 	}
 	results := make(chan result, len(msgs))
+	// One cycle reads each user's live connections once, whatever their number of messages.
+	deliverer := *s.deliverer
+	deliverer.Connections = &connCache{view: s.store, byUser: map[string][]string{}}
 	sem := make(chan struct{}, deliverWorkers)
 	var wg sync.WaitGroup
 	for _, uid := range order {
@@ -114,7 +117,7 @@ func (s *Server) deliver(ctx context.Context, msgs []sqlite.QueuedMessage, attem
 		go func(queue []sqlite.QueuedMessage) {
 			defer func() { <-sem; wg.Done() }()
 			for _, m := range queue {
-				res, err := s.deliverer.Deliver(ctx, m.MessageID, m.UserID, m.Body)
+				res, err := deliverer.Deliver(ctx, m.MessageID, m.UserID, m.Body)
 				results <- result{seq: m.Seq, enqueuedAt: m.EnqueuedAt, outcome: res.Outcome, err: err}
 			}
 		}(byUser[uid])
@@ -156,6 +159,31 @@ func (s *Server) deliver(ctx context.Context, msgs []sqlite.QueuedMessage, attem
 		s.metrics.outcome(r.outcome, r.enqueuedAt, now)
 	}
 	return retryLater
+}
+
+// connCache reads a user's live connections once per delivery cycle. Connections found
+// gone are recorded closed by the deliverer; a later cycle reads the view again.
+type connCache struct {
+	view   delivery.Connections
+	mu     sync.Mutex
+	byUser map[string][]string
+}
+
+func (c *connCache) LiveConnections(ctx context.Context, userID string) ([]string, error) {
+	c.mu.Lock()
+	conns, ok := c.byUser[userID]
+	c.mu.Unlock()
+	if ok {
+		return conns, nil
+	}
+	conns, err := c.view.LiveConnections(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.byUser[userID] = conns
+	c.mu.Unlock()
+	return conns, nil
 }
 
 // prune forgets old tombstones and delivered message ids once an hour.

@@ -90,6 +90,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s.metrics = newMetrics(s.hub.count, storeCounter{s})
 	store, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, StoreFile), sqlite.Options{
 		Grace:       cfg.OfflineGrace,
+		Sync:        cfg.Sync,
 		Logger:      log,
 		OnCommit:    func(n int) { s.metrics.commitBatch.Observe(float64(n)) },
 		OnAppended:  func(t events.Type) { s.metrics.appended.WithLabelValues(string(t)).Inc() },

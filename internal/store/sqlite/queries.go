@@ -137,8 +137,13 @@ func (s *Store) Complete(ctx context.Context, seqs []int64, outcomes []events.Pu
 			published++
 		}
 	}
+	done, err := tx.PrepareContext(ctx, `UPDATE messages SET done_at = ?, body = '' WHERE seq = ?`)
+	if err != nil {
+		return 0, fmt.Errorf("prepare dequeue: %w", err)
+	}
+	defer done.Close()
 	for _, seq := range seqs {
-		if _, err := tx.ExecContext(ctx, `UPDATE messages SET done_at = ?, body = '' WHERE seq = ?`, now.UnixNano(), seq); err != nil {
+		if _, err := done.ExecContext(ctx, now.UnixNano(), seq); err != nil {
 			return 0, fmt.Errorf("dequeue %d: %w", seq, err)
 		}
 	}

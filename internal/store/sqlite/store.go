@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/wspresence/wspresence/events"
@@ -27,6 +28,10 @@ type Options struct {
 	Now func() time.Time
 	// Logger receives the store's logs (default slog.Default()).
 	Logger *slog.Logger
+	// Sync is SQLite's synchronous mode: "full" (default) makes every commit durable
+	// against power loss (an fsync per commit); "normal" keeps commits durable against a
+	// crash of the process (the WAL is fsynced at checkpoints) for far fewer fsyncs.
+	Sync string
 	// OnCommit, if set, is called after each group commit with the number of requests it
 	// held (for metrics).
 	OnCommit func(requests int)
@@ -49,6 +54,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if o.Sync == "" {
+		o.Sync = "full"
 	}
 }
 
@@ -88,7 +96,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		q := url.Values{}
 		q.Add("_pragma", "busy_timeout(10000)")
 		q.Add("_pragma", "journal_mode(WAL)")
-		q.Add("_pragma", "synchronous(FULL)")
+		q.Add("_pragma", "synchronous("+strings.ToUpper(opts.Sync)+")")
 		q.Add("_pragma", "foreign_keys(ON)")
 		if extra != "" {
 			q.Add("_pragma", extra)
