@@ -43,7 +43,16 @@ func run() error {
 	results := flag.String("results", "bench/results", "folder of the JSON results and profiles")
 	report := flag.String("report", "docs/benchmarks.md", "Markdown report to write (empty: none)")
 	plotPath := flag.String("plot", "docs/benchmarks.png", "PNG plot to write (empty: none)")
+	findings := flag.String("findings", "bench/findings.md", "Markdown appended to the report (the profile findings), if it exists")
+	render := flag.String("render", "", "render the report and plot of a saved results file instead of running")
 	flag.Parse()
+	if *render != "" {
+		res, err := bench.Load(*render)
+		if err != nil {
+			return err
+		}
+		return write(res, *render, *report, *plotPath, *findings)
+	}
 	p, ok := bench.Profiles[*profile]
 	if !ok {
 		return fmt.Errorf("unknown profile %q", *profile)
@@ -64,9 +73,9 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	path := ""
 	if *results != "" {
-		path, err := res.Save(*results)
-		if err != nil {
+		if path, err = res.Save(*results); err != nil {
 			return err
 		}
 		for _, f := range []string{"cpu.pprof", "heap.pprof"} {
@@ -75,16 +84,26 @@ func run() error {
 			}
 		}
 		log.Info("results", "file", path)
-		if *report != "" {
-			if err := os.WriteFile(*report, []byte(res.Markdown(filepath.Base(*plotPath), path)), 0o644); err != nil {
-				return err
-			}
-		}
 	}
-	if *plotPath != "" {
-		if err := res.Plot(*plotPath); err != nil {
+	if err := write(res, path, *report, *plotPath, *findings); err != nil {
+		return err
+	}
+	return res.Check()
+}
+
+// write renders the report (with the findings appended) and the plot.
+func write(res *bench.Results, resultsPath, report, plotPath, findings string) error {
+	if report != "" {
+		md := res.Markdown(filepath.Base(plotPath), resultsPath)
+		if extra, err := os.ReadFile(findings); err == nil {
+			md += "\n" + string(extra)
+		}
+		if err := os.WriteFile(report, []byte(md), 0o644); err != nil {
 			return err
 		}
 	}
-	return res.Check()
+	if plotPath != "" {
+		return res.Plot(plotPath)
+	}
+	return nil
 }

@@ -226,6 +226,19 @@ func (r *Results) Save(dir string) (string, error) {
 	return path, os.WriteFile(path, append(data, '\n'), 0o644)
 }
 
+// Load reads results saved by Save.
+func Load(path string) (*Results, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var r Results
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &r, nil
+}
+
 // ErrScenario reports that a scenario had errors.
 var ErrScenario = errors.New("scenario errors")
 
