@@ -133,6 +133,8 @@ func measure(ctx context.Context, t *Target, p Profile, outDir string, log *slog
 		time.Sleep(500 * time.Millisecond)
 	}
 	log.Info("connect rate", "target", t.Name)
+	Connect(ctx, t, min(200, p.ConnectN), p.ConnectRates[0], "warmup") // warm-up, not measured
+	time.Sleep(500 * time.Millisecond)
 	for i, rate := range p.ConnectRates {
 		c := Connect(ctx, t, p.ConnectN, rate, fmt.Sprintf("conn%d", i))
 		s.Connect = append(s.Connect, c)
@@ -151,6 +153,7 @@ func measure(ctx context.Context, t *Target, p Profile, outDir string, log *slog
 	s.REST100 = REST(t, fleet.Users[:min(100, len(fleet.Users))], p.RESTRate100, p.RESTDuration)
 	s.Errors += s.REST1.Errors + s.REST100.Errors
 	log.Info("delivery", "target", t.Name)
+	fleet.Deliver(ctx, t, p.DeliveryRates[0], p.PhaseDuration/2, p.Batch) // warm-up, not measured
 	var cpuTop, heapTop string
 	for i, rate := range p.DeliveryRates {
 		profiled := make(chan [2]string, 1)

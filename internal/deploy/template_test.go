@@ -492,3 +492,73 @@ func TestOperationalSettings(t *testing.T) {
 		}
 	}
 }
+
+// TestNoDependencyCycles: CloudFormation refuses a template whose resources depend on
+// each other in a circle (through Ref, GetAtt, Sub or DependsOn).
+func TestNoDependencyCycles(t *testing.T) {
+	tpl, _ := load(t)
+	rs := tpl.Resources()
+	subVar := regexp.MustCompile(`\$\{([A-Za-z0-9]+)(?:\.[A-Za-z]+)?\}`)
+	deps := map[string]map[string]bool{}
+	var collect func(id string, v any)
+	collect = func(id string, v any) {
+		switch x := v.(type) {
+		case map[string]any:
+			for k, val := range x {
+				switch k {
+				case "Ref":
+					if s, ok := val.(string); ok && rs[s] != nil {
+						deps[id][s] = true
+					}
+				case "Fn::GetAtt":
+					if parts, ok := val.([]any); ok && rs[parts[0].(string)] != nil {
+						deps[id][parts[0].(string)] = true
+					}
+				case "Fn::Sub":
+					if s, ok := val.(string); ok {
+						for _, m := range subVar.FindAllStringSubmatch(s, -1) {
+							if rs[m[1]] != nil {
+								deps[id][m[1]] = true
+							}
+						}
+					}
+				}
+				collect(id, val)
+			}
+		case []any:
+			for _, val := range x {
+				collect(id, val)
+			}
+		}
+	}
+	for id, r := range rs {
+		deps[id] = map[string]bool{}
+		collect(id, r["Properties"])
+		switch d := r["DependsOn"].(type) {
+		case string:
+			deps[id][d] = true
+		case []any:
+			for _, x := range d {
+				deps[id][x.(string)] = true
+			}
+		}
+	}
+	state := map[string]int{} // 1 visiting, 2 done
+	var visit func(id string, path []string)
+	visit = func(id string, path []string) {
+		switch state[id] {
+		case 1:
+			t.Fatalf("dependency cycle: %s", strings.Join(append(path, id), " -> "))
+		case 2:
+			return
+		}
+		state[id] = 1
+		for d := range deps[id] {
+			visit(d, append(path, id))
+		}
+		state[id] = 2
+	}
+	for id := range rs {
+		visit(id, nil)
+	}
+}
