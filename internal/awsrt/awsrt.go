@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/aws/aws-lambda-go/lambda"
 	"github.com/aws/aws-lambda-go/lambdacontext"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
@@ -75,6 +76,19 @@ var metricsOut = emf.New(os.Stdout, Namespace)
 
 // DefaultJWTSecretParameter is the original service's parameter name.
 const DefaultJWTSecretParameter = "/WebSocketAdapter/JwtSecret"
+
+// Start wires a function with newHandler from c, then runs the Lambda runtime loop with
+// the handler method handle; a function that cannot be wired logs why and exits.
+func Start[H, TIn, TOut any](newHandler func(context.Context, Config, *slog.Logger) (H, error), c Config,
+	handle func(H, context.Context, TIn) (TOut, error)) {
+	log := Logger()
+	h, err := newHandler(context.Background(), c, log)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		os.Exit(1)
+	}
+	lambda.StartHandlerFunc(func(ctx context.Context, in TIn) (TOut, error) { return handle(h, ctx, in) })
+}
 
 // Logger returns the functions' logger (log/slog), with the Lambda request id on every
 // record; it writes JSON when the function's log format is JSON (AWS_LAMBDA_LOG_FORMAT,

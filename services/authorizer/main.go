@@ -2,22 +2,15 @@
 package main
 
 import (
-	"context"
 	"os"
 
-	"github.com/aws/aws-lambda-go/lambda"
 	"github.com/wspresence/wspresence/internal/awsrt"
+	"github.com/wspresence/wspresence/internal/lambda/authorizer"
 )
 
 func main() {
-	log := awsrt.Logger()
-	h, err := awsrt.NewAuthorizer(context.Background(), awsrt.Config{
+	awsrt.Start(awsrt.NewAuthorizer, awsrt.Config{
 		JWTSecretParameter: os.Getenv("JWT_SECRET_PARAMETER"),
 		JWTSecretTTL:       os.Getenv("JWT_SECRET_TTL"),
-	}, log)
-	if err != nil {
-		log.Error("cannot start", "err", err)
-		os.Exit(1)
-	}
-	lambda.StartHandlerFunc(h.Handle)
+	}, (*authorizer.Handler).Handle)
 }

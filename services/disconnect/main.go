@@ -2,22 +2,15 @@
 package main
 
 import (
-	"context"
 	"os"
 
-	"github.com/aws/aws-lambda-go/lambda"
 	"github.com/wspresence/wspresence/internal/awsrt"
+	"github.com/wspresence/wspresence/internal/lambda/connection"
 )
 
 func main() {
-	log := awsrt.Logger()
-	h, err := awsrt.NewConnection(context.Background(), awsrt.Config{
+	awsrt.Start(awsrt.NewConnection, awsrt.Config{
 		EventsTable: os.Getenv("EVENTS_TABLE"),
 		ViewTable:   os.Getenv("VIEW_TABLE"),
-	}, log)
-	if err != nil {
-		log.Error("cannot start", "err", err)
-		os.Exit(1)
-	}
-	lambda.StartHandlerFunc(h.Disconnect)
+	}, (*connection.Handler).Disconnect)
 }

@@ -2,21 +2,14 @@
 package main
 
 import (
-	"context"
 	"os"
 
-	"github.com/aws/aws-lambda-go/lambda"
 	"github.com/wspresence/wspresence/internal/awsrt"
+	"github.com/wspresence/wspresence/internal/lambda/online"
 )
 
 func main() {
-	log := awsrt.Logger()
-	h, err := awsrt.NewOnline(context.Background(), awsrt.Config{
+	awsrt.Start(awsrt.NewOnline, awsrt.Config{
 		ViewTable: os.Getenv("VIEW_TABLE"),
-	}, log)
-	if err != nil {
-		log.Error("cannot start", "err", err)
-		os.Exit(1)
-	}
-	lambda.StartHandlerFunc(h.Handle)
+	}, (*online.Handler).Handle)
 }
