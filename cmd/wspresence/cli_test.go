@@ -148,11 +148,11 @@ func TestConfigurationErrorsAreReportedTogether(t *testing.T) {
 	env := func(k string) string {
 		return map[string]string{"WSPRESENCE_OFFLINE_GRACE": "soon", "WSPRESENCE_LOG_LEVEL": "loud"}[k]
 	}
-	code := run(context.Background(), []string{"serve", "--addr", "nowhere", "--max-connections-per-user", "0", "--jwt-secret", "short"}, &o, &e, env)
+	code := run(context.Background(), []string{"serve", "--addr", "nowhere", "--max-connections-per-user", "0", "--jwt-secret", "short", "--webhooks", "ftp://example"}, &o, &e, env)
 	if code != 1 {
 		t.Fatalf("exit %d", code)
 	}
-	for _, want := range []string{"WSPRESENCE_OFFLINE_GRACE", "addr \"nowhere\"", "max connections per user", "jwt secret", "log level"} {
+	for _, want := range []string{"WSPRESENCE_OFFLINE_GRACE", "addr \"nowhere\"", "max connections per user", "jwt secret", "log level", "webhook"} {
 		if !strings.Contains(e.String(), want) {
 			t.Errorf("error output lacks %q:\n%s", want, e.String())
 		}

@@ -36,6 +36,8 @@ func serveFlags(cfg *localrt.Config, stderr io.Writer, getenv env) *flags {
 	f.Duration(&cfg.TombstoneRetention, "tombstone-retention", "WSPRESENCE_TOMBSTONE_RETENTION", "how long closed connections stay in the view")
 	f.List(&cfg.AllowedOrigins, "allowed-origins", "WSPRESENCE_ALLOWED_ORIGINS", "browser origins allowed to connect (host patterns, * for any)")
 	f.String(&cfg.LogLevel, "log-level", "WSPRESENCE_LOG_LEVEL", "debug, info, warn or error")
+	f.List(&cfg.Webhooks, "webhooks", "WSPRESENCE_WEBHOOKS", "URLs every published event is POSTed to (comma-separated), signed with the webhook secret")
+	f.String(&cfg.WebhookSecret, "webhook-secret", "WSPRESENCE_WEBHOOK_SECRET", "HMAC-SHA256 key of the webhook signatures (generated into the data dir if empty)")
 	f.String(&cfg.Sync, "sync", "WSPRESENCE_SYNC", "store durability: full (survives power loss) or normal (survives a process crash, fewer fsyncs)")
 	f.Bool(&cfg.Pprof, "pprof", "WSPRESENCE_PPROF", "serve the Go profiler at /debug/pprof/ (behind the API key)")
 	return f

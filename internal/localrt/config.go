@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"strings"
 	"time"
 
@@ -66,6 +67,12 @@ type Config struct {
 	// or "normal" (commits survive a crash of the process; far fewer fsyncs)
 	// (WSPRESENCE_SYNC).
 	Sync string
+	// Webhooks are URLs every published event is POSTed to, one event per request, in
+	// order, at least once (WSPRESENCE_WEBHOOKS, comma-separated, default none).
+	Webhooks []string
+	// WebhookSecret signs the webhook requests (HMAC-SHA256); generated and kept in DataDir
+	// when webhooks are set and it is empty (WSPRESENCE_WEBHOOK_SECRET).
+	WebhookSecret string
 	// Pprof serves the Go profiler at /debug/pprof/ behind the API key (WSPRESENCE_PPROF,
 	// default off); the benchmark uses it.
 	Pprof bool
@@ -135,6 +142,11 @@ func (c Config) Validate() error {
 	}
 	if len(c.AllowedOrigins) == 0 {
 		errs = append(errs, errors.New("allowed origins is empty (use * to allow any)"))
+	}
+	for _, u := range c.Webhooks {
+		if p, err := url.Parse(u); err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+			errs = append(errs, fmt.Errorf("webhook %q: want an http(s) URL", u))
+		}
 	}
 	if c.Sync != "full" && c.Sync != "normal" {
 		errs = append(errs, fmt.Errorf("sync %q: want full or normal", c.Sync))

@@ -15,6 +15,8 @@ import (
 const (
 	JWTSecretFile = "jwt-secret"
 	APIKeyFile    = "api-key"
+	// WebhookSecretFile keeps the generated secret that signs webhook requests.
+	WebhookSecretFile = "webhook-secret"
 )
 
 // ErrNoSecret is returned by ReadSecret when the data dir holds no such secret.

@@ -81,6 +81,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 			return fail(err)
 		}
 	}
+	if len(cfg.Webhooks) > 0 && cfg.WebhookSecret == "" {
+		if cfg.WebhookSecret, err = LoadOrCreateSecret(cfg.DataDir, WebhookSecretFile); err != nil {
+			return fail(err)
+		}
+	}
 	verifier, err := auth.NewVerifier([]byte(cfg.JWTSecret), auth.DefaultLeeway, nil)
 	if err != nil {
 		return fail(err)
@@ -141,9 +146,12 @@ func (s *Server) Start(ctx context.Context) error {
 	go func() { s.served <- s.httpSrv.Serve(ln) }()
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.loopStop = cancel
-	s.loops.Add(2)
+	s.loops.Add(2 + len(s.cfg.Webhooks))
 	go func() { defer s.loops.Done(); s.pump(loopCtx) }()
 	go func() { defer s.loops.Done(); s.prune(loopCtx) }()
+	for _, u := range s.cfg.Webhooks {
+		go func() { defer s.loops.Done(); s.webhook(loopCtx, u) }()
+	}
 	s.started.Store(true)
 	s.log.Info("listening", "addr", ln.Addr().String(), "dataDir", s.cfg.DataDir)
 	return nil

@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -234,4 +235,26 @@ func (s *Store) OnlineCount(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("count online users: %w", err)
 	}
 	return n, nil
+}
+
+// Cursor returns the outbox position a named subscriber has acknowledged (0 if none).
+func (s *Store) Cursor(ctx context.Context, name string) (int64, error) {
+	var seq int64
+	err := s.r.QueryRowContext(ctx, `SELECT seq FROM cursors WHERE name = ?`, name).Scan(&seq)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read cursor %s: %w", name, err)
+	}
+	return seq, nil
+}
+
+// SetCursor records that a named subscriber acknowledged the outbox up to seq.
+func (s *Store) SetCursor(ctx context.Context, name string, seq int64) error {
+	if _, err := s.w.ExecContext(ctx, `INSERT INTO cursors (name, seq) VALUES (?, ?)
+		ON CONFLICT (name) DO UPDATE SET seq = excluded.seq`, name, seq); err != nil {
+		return fmt.Errorf("write cursor %s: %w", name, err)
+	}
+	return nil
 }
