@@ -8,7 +8,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"strings"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/awsfail"
 	"github.com/wspresence/wspresence/internal/failure"
+	"github.com/wspresence/wspresence/internal/retry"
 )
 
 // MaxEntries is PutEvents' limit of entries per call.
@@ -68,8 +68,7 @@ func (p *Publisher) send(ctx context.Context, pending []types.PutEventsRequestEn
 	var lastErr error
 	for attempt := 0; attempt < max(p.Attempts, 1); attempt++ {
 		if attempt > 0 {
-			d := p.Backoff << min(attempt-1, 6)
-			if err := sleep(ctx, d/2+rand.N(d/2+1)); err != nil {
+			if err := retry.Sleep(ctx, retry.Backoff(p.Backoff, attempt)); err != nil {
 				return err
 			}
 		}
@@ -102,15 +101,4 @@ func (p *Publisher) send(ctx context.Context, pending []types.PutEventsRequestEn
 		}
 	}
 	return fmt.Errorf("after %d attempts: %w", max(p.Attempts, 1), lastErr)
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

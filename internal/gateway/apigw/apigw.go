@@ -7,7 +7,6 @@ package apigw
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"net/http"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/wspresence/wspresence/internal/awsfail"
 	"github.com/wspresence/wspresence/internal/delivery"
 	"github.com/wspresence/wspresence/internal/failure"
+	"github.com/wspresence/wspresence/internal/retry"
 )
 
 // Gateway is one WebSocket API stage's connection endpoint.
@@ -65,13 +65,8 @@ func (g *Gateway) retry(ctx context.Context, op string, call func() error) error
 	var err error
 	for attempt := 0; attempt < max(g.Attempts, 1); attempt++ {
 		if attempt > 0 {
-			d := g.Backoff << min(attempt-1, 6)
-			t := time.NewTimer(d/2 + rand.N(d/2+1))
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return ctx.Err()
-			case <-t.C:
+			if err := retry.Sleep(ctx, retry.Backoff(g.Backoff, attempt)); err != nil {
+				return err
 			}
 		}
 		err = call()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strconv"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 	"github.com/wspresence/wspresence/internal/awsfail"
 	"github.com/wspresence/wspresence/internal/failure"
 	"github.com/wspresence/wspresence/internal/presence"
+	"github.com/wspresence/wspresence/internal/retry"
 )
 
 // Tables names the two tables.
@@ -203,7 +203,7 @@ func (st *Store) Users(ctx context.Context, ids []string) ([]presence.Status, er
 				if attempt > maxRetries {
 					return nil, fmt.Errorf("read users: unprocessed keys after %d attempts: %w", maxRetries, failure.ErrThrottled)
 				}
-				if err := sleep(ctx, backoff(attempt)); err != nil {
+				if err := retry.Sleep(ctx, retry.Backoff(10*time.Millisecond, attempt)); err != nil {
 					return nil, err
 				}
 			}
@@ -262,20 +262,4 @@ func (st *Store) OnlineUsers(ctx context.Context, after string, limit int) ([]pr
 		start = page.LastEvaluatedKey
 	}
 	return out, nil
-}
-
-func backoff(attempt int) time.Duration {
-	base := 10 * time.Millisecond << min(attempt, 6)
-	return base/2 + rand.N(base/2+1)
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
