@@ -106,9 +106,13 @@ func (s *Server) deliver(ctx context.Context, msgs []sqlite.QueuedMessage, attem
 		err        error
 	}
 	results := make(chan result, len(msgs))
-	// One cycle reads each user's live connections once, whatever their number of messages.
+	// One cycle reads the live connections of all its users at once.
+	cache := &connCache{view: s.store, byUser: map[string][]string{}}
+	if live, err := s.store.LiveConnectionsOf(ctx, order); err == nil {
+		cache.byUser = live
+	}
 	deliverer := *s.deliverer
-	deliverer.Connections = &connCache{view: s.store, byUser: map[string][]string{}}
+	deliverer.Connections = cache
 	sem := make(chan struct{}, deliverWorkers)
 	var wg sync.WaitGroup
 	for _, uid := range order {

@@ -258,3 +258,32 @@ func (s *Store) SetCursor(ctx context.Context, name string, seq int64) error {
 	}
 	return nil
 }
+
+// LiveConnectionsOf lists the live connections of each of users in a few queries (every
+// user asked for has an entry, empty when offline).
+func (s *Store) LiveConnectionsOf(ctx context.Context, users []string) (map[string][]string, error) {
+	out := make(map[string][]string, len(users))
+	for _, u := range users {
+		out[u] = []string{}
+	}
+	const chunk = 500
+	for start := 0; start < len(users); start += chunk {
+		part := users[start:min(start+chunk, len(users))]
+		args := make([]any, len(part))
+		for i, u := range part {
+			args[i] = u
+		}
+		type pair struct{ user, conn string }
+		rows, err := queryAll(ctx, s.r, "list live connections of users", func(r *sql.Rows) (p pair, err error) {
+			return p, r.Scan(&p.user, &p.conn)
+		}, `SELECT user_id, connection_id FROM view_connections WHERE opened_at IS NOT NULL AND closed_at IS NULL
+			AND user_id IN (?`+strings.Repeat(",?", len(part)-1)+`) ORDER BY user_id, connection_id`, args...)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range rows {
+			out[p.user] = append(out[p.user], p.conn)
+		}
+	}
+	return out, nil
+}

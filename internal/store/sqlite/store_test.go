@@ -222,6 +222,26 @@ func TestRestartResumesFromCheckpointAndRebuildEqualsLive(t *testing.T) {
 	}
 }
 
+func TestLiveConnectionsOf(t *testing.T) {
+	clk := &clock{t: t0}
+	s := open(t, filepath.Join(t.TempDir(), "db"), clk, nil)
+	defer s.Close()
+	mustAppend(t, s, events.Opened("a", "a1", t0, "", ""), events.Opened("a", "a2", t0, "", ""),
+		events.Opened("b", "b1", t0, "", ""), events.Closed("b", "b1", t0.Add(time.Second), events.ReasonClient))
+	mustProject(t, s)
+	users := []string{"a", "b", "ghost"}
+	for i := range 600 {
+		users = append(users, fmt.Sprintf("x%d", i))
+	}
+	got, err := s.LiveConnectionsOf(context.Background(), users)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(users) || !reflect.DeepEqual(got["a"], []string{"a1", "a2"}) || len(got["b"]) != 0 || got["ghost"] == nil {
+		t.Fatalf("LiveConnectionsOf = %v entries, a %v, b %v", len(got), got["a"], got["b"])
+	}
+}
+
 func TestQueueAndOutbox(t *testing.T) {
 	clk := &clock{t: t0}
 	s := open(t, filepath.Join(t.TempDir(), "db"), clk, nil)
