@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -124,7 +125,10 @@ func (e ConnectionEvent) Validate() error {
 }
 
 // ValidateUserID checks that id is a usable user id: 1 to MaxUserIDBytes bytes of valid
-// UTF-8 with no control characters.
+// UTF-8, with no control character, no comma (the separator of ?userIds=a,b, on AWS also
+// the separator API Gateway joins repeated parameters with) and no white space at either
+// end (trimmed from a query), so that every id that can connect can also be queried. The
+// same rule holds for token claims, messages and queries on both runtimes.
 func ValidateUserID(id string) error {
 	if id == "" {
 		return errors.New("user id is empty")
@@ -133,12 +137,20 @@ func ValidateUserID(id string) error {
 		return fmt.Errorf("user id is longer than %d bytes", MaxUserIDBytes)
 	}
 	if !utf8.ValidString(id) {
-		return errors.New("user id is not valid UTF-8")
+		return fmt.Errorf("user id: %w", ErrInvalidUTF8)
 	}
 	for _, r := range id {
 		if r < 0x20 || r == 0x7f {
 			return errors.New("user id contains a control character")
 		}
+		if r == ',' {
+			return errors.New("user id contains a comma")
+		}
+	}
+	first, _ := utf8.DecodeRuneInString(id)
+	last, _ := utf8.DecodeLastRuneInString(id)
+	if unicode.IsSpace(first) || unicode.IsSpace(last) {
+		return errors.New("user id starts or ends with white space")
 	}
 	return nil
 }

@@ -60,8 +60,18 @@ type wireMessage struct {
 }
 
 // DecodeMessage decodes and validates one message object. Errors wrap ErrInvalidMessage
-// and say what is wrong in words fit for the caller.
+// and say what is wrong in words fit for the caller; text that is not UTF-8 (raw bytes or
+// an escaped unpaired surrogate) is refused with an error that also wraps ErrInvalidUTF8,
+// never rewritten.
 func DecodeMessage(data []byte) (Message, error) {
+	if err := CheckJSONText(data); err != nil {
+		return Message{}, fmt.Errorf("%w: %w", ErrInvalidMessage, err)
+	}
+	return decodeMessage(data)
+}
+
+// decodeMessage is DecodeMessage for data already checked by CheckJSONText.
+func decodeMessage(data []byte) (Message, error) {
 	var w wireMessage
 	if err := strictUnmarshal(data, &w); err != nil {
 		return Message{}, err
@@ -70,11 +80,15 @@ func DecodeMessage(data []byte) (Message, error) {
 }
 
 // DecodeMessages decodes one message object or a JSON array of them (at most max; 0
-// means no limit). Errors wrap ErrInvalidMessage and name the offending element.
+// means no limit). Errors wrap ErrInvalidMessage (and ErrInvalidUTF8, as DecodeMessage's)
+// and name the offending element.
 func DecodeMessages(data []byte, max int) ([]Message, error) {
+	if err := CheckJSONText(data); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidMessage, err)
+	}
 	trimmed := bytes.TrimLeft(data, " \t\r\n")
 	if len(trimmed) == 0 || trimmed[0] != '[' {
-		m, err := DecodeMessage(data)
+		m, err := decodeMessage(data)
 		if err != nil {
 			return nil, err
 		}

@@ -29,7 +29,7 @@ func secretFrom(value, dataDir, file, what, flagName, envName string) (string, e
 		return value, nil
 	}
 	s, err := localrt.ReadSecret(dataDir, file)
-	if errors.Is(err, localrt.ErrNoSecret) {
+	if errors.Is(err, localrt.ErrNoSecret) || errors.Is(err, localrt.ErrUnusableSecret) {
 		return "", fmt.Errorf("no %s: pass --%s, set %s, or run `wspresence serve` once so one is generated in %s",
 			what, flagName, envName, dataDir)
 	}

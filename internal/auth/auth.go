@@ -29,6 +29,9 @@ const (
 	ReasonNotYet    Reason = "not_yet_valid"
 	ReasonNoExpiry  Reason = "no_expiry"
 	ReasonUserID    Reason = "user_id"
+	// ReasonUTF8: the claims hold text that is not UTF-8 (raw bytes or an escaped
+	// unpaired surrogate), which a JSON decoder would rewrite to U+FFFD.
+	ReasonUTF8 Reason = "invalid_utf8"
 )
 
 // Error is a refusal: it wraps ErrUnauthorized and says why.
@@ -108,6 +111,15 @@ func (v *Verifier) Verify(token string) (string, error) {
 	})
 	if err != nil {
 		return "", &Error{Reason: classify(err), err: err}
+	}
+	// The signature holds, so the token is well formed: check the claims' raw text, which
+	// the JSON decoder has already read with any invalid text rewritten.
+	payload, err := v.parser.DecodeSegment(strings.Split(token, ".")[1])
+	if err != nil {
+		return "", &Error{Reason: ReasonMalformed, err: err}
+	}
+	if err := events.CheckJSONText(payload); err != nil {
+		return "", &Error{Reason: ReasonUTF8, err: err}
 	}
 	uid, err := userID(claims["userId"])
 	if err != nil {

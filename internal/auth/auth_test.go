@@ -162,3 +162,35 @@ func tamper(tok string) string {
 	parts[1] = strings.TrimRight(parts[1], "=") + "x"
 	return strings.Join(parts, ".")
 }
+
+// Claims whose text is not UTF-8 are refused with their own reason, never rewritten into
+// another user id.
+func TestClaimsThatAreNotUTF8AreRefused(t *testing.T) {
+	v := verifier(t)
+	for _, claims := range []string{
+		"{\"userId\":\"a\xff\",\"exp\":4102444800}",
+		"{\"userId\":\"\xfe\",\"exp\":4102444800}",
+		`{"userId":"\ud800","exp":4102444800}`,
+		`{"userId":"a","exp":4102444800,"name":"\udc00"}`,
+	} {
+		uid, err := v.Verify(signedRaw(claims))
+		if auth.ReasonOf(err) != auth.ReasonUTF8 {
+			t.Errorf("%q: got %q, %v; want reason %s", claims, uid, err, auth.ReasonUTF8)
+		}
+	}
+	uid, err := v.Verify(signedRaw("{\"userId\":\"\uFFFD\",\"exp\":4102444800}"))
+	if err != nil || uid != "\uFFFD" {
+		t.Fatalf("a literal U+FFFD id: %q, %v", uid, err)
+	}
+}
+
+// Ids that could not be queried are refused at connect with the user_id reason.
+func TestUnqueryableUserIDsAreRefused(t *testing.T) {
+	v := verifier(t)
+	for _, id := range []string{"x,y", " pad ", "pad\t"} {
+		_, err := v.Verify(sign(t, jwt.SigningMethodHS256, secret, valid(map[string]any{"userId": id})))
+		if auth.ReasonOf(err) != auth.ReasonUserID {
+			t.Errorf("%q: %v, want reason %s", id, err, auth.ReasonUserID)
+		}
+	}
+}

@@ -14,6 +14,7 @@ import (
 const (
 	CodeInvalidRequest  = "invalid_request"
 	CodeInvalidMessage  = "invalid_message"
+	CodeInvalidUTF8     = "invalid_utf8"
 	CodeInvalidUserIDs  = "invalid_user_ids"
 	CodeTooManyUserIDs  = "too_many_user_ids"
 	CodeInvalidLimit    = "invalid_limit"

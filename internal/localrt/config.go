@@ -73,6 +73,20 @@ type Config struct {
 	// WebhookSecret signs the webhook requests (HMAC-SHA256); generated and kept in DataDir
 	// when webhooks are set and it is empty (WSPRESENCE_WEBHOOK_SECRET).
 	WebhookSecret string
+	// ReadHeaderTimeout bounds reading a request's headers, the WebSocket handshake's
+	// included (WSPRESENCE_READ_HEADER_TIMEOUT, default 10s).
+	ReadHeaderTimeout time.Duration
+	// ReadTimeout bounds reading a whole request, body included. It bounds only the
+	// reading: a WebSocket (hijacked) and GET /events (no body) stay open past it, watched
+	// by their own pings and heartbeat (WSPRESENCE_READ_TIMEOUT, default 30s).
+	ReadTimeout time.Duration
+	// KeepAliveTimeout closes an HTTP keep-alive connection idle between requests for that
+	// long (WSPRESENCE_KEEPALIVE_TIMEOUT, default 60s).
+	KeepAliveTimeout time.Duration
+	// EventsHeartbeat is how often GET /events sends a comment line when there is nothing
+	// to send, so an idle stream stays open through proxies and the client can tell a
+	// quiet stream from a dead one (WSPRESENCE_EVENTS_HEARTBEAT, default 15s).
+	EventsHeartbeat time.Duration
 	// Pprof serves the Go profiler at /debug/pprof/ behind the API key (WSPRESENCE_PPROF,
 	// default off); the benchmark uses it.
 	Pprof bool
@@ -97,6 +111,10 @@ func DefaultConfig() Config {
 		AllowedOrigins:        []string{"*"},
 		LogLevel:              "info",
 		Sync:                  "full",
+		ReadHeaderTimeout:     10 * time.Second,
+		ReadTimeout:           30 * time.Second,
+		KeepAliveTimeout:      60 * time.Second,
+		EventsHeartbeat:       15 * time.Second,
 	}
 }
 
@@ -122,6 +140,8 @@ func (c Config) Validate() error {
 		{"ping interval", c.PingInterval}, {"idle timeout", c.IdleTimeout},
 		{"activity interval", c.ActivityInterval}, {"shutdown timeout", c.ShutdownTimeout},
 		{"tombstone retention", c.TombstoneRetention}, {"write timeout", c.WriteTimeout},
+		{"read header timeout", c.ReadHeaderTimeout}, {"read timeout", c.ReadTimeout},
+		{"keep-alive timeout", c.KeepAliveTimeout}, {"events heartbeat", c.EventsHeartbeat},
 	}
 	for _, p := range positive {
 		if p.d <= 0 {

@@ -1,27 +1,43 @@
 package localrt_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/wspresence/wspresence/internal/localrt"
 )
 
-// FuzzParseClientFrame: no client frame panics the server's frame reader, and an action is
-// only read from a JSON object that names it as a string.
+// FuzzParseClientFrame asserts ParseClientFrame's documented property: no frame panics it;
+// an action is valid UTF-8 and is the string value of the object's exact "action" member;
+// and a frame that is a JSON object of plain UTF-8 text (no \u escapes) with a string
+// action always yields that action.
 func FuzzParseClientFrame(f *testing.F) {
 	f.Add([]byte(`{"action":"ping"}`))
 	f.Add([]byte(`not json`))
 	f.Add([]byte{0xff, 0xfe, 0x00})
 	f.Add([]byte(`{"action":{"nested":true}}`))
+	f.Add([]byte(`{"ACTION":"ping"}`))
+	f.Add([]byte(`{"action":"a","action":"b"}`))
+	f.Add([]byte("{\"action\":\"p\xffng\"}"))
+	f.Add([]byte(`{"action":"\ud800"}`))
+	f.Add([]byte(`["action","ping"]`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fr := localrt.ParseClientFrame(data)
-		if fr.Action == "" {
-			return
+		var members map[string]any
+		decodes := json.Unmarshal(data, &members) == nil && members != nil
+		want, isString := members["action"].(string)
+		if fr.Action != "" {
+			if !utf8.ValidString(fr.Action) || !utf8.Valid(data) {
+				t.Fatalf("action %q read from text that is not UTF-8: %q", fr.Action, data)
+			}
+			if !decodes || !isString || want != fr.Action {
+				t.Fatalf("action %q, but the frame's action member is %v (%q)", fr.Action, members["action"], data)
+			}
 		}
-		var probe map[string]any
-		if err := json.Unmarshal(data, &probe); err != nil {
-			t.Fatalf("action %q read from a frame that is not a JSON object", fr.Action)
+		if decodes && isString && utf8.Valid(data) && !bytes.Contains(data, []byte(`\u`)) && fr.Action != want {
+			t.Fatalf("frame %q: action %q, want %q", data, fr.Action, want)
 		}
 	})
 }

@@ -26,9 +26,6 @@ const (
 	MaxMessagesPerRequest = 100
 )
 
-// sseKeepAlive spaces the comments that keep an idle event stream open through proxies.
-const sseKeepAlive = 15 * time.Second
-
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/{$}", s.handleWebSocket)
@@ -130,7 +127,11 @@ func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
 	}
 	msgs, err := events.DecodeMessages(data, MaxMessagesPerRequest)
 	if err != nil {
-		httperr.Write(w, r, s.log, httperr.BadRequest(httperr.CodeInvalidMessage, err.Error()))
+		code := httperr.CodeInvalidMessage
+		if errors.Is(err, events.ErrInvalidUTF8) {
+			code = httperr.CodeInvalidUTF8
+		}
+		httperr.Write(w, r, s.log, httperr.BadRequest(code, err.Error()))
 		return
 	}
 	now := s.now()
@@ -193,7 +194,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 	fmt.Fprint(w, ": wspresence events\n\n")
 	flusher.Flush()
-	keepAlive := time.NewTicker(sseKeepAlive)
+	keepAlive := time.NewTicker(s.cfg.EventsHeartbeat)
 	defer keepAlive.Stop()
 	for {
 		wait := s.bus.wait() // taken before reading, so no notification is missed

@@ -72,17 +72,17 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	if cfg.JWTSecret == "" {
-		if cfg.JWTSecret, err = LoadOrCreateSecret(cfg.DataDir, JWTSecretFile); err != nil {
+		if cfg.JWTSecret, err = LoadOrCreateSecret(cfg.DataDir, JWTSecretFile, log); err != nil {
 			return fail(err)
 		}
 	}
 	if cfg.APIKey == "" {
-		if cfg.APIKey, err = LoadOrCreateSecret(cfg.DataDir, APIKeyFile); err != nil {
+		if cfg.APIKey, err = LoadOrCreateSecret(cfg.DataDir, APIKeyFile, log); err != nil {
 			return fail(err)
 		}
 	}
 	if len(cfg.Webhooks) > 0 && cfg.WebhookSecret == "" {
-		if cfg.WebhookSecret, err = LoadOrCreateSecret(cfg.DataDir, WebhookSecretFile); err != nil {
+		if cfg.WebhookSecret, err = LoadOrCreateSecret(cfg.DataDir, WebhookSecretFile, log); err != nil {
 			return fail(err)
 		}
 	}
@@ -140,8 +140,11 @@ func (s *Server) Start(ctx context.Context) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	s.ln = ln
-	s.httpSrv = &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	s.httpSrv = &http.Server{Handler: s.routes(),
+		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
+		ReadTimeout:       s.cfg.ReadTimeout, // lifted by net/http once a request is read
+		IdleTimeout:       s.cfg.KeepAliveTimeout,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	s.served = make(chan error, 1)
 	go func() { s.served <- s.httpSrv.Serve(ln) }()
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))

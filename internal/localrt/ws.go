@@ -48,9 +48,10 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 	}
 	userID, err := s.verifier.Verify(userToken(r))
 	if err != nil {
-		s.log.Info("connection refused", "reason", string(auth.ReasonOf(err)), "remote", r.RemoteAddr)
-		s.metrics.authFailures.WithLabelValues(string(auth.ReasonOf(err))).Inc()
-		httperr.Write(w, r, s.log, httperr.New(http.StatusUnauthorized, httperr.CodeUnauthorized, "missing or invalid token"))
+		reason := string(auth.ReasonOf(err))
+		s.log.Info("connection refused", "reason", reason, "remote", r.RemoteAddr)
+		s.metrics.authFailures.WithLabelValues(reason).Inc()
+		httperr.Write(w, r, s.log, httperr.New(http.StatusUnauthorized, httperr.CodeUnauthorized, "token refused: "+reason))
 		return
 	}
 	if err := s.hub.reserve(userID); err != nil {
@@ -184,19 +185,28 @@ func (s *Server) tend(ctx context.Context, c *wsConn) {
 	}
 }
 
-// ClientFrame is what a client frame says: {"action":"ping"} and the like. A frame that
-// is not JSON, or whose action is not a string, has no action.
+// ClientFrame is what a client frame says: {"action":"ping"} and the like.
 type ClientFrame struct {
-	Action string `json:"action"`
+	// Action is the string value of the frame's "action" member (the exact name, last one
+	// if repeated), exactly as sent. It is empty when the frame is not a JSON object of
+	// valid UTF-8 or its action is not a string.
+	Action string
 }
 
 // ParseClientFrame reads a client frame; it never fails, whatever the bytes.
 func ParseClientFrame(data []byte) ClientFrame {
-	var f ClientFrame
-	if json.Unmarshal(data, &f) != nil {
+	if events.CheckJSONText(data) != nil {
 		return ClientFrame{}
 	}
-	return f
+	var members map[string]json.RawMessage
+	if json.Unmarshal(data, &members) != nil {
+		return ClientFrame{}
+	}
+	var action string
+	if json.Unmarshal(members["action"], &action) != nil {
+		return ClientFrame{}
+	}
+	return ClientFrame{Action: action}
 }
 
 func (s *Server) appendClose(ctx context.Context, e events.ConnectionEvent) {

@@ -3,6 +3,7 @@ package onlineapi_test
 import (
 	"errors"
 	"net/http"
+	"net/url"
 	"testing"
 
 	"github.com/wspresence/wspresence/events"
@@ -40,4 +41,74 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// FuzzUserIDQuery: every id that can connect (events.ValidateUserID) can be asked for,
+// alone, comma-separated with another, or in repeated parameters, and the answer names
+// exactly the ids asked for; an id that cannot connect is refused with a 400, never
+// answered as another id.
+func FuzzUserIDQuery(f *testing.F) {
+	f.Add("1234", "5678")
+	f.Add("x,y", "x")
+	f.Add(" pad ", "pad")
+	f.Add("a b", "a+b")
+	f.Add("\xff", "\xfe")
+	f.Add("\uFFFD", "%2C")
+	f.Add("a&b=c", "a;b")
+	f.Fuzz(func(t *testing.T, a, b string) {
+		forms := map[string][]string{
+			"userIds=" + url.QueryEscape(a):                                    {a},
+			"userIds=" + url.QueryEscape(a) + "," + url.QueryEscape(b):         {a, b},
+			"userIds=" + url.QueryEscape(a) + "&userIds=" + url.QueryEscape(b): {a, b},
+			url.Values{"userIds": {a + "," + b}, "limit": {"5"}}.Encode():      {a, b},
+			"userIds=%20" + url.QueryEscape(a) + "+," + url.QueryEscape(b):     {a, b},
+		}
+		for raw, asked := range forms {
+			valid := true
+			for _, id := range asked {
+				valid = valid && events.ValidateUserID(id) == nil
+			}
+			q, err := onlineapi.Parse(raw)
+			if !valid {
+				if err == nil && !sameIDs(q.UserIDs, asked) {
+					continue // an invalid id split or trimmed into valid ones is another question
+				}
+				if err == nil {
+					t.Fatalf("%q: ids %q that cannot connect were answered", raw, asked)
+				}
+				var he *httperr.Error
+				if !errors.As(err, &he) || he.Status != http.StatusBadRequest {
+					t.Fatalf("%q: refusal %v is not a 400", raw, err)
+				}
+				continue
+			}
+			if err != nil {
+				t.Fatalf("%q: ids %q that can connect were refused: %v", raw, asked, err)
+			}
+			if !sameIDs(q.UserIDs, asked) {
+				t.Fatalf("%q: asked %q, answered %q", raw, asked, q.UserIDs)
+			}
+		}
+	})
+}
+
+// sameIDs reports whether got is want without duplicates, in order.
+func sameIDs(got, want []string) bool {
+	var dedup []string
+	seen := map[string]bool{}
+	for _, id := range want {
+		if !seen[id] {
+			seen[id] = true
+			dedup = append(dedup, id)
+		}
+	}
+	if len(got) != len(dedup) {
+		return false
+	}
+	for i := range got {
+		if got[i] != dedup[i] {
+			return false
+		}
+	}
+	return true
 }

@@ -3,6 +3,7 @@ package onlineapi
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -39,7 +40,9 @@ type Query struct {
 func (q Query) ByIDs() bool { return q.UserIDs != nil }
 
 // Parse validates the query string of GET /user/online. Every error is a 400 *httperr.Error.
-// userIds may be comma-separated, repeated, or both; duplicates are answered once.
+// userIds may be comma-separated, repeated, or both; white space around an id is ignored
+// and duplicates are answered once. A user id holds no comma and no surrounding white space
+// (events.ValidateUserID), so every id that can connect can be asked for this way.
 func Parse(rawQuery string) (Query, error) {
 	if len(rawQuery) > MaxQueryBytes {
 		return Query{}, httperr.BadRequest(httperr.CodeInvalidRequest, fmt.Sprintf("query string longer than %d bytes", MaxQueryBytes))
@@ -75,7 +78,11 @@ func FromValues(values url.Values) (Query, error) {
 			for _, id := range strings.Split(v, ",") {
 				id = strings.TrimSpace(id)
 				if err := events.ValidateUserID(id); err != nil {
-					return Query{}, httperr.BadRequest(httperr.CodeInvalidUserIDs, "userIds: "+err.Error())
+					code := httperr.CodeInvalidUserIDs
+					if errors.Is(err, events.ErrInvalidUTF8) {
+						code = httperr.CodeInvalidUTF8
+					}
+					return Query{}, httperr.BadRequest(code, "userIds: "+err.Error())
 				}
 				if !seen[id] {
 					seen[id] = true

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -219,5 +220,36 @@ func TestPublishFailureRetriesTheMessage(t *testing.T) {
 	resp, _ := r.h.Handle(context.Background(), ev)
 	if len(resp.BatchItemFailures) != 1 || resp.BatchItemFailures[0].ItemIdentifier != ev.Records[0].MessageId {
 		t.Fatalf("failures %+v", resp.BatchItemFailures)
+	}
+}
+
+// A message whose text is not UTF-8 (an escaped unpaired surrogate: SQS carries only
+// valid characters, so this is how such text arrives) is never delivered as rewritten
+// text: it is reported failed, so after the queue's maximum receives it lands in the DLQ.
+func TestMessagesThatAreNotUTF8GoToTheDLQ(t *testing.T) {
+	r := newRig(t, func(string) awsfake.Response { return awsfake.Response{Status: http.StatusOK} })
+	r.open(t, "1234", "live-1=")
+	bodies := []string{
+		`{"UserId":"1234","Body":"\ud800"}`,
+		`{"UserId":"1234","MessageId":"\udc00","Body":"x"}`,
+		`{"UserIds":["1234","\ud83d"],"Body":"x"}`,
+	}
+	ev := lambdaevents.SQSEvent{}
+	for i, b := range bodies {
+		ev.Records = append(ev.Records, lambdaevents.SQSMessage{MessageId: fmt.Sprintf("m-%d", i), Body: b,
+			Attributes: map[string]string{"ApproximateReceiveCount": "3"}})
+	}
+	resp, err := r.h.Handle(context.Background(), ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.BatchItemFailures) != len(bodies) {
+		t.Fatalf("failures %+v, want every message", resp.BatchItemFailures)
+	}
+	if got := r.postsTo("/production/@connections/live-1="); len(got) != 0 {
+		t.Fatalf("posted %q", got)
+	}
+	if pub := r.published(t); len(pub) != 0 {
+		t.Fatalf("published %v", pub)
 	}
 }
