@@ -19,6 +19,7 @@ const (
 	MessageUndeliverable = "message-undeliverable.json"
 	Message              = "message.json"
 	UserOnlineReply      = "user-online-reply.json"
+	UserStatusReply      = "user-status-reply.json"
 	EnqueueReply         = "enqueue-reply.json"
 	Error                = "error.json"
 )

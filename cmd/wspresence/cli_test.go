@@ -71,7 +71,7 @@ func TestServeAndClientCommands(t *testing.T) {
 		t.Fatalf("no sample token in %q", out.String())
 	}
 	secret, _ := localrt.ReadSecret(dir, localrt.JWTSecretFile)
-	v, _ := auth.NewVerifier([]byte(secret), 0, nil)
+	v, _ := auth.NewVerifier([]byte(secret), auth.Policy{})
 	if uid, err := v.Verify(m[1]); err != nil || uid != sampleUser {
 		t.Fatalf("sample token: %q %v", uid, err)
 	}

@@ -23,6 +23,8 @@ func serveFlags(cfg *localrt.Config, stderr io.Writer, getenv env) *flags {
 	f.String(&cfg.DataDir, "data", "WSPRESENCE_DATA", "data directory: store, generated secrets")
 	f.Duration(&cfg.OfflineGrace, "offline-grace", "WSPRESENCE_OFFLINE_GRACE", "time without connections before UserOffline")
 	f.String(&cfg.JWTSecret, "jwt-secret", "WSPRESENCE_JWT_SECRET", "HS256 secret of user tokens (generated into the data dir if empty)")
+	f.List(&cfg.JWTAlgorithms, "jwt-algorithms", "WSPRESENCE_JWT_ALGORITHMS", "accepted token algorithms among HS256, HS384, HS512 (comma-separated)")
+	f.Bool(&cfg.JWTRequireExpiry, "jwt-require-exp", "WSPRESENCE_JWT_REQUIRE_EXP", "refuse tokens without exp (false accepts the original service's tokens that never expire)")
 	f.String(&cfg.APIKey, "api-key", "WSPRESENCE_API_KEY", "API key of the backend endpoints (generated into the data dir if empty)")
 	f.Int(&cfg.MaxConnectionsPerUser, "max-connections-per-user", "WSPRESENCE_MAX_CONNECTIONS_PER_USER", "simultaneous connections allowed per user")
 	f.Duration(&cfg.PingInterval, "ping-interval", "WSPRESENCE_PING_INTERVAL", "server ping period; an unanswered ping expires the connection")

@@ -69,27 +69,91 @@ const DefaultLeeway = 30 * time.Second
 // MinSecretBytes is the shortest HS256 secret accepted.
 const MinSecretBytes = 16
 
-// Verifier validates user tokens signed with one HS256 secret.
-type Verifier struct {
-	secret []byte
-	parser *jwt.Parser
+// The HMAC algorithms a Policy may accept. "none" and the asymmetric algorithms (RS*, PS*,
+// ES*, EdDSA) are never accepted: the secret is shared, so only an HMAC proves anything.
+var hmacMethods = map[string]*jwt.SigningMethodHMAC{
+	"HS256": jwt.SigningMethodHS256,
+	"HS384": jwt.SigningMethodHS384,
+	"HS512": jwt.SigningMethodHS512,
 }
 
-// NewVerifier returns a Verifier for secret with the given leeway on exp and nbf, and now
-// as its clock (nil means time.Now).
-func NewVerifier(secret []byte, leeway time.Duration, now func() time.Time) (*Verifier, error) {
+// Policy is what a Verifier accepts besides a good signature. The zero value accepts HS256
+// with exp required and no leeway; DefaultPolicy adds the default leeway.
+type Policy struct {
+	// Leeway is the clock skew tolerated on exp and nbf.
+	Leeway time.Duration
+	// Algorithms lists the accepted algorithms, among HS256, HS384 and HS512; empty means
+	// HS256 only. The longer HMACs are for tokens minted for the original service.
+	Algorithms []string
+	// ExpiryOptional accepts tokens without an exp claim, as the original service did
+	// (a migration setting: such a token is valid forever). By default exp is required.
+	ExpiryOptional bool
+	// Now is the clock (nil means time.Now).
+	Now func() time.Time
+}
+
+// DefaultPolicy is HS256 only, exp required, DefaultLeeway.
+func DefaultPolicy() Policy { return Policy{Leeway: DefaultLeeway, Algorithms: []string{"HS256"}} }
+
+// Validate reports every problem of p at once.
+func (p Policy) Validate() error {
+	var errs []error
+	for _, a := range p.Algorithms {
+		if _, ok := hmacMethods[a]; !ok {
+			errs = append(errs, fmt.Errorf("jwt algorithm %q: want HS256, HS384 or HS512", a))
+		}
+	}
+	if p.Leeway < 0 {
+		errs = append(errs, fmt.Errorf("jwt leeway must not be negative, got %s", p.Leeway))
+	}
+	return errors.Join(errs...)
+}
+
+// ParseAlgorithms reads a comma-separated list of algorithms ("HS256,HS512") and checks it.
+func ParseAlgorithms(list string) ([]string, error) {
+	var out []string
+	for _, a := range strings.Split(list, ",") {
+		if a = strings.ToUpper(strings.TrimSpace(a)); a != "" {
+			out = append(out, a)
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("jwt algorithms: the list is empty")
+	}
+	return out, Policy{Algorithms: out}.Validate()
+}
+
+// Verifier validates user tokens signed with one secret under a Policy.
+type Verifier struct {
+	secret  []byte
+	parser  *jwt.Parser
+	methods map[jwt.SigningMethod]bool
+}
+
+// NewVerifier returns a Verifier for secret under policy p.
+func NewVerifier(secret []byte, p Policy) (*Verifier, error) {
 	if len(secret) < MinSecretBytes {
 		return nil, fmt.Errorf("jwt secret is %d bytes, at least %d needed", len(secret), MinSecretBytes)
 	}
-	opts := []jwt.ParserOption{
-		jwt.WithLeeway(leeway),
-		jwt.WithExpirationRequired(),
-		jwt.WithJSONNumber(),
+	if err := p.Validate(); err != nil {
+		return nil, err
 	}
-	if now != nil {
-		opts = append(opts, jwt.WithTimeFunc(now))
+	algs := p.Algorithms
+	if len(algs) == 0 {
+		algs = []string{"HS256"}
 	}
-	return &Verifier{secret: append([]byte(nil), secret...), parser: jwt.NewParser(opts...)}, nil
+	methods := map[jwt.SigningMethod]bool{}
+	for _, a := range algs {
+		methods[hmacMethods[a]] = true
+	}
+	opts := []jwt.ParserOption{jwt.WithLeeway(p.Leeway), jwt.WithJSONNumber()}
+	if !p.ExpiryOptional {
+		opts = append(opts, jwt.WithExpirationRequired())
+	}
+	if p.Now != nil {
+		opts = append(opts, jwt.WithTimeFunc(p.Now))
+	}
+	return &Verifier{secret: append([]byte(nil), secret...), parser: jwt.NewParser(opts...), methods: methods}, nil
 }
 
 // Verify checks token and returns its user id. The userId claim may be a string or a
@@ -103,8 +167,9 @@ func (v *Verifier) Verify(token string) (string, error) {
 	}
 	claims := jwt.MapClaims{}
 	_, err := v.parser.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
-		// HS256 only: "none", RS*, ES* and the longer HMACs are refused before any check.
-		if t.Method != jwt.SigningMethodHS256 {
+		// Only the policy's HMACs: "none", RS*, ES* and the others are refused before any
+		// check of the signature.
+		if !v.methods[t.Method] {
 			return nil, errAlgorithm
 		}
 		return v.secret, nil
@@ -128,7 +193,7 @@ func (v *Verifier) Verify(token string) (string, error) {
 	return uid, nil
 }
 
-var errAlgorithm = errors.New("signing algorithm is not HS256")
+var errAlgorithm = errors.New("signing algorithm is not accepted")
 
 func classify(err error) Reason {
 	switch {

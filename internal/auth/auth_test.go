@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -21,7 +22,7 @@ var (
 
 func verifier(t *testing.T) *auth.Verifier {
 	t.Helper()
-	v, err := auth.NewVerifier(secret, auth.DefaultLeeway, func() time.Time { return now })
+	v, err := auth.NewVerifier(secret, auth.Policy{Leeway: auth.DefaultLeeway, Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +142,7 @@ func TestLeeway(t *testing.T) {
 }
 
 func TestShortSecretRefused(t *testing.T) {
-	if _, err := auth.NewVerifier([]byte("short"), 0, nil); err == nil {
+	if _, err := auth.NewVerifier([]byte("short"), auth.Policy{}); err == nil {
 		t.Fatal("short secret accepted")
 	}
 }
@@ -192,5 +193,72 @@ func TestUnqueryableUserIDsAreRefused(t *testing.T) {
 		if auth.ReasonOf(err) != auth.ReasonUserID {
 			t.Errorf("%q: %v, want reason %s", id, err, auth.ReasonUserID)
 		}
+	}
+}
+
+// The migration settings: the longer HMACs and tokens without exp are accepted only when
+// the policy says so; "none" and asymmetric algorithms never are, and cannot be listed.
+func TestPolicySettings(t *testing.T) {
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	noExp := valid(map[string]any{"exp": nil})
+	tokens := map[string]string{
+		"HS256":        sign(t, jwt.SigningMethodHS256, secret, valid(nil)),
+		"HS384":        sign(t, jwt.SigningMethodHS384, secret, valid(nil)),
+		"HS512":        sign(t, jwt.SigningMethodHS512, secret, valid(nil)),
+		"HS256 no exp": sign(t, jwt.SigningMethodHS256, secret, noExp),
+		"HS512 no exp": sign(t, jwt.SigningMethodHS512, secret, noExp),
+		"none":         sign(t, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, valid(nil)),
+		"RS256":        sign(t, jwt.SigningMethodRS256, rsaKey, valid(nil)),
+	}
+	clock := func() time.Time { return now }
+	cases := []struct {
+		policy auth.Policy
+		accept map[string]bool
+	}{
+		{auth.Policy{Now: clock}, map[string]bool{"HS256": true}},
+		{auth.Policy{Now: clock, Algorithms: []string{"HS256", "HS512"}}, map[string]bool{"HS256": true, "HS512": true}},
+		{auth.Policy{Now: clock, Algorithms: []string{"HS384"}}, map[string]bool{"HS384": true}},
+		{auth.Policy{Now: clock, ExpiryOptional: true}, map[string]bool{"HS256": true, "HS256 no exp": true}},
+		{auth.Policy{Now: clock, ExpiryOptional: true, Algorithms: []string{"HS256", "HS384", "HS512"}},
+			map[string]bool{"HS256": true, "HS384": true, "HS512": true, "HS256 no exp": true, "HS512 no exp": true}},
+	}
+	for _, c := range cases {
+		v, err := auth.NewVerifier(secret, c.policy)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, tok := range tokens {
+			uid, err := v.Verify(tok)
+			if c.accept[name] != (err == nil) {
+				t.Errorf("policy %v, token %s: %q, %v", c.policy.Algorithms, name, uid, err)
+			}
+			if err != nil && !c.accept[name] {
+				algs := c.policy.Algorithms
+				if len(algs) == 0 {
+					algs = []string{"HS256"}
+				}
+				want := auth.ReasonAlgorithm
+				if slices.Contains(algs, strings.Fields(name)[0]) {
+					want = auth.ReasonNoExpiry
+				}
+				if got := auth.ReasonOf(err); got != want {
+					t.Errorf("policy %v, token %s: reason %s, want %s", c.policy.Algorithms, name, got, want)
+				}
+			}
+		}
+	}
+	for _, bad := range []string{"none", "RS256", "ES256", "HS1", ""} {
+		if _, err := auth.NewVerifier(secret, auth.Policy{Algorithms: []string{bad}}); err == nil {
+			t.Errorf("algorithm %q could be listed", bad)
+		}
+	}
+	if algs, err := auth.ParseAlgorithms(" hs256, HS512 "); err != nil || len(algs) != 2 || algs[1] != "HS512" {
+		t.Errorf("ParseAlgorithms = %v, %v", algs, err)
+	}
+	if _, err := auth.ParseAlgorithms("HS256,RS256"); err == nil {
+		t.Error("RS256 parsed")
 	}
 }

@@ -28,7 +28,7 @@ func FuzzVerify(f *testing.F) {
 	f.Add(signedRaw(`{"userId":"\ud800","exp":4102444800}`), "\xfe", int64(60))
 	f.Add(good, "\uFFFD", int64(-3600))
 	f.Add(good, "u\"\\", int64(1))
-	v, err := auth.NewVerifier(secret, auth.DefaultLeeway, func() time.Time { return now })
+	v, err := auth.NewVerifier(secret, auth.Policy{Leeway: auth.DefaultLeeway, Now: func() time.Time { return now }})
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -28,6 +28,7 @@ import (
 	"github.com/wspresence/wspresence/internal/emf"
 	"github.com/wspresence/wspresence/internal/gateway/apigw"
 	"github.com/wspresence/wspresence/internal/grace/stepfunctions"
+	"github.com/wspresence/wspresence/internal/lambda/apikey"
 	"github.com/wspresence/wspresence/internal/lambda/authorizer"
 	"github.com/wspresence/wspresence/internal/lambda/connection"
 	"github.com/wspresence/wspresence/internal/lambda/online"
@@ -55,6 +56,17 @@ type Config struct {
 	JWTSecretParameter string
 	// JWTSecretTTL is how long the secret is cached (JWT_SECRET_TTL, default 5m).
 	JWTSecretTTL string
+	// JWTAlgorithms lists the accepted token algorithms, comma-separated, among HS256,
+	// HS384 and HS512 (JWT_ALGORITHMS, default HS256).
+	JWTAlgorithms string
+	// JWTExpiryRequired is "true" (default) or "false": whether tokens must carry exp
+	// (JWT_EXPIRY_REQUIRED).
+	JWTExpiryRequired string
+	// APIKeyParameter is the SSM SecureString parameter of the backend API key
+	// (API_KEY_PARAMETER), read by the REST API-key authorizer.
+	APIKeyParameter string
+	// APIKeyTTL is how long the API key is cached (API_KEY_TTL, default 5m).
+	APIKeyTTL string
 	// WebSocketEndpoint is the Management API endpoint of the WebSocket stage,
 	// https://{api-id}.execute-api.{region}.amazonaws.com/{stage} (WEBSOCKET_ENDPOINT).
 	WebSocketEndpoint string
@@ -126,6 +138,24 @@ func (c *checker) integer(name, v string, def int) int {
 	return n
 }
 
+func (c *checker) add(name string, err error) {
+	if err != nil {
+		c.errs = append(c.errs, fmt.Errorf("%s: %w", name, err))
+	}
+}
+
+func (c *checker) boolean(name, v string, def bool) bool {
+	if v == "" {
+		return def
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		c.errs = append(c.errs, fmt.Errorf("%s=%q: want true or false", name, v))
+		return def
+	}
+	return b
+}
+
 func (c *checker) err() error {
 	if len(c.errs) == 0 {
 		return nil
@@ -174,6 +204,13 @@ func NewAuthorizer(ctx context.Context, c Config, log *slog.Logger) (*authorizer
 		param = DefaultJWTSecretParameter
 	}
 	ttl := ck.duration("JWT_SECRET_TTL", c.JWTSecretTTL, 5*time.Minute)
+	policy := auth.DefaultPolicy()
+	if c.JWTAlgorithms != "" {
+		algs, err := auth.ParseAlgorithms(c.JWTAlgorithms)
+		ck.add("JWT_ALGORITHMS", err)
+		policy.Algorithms = algs
+	}
+	policy.ExpiryOptional = !ck.boolean("JWT_EXPIRY_REQUIRED", c.JWTExpiryRequired, true)
 	if err := ck.err(); err != nil {
 		return nil, err
 	}
@@ -182,7 +219,22 @@ func NewAuthorizer(ctx context.Context, c Config, log *slog.Logger) (*authorizer
 		return nil, err
 	}
 	return &authorizer.Handler{Secrets: secretssm.New(ssm.NewFromConfig(awsCfg), param, ttl),
-		Leeway: auth.DefaultLeeway, Now: time.Now, Logger: log, Metrics: metricsOut}, nil
+		Policy: policy, Logger: log, Metrics: metricsOut}, nil
+}
+
+// NewAPIKeyAuthorizer wires the HTTP API's Lambda authorizer of the API-key REST auth mode.
+func NewAPIKeyAuthorizer(ctx context.Context, c Config, log *slog.Logger) (*apikey.Handler, error) {
+	var ck checker
+	param := ck.need("API_KEY_PARAMETER", c.APIKeyParameter)
+	ttl := ck.duration("API_KEY_TTL", c.APIKeyTTL, 5*time.Minute)
+	if err := ck.err(); err != nil {
+		return nil, err
+	}
+	awsCfg, err := load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &apikey.Handler{Keys: secretssm.New(ssm.NewFromConfig(awsCfg), param, ttl), Logger: log, Metrics: metricsOut}, nil
 }
 
 // NewConnection wires the $connect and $disconnect handlers.

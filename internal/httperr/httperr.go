@@ -17,6 +17,7 @@ const (
 	CodeInvalidUTF8     = "invalid_utf8"
 	CodeInvalidUserIDs  = "invalid_user_ids"
 	CodeTooManyUserIDs  = "too_many_user_ids"
+	CodeTooManyResults  = "too_many_results"
 	CodeInvalidLimit    = "invalid_limit"
 	CodeInvalidToken    = "invalid_next_token"
 	CodeRequestTooLarge = "request_too_large"

@@ -304,7 +304,7 @@ func TestPagination(t *testing.T) {
 	}
 	// userIds keeps the request's order and answers unknown users.
 	s, _ := ts.online("userIds=p3,ghost,p1")
-	if len(s) != 3 || s[0].UserID != "p3" || s[1].UserID != "ghost" || s[1].IsOnline || s[1].LastActivity != nil || !s[2].IsOnline {
+	if len(s) != 3 || s[0].UserID != "p3" || s[1].UserID != "ghost" || s[1].IsOnline || !s[1].LastActivity.IsZero() || !s[2].IsOnline {
 		t.Fatalf("userIds answer %+v", s)
 	}
 }

@@ -25,6 +25,13 @@ type Config struct {
 	// JWTSecret signs user tokens (WSPRESENCE_JWT_SECRET); generated and kept in DataDir
 	// when empty.
 	JWTSecret string
+	// JWTAlgorithms lists the accepted token algorithms among HS256, HS384 and HS512
+	// (WSPRESENCE_JWT_ALGORITHMS, comma-separated, default HS256). "none" and asymmetric
+	// algorithms are never accepted.
+	JWTAlgorithms []string
+	// JWTRequireExpiry refuses tokens without exp (WSPRESENCE_JWT_REQUIRE_EXP, default
+	// true); false accepts the original service's tokens that never expire.
+	JWTRequireExpiry bool
 	// APIKey guards the backend endpoints (WSPRESENCE_API_KEY); generated and kept in
 	// DataDir when empty.
 	APIKey string
@@ -98,6 +105,8 @@ func DefaultConfig() Config {
 		Addr:                  "127.0.0.1:8080",
 		DataDir:               "./wspresence-data",
 		OfflineGrace:          5 * time.Second,
+		JWTAlgorithms:         []string{"HS256"},
+		JWTRequireExpiry:      true,
 		MaxConnectionsPerUser: 10,
 		PingInterval:          30 * time.Second,
 		IdleTimeout:           10 * time.Minute,
@@ -118,6 +127,14 @@ func DefaultConfig() Config {
 	}
 }
 
+// TokenPolicy is what user tokens must meet, from JWTAlgorithms and JWTRequireExpiry.
+func (c Config) TokenPolicy() auth.Policy {
+	p := auth.DefaultPolicy()
+	p.Algorithms = c.JWTAlgorithms
+	p.ExpiryOptional = !c.JWTRequireExpiry
+	return p
+}
+
 // Validate reports every problem of c at once.
 func (c Config) Validate() error {
 	var errs []error
@@ -129,6 +146,12 @@ func (c Config) Validate() error {
 	}
 	if c.JWTSecret != "" && len(c.JWTSecret) < auth.MinSecretBytes {
 		errs = append(errs, fmt.Errorf("jwt secret is %d bytes, at least %d needed", len(c.JWTSecret), auth.MinSecretBytes))
+	}
+	if err := c.TokenPolicy().Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if len(c.JWTAlgorithms) == 0 {
+		errs = append(errs, errors.New("jwt algorithms is empty (HS256 is the default)"))
 	}
 	if c.APIKey != "" && len(c.APIKey) < 16 {
 		errs = append(errs, fmt.Errorf("api key is %d bytes, at least 16 needed", len(c.APIKey)))

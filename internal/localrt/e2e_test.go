@@ -29,8 +29,12 @@ func TestEndToEnd(t *testing.T) {
 		return okA && okB && a.Connections == 2 && b.Connections == 1 && a.IsOnline && b.IsOnline
 	})
 	list, _ := ts.online("")
-	if len(list) != 2 || list[0].LastActivity == nil {
+	if len(list) != 2 || list[0].LastActivity.IsZero() {
 		t.Fatalf("online list %+v", list)
+	}
+	// The original's per-user route answers the same truth.
+	if a, nobody := ts.userStatus("A"), ts.userStatus("nobody"); a != "online" || nobody != "offline" {
+		t.Fatalf("GET /user/{userId}/online: A %s, nobody %s", a, nobody)
 	}
 	waitFor(t, "UserOnline for A and B", func() bool {
 		return len(sub.of(events.DetailUserOnline, "A")) == 1 && len(sub.of(events.DetailUserOnline, "B")) == 1
@@ -95,8 +99,11 @@ func TestEndToEnd(t *testing.T) {
 	a2.close(t)
 	waitFor(t, "A offline in the view", func() bool {
 		s, _ := ts.online("userIds=A")
-		return !s[0].IsOnline && s[0].Connections == 0 && s[0].LastActivity != nil
+		return !s[0].IsOnline && s[0].Connections == 0 && !s[0].LastActivity.IsZero()
 	})
+	if st := ts.userStatus("A"); st != "offline" {
+		t.Fatalf("GET /user/A/online: %s after A's last close", st)
+	}
 	waitFor(t, "UserOffline for A", func() bool { return len(sub.of(events.DetailUserOffline, "A")) == 1 })
 	if elapsed := time.Since(closedAt); elapsed < grace {
 		t.Fatalf("UserOffline after %s, before the %s grace period", elapsed, grace)

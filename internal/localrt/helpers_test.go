@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -189,12 +190,23 @@ func (ts *testServer) online(query string) ([]onlineapi.Status, response) {
 	if r.status != http.StatusOK {
 		ts.t.Fatalf("GET %s: %d %s", path, r.status, r.body)
 	}
-	schematest.Check(ts.t, schemas.UserOnlineReply, r.body)
+	schematest.DecodeOriginalList(ts.t, r.body)
 	var out []onlineapi.Status
 	if err := json.Unmarshal(r.body, &out); err != nil {
 		ts.t.Fatal(err)
 	}
 	return out, r
+}
+
+// userStatus calls GET /user/{userId}/online with the API key and reads it as the original
+// service's typed client does.
+func (ts *testServer) userStatus(user string) string {
+	ts.t.Helper()
+	r := ts.do(http.MethodGet, "/user/"+url.PathEscape(user)+"/online", testKey, nil)
+	if r.status != http.StatusOK {
+		ts.t.Fatalf("GET /user/%s/online: %d %s", user, r.status, r.body)
+	}
+	return schematest.DecodeOriginalStatus(ts.t, r.body).Status
 }
 
 func (ts *testServer) send(msg string) []string {

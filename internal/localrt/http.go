@@ -40,6 +40,7 @@ func (s *Server) routes() http.Handler {
 		mux.Handle("/debug/pprof/trace", s.backend(pprof.Trace))
 	}
 	mux.Handle("/user/online", s.backend(s.handleOnline))
+	mux.Handle("/user/{userId}/online", s.backend(s.handleUserStatus))
 	mux.Handle("/messages", s.backend(s.handleMessages))
 	mux.Handle("GET /events", s.backend(s.handleEvents))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -97,6 +98,27 @@ func (s *Server) handleOnline(w http.ResponseWriter, r *http.Request) {
 	}
 	if next != "" {
 		w.Header().Set(onlineapi.NextTokenHeader, next)
+	}
+	httperr.WriteJSON(w, http.StatusOK, out)
+}
+
+// handleUserStatus is GET /user/{userId}/online: {"status":"online"|"offline"}, as the
+// original service answered it.
+func (s *Server) handleUserStatus(w http.ResponseWriter, r *http.Request) {
+	if !onlineapi.MethodAllowed(r.Method) {
+		w.Header().Set("Allow", "GET, HEAD")
+		httperr.Write(w, r, s.log, methodNotAllowed("GET"))
+		return
+	}
+	id, err := onlineapi.ParseUserID(r.PathValue("userId"))
+	if err != nil {
+		httperr.Write(w, r, s.log, err)
+		return
+	}
+	out, err := onlineapi.AnswerUser(r.Context(), s.store, id)
+	if err != nil {
+		httperr.Write(w, r, s.log, err)
+		return
 	}
 	httperr.WriteJSON(w, http.StatusOK, out)
 }

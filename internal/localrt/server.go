@@ -86,7 +86,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 			return fail(err)
 		}
 	}
-	verifier, err := auth.NewVerifier([]byte(cfg.JWTSecret), auth.DefaultLeeway, nil)
+	verifier, err := auth.NewVerifier([]byte(cfg.JWTSecret), cfg.TokenPolicy())
 	if err != nil {
 		return fail(err)
 	}

@@ -27,7 +27,7 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		if q.Limit < 1 || q.Limit > onlineapi.MaxLimit || len(q.UserIDs) > onlineapi.MaxUserIDs {
+		if q.Limit < 0 || q.Limit > onlineapi.MaxLimit || len(q.UserIDs) > onlineapi.MaxUserIDs {
 			t.Fatalf("accepted %+v", q)
 		}
 		for _, id := range q.UserIDs {

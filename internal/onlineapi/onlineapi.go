@@ -18,9 +18,15 @@ import (
 
 // Limits of the query.
 const (
+	// DefaultLimit is the page size of a continuation (nextToken) given without limit.
 	DefaultLimit = 100
 	MaxLimit     = 1000
-	MaxUserIDs   = 100
+	// MaxUnpagedUsers bounds the reply of a list request without limit (which answers every
+	// online user, as the original service did): past it the request is refused with
+	// too_many_results rather than cut off silently. 50,000 users keep the reply under the
+	// 6 MB a Lambda function may answer.
+	MaxUnpagedUsers = 50000
+	MaxUserIDs      = 100
 	// MaxQueryBytes bounds the raw query string.
 	MaxQueryBytes = 64 * 1024
 )
@@ -28,8 +34,9 @@ const (
 // NextTokenHeader carries the token of the next page.
 const NextTokenHeader = "X-Next-Token"
 
-// Query is a parsed GET /user/online request: either UserIDs (status of each) or a page of
-// the online list (Limit users after After).
+// Query is a parsed GET /user/online request: either UserIDs (status of each) or the online
+// list: every online user when Limit is 0 (no limit and no nextToken given), else a page of
+// Limit users after After.
 type Query struct {
 	UserIDs []string
 	Limit   int
@@ -56,7 +63,10 @@ func Parse(rawQuery string) (Query, error) {
 
 // FromValues validates already-decoded query parameters (as API Gateway delivers them).
 func FromValues(values url.Values) (Query, error) {
-	q := Query{Limit: DefaultLimit}
+	var q Query
+	if _, ok := values["nextToken"]; ok {
+		q.Limit = DefaultLimit
+	}
 	if raw, ok := values["limit"]; ok {
 		n, err := strconv.Atoi(last(raw))
 		if err != nil || n < 1 || n > MaxLimit {
@@ -123,21 +133,48 @@ func DecodeToken(tok string) (string, error) {
 }
 
 // Status is one element of the reply, with the original service's field names.
+// LastActivity is never null, so a typed client of the original (a non-nullable DateTime)
+// reads every reply: a user never seen has 0001-01-01T00:00:00Z (DateTime.MinValue in .NET,
+// the zero time.Time in Go).
 type Status struct {
-	UserID       string     `json:"UserId"`
-	IsOnline     bool       `json:"IsOnline"`
-	LastActivity *time.Time `json:"LastActivity"`
-	Connections  int        `json:"Connections"`
+	UserID       string    `json:"UserId"`
+	IsOnline     bool      `json:"IsOnline"`
+	LastActivity time.Time `json:"LastActivity"`
+	Connections  int       `json:"Connections"`
 }
 
-// NewStatus builds a reply element; a zero lastActivity becomes null.
+// NewStatus builds a reply element.
 func NewStatus(userID string, connections int, lastActivity time.Time) Status {
-	s := Status{UserID: userID, IsOnline: connections > 0, Connections: connections}
-	if !lastActivity.IsZero() {
-		la := lastActivity.UTC()
-		s.LastActivity = &la
+	return Status{UserID: userID, IsOnline: connections > 0, Connections: connections, LastActivity: lastActivity.UTC()}
+}
+
+// UserStatus is the reply of GET /user/{userId}/online, the original service's shape.
+type UserStatus struct {
+	Status string `json:"status"` // "online" or "offline"
+}
+
+// ParseUserID validates the {userId} of GET /user/{userId}/online (a 400 *httperr.Error).
+func ParseUserID(id string) (string, error) {
+	if err := events.ValidateUserID(id); err != nil {
+		code := httperr.CodeInvalidUserIDs
+		if errors.Is(err, events.ErrInvalidUTF8) {
+			code = httperr.CodeInvalidUTF8
+		}
+		return "", httperr.BadRequest(code, "userId: "+err.Error())
 	}
-	return s
+	return id, nil
+}
+
+// AnswerUser answers GET /user/{userId}/online for a valid id.
+func AnswerUser(ctx context.Context, v View, id string) (UserStatus, error) {
+	users, err := v.Users(ctx, []string{id})
+	if err != nil {
+		return UserStatus{}, fmt.Errorf("read view: %w", err)
+	}
+	if len(users) == 1 && users[0].Connections > 0 {
+		return UserStatus{Status: "online"}, nil
+	}
+	return UserStatus{Status: "offline"}, nil
 }
 
 // Page builds the reply of a list query from up to Limit+1 users read after q.After: it
@@ -161,16 +198,27 @@ type View interface {
 	OnlineUsers(ctx context.Context, after string, limit int) ([]presence.Status, error)
 }
 
+// ErrTooManyResults refuses a list request without limit when more than MaxUnpagedUsers
+// are online.
+var ErrTooManyResults = httperr.New(http.StatusRequestEntityTooLarge, httperr.CodeTooManyResults,
+	fmt.Sprintf("more than %d users are online: page through them with limit and nextToken", MaxUnpagedUsers))
+
 // Answer runs q against v and returns the reply and the next page's token ("" if none).
 func Answer(ctx context.Context, v View, q Query) ([]Status, string, error) {
 	var (
 		users []presence.Status
 		err   error
 	)
-	if q.ByIDs() {
+	switch {
+	case q.ByIDs():
 		users, err = v.Users(ctx, q.UserIDs)
-	} else {
+	case q.Limit == 0:
+		users, err = allOnline(ctx, v)
+	default:
 		users, err = v.OnlineUsers(ctx, q.After, q.Limit+1)
+	}
+	if errors.Is(err, ErrTooManyResults) {
+		return nil, "", err
 	}
 	if err != nil {
 		return nil, "", fmt.Errorf("read view: %w", err)
@@ -179,9 +227,29 @@ func Answer(ctx context.Context, v View, q Query) ([]Status, string, error) {
 	for i, u := range users {
 		out[i] = NewStatus(u.UserID, u.Connections, u.LastActivity)
 	}
-	if q.ByIDs() {
+	if q.ByIDs() || q.Limit == 0 {
 		return out, "", nil
 	}
 	out, next := Page(q, out)
 	return out, next, nil
+}
+
+// allOnline reads every online user, page by page, refusing past MaxUnpagedUsers.
+func allOnline(ctx context.Context, v View) ([]presence.Status, error) {
+	var all []presence.Status
+	after := ""
+	for {
+		page, err := v.OnlineUsers(ctx, after, MaxLimit)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, page...)
+		if len(all) > MaxUnpagedUsers {
+			return nil, ErrTooManyResults
+		}
+		if len(page) < MaxLimit {
+			return all, nil
+		}
+		after = page[len(page)-1].UserID
+	}
 }

@@ -1,25 +1,30 @@
 package onlineapi_test
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/wspresence/wspresence/internal/httperr"
 	"github.com/wspresence/wspresence/internal/onlineapi"
+	"github.com/wspresence/wspresence/internal/presence"
 )
 
 func TestParseGood(t *testing.T) {
 	cases := map[string]onlineapi.Query{
-		"":                      {Limit: 100},
+		"":                      {},
 		"limit=5":               {Limit: 5},
-		"userIds=a,b":           {UserIDs: []string{"a", "b"}, Limit: 100},
-		"userIds=a&userIds=b,a": {UserIDs: []string{"a", "b"}, Limit: 100},
-		"userIds=+a+,%20b":      {UserIDs: []string{"a", "b"}, Limit: 100},
+		"userIds=a,b":           {UserIDs: []string{"a", "b"}},
+		"userIds=a&userIds=b,a": {UserIDs: []string{"a", "b"}},
+		"userIds=+a+,%20b":      {UserIDs: []string{"a", "b"}},
 		"nextToken=" + onlineapi.EncodeToken("u7") + "&limit=1000": {After: "u7", Limit: 1000},
-		"other=ignored": {Limit: 100},
+		"nextToken=" + onlineapi.EncodeToken("u7"):                 {After: "u7", Limit: onlineapi.DefaultLimit},
+		"other=ignored": {},
 	}
 	for raw, want := range cases {
 		got, err := onlineapi.Parse(raw)
@@ -71,5 +76,54 @@ func TestPage(t *testing.T) {
 	}
 	if _, next := onlineapi.Page(q, users[:2]); next != "" {
 		t.Fatalf("last page has a next token %q", next)
+	}
+}
+
+// fakeView holds n online users u000000, u000001, ...
+type fakeView struct{ n int }
+
+func (v fakeView) Users(_ context.Context, ids []string) ([]presence.Status, error) {
+	out := make([]presence.Status, len(ids))
+	for i, id := range ids {
+		out[i] = presence.Status{UserID: id}
+	}
+	return out, nil
+}
+
+func (v fakeView) OnlineUsers(_ context.Context, after string, limit int) ([]presence.Status, error) {
+	var out []presence.Status
+	for i := 0; i < v.n && len(out) < limit; i++ {
+		if id := fmt.Sprintf("u%06d", i); id > after {
+			out = append(out, presence.Status{UserID: id, Connections: 1, LastActivity: time.Unix(int64(i), 0)})
+		}
+	}
+	return out, nil
+}
+
+// Without limit the list is every online user, never cut off silently: past
+// MaxUnpagedUsers the request is refused with a 413 that says how to page.
+func TestAnswerWithoutLimit(t *testing.T) {
+	q, _ := onlineapi.Parse("")
+	for _, n := range []int{0, 1, onlineapi.MaxLimit, 2*onlineapi.MaxLimit + 500, onlineapi.MaxUnpagedUsers} {
+		out, next, err := onlineapi.Answer(context.Background(), fakeView{n}, q)
+		if err != nil || next != "" || len(out) != n {
+			t.Fatalf("%d online: %d answered, next %q, %v", n, len(out), next, err)
+		}
+		for i, s := range out {
+			if s.UserID != fmt.Sprintf("u%06d", i) || !s.IsOnline {
+				t.Fatalf("%d online: element %d is %+v", n, i, s)
+			}
+		}
+	}
+	_, _, err := onlineapi.Answer(context.Background(), fakeView{onlineapi.MaxUnpagedUsers + 1}, q)
+	var he *httperr.Error
+	if !errors.As(err, &he) || he.Status != http.StatusRequestEntityTooLarge || he.Code != httperr.CodeTooManyResults {
+		t.Fatalf("past the cap: %v", err)
+	}
+	// A paged request still pages.
+	q, _ = onlineapi.Parse("limit=10")
+	out, next, err := onlineapi.Answer(context.Background(), fakeView{onlineapi.MaxUnpagedUsers + 1}, q)
+	if err != nil || len(out) != 10 || next == "" {
+		t.Fatalf("paged: %d, %q, %v", len(out), next, err)
 	}
 }

@@ -12,5 +12,7 @@ func main() {
 	awsrt.Start(awsrt.NewAuthorizer, awsrt.Config{
 		JWTSecretParameter: os.Getenv("JWT_SECRET_PARAMETER"),
 		JWTSecretTTL:       os.Getenv("JWT_SECRET_TTL"),
+		JWTAlgorithms:      os.Getenv("JWT_ALGORITHMS"),
+		JWTExpiryRequired:  os.Getenv("JWT_EXPIRY_REQUIRED"),
 	}, (*authorizer.Handler).Handle)
 }

@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
-	"time"
 
 	lambdaevents "github.com/aws/aws-lambda-go/events"
 	"github.com/wspresence/wspresence/internal/auth"
@@ -32,9 +31,9 @@ type Secrets interface {
 // Handler authorizes $connect requests.
 type Handler struct {
 	Secrets Secrets
-	Leeway  time.Duration
-	Now     func() time.Time
-	Logger  *slog.Logger
+	// Policy is what tokens must meet besides the signature (algorithms, exp, leeway).
+	Policy auth.Policy
+	Logger *slog.Logger
 	// Metrics, if set, receives one EMF record per request: Authorized, or AuthFailures
 	// with the refusal's Reason as a dimension.
 	Metrics *emf.Logger
@@ -50,7 +49,7 @@ func (h *Handler) verifierFor(secret string) (*auth.Verifier, error) {
 	if h.verifier != nil && h.secret == secret {
 		return h.verifier, nil
 	}
-	v, err := auth.NewVerifier([]byte(secret), h.Leeway, h.Now)
+	v, err := auth.NewVerifier([]byte(secret), h.Policy)
 	if err != nil {
 		return nil, err
 	}

@@ -38,7 +38,7 @@ func newRig(t *testing.T) *rig {
 	})
 	r.h = &authorizer.Handler{
 		Secrets: ssm.New(awsssm.NewFromConfig(r.srv.Config()), "/WebSocketAdapter/JwtSecret", time.Hour),
-		Leeway:  auth.DefaultLeeway,
+		Policy:  auth.DefaultPolicy(),
 		Logger:  slog.New(slog.NewJSONHandler(r.logs, nil)),
 	}
 	return r

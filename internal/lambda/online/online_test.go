@@ -42,17 +42,42 @@ func TestOnline(t *testing.T) {
 	if err != nil || resp.StatusCode != http.StatusOK || resp.Headers["Content-Type"] != "application/json" {
 		t.Fatalf("response %+v %v", resp, err)
 	}
-	schematest.Check(t, schemas.UserOnlineReply, []byte(resp.Body))
+	typed := schematest.DecodeOriginalList(t, []byte(resp.Body))
 	var got []onlineapi.Status
 	_ = json.Unmarshal([]byte(resp.Body), &got)
 	if len(got) != 2 || got[0].UserID != "1234" || got[0].Connections != 2 || !got[0].LastActivity.Equal(at.Add(time.Second)) ||
-		got[1].UserID != "5678" || got[1].IsOnline || got[1].LastActivity != nil {
+		got[1].UserID != "5678" || got[1].IsOnline || !got[1].LastActivity.IsZero() ||
+		!bool(typed[0].IsOnline) || !time.Time(typed[0].LastActivity).Equal(at.Add(time.Second)) || !time.Time(typed[1].LastActivity).IsZero() {
 		t.Fatalf("answer %s", resp.Body)
+	}
+
+	// Without limit: every online user, in one reply, with no continuation.
+	req.RawQueryString = ""
+	resp, _ = h.Handle(ctx, req)
+	if all := schematest.DecodeOriginalList(t, []byte(resp.Body)); len(all) != 3 || resp.Headers[onlineapi.NextTokenHeader] != "" {
+		t.Fatalf("unpaged list %s", resp.Body)
+	}
+
+	// GET /user/{userId}/online, the original's per-user route.
+	for id, want := range map[string]string{"1234": "online", "5678": "offline", "ghost": "offline"} {
+		ureq := req
+		ureq.RawPath, ureq.RouteKey = "/user/"+id+"/online", "GET /user/{userId}/online"
+		ureq.PathParameters = map[string]string{"userId": id}
+		resp, _ = h.Handle(ctx, ureq)
+		if resp.StatusCode != http.StatusOK || schematest.DecodeOriginalStatus(t, []byte(resp.Body)).Status != want {
+			t.Fatalf("GET /user/%s/online: %d %s, want %s", id, resp.StatusCode, resp.Body, want)
+		}
+	}
+	ureq := req
+	ureq.PathParameters = map[string]string{"userId": "x,y"}
+	if resp, _ = h.Handle(ctx, ureq); resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("GET /user/x,y/online: %d %s", resp.StatusCode, resp.Body)
 	}
 
 	// The list, paginated.
 	req.RawQueryString = "limit=2"
 	resp, _ = h.Handle(ctx, req)
+	schematest.DecodeOriginalList(t, []byte(resp.Body))
 	_ = json.Unmarshal([]byte(resp.Body), &got)
 	next := resp.Headers[onlineapi.NextTokenHeader]
 	if len(got) != 2 || got[0].UserID != "0001" || got[1].UserID != "0002" || next == "" {
