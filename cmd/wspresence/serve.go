@@ -79,6 +79,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
   WebSocket   ws://%[1]s/?Authorization=<JWT>
   REST        http://%[1]s/user/online       (header X-Api-Key: <API key>)
   Messages    POST http://%[1]s/messages
+  SQS         %[6]s  (AWS SDK: endpoint http://%[1]s, secret access key = API key)
   Events      http://%[1]s/events            (Server-Sent Events)
   Dashboard   http://%[1]s/ui/#key=%[3]s
   Metrics     http://%[1]s/metrics
@@ -86,7 +87,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
   Sample token for user %[4]s (valid 1h):
     %[5]s
   Try: wscat -c "ws://%[1]s/?Authorization=%[5]s"
-`, addr, cfg.DataDir, srv.APIKey(), sampleUser, tok)
+`, addr, cfg.DataDir, srv.APIKey(), sampleUser, tok, localrt.QueueURL(addr))
 	select {
 	case <-ctx.Done():
 	case <-waitChan(srv):

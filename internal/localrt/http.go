@@ -1,6 +1,7 @@
 package localrt
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -29,6 +30,7 @@ const (
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/{$}", s.handleWebSocket)
+	mux.HandleFunc("POST /{$}", s.handleSQS)
 	mux.HandleFunc("GET /healthz", s.handleHealth)
 	mux.Handle("GET /metrics", s.metrics.handler())
 	mux.Handle("GET /ui/", dashboard.Handler("/ui/"))
@@ -156,27 +158,41 @@ func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
 		httperr.Write(w, r, s.log, httperr.BadRequest(code, err.Error()))
 		return
 	}
+	ids, err := s.enqueue(r.Context(), msgs)
+	if errors.Is(err, errStoreClosed) {
+		httperr.Write(w, r, s.log, httperr.New(http.StatusServiceUnavailable, httperr.CodeUnavailable, "server is shutting down"))
+		return
+	}
+	if err != nil {
+		httperr.Write(w, r, s.log, err)
+		return
+	}
+	httperr.WriteJSON(w, http.StatusAccepted, EnqueueReply{MessageIDs: ids})
+}
+
+// errStoreClosed is what enqueue returns once the store is closed (shutting down).
+var errStoreClosed = sqlite.ErrClosed
+
+// enqueue makes msgs durable, one queue entry per recipient, and returns each message's
+// id (generated when absent). It is the one way into the local queue: POST /messages and
+// the SQS protocol both use it.
+func (s *Server) enqueue(ctx context.Context, msgs []events.Message) ([]string, error) {
 	now := s.now()
-	reply := EnqueueReply{MessageIDs: make([]string, len(msgs))}
+	ids := make([]string, len(msgs))
 	var queued []sqlite.QueuedMessage
 	for i, m := range msgs {
 		if m.MessageID == "" {
 			m.MessageID = uuid.NewString()
 		}
-		reply.MessageIDs[i] = m.MessageID
+		ids[i] = m.MessageID
 		for _, uid := range m.Recipients() {
 			queued = append(queued, sqlite.QueuedMessage{MessageID: m.MessageID, UserID: uid, Body: m.Body, EnqueuedAt: now})
 		}
 	}
-	if err := s.store.Enqueue(r.Context(), queued...); err != nil {
-		if errors.Is(err, sqlite.ErrClosed) {
-			httperr.Write(w, r, s.log, httperr.New(http.StatusServiceUnavailable, httperr.CodeUnavailable, "server is shutting down"))
-			return
-		}
-		httperr.Write(w, r, s.log, err)
-		return
+	if err := s.store.Enqueue(ctx, queued...); err != nil {
+		return nil, fmt.Errorf("enqueue: %w", err)
 	}
-	httperr.WriteJSON(w, http.StatusAccepted, reply)
+	return ids, nil
 }
 
 // handleEvents is GET /events: the published events as Server-Sent Events, each data line
