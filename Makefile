@@ -47,7 +47,7 @@ ci:
 # makefile) calls the build-<LogicalId> targets below with ARTIFACTS_DIR set.
 LAMBDA_ARCH ?= arm64
 LAMBDA_FLAGS := -tags lambda.norpc -trimpath -ldflags="-s -w"
-FUNCTIONS := authorizer connect disconnect projector sender online sweeper
+FUNCTIONS := authorizer restauthorizer connect disconnect projector sender online sweeper
 lambda = CGO_ENABLED=0 GOOS=linux GOARCH=$(LAMBDA_ARCH) go build $(LAMBDA_FLAGS) -o $(ARTIFACTS_DIR)/bootstrap ./services/$(1)
 
 ## package: dist/<function>.zip for every function (arm64 bootstrap)
@@ -60,6 +60,7 @@ package:
 	done
 
 build-WebSocketAdaptorAuthorizerFunction: ; $(call lambda,authorizer)
+build-WebSocketAdaptorRestAuthorizerFunction: ; $(call lambda,restauthorizer)
 build-WebSocketAdaptorOnConnectFunction: ; $(call lambda,connect)
 build-WebSocketAdaptorOnDisconnectFunction: ; $(call lambda,disconnect)
 build-WebSocketAdaptorProjectorFunction: ; $(call lambda,projector)

@@ -144,7 +144,7 @@ func TestEveryServiceIsAFunction(t *testing.T) {
 			}
 		}
 	}
-	if len(fns) != len(services) || len(fns) != 7 {
+	if len(fns) != len(services) || len(fns) != 8 {
 		t.Fatalf("%d functions for %d services", len(fns), len(services))
 	}
 	globals := tpl["Globals"].(map[string]any)["Function"].(map[string]any)
@@ -189,6 +189,10 @@ func TestEveryEnvironmentVariableIsSet(t *testing.T) {
 var expected = map[string][]grant{
 	"authorizer": {
 		{"ssm:GetParameter", "Sub:arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${JwtSecretParameterName}"},
+		{"kms:Decrypt", "Ref:JwtSecretKmsKeyArn"},
+	},
+	"restauthorizer": {
+		{"ssm:GetParameter", "Sub:arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${ApiKeyParameterName}"},
 		{"kms:Decrypt", "Ref:JwtSecretKmsKeyArn"},
 	},
 	"connect": {
@@ -473,10 +477,6 @@ func TestOperationalSettings(t *testing.T) {
 	if route["AuthorizationType"] != "CUSTOM" || !reflect.DeepEqual(auth["IdentitySource"], []any{"route.request.querystring.Authorization"}) {
 		t.Errorf("$connect is not authorized from the Authorization query string: %v %v", route, auth)
 	}
-	online := fns["online"].props["Events"].(map[string]any)["OnlineList"].(map[string]any)["Properties"].(map[string]any)
-	if online["Path"] != "/user/online" || online["Method"] != "GET" || online["Auth"].(map[string]any)["Authorizer"] != "AWS_IAM" {
-		t.Errorf("GET /user/online %v", online)
-	}
 	alarms := 0
 	for _, r := range rs {
 		if r["Type"] == "AWS::CloudWatch::Alarm" {
@@ -560,5 +560,123 @@ func TestNoDependencyCycles(t *testing.T) {
 	}
 	for id := range rs {
 		visit(id, nil)
+	}
+}
+
+// resolve returns the resources the template creates with the given parameters: their
+// conditions evaluated, Fn::If resolved and AWS::NoValue dropped, as CloudFormation does.
+func resolve(tpl deploy.Template, params map[string]string) map[string]any {
+	conds := map[string]bool{}
+	var cond func(any) bool
+	cond = func(c any) bool {
+		m := c.(map[string]any)
+		for k, val := range m {
+			switch k {
+			case "Condition":
+				return cond(tpl["Conditions"].(map[string]any)[val.(string)])
+			case "Fn::Equals":
+				args := val.([]any)
+				str := func(a any) string {
+					if r, ok := a.(map[string]any); ok {
+						return params[r["Ref"].(string)]
+					}
+					return a.(string)
+				}
+				return str(args[0]) == str(args[1])
+			case "Fn::Not":
+				return !cond(val.([]any)[0])
+			case "Fn::And":
+				for _, a := range val.([]any) {
+					if !cond(a) {
+						return false
+					}
+				}
+				return true
+			}
+		}
+		panic(fmt.Sprintf("condition %v", c))
+	}
+	for name, c := range tpl["Conditions"].(map[string]any) {
+		conds[name] = cond(c)
+	}
+	var walk func(any) any
+	walk = func(v any) any {
+		switch x := v.(type) {
+		case map[string]any:
+			if args, ok := x["Fn::If"].([]any); ok {
+				if conds[args[0].(string)] {
+					return walk(args[1])
+				}
+				return walk(args[2])
+			}
+			if x["Ref"] == "AWS::NoValue" {
+				return nil
+			}
+			out := map[string]any{}
+			for k, val := range x {
+				if w := walk(val); w != nil {
+					out[k] = w
+				}
+			}
+			return out
+		case []any:
+			var out []any
+			for _, e := range x {
+				if w := walk(e); w != nil {
+					out = append(out, w)
+				}
+			}
+			return out
+		}
+		return v
+	}
+	out := map[string]any{}
+	for id, r := range tpl.Resources() {
+		if c, ok := r["Condition"].(string); ok && !conds[c] {
+			continue
+		}
+		out[id] = walk(r)
+	}
+	return out
+}
+
+// TestRestAuthMode: the RestAuthMode parameter sets both REST routes to IAM, to the API-key
+// authorizer (which then exists, with its function, role and permission), or to none.
+func TestRestAuthMode(t *testing.T) {
+	tpl, _ := load(t)
+	param := tpl["Parameters"].(map[string]any)["RestAuthMode"].(map[string]any)
+	if param["Default"] != "IAM" || !reflect.DeepEqual(param["AllowedValues"], []any{"IAM", "ApiKey", "None"}) {
+		t.Fatalf("RestAuthMode %v", param)
+	}
+	routes := map[string]string{"OnlineListRoute": "GET /user/online", "UserStatusRoute": "GET /user/{userId}/online"}
+	apiKeyOnly := []string{"RestApiKeyAuthorizer", "RestAuthorizerInvokePermission", "WebSocketAdaptorRestAuthorizerFunction",
+		"WebSocketAdaptorRestAuthorizerRole", "WebSocketAdaptorRestAuthorizerLogGroup", "WebSocketAdaptorRestAuthorizerErrorsAlarm"}
+	for mode, want := range map[string]string{"IAM": "AWS_IAM", "ApiKey": "CUSTOM", "None": "NONE"} {
+		rs := resolve(tpl, map[string]string{"RestAuthMode": mode, "JwtSecretKmsKeyArn": "", "AlarmTopicArn": ""})
+		for id, key := range routes {
+			p := rs[id].(map[string]any)["Properties"].(map[string]any)
+			if p["RouteKey"] != key || p["AuthorizationType"] != want || res(p["Target"]) != "Sub:integrations/${OnlineIntegration}" {
+				t.Errorf("%s: %s %v", mode, id, p)
+			}
+			if authz, has := p["AuthorizerId"]; has != (mode == "ApiKey") || (has && res(authz) != "Ref:RestApiKeyAuthorizer") {
+				t.Errorf("%s: %s authorizer %v", mode, id, authz)
+			}
+		}
+		for _, id := range apiKeyOnly {
+			if _, has := rs[id]; has != (mode == "ApiKey") {
+				t.Errorf("%s: resource %s present = %v", mode, id, has)
+			}
+		}
+		if mode == "ApiKey" {
+			a := rs["RestApiKeyAuthorizer"].(map[string]any)["Properties"].(map[string]any)
+			if a["AuthorizerPayloadFormatVersion"] != "2.0" || a["EnableSimpleResponses"] != "true" || a["AuthorizerResultTtlInSeconds"] != "0" {
+				t.Errorf("authorizer %v", a)
+			}
+		}
+	}
+	for _, name := range []string{"JwtAlgorithms", "JwtExpiryRequired"} {
+		if _, ok := tpl["Parameters"].(map[string]any)[name]; !ok {
+			t.Errorf("no parameter %s", name)
+		}
 	}
 }
