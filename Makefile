@@ -33,9 +33,9 @@ bench:
 bench-long:
 	$(MAKE) bench BENCH_PROFILE=long
 
-## vuln: offline vulnerability scan
+## vuln: vulnerability scan (online database, or one built offline from golang.org/x/vulndb)
 vuln:
-	bash ../shared/tools/govulncheck.sh ./...
+	bash .ci/govulncheck ./...
 
 ## ci: what CI runs
 ci:
