@@ -14,6 +14,19 @@ import (
 //go:embed static
 var static embed.FS
 
+// Favicon serves the dashboard's icon, for the browsers that ask for /favicon.ico.
+func Favicon() http.Handler {
+	icon, err := static.ReadFile("static/favicon.ico")
+	if err != nil {
+		panic(err) // the embedded tree is fixed at build time
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "image/x-icon")
+		w.Header().Set("Cache-Control", "public, max-age=86400")
+		_, _ = w.Write(icon)
+	})
+}
+
 // Handler serves the dashboard's files; mount it under prefix (e.g. "/ui/").
 func Handler(prefix string) http.Handler {
 	sub, err := fs.Sub(static, "static")

@@ -338,10 +338,13 @@ func TestDashboardIsServed(t *testing.T) {
 		!strings.Contains(r.header.Get("Content-Security-Policy"), "default-src 'self'") {
 		t.Fatalf("GET /ui/: %d %q", r.status, r.header)
 	}
-	for _, f := range []string{"/ui/app.js", "/ui/app.css"} {
+	for _, f := range []string{"/ui/app.js", "/ui/app.css", "/ui/favicon.ico", "/favicon.ico"} {
 		if r := ts.do(http.MethodGet, f, "", nil); r.status != http.StatusOK || len(r.body) < 100 {
 			t.Fatalf("GET %s: %d", f, r.status)
 		}
+	}
+	if r := ts.do(http.MethodGet, "/favicon.ico", "", nil); r.header.Get("Content-Type") != "image/x-icon" || http.DetectContentType(r.body) != "image/x-icon" {
+		t.Fatalf("favicon: %s, sniffed %s", r.header.Get("Content-Type"), http.DetectContentType(r.body))
 	}
 	req, _ := http.NewRequest(http.MethodGet, ts.base+"/ui", nil)
 	resp, err := http.DefaultTransport.RoundTrip(req)

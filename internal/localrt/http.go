@@ -35,6 +35,7 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("GET /metrics", s.metrics.handler())
 	mux.Handle("GET /ui/", dashboard.Handler("/ui/"))
 	mux.Handle("GET /ui", http.RedirectHandler("/ui/", http.StatusMovedPermanently))
+	mux.Handle("GET /favicon.ico", dashboard.Favicon())
 	if s.cfg.Pprof {
 		mux.Handle("/debug/pprof/", s.backend(pprof.Index))
 		mux.Handle("/debug/pprof/profile", s.backend(pprof.Profile))

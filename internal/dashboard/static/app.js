@@ -3,7 +3,7 @@
 'use strict';
 
 const $ = (sel) => document.querySelector(sel);
-const state = { key: '', cursor: [], next: '', feedSeq: 0, refreshTimer: 0 };
+const state = { key: '', cursor: [], next: '', feedSeq: 0, refreshTimer: 0, pollTimer: 0, session: 0, feedAbort: null };
 
 function keyFromHash() {
   const m = /(?:^|&)key=([^&]+)/.exec(location.hash.slice(1));
@@ -25,8 +25,14 @@ async function api(path, init = {}) {
   return resp;
 }
 
+// plural returns "1 user" or "2 users".
+function plural(n, one, many) {
+  return Number(n) === 1 ? one : many;
+}
+
+// fmtTime shows a time; LastActivity of a user never seen is the zero time, shown as never.
 function fmtTime(t) {
-  if (!t) return 'never';
+  if (!t || t.startsWith('0001-01-01')) return 'never';
   const d = new Date(t);
   return d.toLocaleString(undefined, { hour12: false }) + '.' + String(d.getMilliseconds()).padStart(3, '0');
 }
@@ -62,12 +68,19 @@ async function loadOnline() {
   $('#first-page').disabled = state.cursor.length === 0;
 }
 
+// loadTotals shows the totals, only while a key the server accepted is in use.
 async function loadTotals() {
+  if ($('#app').hidden) return;
   try {
     const text = await (await fetch('/metrics')).text();
     const value = (name) => (new RegExp('^' + name + ' (\\S+)$', 'm').exec(text) || [])[1];
-    $('#online-count').textContent = value('wspresence_online_users') ?? '–';
-    $('#connection-count').textContent = value('wspresence_connections') ?? '–';
+    const online = value('wspresence_online_users') ?? '–';
+    const conns = value('wspresence_connections') ?? '–';
+    $('#online-count').textContent = online;
+    $('#online-label').textContent = plural(online, 'online user', 'online users');
+    $('#connection-count').textContent = conns;
+    $('#connection-label').textContent = plural(conns, 'connection', 'connections');
+    $('#totals').hidden = $('#app').hidden;
   } catch { /* totals are a nicety */ }
 }
 
@@ -82,7 +95,7 @@ function describe(env) {
   switch (env['detail-type']) {
     case 'UserOnline': return `${d.userId} came online (connection ${d.connectionId})`;
     case 'UserOffline': return `${d.userId} went offline`;
-    case 'MessageDelivered': return `message ${d.messageId} reached ${d.userId} on ${d.connections} connection(s)`;
+    case 'MessageDelivered': return `message ${d.messageId} reached ${d.userId} on ${d.connections} ${plural(d.connections, 'connection', 'connections')}`;
     case 'MessageUndeliverable': return `message ${d.messageId} could not reach ${d.userId} (${d.reason})`;
     default: return JSON.stringify(d);
   }
@@ -104,11 +117,12 @@ function addEvent(env) {
   if (env['detail-type'] === 'UserOnline' || env['detail-type'] === 'UserOffline') scheduleRefresh();
 }
 
-async function followEvents() {
-  for (;;) {
+async function followEvents(session) {
+  while (session === state.session) {
     try {
       const headers = state.feedSeq ? { 'Last-Event-ID': String(state.feedSeq) } : {};
-      const resp = await api('/events?after=' + state.feedSeq, { headers });
+      state.feedAbort = new AbortController();
+      const resp = await api('/events?after=' + state.feedSeq, { headers, signal: state.feedAbort.signal });
       $('#feed-status').textContent = 'live';
       const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
       let buf = '';
@@ -132,7 +146,7 @@ async function followEvents() {
         }
       }
     } catch (e) {
-      if (e.message === 'unauthorized') return;
+      if (e.message === 'unauthorized' || session !== state.session) return;
     }
     $('#feed-status').textContent = 'reconnecting…';
     await new Promise((r) => setTimeout(r, 1000));
@@ -171,33 +185,59 @@ async function search(ev) {
   $('#search-table').hidden = false;
 }
 
+// showKeyForm asks for a key and hides every figure until the server accepts one: the
+// totals, the tables and the feed are cleared and the polling and the feed stop.
 function showKeyForm(message) {
+  state.session++;
+  clearInterval(state.pollTimer);
+  clearTimeout(state.refreshTimer);
+  if (state.feedAbort) state.feedAbort.abort();
   $('#app').hidden = true;
+  $('#totals').hidden = true;
+  $('#online-count').textContent = '–';
+  $('#connection-count').textContent = '–';
+  $('#online-table tbody').replaceChildren();
+  $('#search-table tbody').replaceChildren();
+  $('#feed').replaceChildren();
+  $('#feed-status').textContent = 'connecting…';
+  state.feedSeq = 0;
+  state.cursor = [];
   $('#key-section').hidden = false;
-  if (message) $('#key-title').textContent = 'API key – ' + message;
+  $('#key-title').textContent = message ? 'API key – ' + message : 'API key';
+  $('#key-input').value = '';
 }
 
-function start() {
+// start checks the key with a first request, and only once the server accepts it shows
+// the data and starts the feed and the polling.
+async function start() {
   state.key = keyFromHash();
   if (!state.key) { showKeyForm(); return; }
+  const session = ++state.session;
+  try {
+    await loadOnline();
+  } catch (e) {
+    // Refused: the key form is shown. Anything else (the server restarting): try again.
+    if (e.message !== 'unauthorized') setTimeout(() => { if (session === state.session) start().catch(() => {}); }, 2000);
+    return;
+  }
+  if (session !== state.session) return;
   $('#key-section').hidden = true;
   $('#app').hidden = false;
-  loadOnline().catch(() => {});
   loadTotals();
-  followEvents();
-  setInterval(() => { loadOnline().catch(() => {}); loadTotals(); }, 5000);
+  followEvents(session);
+  state.pollTimer = setInterval(() => { loadOnline().catch(() => {}); loadTotals(); }, 5000);
 }
 
 document.addEventListener('DOMContentLoaded', () => {
   $('#key-form').addEventListener('submit', (ev) => {
     ev.preventDefault();
     sessionStorage.setItem('wspresence-key', $('#key-input').value.trim());
-    start();
+    start().catch(() => {});
   });
   $('#send-form').addEventListener('submit', (ev) => sendMessage(ev).catch(() => {}));
   $('#search-form').addEventListener('submit', (ev) => search(ev).catch(() => {}));
   $('#next-page').addEventListener('click', () => { if (state.next) { state.cursor.push(state.next); loadOnline(); } });
   $('#first-page').addEventListener('click', () => { state.cursor = []; loadOnline(); });
   $('#page-size').addEventListener('change', () => { state.cursor = []; loadOnline(); });
-  start();
+  start().catch(() => {});
 });

@@ -54,7 +54,16 @@ test('the dashboard shows who is online, streams the events, and sends a message
     const dash = await browser.newPage({ viewport: { width: 1280, height: 900 } });
     const errors = [];
     dash.on('pageerror', (e) => errors.push(e));
-    await dash.goto(`http://${server.addr}/ui/#key=${server.key}`);
+
+    // A refused key shows nothing of the server's data, then a good key shows it.
+    await dash.goto(`http://${server.addr}/ui/#key=not-the-key-0123456789`);
+    await dash.locator('#key-title', { hasText: 'refused' }).waitFor();
+    await dash.waitForTimeout(1500);
+    assert.equal(await dash.locator('#totals').isVisible(), false, 'totals hidden behind a refused key');
+    assert.equal(await dash.locator('#app').isVisible(), false, 'the app is hidden behind a refused key');
+    assert.equal(await dash.locator('#online-table tbody tr').count(), 0);
+    await dash.locator('#key-input').fill(server.key);
+    await dash.getByRole('button', { name: 'Use this key' }).click();
     await dash.locator('#feed-status', { hasText: 'live' }).waitFor();
     assert.equal(new URL(dash.url()).hash, '', 'the key leaves the address bar');
 
@@ -98,12 +107,31 @@ test('the dashboard shows who is online, streams the events, and sends a message
     await dash.getByRole('button', { name: 'Look up' }).click();
     await dash.locator('#search-table tbody tr', { hasText: 'carol' }).waitFor();
     assert.match(await dash.locator('#search-table tbody tr').first().textContent(), /alice.*online/);
+    assert.match(await dash.locator('#search-table tbody tr', { hasText: 'carol' }).textContent(), /offline.*never/, 'a user never seen was never active');
 
     await dash.locator('#online-count', { hasText: '2' }).waitFor();
+    assert.equal(await dash.locator('#online-label').textContent(), 'online users');
+    assert.equal(await dash.locator('#connection-label').textContent(), 'connections');
+    // The favicon is served, where browsers ask for it.
+    const icon = await fetch(`http://${server.addr}/favicon.ico`);
+    assert.equal(icon.status, 200);
+    assert.equal(icon.headers.get('content-type'), 'image/x-icon');
     mkdirSync(artifacts, { recursive: true });
     await dash.screenshot({ path: path.join(artifacts, 'dashboard.png'), fullPage: true });
     if (screenshotTo) await dash.screenshot({ path: screenshotTo, fullPage: true });
     assert.deepEqual(errors, [], 'no script errors on the page');
+
+    // One user left: the totals say so in the singular.
+    await clients.evaluate(() => window.close && null);
+    await clients.close();
+    const alone = await browser.newPage();
+    await alone.goto(`http://${server.addr}/healthz`);
+    await alone.evaluate(async ({ addr, tok }) => new Promise((resolve) => {
+      window.ws = new WebSocket(`ws://${addr}/?Authorization=${tok}`);
+      window.ws.onopen = resolve;
+    }), { addr: server.addr, tok: token('dave') });
+    await dash.locator('#connection-count', { hasText: /^1$/ }).waitFor({ timeout: 15000 });
+    assert.equal(await dash.locator('#connection-label').textContent(), 'connection');
 
     // After the run, /metrics shows non-zero values for the key figures.
     const text = await (await fetch(`http://${server.addr}/metrics`)).text();
