@@ -47,7 +47,7 @@ ci:
 # makefile) calls the build-<LogicalId> targets below with ARTIFACTS_DIR set.
 LAMBDA_ARCH ?= arm64
 LAMBDA_FLAGS := -tags lambda.norpc -trimpath -ldflags="-s -w"
-FUNCTIONS := authorizer restauthorizer connect disconnect projector sender online sweeper
+FUNCTIONS := authorizer restauthorizer connect disconnect projector publisher grace sender online sweeper
 lambda = CGO_ENABLED=0 GOOS=linux GOARCH=$(LAMBDA_ARCH) go build $(LAMBDA_FLAGS) -o $(ARTIFACTS_DIR)/bootstrap ./services/$(1)
 
 ## package: dist/<function>.zip for every function (arm64 bootstrap)
@@ -64,6 +64,8 @@ build-WebSocketAdaptorRestAuthorizerFunction: ; $(call lambda,restauthorizer)
 build-WebSocketAdaptorOnConnectFunction: ; $(call lambda,connect)
 build-WebSocketAdaptorOnDisconnectFunction: ; $(call lambda,disconnect)
 build-WebSocketAdaptorProjectorFunction: ; $(call lambda,projector)
+build-WebSocketAdaptorPublisherFunction: ; $(call lambda,publisher)
+build-WebSocketAdaptorGraceFunction: ; $(call lambda,grace)
 build-WebSocketAdaptorSendMessageFunction: ; $(call lambda,sender)
 build-WebSocketAdaptorRestOnlineListFunction: ; $(call lambda,online)
 build-WebSocketAdaptorSweeperFunction: ; $(call lambda,sweeper)

@@ -167,3 +167,32 @@ func NewEnvelope(p Published, account, region string, at time.Time) (Envelope, e
 	return Envelope{Version: "0", ID: p.ID(), DetailType: p.DetailType(), Source: Source, Account: account,
 		Time: at.UTC().Truncate(time.Second), Region: region, Resources: []string{}, Detail: detail}, nil
 }
+
+// Stored is a published event read back from where it was recorded (an outbox): its type,
+// id and detail exactly as encoded. It publishes as the event it was.
+type Stored struct {
+	Type    DetailType
+	EventID string
+	Detail  json.RawMessage
+}
+
+// Store encodes p for an outbox.
+func Store(p Published) (Stored, error) {
+	if s, ok := p.(Stored); ok {
+		return s, nil
+	}
+	detail, err := json.Marshal(p)
+	if err != nil {
+		return Stored{}, fmt.Errorf("encode %s detail: %w", p.DetailType(), err)
+	}
+	return Stored{Type: p.DetailType(), EventID: p.ID(), Detail: detail}, nil
+}
+
+// DetailType implements Published.
+func (s Stored) DetailType() DetailType { return s.Type }
+
+// ID implements Published.
+func (s Stored) ID() string { return s.EventID }
+
+// MarshalJSON writes the detail as it was recorded.
+func (s Stored) MarshalJSON() ([]byte, error) { return s.Detail, nil }

@@ -21,6 +21,9 @@ import (
 	"time"
 
 	lambdaevents "github.com/aws/aws-lambda-go/events"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/auth"
 	"github.com/wspresence/wspresence/internal/awsfake"
@@ -275,5 +278,133 @@ func TestSenderUnderTheEmulator(t *testing.T) {
 	if strings.Join(types, ",") != "MessageDelivered@wspresence,MessageUndeliverable@wspresence" &&
 		strings.Join(types, ",") != "MessageUndeliverable@wspresence,MessageDelivered@wspresence" {
 		t.Fatalf("published %v", types)
+	}
+}
+
+// TestPresencePathUnderTheEmulator runs the rest of the functions, each once, as their
+// bootstraps under the Lambda runtime interface emulator, along one user's presence path:
+// $connect (append and fold), the projector (the event table's stream), $disconnect, the
+// projector again (which starts the grace machine), the outbox relay (the view table's
+// stream, to EventBridge), the grace function (as the machine invokes it), the relay
+// again (UserOffline) and the sweeper.
+func TestPresencePathUnderTheEmulator(t *testing.T) {
+	db := dynamotest.Client(t)
+	tables := dynamotest.NewTables(t, db)
+	st := dynamo.New(db, tables)
+	ctx := context.Background()
+	ddb := dynamotest.Endpoint(t)
+	var mu sync.Mutex
+	var starts []map[string]any
+	sfn := awsfake.New(t, func(r awsfake.Request) awsfake.Response {
+		var in struct{ Input string }
+		_ = json.Unmarshal(r.Body, &in)
+		var input map[string]any
+		_ = json.Unmarshal([]byte(in.Input), &input)
+		mu.Lock()
+		starts = append(starts, input)
+		mu.Unlock()
+		return awsfake.JSON(http.StatusOK, map[string]any{"executionArn": "arn:aws:states:us-east-1:123456789012:express:x", "startDate": 1})
+	})
+	var published []string
+	bus := awsfake.New(t, func(r awsfake.Request) awsfake.Response {
+		var in struct {
+			Entries []struct{ DetailType, Detail string }
+		}
+		_ = json.Unmarshal(r.Body, &in)
+		res := make([]map[string]string, len(in.Entries))
+		mu.Lock()
+		for i, e := range in.Entries {
+			published = append(published, e.DetailType)
+			res[i] = map[string]string{"EventId": fmt.Sprint(i)}
+		}
+		mu.Unlock()
+		return awsfake.JSON(http.StatusOK, map[string]any{"FailedEntryCount": 0, "Entries": res})
+	})
+	gw := awsfake.New(t, func(awsfake.Request) awsfake.Response { return awsfake.Error(http.StatusGone, "GoneException", "") })
+	tablesEnv := map[string]string{"AWS_ENDPOINT_URL_DYNAMODB": ddb, "EVENTS_TABLE": tables.Events, "VIEW_TABLE": tables.View, "OFFLINE_GRACE_SECONDS": "5"}
+	with := func(extra map[string]string) map[string]string {
+		out := map[string]string{}
+		for k, v := range tablesEnv {
+			out[k] = v
+		}
+		for k, v := range extra {
+			out[k] = v
+		}
+		return out
+	}
+	connect := start(t, "connect", with(map[string]string{"MAX_CONNECTIONS_PER_USER": "10"}))
+	disconnect := start(t, "disconnect", map[string]string{"AWS_ENDPOINT_URL_DYNAMODB": ddb, "EVENTS_TABLE": tables.Events, "VIEW_TABLE": tables.View})
+	projector := start(t, "projector", with(map[string]string{"AWS_ENDPOINT_URL_SFN": sfn.URL,
+		"GRACE_STATE_MACHINE_ARN": "arn:aws:states:us-east-1:123456789012:stateMachine:grace"}))
+	relay := start(t, "publisher", map[string]string{"AWS_ENDPOINT_URL_EVENTBRIDGE": bus.URL, "EVENT_BUS_NAME": "wspresence"})
+	graceFn := start(t, "grace", map[string]string{"AWS_ENDPOINT_URL_DYNAMODB": ddb, "VIEW_TABLE": tables.View, "OFFLINE_GRACE_SECONDS": "5"})
+	sweeper := start(t, "sweeper", with(map[string]string{"WEBSOCKET_ENDPOINT": gw.URL + "/production", "STALE_AFTER": "15m", "TOMBSTONE_RETENTION": "24h"}))
+
+	ok := func(name string, body []byte) {
+		t.Helper()
+		var resp struct {
+			StatusCode   int
+			ErrorMessage string `json:"errorMessage"`
+		}
+		if err := json.Unmarshal(body, &resp); err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s answered %s", name, body)
+		}
+	}
+	relayUser := func() {
+		t.Helper()
+		out, err := db.GetItem(ctx, &dynamodb.GetItemInput{TableName: aws.String(tables.View),
+			Key: map[string]types.AttributeValue{"pk": &types.AttributeValueMemberS{Value: "1234"}, "sk": &types.AttributeValueMemberS{Value: "#USER"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec := dynamotest.Record(out.Item, 1)
+		rec.EventName, rec.Change.NewImage = "MODIFY", dynamotest.Image(out.Item)
+		payload, _ := json.Marshal(lambdaevents.DynamoDBEvent{Records: []lambdaevents.DynamoDBEventRecord{rec}})
+		var resp lambdaevents.DynamoDBEventResponse
+		if body := relay.invoke(t, payload); json.Unmarshal(body, &resp) != nil || len(resp.BatchItemFailures) > 0 {
+			t.Fatalf("relay answered %s", body)
+		}
+	}
+	ok("connect", connect.invoke(t, lambdatest.Raw(t, "websocket-connect.json", nil)))
+	if live, err := st.LiveConnections(ctx, "1234"); err != nil || len(live) != 1 {
+		t.Fatalf("live after $connect (no projector yet): %v %v", live, err)
+	}
+	stream := dynamotest.NewStream(db, tables.Events)
+	project := func() {
+		t.Helper()
+		payload, _ := json.Marshal(lambdaevents.DynamoDBEvent{Records: stream.Next(t)})
+		var resp lambdaevents.DynamoDBEventResponse
+		if body := projector.invoke(t, payload); json.Unmarshal(body, &resp) != nil || len(resp.BatchItemFailures) > 0 {
+			t.Fatalf("projector answered %s", body)
+		}
+	}
+	relayUser() // $connect's write: UserOnline
+	project()   // the open again: already folded, nothing changes
+	ok("disconnect", disconnect.invoke(t, lambdatest.Raw(t, "websocket-disconnect.json", nil)))
+	project() // the close: offline, grace started
+	mu.Lock()
+	if len(starts) != 1 || starts[0]["userId"] != "1234" || starts[0]["offlineSince"] != "1795687500456000000" {
+		t.Fatalf("grace executions %v", starts)
+	}
+	graceInput, _ := json.Marshal(starts[0])
+	mu.Unlock()
+
+	var res struct{ Announced bool }
+	if body := graceFn.invoke(t, graceInput); json.Unmarshal(body, &res) != nil || !res.Announced {
+		t.Fatalf("grace answered %s", body)
+	}
+	relayUser() // the expiry's write: UserOffline
+	var sweep struct{ Checked, Swept, Pruned int }
+	if body := sweeper.invoke(t, lambdatest.Raw(t, "scheduled-event.json", nil)); json.Unmarshal(body, &sweep) != nil {
+		t.Fatalf("sweeper answered %s", body)
+	}
+	s, err := st.State(ctx, "1234")
+	if err != nil || s.User.Online() || s.User.Announced != "offline" {
+		t.Fatalf("state at the end: %+v %v", s.User, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if strings.Join(published, ",") != "UserOnline,UserOffline" {
+		t.Fatalf("published %v", published)
 	}
 }

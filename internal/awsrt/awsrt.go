@@ -31,8 +31,10 @@ import (
 	"github.com/wspresence/wspresence/internal/lambda/apikey"
 	"github.com/wspresence/wspresence/internal/lambda/authorizer"
 	"github.com/wspresence/wspresence/internal/lambda/connection"
+	"github.com/wspresence/wspresence/internal/lambda/grace"
 	"github.com/wspresence/wspresence/internal/lambda/online"
 	"github.com/wspresence/wspresence/internal/lambda/projector"
+	"github.com/wspresence/wspresence/internal/lambda/publisher"
 	"github.com/wspresence/wspresence/internal/lambda/sender"
 	"github.com/wspresence/wspresence/internal/lambda/sweeper"
 	secretssm "github.com/wspresence/wspresence/internal/secret/ssm"
@@ -77,6 +79,9 @@ type Config struct {
 	// TombstoneRetention is how long closed connections are kept (TOMBSTONE_RETENTION,
 	// default 24h).
 	TombstoneRetention string
+	// MaxConnectionsPerUser caps a user's live connections at $connect
+	// (MAX_CONNECTIONS_PER_USER, default 10, as the local runtime's).
+	MaxConnectionsPerUser string
 }
 
 // Namespace is the CloudWatch namespace of the functions' embedded metrics.
@@ -176,6 +181,13 @@ func (c Config) store(ck *checker, awsCfg aws.Config) *dynamo.Store {
 		Events: ck.need("EVENTS_TABLE", c.EventsTable), View: ck.need("VIEW_TABLE", c.ViewTable)})
 }
 
+// folding is a store that folds events through the core: it needs the grace period.
+func (c Config) folding(ck *checker, awsCfg aws.Config) *dynamo.Store {
+	st := c.store(ck, awsCfg)
+	st.Grace = time.Duration(ck.integer("OFFLINE_GRACE_SECONDS", c.OfflineGraceSeconds, 5)) * time.Second
+	return st
+}
+
 // view is a store that only reads the view table.
 func (c Config) view(ck *checker, awsCfg aws.Config) *dynamo.Store {
 	return dynamo.New(dynamodb.NewFromConfig(awsCfg), dynamo.Tables{View: ck.need("VIEW_TABLE", c.ViewTable)})
@@ -244,6 +256,18 @@ func NewConnection(ctx context.Context, c Config, log *slog.Logger) (*connection
 		return nil, err
 	}
 	var ck checker
+	st := c.folding(&ck, awsCfg)
+	return &connection.Handler{Log: st, Owners: st, View: st, Logger: log, Metrics: metricsOut,
+		MaxConnectionsPerUser: ck.integer("MAX_CONNECTIONS_PER_USER", c.MaxConnectionsPerUser, 10)}, ck.err()
+}
+
+// NewDisconnect wires the $disconnect handler (it appends; the projector folds).
+func NewDisconnect(ctx context.Context, c Config, log *slog.Logger) (*connection.Handler, error) {
+	awsCfg, err := load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var ck checker
 	st := c.store(&ck, awsCfg)
 	return &connection.Handler{Log: st, Owners: st, Logger: log, Metrics: metricsOut}, ck.err()
 }
@@ -255,15 +279,36 @@ func NewProjector(ctx context.Context, c Config, log *slog.Logger) (*projector.H
 		return nil, err
 	}
 	var ck checker
-	grace := time.Duration(ck.integer("OFFLINE_GRACE_SECONDS", c.OfflineGraceSeconds, 5)) * time.Second
+	st := c.folding(&ck, awsCfg)
 	h := &projector.Handler{
-		View:      c.store(&ck, awsCfg),
-		Publisher: c.publisher(&ck, awsCfg),
-		Grace:     stepfunctions.New(sfn.NewFromConfig(awsCfg), ck.need("GRACE_STATE_MACHINE_ARN", c.GraceStateMachineARN), grace),
-		Logger:    log,
-		Metrics:   metricsOut,
+		View:    st,
+		Grace:   stepfunctions.New(sfn.NewFromConfig(awsCfg), ck.need("GRACE_STATE_MACHINE_ARN", c.GraceStateMachineARN), st.Grace),
+		Logger:  log,
+		Metrics: metricsOut,
 	}
 	return h, ck.err()
+}
+
+// NewPublisher wires the outbox relay of the view table's stream.
+func NewPublisher(ctx context.Context, c Config, log *slog.Logger) (*publisher.Handler, error) {
+	awsCfg, err := load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var ck checker
+	return &publisher.Handler{Publisher: c.publisher(&ck, awsCfg), Logger: log, Metrics: metricsOut}, ck.err()
+}
+
+// NewGrace wires the end of an offline grace period, invoked by the state machine.
+func NewGrace(ctx context.Context, c Config, log *slog.Logger) (*grace.Handler, error) {
+	awsCfg, err := load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var ck checker
+	st := dynamo.New(dynamodb.NewFromConfig(awsCfg), dynamo.Tables{View: ck.need("VIEW_TABLE", c.ViewTable)})
+	st.Grace = time.Duration(ck.integer("OFFLINE_GRACE_SECONDS", c.OfflineGraceSeconds, 5)) * time.Second
+	return &grace.Handler{View: st, Now: time.Now, Logger: log}, ck.err()
 }
 
 // NewSender wires the SQS handler.

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -144,7 +145,7 @@ func TestEveryServiceIsAFunction(t *testing.T) {
 			}
 		}
 	}
-	if len(fns) != len(services) || len(fns) != 8 {
+	if len(fns) != len(services) || len(fns) != 10 {
 		t.Fatalf("%d functions for %d services", len(fns), len(services))
 	}
 	globals := tpl["Globals"].(map[string]any)["Function"].(map[string]any)
@@ -197,18 +198,29 @@ var expected = map[string][]grant{
 	},
 	"connect": {
 		{"dynamodb:PutItem", "GetAtt:EventsTable.Arn"}, {"dynamodb:GetItem", "GetAtt:EventsTable.Arn"},
+		// The fold of the open (read-your-connect) and the connection cap.
+		{"dynamodb:GetItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:PutItem", "GetAtt:ViewTable.Arn"},
 	},
 	"disconnect": {
 		{"dynamodb:PutItem", "GetAtt:EventsTable.Arn"}, {"dynamodb:GetItem", "GetAtt:EventsTable.Arn"},
 	},
 	"projector": {
-		{"dynamodb:UpdateItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:GetItem", "GetAtt:ViewTable.Arn"},
-		{"events:PutEvents", "GetAtt:EventBus.Arn"},
+		{"dynamodb:GetItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:PutItem", "GetAtt:ViewTable.Arn"},
 		{"states:StartExecution", "Ref:OfflineGraceStateMachine"},
 		// The stream event source mapping and its on-failure destination.
 		{"dynamodb:DescribeStream", "GetAtt:EventsTable.StreamArn"}, {"dynamodb:GetRecords", "GetAtt:EventsTable.StreamArn"},
 		{"dynamodb:GetShardIterator", "GetAtt:EventsTable.StreamArn"}, {"dynamodb:ListStreams", "Sub:${EventsTable.Arn}/stream/*"},
 		{"sqs:SendMessage", "GetAtt:StreamFailureQueue.Arn"},
+	},
+	"publisher": {
+		{"events:PutEvents", "GetAtt:EventBus.Arn"},
+		// The view table's stream (the outbox) and its on-failure destination.
+		{"dynamodb:DescribeStream", "GetAtt:ViewTable.StreamArn"}, {"dynamodb:GetRecords", "GetAtt:ViewTable.StreamArn"},
+		{"dynamodb:GetShardIterator", "GetAtt:ViewTable.StreamArn"}, {"dynamodb:ListStreams", "Sub:${ViewTable.Arn}/stream/*"},
+		{"sqs:SendMessage", "GetAtt:StreamFailureQueue.Arn"},
+	},
+	"grace": {
+		{"dynamodb:GetItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:PutItem", "GetAtt:ViewTable.Arn"},
 	},
 	"sender": {
 		{"dynamodb:GetItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:PutItem", "GetAtt:EventsTable.Arn"},
@@ -222,8 +234,8 @@ var expected = map[string][]grant{
 		{"dynamodb:BatchGetItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:Query", "Sub:${ViewTable.Arn}/index/online"},
 	},
 	"sweeper": {
-		{"dynamodb:Scan", "GetAtt:ViewTable.Arn"}, {"dynamodb:UpdateItem", "GetAtt:ViewTable.Arn"},
-		{"dynamodb:DeleteItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:PutItem", "GetAtt:EventsTable.Arn"},
+		{"dynamodb:Scan", "GetAtt:ViewTable.Arn"}, {"dynamodb:GetItem", "GetAtt:ViewTable.Arn"},
+		{"dynamodb:PutItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:PutItem", "GetAtt:EventsTable.Arn"},
 		{"execute-api:ManageConnections", "Sub:arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${WebSocketApi}/${StageName}/GET/@connections/*"},
 	},
 }
@@ -450,17 +462,68 @@ func TestOperationalSettings(t *testing.T) {
 			t.Errorf("%s has no point-in-time recovery", tbl)
 		}
 	}
-	if deploy.Props(rs["EventsTable"])["StreamSpecification"].(map[string]any)["StreamViewType"] != "NEW_IMAGE" {
-		t.Error("the event table's stream is not NEW_IMAGE")
+	for _, tbl := range []string{"EventsTable", "ViewTable"} {
+		if deploy.Props(rs[tbl])["StreamSpecification"].(map[string]any)["StreamViewType"] != "NEW_IMAGE" {
+			t.Errorf("%s's stream is not NEW_IMAGE (the view table's carries the outbox)", tbl)
+		}
 	}
-	if deploy.Props(rs["ViewTable"])["TimeToLiveSpecification"].(map[string]any)["AttributeName"] != "expiresAt" {
-		t.Error("the view table's TTL is not on expiresAt (set by the DynamoDB store on closed connections)")
+	// Nothing that holds data goes with a stack deletion or a replacement.
+	for _, id := range []string{"EventsTable", "ViewTable", "MessageQueue", "MessageDeadLetterQueue", "StreamFailureQueue"} {
+		if rs[id]["DeletionPolicy"] != "Retain" || rs[id]["UpdateReplacePolicy"] != "Retain" {
+			t.Errorf("%s: DeletionPolicy %v, UpdateReplacePolicy %v; want Retain", id, rs[id]["DeletionPolicy"], rs[id]["UpdateReplacePolicy"])
+		}
 	}
 	fns := functions(t, tpl, root)
 	stream := fns["projector"].props["Events"].(map[string]any)["Stream"].(map[string]any)["Properties"].(map[string]any)
 	if !reflect.DeepEqual(stream["FunctionResponseTypes"], []any{"ReportBatchItemFailures"}) || stream["BisectBatchOnFunctionError"] != "true" ||
-		stream["MaximumRetryAttempts"] == nil || stream["DestinationConfig"] == nil {
-		t.Errorf("stream mapping %v", stream)
+		stream["MaximumRetryAttempts"] == nil || stream["DestinationConfig"] == nil || res(stream["Stream"]) != "GetAtt:EventsTable.StreamArn" {
+		t.Errorf("projector stream mapping %v", stream)
+	}
+	// The outbox relay: the view table's stream, in order, retried until published.
+	relay := fns["publisher"].props["Events"].(map[string]any)["Stream"].(map[string]any)["Properties"].(map[string]any)
+	if res(relay["Stream"]) != "GetAtt:ViewTable.StreamArn" || !reflect.DeepEqual(relay["FunctionResponseTypes"], []any{"ReportBatchItemFailures"}) ||
+		relay["ParallelizationFactor"] != "1" || relay["MaximumRetryAttempts"] != "-1" || relay["MaximumRecordAgeInSeconds"] != "-1" {
+		t.Errorf("publisher stream mapping %v", relay)
+	}
+	// The queue hides a message at least six times the sender's timeout, as Lambda requires.
+	visibility, _ := strconv.Atoi(deploy.Props(rs["MessageQueue"])["VisibilityTimeout"].(string))
+	timeout, _ := strconv.Atoi(fns["sender"].props["Timeout"].(string))
+	if timeout == 0 || visibility < 6*timeout {
+		t.Errorf("queue visibility %d s, sender timeout %d s: want at least 6x", visibility, timeout)
+	}
+	// The WebSocket stage is redeployed on every route change.
+	if deploy.Props(rs["WebSocketStage"])["AutoDeploy"] != "true" {
+		t.Error("the WebSocket stage does not auto-deploy: a route change would not be deployed")
+	}
+	for id, r := range rs {
+		if r["Type"] == "AWS::ApiGatewayV2::Deployment" {
+			t.Errorf("%s: a fixed deployment is not redone when routes change", id)
+		}
+	}
+	// The queue URL parameter is the stack's own unless named: never the original's.
+	param := tpl["Parameters"].(map[string]any)["QueueUrlParameterName"].(map[string]any)
+	name := deploy.Props(rs["SendMessageQueueUrlParameter"])["Name"].(map[string]any)["Fn::If"].([]any)
+	if param["Default"] != "" || name[0] != "HasQueueUrlParameterName" || res(name[2]) != "Sub:/${AWS::StackName}/SendMessageQueueUrl" {
+		t.Errorf("queue URL parameter default %q, name %v", param["Default"], name)
+	}
+	// The connection cap has the local runtime's default.
+	if c := tpl["Parameters"].(map[string]any)["MaxConnectionsPerUser"].(map[string]any); c["Default"] != "10" ||
+		res(fns["connect"].props["Environment"].(map[string]any)["Variables"].(map[string]any)["MAX_CONNECTIONS_PER_USER"]) != "Ref:MaxConnectionsPerUser" {
+		t.Errorf("MaxConnectionsPerUser %v", c)
+	}
+	// The grace machine only waits and invokes the grace function: no presence rule in ASL.
+	graceDef, err := os.ReadFile(filepath.Join(root, "statemachines", "offline-grace.asl.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var def struct{ States map[string]map[string]any }
+	if err := json.Unmarshal(graceDef, &def); err != nil {
+		t.Fatal(err)
+	}
+	for name, st := range def.States {
+		if st["Type"] == "Choice" || (st["Type"] == "Task" && st["Resource"] != "arn:aws:states:::lambda:invoke") {
+			t.Errorf("offline-grace state %s decides outside the core: %v", name, st)
+		}
 	}
 	queue := fns["sender"].props["Events"].(map[string]any)["Queue"].(map[string]any)["Properties"].(map[string]any)
 	if !reflect.DeepEqual(queue["FunctionResponseTypes"], []any{"ReportBatchItemFailures"}) {
@@ -483,8 +546,8 @@ func TestOperationalSettings(t *testing.T) {
 			alarms++
 		}
 	}
-	if alarms != 3+len(fns) {
-		t.Errorf("%d alarms, want DLQ, stream failures, iterator age and one per function", alarms)
+	if alarms != 4+len(fns) {
+		t.Errorf("%d alarms, want DLQ, stream failures, the iterator age of both streams and one per function", alarms)
 	}
 	for _, out := range []string{"WebSocketUrl", "HttpApiUrl", "SendMessageQueueUrl", "EventBusName"} {
 		if _, ok := tpl["Outputs"].(map[string]any)[out]; !ok {

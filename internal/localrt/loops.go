@@ -8,6 +8,7 @@ import (
 
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/delivery"
+	"github.com/wspresence/wspresence/internal/presence"
 	"github.com/wspresence/wspresence/internal/store/sqlite"
 )
 
@@ -80,7 +81,7 @@ func (s *Server) cycle(ctx context.Context, attempts map[int64]int) (more, retry
 func (s *Server) project(ctx context.Context) error {
 	p, err := s.store.Project(ctx)
 	for _, g := range p.Graces {
-		s.graces.schedule(g.UserID, g.Deadline)
+		s.graces.schedule(g)
 	}
 	if p.Published > 0 {
 		s.bus.notify()
@@ -199,7 +200,7 @@ func (s *Server) prune(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if n, err := s.store.PruneTombstones(ctx, s.cfg.TombstoneRetention); err != nil {
+			if n, err := s.store.PruneTombstones(ctx, s.now().Add(-s.cfg.TombstoneRetention)); err != nil {
 				s.log.Error("prune tombstones", "err", err)
 			} else if n > 0 {
 				s.log.Info("pruned tombstones", "count", n)
@@ -211,14 +212,14 @@ func (s *Server) prune(ctx context.Context) {
 	}
 }
 
-// expireGrace runs when a user's grace timer fires.
-func (s *Server) expireGrace(userID string) {
-	published, err := s.store.ExpireGrace(context.Background(), userID)
+// expireGrace runs when the timer of a user's grace period fires.
+func (s *Server) expireGrace(g presence.Grace) {
+	eff, err := s.store.ExpireGrace(context.Background(), g.UserID, g.Since, s.now())
 	switch {
 	case err != nil && !errors.Is(err, sqlite.ErrClosed):
-		s.log.Error("grace timer", "userId", userID, "err", err)
-		s.graces.schedule(userID, s.now().Add(retryDelay))
-	case published:
+		s.log.Error("grace timer", "userId", g.UserID, "err", err)
+		s.graces.retry(g, s.now().Add(retryDelay))
+	case len(eff.Publish) > 0:
 		s.bus.notify()
 	}
 }
@@ -227,19 +228,24 @@ func (s *Server) expireGrace(userID string) {
 // for a user who came back does nothing (the store's conditional update decides).
 type graceTimers struct {
 	mu      sync.Mutex
+	grace   time.Duration
 	timers  map[string]*time.Timer
-	fire    func(userID string)
+	fire    func(presence.Grace)
 	stopped bool
 	running sync.WaitGroup
 }
 
-func newGraceTimers(fire func(string)) *graceTimers {
-	return &graceTimers{timers: map[string]*time.Timer{}, fire: fire}
+func newGraceTimers(grace time.Duration, fire func(presence.Grace)) *graceTimers {
+	return &graceTimers{grace: grace, timers: map[string]*time.Timer{}, fire: fire}
 }
 
-// schedule (re)arms userID's timer for deadline (plus a millisecond, so the store's clock
-// has passed the deadline when it fires).
-func (g *graceTimers) schedule(userID string, deadline time.Time) {
+// schedule (re)arms the user's timer for the end of the grace period p.
+func (g *graceTimers) schedule(p presence.Grace) { g.retry(p, p.Since.Add(g.grace)) }
+
+// retry (re)arms the timer of grace period p for deadline (plus a millisecond, so the
+// store's clock has passed the deadline when it fires).
+func (g *graceTimers) retry(p presence.Grace, deadline time.Time) {
+	userID := p.UserID
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.stopped {
@@ -259,7 +265,7 @@ func (g *graceTimers) schedule(userID string, deadline time.Time) {
 		g.running.Add(1)
 		g.mu.Unlock()
 		defer g.running.Done()
-		g.fire(userID)
+		g.fire(p)
 	})
 	g.timers[userID] = t
 }

@@ -105,7 +105,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return fail(err)
 	}
 	s.store = store
-	s.graces = newGraceTimers(s.expireGrace)
+	s.graces = newGraceTimers(cfg.OfflineGrace, s.expireGrace)
 	s.deliverer = &delivery.Deliverer{Connections: store, Poster: s.hub, Log: store, Logger: log}
 	return s, nil
 }
@@ -190,7 +190,7 @@ func (s *Server) recover(ctx context.Context) error {
 		return err
 	}
 	for _, g := range graces {
-		s.graces.schedule(g.UserID, g.Deadline)
+		s.graces.schedule(g)
 	}
 	return nil
 }

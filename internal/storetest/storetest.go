@@ -1,11 +1,13 @@
 // Package storetest is the contract every event store and view adapter passes: the SQLite
-// store of the local runtime and the DynamoDB store of the AWS runtime run the same cases
-// through Run. The suite drives the adapter through a Harness that says how to fold what
-// was appended (the projector) and how to fire a grace timer.
+// store of the local runtime and the DynamoDB store of the AWS runtime implement Store with
+// the same signatures (each asserts it at compile time) and run the same cases through
+// Run. The suite drives the adapter through a Harness that says how to fold what was
+// appended (the projector) and how to read what the adapter's outbox published.
 package storetest
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"reflect"
 	"testing"
@@ -15,34 +17,59 @@ import (
 	"github.com/wspresence/wspresence/internal/presence"
 )
 
-// Store is the port under contract: the append-only log and the view's reads.
+// Store is the port under contract: the append-only log, the view's reads, and the two
+// decisions a timer or a schedule triggers.
 //
 // Append writes events idempotently by natural key and returns how many were new.
 // LiveConnections lists a user's live connections; Users answers every id in order (a user
 // never seen is offline with zero LastActivity); OnlineUsers lists users with a live
-// connection in id order after the id after, at most limit.
+// connection in id order after the id after, at most limit. ExpireGrace runs the timer of
+// userID's grace period that began at since, at now (presence.ExpireGracePeriod), records
+// what it decides with the new state in one durable write, and returns it; a second run
+// decides nothing. PruneTombstones forgets connections closed before cutoff and returns
+// how many.
 type Store interface {
 	Append(ctx context.Context, evs ...events.ConnectionEvent) (int, error)
 	LiveConnections(ctx context.Context, userID string) ([]string, error)
 	Users(ctx context.Context, ids []string) ([]presence.Status, error)
 	OnlineUsers(ctx context.Context, after string, limit int) ([]presence.Status, error)
-}
-
-// Grace is a grace period the projector started.
-type Grace struct {
-	UserID string
-	Since  time.Time
+	ExpireGrace(ctx context.Context, userID string, since, now time.Time) (presence.Effects, error)
+	PruneTombstones(ctx context.Context, cutoff time.Time) (int, error)
 }
 
 // Harness is one adapter wired for the suite.
 type Harness struct {
 	Store Store
+	// Grace is the grace period the store was opened with.
+	Grace time.Duration
 	// Project folds every event appended so far into the view and returns the events
-	// published and the grace periods started.
-	Project func(t *testing.T) ([]events.Published, []Grace)
-	// ExpireGrace fires the timer of userID's grace period that began at since, at its
-	// deadline, and returns the events published.
-	ExpireGrace func(t *testing.T, userID string, since time.Time) []events.Published
+	// published (through the adapter's outbox) and the grace periods started.
+	Project func(t *testing.T) ([]events.Published, []presence.Grace)
+	// Published returns the events the adapter's outbox published since the last call.
+	Published func(t *testing.T) []events.Published
+}
+
+// expire runs the grace timer of userID's period since at its deadline and returns what
+// the outbox published, checking it is what ExpireGrace returned.
+func expire(t *testing.T, h Harness, userID string, since time.Time) []events.Published {
+	t.Helper()
+	eff, err := h.Store.ExpireGrace(context.Background(), userID, since, since.Add(h.Grace))
+	if err != nil {
+		t.Fatalf("ExpireGrace: %v", err)
+	}
+	pub := h.Published(t)
+	if !reflect.DeepEqual(ids(pub), ids(eff.Publish)) {
+		t.Fatalf("ExpireGrace returned %v, the outbox published %v", kinds(eff.Publish), kinds(pub))
+	}
+	return pub
+}
+
+func ids(ps []events.Published) []string {
+	out := []string{}
+	for _, p := range ps {
+		out = append(out, p.ID())
+	}
+	return out
 }
 
 var t0 = time.Date(2026, 4, 5, 6, 7, 8, 0, time.UTC)
@@ -61,6 +88,7 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 		"UsersAnswersEveryID":             usersAnswersEveryID,
 		"OnlineUsersPagesInIDOrder":       onlineUsersPages,
 		"StaleGraceTimerPublishesNothing": staleGrace,
+		"PruneForgetsOnlyOldTombstones":   pruneTombstones,
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) { c(t, newHarness(t)) })
@@ -85,13 +113,13 @@ func kinds(ps []events.Published) []string {
 }
 
 func userOf(p events.Published) string {
-	switch e := p.(type) {
-	case events.UserOnline:
-		return e.UserID
-	case events.UserOffline:
-		return e.UserID
+	var d struct {
+		UserID string `json:"userId"`
 	}
-	return "?"
+	if b, err := json.Marshal(p); err != nil || json.Unmarshal(b, &d) != nil || d.UserID == "" {
+		return "?"
+	}
+	return d.UserID
 }
 
 func expectKinds(t *testing.T, what string, got []events.Published, want ...string) {
@@ -155,14 +183,13 @@ func presenceAndTransitions(t *testing.T, h Harness) {
 	if a := status(t, h, "a"); a.Online() || !a.LastActivity.Equal(at(4)) {
 		t.Fatalf("a after the last close = %+v", a)
 	}
-	off := h.ExpireGrace(t, "a", at(4))
-	expectKinds(t, "the grace timer", off, "UserOffline:a")
-	// A timer that runs twice announces nothing new: at most the same event again.
-	for _, p := range h.ExpireGrace(t, "a", at(4)) {
-		if p.ID() != off[0].ID() {
-			t.Fatalf("the grace timer run twice published a new event %+v", p)
-		}
+	if eff, err := h.Store.ExpireGrace(ctx, "a", at(4), at(4).Add(h.Grace-time.Millisecond)); err != nil || len(eff.Publish) != 0 {
+		t.Fatalf("the grace timer decided before its deadline: %v, %v", kinds(eff.Publish), err)
 	}
+	off := expire(t, h, "a", at(4))
+	expectKinds(t, "the grace timer", off, "UserOffline:a")
+	// A timer that runs twice announces nothing new.
+	expectKinds(t, "the grace timer run twice", expire(t, h, "a", at(4)))
 	// Redelivered log entries change nothing and publish nothing new.
 	mustAppend(t, h, events.Opened("a", "a1", at(0), "", ""))
 	pub, _ = h.Project(t)
@@ -183,7 +210,7 @@ func reconnectInsideGrace(t *testing.T, h Harness) {
 	mustAppend(t, h, events.Opened("r", "r2", at(2), "", ""))
 	pub, _ := h.Project(t)
 	expectKinds(t, "a reconnect inside the grace period", pub)
-	expectKinds(t, "the grace timer after a reconnect", h.ExpireGrace(t, "r", at(1)))
+	expectKinds(t, "the grace timer after a reconnect", expire(t, h, "r", at(1)))
 	if !status(t, h, "r").Online() {
 		t.Fatal("r offline after reconnecting")
 	}
@@ -272,6 +299,30 @@ func staleGrace(t *testing.T, h Harness) {
 	mustAppend(t, h, events.Opened("g", "g2", at(2), "", ""), events.Closed("g", "g2", at(3), events.ReasonClient))
 	h.Project(t)
 	// The timer of the first offline period fires: a later period began, so nothing.
-	expectKinds(t, "the first period's timer", h.ExpireGrace(t, "g", at(1)))
-	expectKinds(t, "the second period's timer", h.ExpireGrace(t, "g", at(3)), "UserOffline:g")
+	expectKinds(t, "the first period's timer", expire(t, h, "g", at(1)))
+	expectKinds(t, "the second period's timer", expire(t, h, "g", at(3)), "UserOffline:g")
+}
+
+func pruneTombstones(t *testing.T, h Harness) {
+	ctx := context.Background()
+	mustAppend(t, h, events.Opened("p", "old", at(0), "", ""), events.Closed("p", "old", at(1), events.ReasonClient),
+		events.Opened("p", "recent", at(2), "", ""), events.Closed("p", "recent", at(10), events.ReasonClient),
+		events.Opened("p", "live", at(3), "", ""))
+	h.Project(t)
+	n, err := h.Store.PruneTombstones(ctx, at(5))
+	if err != nil || n != 1 {
+		t.Fatalf("pruned %d, %v; want the one closed before the cutoff", n, err)
+	}
+	if n, err := h.Store.PruneTombstones(ctx, at(5)); err != nil || n != 0 {
+		t.Fatalf("pruned again %d, %v", n, err)
+	}
+	if p := status(t, h, "p"); p.Connections != 1 || !p.LastActivity.Equal(at(10)) {
+		t.Fatalf("p after pruning = %+v", p)
+	}
+	// The recent tombstone still wins over a redelivered open.
+	mustAppend(t, h, events.Opened("p", "recent", at(2), "", ""))
+	h.Project(t)
+	if live, _ := h.Store.LiveConnections(ctx, "p"); !reflect.DeepEqual(live, []string{"live"}) {
+		t.Fatalf("live connections %v after pruning", live)
+	}
 }

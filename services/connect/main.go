@@ -1,5 +1,6 @@
-// Command connect is the $connect handler (it appends ConnectionOpened) and the $default
-// handler (a client frame is activity); see package connection.
+// Command connect is the $connect handler (it appends ConnectionOpened and folds it into
+// the user's state at once, so a message sent right after reaches the connection) and the
+// $default handler (a client frame is activity); see package connection.
 package main
 
 import (
@@ -11,7 +12,9 @@ import (
 
 func main() {
 	awsrt.Start(awsrt.NewConnection, awsrt.Config{
-		EventsTable: os.Getenv("EVENTS_TABLE"),
-		ViewTable:   os.Getenv("VIEW_TABLE"),
+		EventsTable:           os.Getenv("EVENTS_TABLE"),
+		ViewTable:             os.Getenv("VIEW_TABLE"),
+		OfflineGraceSeconds:   os.Getenv("OFFLINE_GRACE_SECONDS"),
+		MaxConnectionsPerUser: os.Getenv("MAX_CONNECTIONS_PER_USER"),
 	}, (*connection.Handler).ConnectOrMessage)
 }

@@ -9,7 +9,7 @@ import (
 )
 
 func main() {
-	awsrt.Start(awsrt.NewConnection, awsrt.Config{
+	awsrt.Start(awsrt.NewDisconnect, awsrt.Config{
 		EventsTable: os.Getenv("EVENTS_TABLE"),
 		ViewTable:   os.Getenv("VIEW_TABLE"),
 	}, (*connection.Handler).Disconnect)

@@ -12,7 +12,6 @@ func main() {
 	awsrt.Start(awsrt.NewProjector, awsrt.Config{
 		EventsTable:          os.Getenv("EVENTS_TABLE"),
 		ViewTable:            os.Getenv("VIEW_TABLE"),
-		EventBus:             os.Getenv("EVENT_BUS_NAME"),
 		GraceStateMachineARN: os.Getenv("GRACE_STATE_MACHINE_ARN"),
 		OfflineGraceSeconds:  os.Getenv("OFFLINE_GRACE_SECONDS"),
 	}, (*projector.Handler).Handle)

@@ -21,8 +21,7 @@ const require = createRequire(import.meta.url);
 const { StateMachine } = require('aws-local-stepfunctions');
 
 const substitutions = {
-  ViewTable: 'wspresence-view',
-  EventBus: 'wspresence-bus',
+  GraceFunctionArn: 'arn:aws:lambda:us-east-1:123456789012:function:wspresence-WebSocketAdaptorGraceFunction',
   QueueUrl: 'https://sqs.us-east-1.amazonaws.com/123456789012/wspresence-messages',
 };
 
@@ -39,71 +38,47 @@ function awsError(name, message = name) {
   return e;
 }
 
-const graceInput = {
-  userId: '1234',
-  offlineSince: '1795687500456000000',
-  graceSeconds: 5,
-  detail: {
-    eventId: '0c5b393c-e322-5856-b687-d47731a001c6',
-    userId: '1234',
-    at: '2026-11-26T10:05:00.456Z',
-    lastActivity: '2026-11-26T10:05:00.456Z',
-  },
-};
+const graceInput = { userId: '1234', offlineSince: '1795687500456000000', graceSeconds: 5 };
 
-async function runGrace(announce) {
-  const calls = { update: [], put: [] };
+async function runGrace(invoke) {
+  const calls = [];
   const machine = load('offline-grace.asl.json');
   const execution = machine.run(graceInput, {
     overrides: {
       waitTimeOverrides: { WaitForGrace: 0 },
-      retryIntervalOverrides: { AnnounceOffline: 0, PublishUserOffline: 0 },
+      retryIntervalOverrides: { EndGracePeriod: 0 },
       taskResourceLocalHandlers: {
-        AnnounceOffline: async (input) => { calls.update.push(input); return announce(calls.update.length); },
-        PublishUserOffline: async (input) => { calls.put.push(input); return { FailedEntryCount: 0, Entries: [{ EventId: 'e1' }] }; },
+        EndGracePeriod: async (input) => { calls.push(input); return invoke(calls.length); },
       },
     },
   });
-  const result = await execution.result;
-  return { calls, result };
+  return { calls, result: await execution.result };
 }
 
-function assertUpdate(update) {
-  assert.equal(update.TableName, 'wspresence-view');
-  assert.deepEqual(update.Key, { pk: { S: '1234' }, sk: { S: '#USER' } });
-  assert.equal(update.ConditionExpression, 'attribute_not_exists(live) AND announced = :online AND offlineSince = :since');
-  assert.deepEqual(update.ExpressionAttributeValues[':since'], { N: graceInput.offlineSince });
-}
-
-test('grace: still offline and the update succeeds: UserOffline is published once', async () => {
-  const { calls, result } = await runGrace(() => ({}));
-  assert.equal(calls.update.length, 1);
-  assertUpdate(calls.update[0]);
-  assert.equal(calls.put.length, 1);
-  assert.deepEqual(calls.put[0].Entries, [{
-    EventBusName: 'wspresence-bus', Source: 'wspresence', DetailType: 'UserOffline', Detail: graceInput.detail,
-  }]);
-  assert.equal(result.published.failed, 0);
+test('grace: after the wait the grace function decides, with the period of the execution', async () => {
+  const { calls, result } = await runGrace(() => ({ StatusCode: 200, Payload: { announced: true } }));
+  assert.equal(calls.length, 1);
+  assert.deepEqual(calls[0], { FunctionName: substitutions.GraceFunctionArn, Payload: graceInput });
+  assert.equal(result.result.announced, true);
 });
 
-test('grace: the user reconnected (the condition fails): nothing is published', async () => {
-  const { calls, result } = await runGrace(() => { throw awsError('DynamoDB.ConditionalCheckFailedException', 'The conditional request failed'); });
-  assert.equal(calls.update.length, 1);
-  assert.equal(calls.put.length, 0);
-  assert.equal(result.skipped.Error, 'DynamoDB.ConditionalCheckFailedException');
+test('grace: what the function decided is the outcome; the machine holds no presence rule', async () => {
+  const { calls, result } = await runGrace(() => ({ StatusCode: 200, Payload: { announced: false } }));
+  assert.equal(calls.length, 1);
+  assert.equal(result.result.announced, false);
+  const def = JSON.parse(readFileSync(path.join(here, '..', 'offline-grace.asl.json'), 'utf8'));
+  delete def.Comment;
+  assert.doesNotMatch(JSON.stringify(def), /Choice|ConditionExpression|dynamodb|putEvents/i, 'no condition on the presence state in ASL');
 });
 
-test('grace: a second run of the same period (already announced) publishes nothing', async () => {
-  const first = await runGrace(() => ({}));
-  assert.equal(first.calls.put.length, 1);
-  const second = await runGrace(() => { throw awsError('DynamoDB.ConditionalCheckFailedException'); });
-  assert.equal(second.calls.put.length, 0);
-});
-
-test('grace: a throttled update is retried, then publishes once', async () => {
-  const { calls } = await runGrace((n) => { if (n < 3) throw awsError('DynamoDB.ThrottlingException'); return {}; });
-  assert.equal(calls.update.length, 3);
-  assert.equal(calls.put.length, 1);
+test('grace: a throttled or failing invocation is retried until the function answers', async () => {
+  const { calls, result } = await runGrace((n) => {
+    if (n === 1) throw awsError('Lambda.TooManyRequestsException');
+    if (n === 2) throw awsError('Lambda.ServiceException');
+    return { StatusCode: 200, Payload: { announced: true } };
+  });
+  assert.equal(calls.length, 3);
+  assert.equal(result.result.announced, true);
 });
 
 test('broadcast: 2,345 users become 24 messages of at most 100 ids in 3 SendMessageBatch calls', async () => {
@@ -136,4 +111,49 @@ test('broadcast: 2,345 users become 24 messages of at most 100 ids in 3 SendMess
   }
   assert.deepEqual(seen.sort(), [...userIds].sort(), 'every user exactly once');
   assert.deepEqual(batches.map((b) => b.Entries.length), [10, 10, 4]);
+});
+
+async function runBroadcast(userIds, answer) {
+  const batches = [];
+  const machine = load('broadcast.asl.json');
+  const execution = machine.run({ userIds, body: 'hello all', messageId: 'broadcast-8' }, {
+    overrides: {
+      waitTimeOverrides: { Backoff: 0 },
+      taskResourceLocalHandlers: {
+        SendMessageBatch: async (input) => { batches.push(input); return answer(input, batches.length); },
+      },
+    },
+  });
+  return { batches, execution };
+}
+
+test('broadcast: entries SendMessageBatch reports failed are sent again, alone, until they go', async () => {
+  const userIds = Array.from({ length: 350 }, (_, i) => `u${i}`);
+  const { batches, execution } = await runBroadcast(userIds, (input, n) => {
+    // The first call fails two of its four entries; the retry fails one again; then it goes.
+    const failIds = n === 1 ? [input.Entries[1].Id, input.Entries[3].Id] : n === 2 ? [input.Entries[0].Id] : [];
+    return {
+      Successful: input.Entries.filter((e) => !failIds.includes(e.Id)).map((e) => ({ Id: e.Id, MessageId: 'm' })),
+      Failed: failIds.map((Id) => ({ Id, SenderFault: false, Code: 'InternalError', Message: 'try again' })),
+    };
+  });
+  await execution.result;
+  assert.deepEqual(batches.map((b) => b.Entries.length), [4, 2, 1]);
+  assert.deepEqual(batches[1].Entries.map((e) => e.Id), [batches[0].Entries[1].Id, batches[0].Entries[3].Id]);
+  assert.deepEqual(batches[2].Entries, [batches[0].Entries[1]]);
+  const delivered = new Set();
+  for (const b of batches) for (const e of b.Entries) for (const u of JSON.parse(e.MessageBody).UserIds) delivered.add(u);
+  assert.equal(delivered.size, 350, 'every user is in a sent entry');
+});
+
+test('broadcast: entries still failing after 5 retries fail the execution, naming them', async () => {
+  const { batches, execution } = await runBroadcast(['a', 'b'], (input) => ({
+    Successful: [], Failed: input.Entries.map((e) => ({ Id: e.Id, SenderFault: true, Code: 'InvalidMessageContents', Message: 'no' })),
+  }));
+  const result = await execution.result.then(() => null, (err) => err);
+  assert.ok(result, 'the execution failed');
+  assert.equal(result.cause?.name, 'BroadcastEntriesFailed');
+  const failed = JSON.parse(result.cause.message);
+  assert.deepEqual(failed.map((f) => f.Code), ['InvalidMessageContents'], 'the cause names the entries still failing');
+  assert.equal(batches.length, 6, 'the first send and 5 retries');
 });

@@ -1,8 +1,10 @@
 // Package stepfunctions starts the offline-grace state machine: one execution per offline
-// period, named from the user and the time the period began, so starting the same period
-// twice is harmless (an existing execution counts as started). The machine itself is
-// idempotent: it only announces UserOffline through a conditional update. A Starter is
-// safe for concurrent use.
+// period, named from the user and the time the period began. The machine waits the grace
+// period, then invokes the grace function, which decides through the core. A second
+// execution of the same period is harmless because that decision is: the grace function's
+// conditional write finds the period already ended and changes nothing (Express workflows
+// do not de-duplicate names; a Standard workflow's existing execution counts as started).
+// A Starter is safe for concurrent use.
 package stepfunctions
 
 import (
@@ -18,7 +20,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sfn"
 	"github.com/aws/aws-sdk-go-v2/service/sfn/types"
-	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/awsfail"
 )
 
@@ -41,9 +42,6 @@ type Input struct {
 	// table stores it (a string, as DynamoDB numbers travel in the state machine).
 	OfflineSince string `json:"offlineSince"`
 	GraceSeconds int    `json:"graceSeconds"`
-	// Detail is the UserOffline event the machine publishes if the period ends offline;
-	// its lastActivity is the time the last connection closed.
-	Detail events.UserOffline `json:"detail"`
 }
 
 // ExecutionName is the idempotent name of the execution of userID's period since.
@@ -55,7 +53,7 @@ func ExecutionName(userID string, since time.Time) string {
 // StartGrace starts the execution of userID's offline period that began at since.
 func (s *Starter) StartGrace(ctx context.Context, userID string, since time.Time) error {
 	in, err := json.Marshal(Input{UserID: userID, OfflineSince: strconv.FormatInt(since.UnixNano(), 10),
-		GraceSeconds: int((s.grace + time.Second - 1) / time.Second), Detail: events.NewUserOffline(userID, since, since)})
+		GraceSeconds: int((s.grace + time.Second - 1) / time.Second)})
 	if err != nil {
 		return err
 	}

@@ -1,8 +1,11 @@
 // Package connection holds the $connect and $disconnect handlers of the AWS runtime. They
 // append ConnectionOpened and ConnectionClosed to the event table with a conditional put
-// on the natural key, so a retried invocation appends nothing twice. $connect never posts
-// to the new connection (API Gateway refuses posts until the handshake completes). Handlers
-// are safe for concurrent use.
+// on the natural key, so a retried invocation appends nothing twice. $connect also folds
+// its open into the user's state before it answers (read-your-connect: a message accepted
+// after $connect returned reaches the connection, whatever the stream's delay; the
+// projector's later fold of the same event changes nothing), and refuses a user already at
+// the per-user connection cap. $connect never posts to the new connection (API Gateway
+// refuses posts until the handshake completes). Handlers are safe for concurrent use.
 package connection
 
 import (
@@ -11,11 +14,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"time"
 
 	lambdaevents "github.com/aws/aws-lambda-go/events"
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/emf"
+	"github.com/wspresence/wspresence/internal/presence"
 )
 
 // Log appends connection events idempotently.
@@ -29,11 +34,23 @@ type Owners interface {
 	OpenedBy(ctx context.Context, connectionID string) (string, error)
 }
 
+// View folds an event into its user's state at once and reads a user's state (package
+// dynamo's Store).
+type View interface {
+	Apply(ctx context.Context, e events.ConnectionEvent) (presence.Effects, error)
+	State(ctx context.Context, userID string) (presence.State, error)
+}
+
 // Handler handles $connect and $disconnect.
 type Handler struct {
 	Log    Log
 	Owners Owners
-	Logger *slog.Logger
+	// View, for $connect: the fold of the open and the connection cap.
+	View View
+	// MaxConnectionsPerUser refuses a user's connection past that many live ones (0: no
+	// cap). The check reads the state, so two simultaneous connects can both pass it.
+	MaxConnectionsPerUser int
+	Logger                *slog.Logger
 	// Metrics, if set, receives one EMF record per request: ConnectionsOpened,
 	// ConnectionsClosed (with the Reason dimension) or ActivityRecorded.
 	Metrics *emf.Logger
@@ -63,7 +80,8 @@ func ok() lambdaevents.APIGatewayProxyResponse {
 	return lambdaevents.APIGatewayProxyResponse{StatusCode: http.StatusOK}
 }
 
-// Connect appends ConnectionOpened. An error makes API Gateway refuse the connection.
+// Connect appends ConnectionOpened and folds it into the user's state. An error, or a
+// non-2xx answer (429 at the connection cap), makes API Gateway refuse the connection.
 func (h *Handler) Connect(ctx context.Context, req lambdaevents.APIGatewayWebsocketProxyRequest) (lambdaevents.APIGatewayProxyResponse, error) {
 	rc := req.RequestContext
 	userID := UserID(rc)
@@ -71,9 +89,29 @@ func (h *Handler) Connect(ctx context.Context, req lambdaevents.APIGatewayWebsoc
 		h.Logger.ErrorContext(ctx, "connect without a user", "connectionId", rc.ConnectionID, "apiRequestId", rc.RequestID)
 		return lambdaevents.APIGatewayProxyResponse{StatusCode: http.StatusForbidden}, nil
 	}
+	if h.MaxConnectionsPerUser > 0 {
+		state, err := h.View.State(ctx, userID)
+		if err != nil {
+			return lambdaevents.APIGatewayProxyResponse{}, fmt.Errorf("connect %s: %w", rc.ConnectionID, err)
+		}
+		if live := state.Live(); len(live) >= h.MaxConnectionsPerUser && !slices.Contains(live, rc.ConnectionID) {
+			h.Logger.InfoContext(ctx, "connection refused", "reason", "connection_cap", "userId", userID, "connectionId", rc.ConnectionID)
+			_ = h.Metrics.Emit(map[string]string{"Function": "connect", "Reason": "connection_cap"}, emf.Metric{Name: "ConnectionsRefused", Value: 1, Unit: emf.Count})
+			return lambdaevents.APIGatewayProxyResponse{StatusCode: http.StatusTooManyRequests, Body: "too many connections for this user"}, nil
+		}
+	}
 	e := events.Opened(userID, rc.ConnectionID, eventTime(rc), rc.Identity.SourceIP, rc.Identity.UserAgent)
 	if _, err := h.Log.Append(ctx, e); err != nil {
 		return lambdaevents.APIGatewayProxyResponse{}, fmt.Errorf("connect %s: %w", rc.ConnectionID, err)
+	}
+	if _, err := h.View.Apply(ctx, e); err != nil {
+		// The connection is refused: close it in the log too, so the projector's fold of
+		// the open leaves nobody online. If that append fails as well, the sweeper finds the
+		// connection gone (410) and closes it.
+		if _, cerr := h.Log.Append(ctx, events.Closed(userID, rc.ConnectionID, eventTime(rc), events.ReasonExpired)); cerr != nil {
+			h.Logger.ErrorContext(ctx, "close of a refused connection not recorded", "connectionId", rc.ConnectionID, "err", cerr)
+		}
+		return lambdaevents.APIGatewayProxyResponse{}, fmt.Errorf("connect %s: fold the open: %w", rc.ConnectionID, err)
 	}
 	h.Logger.InfoContext(ctx, "connected", "userId", userID, "connectionId", rc.ConnectionID, "apiRequestId", rc.RequestID)
 	_ = h.Metrics.Emit(map[string]string{"Function": "connect"}, emf.Metric{Name: "ConnectionsOpened", Value: 1, Unit: emf.Count})

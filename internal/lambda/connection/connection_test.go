@@ -3,6 +3,7 @@ package connection_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/lambda/connection"
 	"github.com/wspresence/wspresence/internal/lambdatest"
+	"github.com/wspresence/wspresence/internal/presence"
 	"github.com/wspresence/wspresence/internal/store/dynamo"
 	"github.com/wspresence/wspresence/internal/store/dynamo/dynamotest"
 )
@@ -43,6 +45,34 @@ func (m *memLog) OpenedBy(_ context.Context, id string) (string, error) {
 	return "", dynamo.ErrUnknownConnection
 }
 
+// memView is a hand-written view: the core's fold over in-memory states.
+type memView struct {
+	states map[string]presence.State
+	fail   error
+}
+
+func newView() *memView { return &memView{states: map[string]presence.State{}} }
+
+func (m *memView) Apply(_ context.Context, e events.ConnectionEvent) (presence.Effects, error) {
+	if m.fail != nil {
+		return presence.Effects{}, m.fail
+	}
+	s, ok := m.states[e.UserID]
+	if !ok {
+		s = presence.NewState(e.UserID)
+	}
+	s, eff := s.Apply(e, 5*time.Second)
+	m.states[e.UserID] = s
+	return eff, nil
+}
+
+func (m *memView) State(_ context.Context, userID string) (presence.State, error) {
+	if s, ok := m.states[userID]; ok {
+		return s, nil
+	}
+	return presence.NewState(userID), nil
+}
+
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 func load(t *testing.T, name string) lambdaevents.APIGatewayWebsocketProxyRequest {
@@ -53,7 +83,8 @@ func load(t *testing.T, name string) lambdaevents.APIGatewayWebsocketProxyReques
 
 func TestConnectAndDisconnect(t *testing.T) {
 	log := &memLog{byKey: map[string]events.ConnectionEvent{}}
-	h := &connection.Handler{Log: log, Owners: log, Logger: quiet()}
+	view := newView()
+	h := &connection.Handler{Log: log, Owners: log, View: view, Logger: quiet()}
 	ctx := context.Background()
 	for range 2 { // a retried invocation appends nothing twice
 		resp, err := h.Connect(ctx, load(t, "websocket-connect.json"))
@@ -65,6 +96,10 @@ func TestConnectAndDisconnect(t *testing.T) {
 	want := events.Opened("1234", "PXEyXdxwoAMCJzw=", time.UnixMilli(1795687200123), "203.0.113.10", "wscat/6.0")
 	if open != want || len(log.byKey) != 1 {
 		t.Fatalf("appended %+v, want %+v", log.byKey, want)
+	}
+	// Read-your-connect: the open is folded before $connect answers.
+	if live := view.states["1234"].Live(); len(live) != 1 || live[0] != "PXEyXdxwoAMCJzw=" {
+		t.Fatalf("live after $connect: %v", live)
 	}
 	resp, err := h.Disconnect(ctx, load(t, "websocket-disconnect.json"))
 	if err != nil || resp.StatusCode != 200 {
@@ -78,7 +113,7 @@ func TestConnectAndDisconnect(t *testing.T) {
 
 func TestDisconnectWithoutAuthorizerContextFindsTheUser(t *testing.T) {
 	log := &memLog{byKey: map[string]events.ConnectionEvent{}}
-	h := &connection.Handler{Log: log, Owners: log, Logger: quiet()}
+	h := &connection.Handler{Log: log, Owners: log, View: newView(), Logger: quiet()}
 	ctx := context.Background()
 	if _, err := h.Connect(ctx, load(t, "websocket-connect.json")); err != nil {
 		t.Fatal(err)
@@ -100,13 +135,24 @@ func TestDisconnectWithoutAuthorizerContextFindsTheUser(t *testing.T) {
 
 func TestConnectErrors(t *testing.T) {
 	log := &memLog{byKey: map[string]events.ConnectionEvent{}, fail: errors.New("throttled")}
-	h := &connection.Handler{Log: log, Owners: log, Logger: quiet()}
+	h := &connection.Handler{Log: log, Owners: log, View: newView(), Logger: quiet()}
 	if _, err := h.Connect(context.Background(), load(t, "websocket-connect.json")); err == nil {
 		t.Fatal("a failed append must fail $connect so API Gateway refuses the connection")
 	}
+	// A fold that fails refuses the connection and closes it in the log, so nobody stays
+	// online when the projector folds the open later.
+	good := &memLog{byKey: map[string]events.ConnectionEvent{}}
+	broken := newView()
+	broken.fail = errors.New("throttled")
+	if _, err := (&connection.Handler{Log: good, Owners: good, View: broken, Logger: quiet()}).Connect(context.Background(), load(t, "websocket-connect.json")); err == nil {
+		t.Fatal("a failed fold must fail $connect")
+	}
+	if c, ok := good.byKey["ConnectionClosed#PXEyXdxwoAMCJzw="]; !ok || c.Reason != events.ReasonExpired {
+		t.Fatalf("no close appended for the refused connection: %+v", good.byKey)
+	}
 	req := load(t, "websocket-connect.json")
 	req.RequestContext.Authorizer = nil
-	if resp, err := (&connection.Handler{Log: log, Owners: log, Logger: quiet()}).Connect(context.Background(), req); err != nil || resp.StatusCode != 403 {
+	if resp, err := (&connection.Handler{Log: log, Owners: log, View: newView(), Logger: quiet()}).Connect(context.Background(), req); err != nil || resp.StatusCode != 403 {
 		t.Fatalf("connect without a user: %+v %v", resp, err)
 	}
 }
@@ -119,14 +165,43 @@ func TestReasonFor(t *testing.T) {
 	}
 }
 
-// TestAgainstDynamoDB runs the handlers on the real adapter (dynalite).
+// The per-user cap refuses a connection past the limit with a 429, before anything is
+// appended, as the local runtime does.
+func TestConnectionCap(t *testing.T) {
+	log := &memLog{byKey: map[string]events.ConnectionEvent{}}
+	h := &connection.Handler{Log: log, Owners: log, View: newView(), MaxConnectionsPerUser: 2, Logger: quiet()}
+	ctx := context.Background()
+	for i, want := range []int{200, 200, 429, 429} {
+		req := load(t, "websocket-connect.json")
+		req.RequestContext.ConnectionID = fmt.Sprintf("conn-%d=", i)
+		resp, err := h.Connect(ctx, req)
+		if err != nil || resp.StatusCode != want {
+			t.Fatalf("connection %d: %+v %v, want %d", i, resp, err, want)
+		}
+	}
+	if len(log.byKey) != 2 {
+		t.Fatalf("appended %d events, want only the 2 accepted opens", len(log.byKey))
+	}
+	// A retried $connect of an accepted connection is not refused by its own count.
+	req := load(t, "websocket-connect.json")
+	req.RequestContext.ConnectionID = "conn-1="
+	if resp, _ := h.Connect(ctx, req); resp.StatusCode != 200 {
+		t.Fatalf("retry of an accepted connection: %d", resp.StatusCode)
+	}
+}
+
+// TestAgainstDynamoDB runs the handlers on the real adapter (dynalite): $connect folds its
+// open into the view before it answers, with no projector running.
 func TestAgainstDynamoDB(t *testing.T) {
 	db := dynamotest.Client(t)
 	st := dynamo.New(db, dynamotest.NewTables(t, db))
-	h := &connection.Handler{Log: st, Owners: st, Logger: quiet()}
+	h := &connection.Handler{Log: st, Owners: st, View: st, MaxConnectionsPerUser: 10, Logger: quiet()}
 	ctx := context.Background()
 	if _, err := h.Connect(ctx, load(t, "websocket-connect.json")); err != nil {
 		t.Fatal(err)
+	}
+	if live, err := st.LiveConnections(ctx, "1234"); err != nil || len(live) != 1 || live[0] != "PXEyXdxwoAMCJzw=" {
+		t.Fatalf("live right after $connect: %v, %v", live, err)
 	}
 	req := load(t, "websocket-disconnect.json")
 	req.RequestContext.Authorizer = nil
@@ -142,7 +217,7 @@ func TestAgainstDynamoDB(t *testing.T) {
 
 func TestDefaultRouteRecordsActivityOncePerInterval(t *testing.T) {
 	log := &memLog{byKey: map[string]events.ConnectionEvent{}}
-	h := &connection.Handler{Log: log, Owners: log, Logger: quiet()}
+	h := &connection.Handler{Log: log, Owners: log, View: newView(), Logger: quiet()}
 	ctx := context.Background()
 	req := load(t, "websocket-connect.json")
 	if _, err := h.ConnectOrMessage(ctx, req); err != nil {

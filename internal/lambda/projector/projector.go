@@ -1,9 +1,12 @@
-// Package projector is the DynamoDB Streams handler of the AWS runtime: it decodes the new
-// images of the event table into connection events, folds each into the view (package
-// dynamo), publishes the transitions and starts the grace state machine. It reports the
-// records it could not process as batch item failures, so one bad record never fails the
-// whole batch; every step is idempotent, so a retried record completes what its first
-// attempt could not. A Handler is safe for concurrent use if its ports are.
+// Package projector is the DynamoDB Streams handler of the event table on the AWS runtime:
+// it decodes each new event and folds it into its user's state through the core (the
+// store runs presence.State.Apply and writes the result, with the transitions it caused in
+// the item's outbox, in one conditional write), then starts the grace state machine when
+// the fold says a grace period began. It reports the records it could not process as batch
+// item failures, so one bad record never fails the whole batch; every step is idempotent,
+// so a retried record completes what its first attempt could not. Publishing is the
+// outbox relay's (package publisher). A Handler is safe for concurrent use if its ports
+// are.
 package projector
 
 import (
@@ -16,17 +19,15 @@ import (
 	lambdaevents "github.com/aws/aws-lambda-go/events"
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/emf"
-	"github.com/wspresence/wspresence/internal/store/dynamo"
+	"github.com/wspresence/wspresence/internal/presence"
 )
 
-// View folds one event into the view and says what to do next (package dynamo's Store).
+// View folds one event into its user's state, records the transitions with the new state
+// in one durable write, and returns the effects (package dynamo's Store). Folding an event
+// again changes nothing, except that it reports again a grace period it started that is
+// still pending.
 type View interface {
-	Apply(ctx context.Context, e events.ConnectionEvent) (dynamo.Effects, error)
-}
-
-// Publisher publishes events; publishing the same event id again must be harmless.
-type Publisher interface {
-	Publish(ctx context.Context, evs ...events.Published) error
+	Apply(ctx context.Context, e events.ConnectionEvent) (presence.Effects, error)
 }
 
 // GraceStarter starts the offline grace timer of the period that began at since;
@@ -37,12 +38,11 @@ type GraceStarter interface {
 
 // Handler handles DynamoDB stream batches.
 type Handler struct {
-	View      View
-	Publisher Publisher
-	Grace     GraceStarter
-	Logger    *slog.Logger
+	View   View
+	Grace  GraceStarter
+	Logger *slog.Logger
 	// Metrics, if set, receives one EMF record per batch: EventsApplied,
-	// TransitionsPublished, RecordsFailed and ProjectorLag (the oldest event's age).
+	// TransitionsRecorded, RecordsFailed and ProjectorLag (the oldest event's age).
 	Metrics *emf.Logger
 	// Now is the clock (default time.Now).
 	Now func() time.Time
@@ -84,13 +84,13 @@ func (h *Handler) Handle(ctx context.Context, ev lambdaevents.DynamoDBEvent) (la
 	}
 	_ = h.Metrics.Emit(map[string]string{"Function": "projector"},
 		emf.Metric{Name: "EventsApplied", Value: float64(applied), Unit: emf.Count},
-		emf.Metric{Name: "TransitionsPublished", Value: float64(published), Unit: emf.Count},
+		emf.Metric{Name: "TransitionsRecorded", Value: float64(published), Unit: emf.Count},
 		emf.Metric{Name: "RecordsFailed", Value: float64(len(resp.BatchItemFailures)), Unit: emf.Count},
 		emf.Metric{Name: "ProjectorLag", Value: float64(lag.Milliseconds()), Unit: emf.Milliseconds})
 	return resp, nil
 }
 
-// process applies one record and returns the number of events it published and the
+// process applies one record and returns the number of transitions it recorded and the
 // event's time.
 func (h *Handler) process(ctx context.Context, rec lambdaevents.DynamoDBEventRecord) (int, time.Time, error) {
 	e, err := Decode(rec.Change.NewImage)
@@ -101,13 +101,9 @@ func (h *Handler) process(ctx context.Context, rec lambdaevents.DynamoDBEventRec
 	if err != nil {
 		return 0, e.At, fmt.Errorf("apply %s: %w", e.Key(), err)
 	}
-	if len(eff.Publish) > 0 {
-		if err := h.Publisher.Publish(ctx, eff.Publish...); err != nil {
-			return 0, e.At, fmt.Errorf("publish after %s: %w", e.Key(), err)
-		}
-	}
-	if eff.Grace != nil {
-		if err := h.Grace.StartGrace(ctx, eff.Grace.UserID, eff.Grace.Since); err != nil {
+	if eff.GraceStarted {
+		// The close emptied the live set at its own time: the period began at e.At.
+		if err := h.Grace.StartGrace(ctx, e.UserID, e.At); err != nil {
 			return 0, e.At, fmt.Errorf("start grace after %s: %w", e.Key(), err)
 		}
 	}

@@ -15,24 +15,18 @@ import (
 	"github.com/wspresence/wspresence/internal/emf"
 	"github.com/wspresence/wspresence/internal/lambda/projector"
 	"github.com/wspresence/wspresence/internal/lambdatest"
-	"github.com/wspresence/wspresence/internal/store/dynamo"
+	"github.com/wspresence/wspresence/internal/presence"
 )
 
 // fakeView answers Apply from a function.
-type fakeView func(events.ConnectionEvent) (dynamo.Effects, error)
+type fakeView func(events.ConnectionEvent) (presence.Effects, error)
 
-func (f fakeView) Apply(_ context.Context, e events.ConnectionEvent) (dynamo.Effects, error) {
+func (f fakeView) Apply(_ context.Context, e events.ConnectionEvent) (presence.Effects, error) {
 	return f(e)
 }
 
 type sink struct {
-	published []events.Published
-	graces    []string
-}
-
-func (s *sink) Publish(_ context.Context, evs ...events.Published) error {
-	s.published = append(s.published, evs...)
-	return nil
+	graces []string
 }
 
 func (s *sink) StartGrace(_ context.Context, userID string, since time.Time) error {
@@ -69,24 +63,24 @@ func TestDecodesRealRecords(t *testing.T) {
 	}
 }
 
-func TestHandlerPublishesAndStartsGraceAndReportsFailures(t *testing.T) {
+func TestHandlerStartsGraceAndReportsFailures(t *testing.T) {
 	ev := load(t)
 	at := time.Date(2026, 11, 26, 10, 5, 0, 456000000, time.UTC)
 	calls := 0
-	view := fakeView(func(e events.ConnectionEvent) (dynamo.Effects, error) {
+	view := fakeView(func(e events.ConnectionEvent) (presence.Effects, error) {
 		calls++
 		switch {
 		case calls == 3:
-			return dynamo.Effects{}, errors.New("throttled")
+			return presence.Effects{}, errors.New("throttled")
 		case e.Type == events.TypeConnectionOpened:
-			return dynamo.Effects{Publish: []events.Published{events.NewUserOnline(e.UserID, e.ConnectionID, e.At)}}, nil
+			return presence.Effects{Publish: []events.Published{events.NewUserOnline(e.UserID, e.ConnectionID, e.At)}}, nil
 		default:
-			return dynamo.Effects{Grace: &dynamo.Grace{UserID: e.UserID, Since: e.At}}, nil
+			return presence.Effects{GraceStarted: true}, nil
 		}
 	})
 	s := &sink{}
 	var emfOut bytes.Buffer
-	h := &projector.Handler{View: view, Publisher: s, Grace: s, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	h := &projector.Handler{View: view, Grace: s, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Metrics: emf.New(&emfOut, "wspresence"), Now: func() time.Time { return at.Add(time.Second) }}
 	// A MODIFY record is not an event: skipped.
 	modify := ev.Records[0]
@@ -96,8 +90,8 @@ func TestHandlerPublishesAndStartsGraceAndReportsFailures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(s.published) != 1 || len(s.graces) != 1 || s.graces[0] != "1234@"+at.Format(time.RFC3339Nano) {
-		t.Fatalf("published %v, graces %v", s.published, s.graces)
+	if len(s.graces) != 1 || s.graces[0] != "1234@"+at.Format(time.RFC3339Nano) {
+		t.Fatalf("graces %v", s.graces)
 	}
 	if len(resp.BatchItemFailures) != 1 || resp.BatchItemFailures[0].ItemIdentifier != ev.Records[0].Change.SequenceNumber || calls != 3 {
 		t.Fatalf("failures %+v after %d applies", resp.BatchItemFailures, calls)
@@ -107,7 +101,7 @@ func TestHandlerPublishesAndStartsGraceAndReportsFailures(t *testing.T) {
 		t.Fatalf("EMF output %q: %v", emfOut.String(), err)
 	}
 	// The oldest applied event (the open, 5 min 1.333 s before the clock) sets the lag.
-	if rec["EventsApplied"] != 2.0 || rec["TransitionsPublished"] != 1.0 || rec["RecordsFailed"] != 1.0 || rec["ProjectorLag"] != 301333.0 {
+	if rec["EventsApplied"] != 2.0 || rec["TransitionsRecorded"] != 1.0 || rec["RecordsFailed"] != 1.0 || rec["ProjectorLag"] != 301333.0 {
 		t.Fatalf("EMF record %v", rec)
 	}
 }

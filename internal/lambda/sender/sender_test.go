@@ -25,6 +25,7 @@ import (
 	"github.com/wspresence/wspresence/internal/delivery"
 	"github.com/wspresence/wspresence/internal/emf"
 	"github.com/wspresence/wspresence/internal/gateway/apigw"
+	"github.com/wspresence/wspresence/internal/lambda/connection"
 	"github.com/wspresence/wspresence/internal/lambda/sender"
 	"github.com/wspresence/wspresence/internal/lambdatest"
 	"github.com/wspresence/wspresence/internal/schematest"
@@ -251,5 +252,35 @@ func TestMessagesThatAreNotUTF8GoToTheDLQ(t *testing.T) {
 	}
 	if pub := r.published(t); len(pub) != 0 {
 		t.Fatalf("published %v", pub)
+	}
+}
+
+// Read-your-connect: a message accepted right after $connect returned reaches the new
+// connection, with the stream consumer (the projector) paused: $connect folded its open
+// into the user's state itself.
+func TestMessageRightAfterConnectReachesIt(t *testing.T) {
+	r := newRig(t, func(string) awsfake.Response { return awsfake.Response{Status: http.StatusOK} })
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	connect := &connection.Handler{Log: r.store, Owners: r.store, View: r.store, MaxConnectionsPerUser: 10, Logger: quiet}
+	var req lambdaevents.APIGatewayWebsocketProxyRequest
+	lambdatest.Load(t, "websocket-connect.json", nil, &req)
+	if resp, err := connect.Connect(context.Background(), req); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("$connect: %+v %v", resp, err)
+	}
+	// No projector ran: the event table's stream is untouched.
+	ev := lambdaevents.SQSEvent{Records: []lambdaevents.SQSMessage{{MessageId: "m-1", Body: `{"UserId":"1234","Body":"right after connect"}`,
+		Attributes: map[string]string{"ApproximateReceiveCount": "1"}}}}
+	resp, err := r.h.Handle(context.Background(), ev)
+	if err != nil || len(resp.BatchItemFailures) != 0 {
+		t.Fatalf("sender: %+v %v", resp, err)
+	}
+	if got := r.postsTo("/production/@connections/" + req.RequestContext.ConnectionID); len(got) != 1 || got[0] != "right after connect" {
+		t.Fatalf("posted %v", got)
+	}
+	if pub := r.published(t); len(pub) != 1 || pub[0]["detail-type"] != "MessageDelivered" {
+		t.Fatalf("published %v", pub)
+	}
+	if recs := r.stream.Next(t); len(recs) != 1 {
+		t.Fatalf("the open was not appended to the log (%d records)", len(recs))
 	}
 }

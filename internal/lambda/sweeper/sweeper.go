@@ -13,12 +13,12 @@ import (
 	"time"
 
 	"github.com/wspresence/wspresence/events"
-	"github.com/wspresence/wspresence/internal/store/dynamo"
+	"github.com/wspresence/wspresence/internal/presence"
 )
 
 // View lists stale connections and prunes tombstones (package dynamo's Store).
 type View interface {
-	StaleConnections(ctx context.Context, cutoff time.Time) ([]dynamo.StaleConnection, error)
+	StaleConnections(ctx context.Context, cutoff time.Time) ([]presence.StaleConnection, error)
 	PruneTombstones(ctx context.Context, cutoff time.Time) (int, error)
 }
 

@@ -108,7 +108,7 @@ func TestProjectorReportsThrottledRecords(t *testing.T) {
 	})
 	st := dynamo.New(dynamodb.NewFromConfig(srv.Config()), dynamo.Tables{Events: "events", View: "view"})
 	rec := &recorder{}
-	h := &projector.Handler{View: st, Publisher: rec, Grace: rec, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	h := &projector.Handler{View: st, Grace: rec, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	records := []lambdaevents.DynamoDBEventRecord{
 		dynamotest.Record(dynamo.EventItem(events.Opened("u-throttled", "c1", at, "", "")), 1),

@@ -9,6 +9,8 @@ import (
 	lambdaevents "github.com/aws/aws-lambda-go/events"
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/lambda/projector"
+	"github.com/wspresence/wspresence/internal/lambda/publisher"
+	"github.com/wspresence/wspresence/internal/presence"
 	"github.com/wspresence/wspresence/internal/store/dynamo"
 	"github.com/wspresence/wspresence/internal/store/dynamo/dynamotest"
 	"github.com/wspresence/wspresence/internal/storetest"
@@ -20,7 +22,7 @@ import (
 type recorder struct {
 	mu        sync.Mutex
 	published []events.Published
-	graces    []storetest.Grace
+	graces    []presence.Grace
 	failNext  int
 }
 
@@ -38,11 +40,11 @@ func (r *recorder) Publish(_ context.Context, evs ...events.Published) error {
 func (r *recorder) StartGrace(_ context.Context, userID string, since time.Time) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.graces = append(r.graces, storetest.Grace{UserID: userID, Since: since})
+	r.graces = append(r.graces, presence.Grace{UserID: userID, Since: since})
 	return nil
 }
 
-func (r *recorder) take() ([]events.Published, []storetest.Grace) {
+func (r *recorder) take() ([]events.Published, []presence.Grace) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	p, g := r.published, r.graces
@@ -56,20 +58,29 @@ func (fakeErr) Error() string { return "injected failure" }
 
 var errFake = fakeErr{}
 
+const testGrace = 5 * time.Second
+
+// rig is the DynamoDB store with its two stream consumers: the projector, fed the event
+// table's records, and the outbox relay, fed the view table's.
 type rig struct {
-	store   *dynamo.Store
-	stream  *dynamotest.Stream
-	rec     *recorder
-	handler *projector.Handler
+	store     *dynamo.Store
+	stream    *dynamotest.Stream
+	view      *dynamotest.ViewStream
+	rec       *recorder
+	handler   *projector.Handler
+	publisher *publisher.Handler
 }
 
 func newRig(t *testing.T) *rig {
-	db := dynamotest.Client(t)
+	db, view := dynamotest.ClientWithViewStream(t)
 	tables := dynamotest.NewTables(t, db)
 	st := dynamo.New(db, tables)
+	st.Grace = testGrace
 	rec := &recorder{}
-	return &rig{store: st, stream: dynamotest.NewStream(db, tables.Events), rec: rec,
-		handler: &projector.Handler{View: st, Publisher: rec, Grace: rec, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	return &rig{store: st, stream: dynamotest.NewStream(db, tables.Events), view: view, rec: rec,
+		handler:   &projector.Handler{View: st, Grace: rec, Logger: quiet},
+		publisher: &publisher.Handler{Publisher: rec, Logger: quiet}}
 }
 
 func (r *rig) handle(t *testing.T, recs []lambdaevents.DynamoDBEventRecord) lambdaevents.DynamoDBEventResponse {
@@ -81,28 +92,38 @@ func (r *rig) handle(t *testing.T, recs []lambdaevents.DynamoDBEventRecord) lamb
 	return resp
 }
 
-// TestContract runs the store contract against the DynamoDB store, with the projector fed
-// the stream records of what the store wrote.
+// relay runs the outbox relay over the view table's new records and fails t on a failure.
+func (r *rig) relay(t *testing.T) {
+	t.Helper()
+	resp, err := r.publisher.Handle(context.Background(), lambdaevents.DynamoDBEvent{Records: r.view.Next()})
+	if err != nil || len(resp.BatchItemFailures) > 0 {
+		t.Fatalf("outbox relay: %+v, %v", resp.BatchItemFailures, err)
+	}
+}
+
+// The DynamoDB store implements the contract's port with its signatures.
+var _ storetest.Store = (*dynamo.Store)(nil)
+
+// TestContract runs the store contract against the DynamoDB store: the projector is fed
+// the stream records of what the store appended, and what is published goes through the
+// outbox relay fed the view table's writes.
 func TestContract(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) storetest.Harness {
 		r := newRig(t)
 		return storetest.Harness{
 			Store: r.store,
-			Project: func(t *testing.T) ([]events.Published, []storetest.Grace) {
+			Grace: testGrace,
+			Project: func(t *testing.T) ([]events.Published, []presence.Grace) {
 				if resp := r.handle(t, r.stream.Next(t)); len(resp.BatchItemFailures) > 0 {
 					t.Fatalf("batch item failures %+v", resp.BatchItemFailures)
 				}
+				r.relay(t)
 				return r.rec.take()
 			},
-			ExpireGrace: func(t *testing.T, userID string, since time.Time) []events.Published {
-				off, ok, err := r.store.ExpireGrace(context.Background(), userID, since)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if !ok {
-					return nil
-				}
-				return []events.Published{off}
+			Published: func(t *testing.T) []events.Published {
+				r.relay(t)
+				p, _ := r.rec.take()
+				return p
 			},
 		}
 	})

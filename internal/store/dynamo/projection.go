@@ -3,7 +3,7 @@ package dynamo
 import (
 	"context"
 	"fmt"
-	"strconv"
+	"reflect"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -11,295 +11,184 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/awsfail"
+	"github.com/wspresence/wspresence/internal/failure"
+	"github.com/wspresence/wspresence/internal/presence"
+	"github.com/wspresence/wspresence/internal/retry"
 )
 
-// TombstoneTTL is how long after its close a connection item expires through the table's
-// TTL (attribute expiresAt, epoch seconds): a backstop twice the sweeper's retention, which
-// also forgets the connection in the user's closed set.
-const TombstoneTTL = 48 * time.Hour
+// Defaults of the store's settings.
+const (
+	// DefaultTombstoneRetention is how long a closed connection is remembered: the event
+	// table's stream keeps records 24 hours, so no reordered record of it arrives later.
+	DefaultTombstoneRetention = 24 * time.Hour
+	// DefaultMaxTombstones caps the closed connections a user item remembers, so a client
+	// in a reconnect loop cannot grow its item toward DynamoDB's 400 KB limit (200 closed
+	// connections take about 20 KB).
+	DefaultMaxTombstones = 200
+)
 
-// Grace is a grace period to start: when UserID's live set became empty at Since.
-type Grace struct {
-	UserID string
-	Since  time.Time
-}
-
-// Effects are what applying one event asks the caller to do after the view is updated:
-// publish events (their ids are stable, so publishing again after a retry is safe) and
-// start a grace timer (idempotent by user and Since).
-type Effects struct {
-	Publish []events.Published
-	Grace   *Grace
-}
-
-// Apply folds one event of the log into the view with single-item conditional updates. It
-// is idempotent and order-independent: applying an event again, or events in any order,
-// leaves the same view, and a retry after a failure returns the effects the first attempt
-// could not complete.
-func (st *Store) Apply(ctx context.Context, e events.ConnectionEvent) (Effects, error) {
+// Apply folds one event of the log into its user's state (presence.State.Apply, the
+// fold both runtimes share) and writes the result back with one conditional write on the
+// item's version, retried on conflict; the transitions it caused are recorded in the same
+// write (the item's outbox, published from the table's stream). It is idempotent: an event
+// already folded changes nothing and writes nothing. GraceStarted is also set on a retry
+// of the close that started a pending grace period, so a failed start is started again.
+func (st *Store) Apply(ctx context.Context, e events.ConnectionEvent) (presence.Effects, error) {
 	if err := e.Validate(); err != nil {
-		return Effects{}, err
+		return presence.Effects{}, err
 	}
-	var eff Effects
-	var err error
-	switch e.Type {
-	case events.TypeConnectionOpened:
-		eff, err = st.applyOpen(ctx, e)
-	case events.TypeConnectionClosed:
-		eff, err = st.applyClose(ctx, e)
-	case events.TypeActivityRecorded:
-		err = st.touchConn(ctx, e)
-	}
-	if err != nil {
-		return eff, err
-	}
-	return eff, st.touchUser(ctx, e)
+	return st.mutate(ctx, e.UserID, "apply "+e.Key(), func(s presence.State) (presence.State, presence.Effects) {
+		next, eff := s.Apply(e, st.Grace)
+		next, _ = next.Compact(e.At.Add(-st.retention()), st.maxTombstones())
+		if sameState(next, s) && e.Type == events.TypeConnectionClosed && s.User.GracePending() && s.User.OfflineSince.Equal(e.At) {
+			eff.GraceStarted = true
+		}
+		return next, eff
+	})
 }
 
-func (st *Store) update(ctx context.Context, op string, in *dynamodb.UpdateItemInput) (map[string]types.AttributeValue, error) {
-	in.TableName = aws.String(st.tables.View)
-	out, err := st.db.UpdateItem(ctx, in)
-	if err != nil {
-		return nil, awsfail.Wrap(op, err)
-	}
-	return out.Attributes, nil
+// ExpireGrace runs the grace timer of the period that began at since, at now
+// (presence.State.ExpireGrace), and records the UserOffline it decides in the same
+// conditional write. A timer of an older period, or a second run, changes nothing.
+func (st *Store) ExpireGrace(ctx context.Context, userID string, since, now time.Time) (presence.Effects, error) {
+	return st.mutate(ctx, userID, "expire grace of "+userID, func(s presence.State) (presence.State, presence.Effects) {
+		return s.ExpireGrace(since, now, st.Grace)
+	})
 }
 
-// updateIf runs a conditional update; ok is false (and err nil) when the condition failed.
-func (st *Store) updateIf(ctx context.Context, op string, in *dynamodb.UpdateItemInput) (map[string]types.AttributeValue, bool, error) {
-	in.TableName = aws.String(st.tables.View)
-	out, err := st.db.UpdateItem(ctx, in)
-	switch {
-	case err == nil:
-		return out.Attributes, true, nil
-	case isConflict(err):
-		return nil, false, nil
-	default:
-		return nil, false, awsfail.Wrap(op, err)
-	}
+// sameState reports whether a and b are stored as the same item (times compare as
+// instants, whatever their location).
+func sameState(a, b presence.State) bool {
+	ia, erra := encodeState(a, 0, nil)
+	ib, errb := encodeState(b, 0, nil)
+	return erra == nil && errb == nil && reflect.DeepEqual(ia, ib)
 }
 
-func (st *Store) user(ctx context.Context, userID string) (map[string]types.AttributeValue, error) {
+func (st *Store) retention() time.Duration {
+	if st.TombstoneRetention > 0 {
+		return st.TombstoneRetention
+	}
+	return DefaultTombstoneRetention
+}
+
+func (st *Store) maxTombstones() int {
+	if st.MaxTombstones > 0 {
+		return st.MaxTombstones
+	}
+	return DefaultMaxTombstones
+}
+
+// State reads a user's state (a consistent read; the empty state of a user never seen).
+func (st *Store) State(ctx context.Context, userID string) (presence.State, error) {
+	s, _, err := st.load(ctx, userID)
+	return s, err
+}
+
+func (st *Store) load(ctx context.Context, userID string) (presence.State, int64, error) {
 	out, err := st.db.GetItem(ctx, &dynamodb.GetItemInput{TableName: aws.String(st.tables.View), Key: userKey(userID), ConsistentRead: aws.Bool(true)})
 	if err != nil {
-		return nil, awsfail.Wrap("read user "+userID, err)
+		return presence.State{}, 0, awsfail.Wrap("read user "+userID, err)
 	}
-	return out.Item, nil
+	s, v := decodeState(userID, out.Item)
+	return s, v, nil
 }
 
-func (st *Store) applyOpen(ctx context.Context, e events.ConnectionEvent) (Effects, error) {
-	var eff Effects
-	vals := map[string]types.AttributeValue{":at": n(e.At), ":c": s(e.ConnectionID), ":ip": s(e.SourceIP), ":ua": s(e.UserAgent)}
-	if _, err := st.update(ctx, "record open of "+e.ConnectionID, &dynamodb.UpdateItemInput{
-		Key: connKey(e.UserID, e.ConnectionID),
-		UpdateExpression: aws.String("SET connectionId = :c, openedAt = if_not_exists(openedAt, :at), " +
-			"lastSeen = if_not_exists(lastSeen, :at), sourceIp = if_not_exists(sourceIp, :ip), userAgent = if_not_exists(userAgent, :ua)"),
-		ExpressionAttributeValues: vals,
-	}); err != nil {
-		return eff, err
-	}
-	// Add to the live set unless the connection is already closed: close wins.
-	user, ok, err := st.updateIf(ctx, "open "+e.ConnectionID, &dynamodb.UpdateItemInput{
-		Key:                       userKey(e.UserID),
-		UpdateExpression:          aws.String("ADD live :cs SET #o = :one REMOVE offlineSince"),
-		ConditionExpression:       aws.String("attribute_not_exists(closed) OR NOT contains(closed, :c)"),
-		ExpressionAttributeNames:  map[string]string{"#o": "online"},
-		ExpressionAttributeValues: map[string]types.AttributeValue{":cs": ss(e.ConnectionID), ":c": s(e.ConnectionID), ":one": s(onlineMark)},
-		ReturnValues:              types.ReturnValueAllNew,
-	})
-	if err != nil || !ok {
-		return eff, err
-	}
-	if str(user, "announced") == "online" {
-		if str(user, "onlineBy") == e.ConnectionID {
-			// A retry of the record that announced the user: publish again, same id.
-			eff.Publish = append(eff.Publish, events.NewUserOnline(e.UserID, e.ConnectionID, tm(user, "onlineAt")))
+// mutate loads the user's state, runs fold on it and, when the state changed, writes it
+// back if its version is still the one read, retrying the whole step on a conflict. The
+// write records fold's transitions as the item's outbox.
+func (st *Store) mutate(ctx context.Context, userID, op string, fold func(presence.State) (presence.State, presence.Effects)) (presence.Effects, error) {
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			if attempt > maxRetries {
+				return presence.Effects{}, fmt.Errorf("%s: %d conflicting writes in a row: %w", op, maxRetries, failure.ErrThrottled)
+			}
+			if err := retry.Sleep(ctx, retry.Backoff(5*time.Millisecond, attempt)); err != nil {
+				return presence.Effects{}, err
+			}
 		}
-		return eff, nil
-	}
-	_, ok, err = st.updateIf(ctx, "announce "+e.UserID+" online", &dynamodb.UpdateItemInput{
-		Key:                       userKey(e.UserID),
-		UpdateExpression:          aws.String("SET announced = :online, onlineBy = :c, onlineAt = :at"),
-		ConditionExpression:       aws.String("attribute_exists(live) AND (attribute_not_exists(announced) OR announced <> :online)"),
-		ExpressionAttributeValues: map[string]types.AttributeValue{":online": s("online"), ":c": s(e.ConnectionID), ":at": n(e.At)},
-	})
-	if err != nil {
-		return eff, err
-	}
-	if ok {
-		eff.Publish = append(eff.Publish, events.NewUserOnline(e.UserID, e.ConnectionID, e.At))
-		return eff, nil
-	}
-	// Someone else announced the user meanwhile, or this is a retry after we did.
-	cur, err := st.user(ctx, e.UserID)
-	if err != nil {
-		return eff, err
-	}
-	if str(cur, "announced") == "online" && str(cur, "onlineBy") == e.ConnectionID {
-		eff.Publish = append(eff.Publish, events.NewUserOnline(e.UserID, e.ConnectionID, tm(cur, "onlineAt")))
-	}
-	return eff, nil
-}
-
-func (st *Store) applyClose(ctx context.Context, e events.ConnectionEvent) (Effects, error) {
-	var eff Effects
-	if _, err := st.update(ctx, "record close of "+e.ConnectionID, &dynamodb.UpdateItemInput{
-		Key:              connKey(e.UserID, e.ConnectionID),
-		UpdateExpression: aws.String("SET connectionId = :c, closedAt = if_not_exists(closedAt, :at), reason = if_not_exists(reason, :r), expiresAt = :exp"),
-		ExpressionAttributeValues: map[string]types.AttributeValue{":c": s(e.ConnectionID), ":at": n(e.At), ":r": s(string(e.Reason)),
-			":exp": &types.AttributeValueMemberN{Value: strconv.FormatInt(e.At.Add(TombstoneTTL).Unix(), 10)}},
-	}); err != nil {
-		return eff, err
-	}
-	user, err := st.update(ctx, "close "+e.ConnectionID, &dynamodb.UpdateItemInput{
-		Key:                       userKey(e.UserID),
-		UpdateExpression:          aws.String("ADD closed :cs DELETE live :cs"),
-		ExpressionAttributeValues: map[string]types.AttributeValue{":cs": ss(e.ConnectionID)},
-		ReturnValues:              types.ReturnValueAllNew,
-	})
-	if err != nil || len(strs(user, "live")) > 0 {
-		return eff, err
-	}
-	// The live set is empty: leave the online index, and start the grace period if the
-	// user was announced online.
-	if _, _, err := st.updateIf(ctx, "unlist "+e.UserID, &dynamodb.UpdateItemInput{
-		Key:                      userKey(e.UserID),
-		UpdateExpression:         aws.String("REMOVE #o"),
-		ConditionExpression:      aws.String("attribute_not_exists(live)"),
-		ExpressionAttributeNames: map[string]string{"#o": "online"},
-	}); err != nil {
-		return eff, err
-	}
-	if str(user, "announced") != "online" {
-		return eff, nil
-	}
-	_, ok, err := st.updateIf(ctx, "start grace of "+e.UserID, &dynamodb.UpdateItemInput{
-		Key:              userKey(e.UserID),
-		UpdateExpression: aws.String("SET offlineSince = :at"),
-		ConditionExpression: aws.String("attribute_not_exists(live) AND announced = :online AND " +
-			"(attribute_not_exists(offlineSince) OR offlineSince <= :at)"),
-		ExpressionAttributeValues: map[string]types.AttributeValue{":at": n(e.At), ":online": s("online")},
-	})
-	if err != nil {
-		return eff, err
-	}
-	if ok {
-		eff.Grace = &Grace{UserID: e.UserID, Since: e.At}
-	}
-	return eff, nil
-}
-
-// touchUser raises the user's lastActivity to e's time.
-func (st *Store) touchUser(ctx context.Context, e events.ConnectionEvent) error {
-	_, _, err := st.updateIf(ctx, "record activity of "+e.UserID, &dynamodb.UpdateItemInput{
-		Key:                       userKey(e.UserID),
-		UpdateExpression:          aws.String("SET lastActivity = :at"),
-		ConditionExpression:       aws.String("attribute_not_exists(lastActivity) OR lastActivity < :at"),
-		ExpressionAttributeValues: map[string]types.AttributeValue{":at": n(e.At)},
-	})
-	return err
-}
-
-// touchConn raises the connection's lastSeen to e's time.
-func (st *Store) touchConn(ctx context.Context, e events.ConnectionEvent) error {
-	_, _, err := st.updateIf(ctx, "record activity of "+e.ConnectionID, &dynamodb.UpdateItemInput{
-		Key:                       connKey(e.UserID, e.ConnectionID),
-		UpdateExpression:          aws.String("SET connectionId = :c, lastSeen = :at"),
-		ConditionExpression:       aws.String("attribute_not_exists(lastSeen) OR lastSeen < :at"),
-		ExpressionAttributeValues: map[string]types.AttributeValue{":at": n(e.At), ":c": s(e.ConnectionID)},
-	})
-	return err
-}
-
-// ExpireGrace ends the grace period that began at since: if the user's live set is still
-// empty, the user is still announced online and no later period began, the announced
-// state becomes offline and the UserOffline event is returned (ok true). A retry after
-// that (same since) returns the same event again; otherwise ok is false. The offline-grace
-// state machine performs the same conditional update.
-func (st *Store) ExpireGrace(ctx context.Context, userID string, since time.Time) (events.UserOffline, bool, error) {
-	user, ok, err := st.updateIf(ctx, "expire grace of "+userID, &dynamodb.UpdateItemInput{
-		Key:                       userKey(userID),
-		UpdateExpression:          aws.String("SET announced = :offline"),
-		ConditionExpression:       aws.String("attribute_not_exists(live) AND announced = :online AND offlineSince = :since"),
-		ExpressionAttributeValues: map[string]types.AttributeValue{":offline": s("offline"), ":online": s("online"), ":since": n(since)},
-		ReturnValues:              types.ReturnValueAllNew,
-	})
-	if err != nil {
-		return events.UserOffline{}, false, err
-	}
-	if !ok {
-		if user, err = st.user(ctx, userID); err != nil {
-			return events.UserOffline{}, false, err
+		cur, v, err := st.load(ctx, userID)
+		if err != nil {
+			return presence.Effects{}, err
 		}
-		if str(user, "announced") != "offline" || !tm(user, "offlineSince").Equal(since.UTC()) {
-			return events.UserOffline{}, false, nil
+		next, eff := fold(cur)
+		if sameState(next, cur) {
+			return eff, nil
+		}
+		item, err := encodeState(next, v+1, eff.Publish)
+		if err != nil {
+			return presence.Effects{}, err
+		}
+		in := &dynamodb.PutItemInput{TableName: aws.String(st.tables.View), Item: item,
+			ConditionExpression: aws.String("attribute_not_exists(pk)"),
+		}
+		if v > 0 {
+			in.ConditionExpression = aws.String("#v = :v")
+			in.ExpressionAttributeNames = map[string]string{"#v": attrVersion}
+			in.ExpressionAttributeValues = map[string]types.AttributeValue{":v": num(v)}
+		}
+		_, err = st.db.PutItem(ctx, in)
+		switch {
+		case err == nil:
+			return eff, nil
+		case isConflict(err):
+			continue // another writer won: fold again on what it wrote
+		default:
+			return presence.Effects{}, awsfail.Wrap(op, err)
 		}
 	}
-	return events.NewUserOffline(userID, since, tm(user, "lastActivity")), true, nil
-}
-
-// StaleConnection is a live connection not seen since LastSeen.
-type StaleConnection struct {
-	UserID, ConnectionID string
-	LastSeen             time.Time
 }
 
 // StaleConnections lists live connections whose last open or activity is before cutoff
-// (a scan: run it from the scheduled sweeper, not per request).
-func (st *Store) StaleConnections(ctx context.Context, cutoff time.Time) ([]StaleConnection, error) {
-	var out []StaleConnection
-	var start map[string]types.AttributeValue
-	for {
-		page, err := st.db.Scan(ctx, &dynamodb.ScanInput{
-			TableName:                 aws.String(st.tables.View),
-			FilterExpression:          aws.String("begins_with(sk, :conn) AND attribute_exists(openedAt) AND attribute_not_exists(closedAt) AND lastSeen < :cut"),
-			ExpressionAttributeValues: map[string]types.AttributeValue{":conn": s(connPrefix), ":cut": n(cutoff)},
-			ExclusiveStartKey:         start,
-		})
-		if err != nil {
-			return nil, awsfail.Wrap("scan for stale connections", err)
-		}
-		for _, item := range page.Items {
-			out = append(out, StaleConnection{UserID: str(item, "pk"), ConnectionID: str(item, "connectionId"), LastSeen: tm(item, "lastSeen")})
-		}
-		if page.LastEvaluatedKey == nil {
-			return out, nil
-		}
-		start = page.LastEvaluatedKey
-	}
+// (a scan of the user items: run it from the scheduled sweeper, not per request).
+func (st *Store) StaleConnections(ctx context.Context, cutoff time.Time) ([]presence.StaleConnection, error) {
+	var out []presence.StaleConnection
+	err := st.scanUsers(ctx, "attribute_exists(live)", func(s presence.State, _ int64) error {
+		out = append(out, s.Stale(cutoff)...)
+		return nil
+	})
+	return out, err
 }
 
-// PruneTombstones forgets connections closed before cutoff: their connection item and
-// their entry in the user's closed set. It returns how many it forgot.
+// PruneTombstones forgets connections closed before cutoff in every user item (each
+// rewritten with a conditional write on its version; a user written meanwhile is
+// compacted by its own next write) and returns how many it forgot.
 func (st *Store) PruneTombstones(ctx context.Context, cutoff time.Time) (int, error) {
 	pruned := 0
+	err := st.scanUsers(ctx, "attribute_exists(conns)", func(s presence.State, _ int64) error {
+		if _, n := s.Compact(cutoff, 0); n == 0 {
+			return nil
+		}
+		_, err := st.mutate(ctx, s.User.ID, "prune "+s.User.ID, func(cur presence.State) (presence.State, presence.Effects) {
+			next, n := cur.Compact(cutoff, 0)
+			pruned += n
+			return next, presence.Effects{}
+		})
+		return err
+	})
+	return pruned, err
+}
+
+// scanUsers calls fn with every user item that matches filter.
+func (st *Store) scanUsers(ctx context.Context, filter string, fn func(presence.State, int64) error) error {
 	var start map[string]types.AttributeValue
 	for {
 		page, err := st.db.Scan(ctx, &dynamodb.ScanInput{
 			TableName:                 aws.String(st.tables.View),
-			FilterExpression:          aws.String("begins_with(sk, :conn) AND closedAt < :cut"),
-			ExpressionAttributeValues: map[string]types.AttributeValue{":conn": s(connPrefix), ":cut": n(cutoff)},
+			FilterExpression:          aws.String("sk = :user AND " + filter),
+			ExpressionAttributeValues: map[string]types.AttributeValue{":user": s(userSK)},
 			ExclusiveStartKey:         start,
 		})
 		if err != nil {
-			return pruned, awsfail.Wrap("scan for tombstones", err)
+			return awsfail.Wrap("scan user items", err)
 		}
 		for _, item := range page.Items {
-			uid, cid := str(item, "pk"), str(item, "connectionId")
-			if _, err := st.update(ctx, "forget "+cid, &dynamodb.UpdateItemInput{
-				Key:                       userKey(uid),
-				UpdateExpression:          aws.String("DELETE closed :cs"),
-				ExpressionAttributeValues: map[string]types.AttributeValue{":cs": ss(cid)},
-			}); err != nil {
-				return pruned, err
+			state, v := decodeState(str(item, "pk"), item)
+			if err := fn(state, v); err != nil {
+				return err
 			}
-			if _, err := st.db.DeleteItem(ctx, &dynamodb.DeleteItemInput{TableName: aws.String(st.tables.View), Key: connKey(uid, cid)}); err != nil {
-				return pruned, awsfail.Wrap("delete tombstone "+cid, err)
-			}
-			pruned++
 		}
 		if page.LastEvaluatedKey == nil {
-			return pruned, nil
+			return nil
 		}
 		start = page.LastEvaluatedKey
 	}
@@ -345,7 +234,8 @@ func CreateTables(ctx context.Context, db *dynamodb.Client, t Tables) error {
 		return fmt.Errorf("create %s: %w", t.View, err)
 	}
 	for _, name := range []string{t.Events, t.View} {
-		if err := dynamodb.NewTableExistsWaiter(db).Wait(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(name)}, time.Minute); err != nil {
+		waiter := dynamodb.NewTableExistsWaiter(db, func(o *dynamodb.TableExistsWaiterOptions) { o.MinDelay = 50 * time.Millisecond })
+		if err := waiter.Wait(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(name)}, time.Minute); err != nil {
 			return fmt.Errorf("wait for %s: %w", name, err)
 		}
 	}

@@ -2,6 +2,7 @@ package dynamo_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"reflect"
 	"slices"
@@ -77,7 +78,7 @@ func TestRedeliveryAndReordering(t *testing.T) {
 	got := newRig(t)
 	got.handle(t, batchA)
 	got.handle(t, batchB)
-	firstPub, firstGraces := got.rec.take()
+	firstPub, firstGraces := got.take(t)
 	want := got.snapshot(t, users, firstPub)
 	if len(want.IDs) != 3 || len(firstGraces) != 2 { // UserOnline of u1, u2, u3; grace of u1 and u3
 		t.Fatalf("first delivery published %v and started %v", kindsOf(firstPub), firstGraces)
@@ -96,7 +97,7 @@ func TestRedeliveryAndReordering(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	againPub, againGraces := got.rec.take()
+	againPub, againGraces := got.take(t)
 	if have := got.snapshot(t, users, append(firstPub, againPub...)); !reflect.DeepEqual(want, have) {
 		t.Fatalf("redelivery changed what is observable:\nwant %+v\ngot  %+v", want, have)
 	}
@@ -110,7 +111,7 @@ func TestRedeliveryAndReordering(t *testing.T) {
 	rev := newRig(t)
 	rev.handle(t, reversed(batchB))
 	rev.handle(t, reversed(batchA))
-	revPub, _ := rev.rec.take()
+	revPub, _ := rev.take(t)
 	if have := rev.snapshot(t, users, nil); !reflect.DeepEqual(want.Users, have.Users) || !reflect.DeepEqual(want.Live, have.Live) {
 		t.Fatalf("reversed first delivery folds to another view:\nwant %+v\ngot  %+v", want, have)
 	}
@@ -120,41 +121,50 @@ func TestRedeliveryAndReordering(t *testing.T) {
 		if p.DetailType() != events.DetailUserOnline {
 			t.Fatalf("projector published %s", p.DetailType())
 		}
-		u := p.(events.UserOnline).UserID
+		u := userOf(p)
 		if seen[u]++; seen[u] > 1 {
 			t.Fatalf("two UserOnline for %s without UserOffline: %v", u, kindsOf(revPub))
 		}
 	}
 }
 
-// TestFailedRecordIsRetriedAlone: a publish failure fails only its record, and the retry
-// publishes the same event.
-func TestFailedRecordIsRetriedAlone(t *testing.T) {
+// TestFailedPublicationIsRetried: a PutEvents failure fails the view record that carries
+// the transition (and, in stream order, the ones after it); the stream's redelivery
+// publishes the same events, ids included. Nothing is lost.
+func TestFailedPublicationIsRetried(t *testing.T) {
 	r := newRig(t)
 	ctx := context.Background()
 	if _, err := r.store.Append(ctx, events.Opened("p", "p1", ts(0), "", ""), events.Opened("q", "q1", ts(1), "", "")); err != nil {
 		t.Fatal(err)
 	}
-	recs := r.stream.Next(t)
+	if resp := r.handle(t, r.stream.Next(t)); len(resp.BatchItemFailures) != 0 {
+		t.Fatalf("projector failures %+v", resp.BatchItemFailures)
+	}
+	recs := r.view.Next()
+	if len(recs) != 2 {
+		t.Fatalf("%d view records, want one write per user", len(recs))
+	}
 	r.rec.failNext = 1
-	resp := r.handle(t, recs)
-	if len(resp.BatchItemFailures) != 1 || resp.BatchItemFailures[0].ItemIdentifier != recs[0].Change.SequenceNumber {
-		t.Fatalf("failures %+v, want only %s", resp.BatchItemFailures, recs[0].Change.SequenceNumber)
+	resp, err := r.publisher.Handle(ctx, lambdaevents.DynamoDBEvent{Records: recs})
+	if err != nil || len(resp.BatchItemFailures) != 1 || resp.BatchItemFailures[0].ItemIdentifier != recs[0].Change.SequenceNumber {
+		t.Fatalf("failures %+v, %v; want the first record", resp.BatchItemFailures, err)
 	}
-	first, _ := r.rec.take()
-	if len(first) != 1 {
-		t.Fatalf("published %v", kindsOf(first))
+	if first, _ := r.rec.take(); len(first) != 0 {
+		t.Fatalf("published %v past a failed record", kindsOf(first))
 	}
-	if resp := r.handle(t, recs[:1]); len(resp.BatchItemFailures) != 0 {
-		t.Fatalf("retry failed: %+v", resp)
+	for range 2 { // the stream's retry, and a second redelivery
+		if resp, _ := r.publisher.Handle(ctx, lambdaevents.DynamoDBEvent{Records: recs}); len(resp.BatchItemFailures) != 0 {
+			t.Fatalf("retry failed: %+v", resp)
+		}
 	}
 	retried, _ := r.rec.take()
-	if len(retried) != 1 || retried[0].DetailType() != events.DetailUserOnline || retried[0].ID() == first[0].ID() {
-		t.Fatalf("retry published %v", kindsOf(retried))
+	want := []string{events.NewUserOnline("p", "p1", ts(0)).ID(), events.NewUserOnline("q", "q1", ts(1)).ID()}
+	var got []string
+	for _, p := range retried {
+		got = append(got, p.ID())
 	}
-	want := events.NewUserOnline(recs[0].Change.NewImage["userId"].String(), recs[0].Change.NewImage["connectionId"].String(), time.Time{}).ID()
-	if retried[0].ID() != want {
-		t.Fatalf("retried event id %s, want %s", retried[0].ID(), want)
+	if !reflect.DeepEqual(got, append(want, want...)) {
+		t.Fatalf("retries published %v, want %v twice", kindsOf(retried), want)
 	}
 }
 
@@ -190,4 +200,20 @@ func kindsOf(ps []events.Published) []string {
 		out = append(out, fmt.Sprintf("%s/%s", p.DetailType(), p.ID()))
 	}
 	return out
+}
+
+// take relays the outbox and returns what was published and the graces started.
+func (r *rig) take(t *testing.T) ([]events.Published, []presence.Grace) {
+	t.Helper()
+	r.relay(t)
+	return r.rec.take()
+}
+
+func userOf(p events.Published) string {
+	var d struct {
+		UserID string `json:"userId"`
+	}
+	b, _ := json.Marshal(p)
+	_ = json.Unmarshal(b, &d)
+	return d.UserID
 }

@@ -32,21 +32,28 @@ const OnlineIndex = "online"
 // Item attribute names and fixed values.
 const (
 	userSK     = "#USER"
-	connPrefix = "CONN#"
 	onlineMark = "1"
 	batchLimit = 100
 	maxRetries = 8
 )
 
-// Store is the DynamoDB event store and view.
+// Store is the DynamoDB event store and view. Set its exported fields before use.
 type Store struct {
 	db     *dynamodb.Client
 	tables Tables
+	// Grace is the offline grace period the fold applies (OFFLINE_GRACE_SECONDS).
+	Grace time.Duration
+	// TombstoneRetention is how long closed connections are remembered
+	// (DefaultTombstoneRetention when zero).
+	TombstoneRetention time.Duration
+	// MaxTombstones caps the closed connections a user item remembers (DefaultMaxTombstones
+	// when zero).
+	MaxTombstones int
 }
 
-// New returns a Store on the given client and tables.
+// New returns a Store on the given client and tables, with a 5 s grace period.
 func New(db *dynamodb.Client, tables Tables) *Store {
-	return &Store{db: db, tables: tables}
+	return &Store{db: db, tables: tables, Grace: 5 * time.Second}
 }
 
 func s(v string) types.AttributeValue { return &types.AttributeValueMemberS{Value: v} }
@@ -57,10 +64,6 @@ func ss(v ...string) types.AttributeValue { return &types.AttributeValueMemberSS
 
 func userKey(userID string) map[string]types.AttributeValue {
 	return map[string]types.AttributeValue{"pk": s(userID), "sk": s(userSK)}
-}
-
-func connKey(userID, connectionID string) map[string]types.AttributeValue {
-	return map[string]types.AttributeValue{"pk": s(userID), "sk": s(connPrefix + connectionID)}
 }
 
 // EventItem is the event table item of e.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/presence"
 	"github.com/wspresence/wspresence/internal/store/sqlite"
 	"github.com/wspresence/wspresence/internal/storetest"
 )
@@ -38,29 +39,21 @@ func TestContract(t *testing.T) {
 		}
 		return storetest.Harness{
 			Store: s,
-			Project: func(t *testing.T) ([]events.Published, []storetest.Grace) {
+			Grace: contractGrace,
+			Project: func(t *testing.T) ([]events.Published, []presence.Grace) {
 				p, err := s.Project(context.Background())
 				if err != nil {
 					t.Fatal(err)
 				}
-				var graces []storetest.Grace
-				for _, g := range p.Graces {
-					graces = append(graces, storetest.Grace{UserID: g.UserID, Since: g.Deadline.Add(-contractGrace)})
-				}
-				return published(t), graces
+				return published(t), p.Graces
 			},
-			ExpireGrace: func(t *testing.T, userID string, since time.Time) []events.Published {
-				clk.mu.Lock()
-				clk.t = since.Add(contractGrace)
-				clk.mu.Unlock()
-				if _, err := s.ExpireGrace(context.Background(), userID); err != nil {
-					t.Fatal(err)
-				}
-				return published(t)
-			},
+			Published: published,
 		}
 	})
 }
+
+// The SQLite store implements the contract's port with its signatures.
+var _ storetest.Store = (*sqlite.Store)(nil)
 
 func decodePublished(t *testing.T, r sqlite.PublishedRecord) events.Published {
 	t.Helper()

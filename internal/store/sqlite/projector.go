@@ -23,20 +23,15 @@ const projectorName = "presence"
 // projectBatchSize is how many log entries one projector transaction folds.
 const projectBatchSize = 1000
 
-// Grace is a grace timer to run: at Deadline, ExpireGrace(UserID).
-type Grace struct {
-	UserID   string
-	Deadline time.Time
-}
-
 // Projection reports what a projector run did.
 type Projection struct {
 	// Events is the number of log entries folded.
 	Events int
 	// Published is the number of events written to the outbox.
 	Published int
-	// Graces lists the grace timers the run started.
-	Graces []Grace
+	// Graces lists the grace periods the run started: run ExpireGrace(UserID, Since) at
+	// Since plus the grace period.
+	Graces []presence.Grace
 	// Checkpoint is the sequence number the view has folded up to.
 	Checkpoint int64
 }
@@ -149,7 +144,7 @@ func (s *Store) projectBatch(ctx context.Context) (p Projection, err error) {
 			}
 		}
 		if eff.GraceStarted {
-			graces[nu.ID] = nu.GraceDeadline(s.opts.Grace)
+			graces[nu.ID] = nu.OfflineSince
 		} else if !nu.GracePending() {
 			delete(graces, nu.ID)
 		}
@@ -173,7 +168,7 @@ func (s *Store) projectBatch(ctx context.Context) (p Projection, err error) {
 		}
 	}
 	for uid, d := range graces {
-		p.Graces = append(p.Graces, Grace{UserID: uid, Deadline: d})
+		p.Graces = append(p.Graces, presence.Grace{UserID: uid, Since: d})
 	}
 	return p, nil
 }
@@ -301,57 +296,58 @@ func insertPublished(ctx context.Context, tx *sql.Tx, p events.Published, at tim
 	return n == 1, nil
 }
 
-// ExpireGrace runs the grace timer of userID: if its live set is still empty, it is still
-// announced online and the deadline has passed, the announced state becomes offline and
-// UserOffline is written to the outbox, in one transaction. It reports whether an event
-// was published. Running it twice, or too early, publishes nothing.
-func (s *Store) ExpireGrace(ctx context.Context, userID string) (published bool, err error) {
+// ExpireGrace runs the timer of userID's grace period that began at since, at now
+// (presence.ExpireGracePeriod): the UserOffline it decides is written to the outbox with
+// the new state, in one transaction, and returned. Running it twice, too early, or for a
+// period the user already ended, changes nothing.
+func (s *Store) ExpireGrace(ctx context.Context, userID string, since, now time.Time) (eff presence.Effects, err error) {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		return false, fmt.Errorf("grace begin: %w", err)
+		return eff, fmt.Errorf("grace begin: %w", err)
 	}
 	defer func() {
-		if err != nil || !published {
+		if err != nil || len(eff.Publish) == 0 {
 			_ = tx.Rollback()
 		}
 	}()
 	u, err := loadUser(ctx, tx, userID)
 	if err != nil {
-		return false, err
+		return eff, err
 	}
-	now := s.opts.Now()
-	nu, off, ok := presence.ExpireGrace(u, now, s.opts.Grace)
-	if !ok {
-		return false, nil
+	nu, eff := presence.ExpireGracePeriod(u, since, now, s.opts.Grace)
+	if len(eff.Publish) == 0 {
+		return eff, nil
 	}
 	if err := saveUser(ctx, tx, nu); err != nil {
-		return false, err
+		return presence.Effects{}, err
 	}
-	if _, err := insertPublished(ctx, tx, off, now); err != nil {
-		return false, err
+	for _, p := range eff.Publish {
+		if _, err := insertPublished(ctx, tx, p, now); err != nil {
+			return presence.Effects{}, err
+		}
 	}
 	if err := tx.Commit(); err != nil {
-		return false, fmt.Errorf("grace commit: %w", err)
+		return presence.Effects{}, fmt.Errorf("grace commit: %w", err)
 	}
-	return true, nil
+	return eff, nil
 }
 
 // PendingGraces lists the grace timers to run: users with no live connection still
 // announced online (after a restart, these timers are restored from here).
-func (s *Store) PendingGraces(ctx context.Context) ([]Grace, error) {
+func (s *Store) PendingGraces(ctx context.Context) ([]presence.Grace, error) {
 	rows, err := s.r.QueryContext(ctx, `SELECT user_id, offline_since FROM view_users WHERE live = 0 AND announced = 'online'`)
 	if err != nil {
 		return nil, fmt.Errorf("list pending graces: %w", err)
 	}
 	defer rows.Close()
-	var out []Grace
+	var out []presence.Grace
 	for rows.Next() {
 		var uid string
 		var since sql.NullInt64
 		if err := rows.Scan(&uid, &since); err != nil {
 			return nil, fmt.Errorf("list pending graces: %w", err)
 		}
-		out = append(out, Grace{UserID: uid, Deadline: fromNanos(since).Add(s.opts.Grace)})
+		out = append(out, presence.Grace{UserID: uid, Since: fromNanos(since)})
 	}
 	return out, rows.Err()
 }
@@ -372,8 +368,9 @@ func (s *Store) Rebuild(ctx context.Context) (Projection, error) {
 	if err != nil {
 		return p, err
 	}
+	now := s.opts.Now()
 	for _, g := range graces {
-		if _, err := s.ExpireGrace(ctx, g.UserID); err != nil {
+		if _, err := s.ExpireGrace(ctx, g.UserID, g.Since, now); err != nil {
 			return p, err
 		}
 	}

@@ -85,9 +85,14 @@ func (s *Store) Dump(ctx context.Context) (v View, err error) {
 	return v, err
 }
 
-// PruneTombstones forgets closed connections that closed more than retention ago.
-func (s *Store) PruneTombstones(ctx context.Context, retention time.Duration) (int64, error) {
-	return s.deleteBefore(ctx, "prune tombstones", `DELETE FROM view_connections WHERE closed_at IS NOT NULL AND closed_at < ?`, retention)
+// PruneTombstones forgets connections closed before cutoff and returns how many.
+func (s *Store) PruneTombstones(ctx context.Context, cutoff time.Time) (int, error) {
+	res, err := s.w.ExecContext(ctx, `DELETE FROM view_connections WHERE closed_at IS NOT NULL AND closed_at < ?`, cutoff.UnixNano())
+	if err != nil {
+		return 0, fmt.Errorf("prune tombstones: %w", err)
+	}
+	n, _ := res.RowsAffected()
+	return int(n), nil
 }
 
 // PruneMessages forgets delivered messages done more than retention ago: after that, their

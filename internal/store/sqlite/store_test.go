@@ -150,18 +150,17 @@ func TestProjectionTransitionsAndGrace(t *testing.T) {
 	}
 	mustAppend(t, s, events.Closed("a", "a2", t0.Add(2*time.Second), events.ReasonClient))
 	p := mustProject(t, s)
-	if len(p.Graces) != 1 || p.Graces[0].UserID != "a" || !p.Graces[0].Deadline.Equal(t0.Add(7*time.Second)) {
+	since := t0.Add(2 * time.Second)
+	if len(p.Graces) != 1 || p.Graces[0].UserID != "a" || !p.Graces[0].Since.Equal(since) {
 		t.Fatalf("graces = %+v", p.Graces)
 	}
-	clk.t = t0.Add(6 * time.Second)
-	if ok, err := s.ExpireGrace(ctx, "a"); err != nil || ok {
-		t.Fatalf("early expiry published=%v err=%v", ok, err)
+	if eff, err := s.ExpireGrace(ctx, "a", since, t0.Add(6*time.Second)); err != nil || len(eff.Publish) > 0 {
+		t.Fatalf("early expiry published=%v err=%v", eff.Publish, err)
 	}
-	clk.t = t0.Add(7 * time.Second)
-	if ok, err := s.ExpireGrace(ctx, "a"); err != nil || !ok {
-		t.Fatalf("expiry published=%v err=%v", ok, err)
+	if eff, err := s.ExpireGrace(ctx, "a", since, t0.Add(7*time.Second)); err != nil || len(eff.Publish) != 1 {
+		t.Fatalf("expiry published=%v err=%v", eff.Publish, err)
 	}
-	if ok, _ := s.ExpireGrace(ctx, "a"); ok {
+	if eff, _ := s.ExpireGrace(ctx, "a", since, t0.Add(8*time.Second)); len(eff.Publish) > 0 {
 		t.Fatal("second expiry published again")
 	}
 	got := detailTypes(t, s)
@@ -198,7 +197,7 @@ func TestRestartResumesFromCheckpointAndRebuildEqualsLive(t *testing.T) {
 	clk.t = t0.Add(time.Hour)
 	graces, _ := s.PendingGraces(ctx)
 	for _, g := range graces {
-		if _, err := s.ExpireGrace(ctx, g.UserID); err != nil {
+		if _, err := s.ExpireGrace(ctx, g.UserID, g.Since, clk.t); err != nil {
 			t.Fatal(err)
 		}
 	}

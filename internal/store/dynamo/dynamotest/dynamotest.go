@@ -11,6 +11,7 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+	"github.com/aws/smithy-go/middleware"
 	"github.com/wspresence/wspresence/internal/awsfake"
 	"github.com/wspresence/wspresence/internal/store/dynamo"
 )
@@ -128,4 +130,94 @@ func Record(item map[string]types.AttributeValue, seq int64) lambdaevents.Dynamo
 			StreamViewType: string(lambdaevents.DynamoDBStreamViewTypeNewImage),
 		},
 	}
+}
+
+// ViewStream stands in for the view table's stream: it records every user item the store
+// writes (a successful PutItem), in the order the writes completed, as the MODIFY records
+// (NEW_IMAGE) the stream would carry.
+type ViewStream struct {
+	mu      sync.Mutex
+	records []lambdaevents.DynamoDBEventRecord
+	next    int
+	seq     int64
+}
+
+// ClientWithViewStream returns a client of dynalite whose user-item writes are recorded.
+func ClientWithViewStream(t testing.TB) (*dynamodb.Client, *ViewStream) {
+	t.Helper()
+	cfg := awsfake.Config(Endpoint(t))
+	cfg.Retryer = nil
+	vs := &ViewStream{}
+	db := dynamodb.NewFromConfig(cfg, func(o *dynamodb.Options) {
+		o.APIOptions = append(o.APIOptions, func(stack *middleware.Stack) error {
+			return stack.Initialize.Add(middleware.InitializeMiddlewareFunc("viewStream",
+				func(ctx context.Context, in middleware.InitializeInput, next middleware.InitializeHandler) (middleware.InitializeOutput, middleware.Metadata, error) {
+					out, md, err := next.HandleInitialize(ctx, in)
+					if p, ok := in.Parameters.(*dynamodb.PutItemInput); ok && err == nil {
+						if sk, ok := p.Item["sk"].(*types.AttributeValueMemberS); ok && sk.Value == "#USER" {
+							vs.add(p.Item)
+						}
+					}
+					return out, md, err
+				}), middleware.After)
+		})
+	})
+	return db, vs
+}
+
+func (v *ViewStream) add(item map[string]types.AttributeValue) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.seq++
+	img := Image(item)
+	v.records = append(v.records, lambdaevents.DynamoDBEventRecord{
+		AWSRegion: "us-east-1", EventID: fmt.Sprintf("view-%d", v.seq), EventName: string(lambdaevents.DynamoDBOperationTypeModify),
+		EventSource: "aws:dynamodb", EventVersion: "1.1",
+		EventSourceArn: "arn:aws:dynamodb:us-east-1:123456789012:table/view/stream/2026-01-01T00:00:00.000",
+		Change: lambdaevents.DynamoDBStreamRecord{
+			Keys:     map[string]lambdaevents.DynamoDBAttributeValue{"pk": img["pk"], "sk": img["sk"]},
+			NewImage: img, SequenceNumber: fmt.Sprintf("%021d", v.seq), SizeBytes: 100,
+			StreamViewType: string(lambdaevents.DynamoDBStreamViewTypeNewImage),
+		},
+	})
+}
+
+// Next returns the records of the writes since the last call.
+func (v *ViewStream) Next() []lambdaevents.DynamoDBEventRecord {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	out := v.records[v.next:]
+	v.next = len(v.records)
+	return out
+}
+
+// Image converts an item to the attribute values of a stream record's image.
+func Image(item map[string]types.AttributeValue) map[string]lambdaevents.DynamoDBAttributeValue {
+	img := make(map[string]lambdaevents.DynamoDBAttributeValue, len(item))
+	for k, v := range item {
+		img[k] = attribute(v)
+	}
+	return img
+}
+
+func attribute(v types.AttributeValue) lambdaevents.DynamoDBAttributeValue {
+	switch x := v.(type) {
+	case *types.AttributeValueMemberS:
+		return lambdaevents.NewStringAttribute(x.Value)
+	case *types.AttributeValueMemberN:
+		return lambdaevents.NewNumberAttribute(x.Value)
+	case *types.AttributeValueMemberSS:
+		return lambdaevents.NewStringSetAttribute(x.Value)
+	case *types.AttributeValueMemberBOOL:
+		return lambdaevents.NewBooleanAttribute(x.Value)
+	case *types.AttributeValueMemberM:
+		return lambdaevents.NewMapAttribute(Image(x.Value))
+	case *types.AttributeValueMemberL:
+		l := make([]lambdaevents.DynamoDBAttributeValue, len(x.Value))
+		for i, e := range x.Value {
+			l[i] = attribute(e)
+		}
+		return lambdaevents.NewListAttribute(l)
+	}
+	return lambdaevents.NewNullAttribute()
 }

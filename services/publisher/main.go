@@ -1,0 +1,16 @@
+// Command publisher relays the transitions recorded in the view table's outbox to
+// EventBridge (see package publisher).
+package main
+
+import (
+	"os"
+
+	"github.com/wspresence/wspresence/internal/awsrt"
+	"github.com/wspresence/wspresence/internal/lambda/publisher"
+)
+
+func main() {
+	awsrt.Start(awsrt.NewPublisher, awsrt.Config{
+		EventBus: os.Getenv("EVENT_BUS_NAME"),
+	}, (*publisher.Handler).Handle)
+}
