@@ -142,7 +142,7 @@ func (st *Store) mutate(ctx context.Context, userID, op string, fold func(presen
 // (a scan of the user items: run it from the scheduled sweeper, not per request).
 func (st *Store) StaleConnections(ctx context.Context, cutoff time.Time) ([]presence.StaleConnection, error) {
 	var out []presence.StaleConnection
-	err := st.scanUsers(ctx, "attribute_exists(live)", func(s presence.State, _ int64) error {
+	err := st.scanUsers(ctx, func(s presence.State, _ int64) error {
 		out = append(out, s.Stale(cutoff)...)
 		return nil
 	})
@@ -154,7 +154,7 @@ func (st *Store) StaleConnections(ctx context.Context, cutoff time.Time) ([]pres
 // compacted by its own next write) and returns how many it forgot.
 func (st *Store) PruneTombstones(ctx context.Context, cutoff time.Time) (int, error) {
 	pruned := 0
-	err := st.scanUsers(ctx, "attribute_exists(conns)", func(s presence.State, _ int64) error {
+	err := st.scanUsers(ctx, func(s presence.State, _ int64) error {
 		if _, n := s.Compact(cutoff, 0); n == 0 {
 			return nil
 		}
@@ -168,13 +168,13 @@ func (st *Store) PruneTombstones(ctx context.Context, cutoff time.Time) (int, er
 	return pruned, err
 }
 
-// scanUsers calls fn with every user item that matches filter.
-func (st *Store) scanUsers(ctx context.Context, filter string, fn func(presence.State, int64) error) error {
+// scanUsers calls fn with every user item (the core decides what to do with each).
+func (st *Store) scanUsers(ctx context.Context, fn func(presence.State, int64) error) error {
 	var start map[string]types.AttributeValue
 	for {
 		page, err := st.db.Scan(ctx, &dynamodb.ScanInput{
 			TableName:                 aws.String(st.tables.View),
-			FilterExpression:          aws.String("sk = :user AND " + filter),
+			FilterExpression:          aws.String("sk = :user"),
 			ExpressionAttributeValues: map[string]types.AttributeValue{":user": s(userSK)},
 			ExclusiveStartKey:         start,
 		})

@@ -208,10 +208,10 @@ func (bv *batchView) flush(ctx context.Context) error {
 	}
 	for id := range bv.dirtC {
 		c := bv.conns[id]
-		if _, err := bv.tx.ExecContext(ctx, `INSERT INTO view_connections (connection_id, user_id, opened_at, closed_at, reason, last_seen)
-			VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (connection_id) DO UPDATE SET opened_at = excluded.opened_at,
-			closed_at = excluded.closed_at, reason = excluded.reason, last_seen = excluded.last_seen`,
-			c.ID, c.UserID, toNanos(c.OpenedAt), toNanos(c.ClosedAt), nullString(string(c.Reason)), toNanos(c.LastSeen)); err != nil {
+		if _, err := bv.tx.ExecContext(ctx, `INSERT INTO view_connections (connection_id, user_id, opened_at, closed_at, reason, last_seen, is_live)
+			VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (connection_id) DO UPDATE SET opened_at = excluded.opened_at,
+			closed_at = excluded.closed_at, reason = excluded.reason, last_seen = excluded.last_seen, is_live = excluded.is_live`,
+			c.ID, c.UserID, toNanos(c.OpenedAt), toNanos(c.ClosedAt), nullString(string(c.Reason)), toNanos(c.LastSeen), c.Live()); err != nil {
 			return fmt.Errorf("save connection %s: %w", c.ID, err)
 		}
 	}
@@ -268,10 +268,10 @@ func saveUser(ctx context.Context, tx *sql.Tx, u presence.User) error {
 	if announced == "" {
 		announced = presence.AnnouncedOffline
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO view_users (user_id, live, last_activity, announced, offline_since)
-		VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET live = excluded.live, last_activity = excluded.last_activity,
-		announced = excluded.announced, offline_since = excluded.offline_since`,
-		u.ID, u.Live, toNanos(u.LastActivity), string(announced), toNanos(u.OfflineSince)); err != nil {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO view_users (user_id, live, last_activity, announced, offline_since, online, grace_pending)
+		VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET live = excluded.live, last_activity = excluded.last_activity,
+		announced = excluded.announced, offline_since = excluded.offline_since, online = excluded.online, grace_pending = excluded.grace_pending`,
+		u.ID, u.Live, toNanos(u.LastActivity), string(announced), toNanos(u.OfflineSince), u.Online(), u.GracePending()); err != nil {
 		return fmt.Errorf("save user %s: %w", u.ID, err)
 	}
 	return nil
@@ -335,7 +335,7 @@ func (s *Store) ExpireGrace(ctx context.Context, userID string, since, now time.
 // PendingGraces lists the grace timers to run: users with no live connection still
 // announced online (after a restart, these timers are restored from here).
 func (s *Store) PendingGraces(ctx context.Context) ([]presence.Grace, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT user_id, offline_since FROM view_users WHERE live = 0 AND announced = 'online'`)
+	rows, err := s.r.QueryContext(ctx, `SELECT user_id, offline_since FROM view_users WHERE grace_pending = 1`)
 	if err != nil {
 		return nil, fmt.Errorf("list pending graces: %w", err)
 	}

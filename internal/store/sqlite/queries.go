@@ -16,7 +16,7 @@ import (
 // after ("" for the first page), at most limit of them.
 func (s *Store) OnlineUsers(ctx context.Context, after string, limit int) ([]presence.Status, error) {
 	return queryAll(ctx, s.r, "list online users", scanStatus, `SELECT user_id, live, last_activity FROM view_users
-		WHERE live > 0 AND user_id > ? ORDER BY user_id LIMIT ?`, after, limit)
+		WHERE online = 1 AND user_id > ? ORDER BY user_id LIMIT ?`, after, limit)
 }
 
 // Users returns the status of each id, in the order given; a user the view has never seen
@@ -53,7 +53,7 @@ func (s *Store) LiveConnections(ctx context.Context, userID string) ([]string, e
 	return queryAll(ctx, s.r, "list connections of "+userID, func(r *sql.Rows) (id string, err error) {
 		return id, r.Scan(&id)
 	}, `SELECT connection_id FROM view_connections
-		WHERE user_id = ? AND opened_at IS NOT NULL AND closed_at IS NULL ORDER BY connection_id`, userID)
+		WHERE user_id = ? AND is_live = 1 ORDER BY connection_id`, userID)
 }
 
 // View is the whole view: every user row and every connection row (tombstones included).
@@ -202,7 +202,7 @@ func (s *Store) AllLiveConnections(ctx context.Context) ([]presence.Conn, error)
 	return queryAll(ctx, s.r, "list live connections", func(r *sql.Rows) (c presence.Conn, err error) {
 		return c, r.Scan(&c.ID, &c.UserID)
 	}, `SELECT connection_id, user_id FROM view_connections
-		WHERE opened_at IS NOT NULL AND closed_at IS NULL ORDER BY user_id, connection_id`)
+		WHERE is_live = 1 ORDER BY user_id, connection_id`)
 }
 
 func scanStatus(r *sql.Rows) (u presence.Status, err error) {
@@ -236,7 +236,7 @@ func queryAll[T any](ctx context.Context, db *sql.DB, what string, scan func(*sq
 // OnlineCount counts the users with a live connection.
 func (s *Store) OnlineCount(ctx context.Context) (int, error) {
 	var n int
-	if err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM view_users WHERE live > 0`).Scan(&n); err != nil {
+	if err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM view_users WHERE online = 1`).Scan(&n); err != nil {
 		return 0, fmt.Errorf("count online users: %w", err)
 	}
 	return n, nil
@@ -281,7 +281,7 @@ func (s *Store) LiveConnectionsOf(ctx context.Context, users []string) (map[stri
 		type pair struct{ user, conn string }
 		rows, err := queryAll(ctx, s.r, "list live connections of users", func(r *sql.Rows) (p pair, err error) {
 			return p, r.Scan(&p.user, &p.conn)
-		}, `SELECT user_id, connection_id FROM view_connections WHERE opened_at IS NOT NULL AND closed_at IS NULL
+		}, `SELECT user_id, connection_id FROM view_connections WHERE is_live = 1
 			AND user_id IN (?`+strings.Repeat(",?", len(part)-1)+`) ORDER BY user_id, connection_id`, args...)
 		if err != nil {
 			return nil, err
