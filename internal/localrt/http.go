@@ -14,6 +14,7 @@ import (
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/auth"
 	"github.com/wspresence/wspresence/internal/dashboard"
+	"github.com/wspresence/wspresence/internal/delivery"
 	"github.com/wspresence/wspresence/internal/httperr"
 	"github.com/wspresence/wspresence/internal/onlineapi"
 	"github.com/wspresence/wspresence/internal/store/sqlite"
@@ -182,12 +183,10 @@ func (s *Server) enqueue(ctx context.Context, msgs []events.Message) ([]string, 
 	ids := make([]string, len(msgs))
 	var queued []sqlite.QueuedMessage
 	for i, m := range msgs {
-		if m.MessageID == "" {
-			m.MessageID = uuid.NewString()
-		}
-		ids[i] = m.MessageID
-		for _, uid := range m.Recipients() {
-			queued = append(queued, sqlite.QueuedMessage{MessageID: m.MessageID, UserID: uid, Body: m.Body, EnqueuedAt: now})
+		tasks := delivery.Plan(m, uuid.NewString())
+		ids[i] = tasks[0].MessageID
+		for _, d := range tasks {
+			queued = append(queued, sqlite.QueuedMessage{MessageID: d.MessageID, UserID: d.UserID, Body: d.Body, EnqueuedAt: now})
 		}
 	}
 	if err := s.store.Enqueue(ctx, queued...); err != nil {

@@ -17,9 +17,6 @@ const (
 	deliverBatch = 1024
 	// deliverWorkers bounds the users delivered to at once.
 	deliverWorkers = 32
-	// maxAttempts is how often a message whose posts fail is tried before it is reported
-	// MessageUndeliverable{failed}.
-	maxAttempts = 3
 	// retryDelay spaces the attempts.
 	retryDelay = time.Second
 )
@@ -135,8 +132,8 @@ func (s *Server) deliver(ctx context.Context, msgs []sqlite.QueuedMessage, attem
 	for r := range results {
 		switch {
 		case r.err == nil:
-		case errors.Is(r.err, delivery.ErrDeliveryFailed) && attempts[r.seq]+1 >= maxAttempts:
-			s.log.Warn("message undeliverable after retries", "attempts", maxAttempts, "err", r.err)
+		case errors.Is(r.err, delivery.ErrDeliveryFailed) && delivery.LastAttempt(attempts[r.seq]+1, delivery.DefaultMaxAttempts):
+			s.log.Warn("message undeliverable after retries", "attempts", delivery.DefaultMaxAttempts, "err", r.err)
 		default:
 			attempts[r.seq]++
 			s.log.Warn("delivery will be retried", "attempt", attempts[r.seq], "err", r.err)

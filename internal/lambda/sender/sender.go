@@ -113,9 +113,11 @@ func (t *tally) record(res delivery.Result, sent, now time.Time) {
 	}
 }
 
+// lastReceive reports whether this receive of rec is its last attempt (the delivery policy,
+// with the queue's maxReceiveCount as the attempts).
 func (h *Handler) lastReceive(rec lambdaevents.SQSMessage) bool {
 	n, err := strconv.Atoi(rec.Attributes["ApproximateReceiveCount"])
-	return err == nil && h.MaxReceives > 0 && n >= h.MaxReceives
+	return err == nil && delivery.LastAttempt(n, h.MaxReceives)
 }
 
 func (h *Handler) process(ctx context.Context, rec lambdaevents.SQSMessage, t *tally) error {
@@ -124,10 +126,8 @@ func (h *Handler) process(ctx context.Context, rec lambdaevents.SQSMessage, t *t
 		// Reported failed so that, after the queue's maximum receives, it lands in the DLQ.
 		return fmt.Errorf("poison message: %w", err)
 	}
-	id := msg.MessageID
-	if id == "" {
-		id = rec.MessageId // stable across redeliveries of this SQS message
-	}
+	tasks := delivery.Plan(msg, rec.MessageId)
+	id := tasks[0].MessageID
 	var sent time.Time
 	if ms, err := strconv.ParseInt(rec.Attributes["SentTimestamp"], 10, 64); err == nil {
 		sent = time.UnixMilli(ms)
@@ -135,8 +135,8 @@ func (h *Handler) process(ctx context.Context, rec lambdaevents.SQSMessage, t *t
 	var outcomes []events.Published
 	var results []delivery.Result
 	var errs []error
-	for _, uid := range msg.Recipients() {
-		res, err := h.Deliverer.Deliver(ctx, id, uid, msg.Body)
+	for _, task := range tasks {
+		res, err := h.Deliverer.Deliver(ctx, task.MessageID, task.UserID, task.Body)
 		switch {
 		case err == nil, errors.Is(err, delivery.ErrDeliveryFailed) && h.lastReceive(rec):
 			outcomes = append(outcomes, res.Outcome)
