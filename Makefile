@@ -13,21 +13,23 @@ run:
 test:
 	go test -race -count=1 ./...
 
-## lint: gofmt, go vet, staticcheck, go mod tidy check
+## lint: gofmt, go vet, staticcheck, go mod tidy check (the service's module and the bench's)
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
 	go vet ./...
 	@test -x $(GOBIN)/staticcheck || go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	$(GOBIN)/staticcheck ./...
 	go mod tidy -diff
+	cd bench && go vet ./... && $(GOBIN)/staticcheck ./... && go mod tidy -diff
 
 ## bench: the short benchmark profile (under 5 minutes): bench/results/<date>.json,
-## docs/benchmarks.md and docs/benchmarks.png; bench-long is the long profile
+## docs/benchmarks.md and docs/benchmarks.png; bench-long is the long profile. The load
+## generator is its own module (bench/go.mod), so its libraries stay out of the service's.
 BENCH_PROFILE ?= short
 bench:
 	@mkdir -p bench/results
 	go build -o bench/wspresence ./cmd/wspresence
-	go build -o bench/wspresence-bench ./cmd/wspresence-bench
+	cd bench && go build -o wspresence-bench ./cmd/wspresence-bench
 	./bench/wspresence-bench --profile $(BENCH_PROFILE) --server ./bench/wspresence
 
 bench-long:

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"slices"
 	"testing"
 	"unicode/utf8"
 
@@ -72,7 +73,7 @@ func FuzzDecodeMessages(f *testing.F) {
 			if err != nil {
 				t.Fatalf("round trip of %+v: %v", m, err)
 			}
-			if back.MessageID != m.MessageID || back.UserID != m.UserID || back.Body != m.Body || !equal(back.UserIDs, m.UserIDs) {
+			if back.MessageID != m.MessageID || back.UserID != m.UserID || back.Body != m.Body || !slices.Equal(back.UserIDs, m.UserIDs) {
 				t.Fatalf("round trip changed %+v into %+v", m, back)
 			}
 		}
@@ -80,16 +81,4 @@ func FuzzDecodeMessages(f *testing.F) {
 			t.Fatalf("decoded text holds %d U+FFFD, the input sent %d: invalid text was rewritten (%q)", replacements, sentReplacements, data)
 		}
 	})
-}
-
-func equal(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

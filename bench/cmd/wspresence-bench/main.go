@@ -14,7 +14,7 @@ import (
 	"os/signal"
 	"path/filepath"
 
-	"github.com/wspresence/wspresence/internal/bench"
+	"github.com/wspresence/wspresence/bench/internal/bench"
 )
 
 func main() {

@@ -3,6 +3,8 @@ package bench
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,8 +17,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/wspresence/wspresence/internal/auth"
-	"github.com/wspresence/wspresence/internal/localrt"
+	"github.com/golang-jwt/jwt/v5"
 )
 
 // Target is a server under test, running in its own process.
@@ -44,21 +45,25 @@ func pinned(cpu string, name string, args ...string) *exec.Cmd {
 	return exec.Command(name, args...)
 }
 
-// StartWspresence starts `bin serve` on a fresh data dir, pinned to cpu.
+// randomHex returns n random bytes in hex.
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// StartWspresence starts `bin serve` on a fresh data dir, pinned to cpu, with a JWT secret
+// and an API key of the benchmark's own.
 func StartWspresence(bin, dir, cpu string) (*Target, error) {
-	cmd := pinned(cpu, bin, "serve", "--addr", "127.0.0.1:0", "--data", dir, "--offline-grace", "1s",
+	t := &Target{Name: "wspresence", tokens: map[string]string{}, key: randomHex(24)}
+	t.secret = []byte(randomHex(32))
+	t.cmd = pinned(cpu, bin, "serve", "--addr", "127.0.0.1:0", "--data", dir, "--offline-grace", "1s",
+		"--jwt-secret", string(t.secret), "--api-key", t.key,
 		"--log-level", "error", "--pprof", "--max-connections-per-user", "100", "--inbound-rate", "1000", "--inbound-burst", "1000")
-	t := &Target{Name: "wspresence", cmd: cmd, tokens: map[string]string{}}
 	if err := t.start(func(line string) bool { return strings.Contains(line, "Sample token") }); err != nil {
 		return nil, err
 	}
-	var err error
-	if t.key, err = localrt.ReadSecret(dir, localrt.APIKeyFile); err != nil {
-		return nil, err
-	}
-	s, err := localrt.ReadSecret(dir, localrt.JWTSecretFile)
-	t.secret = []byte(s)
-	return t, err
+	return t, nil
 }
 
 // StartBaseline starts `self baseline-server`, pinned to cpu.
@@ -114,7 +119,9 @@ func (t *Target) WebSocketURL(user string) string {
 	defer t.mu.Unlock()
 	tok, ok := t.tokens[user]
 	if !ok {
-		tok, _ = auth.Mint(t.secret, user, 24*time.Hour, time.Now())
+		now := time.Now()
+		tok, _ = jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
+			"userId": user, "iat": now.Unix(), "exp": now.Add(24 * time.Hour).Unix()}).SignedString(t.secret)
 		t.tokens[user] = tok
 	}
 	return ws + "/?Authorization=" + tok
