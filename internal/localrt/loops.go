@@ -21,8 +21,8 @@ const (
 	retryDelay = time.Second
 )
 
-// pump is the local stand-in for the stream and queue triggers: on every commit it folds
-// the change feed into the view, then delivers the queued messages.
+// pump is the local stand-in for the queue trigger: after every commit it delivers the
+// queued messages. The view needs no pump: every commit folds what it appends.
 func (s *Server) pump(ctx context.Context) {
 	attempts := map[int64]int{}
 	retry := time.NewTimer(time.Hour)
@@ -52,19 +52,13 @@ func (s *Server) wake() {
 	}
 }
 
-// cycle runs one pass. The queue is read before the projector runs, so every connection
-// opened before a message was accepted is in the view the message is delivered from.
+// cycle runs one pass. Every connection whose open was committed before a message was
+// accepted is in the view the message is delivered from: the commit folded it.
 func (s *Server) cycle(ctx context.Context, attempts map[int64]int) (more, retryLater bool) {
 	msgs, err := s.store.PendingMessages(ctx, deliverBatch)
 	if err != nil {
 		if ctx.Err() == nil {
 			s.log.Error("read queue", "err", err)
-		}
-		return false, true
-	}
-	if err := s.project(ctx); err != nil {
-		if ctx.Err() == nil {
-			s.log.Error("projector", "err", err)
 		}
 		return false, true
 	}
@@ -75,15 +69,15 @@ func (s *Server) cycle(ctx context.Context, attempts map[int64]int) (more, retry
 	return len(msgs) == deliverBatch, retryLater
 }
 
-func (s *Server) project(ctx context.Context) error {
-	p, err := s.store.Project(ctx)
+// folded acts on what a commit's fold decided: it arms the grace timers the fold started
+// and wakes the event streams. The store calls it in commit order.
+func (s *Server) folded(p sqlite.Projection) {
 	for _, g := range p.Graces {
 		s.graces.schedule(g)
 	}
 	if p.Published > 0 {
 		s.bus.notify()
 	}
-	return err
 }
 
 // deliver delivers msgs, one user's messages in queue order, users in parallel, and

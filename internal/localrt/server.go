@@ -100,12 +100,13 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		OnCommit:    func(n int) { s.metrics.commitBatch.Observe(float64(n)) },
 		OnAppended:  func(t events.Type) { s.metrics.appended.WithLabelValues(string(t)).Inc() },
 		OnProjected: func(lag time.Duration) { s.metrics.projectorLag.Observe(lag.Seconds()) },
+		OnFolded:    func(p sqlite.Projection) { s.folded(p) },
 	})
 	if err != nil {
 		return fail(err)
 	}
-	s.store = store
 	s.graces = newGraceTimers(cfg.OfflineGrace, s.expireGrace)
+	s.store = store
 	s.deliverer = &delivery.Deliverer{Connections: store, Poster: s.hub, Log: store, Logger: log}
 	return s, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,7 +20,14 @@ const contractGrace = 5 * time.Second
 func TestContract(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) storetest.Harness {
 		clk := &clock{t: time.Date(2026, 4, 5, 6, 7, 8, 0, time.UTC)}
-		s, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "db"), sqlite.Options{Grace: contractGrace, Now: clk.Now})
+		var mu sync.Mutex
+		var started []presence.Grace
+		onFolded := func(p sqlite.Projection) {
+			mu.Lock()
+			started = append(started, p.Graces...)
+			mu.Unlock()
+		}
+		s, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "db"), sqlite.Options{Grace: contractGrace, Now: clk.Now, OnFolded: onFolded})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -41,11 +49,15 @@ func TestContract(t *testing.T) {
 			Store: s,
 			Grace: contractGrace,
 			Project: func(t *testing.T) ([]events.Published, []presence.Grace) {
-				p, err := s.Project(context.Background())
+				p, err := s.Project(context.Background()) // nothing left: commits fold
 				if err != nil {
 					t.Fatal(err)
 				}
-				return published(t), p.Graces
+				mu.Lock()
+				graces := append(started, p.Graces...)
+				started = nil
+				mu.Unlock()
+				return published(t), graces
 			},
 			Published: published,
 		}

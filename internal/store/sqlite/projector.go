@@ -78,13 +78,47 @@ func (s *Store) projectBatch(ctx context.Context) (p Projection, err error) {
 			_ = tx.Rollback()
 		}
 	}()
+	p, folded, err := s.foldFeed(ctx, tx, projectBatchSize)
+	if err != nil {
+		return p, err
+	}
+	if p.Events == 0 {
+		_ = tx.Rollback()
+		return p, nil
+	}
+	if err := tx.Commit(); err != nil {
+		return p, fmt.Errorf("projector commit: %w", err)
+	}
+	s.observeFolded(folded)
+	return p, nil
+}
+
+// observeFolded reports the fold lag of events just committed.
+func (s *Store) observeFolded(folded []events.ConnectionEvent) {
+	if s.opts.OnProjected == nil {
+		return
+	}
+	now := s.opts.Now()
+	for _, e := range folded {
+		s.opts.OnProjected(now.Sub(e.At))
+	}
+}
+
+// foldFeed folds the log entries past the checkpoint (at most limit; 0 means all) into the
+// view inside tx, with their outbox rows and the new checkpoint, and returns what it did
+// and the events it folded. The writer calls it in every group commit, so the view never
+// trails the log; Project calls it for whatever a previous version left unfolded.
+func (s *Store) foldFeed(ctx context.Context, tx *sql.Tx, limit int) (p Projection, folded []events.ConnectionEvent, err error) {
 	var cp int64
 	if err := tx.QueryRowContext(ctx, `SELECT seq FROM checkpoints WHERE name = ?`, projectorName).Scan(&cp); err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return p, fmt.Errorf("read checkpoint: %w", err)
+		return p, nil, fmt.Errorf("read checkpoint: %w", err)
 	}
-	rows, err := tx.QueryContext(ctx, `SELECT seq, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?`, cp, projectBatchSize)
+	if limit <= 0 {
+		limit = -1 // SQLite: no limit
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT seq, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?`, cp, limit)
 	if err != nil {
-		return p, fmt.Errorf("read change feed: %w", err)
+		return p, nil, fmt.Errorf("read change feed: %w", err)
 	}
 	type entry struct {
 		seq int64
@@ -96,22 +130,21 @@ func (s *Store) projectBatch(ctx context.Context) (p Projection, err error) {
 		var data string
 		if err := rows.Scan(&en.seq, &data); err != nil {
 			rows.Close()
-			return p, fmt.Errorf("scan change feed: %w", err)
+			return p, nil, fmt.Errorf("scan change feed: %w", err)
 		}
 		if err := json.Unmarshal([]byte(data), &en.e); err != nil {
 			rows.Close()
-			return p, fmt.Errorf("decode event %d: %w", en.seq, err)
+			return p, nil, fmt.Errorf("decode event %d: %w", en.seq, err)
 		}
 		feed = append(feed, en)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return p, fmt.Errorf("read change feed: %w", err)
+		return p, nil, fmt.Errorf("read change feed: %w", err)
 	}
 	p.Checkpoint = cp
 	if len(feed) == 0 {
-		_ = tx.Rollback()
-		return p, nil
+		return p, nil, nil
 	}
 	bv := &batchView{tx: tx, users: map[string]*presence.User{}, conns: map[string]*presence.Conn{},
 		dirtU: map[string]bool{}, dirtC: map[string]bool{}}
@@ -119,11 +152,11 @@ func (s *Store) projectBatch(ctx context.Context) (p Projection, err error) {
 	for _, en := range feed {
 		u, err := bv.user(ctx, en.e.UserID)
 		if err != nil {
-			return p, err
+			return p, nil, err
 		}
 		c, err := bv.conn(ctx, en.e.ConnectionID)
 		if err != nil {
-			return p, err
+			return p, nil, err
 		}
 		nu, nc, eff := presence.Apply(*u, *c, en.e, s.opts.Grace)
 		if nu != *u {
@@ -137,7 +170,7 @@ func (s *Store) projectBatch(ctx context.Context) (p Projection, err error) {
 		for _, pub := range eff.Publish {
 			ok, err := insertPublished(ctx, tx, pub, en.e.At)
 			if err != nil {
-				return p, err
+				return p, nil, err
 			}
 			if ok {
 				p.Published++
@@ -149,28 +182,20 @@ func (s *Store) projectBatch(ctx context.Context) (p Projection, err error) {
 			delete(graces, nu.ID)
 		}
 		p.Checkpoint = en.seq
+		folded = append(folded, en.e)
 	}
 	if err := bv.flush(ctx); err != nil {
-		return p, err
+		return p, nil, err
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO checkpoints (name, seq) VALUES (?, ?)
 		ON CONFLICT (name) DO UPDATE SET seq = excluded.seq`, projectorName, p.Checkpoint); err != nil {
-		return p, fmt.Errorf("write checkpoint: %w", err)
-	}
-	if err := tx.Commit(); err != nil {
-		return p, fmt.Errorf("projector commit: %w", err)
+		return p, nil, fmt.Errorf("write checkpoint: %w", err)
 	}
 	p.Events = len(feed)
-	if s.opts.OnProjected != nil {
-		now := s.opts.Now()
-		for _, en := range feed {
-			s.opts.OnProjected(now.Sub(en.e.At))
-		}
-	}
 	for uid, d := range graces {
 		p.Graces = append(p.Graces, presence.Grace{UserID: uid, Since: d})
 	}
-	return p, nil
+	return p, folded, nil
 }
 
 func (bv *batchView) user(ctx context.Context, id string) (*presence.User, error) {

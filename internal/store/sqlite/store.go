@@ -40,6 +40,11 @@ type Options struct {
 	// OnProjected, if set, is called for every event the projector folded, with the time
 	// from the event to the commit of its fold.
 	OnProjected func(lag time.Duration)
+	// OnFolded, if set, is called after each group commit that folded events into the view
+	// (in the commit itself: readers never see the log ahead of the view) with what the
+	// fold did: the events published, the grace periods started. It runs on the writer's
+	// goroutine, in commit order, and must not block.
+	OnFolded func(Projection)
 }
 
 func (o *Options) setDefaults() {
@@ -236,7 +241,7 @@ func (s *Store) writer() {
 }
 
 func (s *Store) commit(batch []*writeReq) {
-	err := s.writeBatch(batch)
+	p, folded, err := s.writeBatch(batch)
 	if err != nil && len(batch) > 1 {
 		// One bad request must not fail the others: retry each alone.
 		for _, req := range batch {
@@ -258,6 +263,10 @@ func (s *Store) commit(batch []*writeReq) {
 				}
 			}
 		}
+		s.observeFolded(folded)
+		if s.opts.OnFolded != nil && p.Events > 0 {
+			s.opts.OnFolded(p)
+		}
 		select {
 		case s.wakeup <- struct{}{}:
 		default:
@@ -268,11 +277,13 @@ func (s *Store) commit(batch []*writeReq) {
 	}
 }
 
-func (s *Store) writeBatch(batch []*writeReq) (err error) {
+// writeBatch appends and enqueues what batch holds and folds the new events into the view,
+// all in one transaction: one durable write for the facts and what they decided.
+func (s *Store) writeBatch(batch []*writeReq) (p Projection, folded []events.ConnectionEvent, err error) {
 	ctx := context.Background()
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("begin: %w", err)
+		return p, nil, fmt.Errorf("begin: %w", err)
 	}
 	defer func() {
 		if err != nil {
@@ -282,13 +293,13 @@ func (s *Store) writeBatch(batch []*writeReq) (err error) {
 	insEvent, err := tx.PrepareContext(ctx, `INSERT INTO events (key, type, user_id, connection_id, at, data)
 		VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING`)
 	if err != nil {
-		return fmt.Errorf("prepare append: %w", err)
+		return p, nil, fmt.Errorf("prepare append: %w", err)
 	}
 	defer insEvent.Close()
 	insMsg, err := tx.PrepareContext(ctx, `INSERT INTO messages (message_id, user_id, body, enqueued_at)
 		VALUES (?, ?, ?, ?) ON CONFLICT (message_id, user_id) DO NOTHING`)
 	if err != nil {
-		return fmt.Errorf("prepare enqueue: %w", err)
+		return p, nil, fmt.Errorf("prepare enqueue: %w", err)
 	}
 	defer insMsg.Close()
 	for _, req := range batch {
@@ -296,11 +307,11 @@ func (s *Store) writeBatch(batch []*writeReq) (err error) {
 		for i, e := range req.events {
 			data, err := json.Marshal(e)
 			if err != nil {
-				return fmt.Errorf("encode %s: %w", e.Key(), err)
+				return p, nil, fmt.Errorf("encode %s: %w", e.Key(), err)
 			}
 			res, err := insEvent.ExecContext(ctx, e.Key(), string(e.Type), e.UserID, e.ConnectionID, e.At.UnixNano(), string(data))
 			if err != nil {
-				return fmt.Errorf("append %s: %w", e.Key(), err)
+				return p, nil, fmt.Errorf("append %s: %w", e.Key(), err)
 			}
 			n, _ := res.RowsAffected()
 			req.appended += int(n)
@@ -308,12 +319,15 @@ func (s *Store) writeBatch(batch []*writeReq) (err error) {
 		}
 		for _, m := range req.messages {
 			if _, err := insMsg.ExecContext(ctx, m.MessageID, m.UserID, m.Body, m.EnqueuedAt.UnixNano()); err != nil {
-				return fmt.Errorf("enqueue %s: %w", m.MessageID, err)
+				return p, nil, fmt.Errorf("enqueue %s: %w", m.MessageID, err)
 			}
 		}
 	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("commit: %w", err)
+	if p, folded, err = s.foldFeed(ctx, tx, 0); err != nil {
+		return p, nil, err
 	}
-	return nil
+	if err := tx.Commit(); err != nil {
+		return p, nil, fmt.Errorf("commit: %w", err)
+	}
+	return p, folded, nil
 }
