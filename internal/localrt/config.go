@@ -97,6 +97,9 @@ type Config struct {
 	// Pprof serves the Go profiler at /debug/pprof/ behind the API key (WSPRESENCE_PPROF,
 	// default off); the benchmark uses it.
 	Pprof bool
+
+	// storeFault is passed to the store as its fault hook (tests only).
+	storeFault func() error
 }
 
 // DefaultConfig returns the documented defaults.

@@ -161,12 +161,8 @@ func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ids, err := s.enqueue(r.Context(), msgs)
-	if errors.Is(err, errStoreClosed) {
-		httperr.Write(w, r, s.log, httperr.New(http.StatusServiceUnavailable, httperr.CodeUnavailable, "server is shutting down"))
-		return
-	}
 	if err != nil {
-		httperr.Write(w, r, s.log, err)
+		httperr.Write(w, r, s.log, s.storeUnavailable(w, err))
 		return
 	}
 	httperr.WriteJSON(w, http.StatusAccepted, EnqueueReply{MessageIDs: ids})
@@ -174,6 +170,18 @@ func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
 
 // errStoreClosed is what enqueue returns once the store is closed (shutting down).
 var errStoreClosed = sqlite.ErrClosed
+
+// storeUnavailable turns a store write error into the client's answer: 503 with
+// Retry-After, whether the server is shutting down or the store cannot write for now (a
+// full disk); the cause is logged. Nothing was accepted: the client retries.
+func (s *Server) storeUnavailable(w http.ResponseWriter, err error) *httperr.Error {
+	w.Header().Set("Retry-After", "1")
+	if errors.Is(err, errStoreClosed) {
+		return httperr.New(http.StatusServiceUnavailable, httperr.CodeUnavailable, "server is shutting down")
+	}
+	s.log.Error("store write failed", "err", err)
+	return httperr.New(http.StatusServiceUnavailable, httperr.CodeUnavailable, "the store cannot write for now; retry later")
+}
 
 // enqueue makes msgs durable, one queue entry per recipient, and returns each message's
 // id (generated when absent). It is the one way into the local queue: POST /messages and

@@ -101,6 +101,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		OnAppended:  func(t events.Type) { s.metrics.appended.WithLabelValues(string(t)).Inc() },
 		OnProjected: func(lag time.Duration) { s.metrics.projectorLag.Observe(lag.Seconds()) },
 		OnFolded:    func(p sqlite.Projection) { s.folded(p) },
+		Fault:       cfg.storeFault,
 	})
 	if err != nil {
 		return fail(err)

@@ -93,10 +93,13 @@ func (s *Server) writeSQS(w http.ResponseWriter, status int, err error, out ...a
 	if err != nil {
 		var se *sqsError
 		if !errors.As(err, &se) {
+			// Only the durable enqueue fails this way: the store is closed or cannot write for
+			// now. Nothing was accepted; the SDK retries a 503.
 			s.log.Error("queue request failed", "err", err)
-			se = &sqsError{status: http.StatusInternalServerError, code: "InternalFailure", queryCode: "InternalFailure", message: "internal error"}
+			w.Header().Set("Retry-After", "1")
+			se = &sqsError{status: http.StatusServiceUnavailable, code: "ServiceUnavailable", queryCode: "ServiceUnavailable", message: "the store cannot write for now; retry later"}
 			if errors.Is(err, errStoreClosed) {
-				se = &sqsError{status: http.StatusServiceUnavailable, code: "ServiceUnavailable", queryCode: "ServiceUnavailable", message: "server is shutting down"}
+				se.message = "server is shutting down"
 			}
 		}
 		fault := "Sender"

@@ -15,6 +15,8 @@ import (
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/auth"
 	"github.com/wspresence/wspresence/internal/httperr"
+	"github.com/wspresence/wspresence/internal/retry"
+	"github.com/wspresence/wspresence/internal/store/sqlite"
 	"golang.org/x/time/rate"
 )
 
@@ -73,7 +75,7 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 	ctx := context.WithoutCancel(r.Context())
 	opened := events.Opened(userID, id, s.now(), sourceIP(r), r.UserAgent())
 	if _, err := s.store.Append(ctx, opened); err != nil {
-		httperr.Write(w, r, s.log, err)
+		httperr.Write(w, r, s.log, s.storeUnavailable(w, err))
 		return
 	}
 	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: s.cfg.AllowedOrigins,
@@ -209,10 +211,20 @@ func ParseClientFrame(data []byte) ClientFrame {
 	return ClientFrame{Action: action}
 }
 
+// appendClose records a connection's close and does not give up: while the store cannot
+// write (a full disk, say) it retries with backoff, so a user whose last connection closed
+// never stays online once the store recovers. Only a closed store (shutdown) ends it: the
+// next start closes the connections the log still holds open.
 func (s *Server) appendClose(ctx context.Context, e events.ConnectionEvent) {
-	if _, err := s.store.Append(ctx, e); err != nil {
-		// The next start closes the connection as expired: nothing stays online.
-		s.log.Error("record close", "connectionId", e.ConnectionID, "err", err)
+	for attempt := 1; ; attempt++ {
+		_, err := s.store.Append(ctx, e)
+		if err == nil || errors.Is(err, sqlite.ErrClosed) {
+			return
+		}
+		s.log.Error("record close, will retry", "connectionId", e.ConnectionID, "attempt", attempt, "err", err)
+		// At shutdown the store is closed once its wait for the connections ends, and the
+		// next attempt then returns ErrClosed.
+		time.Sleep(retry.Backoff(100*time.Millisecond, min(attempt, 6)))
 	}
 }
 

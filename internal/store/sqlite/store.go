@@ -45,6 +45,9 @@ type Options struct {
 	// fold did: the events published, the grace periods started. It runs on the writer's
 	// goroutine, in commit order, and must not block.
 	OnFolded func(Projection)
+	// Fault, if set, is called before every group commit; an error it returns fails the
+	// commit as a full or failing disk would (fault-injection tests).
+	Fault func() error
 }
 
 func (o *Options) setDefaults() {
@@ -281,6 +284,11 @@ func (s *Store) commit(batch []*writeReq) {
 // all in one transaction: one durable write for the facts and what they decided.
 func (s *Store) writeBatch(batch []*writeReq) (p Projection, folded []events.ConnectionEvent, err error) {
 	ctx := context.Background()
+	if s.opts.Fault != nil {
+		if err := s.opts.Fault(); err != nil {
+			return p, nil, fmt.Errorf("commit: %w", err)
+		}
+	}
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return p, nil, fmt.Errorf("begin: %w", err)

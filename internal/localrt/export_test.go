@@ -1,0 +1,5 @@
+package localrt
+
+// SetStoreFault makes the server's store call fault before every group commit and fail the
+// commit with its error (a full disk, say).
+func SetStoreFault(c *Config, fault func() error) { c.storeFault = fault }

@@ -1,0 +1,65 @@
+package localrt_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/httperr"
+	"github.com/wspresence/wspresence/internal/localrt"
+)
+
+// TestStoreFailureLeavesNoGhost: while the store cannot write (a full disk), new
+// connections and POST /messages get 503 with Retry-After and nothing is accepted; the
+// close of a connection that ends meanwhile is kept and retried, so once the store writes
+// again the user goes offline (no ghost), and the server takes connections again.
+func TestStoreFailureLeavesNoGhost(t *testing.T) {
+	var full atomic.Bool
+	errFull := errors.New("no space left on device")
+	ts := startServer(t, t.TempDir(), func(c *localrt.Config) {
+		c.OfflineGrace = 200 * time.Millisecond
+		localrt.SetStoreFault(c, func() error {
+			if full.Load() {
+				return errFull
+			}
+			return nil
+		})
+	})
+	sub := ts.subscribe("0")
+	c := ts.dial("ghost")
+	waitFor(t, "ghost online", func() bool { s, _ := ts.online("userIds=ghost"); return s[0].IsOnline })
+
+	full.Store(true)
+	// New connections are refused with 503 before the upgrade.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_, resp, err := websocket.Dial(ctx, ts.ws+"/?Authorization="+ts.token("other"), nil)
+	cancel()
+	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("connect while the store cannot write: %v %v", err, resp)
+	}
+	// Messages are refused with 503 and Retry-After.
+	r := ts.do(http.MethodPost, "/messages", testKey, []byte(`{"UserId":"ghost","Body":"x"}`))
+	expectError(t, r, http.StatusServiceUnavailable, httperr.CodeUnavailable)
+	if r.header.Get("Retry-After") == "" {
+		t.Fatal("503 without Retry-After")
+	}
+	// The user's only connection closes while the close cannot be written.
+	c.close(t)
+	time.Sleep(500 * time.Millisecond)
+	if s, _ := ts.online("userIds=ghost"); !s[0].IsOnline {
+		t.Fatal("the close was recorded although the store could not write")
+	}
+
+	full.Store(false) // space is freed
+	waitFor(t, "ghost offline after the store recovers", func() bool { s, _ := ts.online("userIds=ghost"); return !s[0].IsOnline })
+	waitFor(t, "UserOffline", func() bool { return len(sub.of(events.DetailUserOffline, "ghost")) == 1 })
+	// And the server works again.
+	again := ts.dial("ghost")
+	ts.send(`{"UserId":"ghost","Body":"back"}`)
+	again.expectFrame(t, "back")
+}
