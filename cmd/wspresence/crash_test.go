@@ -106,15 +106,28 @@ func (c *child) stop(t *testing.T, sig syscall.Signal) {
 // load is what the clients saw before the crash.
 type load struct {
 	mu       sync.Mutex
-	dials    map[string]int      // successful WebSocket upgrades per user
-	accepted map[string][]string // message ids answered 202, per user
+	dials    map[string]int             // successful WebSocket upgrades per user
+	accepted map[string][]string        // message ids answered 202, per user
+	received map[string]map[string]bool // message ids a client of the user read, per user
+	readers  sync.WaitGroup             // every connection's reader, until its EOF
 }
 
+// slowUsers read slowly (15 ms a frame) and get 60 KB bodies: frames pile up in their send
+// queues, so a kill finds frames queued but not written.
+var slowUsers = map[string]bool{"u3": true, "u4": true}
+
+// readingUsers never close a connection themselves: their clients read every frame until the
+// kill ends the connection, so every message reported delivered to them must have been read.
+// (A client that closes its own connection discards the frames that arrive during the close
+// handshake: written to it, but not read.)
+var readingUsers = map[string]bool{"u3": true, "u4": true, "u5": true}
+
 func drive(ctx context.Context, c *child, secret []byte, rng *rand.Rand, users []string) *load {
-	l := &load{dials: map[string]int{}, accepted: map[string][]string{}}
+	l := &load{dials: map[string]int{}, accepted: map[string][]string{}, received: map[string]map[string]bool{}}
 	var wg sync.WaitGroup
 	for i, u := range users {
 		seed := rng.Uint64()
+		l.received[u] = map[string]bool{}
 		wg.Add(2)
 		go func() { // connections churning
 			defer wg.Done()
@@ -125,13 +138,39 @@ func drive(ctx context.Context, c *child, secret []byte, rng *rand.Rand, users [
 				conn, _, err := websocket.Dial(dctx, "ws://"+c.addr+"/?Authorization="+tok, nil)
 				cancel()
 				if err != nil {
+					time.Sleep(10 * time.Millisecond) // at the connection cap, or cut off
 					continue
 				}
+				conn.SetReadLimit(1 << 20)
 				l.mu.Lock()
 				l.dials[u]++
 				l.mu.Unlock()
-				go func() { _, _, _ = conn.Read(context.Background()) }()
+				l.readers.Add(1)
+				go func() { // every frame, until the connection ends
+					defer l.readers.Done()
+					for {
+						_, data, err := conn.Read(context.Background())
+						if err != nil {
+							return
+						}
+						id, _, _ := strings.Cut(string(data), " ")
+						l.mu.Lock()
+						l.received[u][id] = true
+						l.mu.Unlock()
+						if slowUsers[u] {
+							time.Sleep(15 * time.Millisecond)
+						}
+					}
+				}()
 				time.Sleep(time.Duration(r.IntN(40)) * time.Millisecond)
+				if readingUsers[u] {
+					// Keep reading until the kill; open another connection after a while.
+					select {
+					case <-ctx.Done():
+					case <-time.After(time.Duration(50+r.IntN(200)) * time.Millisecond):
+					}
+					continue
+				}
 				if r.IntN(3) > 0 {
 					_ = conn.Close(websocket.StatusNormalClosure, "")
 				}
@@ -139,9 +178,13 @@ func drive(ctx context.Context, c *child, secret []byte, rng *rand.Rand, users [
 		}()
 		go func() { // messages
 			defer wg.Done()
+			pad := "x"
+			if slowUsers[u] {
+				pad = strings.Repeat("x", 60*1024)
+			}
 			for n := 0; ctx.Err() == nil; n++ {
 				id := fmt.Sprintf("m-%d-%d", i, n)
-				body := fmt.Sprintf(`{"UserId":%q,"MessageId":%q,"Body":"payload %d"}`, u, id, n)
+				body := fmt.Sprintf(`{"UserId":%q,"MessageId":%q,"Body":"%s %s"}`, u, id, id, pad)
 				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+c.addr+"/messages", strings.NewReader(body))
 				req.Header.Set("X-Api-Key", c.key)
 				resp, err := http.DefaultClient.Do(req)
@@ -197,7 +240,9 @@ type detail struct {
 }
 
 // TestCrashSafety kills the server with SIGKILL at random points under load, restarts it on
-// the same data dir, and checks that nothing acknowledged was lost. WSPRESENCE_CRASH_RUNS
+// the same data dir, and checks that nothing acknowledged was lost and that every message
+// reported delivered was received: clients read every frame until their connection's EOF,
+// and two users are slow readers of 60 KB bodies. WSPRESENCE_CRASH_RUNS
 // sets the number of runs (default 20); each run logs its seed.
 func TestCrashSafety(t *testing.T) {
 	runs := 20
@@ -208,7 +253,7 @@ func TestCrashSafety(t *testing.T) {
 	if v, err := strconv.ParseUint(os.Getenv("WSPRESENCE_CRASH_SEED"), 10, 64); err == nil {
 		seed = v
 	}
-	var totalMessages, totalDials, lost atomic.Int64
+	var totalMessages, totalDials, lost, totalDelivered, falseDeliveries atomic.Int64
 	for run := range runs {
 		runSeed := seed + uint64(run)
 		t.Run(fmt.Sprintf("run-%02d-seed-%d", run, runSeed), func(t *testing.T) {
@@ -219,15 +264,23 @@ func TestCrashSafety(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			users := []string{"u0", "u1", "u2", "u3", "u4"}
+			users := []string{"u0", "u1", "u2", "u3", "u4", "u5"}
 			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(100+rng.IntN(500))*time.Millisecond)
 			var l *load
 			done := make(chan struct{})
 			go func() { l = drive(ctx, a, []byte(secretText), rng, users); close(done) }()
 			<-ctx.Done()
-			a.stop(t, syscall.SIGKILL) // mid-flight: requests and upgrades are cut off
+			a.stop(t, syscall.SIGKILL) // mid-flight: requests, upgrades and writes are cut off
 			cancel()
 			<-done
+			// Every client reads what reached it, until its connection's EOF.
+			readersDone := make(chan struct{})
+			go func() { l.readers.Wait(); close(readersDone) }()
+			select {
+			case <-readersDone:
+			case <-time.After(10 * time.Second):
+				t.Fatal("clients still reading 10 s after the kill")
+			}
 
 			b := startChild(t, dir)
 			// Every message answered 202 gets an outcome; UserOffline settles everyone.
@@ -246,6 +299,22 @@ func TestCrashSafety(t *testing.T) {
 				time.Sleep(100 * time.Millisecond)
 			}
 			checkTransitions(t, envs)
+			// Nothing reported delivered that no client received: MessageDelivered is
+			// recorded once the frame is written, never when it is merely queued.
+			delivered := 0
+			for _, env := range envs {
+				if env.DetailType != events.DetailMessageDelivered {
+					continue
+				}
+				delivered++
+				var d detail
+				_ = json.Unmarshal(env.Detail, &d)
+				if readingUsers[d.UserID] && !l.received[d.UserID][d.MessageID] {
+					falseDeliveries.Add(1)
+					t.Errorf("%s: message %s reported delivered, but no client of the user received it", d.UserID, d.MessageID)
+				}
+			}
+			totalDelivered.Add(int64(delivered))
 			b.stop(t, syscall.SIGTERM)
 
 			st, err := sqlite.Open(context.Background(), filepath.Join(dir, localrt.StoreFile), sqlite.Options{Grace: crashGrace})
@@ -298,7 +367,8 @@ func TestCrashSafety(t *testing.T) {
 			t.Logf("seed %d: %d connections and %d messages accepted before SIGKILL, %d events in the log", runSeed, dials, msgs, len(log))
 		})
 	}
-	t.Logf("crash safety: %d runs, %d kills, %d connections and %d messages acknowledged, lost %d", runs, runs, totalDials.Load(), totalMessages.Load(), lost.Load())
+	t.Logf("crash safety: %d runs, %d kills, %d connections and %d messages acknowledged, lost %d; %d reported delivered, %d of them not received",
+		runs, runs, totalDials.Load(), totalMessages.Load(), lost.Load(), totalDelivered.Load(), falseDeliveries.Load())
 }
 
 func missingOutcomes(l *load, envs []events.Envelope) int {

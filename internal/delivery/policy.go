@@ -2,14 +2,10 @@ package delivery
 
 import "github.com/wspresence/wspresence/events"
 
-// The delivery policy both runtimes follow: how an accepted message becomes deliveries,
-// which id it carries, and when a failing delivery stops being retried. The local runtime
-// and the AWS sender call these; neither decides it on its own.
-
-// DefaultMaxAttempts is how often the local runtime tries a message whose posts fail
-// before reporting it MessageUndeliverable{failed}. On AWS the queue's maxReceiveCount
-// (template parameter MaxReceiveCount) plays this part.
-const DefaultMaxAttempts = 3
+// The delivery policy both runtimes follow: how an accepted message becomes deliveries and
+// which id it carries (both runtimes), and when a failing delivery stops being retried (the
+// AWS sender, whose posts can fail for other reasons than a gone connection; locally a post
+// only ever finds its connection gone, which is an outcome, not a retry).
 
 // Task is one delivery: one message to one user.
 type Task struct {
@@ -35,6 +31,7 @@ func Plan(m events.Message, fallbackID string) []Task {
 
 // LastAttempt reports whether attempt (counted from 1) of a delivery whose posts failed is
 // its last: then the failure is reported (MessageUndeliverable{failed}) instead of retried.
+// On AWS the attempts are the queue's receives, up to its maxReceiveCount.
 func LastAttempt(attempt, maxAttempts int) bool {
 	return maxAttempts > 0 && attempt >= maxAttempts
 }

@@ -22,8 +22,6 @@ type hub struct {
 	closing bool
 }
 
-var _ delivery.Poster = (*hub)(nil)
-
 func newHub(limit int) *hub {
 	return &hub{conns: map[string]*wsConn{}, perUser: map[string]int{}, limit: limit}
 }
@@ -87,22 +85,31 @@ func (h *hub) count() int {
 	return len(h.conns)
 }
 
-// Post queues data as one text frame for the connection, as API Gateway accepts a post
-// for delivery. A connection this process does not hold is gone; so is one whose send
-// queue is full (a reader too slow to keep up), which is closed with 1013 as expired.
-func (h *hub) Post(_ context.Context, connectionID string, data []byte) error {
+// errGone is what a frame's receipt says when its connection ended before writing it.
+var errGone = fmt.Errorf("connection ended before the frame was written: %w", delivery.ErrConnectionGone)
+
+// post queues data as one text frame for the connection; written is called once, from the
+// connection's writer, with nil once the frame has been written to the socket, or with an
+// error wrapping delivery.ErrConnectionGone if the connection ended first. A connection
+// this process does not hold is gone at once; so is one whose send queue is full (a reader
+// too slow to keep up), which is closed with 1013 as expired.
+func (h *hub) post(connectionID string, data []byte, written func(error)) error {
 	c := h.get(connectionID)
 	if c == nil {
 		return fmt.Errorf("post to %s: %w", connectionID, delivery.ErrConnectionGone)
 	}
-	select {
-	case c.send <- data:
-		return nil
-	default:
+	if !c.enqueue(frame{data: data, written: written}) {
 		c.setReason(events.ReasonExpired)
 		go c.ws.Close(websocket.StatusTryAgainLater, "send queue full")
 		return &delivery.GoneError{Reason: events.ReasonExpired, Err: fmt.Errorf("post to %s: send queue full", connectionID)}
 	}
+	return nil
+}
+
+// frame is one queued text frame and the receipt of its write.
+type frame struct {
+	data    []byte
+	written func(error)
 }
 
 // wsConn is one live WebSocket connection.
@@ -111,13 +118,57 @@ type wsConn struct {
 	ws         *websocket.Conn
 	// drop ends the connection at once, without waiting for a close handshake.
 	drop context.CancelFunc
-	// send queues the frames to write.
-	send chan []byte
+	// max bounds the frames waiting to be written (the send queue).
+	max int
+	// mu guards queue and ended; the queue is allocated on the first frame, so an idle
+	// connection holds none.
+	mu    sync.Mutex
+	queue []frame
+	ended bool
+	// ready is signalled (coalesced) when a frame is queued.
+	ready chan struct{}
 	// reason is the close reason decided by whoever closed the connection first; the
 	// read loop records it (client when nobody else decided).
 	reason atomic.Pointer[events.CloseReason]
 	// lastRead is the unix-nano time of the last frame received.
 	lastRead atomic.Int64
+}
+
+// enqueue queues f; it reports false when the queue is full or the connection ended.
+func (c *wsConn) enqueue(f frame) bool {
+	c.mu.Lock()
+	if c.ended || len(c.queue) >= c.max {
+		c.mu.Unlock()
+		return false
+	}
+	c.queue = append(c.queue, f)
+	c.mu.Unlock()
+	select {
+	case c.ready <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// take returns the queued frames, oldest first, and empties the queue.
+func (c *wsConn) take() []frame {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	q := c.queue
+	c.queue = nil
+	return q
+}
+
+// end marks c ended and tells every frame still queued that it was not written.
+func (c *wsConn) end() {
+	c.mu.Lock()
+	c.ended = true
+	q := c.queue
+	c.queue = nil
+	c.mu.Unlock()
+	for _, f := range q {
+		f.written(errGone)
+	}
 }
 
 // setReason records why the server is closing c, unless a reason was already set.

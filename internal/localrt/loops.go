@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/wspresence/wspresence/events"
-	"github.com/wspresence/wspresence/internal/delivery"
 	"github.com/wspresence/wspresence/internal/presence"
 	"github.com/wspresence/wspresence/internal/store/sqlite"
 )
@@ -15,18 +14,17 @@ import (
 const (
 	// deliverBatch is how many queued messages one pump cycle takes.
 	deliverBatch = 1024
-	// deliverWorkers bounds the users delivered to at once.
-	deliverWorkers = 32
 	// retryDelay spaces the attempts.
 	retryDelay = time.Second
 )
 
-// pump is the local stand-in for the queue trigger: after every commit it delivers the
-// queued messages. The view needs no pump: every commit folds what it appends.
+// pump is the local stand-in for the queue trigger: after every commit it dispatches the
+// messages queued since the last pass. The view needs no pump: every commit folds what it
+// appends.
 func (s *Server) pump(ctx context.Context) {
-	attempts := map[int64]int{}
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
+	var after int64 // every message up to this sequence number is dispatched
 	for {
 		select {
 		case <-ctx.Done():
@@ -35,12 +33,14 @@ func (s *Server) pump(ctx context.Context) {
 		case <-s.kick:
 		case <-retry.C:
 		}
-		more, retryLater := s.cycle(ctx, attempts)
+		more, last, err := s.cycle(ctx, after)
+		after = last
+		if err != nil {
+			retry.Reset(retryDelay)
+			continue
+		}
 		if more {
 			s.wake()
-		}
-		if retryLater {
-			retry.Reset(retryDelay)
 		}
 	}
 }
@@ -52,21 +52,157 @@ func (s *Server) wake() {
 	}
 }
 
-// cycle runs one pass. Every connection whose open was committed before a message was
-// accepted is in the view the message is delivered from: the commit folded it.
-func (s *Server) cycle(ctx context.Context, attempts map[int64]int) (more, retryLater bool) {
-	msgs, err := s.store.PendingMessages(ctx, deliverBatch)
+// cycle dispatches up to deliverBatch messages queued after the sequence number after and
+// returns the last one dispatched. Every connection whose open was committed before a
+// message was accepted is in the view it is dispatched from: the commit folded it.
+func (s *Server) cycle(ctx context.Context, after int64) (more bool, last int64, err error) {
+	msgs, err := s.store.PendingMessages(ctx, after, deliverBatch)
 	if err != nil {
 		if ctx.Err() == nil {
 			s.log.Error("read queue", "err", err)
 		}
-		return false, true
+		return false, after, err
 	}
 	if len(msgs) == 0 {
-		return false, false
+		return false, after, nil
 	}
-	retryLater = s.deliver(ctx, msgs, attempts)
-	return len(msgs) == deliverBatch, retryLater
+	users := make([]string, 0, len(msgs))
+	for _, m := range msgs {
+		users = append(users, m.UserID)
+	}
+	live, err := s.store.LiveConnectionsOf(ctx, users)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Error("read live connections", "err", err)
+		}
+		return false, after, err
+	}
+	for _, m := range msgs {
+		s.dispatch(m, live[m.UserID])
+	}
+	return len(msgs) == deliverBatch, msgs[len(msgs)-1].Seq, nil
+}
+
+// dispatch posts m to each of its user's live connections, in queue order (so a user's
+// messages arrive in order), and does not wait: the message's outcome is decided when the
+// last of its frames is written or found gone, and recorded by the completer. A frame
+// merely queued on a connection is never reported delivered; one still unwritten when the
+// process dies leaves the message pending, and the next start dispatches it again.
+func (s *Server) dispatch(m sqlite.QueuedMessage, conns []string) {
+	if len(conns) == 0 {
+		s.complete(completion{seq: m.Seq, enqueuedAt: m.EnqueuedAt,
+			outcome: events.NewMessageUndeliverable(m.MessageID, m.UserID, events.UndeliverableOffline, s.now())})
+		return
+	}
+	p := &inFlight{msg: m, remaining: len(conns), s: s}
+	data := []byte(m.Body)
+	for _, id := range conns {
+		if err := s.hub.post(id, data, p.receipt); err != nil {
+			p.receipt(err)
+		}
+	}
+}
+
+// inFlight is one message on its way to one user's connections.
+type inFlight struct {
+	s         *Server
+	msg       sqlite.QueuedMessage
+	mu        sync.Mutex
+	remaining int
+	written   int
+}
+
+// receipt counts one frame written (err nil) or gone; the last one decides the outcome.
+func (p *inFlight) receipt(err error) {
+	p.mu.Lock()
+	if err == nil {
+		p.written++
+	}
+	p.remaining--
+	done, written := p.remaining == 0, p.written
+	p.mu.Unlock()
+	if !done {
+		return
+	}
+	m, now := p.msg, p.s.now()
+	var out events.Published = events.NewMessageDelivered(m.MessageID, m.UserID, written, now)
+	if written == 0 {
+		out = events.NewMessageUndeliverable(m.MessageID, m.UserID, events.UndeliverableGone, now)
+	}
+	p.s.complete(completion{seq: m.Seq, enqueuedAt: m.EnqueuedAt, outcome: out})
+}
+
+// completion is a message's decided outcome, waiting to be recorded.
+type completion struct {
+	seq        int64
+	enqueuedAt time.Time
+	outcome    events.Published
+}
+
+func (s *Server) complete(c completion) { s.completions <- c }
+
+// completer records the decided outcomes in batches: each batch marks its messages done
+// and writes their outcome events to the outbox in one transaction. A batch that cannot be
+// written is retried until it is. At shutdown it records what is left, once every
+// connection has ended (and so every frame has its receipt).
+func (s *Server) completer(ctx context.Context) {
+	for {
+		var batch []completion
+		select {
+		case c := <-s.completions:
+			batch = append(batch, c)
+		case <-ctx.Done():
+			for {
+				select {
+				case c := <-s.completions:
+					batch = append(batch, c)
+				default:
+					s.record(context.WithoutCancel(ctx), batch)
+					return
+				}
+			}
+		}
+	fill:
+		for len(batch) < deliverBatch {
+			select {
+			case c := <-s.completions:
+				batch = append(batch, c)
+			default:
+				break fill
+			}
+		}
+		s.record(ctx, batch)
+	}
+}
+
+func (s *Server) record(ctx context.Context, batch []completion) {
+	if len(batch) == 0 {
+		return
+	}
+	seqs := make([]int64, len(batch))
+	outcomes := make([]events.Published, len(batch))
+	for i, c := range batch {
+		seqs[i], outcomes[i] = c.seq, c.outcome
+	}
+	for {
+		n, err := s.store.Complete(ctx, seqs, outcomes)
+		if err == nil {
+			if n > 0 {
+				s.bus.notify()
+			}
+			now := s.now()
+			for _, c := range batch {
+				s.metrics.outcome(c.outcome, c.enqueuedAt, now)
+			}
+			return
+		}
+		if errors.Is(err, sqlite.ErrClosed) {
+			s.log.Error("outcomes not recorded: the next start dispatches their messages again", "count", len(batch), "err", err)
+			return
+		}
+		s.log.Error("record outcomes, will retry", "count", len(batch), "err", err)
+		time.Sleep(retryDelay)
+	}
 }
 
 // folded acts on what a commit's fold decided: it arms the grace timers the fold started
@@ -78,108 +214,6 @@ func (s *Server) folded(p sqlite.Projection) {
 	if p.Published > 0 {
 		s.bus.notify()
 	}
-}
-
-// deliver delivers msgs, one user's messages in queue order, users in parallel, and
-// completes those with an outcome in one transaction.
-func (s *Server) deliver(ctx context.Context, msgs []sqlite.QueuedMessage, attempts map[int64]int) (retryLater bool) {
-	byUser := map[string][]sqlite.QueuedMessage{}
-	var order []string
-	for _, m := range msgs {
-		if _, ok := byUser[m.UserID]; !ok {
-			order = append(order, m.UserID)
-		}
-		byUser[m.UserID] = append(byUser[m.UserID], m)
-	}
-	type result struct {
-		seq        int64
-		enqueuedAt time.Time
-		outcome    events.Published
-		err        error
-	}
-	results := make(chan result, len(msgs))
-	// One cycle reads the live connections of all its users at once.
-	cache := &connCache{view: s.store, byUser: map[string][]string{}}
-	if live, err := s.store.LiveConnectionsOf(ctx, order); err == nil {
-		cache.byUser = live
-	}
-	deliverer := *s.deliverer
-	deliverer.Connections = cache
-	sem := make(chan struct{}, deliverWorkers)
-	var wg sync.WaitGroup
-	for _, uid := range order {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func(queue []sqlite.QueuedMessage) {
-			defer func() { <-sem; wg.Done() }()
-			for _, m := range queue {
-				res, err := deliverer.Deliver(ctx, m.MessageID, m.UserID, m.Body)
-				results <- result{seq: m.Seq, enqueuedAt: m.EnqueuedAt, outcome: res.Outcome, err: err}
-			}
-		}(byUser[uid])
-	}
-	wg.Wait()
-	close(results)
-	var seqs []int64
-	var outcomes []events.Published
-	var done []result
-	for r := range results {
-		switch {
-		case r.err == nil:
-		case errors.Is(r.err, delivery.ErrDeliveryFailed) && delivery.LastAttempt(attempts[r.seq]+1, delivery.DefaultMaxAttempts):
-			s.log.Warn("message undeliverable after retries", "attempts", delivery.DefaultMaxAttempts, "err", r.err)
-		default:
-			attempts[r.seq]++
-			s.log.Warn("delivery will be retried", "attempt", attempts[r.seq], "err", r.err)
-			retryLater = true
-			continue
-		}
-		delete(attempts, r.seq)
-		seqs = append(seqs, r.seq)
-		outcomes = append(outcomes, r.outcome)
-		done = append(done, r)
-	}
-	if len(seqs) == 0 {
-		return retryLater
-	}
-	n, err := s.store.Complete(ctx, seqs, outcomes)
-	if err != nil {
-		s.log.Error("complete deliveries", "err", err)
-		return true
-	}
-	if n > 0 {
-		s.bus.notify()
-	}
-	now := s.now()
-	for _, r := range done {
-		s.metrics.outcome(r.outcome, r.enqueuedAt, now)
-	}
-	return retryLater
-}
-
-// connCache reads a user's live connections once per delivery cycle. Connections found
-// gone are recorded closed by the deliverer; a later cycle reads the view again.
-type connCache struct {
-	view   delivery.Connections
-	mu     sync.Mutex
-	byUser map[string][]string
-}
-
-func (c *connCache) LiveConnections(ctx context.Context, userID string) ([]string, error) {
-	c.mu.Lock()
-	conns, ok := c.byUser[userID]
-	c.mu.Unlock()
-	if ok {
-		return conns, nil
-	}
-	conns, err := c.view.LiveConnections(ctx, userID)
-	if err != nil {
-		return nil, err
-	}
-	c.mu.Lock()
-	c.byUser[userID] = conns
-	c.mu.Unlock()
-	return conns, nil
 }
 
 // prune forgets old tombstones and delivered message ids once an hour.

@@ -15,7 +15,6 @@ import (
 
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/auth"
-	"github.com/wspresence/wspresence/internal/delivery"
 	"github.com/wspresence/wspresence/internal/store/sqlite"
 )
 
@@ -33,17 +32,18 @@ const closeHandshakeWait = time.Second
 
 // Server is the local runtime. Create it with New, then Start, then Shutdown.
 type Server struct {
-	cfg       Config
-	log       *slog.Logger
-	store     *sqlite.Store
-	verifier  *auth.Verifier
-	hub       *hub
-	bus       *broadcaster
-	graces    *graceTimers
-	deliverer *delivery.Deliverer
-	metrics   *metrics
-	lock      *os.File
-	now       func() time.Time
+	cfg      Config
+	log      *slog.Logger
+	store    *sqlite.Store
+	verifier *auth.Verifier
+	hub      *hub
+	bus      *broadcaster
+	graces   *graceTimers
+	// completions carries the decided outcomes of dispatched messages to the completer.
+	completions chan completion
+	metrics     *metrics
+	lock        *os.File
+	now         func() time.Time
 
 	httpSrv  *http.Server
 	ln       net.Listener
@@ -55,6 +55,9 @@ type Server struct {
 	loopStop context.CancelFunc
 	kick     chan struct{}
 	started  atomic.Bool
+	// completerStop and completerDone end the completer after the connections and loops.
+	completerStop context.CancelFunc
+	completerDone chan struct{}
 }
 
 // New validates cfg, takes the data dir, loads or generates the secrets and opens the
@@ -108,7 +111,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s.graces = newGraceTimers(cfg.OfflineGrace, s.expireGrace)
 	s.store = store
-	s.deliverer = &delivery.Deliverer{Connections: store, Poster: s.hub, Log: store, Logger: log}
+	s.completions = make(chan completion, 4*deliverBatch)
 	return s, nil
 }
 
@@ -153,6 +156,10 @@ func (s *Server) Start(ctx context.Context) error {
 	s.loopStop = cancel
 	s.loops.Add(2 + len(s.cfg.Webhooks))
 	go func() { defer s.loops.Done(); s.pump(loopCtx) }()
+	completerCtx, stopCompleter := context.WithCancel(context.WithoutCancel(ctx))
+	s.completerStop = stopCompleter
+	s.completerDone = make(chan struct{})
+	go func() { defer close(s.completerDone); s.completer(completerCtx) }()
 	go func() { defer s.loops.Done(); s.prune(loopCtx) }()
 	for _, u := range s.cfg.Webhooks {
 		go func() { defer s.loops.Done(); s.webhook(loopCtx, u) }()
@@ -247,6 +254,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.graces.stop()
 		s.loopStop()
 		s.loops.Wait()
+		// Every connection has ended, so every dispatched frame has its receipt: record the
+		// outcomes left before the store closes.
+		s.completerStop()
+		<-s.completerDone
 		// A last pass so what the connections appended is folded before the store closes.
 		if _, err := s.store.Project(context.WithoutCancel(ctx)); err != nil {
 			errs = append(errs, err)

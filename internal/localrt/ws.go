@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/auth"
+	"github.com/wspresence/wspresence/internal/delivery"
 	"github.com/wspresence/wspresence/internal/httperr"
 	"github.com/wspresence/wspresence/internal/retry"
 	"github.com/wspresence/wspresence/internal/store/sqlite"
@@ -88,7 +90,7 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 	ws.SetReadLimit(maxFrameBytes)
 	readCtx, cancelRead := context.WithCancel(ctx)
 	defer cancelRead()
-	c := &wsConn{id: id, userID: userID, ws: ws, drop: cancelRead, send: make(chan []byte, s.cfg.SendQueue)}
+	c := &wsConn{id: id, userID: userID, ws: ws, drop: cancelRead, max: s.cfg.SendQueue, ready: make(chan struct{}, 1)}
 	c.lastRead.Store(s.now().UnixNano())
 	s.hub.add(c)
 	if s.isStopping() {
@@ -105,6 +107,7 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 	stopWatch()
 	<-watchDone
 	s.hub.remove(c)
+	c.end() // frames never written are reported gone, never delivered
 	ws.CloseNow()
 	reason := c.closeReason()
 	s.appendClose(ctx, events.Closed(userID, id, s.now(), reason))
@@ -154,16 +157,21 @@ func (s *Server) tend(ctx context.Context, c *wsConn) {
 		select {
 		case <-ctx.Done():
 			return
-		case data := <-c.send:
-			wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
-			err := c.ws.Write(wctx, websocket.MessageText, data)
-			cancel()
-			if err != nil {
-				if ctx.Err() == nil {
-					c.setReason(events.ReasonExpired)
+		case <-c.ready:
+			for _, f := range c.take() {
+				wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
+				err := c.ws.Write(wctx, websocket.MessageText, f.data)
+				cancel()
+				if err != nil {
+					f.written(fmt.Errorf("write: %w: %w", err, delivery.ErrConnectionGone))
+					if ctx.Err() == nil {
+						c.setReason(events.ReasonExpired)
+					}
+					c.ws.CloseNow()
+					c.end()
+					return
 				}
-				c.ws.CloseNow()
-				return
+				f.written(nil)
 			}
 			continue
 		case <-t.C:

@@ -109,14 +109,15 @@ func (s *Store) deleteBefore(ctx context.Context, what, query string, retention 
 	return res.RowsAffected()
 }
 
-// PendingMessages returns up to limit queued messages, oldest first.
-func (s *Store) PendingMessages(ctx context.Context, limit int) ([]QueuedMessage, error) {
+// PendingMessages returns up to limit queued messages not done yet whose sequence number is
+// above after, oldest first.
+func (s *Store) PendingMessages(ctx context.Context, after int64, limit int) ([]QueuedMessage, error) {
 	return queryAll(ctx, s.r, "read queue", func(r *sql.Rows) (m QueuedMessage, err error) {
 		var at int64
 		err = r.Scan(&m.Seq, &m.MessageID, &m.UserID, &m.Body, &at)
 		m.EnqueuedAt = time.Unix(0, at).UTC()
 		return m, err
-	}, `SELECT seq, message_id, user_id, body, enqueued_at FROM messages WHERE done_at IS NULL ORDER BY seq LIMIT ?`, limit)
+	}, `SELECT seq, message_id, user_id, body, enqueued_at FROM messages WHERE done_at IS NULL AND seq > ? ORDER BY seq LIMIT ?`, after, limit)
 }
 
 // Complete marks the queued messages seqs done and writes their outcomes to the outbox, in

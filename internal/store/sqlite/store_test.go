@@ -296,7 +296,7 @@ func TestQueueAndOutbox(t *testing.T) {
 	if err := s.Enqueue(ctx, m, m, sqlite.QueuedMessage{MessageID: "m1", UserID: "v", Body: "hi", EnqueuedAt: t0}); err != nil {
 		t.Fatal(err)
 	}
-	q, err := s.PendingMessages(ctx, 10)
+	q, err := s.PendingMessages(ctx, 0, 10)
 	if err != nil || len(q) != 2 || q[0].UserID != "u" || q[1].UserID != "v" {
 		t.Fatalf("queue = %+v, %v", q, err)
 	}
@@ -307,7 +307,7 @@ func TestQueueAndOutbox(t *testing.T) {
 	if n, _ := s.Complete(ctx, nil, out); n != 0 {
 		t.Fatalf("the same outcomes were published again (%d)", n)
 	}
-	if q, _ := s.PendingMessages(ctx, 10); len(q) != 0 {
+	if q, _ := s.PendingMessages(ctx, 0, 10); len(q) != 0 {
 		t.Fatalf("queue not emptied: %+v", q)
 	}
 	head, _ := s.LastPublishedSeq(ctx)
