@@ -100,6 +100,9 @@ type Config struct {
 
 	// storeFault is passed to the store as its fault hook (tests only).
 	storeFault func() error
+	// reconcileInterval spaces the passes that close view connections with no socket
+	// (default 1m; tests shorten it).
+	reconcileInterval time.Duration
 }
 
 // DefaultConfig returns the documented defaults.

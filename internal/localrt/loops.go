@@ -216,6 +216,47 @@ func (s *Server) folded(p sqlite.Projection) {
 	}
 }
 
+// reconcile compares, every reconcile interval, the connections the view holds live with
+// the sockets this process holds, and closes (as expired) those with no socket in two
+// passes in a row: a close that was never recorded (a bug, a lost write) must not leave a
+// ghost. Two passes spare a connection caught between its open's commit and its upgrade.
+func (s *Server) reconcile(ctx context.Context) {
+	every := s.cfg.reconcileInterval
+	if every <= 0 {
+		every = time.Minute
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	suspects := map[string]bool{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		live, err := s.store.AllLiveConnections(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Error("reconcile: read live connections", "err", err)
+			}
+			continue
+		}
+		next := map[string]bool{}
+		for _, c := range live {
+			if s.hub.get(c.ID) != nil {
+				continue
+			}
+			if !suspects[c.ID] {
+				next[c.ID] = true
+				continue
+			}
+			s.log.Warn("closing a connection the view holds live but no socket does", "userId", c.UserID, "connectionId", c.ID)
+			s.appendClose(ctx, events.Closed(c.UserID, c.ID, s.now(), events.ReasonExpired))
+		}
+		suspects = next
+	}
+}
+
 // prune forgets old tombstones and delivered message ids once an hour.
 func (s *Server) prune(ctx context.Context) {
 	t := time.NewTicker(time.Hour)

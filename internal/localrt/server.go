@@ -154,8 +154,9 @@ func (s *Server) Start(ctx context.Context) error {
 	go func() { s.served <- s.httpSrv.Serve(ln) }()
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.loopStop = cancel
-	s.loops.Add(2 + len(s.cfg.Webhooks))
+	s.loops.Add(3 + len(s.cfg.Webhooks))
 	go func() { defer s.loops.Done(); s.pump(loopCtx) }()
+	go func() { defer s.loops.Done(); s.reconcile(loopCtx) }()
 	completerCtx, stopCompleter := context.WithCancel(context.WithoutCancel(ctx))
 	s.completerStop = stopCompleter
 	s.completerDone = make(chan struct{})

@@ -63,3 +63,26 @@ func TestStoreFailureLeavesNoGhost(t *testing.T) {
 	ts.send(`{"UserId":"ghost","Body":"back"}`)
 	again.expectFrame(t, "back")
 }
+
+// TestReconciliationClosesGhosts: a connection the view holds live but no socket does (its
+// close was never recorded) is closed by the periodic reconciliation, and its user goes
+// offline; live sockets are left alone.
+func TestReconciliationClosesGhosts(t *testing.T) {
+	ts := startServer(t, t.TempDir(), func(c *localrt.Config) {
+		c.OfflineGrace = 100 * time.Millisecond
+		localrt.SetReconcileInterval(c, 100*time.Millisecond)
+	})
+	sub := ts.subscribe("0")
+	real := ts.dial("alive")
+	if _, err := ts.srv.Store().Append(context.Background(), events.Opened("ghost", "no-socket", time.Now(), "", "")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the ghost online in the view", func() bool { s, _ := ts.online("userIds=ghost"); return s[0].IsOnline })
+	waitFor(t, "the ghost closed", func() bool { s, _ := ts.online("userIds=ghost"); return !s[0].IsOnline })
+	waitFor(t, "UserOffline of the ghost", func() bool { return len(sub.of(events.DetailUserOffline, "ghost")) == 1 })
+	if s, _ := ts.online("userIds=alive"); !s[0].IsOnline {
+		t.Fatal("reconciliation closed a connection with a live socket")
+	}
+	ts.send(`{"UserId":"alive","Body":"still here"}`)
+	real.expectFrame(t, "still here")
+}
