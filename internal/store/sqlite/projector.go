@@ -34,6 +34,8 @@ type Projection struct {
 	Graces []presence.Grace
 	// Checkpoint is the sequence number the view has folded up to.
 	Checkpoint int64
+	// decided holds what each grace decision folded decided, by its log key.
+	decided map[string]presence.Effects
 }
 
 // Project folds every log entry past the checkpoint into the view, in batches, each batch
@@ -116,25 +118,31 @@ func (s *Store) foldFeed(ctx context.Context, tx *sql.Tx, limit int) (p Projecti
 	if limit <= 0 {
 		limit = -1 // SQLite: no limit
 	}
-	rows, err := tx.QueryContext(ctx, `SELECT seq, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?`, cp, limit)
+	rows, err := tx.QueryContext(ctx, `SELECT seq, type, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?`, cp, limit)
 	if err != nil {
 		return p, nil, fmt.Errorf("read change feed: %w", err)
 	}
 	type entry struct {
-		seq int64
-		e   events.ConnectionEvent
+		seq   int64
+		e     events.ConnectionEvent
+		grace *graceDecision
 	}
 	var feed []entry
 	for rows.Next() {
 		var en entry
-		var data string
-		if err := rows.Scan(&en.seq, &data); err != nil {
+		var typ, data string
+		if err := rows.Scan(&en.seq, &typ, &data); err != nil {
 			rows.Close()
 			return p, nil, fmt.Errorf("scan change feed: %w", err)
 		}
-		if err := json.Unmarshal([]byte(data), &en.e); err != nil {
+		var v any = &en.e
+		if typ == graceRecordType {
+			en.grace = &graceDecision{}
+			v = en.grace
+		}
+		if err := json.Unmarshal([]byte(data), v); err != nil {
 			rows.Close()
-			return p, nil, fmt.Errorf("decode event %d: %w", en.seq, err)
+			return p, nil, fmt.Errorf("decode log entry %d: %w", en.seq, err)
 		}
 		feed = append(feed, en)
 	}
@@ -150,6 +158,36 @@ func (s *Store) foldFeed(ctx context.Context, tx *sql.Tx, limit int) (p Projecti
 		dirtU: map[string]bool{}, dirtC: map[string]bool{}}
 	graces := map[string]time.Time{}
 	for _, en := range feed {
+		if g := en.grace; g != nil {
+			// A grace timer's logged decision, in log order.
+			u, err := bv.user(ctx, g.UserID)
+			if err != nil {
+				return p, nil, err
+			}
+			nu, eff := presence.ExpireGracePeriod(*u, g.Since, g.At, s.opts.Grace)
+			if nu != *u {
+				*u = nu
+				bv.dirtU[nu.ID] = true
+			}
+			for _, pub := range eff.Publish {
+				ok, err := insertPublished(ctx, tx, pub, g.At)
+				if err != nil {
+					return p, nil, err
+				}
+				if ok {
+					p.Published++
+				}
+			}
+			if !nu.GracePending() {
+				delete(graces, nu.ID)
+			}
+			if p.decided == nil {
+				p.decided = map[string]presence.Effects{}
+			}
+			p.decided[g.key()] = eff
+			p.Checkpoint = en.seq
+			continue
+		}
 		u, err := bv.user(ctx, en.e.UserID)
 		if err != nil {
 			return p, nil, err
@@ -321,40 +359,18 @@ func insertPublished(ctx context.Context, tx *sql.Tx, p events.Published, at tim
 	return n == 1, nil
 }
 
-// ExpireGrace runs the timer of userID's grace period that began at since, at now
-// (presence.ExpireGracePeriod): the UserOffline it decides is written to the outbox with
-// the new state, in one transaction, and returned. Running it twice, too early, or for a
-// period the user already ended, changes nothing.
-func (s *Store) ExpireGrace(ctx context.Context, userID string, since, now time.Time) (eff presence.Effects, err error) {
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return eff, fmt.Errorf("grace begin: %w", err)
-	}
-	defer func() {
-		if err != nil || len(eff.Publish) == 0 {
-			_ = tx.Rollback()
-		}
-	}()
-	u, err := loadUser(ctx, tx, userID)
-	if err != nil {
-		return eff, err
-	}
-	nu, eff := presence.ExpireGracePeriod(u, since, now, s.opts.Grace)
-	if len(eff.Publish) == 0 {
-		return eff, nil
-	}
-	if err := saveUser(ctx, tx, nu); err != nil {
+// ExpireGrace runs the timer of userID's grace period that began at since, at now: the
+// decision is a record of the log, appended and folded (presence.ExpireGracePeriod) in the
+// writer's sequence, so it is decided against a state that holds every event committed
+// before it, and a rebuild replays it. It returns what it decided: a UserOffline, written to
+// the outbox in the same commit, or nothing when the period is not pending any more (the
+// user came back, or the timer already decided it) or not over.
+func (s *Store) ExpireGrace(ctx context.Context, userID string, since, now time.Time) (presence.Effects, error) {
+	req := &writeReq{grace: &graceDecision{UserID: userID, Since: since.UTC(), At: now.UTC()}, done: make(chan error, 1)}
+	if err := s.submit(ctx, req); err != nil {
 		return presence.Effects{}, err
 	}
-	for _, p := range eff.Publish {
-		if _, err := insertPublished(ctx, tx, p, now); err != nil {
-			return presence.Effects{}, err
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		return presence.Effects{}, fmt.Errorf("grace commit: %w", err)
-	}
-	return eff, nil
+	return req.decided, nil
 }
 
 // PendingGraces lists the grace timers to run: users with no live connection still
@@ -377,29 +393,15 @@ func (s *Store) PendingGraces(ctx context.Context) ([]presence.Grace, error) {
 	return out, rows.Err()
 }
 
-// Rebuild drops the view and folds the whole log again, then expires the grace periods
-// that are over, as the timers would have. The outbox keeps its rows: an event the
-// rebuild decides again has the same id and is not published twice. Run it only while no
-// other process uses the store.
+// Rebuild drops the view and folds the whole log again, the grace timers' logged decisions
+// included, so the view it builds is the one the live runs built. The outbox keeps its
+// rows: an event the rebuild decides again has the same id and is not published twice.
+// Run it only while no other process uses the store.
 func (s *Store) Rebuild(ctx context.Context) (Projection, error) {
 	if _, err := s.w.ExecContext(ctx, dropView+viewSchema); err != nil {
 		return Projection{}, fmt.Errorf("reset view: %w", err)
 	}
-	p, err := s.Project(ctx)
-	if err != nil {
-		return p, err
-	}
-	graces, err := s.PendingGraces(ctx)
-	if err != nil {
-		return p, err
-	}
-	now := s.opts.Now()
-	for _, g := range graces {
-		if _, err := s.ExpireGrace(ctx, g.UserID, g.Since, now); err != nil {
-			return p, err
-		}
-	}
-	return p, nil
+	return s.Project(ctx)
 }
 
 func toNanos(t time.Time) sql.NullInt64 {

@@ -194,7 +194,7 @@ func (s *Store) Log(ctx context.Context) ([]events.ConnectionEvent, error) {
 			return e, err
 		}
 		return e, jsonUnmarshal(data, &e)
-	}, `SELECT data FROM events ORDER BY seq`)
+	}, `SELECT data FROM events WHERE type <> '`+graceRecordType+`' ORDER BY seq`)
 }
 
 // AllLiveConnections lists every live connection of the view (after a restart of the

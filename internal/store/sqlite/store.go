@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/presence"
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 )
 
@@ -90,10 +91,30 @@ type QueuedMessage struct {
 type writeReq struct {
 	events   []events.ConnectionEvent
 	messages []QueuedMessage
+	// grace, if set, is a grace timer's decision to log and fold in this commit.
+	grace *graceDecision
+	// decided is what the fold decided for grace.
+	decided  presence.Effects
 	appended int
 	// written marks which events were new.
 	written []bool
 	done    chan error
+}
+
+// graceDecision is the log record of a grace timer that fired: the user's period that
+// began at Since, decided at At. The fold runs presence.ExpireGracePeriod on it in log
+// order, so a rebuild replays what the timer decided.
+type graceDecision struct {
+	UserID string    `json:"userId"`
+	Since  time.Time `json:"since"`
+	At     time.Time `json:"at"`
+}
+
+// graceRecordType is the type of a grace decision's row in the log.
+const graceRecordType = "GraceExpired"
+
+func (g graceDecision) key() string {
+	return fmt.Sprintf("%s#%s#%d#%d", graceRecordType, g.UserID, g.Since.UnixNano(), g.At.UnixNano())
 }
 
 // Open opens (creating if needed) the store in the SQLite file at path and starts its
@@ -330,9 +351,23 @@ func (s *Store) writeBatch(batch []*writeReq) (p Projection, folded []events.Con
 				return p, nil, fmt.Errorf("enqueue %s: %w", m.MessageID, err)
 			}
 		}
+		if g := req.grace; g != nil {
+			data, err := json.Marshal(g)
+			if err != nil {
+				return p, nil, fmt.Errorf("encode grace decision: %w", err)
+			}
+			if _, err := insEvent.ExecContext(ctx, g.key(), graceRecordType, g.UserID, "", g.At.UnixNano(), string(data)); err != nil {
+				return p, nil, fmt.Errorf("log grace decision of %s: %w", g.UserID, err)
+			}
+		}
 	}
 	if p, folded, err = s.foldFeed(ctx, tx, 0); err != nil {
 		return p, nil, err
+	}
+	for _, req := range batch {
+		if req.grace != nil {
+			req.decided = p.decided[req.grace.key()]
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		return p, nil, fmt.Errorf("commit: %w", err)

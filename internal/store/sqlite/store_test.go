@@ -374,3 +374,37 @@ func TestAppendIsFoldedBeforeItReturns(t *testing.T) {
 		t.Fatalf("published %v, want the one UserOnline", got)
 	}
 }
+
+// TestRebuildReplaysTheTimersDecisions: a grace timer's decision is a record of the log, so
+// a rebuild replays what was decided (a's UserOffline) and decides nothing a timer did not
+// (b's period, whose deadline passed while no timer ran, stays pending for the next start's
+// timer), whatever the clock says at rebuild time.
+func TestRebuildReplaysTheTimersDecisions(t *testing.T) {
+	clk := &clock{t: t0}
+	s := open(t, filepath.Join(t.TempDir(), "db"), clk, nil)
+	defer s.Close()
+	ctx := context.Background()
+	mustAppend(t, s, events.Opened("a", "a1", t0, "", ""), events.Opened("b", "b1", t0, "", ""))
+	mustAppend(t, s, events.Closed("a", "a1", t0.Add(time.Second), events.ReasonClient), events.Closed("b", "b1", t0.Add(time.Second), events.ReasonClient))
+	since := t0.Add(time.Second)
+	if eff, err := s.ExpireGrace(ctx, "a", since, since.Add(5*time.Second)); err != nil || len(eff.Publish) != 1 {
+		t.Fatalf("a's timer: %v, %v", eff.Publish, err)
+	}
+	before, _ := s.Dump(ctx)
+	published := detailTypes(t, s)
+	clk.t = t0.Add(time.Hour) // long past b's deadline; b's timer never ran
+	if _, err := s.Rebuild(ctx); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := s.Dump(ctx)
+	if !reflect.DeepEqual(before, after) {
+		t.Fatalf("the rebuild differs from the live view:\nlive    %+v\nrebuilt %+v", before, after)
+	}
+	if got := detailTypes(t, s); !reflect.DeepEqual(got, published) {
+		t.Fatalf("the rebuild published %v, the live runs %v", got, published)
+	}
+	graces, _ := s.PendingGraces(ctx)
+	if len(graces) != 1 || graces[0].UserID != "b" {
+		t.Fatalf("pending graces after the rebuild: %+v, want b's", graces)
+	}
+}
