@@ -95,7 +95,7 @@ func (s *Server) handleOnline(w http.ResponseWriter, r *http.Request) {
 		httperr.Write(w, r, s.log, err)
 		return
 	}
-	out, next, err := onlineapi.Answer(r.Context(), s.store, q)
+	out, next, err := onlineapi.Answer(r.Context(), s.view, q)
 	if err != nil {
 		httperr.Write(w, r, s.log, err)
 		return
@@ -119,7 +119,7 @@ func (s *Server) handleUserStatus(w http.ResponseWriter, r *http.Request) {
 		httperr.Write(w, r, s.log, err)
 		return
 	}
-	out, err := onlineapi.AnswerUser(r.Context(), s.store, id)
+	out, err := onlineapi.AnswerUser(r.Context(), s.view, id)
 	if err != nil {
 		httperr.Write(w, r, s.log, err)
 		return
@@ -197,7 +197,7 @@ func (s *Server) enqueue(ctx context.Context, msgs []events.Message) ([]string, 
 			queued = append(queued, sqlite.QueuedMessage{MessageID: d.MessageID, UserID: d.UserID, Body: d.Body, EnqueuedAt: now})
 		}
 	}
-	if err := s.store.Enqueue(ctx, queued...); err != nil {
+	if err := s.queue.Enqueue(ctx, queued...); err != nil {
 		return nil, fmt.Errorf("enqueue: %w", err)
 	}
 	return ids, nil
@@ -227,7 +227,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		}
 		cursor = n
 	} else {
-		head, err := s.store.LastPublishedSeq(ctx)
+		head, err := s.outbox.LastPublishedSeq(ctx)
 		if err != nil {
 			httperr.Write(w, r, s.log, err)
 			return
@@ -244,7 +244,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	defer keepAlive.Stop()
 	for {
 		wait := s.bus.wait() // taken before reading, so no notification is missed
-		recs, err := s.store.PublishedSince(ctx, cursor, 500)
+		recs, err := s.outbox.PublishedSince(ctx, cursor, 500)
 		if err != nil {
 			if ctx.Err() == nil && !s.isStopping() {
 				s.log.Error("read outbox", "err", err)

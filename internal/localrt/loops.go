@@ -29,7 +29,7 @@ func (s *Server) pump(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-s.store.Appended():
+		case <-s.queue.Appended():
 		case <-s.kick:
 		case <-retry.C:
 		}
@@ -56,7 +56,7 @@ func (s *Server) wake() {
 // returns the last one dispatched. Every connection whose open was committed before a
 // message was accepted is in the view it is dispatched from: the commit folded it.
 func (s *Server) cycle(ctx context.Context, after int64) (more bool, last int64, err error) {
-	msgs, err := s.store.PendingMessages(ctx, after, deliverBatch)
+	msgs, err := s.queue.PendingMessages(ctx, after, deliverBatch)
 	if err != nil {
 		if ctx.Err() == nil {
 			s.log.Error("read queue", "err", err)
@@ -70,7 +70,7 @@ func (s *Server) cycle(ctx context.Context, after int64) (more bool, last int64,
 	for _, m := range msgs {
 		users = append(users, m.UserID)
 	}
-	live, err := s.store.LiveConnectionsOf(ctx, users)
+	live, err := s.view.LiveConnectionsOf(ctx, users)
 	if err != nil {
 		if ctx.Err() == nil {
 			s.log.Error("read live connections", "err", err)
@@ -185,7 +185,7 @@ func (s *Server) record(ctx context.Context, batch []completion) {
 		seqs[i], outcomes[i] = c.seq, c.outcome
 	}
 	for {
-		n, err := s.store.Complete(ctx, seqs, outcomes)
+		n, err := s.queue.Complete(ctx, seqs, outcomes)
 		if err == nil {
 			if n > 0 {
 				s.bus.notify()
@@ -234,7 +234,7 @@ func (s *Server) reconcile(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		live, err := s.store.AllLiveConnections(ctx)
+		live, err := s.view.AllLiveConnections(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
 				s.log.Error("reconcile: read live connections", "err", err)
@@ -266,12 +266,12 @@ func (s *Server) prune(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if n, err := s.store.PruneTombstones(ctx, s.now().Add(-s.cfg.TombstoneRetention)); err != nil {
+			if n, err := s.view.PruneTombstones(ctx, s.now().Add(-s.cfg.TombstoneRetention)); err != nil {
 				s.log.Error("prune tombstones", "err", err)
 			} else if n > 0 {
 				s.log.Info("pruned tombstones", "count", n)
 			}
-			if _, err := s.store.PruneMessages(ctx, s.cfg.TombstoneRetention); err != nil {
+			if _, err := s.queue.PruneMessages(ctx, s.cfg.TombstoneRetention); err != nil {
 				s.log.Error("prune messages", "err", err)
 			}
 		}
@@ -280,7 +280,7 @@ func (s *Server) prune(ctx context.Context) {
 
 // expireGrace runs when the timer of a user's grace period fires.
 func (s *Server) expireGrace(g presence.Grace) {
-	eff, err := s.store.ExpireGrace(context.Background(), g.UserID, g.Since, s.now())
+	eff, err := s.view.ExpireGrace(context.Background(), g.UserID, g.Since, s.now())
 	switch {
 	case err != nil && !errors.Is(err, sqlite.ErrClosed):
 		s.log.Error("grace timer", "userId", g.UserID, "err", err)

@@ -32,9 +32,15 @@ const closeHandshakeWait = time.Second
 
 // Server is the local runtime. Create it with New, then Start, then Shutdown.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
+	cfg Config
+	log *slog.Logger
+	// store is the SQLite store, opened and closed here; the code reaches it through the
+	// ports below (ports.go).
 	store    *sqlite.Store
+	events   connectionLog
+	queue    messageQueue
+	outbox   outboxReader
+	view     presenceView
 	verifier *auth.Verifier
 	hub      *hub
 	bus      *broadcaster
@@ -111,6 +117,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s.graces = newGraceTimers(cfg.OfflineGrace, s.expireGrace)
 	s.store = store
+	s.events, s.queue, s.outbox, s.view = store, store, store, store
 	s.completions = make(chan completion, 4*deliverBatch)
 	return s, nil
 }
@@ -119,7 +126,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 type storeCounter struct{ s *Server }
 
 func (c storeCounter) OnlineCount(ctx context.Context) (int, error) {
-	return c.s.store.OnlineCount(ctx)
+	return c.s.view.OnlineCount(ctx)
 }
 
 // JWTSecret returns the secret user tokens are signed with.
@@ -174,10 +181,10 @@ func (s *Server) Start(ctx context.Context) error {
 // for every connection the view still holds live (this process holds none yet, so they
 // died with the previous one), folds that, and restarts the pending grace timers.
 func (s *Server) recover(ctx context.Context) error {
-	if _, err := s.store.Project(ctx); err != nil {
+	if _, err := s.view.Project(ctx); err != nil {
 		return err
 	}
-	dangling, err := s.store.AllLiveConnections(ctx)
+	dangling, err := s.view.AllLiveConnections(ctx)
 	if err != nil {
 		return err
 	}
@@ -187,15 +194,15 @@ func (s *Server) recover(ctx context.Context) error {
 		for i, c := range dangling {
 			closed[i] = events.Closed(c.UserID, c.ID, at, events.ReasonExpired)
 		}
-		if _, err := s.store.Append(ctx, closed...); err != nil {
+		if _, err := s.events.Append(ctx, closed...); err != nil {
 			return err
 		}
 		s.log.Info("closed connections left by the previous run", "count", len(dangling))
 	}
-	if _, err := s.store.Project(ctx); err != nil {
+	if _, err := s.view.Project(ctx); err != nil {
 		return err
 	}
-	graces, err := s.store.PendingGraces(ctx)
+	graces, err := s.view.PendingGraces(ctx)
 	if err != nil {
 		return err
 	}
@@ -260,7 +267,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.completerStop()
 		<-s.completerDone
 		// A last pass so what the connections appended is folded before the store closes.
-		if _, err := s.store.Project(context.WithoutCancel(ctx)); err != nil {
+		if _, err := s.view.Project(context.WithoutCancel(ctx)); err != nil {
 			errs = append(errs, err)
 		}
 		errs = append(errs, s.store.Close(), s.lock.Close())

@@ -41,7 +41,7 @@ func SignWebhook(secret []byte, timestamp string, body []byte) string {
 func (s *Server) webhook(ctx context.Context, url string) {
 	name := "webhook:" + url
 	client := &http.Client{Timeout: 10 * time.Second}
-	cursor, err := s.store.Cursor(ctx, name)
+	cursor, err := s.outbox.Cursor(ctx, name)
 	if err != nil {
 		s.log.Error("webhook cursor", "url", url, "err", err)
 		return
@@ -49,7 +49,7 @@ func (s *Server) webhook(ctx context.Context, url string) {
 	backoff := time.Duration(0)
 	for {
 		wait := s.bus.wait()
-		recs, err := s.store.PublishedSince(ctx, cursor, 100)
+		recs, err := s.outbox.PublishedSince(ctx, cursor, 100)
 		if err != nil {
 			if ctx.Err() == nil {
 				s.log.Error("webhook outbox", "url", url, "err", err)
@@ -67,7 +67,7 @@ func (s *Server) webhook(ctx context.Context, url string) {
 			}
 			backoff = 0
 			cursor = rec.Seq
-			if err := s.store.SetCursor(ctx, name, cursor); err != nil && ctx.Err() == nil {
+			if err := s.outbox.SetCursor(ctx, name, cursor); err != nil && ctx.Err() == nil {
 				s.log.Error("webhook cursor", "url", url, "err", err)
 			}
 		}

@@ -76,7 +76,7 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 	id := newConnectionID()
 	ctx := context.WithoutCancel(r.Context())
 	opened := events.Opened(userID, id, s.now(), sourceIP(r), r.UserAgent())
-	if _, err := s.store.Append(ctx, opened); err != nil {
+	if _, err := s.events.Append(ctx, opened); err != nil {
 		httperr.Write(w, r, s.log, s.storeUnavailable(w, err))
 		return
 	}
@@ -139,7 +139,7 @@ func (s *Server) readLoop(ctx, readCtx context.Context, c *wsConn) {
 		_ = ParseClientFrame(data) // every frame is activity; the action only names it
 		if now.Sub(lastRecorded) >= s.cfg.ActivityInterval {
 			lastRecorded = now
-			if _, err := s.store.Append(ctx, events.Activity(c.userID, c.id, now)); err != nil {
+			if _, err := s.events.Append(ctx, events.Activity(c.userID, c.id, now)); err != nil {
 				s.log.Error("record activity", "connectionId", c.id, "err", err)
 			}
 		}
@@ -225,7 +225,7 @@ func ParseClientFrame(data []byte) ClientFrame {
 // next start closes the connections the log still holds open.
 func (s *Server) appendClose(ctx context.Context, e events.ConnectionEvent) {
 	for attempt := 1; ; attempt++ {
-		_, err := s.store.Append(ctx, e)
+		_, err := s.events.Append(ctx, e)
 		if err == nil || errors.Is(err, sqlite.ErrClosed) {
 			return
 		}
