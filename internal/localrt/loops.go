@@ -67,8 +67,12 @@ func (s *Server) cycle(ctx context.Context, after int64) (more bool, last int64,
 		return false, after, nil
 	}
 	users := make([]string, 0, len(msgs))
+	seen := make(map[string]bool, len(msgs))
 	for _, m := range msgs {
-		users = append(users, m.UserID)
+		if !seen[m.UserID] {
+			seen[m.UserID] = true
+			users = append(users, m.UserID)
+		}
 	}
 	live, err := s.view.LiveConnectionsOf(ctx, users)
 	if err != nil {

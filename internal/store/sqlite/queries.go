@@ -269,9 +269,14 @@ func (s *Store) SetCursor(ctx context.Context, name string, seq int64) error {
 // user asked for has an entry, empty when offline).
 func (s *Store) LiveConnectionsOf(ctx context.Context, users []string) (map[string][]string, error) {
 	out := make(map[string][]string, len(users))
+	unique := users[:0:0]
 	for _, u := range users {
-		out[u] = []string{}
+		if _, ok := out[u]; !ok {
+			out[u] = []string{}
+			unique = append(unique, u)
+		}
 	}
+	users = unique
 	const chunk = 500
 	for start := 0; start < len(users); start += chunk {
 		part := users[start:min(start+chunk, len(users))]
