@@ -258,6 +258,20 @@ func BearerToken(header string) string {
 	return strings.TrimSpace(header)
 }
 
+// Header returns the value of the header name in headers, matching the name without regard
+// to case (API Gateway passes headers as they came, or lower-cased in payload 2.0).
+func Header(headers map[string]string, name string) string {
+	if v, ok := headers[name]; ok {
+		return v
+	}
+	for k, v := range headers {
+		if strings.EqualFold(k, name) {
+			return v
+		}
+	}
+	return ""
+}
+
 // KeyMatches reports whether got equals the API key want, in constant time.
 func KeyMatches(want, got string) bool {
 	return got != "" && subtle.ConstantTimeCompare([]byte(want), []byte(got)) == 1

@@ -9,7 +9,6 @@ package apikey
 import (
 	"context"
 	"log/slog"
-	"strings"
 
 	lambdaevents "github.com/aws/aws-lambda-go/events"
 	"github.com/wspresence/wspresence/internal/auth"
@@ -34,17 +33,10 @@ type Handler struct {
 // Key returns the key a request carries: X-Api-Key, else a bearer Authorization header.
 // HTTP API lower-cases header names in payload 2.0.
 func Key(req lambdaevents.APIGatewayV2CustomAuthorizerV2Request) string {
-	for k, v := range req.Headers {
-		if strings.EqualFold(k, "x-api-key") && v != "" {
-			return v
-		}
+	if v := auth.Header(req.Headers, "x-api-key"); v != "" {
+		return v
 	}
-	for k, v := range req.Headers {
-		if strings.EqualFold(k, "authorization") {
-			return auth.BearerToken(v)
-		}
-	}
-	return ""
+	return auth.BearerToken(auth.Header(req.Headers, "authorization"))
 }
 
 // Handle answers one authorization request. It never returns an error for a wrong key

@@ -9,7 +9,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"strings"
 	"sync"
 
 	lambdaevents "github.com/aws/aws-lambda-go/events"
@@ -63,12 +62,7 @@ func Token(req lambdaevents.APIGatewayCustomAuthorizerRequestTypeRequest) string
 	if v := req.QueryStringParameters["Authorization"]; v != "" {
 		return auth.BearerToken(v)
 	}
-	for k, v := range req.Headers {
-		if strings.EqualFold(k, "Authorization") {
-			return auth.BearerToken(v)
-		}
-	}
-	return ""
+	return auth.BearerToken(auth.Header(req.Headers, "Authorization"))
 }
 
 // Handle answers one authorization request.
