@@ -161,7 +161,7 @@ func (s *Server) completer(ctx context.Context) {
 				case c := <-s.completions:
 					batch = append(batch, c)
 				default:
-					s.record(context.WithoutCancel(ctx), batch)
+					s.record(context.WithoutCancel(ctx), batch, true)
 					return
 				}
 			}
@@ -175,11 +175,14 @@ func (s *Server) completer(ctx context.Context) {
 				break fill
 			}
 		}
-		s.record(ctx, batch)
+		s.record(ctx, batch, false)
 	}
 }
 
-func (s *Server) record(ctx context.Context, batch []completion) {
+// record writes batch's outcomes, retrying while the store cannot write. The last flush at
+// shutdown (final) tries a few times only: what it cannot write stays pending, and the next
+// start dispatches those messages again (never reported delivered without a record).
+func (s *Server) record(ctx context.Context, batch []completion, final bool) {
 	if len(batch) == 0 {
 		return
 	}
@@ -188,8 +191,10 @@ func (s *Server) record(ctx context.Context, batch []completion) {
 	for i, c := range batch {
 		seqs[i], outcomes[i] = c.seq, c.outcome
 	}
-	for {
-		n, err := s.queue.Complete(ctx, seqs, outcomes)
+	for attempt := 1; ; attempt++ {
+		// A write that must land is not cancelled with the completer: at shutdown the
+		// attempts are only bounded.
+		n, err := s.queue.Complete(context.WithoutCancel(ctx), seqs, outcomes)
 		if err == nil {
 			if n > 0 {
 				s.bus.notify()
@@ -200,7 +205,7 @@ func (s *Server) record(ctx context.Context, batch []completion) {
 			}
 			return
 		}
-		if errors.Is(err, sqlite.ErrClosed) {
+		if errors.Is(err, sqlite.ErrClosed) || ((final || ctx.Err() != nil) && attempt >= 3) {
 			s.log.Error("outcomes not recorded: the next start dispatches their messages again", "count", len(batch), "err", err)
 			return
 		}
