@@ -74,6 +74,9 @@ func (r *Results) rows() []row {
 		{fmt.Sprintf("REST p99, 1 id at %.0f/s", w.REST1.Rate), w.REST1.Latency.P99, b.REST1.Latency.P99, "ms", "≤ 1 ms", true},
 		{fmt.Sprintf("REST p99, 100 ids at %.0f/s", w.REST100.Rate), w.REST100.Latency.P99, b.REST100.Latency.P99, "ms", "≤ 3 ms", true},
 		{"RSS per idle connection (largest N)", lastMem(w), lastMem(b), "KB", "≤ 8 KB", true},
+		{fmt.Sprintf("enqueue→receipt p99, 1 msg/request, %d publishers, %d conns, %.0f msg/s", w.Publish.Publishers, w.Publish.Connections, w.Publish.Offered),
+			w.Publish.Receipt.P99, b.Publish.Receipt.P99, "ms", "≤ 10 ms", true},
+		{"POST /messages p99 (same run)", w.Publish.Post.P99, b.Publish.Post.P99, "ms", "≤ 5 ms", true},
 	}
 }
 
@@ -104,6 +107,12 @@ func (r *Results) Markdown(plotFile, resultsFile string) string {
 		bd := pick(r.Baseline.Delivery, i)
 		fmt.Fprintf(&b, "| delivery | %.0f msg/s | %.0f/s, p50 %.2f, p99 %.2f, p99.9 %.2f ms (%d/%d frames) | %.0f/s, p50 %.2f, p99 %.2f ms (%d/%d) |\n",
 			d.Offered, d.Delivered, d.Latency.P50, d.Latency.P99, d.Latency.P999, d.Received, d.Expected, bd.Delivered, bd.Latency.P50, bd.Latency.P99, bd.Received, bd.Expected)
+	}
+	if p := r.Wspresence.Publish; p.Publishers > 0 {
+		bp := r.Baseline.Publish
+		fmt.Fprintf(&b, "| publishers (1 msg/request, %d publishers, %d conns) | %.0f msg/s | %.0f/s, receipt p50 %.2f, p99 %.2f ms, POST p50 %.2f, p99 %.2f ms (%d/%d frames, %d errors) | %.0f/s, receipt p99 %.2f ms, POST p99 %.2f ms (%d/%d) |\n",
+			p.Publishers, p.Connections, p.Offered, p.Delivered, p.Receipt.P50, p.Receipt.P99, p.Post.P50, p.Post.P99, p.Received, p.Expected, p.Errors,
+			bp.Delivered, bp.Receipt.P99, bp.Post.P99, bp.Received, bp.Expected)
 	}
 	for i, m := range r.Wspresence.Memory {
 		bm := pick(r.Baseline.Memory, i)

@@ -28,18 +28,26 @@ type Profile struct {
 	RESTRate1     int           `json:"rest_rate_1"`
 	RESTRate100   int           `json:"rest_rate_100"`
 	MemoryN       []int         `json:"memory_n"`
+	// The publishers scenario: PubRate messages a second, one per request, from Publishers
+	// concurrent publishers, to PubConns connections of as many users.
+	PubRate    float64 `json:"publish_rate"`
+	Publishers int     `json:"publishers"`
+	PubConns   int     `json:"publish_connections"`
 }
 
 // Profiles: smoke (CI, seconds), short (make bench, under 5 minutes), long.
 var Profiles = map[string]Profile{
 	"smoke": {Name: "smoke", ConnectN: 50, ConnectRates: []float64{500}, Users: 20, Conns: 40, DeliveryRates: []float64{500},
-		PhaseDuration: time.Second, Batch: 10, LagSamples: 5, RESTDuration: time.Second, RESTRate1: 100, RESTRate100: 50, MemoryN: []int{100}},
+		PhaseDuration: time.Second, Batch: 10, LagSamples: 5, RESTDuration: time.Second, RESTRate1: 100, RESTRate100: 50, MemoryN: []int{100},
+		PubRate: 200, Publishers: 16, PubConns: 100},
 	"short": {Name: "short", ConnectN: 3000, ConnectRates: []float64{1000, 3000, 6000}, Users: 1000, Conns: 2000,
 		DeliveryRates: []float64{2000, 5000, 10000, 20000, 40000}, PhaseDuration: 3 * time.Second, Batch: 50, LagSamples: 100,
-		RESTDuration: 3 * time.Second, RESTRate1: 2000, RESTRate100: 500, MemoryN: []int{1000, 2000}},
+		RESTDuration: 3 * time.Second, RESTRate1: 2000, RESTRate100: 500, MemoryN: []int{1000, 2000},
+		PubRate: 2000, Publishers: 128, PubConns: 4000},
 	"long": {Name: "long", ConnectN: 10000, ConnectRates: []float64{2000, 5000, 10000, 15000}, Users: 5000, Conns: 10000,
 		DeliveryRates: []float64{5000, 10000, 20000, 40000, 60000, 80000}, PhaseDuration: 10 * time.Second, Batch: 100, LagSamples: 500,
-		RESTDuration: 10 * time.Second, RESTRate1: 5000, RESTRate100: 1000, MemoryN: []int{1000, 5000, 10000}},
+		RESTDuration: 10 * time.Second, RESTRate1: 5000, RESTRate100: 1000, MemoryN: []int{1000, 5000, 10000},
+		PubRate: 2000, Publishers: 128, PubConns: 4000},
 }
 
 // Side is one target's figures.
@@ -51,6 +59,7 @@ type Side struct {
 	REST1     RESTResult      `json:"rest_1_id"`
 	REST100   RESTResult      `json:"rest_100_ids"`
 	Memory    []MemoryResult  `json:"memory"`
+	Publish   PublishResult   `json:"publish"`
 	Errors    int             `json:"errors"`
 }
 
@@ -191,6 +200,15 @@ func measure(ctx context.Context, t *Target, p Profile, outDir string, log *slog
 	s.Errors += errs
 	stop()
 	<-done
+	fleet.Close()
+	if p.PubConns > 0 {
+		log.Info("publishers", "target", t.Name, "rate", p.PubRate, "publishers", p.Publishers, "connections", p.PubConns)
+		pubs := OpenFleet(ctx, t, p.PubConns, p.PubConns, 2000, "pub")
+		s.Errors += pubs.Errors()
+		s.Publish = pubs.Publish(ctx, t, p.PubRate, p.PhaseDuration, p.Publishers)
+		s.Errors += s.Publish.Errors
+		pubs.Close()
+	}
 	return s, cpuTop, heapTop
 }
 

@@ -238,6 +238,80 @@ func (f *Fleet) Deliver(ctx context.Context, t *Target, rate float64, dur time.D
 		Latency: summarize(f.rec.take()), Expected: expected, Received: got, Backlog: expected - min(got, expected), Errors: int(errs.Load())}
 }
 
+// PublishResult is the publishers scenario: one message per HTTP request, from a fixed
+// pool of publishers, at a fixed rate, to a fleet of connections.
+type PublishResult struct {
+	Offered     float64 `json:"offered_msgs_per_s"`
+	Publishers  int     `json:"publishers"`
+	Connections int     `json:"connections"`
+	Delivered   float64 `json:"delivered_per_s"`
+	Receipt     Latency `json:"enqueue_to_receipt"`
+	Post        Latency `json:"post_messages"`
+	Expected    int64   `json:"frames_expected"`
+	Received    int64   `json:"frames_received"`
+	Errors      int     `json:"errors"`
+}
+
+// Publish sends rate messages per second for dur, one message per POST, from publishers
+// concurrent publishers taking the ticks of an open-loop schedule (a tick waits while every
+// publisher is busy, so queueing shows in the POST latency, counted from the tick), and
+// waits for the frames.
+func (f *Fleet) Publish(ctx context.Context, t *Target, rate float64, dur time.Duration, publishers int) PublishResult {
+	f.rec.take()
+	f.received.Store(0)
+	n := int(rate * dur.Seconds())
+	ticks := make(chan time.Time, n)
+	go func() {
+		defer close(ticks)
+		interval := time.Duration(float64(time.Second) / rate)
+		start := time.Now()
+		for i := 0; i < n && ctx.Err() == nil; i++ {
+			due := start.Add(time.Duration(i) * interval)
+			if d := time.Until(due); d > 0 {
+				time.Sleep(d)
+			}
+			ticks <- due
+		}
+	}()
+	var post recorder
+	var errs, next atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: publishers}}
+	for range publishers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for due := range ticks {
+				k := next.Add(1)
+				body := fmt.Sprintf(`[{"UserId":%q,"Body":"p%d:%d"}]`, f.Users[int(k)%len(f.Users)], k, time.Now().UnixNano())
+				resp, err := client.Do(t.PushRequest(ctx, []byte(body)))
+				if err != nil {
+					errs.Add(1)
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusAccepted {
+					errs.Add(1)
+					continue
+				}
+				post.add(time.Since(due))
+			}
+		}()
+	}
+	wg.Wait()
+	expected := next.Load() * int64(f.perUser)
+	deadline := time.Now().Add(10 * time.Second)
+	for f.received.Load() < expected && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	got := f.received.Load()
+	return PublishResult{Offered: rate, Publishers: publishers, Connections: len(f.conns),
+		Delivered: float64(got) / float64(f.perUser) / time.Since(start).Seconds(),
+		Receipt:   summarize(f.rec.take()), Post: summarize(post.take()), Expected: expected, Received: got, Errors: int(errs.Load())}
+}
+
 // Lag measures append→view visible: from a connection's upgrade (its open is durable by
 // then) until the status query reports the user online.
 func Lag(ctx context.Context, t *Target, samples int, prefix string) (Latency, int) {
