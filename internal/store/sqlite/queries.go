@@ -121,19 +121,24 @@ func (s *Store) PendingMessages(ctx context.Context, after int64, limit int) ([]
 }
 
 // Complete marks the queued messages seqs done and writes their outcomes to the outbox, in
-// one transaction. A done message is remembered (see PruneMessages), so enqueueing the same
-// MessageId for the same user again is ignored. It returns the number of outcomes published (an outcome already in the
-// outbox is not published twice).
+// one transaction: the writer's group commit, shared with the appends and enqueues waiting
+// with it. It returns once that commit is durable. A done message is remembered (see
+// PruneMessages), so enqueueing the same MessageId for the same user again is ignored. It
+// returns the number of outcomes published (an outcome already in the outbox is not
+// published twice).
 func (s *Store) Complete(ctx context.Context, seqs []int64, outcomes []events.Published) (published int, err error) {
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return 0, fmt.Errorf("complete begin: %w", err)
+	req := &writeReq{completes: seqs, outcomes: outcomes, done: make(chan error, 1)}
+	if err := s.submit(ctx, req); err != nil {
+		return 0, err
 	}
-	defer func() {
-		if err != nil {
-			_ = tx.Rollback()
-		}
-	}()
+	return req.published, nil
+}
+
+// complete marks seqs done and writes their outcomes to the outbox inside the writer's
+// transaction, so completions share the group commit (and its fsync) with the appends and
+// enqueues. It returns how many outcome events were new.
+func (s *Store) complete(ctx context.Context, tx *sql.Tx, seqs []int64, outcomes []events.Published) (int, error) {
+	published := 0
 	now := s.opts.Now()
 	for _, p := range outcomes {
 		ok, err := insertPublished(ctx, tx, p, now)
@@ -153,9 +158,6 @@ func (s *Store) Complete(ctx context.Context, seqs []int64, outcomes []events.Pu
 		if _, err := done.ExecContext(ctx, now.UnixNano(), seq); err != nil {
 			return 0, fmt.Errorf("dequeue %d: %w", seq, err)
 		}
-	}
-	if err := tx.Commit(); err != nil {
-		return 0, fmt.Errorf("complete commit: %w", err)
 	}
 	return published, nil
 }

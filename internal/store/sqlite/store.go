@@ -91,6 +91,11 @@ type QueuedMessage struct {
 type writeReq struct {
 	events   []events.ConnectionEvent
 	messages []QueuedMessage
+	// completes and outcomes, if set, are delivered messages to mark done and their
+	// outcome events (Complete); published counts the outcome events that were new.
+	completes []int64
+	outcomes  []events.Published
+	published int
 	// grace, if set, is a grace timer's decision to log and fold in this commit.
 	grace *graceDecision
 	// decided is what the fold decided for grace.
@@ -350,6 +355,13 @@ func (s *Store) writeBatch(batch []*writeReq) (p Projection, folded []events.Con
 			if _, err := insMsg.ExecContext(ctx, m.MessageID, m.UserID, m.Body, m.EnqueuedAt.UnixNano()); err != nil {
 				return p, nil, fmt.Errorf("enqueue %s: %w", m.MessageID, err)
 			}
+		}
+		if len(req.completes) > 0 {
+			n, err := s.complete(ctx, tx, req.completes, req.outcomes)
+			if err != nil {
+				return p, nil, fmt.Errorf("complete: %w", err)
+			}
+			req.published = n
 		}
 		if g := req.grace; g != nil {
 			data, err := json.Marshal(g)
