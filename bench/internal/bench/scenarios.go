@@ -216,26 +216,35 @@ func (f *Fleet) Deliver(ctx context.Context, t *Target, rate float64, dur time.D
 			msgs[j] = msg{UserID: f.Users[int(k)%len(f.Users)], Body: "m" + strconv.FormatInt(k, 10) + ":" + now}
 		}
 		body, _ := json.Marshal(msgs)
-		resp, err := client.Do(t.PushRequest(ctx, body))
-		if err != nil {
-			errs.Add(1)
-			return
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusAccepted {
+		if !push(ctx, client, t, body) {
 			errs.Add(1)
 		}
 	})
 	expected := next.Load() * int64(f.perUser)
+	got := f.awaitFrames(expected)
+	elapsed := time.Since(start)
+	return DeliveryPoint{Offered: rate, Delivered: float64(got) / float64(f.perUser) / elapsed.Seconds(),
+		Latency: summarize(f.rec.take()), Expected: expected, Received: got, Backlog: expected - min(got, expected), Errors: int(errs.Load())}
+}
+
+// push posts body to the target's POST /messages and reports whether it was accepted (202).
+func push(ctx context.Context, client *http.Client, t *Target, body []byte) bool {
+	resp, err := client.Do(t.PushRequest(ctx, body))
+	if err != nil {
+		return false
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusAccepted
+}
+
+// awaitFrames waits up to 10 s for expected frames to arrive and returns how many did.
+func (f *Fleet) awaitFrames(expected int64) int64 {
 	deadline := time.Now().Add(10 * time.Second)
 	for f.received.Load() < expected && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
-	elapsed := time.Since(start)
-	got := f.received.Load()
-	return DeliveryPoint{Offered: rate, Delivered: float64(got) / float64(f.perUser) / elapsed.Seconds(),
-		Latency: summarize(f.rec.take()), Expected: expected, Received: got, Backlog: expected - min(got, expected), Errors: int(errs.Load())}
+	return f.received.Load()
 }
 
 // PublishResult is the publishers scenario: one message per HTTP request, from a fixed
@@ -285,14 +294,7 @@ func (f *Fleet) Publish(ctx context.Context, t *Target, rate float64, dur time.D
 			for due := range ticks {
 				k := next.Add(1)
 				body := fmt.Sprintf(`[{"UserId":%q,"Body":"p%d:%d"}]`, f.Users[int(k)%len(f.Users)], k, time.Now().UnixNano())
-				resp, err := client.Do(t.PushRequest(ctx, []byte(body)))
-				if err != nil {
-					errs.Add(1)
-					continue
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusAccepted {
+				if !push(ctx, client, t, []byte(body)) {
 					errs.Add(1)
 					continue
 				}
@@ -302,11 +304,7 @@ func (f *Fleet) Publish(ctx context.Context, t *Target, rate float64, dur time.D
 	}
 	wg.Wait()
 	expected := next.Load() * int64(f.perUser)
-	deadline := time.Now().Add(10 * time.Second)
-	for f.received.Load() < expected && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
-	got := f.received.Load()
+	got := f.awaitFrames(expected)
 	return PublishResult{Offered: rate, Publishers: publishers, Connections: len(f.conns),
 		Delivered: float64(got) / float64(f.perUser) / time.Since(start).Seconds(),
 		Receipt:   summarize(f.rec.take()), Post: summarize(post.take()), Expected: expected, Received: got, Errors: int(errs.Load())}
