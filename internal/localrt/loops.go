@@ -18,31 +18,78 @@ const (
 	retryDelay = time.Second
 )
 
-// pump is the local stand-in for the queue trigger: after every commit it dispatches the
-// messages queued since the last pass. The view needs no pump: every commit folds what it
-// appends.
+// pump is the local stand-in for the queue trigger. At start it dispatches what a previous
+// run left in the queue table; then it dispatches, from memory, the messages each commit
+// queued (the store hands them over right after the commit), in commit order.
 func (s *Server) pump(ctx context.Context) {
-	retry := time.NewTimer(time.Hour)
-	retry.Stop()
-	var after int64 // every message up to this sequence number is dispatched
+	after, ok := s.drainTable(ctx)
+	if !ok {
+		return
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-s.queue.Appended():
 		case <-s.kick:
-		case <-retry.C:
 		}
-		more, last, err := s.cycle(ctx, after)
-		after = last
-		if err != nil {
-			retry.Reset(retryDelay)
-			continue
+		msgs := s.queued.take()
+		// Messages the table pass already dispatched are skipped.
+		i := 0
+		for i < len(msgs) && msgs[i].Seq <= after {
+			i++
 		}
-		if more {
-			s.wake()
+		for msgs = msgs[i:]; len(msgs) > 0; {
+			n := min(len(msgs), deliverBatch)
+			s.cycle(ctx, msgs[:n])
+			msgs = msgs[n:]
 		}
 	}
+}
+
+// drainTable dispatches the messages the queue table holds pending (a previous run's),
+// retrying while the store cannot be read, and returns the last sequence number it
+// dispatched; ok is false if ctx ended first.
+func (s *Server) drainTable(ctx context.Context) (after int64, ok bool) {
+	for ctx.Err() == nil {
+		msgs, err := s.queue.PendingMessages(ctx, after, deliverBatch)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Error("read queue", "err", err)
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(retryDelay):
+			}
+			continue
+		}
+		if len(msgs) == 0 {
+			return after, true
+		}
+		s.cycle(ctx, msgs)
+		after = msgs[len(msgs)-1].Seq
+	}
+	return after, false
+}
+
+// queuedFeed holds the messages committed since the pump last took them.
+type queuedFeed struct {
+	mu   sync.Mutex
+	msgs []sqlite.QueuedMessage
+}
+
+// push adds what one commit queued; the store calls it in commit order.
+func (q *queuedFeed) push(msgs []sqlite.QueuedMessage) {
+	q.mu.Lock()
+	q.msgs = append(q.msgs, msgs...)
+	q.mu.Unlock()
+}
+
+func (q *queuedFeed) take() []sqlite.QueuedMessage {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	out := q.msgs
+	q.msgs = nil
+	return out
 }
 
 func (s *Server) wake() {
@@ -52,20 +99,9 @@ func (s *Server) wake() {
 	}
 }
 
-// cycle dispatches up to deliverBatch messages queued after the sequence number after and
-// returns the last one dispatched. Every connection whose open was committed before a
+// cycle dispatches msgs, in order. Every connection whose open was committed before a
 // message was accepted is in the view it is dispatched from: the commit folded it.
-func (s *Server) cycle(ctx context.Context, after int64) (more bool, last int64, err error) {
-	msgs, err := s.queue.PendingMessages(ctx, after, deliverBatch)
-	if err != nil {
-		if ctx.Err() == nil {
-			s.log.Error("read queue", "err", err)
-		}
-		return false, after, err
-	}
-	if len(msgs) == 0 {
-		return false, after, nil
-	}
+func (s *Server) cycle(ctx context.Context, msgs []sqlite.QueuedMessage) {
 	users := make([]string, 0, len(msgs))
 	seen := make(map[string]bool, len(msgs))
 	for _, m := range msgs {
@@ -74,17 +110,10 @@ func (s *Server) cycle(ctx context.Context, after int64) (more bool, last int64,
 			users = append(users, m.UserID)
 		}
 	}
-	live, err := s.view.LiveConnectionsOf(ctx, users)
-	if err != nil {
-		if ctx.Err() == nil {
-			s.log.Error("read live connections", "err", err)
-		}
-		return false, after, err
-	}
+	live, _ := s.view.LiveConnectionsOf(ctx, users) // the memory image: it does not fail
 	for _, m := range msgs {
 		s.dispatch(m, live[m.UserID])
 	}
-	return len(msgs) == deliverBatch, msgs[len(msgs)-1].Seq, nil
 }
 
 // dispatch posts m to each of its user's live connections, in queue order (so a user's

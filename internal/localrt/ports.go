@@ -20,13 +20,13 @@ type connectionLog interface {
 	Append(ctx context.Context, evs ...events.ConnectionEvent) (int, error)
 }
 
-// messageQueue is the local queue the pump drains: Appended is signalled after every commit.
+// messageQueue is the local queue: the pump gets what each commit queued from the store's
+// OnQueued hook, and reads the table only for what a previous run left pending.
 type messageQueue interface {
 	Enqueue(ctx context.Context, msgs ...sqlite.QueuedMessage) error
 	PendingMessages(ctx context.Context, after int64, limit int) ([]sqlite.QueuedMessage, error)
 	Complete(ctx context.Context, seqs []int64, outcomes []events.Published) (int, error)
 	PruneMessages(ctx context.Context, retention time.Duration) (int64, error)
-	Appended() <-chan struct{}
 }
 
 // outboxReader is what /events and the webhooks read: the published events in order, and a
@@ -38,7 +38,7 @@ type outboxReader interface {
 	SetCursor(ctx context.Context, name string, seq int64) error
 }
 
-// presenceView is the view: what REST, the dashboard and the delivery read, and the
+// presenceView is the view (the store's memory image): what REST, the dashboard and the delivery read, and the
 // decisions the grace timers and the pruning ask of it.
 type presenceView interface {
 	onlineapi.View
@@ -48,7 +48,6 @@ type presenceView interface {
 	PendingGraces(ctx context.Context) ([]presence.Grace, error)
 	ExpireGrace(ctx context.Context, userID string, since, now time.Time) (presence.Effects, error)
 	PruneTombstones(ctx context.Context, cutoff time.Time) (int, error)
-	Project(ctx context.Context) (sqlite.Projection, error)
 }
 
 var (

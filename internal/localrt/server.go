@@ -47,9 +47,11 @@ type Server struct {
 	graces   *graceTimers
 	// completions carries the decided outcomes of dispatched messages to the completer.
 	completions chan completion
-	metrics     *metrics
-	lock        *os.File
-	now         func() time.Time
+	// queued holds the messages committed and not yet dispatched.
+	queued  queuedFeed
+	metrics *metrics
+	lock    *os.File
+	now     func() time.Time
 
 	httpSrv  *http.Server
 	ln       net.Listener
@@ -110,6 +112,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		OnAppended:  func(t events.Type) { s.metrics.appended.WithLabelValues(string(t)).Inc() },
 		OnProjected: func(lag time.Duration) { s.metrics.projectorLag.Observe(lag.Seconds()) },
 		OnFolded:    func(p sqlite.Projection) { s.folded(p) },
+		OnQueued:    func(m []sqlite.QueuedMessage) { s.queued.push(m); s.wake() },
 		Fault:       cfg.storeFault,
 	})
 	if err != nil {
@@ -177,13 +180,10 @@ func (s *Server) Start(ctx context.Context) error {
 	return nil
 }
 
-// recover folds what the log holds past the checkpoint, appends ConnectionClosed{expired}
-// for every connection the view still holds live (this process holds none yet, so they
-// died with the previous one), folds that, and restarts the pending grace timers.
+// recover appends ConnectionClosed{expired} for every connection the view still holds
+// live (the store replayed the log's tail when it opened; this process holds no socket
+// yet, so they died with the previous one) and restarts the pending grace timers.
 func (s *Server) recover(ctx context.Context) error {
-	if _, err := s.view.Project(ctx); err != nil {
-		return err
-	}
 	dangling, err := s.view.AllLiveConnections(ctx)
 	if err != nil {
 		return err
@@ -198,9 +198,6 @@ func (s *Server) recover(ctx context.Context) error {
 			return err
 		}
 		s.log.Info("closed connections left by the previous run", "count", len(dangling))
-	}
-	if _, err := s.view.Project(ctx); err != nil {
-		return err
 	}
 	graces, err := s.view.PendingGraces(ctx)
 	if err != nil {
@@ -266,10 +263,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		// outcomes left before the store closes.
 		s.completerStop()
 		<-s.completerDone
-		// A last pass so what the connections appended is folded before the store closes.
-		if _, err := s.view.Project(context.WithoutCancel(ctx)); err != nil {
-			errs = append(errs, err)
-		}
 		errs = append(errs, s.store.Close(), s.lock.Close())
 	})
 	return errors.Join(errs...)

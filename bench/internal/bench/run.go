@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 )
@@ -33,6 +34,19 @@ type Profile struct {
 	PubRate    float64 `json:"publish_rate"`
 	Publishers int     `json:"publishers"`
 	PubConns   int     `json:"publish_connections"`
+	// Only, if set, names the scenarios to run (memory, connect, lag, rest, delivery,
+	// publishers) and the others are skipped; Targets, if set, names the sides to measure
+	// (baseline, wspresence). Partial runs are for profiling one scenario, not for reports.
+	Only    []string `json:"only,omitempty"`
+	Targets []string `json:"targets,omitempty"`
+	// ProfileScenario is the scenario the server's CPU and heap profiles cover: delivery
+	// (default, its middle rate) or publishers.
+	ProfileScenario string `json:"profile_scenario,omitempty"`
+}
+
+// runs reports whether scenario is part of the run.
+func (p Profile) runs(scenario string) bool {
+	return len(p.Only) == 0 || slices.Contains(p.Only, scenario)
 }
 
 // Profiles: smoke (CI, seconds), short (make bench, under 5 minutes), long.
@@ -106,6 +120,9 @@ func Run(ctx context.Context, p Profile, serverBin, self, outDir string, log *sl
 		cpuServer = "0"
 	}
 	for _, name := range []string{"baseline", "wspresence"} {
+		if len(p.Targets) > 0 && !slices.Contains(p.Targets, name) {
+			continue
+		}
 		var t *Target
 		var err error
 		if name == "baseline" {
@@ -134,79 +151,99 @@ func Run(ctx context.Context, p Profile, serverBin, self, outDir string, log *sl
 
 func measure(ctx context.Context, t *Target, p Profile, outDir string, log *slog.Logger) (Side, string, string) {
 	var s Side
-	log.Info("memory per idle connection", "target", t.Name)
-	for _, n := range p.MemoryN {
-		m := Memory(ctx, t, n, fmt.Sprintf("mem%d", n))
-		s.Memory = append(s.Memory, m)
-		s.Errors += m.Errors
+	if p.runs("memory") {
+		log.Info("memory per idle connection", "target", t.Name)
+		for _, n := range p.MemoryN {
+			m := Memory(ctx, t, n, fmt.Sprintf("mem%d", n))
+			s.Memory = append(s.Memory, m)
+			s.Errors += m.Errors
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+	if p.runs("connect") {
+		log.Info("connect rate", "target", t.Name)
+		Connect(ctx, t, min(200, p.ConnectN), p.ConnectRates[0], "warmup") // warm-up, not measured
 		time.Sleep(500 * time.Millisecond)
+		for i, rate := range p.ConnectRates {
+			c := Connect(ctx, t, p.ConnectN, rate, fmt.Sprintf("conn%d", i))
+			s.Connect = append(s.Connect, c)
+			s.Errors += c.Errors
+			time.Sleep(time.Second)
+		}
 	}
-	log.Info("connect rate", "target", t.Name)
-	Connect(ctx, t, min(200, p.ConnectN), p.ConnectRates[0], "warmup") // warm-up, not measured
-	time.Sleep(500 * time.Millisecond)
-	for i, rate := range p.ConnectRates {
-		c := Connect(ctx, t, p.ConnectN, rate, fmt.Sprintf("conn%d", i))
-		s.Connect = append(s.Connect, c)
-		s.Errors += c.Errors
-		time.Sleep(time.Second)
-	}
-	log.Info("projection lag at idle", "target", t.Name)
 	var errs int
-	s.LagIdle, errs = Lag(ctx, t, p.LagSamples, "lagidle")
-	s.Errors += errs
-	fleet := OpenFleet(ctx, t, p.Users, p.Conns, 2000, "user")
-	defer fleet.Close()
-	s.Errors += fleet.Errors()
-	log.Info("REST", "target", t.Name)
-	s.REST1 = REST(t, fleet.Users[:1], p.RESTRate1, p.RESTDuration)
-	s.REST100 = REST(t, fleet.Users[:min(100, len(fleet.Users))], p.RESTRate100, p.RESTDuration)
-	s.Errors += s.REST1.Errors + s.REST100.Errors
-	log.Info("delivery", "target", t.Name)
-	fleet.Deliver(ctx, t, p.DeliveryRates[0], p.PhaseDuration/2, p.Batch) // warm-up, not measured
-	var cpuTop, heapTop string
-	for i, rate := range p.DeliveryRates {
-		profiled := make(chan [2]string, 1)
-		if i == len(p.DeliveryRates)/2 && outDir != "" && p.Name != "smoke" {
-			go func() {
-				cpu, heap, err := t.Profile(ctx, outDir, int(p.PhaseDuration.Seconds()))
-				if err != nil || cpu == "" {
-					profiled <- [2]string{}
-					return
-				}
-				profiled <- [2]string{top(cpu), top(heap)}
-			}()
-		} else {
-			profiled <- [2]string{}
-		}
-		d := fleet.Deliver(ctx, t, rate, p.PhaseDuration, p.Batch)
-		s.Delivery = append(s.Delivery, d)
-		s.Errors += d.Errors
-		if tops := <-profiled; tops[0] != "" {
-			cpuTop, heapTop = tops[0], tops[1]
-		}
+	if p.runs("lag") {
+		log.Info("projection lag at idle", "target", t.Name)
+		s.LagIdle, errs = Lag(ctx, t, p.LagSamples, "lagidle")
+		s.Errors += errs
 	}
-	// Projection lag under half the highest rate that kept up.
-	knee := kneeRate(s.Delivery)
-	log.Info("projection lag at half load", "target", t.Name, "rate", knee/2)
-	loadCtx, stop := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for loadCtx.Err() == nil {
-			fleet.Deliver(loadCtx, t, knee/2, time.Second, p.Batch)
+	// profile starts the server's profiles over the next phase, if profiled is true.
+	profile := func(profiled bool) <-chan [2]string {
+		out := make(chan [2]string, 1)
+		if !profiled || outDir == "" || p.Name == "smoke" {
+			out <- [2]string{}
+			return out
 		}
-	}()
-	s.LagLoaded, errs = Lag(ctx, t, p.LagSamples, "lagload")
-	s.Errors += errs
-	stop()
-	<-done
-	fleet.Close()
-	if p.PubConns > 0 {
+		go func() {
+			cpu, heap, err := t.Profile(ctx, outDir, int(p.PhaseDuration.Seconds()))
+			if err != nil || cpu == "" {
+				out <- [2]string{}
+				return
+			}
+			out <- [2]string{top(cpu), top(heap)}
+		}()
+		return out
+	}
+	var cpuTop, heapTop string
+	if p.runs("rest") || p.runs("delivery") {
+		fleet := OpenFleet(ctx, t, p.Users, p.Conns, 2000, "user")
+		s.Errors += fleet.Errors()
+		if p.runs("rest") {
+			log.Info("REST", "target", t.Name)
+			s.REST1 = REST(t, fleet.Users[:1], p.RESTRate1, p.RESTDuration)
+			s.REST100 = REST(t, fleet.Users[:min(100, len(fleet.Users))], p.RESTRate100, p.RESTDuration)
+			s.Errors += s.REST1.Errors + s.REST100.Errors
+		}
+		if p.runs("delivery") {
+			log.Info("delivery", "target", t.Name)
+			fleet.Deliver(ctx, t, p.DeliveryRates[0], p.PhaseDuration/2, p.Batch) // warm-up, not measured
+			for i, rate := range p.DeliveryRates {
+				profiled := profile(p.ProfileScenario != "publishers" && i == len(p.DeliveryRates)/2)
+				d := fleet.Deliver(ctx, t, rate, p.PhaseDuration, p.Batch)
+				s.Delivery = append(s.Delivery, d)
+				s.Errors += d.Errors
+				if tops := <-profiled; tops[0] != "" {
+					cpuTop, heapTop = tops[0], tops[1]
+				}
+			}
+			// Projection lag under half the highest rate that kept up.
+			knee := kneeRate(s.Delivery)
+			log.Info("projection lag at half load", "target", t.Name, "rate", knee/2)
+			loadCtx, stop := context.WithCancel(ctx)
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				for loadCtx.Err() == nil {
+					fleet.Deliver(loadCtx, t, knee/2, time.Second, p.Batch)
+				}
+			}()
+			s.LagLoaded, errs = Lag(ctx, t, p.LagSamples, "lagload")
+			s.Errors += errs
+			stop()
+			<-done
+		}
+		fleet.Close()
+	}
+	if p.PubConns > 0 && p.runs("publishers") {
 		log.Info("publishers", "target", t.Name, "rate", p.PubRate, "publishers", p.Publishers, "connections", p.PubConns)
 		pubs := OpenFleet(ctx, t, p.PubConns, p.PubConns, 2000, "pub")
 		s.Errors += pubs.Errors()
+		profiled := profile(p.ProfileScenario == "publishers")
 		s.Publish = pubs.Publish(ctx, t, p.PubRate, p.PhaseDuration, p.Publishers)
 		s.Errors += s.Publish.Errors
+		if tops := <-profiled; tops[0] != "" {
+			cpuTop, heapTop = tops[0], tops[1]
+		}
 		pubs.Close()
 	}
 	return s, cpuTop, heapTop

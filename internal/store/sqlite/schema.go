@@ -1,22 +1,28 @@
 package sqlite
 
-// viewVersion changes whenever the view tables change shape: a store whose view has another
-// version (or none) drops it and rebuilds it from the log.
-const viewVersion = "2"
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+)
 
+// viewVersion changes whenever the snapshot tables change shape: a store whose snapshot
+// has another version (or none) drops it and folds the whole log again when opened.
+const viewVersion = "3"
+
+// logSchema is what is durable on the hot path: the log (one row per connection event or
+// grace decision, no secondary index), the queue (one row per accepted message), and the
+// outbox (one row per published event).
 const logSchema = `
 CREATE TABLE IF NOT EXISTS meta (
 	key   TEXT PRIMARY KEY,
 	value TEXT NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS events (
-	seq           INTEGER PRIMARY KEY AUTOINCREMENT,
-	key           TEXT    NOT NULL UNIQUE,
-	type          TEXT    NOT NULL,
-	user_id       TEXT    NOT NULL,
-	connection_id TEXT    NOT NULL,
-	at            INTEGER NOT NULL,
-	data          TEXT    NOT NULL
+CREATE TABLE IF NOT EXISTS log (
+	seq  INTEGER PRIMARY KEY,
+	type TEXT NOT NULL,
+	data TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS published (
 	seq         INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -41,40 +47,77 @@ CREATE INDEX IF NOT EXISTS messages_pending ON messages (seq) WHERE done_at IS N
 CREATE INDEX IF NOT EXISTS messages_done ON messages (done_at) WHERE done_at IS NOT NULL;
 `
 
-const viewSchema = `
+// snapshotSchema holds the view's last snapshot: its rows as of the checkpoint, the log
+// position it folded up to. Only a start reads it.
+const snapshotSchema = `
 CREATE TABLE IF NOT EXISTS checkpoints (
 	name TEXT PRIMARY KEY,
 	seq  INTEGER NOT NULL
 ) WITHOUT ROWID;
--- online, grace_pending and is_live hold what the core decided for the row (presence's
--- User.Online, User.GracePending, Conn.Live): the queries read these flags and re-state no
--- presence rule.
 CREATE TABLE IF NOT EXISTS view_users (
 	user_id       TEXT    PRIMARY KEY,
 	live          INTEGER NOT NULL,
 	last_activity INTEGER,
 	announced     TEXT    NOT NULL,
-	offline_since INTEGER,
-	online        INTEGER NOT NULL,
-	grace_pending INTEGER NOT NULL
+	offline_since INTEGER
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS view_users_online ON view_users (user_id) WHERE online = 1;
-CREATE INDEX IF NOT EXISTS view_users_grace ON view_users (offline_since) WHERE grace_pending = 1;
 CREATE TABLE IF NOT EXISTS view_connections (
 	connection_id TEXT PRIMARY KEY,
 	user_id       TEXT NOT NULL,
 	opened_at     INTEGER,
 	closed_at     INTEGER,
 	reason        TEXT,
-	last_seen     INTEGER,
-	is_live       INTEGER NOT NULL
+	last_seen     INTEGER
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS view_connections_live ON view_connections (user_id) WHERE is_live = 1;
-CREATE INDEX IF NOT EXISTS view_connections_closed ON view_connections (closed_at) WHERE closed_at IS NOT NULL;
 `
 
-const dropView = `
+const dropSnapshot = `
 DROP TABLE IF EXISTS checkpoints;
 DROP TABLE IF EXISTS view_users;
 DROP TABLE IF EXISTS view_connections;
 `
+
+// legacyLog moves the log of a store written by an earlier version (the events table,
+// with its key index and columns) into the log table, in order.
+const legacyLog = `
+INSERT INTO log (seq, type, data) SELECT seq, type, data FROM events ORDER BY seq;
+DROP TABLE events;
+`
+
+func migrate(ctx context.Context, db *sql.DB) error {
+	if _, err := db.ExecContext(ctx, logSchema); err != nil {
+		return fmt.Errorf("create log tables: %w", err)
+	}
+	var legacy int
+	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'events'`).Scan(&legacy); err != nil {
+		return fmt.Errorf("look for an earlier log: %w", err)
+	}
+	var version string
+	err := db.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'view_version'`).Scan(&version)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("read view version: %w", err)
+	}
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	if legacy > 0 {
+		if _, err := tx.ExecContext(ctx, legacyLog); err != nil {
+			return fmt.Errorf("move the earlier log: %w", err)
+		}
+	}
+	if version != viewVersion {
+		if _, err := tx.ExecContext(ctx, dropSnapshot); err != nil {
+			return fmt.Errorf("drop old snapshot: %w", err)
+		}
+	}
+	if _, err := tx.ExecContext(ctx, snapshotSchema); err != nil {
+		return fmt.Errorf("create snapshot tables: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES ('view_version', ?)
+		ON CONFLICT (key) DO UPDATE SET value = excluded.value`, viewVersion); err != nil {
+		return fmt.Errorf("write view version: %w", err)
+	}
+	return tx.Commit()
+}

@@ -1,0 +1,258 @@
+package sqlite
+
+import (
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/google/btree"
+	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/presence"
+)
+
+// image is the view as a memory image of the log: every user and connection row the fold
+// produced, with indexes for the reads. Only the writer goroutine changes it, after the
+// commit that made the change durable, so readers never see a state the log does not hold.
+// The writer reads it without the lock (no one else writes); readers take the read lock.
+type image struct {
+	mu    sync.RWMutex
+	users map[string]*presence.User
+	conns map[string]*presence.Conn
+	// live holds each user's live connection ids, sorted; online the users with one.
+	live   map[string][]string
+	online *btree.BTreeG[string]
+	// seq is the position in the log the image has folded up to.
+	seq int64
+	// dirty lists what changed since the last snapshot: user ids, each with the ids of
+	// its changed connections (the writer's alone, no lock).
+	dirty map[string]map[string]struct{}
+}
+
+func newImage() *image {
+	return &image{users: map[string]*presence.User{}, conns: map[string]*presence.Conn{},
+		live: map[string][]string{}, online: btree.NewOrderedG[string](32), dirty: map[string]map[string]struct{}{}}
+}
+
+// put sets a user row and maintains the online index (lock held).
+func (im *image) putUser(u presence.User) {
+	old, ok := im.users[u.ID]
+	if ok {
+		*old = u
+	} else {
+		im.users[u.ID] = &u
+	}
+	if u.Online() {
+		im.online.ReplaceOrInsert(u.ID)
+	} else {
+		im.online.Delete(u.ID)
+	}
+}
+
+// putConn sets a connection row and maintains its user's live list (lock held).
+func (im *image) putConn(c presence.Conn) {
+	old, ok := im.conns[c.ID]
+	wasLive := ok && old.Live()
+	if ok {
+		*old = c
+	} else {
+		im.conns[c.ID] = &c
+	}
+	switch isLive := c.Live(); {
+	case isLive && !wasLive:
+		l := im.live[c.UserID]
+		i, _ := slices.BinarySearch(l, c.ID)
+		im.live[c.UserID] = slices.Insert(l, i, c.ID)
+	case wasLive && !isLive:
+		l := im.live[c.UserID]
+		if i, found := slices.BinarySearch(l, c.ID); found {
+			l = slices.Delete(l, i, i+1)
+		}
+		if len(l) == 0 {
+			delete(im.live, c.UserID)
+		} else {
+			im.live[c.UserID] = l
+		}
+	}
+}
+
+// forgetConn removes a tombstone (lock held).
+func (im *image) forgetConn(id string) {
+	c, ok := im.conns[id]
+	if !ok || c.Live() {
+		return
+	}
+	delete(im.conns, id)
+	if d := im.dirty[c.UserID]; d != nil {
+		delete(d, id)
+	}
+}
+
+func (im *image) markDirty(userID, connID string) {
+	d := im.dirty[userID]
+	if d == nil {
+		d = map[string]struct{}{}
+		im.dirty[userID] = d
+	}
+	if connID != "" {
+		d[connID] = struct{}{}
+	}
+}
+
+// fold is the fold of one group commit (or one replayed page of the log): the rows it
+// changed, over the image, and what it decided. Nothing reaches the image before apply,
+// which the writer calls once the commit is durable.
+type fold struct {
+	im     *image
+	period time.Duration
+	users  map[string]*presence.User
+	conns  map[string]*presence.Conn
+	// order lists the touched user and connection ids in the order first touched.
+	userOrder, connOrder []string
+	// outbox lists the events to publish, with their times, in order.
+	outbox []outboxRow
+	graces map[string]time.Time
+	events int
+	folded []events.ConnectionEvent
+}
+
+type outboxRow struct {
+	p  events.Published
+	at time.Time
+}
+
+func newFold(im *image, grace time.Duration) *fold {
+	return &fold{im: im, period: grace, users: map[string]*presence.User{}, conns: map[string]*presence.Conn{}, graces: map[string]time.Time{}}
+}
+
+func (f *fold) user(id string) *presence.User {
+	if u, ok := f.users[id]; ok {
+		return u
+	}
+	u := presence.User{ID: id, Announced: presence.AnnouncedOffline}
+	if cur, ok := f.im.users[id]; ok {
+		u = *cur
+	}
+	f.users[id] = &u
+	f.userOrder = append(f.userOrder, id)
+	return &u
+}
+
+func (f *fold) conn(id string) *presence.Conn {
+	if c, ok := f.conns[id]; ok {
+		return c
+	}
+	c := presence.Conn{ID: id}
+	if cur, ok := f.im.conns[id]; ok {
+		c = *cur
+	}
+	f.conns[id] = &c
+	f.connOrder = append(f.connOrder, id)
+	return &c
+}
+
+// known reports whether e is already part of the fold: the connection's open (or close)
+// is folded, or an activity no newer than the connection's last seen time, which would
+// change nothing. Such an event is not appended again (the log's natural-key idempotency).
+func (f *fold) known(e events.ConnectionEvent) bool {
+	c := f.conns[e.ConnectionID]
+	if c == nil {
+		cur, ok := f.im.conns[e.ConnectionID]
+		if !ok {
+			return false
+		}
+		c = cur
+	}
+	switch e.Type {
+	case events.TypeConnectionOpened:
+		return !c.OpenedAt.IsZero()
+	case events.TypeConnectionClosed:
+		return !c.ClosedAt.IsZero()
+	default:
+		return !e.At.After(c.LastSeen)
+	}
+}
+
+// event folds a connection event (presence.Apply) in log order.
+func (f *fold) event(e events.ConnectionEvent) {
+	u, c := f.user(e.UserID), f.conn(e.ConnectionID)
+	nu, nc, eff := presence.Apply(*u, *c, e, f.period)
+	*u, *c = nu, nc
+	for _, p := range eff.Publish {
+		f.outbox = append(f.outbox, outboxRow{p: p, at: e.At})
+	}
+	if eff.GraceStarted {
+		f.graces[nu.ID] = nu.OfflineSince
+	} else if !nu.GracePending() {
+		delete(f.graces, nu.ID)
+	}
+	f.events++
+	f.folded = append(f.folded, e)
+}
+
+// grace folds a grace timer's decision (presence.ExpireGracePeriod) in log order and
+// returns what it decided.
+func (f *fold) grace(g graceDecision) presence.Effects {
+	u := f.user(g.UserID)
+	nu, eff := presence.ExpireGracePeriod(*u, g.Since, g.At, f.period)
+	*u = nu
+	for _, p := range eff.Publish {
+		f.outbox = append(f.outbox, outboxRow{p: p, at: g.At})
+	}
+	if !nu.GracePending() {
+		delete(f.graces, nu.ID)
+	}
+	f.events++
+	return eff
+}
+
+// changed reports whether the fold changed any row.
+func (f *fold) changed() bool {
+	for _, id := range f.userOrder {
+		if cur, ok := f.im.users[id]; !ok || *cur != *f.users[id] {
+			return true
+		}
+	}
+	for _, id := range f.connOrder {
+		if cur, ok := f.im.conns[id]; !ok || *cur != *f.conns[id] {
+			return true
+		}
+	}
+	return false
+}
+
+// apply makes the fold's rows the image's, at log position seq (the commit is durable).
+func (f *fold) apply(seq int64) {
+	im := f.im
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	for _, id := range f.userOrder {
+		u := f.users[id]
+		if cur, ok := im.users[id]; ok && *cur == *u {
+			continue
+		}
+		im.putUser(*u)
+		im.markDirty(id, "")
+	}
+	for _, id := range f.connOrder {
+		c := f.conns[id]
+		if cur, ok := im.conns[id]; ok && *cur == *c {
+			continue
+		}
+		im.putConn(*c)
+		im.markDirty(c.UserID, id)
+	}
+	if seq > im.seq {
+		im.seq = seq
+	}
+}
+
+// projection reports what the fold did.
+func (f *fold) projection(published int, checkpoint int64) Projection {
+	p := Projection{Events: f.events, Published: published, Checkpoint: checkpoint}
+	for uid, since := range f.graces {
+		p.Graces = append(p.Graces, presence.Grace{UserID: uid, Since: since})
+	}
+	sort.Slice(p.Graces, func(i, j int) bool { return p.Graces[i].UserID < p.Graces[j].UserID })
+	return p
+}
