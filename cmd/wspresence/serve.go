@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"runtime"
 	"time"
 
 	"github.com/wspresence/wspresence/internal/auth"
@@ -61,6 +62,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	log := newLogger(stderr, cfg.LogLevel)
+	atLeastTwoProcs(getenv)
 	srv, err := localrt.New(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -138,4 +140,16 @@ func rebuild(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	}
 	fmt.Fprintf(stdout, "view rebuilt from %d events (checkpoint %d)\n", p.Events, p.Checkpoint)
 	return nil
+}
+
+// atLeastTwoProcs gives the scheduler a second P on a one-CPU machine (or a process pinned
+// to one core), unless GOMAXPROCS is set. The store's writer blocks its thread in fsync;
+// with one P every other goroutine (the WebSocket writes, the HTTP handlers) waits until
+// the runtime retakes the P from the syscall, which can take up to 10 ms each time. With a
+// second P they run on the same core meanwhile (benchmark, delivery at 10,000 msg/s pinned
+// to one core: enqueue→receipt p99 0.75-1 s with one P, 32 ms with two).
+func atLeastTwoProcs(getenv env) {
+	if getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) < 2 {
+		runtime.GOMAXPROCS(2)
+	}
 }

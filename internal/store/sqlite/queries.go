@@ -163,13 +163,19 @@ func (s *Store) PendingMessages(ctx context.Context, after int64, limit int) ([]
 	}, `SELECT seq, message_id, user_id, body, enqueued_at FROM messages WHERE done_at IS NULL AND seq > ? ORDER BY seq LIMIT ?`, after, limit)
 }
 
-// Complete marks the queued messages seqs done and writes their outcomes to the outbox, in
-// one transaction: the writer's group commit, shared with the appends and enqueues waiting
-// with it. It returns once that commit is durable. A done message is remembered (see
-// PruneMessages), so enqueueing the same MessageId for the same user again is ignored. It
-// returns the number of outcomes published (an outcome already in the outbox is not
-// published twice).
+// ErrMismatch is returned by Complete when seqs and outcomes differ in length.
+var ErrMismatch = errors.New("one outcome per message")
+
+// Complete marks the queued messages seqs done and writes their outcomes (outcomes[i] is
+// seqs[i]'s) to the outbox, in the writer's group commit, shared with the appends and
+// enqueues waiting with it. It returns once that commit is durable, with the number of
+// outcomes published: a message already done is not completed (or published) twice. A
+// done message is remembered (see PruneMessages), so enqueueing the same MessageId for the
+// same user again is ignored.
 func (s *Store) Complete(ctx context.Context, seqs []int64, outcomes []events.Published) (published int, err error) {
+	if len(seqs) != len(outcomes) {
+		return 0, fmt.Errorf("complete %d messages with %d outcomes: %w", len(seqs), len(outcomes), ErrMismatch)
+	}
 	req := &writeReq{completes: seqs, outcomes: outcomes, done: make(chan error, 1)}
 	if err := s.submit(ctx, req); err != nil {
 		return 0, err
@@ -177,24 +183,21 @@ func (s *Store) Complete(ctx context.Context, seqs []int64, outcomes []events.Pu
 	return req.published, nil
 }
 
-// complete marks seqs done and writes their outcomes to the outbox inside the writer's
-// transaction. It returns how many outcome events were new.
+// complete marks seqs done and writes the outcomes of those that were pending to the
+// outbox, inside the writer's transaction. It returns how many it published.
 func (s *Store) complete(ctx context.Context, seqs []int64, outcomes []events.Published) (int, error) {
 	now := s.opts.Now()
-	rows := make([]outboxRow, len(outcomes))
-	for i, p := range outcomes {
-		rows[i] = outboxRow{p: p, at: now}
-	}
-	published, err := s.publish(ctx, rows)
-	if err != nil {
-		return 0, err
-	}
-	for _, seq := range seqs {
-		if _, err := s.stmts.done.ExecContext(ctx, now.UnixNano(), seq); err != nil {
+	rows := make([]outboxRow, 0, len(outcomes))
+	for i, seq := range seqs {
+		res, err := s.stmts.done.ExecContext(ctx, now.UnixNano(), seq)
+		if err != nil {
 			return 0, fmt.Errorf("dequeue %d: %w", seq, err)
 		}
+		if n, _ := res.RowsAffected(); n == 1 {
+			rows = append(rows, outboxRow{p: outcomes[i], at: now})
+		}
 	}
-	return published, nil
+	return s.publish(ctx, rows)
 }
 
 // PruneMessages forgets delivered messages done more than retention ago: after that, their

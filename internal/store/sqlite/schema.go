@@ -13,7 +13,8 @@ const viewVersion = "3"
 
 // logSchema is what is durable on the hot path: the log (one row per connection event or
 // grace decision, no secondary index), the queue (one row per accepted message), and the
-// outbox (one row per published event).
+// outbox (one row per published event, written in the commit of what decided it, so it
+// needs no index to be published once).
 const logSchema = `
 CREATE TABLE IF NOT EXISTS meta (
 	key   TEXT PRIMARY KEY,
@@ -26,7 +27,7 @@ CREATE TABLE IF NOT EXISTS log (
 );
 CREATE TABLE IF NOT EXISTS published (
 	seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-	event_id    TEXT    NOT NULL UNIQUE,
+	event_id    TEXT    NOT NULL,
 	detail_type TEXT    NOT NULL,
 	envelope    TEXT    NOT NULL
 );

@@ -71,9 +71,9 @@ func scanEach(ctx context.Context, c *sql.Conn, query string, each func(*sql.Row
 	return rows.Err()
 }
 
-// replay folds the log records past the image's position into it, a page at a time, each
-// page's outbox rows written (an event the live run published already has the same id
-// and is not published twice). It returns what it folded.
+// replay folds the log records past the image's position into it, a page at a time. It
+// publishes nothing: what a record decided went to the outbox in the record's own commit.
+// It returns what it folded.
 func (s *Store) replay(ctx context.Context) (Projection, error) {
 	var total Projection
 	graces := map[string]time.Time{}
@@ -112,18 +112,9 @@ func (s *Store) replay(ctx context.Context) (Projection, error) {
 			}
 			f.event(e)
 		}
-		var published int
-		err := s.begin(ctx)
-		if err == nil {
-			published, err = s.publish(ctx, f.outbox)
-			err = s.end(ctx, err)
-		}
-		if err != nil {
-			return total, fmt.Errorf("replay: %w", err)
-		}
 		last := page[len(page)-1].seq
 		f.apply(last)
-		p := f.projection(published, last)
+		p := f.projection(0, last)
 		total.Events += p.Events
 		total.Published += p.Published
 		total.Checkpoint = last
@@ -222,9 +213,9 @@ func (s *Store) writeSnapshot(ctx context.Context) error {
 }
 
 // Rebuild drops the view and its snapshot and folds the whole log again, the grace timers'
-// logged decisions included, so the view it builds is the one the live runs built. The
-// outbox keeps its rows: an event the rebuild decides again has the same id and is not
-// published twice. It runs on the writer, between commits.
+// logged decisions included, so the view it builds is the one the live runs built. It
+// publishes nothing again (the outbox got each decision in its record's commit). It runs
+// on the writer, between commits.
 func (s *Store) Rebuild(ctx context.Context) (Projection, error) {
 	var p Projection
 	err := s.writeAlone(ctx, func(ctx context.Context) error {

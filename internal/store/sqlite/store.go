@@ -267,8 +267,8 @@ func (s *Store) start(ctx context.Context) error {
 		{&s.stmts.log, `INSERT INTO log (type, data) VALUES (?, ?)`},
 		{&s.stmts.msg, `INSERT INTO messages (message_id, user_id, body, enqueued_at) VALUES (?, ?, ?, ?)
 			ON CONFLICT (message_id, user_id) DO NOTHING`},
-		{&s.stmts.pub, `INSERT INTO published (event_id, detail_type, envelope) VALUES (?, ?, ?)
-			ON CONFLICT (event_id) DO NOTHING`},
+		// OR IGNORE: a file of an earlier version has a unique index on event_id.
+		{&s.stmts.pub, `INSERT OR IGNORE INTO published (event_id, detail_type, envelope) VALUES (?, ?, ?)`},
 		{&s.stmts.done, `UPDATE messages SET done_at = ?, body = '' WHERE seq = ? AND done_at IS NULL`},
 	} {
 		if *st.dst, err = wc.PrepareContext(ctx, st.query); err != nil {
@@ -564,7 +564,7 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 				req.queued = append(req.queued, m)
 			}
 		}
-		if len(req.completes) > 0 || len(req.outcomes) > 0 {
+		if len(req.completes) > 0 {
 			n, err := s.complete(ctx, req.completes, req.outcomes)
 			if err != nil {
 				return f, p, fmt.Errorf("complete: %w", err)
@@ -592,8 +592,8 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 	return f, f.projection(published, seq), nil
 }
 
-// publish writes rows to the outbox, skipping events whose id is there already, and
-// returns how many were new.
+// publish writes rows to the outbox and returns how many it wrote. Each is decided once:
+// by the fold of a new record, or by the completion of a pending message.
 func (s *Store) publish(ctx context.Context, rows []outboxRow) (int, error) {
 	n := 0
 	for _, r := range rows {
@@ -614,7 +614,7 @@ const (
 	LocalRegion  = "local"
 )
 
-// insertPublished writes p to the outbox unless an event with its id is there already.
+// insertPublished writes p to the outbox.
 func (s *Store) insertPublished(ctx context.Context, p events.Published, at time.Time) (bool, error) {
 	env, err := events.NewEnvelope(p, LocalAccount, LocalRegion, at)
 	if err != nil {

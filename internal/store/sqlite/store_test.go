@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"reflect"
@@ -293,8 +294,11 @@ func TestQueueAndOutbox(t *testing.T) {
 	if n, err := s.Complete(ctx, []int64{q[0].Seq, q[1].Seq}, out); err != nil || n != 2 {
 		t.Fatalf("Complete = %d, %v", n, err)
 	}
-	if n, _ := s.Complete(ctx, nil, out); n != 0 {
-		t.Fatalf("the same outcomes were published again (%d)", n)
+	if n, err := s.Complete(ctx, []int64{q[0].Seq, q[1].Seq}, out); err != nil || n != 0 {
+		t.Fatalf("completing the same messages again published %d (%v)", n, err)
+	}
+	if _, err := s.Complete(ctx, []int64{q[0].Seq}, out); !errors.Is(err, sqlite.ErrMismatch) {
+		t.Fatalf("two outcomes for one message: %v", err)
 	}
 	if q, _ := s.PendingMessages(ctx, 0, 10); len(q) != 0 {
 		t.Fatalf("queue not emptied: %+v", q)
