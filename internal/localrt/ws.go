@@ -1,12 +1,15 @@
 package localrt
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -68,10 +71,15 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 		httperr.Write(w, r, s.log, httperr.New(http.StatusTooManyRequests, httperr.CodeTooMany, "too many connections for this user"))
 		return
 	}
-	defer s.hub.release(userID)
 	// Tracked before the upgrade so Shutdown waits for this connection's close event.
 	s.conns.Add(1)
-	defer s.conns.Done()
+	handedOver := false
+	defer func() {
+		if !handedOver {
+			s.hub.release(userID)
+			s.conns.Done()
+		}
+	}()
 
 	id := newConnectionID()
 	ctx := context.WithoutCancel(r.Context())
@@ -80,19 +88,33 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 		httperr.Write(w, r, s.log, s.storeUnavailable(w, err))
 		return
 	}
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: s.cfg.AllowedOrigins,
+	ws, err := websocket.Accept(smallBuffers{w}, r, &websocket.AcceptOptions{OriginPatterns: s.cfg.AllowedOrigins,
 		InsecureSkipVerify: len(s.cfg.AllowedOrigins) == 1 && s.cfg.AllowedOrigins[0] == "*"})
 	if err != nil {
 		s.log.Info("upgrade failed", "userId", userID, "connectionId", id, "err", err)
 		s.appendClose(ctx, events.Closed(userID, id, s.now(), events.ReasonClient))
 		return
 	}
+	// The connection lives on in a goroutine of its own: the handler returns, so net/http
+	// lets go of the request and its buffers (only the hijacked socket lives on).
 	ws.SetReadLimit(maxFrameBytes)
 	readCtx, cancelRead := context.WithCancel(ctx)
-	defer cancelRead()
 	c := &wsConn{id: id, userID: userID, ws: ws, drop: cancelRead, max: s.cfg.SendQueue, ready: make(chan struct{}, 1)}
 	c.lastRead.Store(s.now().UnixNano())
 	s.hub.add(c)
+	handedOver = true
+	go func() {
+		defer s.conns.Done()
+		defer s.hub.release(userID)
+		defer cancelRead()
+		s.serveConnection(ctx, readCtx, c)
+	}()
+}
+
+// serveConnection is the life of an upgraded connection (in the hub already) and its
+// $disconnect.
+func (s *Server) serveConnection(ctx, readCtx context.Context, c *wsConn) {
+	ws, userID, id := c.ws, c.userID, c.id
 	if s.isStopping() {
 		c.setReason(events.ReasonShutdown)
 		go ws.Close(websocketGoingAway, "server shutting down")
@@ -112,6 +134,39 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 	reason := c.closeReason()
 	s.appendClose(ctx, events.Closed(userID, id, s.now(), reason))
 	log.Info("disconnected", "reason", string(reason))
+}
+
+// The sizes of a WebSocket connection's read and write buffers. Client frames are small
+// (pings, activity); a larger frame is read, or written, past the buffer.
+const (
+	wsReadBuffer  = 512
+	wsWriteBuffer = 1024
+)
+
+// smallBuffers hands the WebSocket library, at the hijack, a reader and a writer of
+// wsReadBuffer and wsWriteBuffer bytes over the socket instead of the HTTP server's 4 KB
+// pair, which net/http drops with the request once the handler returns.
+type smallBuffers struct{ http.ResponseWriter }
+
+// Hijack takes the socket over from net/http; bytes the client sent past the handshake
+// are kept in front of it.
+func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	rd := bufio.NewReaderSize(conn, wsReadBuffer)
+	if n := brw.Reader.Buffered(); n > 0 {
+		// The library re-reads what the reader holds buffered, then the socket: the early
+		// bytes go into the new reader's buffer.
+		early, _ := brw.Reader.Peek(n)
+		rd = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(early)), conn), max(wsReadBuffer, n))
+		if _, err := rd.Peek(n); err != nil {
+			conn.Close()
+			return nil, nil, fmt.Errorf("keep the bytes sent with the handshake: %w", err)
+		}
+	}
+	return conn, bufio.NewReadWriter(rd, bufio.NewWriterSize(conn, wsWriteBuffer)), nil
 }
 
 // readLoop reads client frames until the connection ends (or readCtx is cancelled, which
