@@ -112,7 +112,9 @@ type frame struct {
 	written func(error)
 }
 
-// wsConn is one live WebSocket connection.
+// wsConn is one live WebSocket connection. An idle one runs no goroutine of its own
+// beside its reader: a writer goroutine runs while frames are queued, and the ping timer's
+// callback when it fires.
 type wsConn struct {
 	id, userID string
 	ws         *websocket.Conn
@@ -120,13 +122,17 @@ type wsConn struct {
 	drop context.CancelFunc
 	// max bounds the frames waiting to be written (the send queue).
 	max int
-	// mu guards queue and ended; the queue is allocated on the first frame, so an idle
-	// connection holds none.
-	mu    sync.Mutex
-	queue []frame
-	ended bool
-	// ready is signalled (coalesced) when a frame is queued.
-	ready chan struct{}
+	// write drains the queue; enqueue starts it in a goroutine when none runs.
+	write func()
+	// mu guards queue, writing and ended; the queue is allocated on the first frame, so an
+	// idle connection holds none.
+	mu      sync.Mutex
+	queue   []frame
+	writing bool
+	ended   bool
+	// busy counts the writer and ping goroutines running; they start only while the
+	// connection has not ended, so after end busy.Wait waits for the last one.
+	busy sync.WaitGroup
 	// reason is the close reason decided by whoever closed the connection first; the
 	// read loop records it (client when nobody else decided).
 	reason atomic.Pointer[events.CloseReason]
@@ -134,7 +140,8 @@ type wsConn struct {
 	lastRead atomic.Int64
 }
 
-// enqueue queues f; it reports false when the queue is full or the connection ended.
+// enqueue queues f and starts the writer if none runs; it reports false when the queue is
+// full or the connection ended.
 func (c *wsConn) enqueue(f frame) bool {
 	c.mu.Lock()
 	if c.ended || len(c.queue) >= c.max {
@@ -142,21 +149,45 @@ func (c *wsConn) enqueue(f frame) bool {
 		return false
 	}
 	c.queue = append(c.queue, f)
+	start := !c.writing
+	if start {
+		c.writing = true
+		c.busy.Add(1)
+	}
 	c.mu.Unlock()
-	select {
-	case c.ready <- struct{}{}:
-	default:
+	if start {
+		go func() {
+			defer c.busy.Done()
+			c.write()
+		}()
 	}
 	return true
 }
 
-// take returns the queued frames, oldest first, and empties the queue.
-func (c *wsConn) take() []frame {
+// next returns the queued frames, oldest first, and empties the queue; when there are none
+// the writer is done (the next frame starts another).
+func (c *wsConn) next() []frame {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	q := c.queue
 	c.queue = nil
+	if len(q) == 0 {
+		c.writing = false
+	}
 	return q
+}
+
+// running runs fn in the calling goroutine, counted in busy, unless c has ended.
+func (c *wsConn) running(fn func()) {
+	c.mu.Lock()
+	if c.ended {
+		c.mu.Unlock()
+		return
+	}
+	c.busy.Add(1)
+	c.mu.Unlock()
+	defer c.busy.Done()
+	fn()
 }
 
 // end marks c ended and tells every frame still queued that it was not written.

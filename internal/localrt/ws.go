@@ -99,7 +99,8 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 	// lets go of the request and its buffers (only the hijacked socket lives on).
 	ws.SetReadLimit(maxFrameBytes)
 	readCtx, cancelRead := context.WithCancel(ctx)
-	c := &wsConn{id: id, userID: userID, ws: ws, drop: cancelRead, max: s.cfg.SendQueue, ready: make(chan struct{}, 1)}
+	c := &wsConn{id: id, userID: userID, ws: ws, drop: cancelRead, max: s.cfg.SendQueue}
+	c.write = func() { s.writeQueued(ctx, c) }
 	c.lastRead.Store(s.now().UnixNano())
 	s.hub.add(c)
 	handedOver = true
@@ -122,15 +123,13 @@ func (s *Server) serveConnection(ctx, readCtx context.Context, c *wsConn) {
 	log := s.log.With("userId", userID, "connectionId", id)
 	log.Info("connected")
 
-	watchCtx, stopWatch := context.WithCancel(ctx)
-	watchDone := make(chan struct{})
-	go func() { defer close(watchDone); s.tend(watchCtx, c) }()
+	pings := s.pingEvery(ctx, c)
 	s.readLoop(ctx, readCtx, c)
-	stopWatch()
-	<-watchDone
+	pings.Stop()
 	s.hub.remove(c)
 	c.end() // frames never written are reported gone, never delivered
 	ws.CloseNow()
+	c.busy.Wait() // the writer and a ping in flight see the socket closed and return
 	reason := c.closeReason()
 	s.appendClose(ctx, events.Closed(userID, id, s.now(), reason))
 	log.Info("disconnected", "reason", string(reason))
@@ -201,53 +200,59 @@ func (s *Server) readLoop(ctx, readCtx context.Context, c *wsConn) {
 	}
 }
 
-// tend is the connection's one goroutine beside its reader: it writes the queued frames,
-// and every PingInterval pings the connection, closing it as expired when a ping goes
-// unanswered or the client has been silent for IdleTimeout. A failed or too slow write
-// ends the connection as expired too.
-func (s *Server) tend(ctx context.Context, c *wsConn) {
-	t := time.NewTicker(s.cfg.PingInterval)
-	defer t.Stop()
+// writeQueued writes the queued frames, oldest first, until the queue is empty, and
+// returns: the next frame starts a writer again. A failed or too slow write ends the
+// connection as expired; the frames it leaves unwritten are reported gone.
+func (s *Server) writeQueued(ctx context.Context, c *wsConn) {
 	for {
-		select {
-		case <-ctx.Done():
+		q := c.next()
+		if len(q) == 0 {
 			return
-		case <-c.ready:
-			for _, f := range c.take() {
-				wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
-				err := c.ws.Write(wctx, websocket.MessageText, f.data)
-				cancel()
-				if err != nil {
-					f.written(fmt.Errorf("write: %w: %w", err, delivery.ErrConnectionGone))
-					if ctx.Err() == nil {
-						c.setReason(events.ReasonExpired)
-					}
-					c.ws.CloseNow()
-					c.end()
-					return
-				}
+		}
+		for i, f := range q {
+			wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
+			err := c.ws.Write(wctx, websocket.MessageText, f.data)
+			cancel()
+			if err == nil {
 				f.written(nil)
+				continue
 			}
-			continue
-		case <-t.C:
-		}
-		if idle := s.now().Sub(time.Unix(0, c.lastRead.Load())); idle >= s.cfg.IdleTimeout {
-			c.setReason(events.ReasonExpired)
-			_ = c.ws.Close(websocket.StatusPolicyViolation, "idle timeout")
-			return
-		}
-		pctx, cancel := context.WithTimeout(ctx, s.cfg.PingInterval)
-		err := c.ws.Ping(pctx)
-		cancel()
-		if err != nil {
-			if ctx.Err() != nil {
-				return
+			f.written(fmt.Errorf("write: %w: %w", err, delivery.ErrConnectionGone))
+			for _, rest := range q[i+1:] {
+				rest.written(errGone)
 			}
 			c.setReason(events.ReasonExpired)
 			c.ws.CloseNow()
+			c.end()
 			return
 		}
 	}
+}
+
+// pingEvery pings c every PingInterval from a timer (no goroutine while it waits),
+// closing it as expired when a ping goes unanswered within the interval or the client has
+// been silent for IdleTimeout. Stop the returned timer when the connection ends.
+func (s *Server) pingEvery(ctx context.Context, c *wsConn) *time.Timer {
+	var t *time.Timer
+	t = time.AfterFunc(s.cfg.PingInterval, func() {
+		c.running(func() {
+			if idle := s.now().Sub(time.Unix(0, c.lastRead.Load())); idle >= s.cfg.IdleTimeout {
+				c.setReason(events.ReasonExpired)
+				_ = c.ws.Close(websocket.StatusPolicyViolation, "idle timeout")
+				return
+			}
+			pctx, cancel := context.WithTimeout(ctx, s.cfg.PingInterval)
+			err := c.ws.Ping(pctx)
+			cancel()
+			if err != nil {
+				c.setReason(events.ReasonExpired)
+				c.ws.CloseNow()
+				return
+			}
+			t.Reset(s.cfg.PingInterval)
+		})
+	})
+	return t
 }
 
 // ClientFrame is what a client frame says: {"action":"ping"} and the like.

@@ -89,7 +89,7 @@ func run() error {
 		if path, err = res.Save(*results); err != nil {
 			return err
 		}
-		for _, f := range []string{"cpu.pprof", "heap.pprof"} {
+		for _, f := range []string{"cpu.pprof", "heap.pprof", "heap-idle.pprof"} {
 			if data, err := os.ReadFile(filepath.Join(profDir, f)); err == nil {
 				_ = os.WriteFile(path[:len(path)-len(".json")]+"."+f, data, 0o644)
 			}

@@ -56,6 +56,7 @@ func (b *Baseline) ws(w http.ResponseWriter, r *http.Request) {
 			break
 		}
 	}
+	c.CloseNow() // the hijacked socket outlives the handler otherwise
 	b.mu.Lock()
 	delete(b.conns[user], c)
 	if len(b.conns[user]) == 0 {

@@ -121,6 +121,13 @@ func (r *Results) Markdown(plotFile, resultsFile string) string {
 	if r.CPUTop != "" {
 		fmt.Fprintf(&b, "\n## Profiles of the server under the delivery scenario\n\nCPU (`go tool pprof -top`):\n\n```\n%s```\n\nHeap:\n\n```\n%s```\n", r.CPUTop, r.HeapTop)
 	}
+	if r.IdleHeapTop != "" {
+		n := 0
+		if m := r.Wspresence.Memory; len(m) > 0 {
+			n = m[len(m)-1].N
+		}
+		fmt.Fprintf(&b, "\n## Heap of the server with %d idle connections\n\n```\n%s```\n", n, r.IdleHeapTop)
+	}
 	return b.String()
 }
 

@@ -86,6 +86,9 @@ type Results struct {
 	Baseline   Side      `json:"baseline"`
 	CPUTop     string    `json:"cpu_profile_top"`
 	HeapTop    string    `json:"heap_profile_top"`
+	// IdleHeapTop is the heap profile's top list with the memory scenario's largest number
+	// of idle connections open.
+	IdleHeapTop string `json:"idle_heap_profile_top,omitempty"`
 }
 
 // Machine describes where the run happened.
@@ -138,23 +141,31 @@ func Run(ctx context.Context, p Profile, serverBin, self, outDir string, log *sl
 		if err != nil {
 			return nil, fmt.Errorf("start %s: %w", name, err)
 		}
-		side, cpuTop, heapTop := measure(ctx, t, p, outDir, log)
+		side, cpuTop, heapTop, idleHeapTop := measure(ctx, t, p, outDir, log)
 		t.Stop()
 		if name == "baseline" {
 			res.Baseline = side
 		} else {
-			res.Wspresence, res.CPUTop, res.HeapTop = side, cpuTop, heapTop
+			res.Wspresence, res.CPUTop, res.HeapTop, res.IdleHeapTop = side, cpuTop, heapTop, idleHeapTop
 		}
 	}
 	return res, nil
 }
 
-func measure(ctx context.Context, t *Target, p Profile, outDir string, log *slog.Logger) (Side, string, string) {
+func measure(ctx context.Context, t *Target, p Profile, outDir string, log *slog.Logger) (Side, string, string, string) {
 	var s Side
+	var idleHeapTop string
 	if p.runs("memory") {
 		log.Info("memory per idle connection", "target", t.Name)
-		for _, n := range p.MemoryN {
-			m := Memory(ctx, t, n, fmt.Sprintf("mem%d", n))
+		for i, n := range p.MemoryN {
+			heapDir := ""
+			if i == len(p.MemoryN)-1 && p.Name != "smoke" {
+				heapDir = outDir // the heap of the largest N, idle
+			}
+			m, heap := Memory(ctx, t, n, fmt.Sprintf("mem%d", n), heapDir)
+			if heap != "" {
+				idleHeapTop = top(heap)
+			}
 			s.Memory = append(s.Memory, m)
 			s.Errors += m.Errors
 			time.Sleep(500 * time.Millisecond)
@@ -246,7 +257,7 @@ func measure(ctx context.Context, t *Target, p Profile, outDir string, log *slog
 		}
 		pubs.Close()
 	}
-	return s, cpuTop, heapTop
+	return s, cpuTop, heapTop, idleHeapTop
 }
 
 // kneeRate is the highest offered rate that was delivered in full (95%).

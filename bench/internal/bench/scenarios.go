@@ -384,7 +384,7 @@ type MemoryResult struct {
 }
 
 // Memory opens n idle connections and reports (RSS at n − RSS at 0)/n after GC.
-func Memory(ctx context.Context, t *Target, n int, prefix string) MemoryResult {
+func Memory(ctx context.Context, t *Target, n int, prefix string, heapDir string) (MemoryResult, string) {
 	t.CollectGarbage(ctx)
 	before, _ := t.RSS()
 	f := OpenFleet(ctx, t, n, n, 2000, prefix)
@@ -392,7 +392,8 @@ func Memory(ctx context.Context, t *Target, n int, prefix string) MemoryResult {
 	t.CollectGarbage(ctx)
 	time.Sleep(200 * time.Millisecond)
 	after, _ := t.RSS()
+	heap, _ := t.IdleHeap(ctx, heapDir)
 	f.Close()
 	return MemoryResult{N: n, BytesPerConn: float64(after-before) / float64(n),
-		RSSBeforeMiB: float64(before) / (1 << 20), RSSAfterMiB: float64(after) / (1 << 20), Errors: f.Errors()}
+		RSSBeforeMiB: float64(before) / (1 << 20), RSSAfterMiB: float64(after) / (1 << 20), Errors: f.Errors()}, heap
 }

@@ -193,27 +193,38 @@ func (t *Target) RSS() (int64, error) {
 	return 0, fmt.Errorf("no VmRSS for %d", pid)
 }
 
+// save writes what the server answers at path (a pprof endpoint) to dir/file.
+func (t *Target) save(ctx context.Context, dir, path, file string) (string, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, t.Base+path, nil)
+	t.authorize(req)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(filepath.Join(dir, file))
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	_, err = io.Copy(f, resp.Body)
+	return f.Name(), err
+}
+
+// IdleHeap saves a heap profile (after a collection) into dir (wspresence only).
+func (t *Target) IdleHeap(ctx context.Context, dir string) (string, error) {
+	if t.baseline || dir == "" {
+		return "", nil
+	}
+	return t.save(ctx, dir, "/debug/pprof/heap?gc=1", "heap-idle.pprof")
+}
+
 // Profile saves a CPU profile of seconds and a heap profile into dir (wspresence only).
 func (t *Target) Profile(ctx context.Context, dir string, seconds int) (cpu, heap string, err error) {
 	if t.baseline {
 		return "", "", nil
 	}
-	get := func(path, file string) (string, error) {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, t.Base+path, nil)
-		t.authorize(req)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return "", err
-		}
-		defer resp.Body.Close()
-		f, err := os.Create(filepath.Join(dir, file))
-		if err != nil {
-			return "", err
-		}
-		defer f.Close()
-		_, err = io.Copy(f, resp.Body)
-		return f.Name(), err
-	}
+	get := func(path, file string) (string, error) { return t.save(ctx, dir, path, file) }
 	if cpu, err = get(fmt.Sprintf("/debug/pprof/profile?seconds=%d", seconds), "cpu.pprof"); err != nil {
 		return "", "", err
 	}
