@@ -206,21 +206,6 @@ func (f *fold) grace(g graceDecision) presence.Effects {
 	return eff
 }
 
-// changed reports whether the fold changed any row.
-func (f *fold) changed() bool {
-	for _, id := range f.userOrder {
-		if cur, ok := f.im.users[id]; !ok || *cur != *f.users[id] {
-			return true
-		}
-	}
-	for _, id := range f.connOrder {
-		if cur, ok := f.im.conns[id]; !ok || *cur != *f.conns[id] {
-			return true
-		}
-	}
-	return false
-}
-
 // apply makes the fold's rows the image's, at log position seq (the commit is durable).
 func (f *fold) apply(seq int64) {
 	im := f.im

@@ -307,6 +307,9 @@ func (s *Store) Close() error {
 	}
 	<-s.done
 	<-s.ckDone
+	for _, st := range []*sql.Stmt{s.stmts.log, s.stmts.msg, s.stmts.pub, s.stmts.done} {
+		_ = st.Close()
+	}
 	_, ckErr := s.ck.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`)
 	if ckErr != nil {
 		ckErr = fmt.Errorf("checkpoint the WAL: %w", ckErr)
