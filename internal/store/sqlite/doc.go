@@ -1,11 +1,14 @@
-// Package sqlite is the embedded event store of the local runtime: one SQLite file (pure Go,
-// WAL) holding the connection log, the projector's checkpoint and view, the outbox of
-// published events and the local message queue.
+// Package sqlite is the embedded store of the local runtime: one SQLite file (pure Go, WAL)
+// holding the connection log, the outbox of published events, the local message queue and
+// the snapshot of the view, and the view itself as a memory image of the log.
 //
-// Appends and enqueues from many goroutines are group-committed: one writer goroutine takes
-// every request waiting, writes them in one transaction and answers each once it is durable.
-// The projector reads the log past its checkpoint in sequence order (the change feed), folds
-// it with the presence package, and writes the view, the outbox rows and the new checkpoint
-// in one transaction, so a crash never leaves the view half-written and a restart resumes
-// where the last commit ended. Every method of Store is safe for concurrent use.
+// Writes from many goroutines are group-committed: one writer goroutine takes every request
+// waiting and writes it in one transaction, one record per fact (a connection event or a
+// grace decision in the log, an accepted message in the queue), answering each once it is
+// durable. The same writer folds each new record over the image with the presence package,
+// in log order, and writes the events the fold publishes to the outbox in the same
+// transaction; the folded rows reach the image only once the commit is durable, so readers
+// never see a state the log does not hold. The image's changed rows are snapshotted between
+// commits, so a start replays only the log past the last snapshot. Every method of Store is
+// safe for concurrent use.
 package sqlite
