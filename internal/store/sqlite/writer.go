@@ -1,0 +1,358 @@
+package sqlite
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/presence"
+)
+
+// The writer: one goroutine that group-commits every write request, folds what it
+// appends over the memory image, and writes the snapshot between commits; and the
+// checkpointer beside it.
+
+// writeReq is one caller's write, committed with the others of its group.
+type writeReq struct {
+	events   []events.ConnectionEvent
+	messages []QueuedMessage
+	// completes and outcomes, if set, are delivered messages to mark done and their
+	// outcome events (Complete); published counts the outcome events that were new.
+	completes []int64
+	outcomes  []events.Published
+	published int
+	// grace, if set, is a grace timer's decision to fold, and to log if it decides.
+	grace   *graceDecision
+	decided presence.Effects
+	// exec, if set, runs inside the group's transaction (small writes off the hot path).
+	exec func(ctx context.Context) error
+	// alone, if set, runs on the writer's goroutine outside any group (rebuild, pruning).
+	alone func(ctx context.Context) error
+	// appended counts the new events; written marks which were new; queued lists the
+	// messages that were new, with their sequence numbers.
+	appended int
+	written  []bool
+	queued   []QueuedMessage
+	done     chan error
+}
+
+func (r *writeReq) reset() {
+	r.appended, r.written, r.queued, r.published, r.decided = 0, nil, nil, 0, presence.Effects{}
+}
+
+// graceDecision is the log record of a grace timer that fired: the user's period that
+// began at Since, decided at At. The fold runs presence.ExpireGracePeriod on it in log
+// order, so a rebuild replays what the timer decided.
+type graceDecision struct {
+	UserID string    `json:"userId"`
+	Since  time.Time `json:"since"`
+	At     time.Time `json:"at"`
+}
+
+// graceRecordType is the type of a grace decision's record in the log.
+const graceRecordType = "GraceExpired"
+
+// checkpointInterval spaces the WAL checkpoints.
+const checkpointInterval = time.Second
+
+// checkpointer copies the WAL's committed pages into the database every
+// checkpointInterval (a passive checkpoint: it never blocks the writer or the readers),
+// so the WAL does not grow without bound; the writer restarts the WAL from its start once
+// it has all been copied.
+func (s *Store) checkpointer() {
+	defer close(s.ckDone)
+	t := time.NewTicker(checkpointInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		if _, err := s.ck.Exec(`PRAGMA wal_checkpoint(PASSIVE)`); err != nil {
+			s.opts.Logger.Error("checkpoint the WAL", "err", err)
+		}
+	}
+}
+
+func (s *Store) submit(ctx context.Context, req *writeReq) error {
+	select {
+	case <-s.stop:
+		return ErrClosed
+	default:
+	}
+	select {
+	case s.reqs <- req:
+	case <-s.stop:
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	// Once queued the request is committed even if ctx ends: wait for the answer so the
+	// caller never reports failure for a write that lands.
+	return <-req.done
+}
+
+// writeExec runs fn inside a group commit of the writer.
+func (s *Store) writeExec(ctx context.Context, fn func(ctx context.Context) error) error {
+	return s.submit(ctx, &writeReq{exec: fn, done: make(chan error, 1)})
+}
+
+// writeAlone runs fn on the writer's goroutine, alone.
+func (s *Store) writeAlone(ctx context.Context, fn func(ctx context.Context) error) error {
+	return s.submit(ctx, &writeReq{alone: fn, done: make(chan error, 1)})
+}
+
+func (s *Store) writer() {
+	defer close(s.done)
+	tick := time.NewTicker(s.opts.SnapshotInterval)
+	defer tick.Stop()
+	for {
+		var first *writeReq
+		select {
+		case first = <-s.reqs:
+		case <-tick.C:
+			s.maybeSnapshot(false)
+			continue
+		case <-s.stop:
+			// Drain what was queued before the stop, then write the snapshot.
+			for {
+				select {
+				case req := <-s.reqs:
+					s.run([]*writeReq{req})
+				default:
+					s.maybeSnapshot(true)
+					return
+				}
+			}
+		}
+		batch := []*writeReq{first}
+	fill:
+		for len(batch) < s.opts.MaxBatch && first.alone == nil {
+			select {
+			case req := <-s.reqs:
+				if req.alone != nil {
+					s.run(batch)
+					batch = []*writeReq{req}
+					break fill
+				}
+				batch = append(batch, req)
+			default:
+				break fill
+			}
+		}
+		s.run(batch)
+		s.maybeSnapshot(false)
+	}
+}
+
+// run commits batch (or runs its one alone request) and answers its callers.
+func (s *Store) run(batch []*writeReq) {
+	if len(batch) == 1 && batch[0].alone != nil {
+		batch[0].done <- batch[0].alone(context.Background())
+		return
+	}
+	s.commit(batch)
+}
+
+func (s *Store) commit(batch []*writeReq) {
+	f, p, err := s.writeBatch(batch)
+	if err != nil && len(batch) > 1 {
+		// One bad request must not fail the others: retry each alone.
+		for _, req := range batch {
+			req.reset()
+			s.commit([]*writeReq{req})
+		}
+		return
+	}
+	if err == nil {
+		f.apply(p.Checkpoint)
+		s.sinceSnapshot += p.Events
+		if s.opts.OnCommit != nil {
+			s.opts.OnCommit(len(batch))
+		}
+		if s.opts.OnAppended != nil {
+			for _, req := range batch {
+				for i, e := range req.events {
+					if req.written[i] {
+						s.opts.OnAppended(e.Type)
+					}
+				}
+			}
+		}
+		s.observeFolded(f.folded)
+		if s.opts.OnFolded != nil && p.Events > 0 {
+			s.opts.OnFolded(p)
+		}
+		if s.opts.OnQueued != nil {
+			var queued []QueuedMessage
+			for _, req := range batch {
+				queued = append(queued, req.queued...)
+			}
+			if len(queued) > 0 {
+				s.opts.OnQueued(queued)
+			}
+		}
+	}
+	for _, req := range batch {
+		req.done <- err
+	}
+}
+
+// observeFolded reports the fold lag of events just committed.
+func (s *Store) observeFolded(folded []events.ConnectionEvent) {
+	if s.opts.OnProjected == nil {
+		return
+	}
+	now := s.opts.Now()
+	for _, e := range folded {
+		s.opts.OnProjected(now.Sub(e.At))
+	}
+}
+
+// begin starts an immediate transaction on the writer's connection; end commits it (err
+// nil) or rolls it back.
+func (s *Store) begin(ctx context.Context) error {
+	if _, err := s.wc.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) end(ctx context.Context, err error) error {
+	if err != nil {
+		_, _ = s.wc.ExecContext(context.WithoutCancel(ctx), "ROLLBACK")
+		return err
+	}
+	if _, err := s.wc.ExecContext(ctx, "COMMIT"); err != nil {
+		_, _ = s.wc.ExecContext(context.WithoutCancel(ctx), "ROLLBACK")
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// writeBatch folds what batch holds over the image and writes, in one transaction, the
+// records that are new (connection events, grace decisions that decided, messages,
+// outcomes) and the events they publish: one durable write per fact. The fold reaches the
+// image (apply) only once the commit is durable.
+func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error) {
+	ctx := context.Background()
+	f = newFold(s.img, s.opts.Grace)
+	if s.opts.Fault != nil {
+		if err := s.opts.Fault(); err != nil {
+			return f, p, fmt.Errorf("commit: %w", err)
+		}
+	}
+	if err := s.begin(ctx); err != nil {
+		return f, p, err
+	}
+	defer func() { err = s.end(ctx, err) }()
+	seq := s.img.seq
+	appendRecord := func(typ string, v any) error {
+		data, err := json.Marshal(v)
+		if err != nil {
+			return fmt.Errorf("encode %s: %w", typ, err)
+		}
+		res, err := s.stmts.log.ExecContext(ctx, typ, string(data))
+		if err != nil {
+			return fmt.Errorf("append %s: %w", typ, err)
+		}
+		if seq, err = res.LastInsertId(); err != nil {
+			return fmt.Errorf("append %s: %w", typ, err)
+		}
+		return nil
+	}
+	for _, req := range batch {
+		req.written = make([]bool, len(req.events))
+		for i, e := range req.events {
+			if f.known(e) {
+				continue
+			}
+			if err := appendRecord(string(e.Type), e); err != nil {
+				return f, p, err
+			}
+			f.event(e)
+			req.appended++
+			req.written[i] = true
+		}
+		for _, m := range req.messages {
+			res, err := s.stmts.msg.ExecContext(ctx, m.MessageID, m.UserID, m.Body, m.EnqueuedAt.UnixNano())
+			if err != nil {
+				return f, p, fmt.Errorf("enqueue %s: %w", m.MessageID, err)
+			}
+			if n, _ := res.RowsAffected(); n == 1 {
+				if m.Seq, err = res.LastInsertId(); err != nil {
+					return f, p, fmt.Errorf("enqueue %s: %w", m.MessageID, err)
+				}
+				req.queued = append(req.queued, m)
+			}
+		}
+		if len(req.completes) > 0 {
+			n, err := s.complete(ctx, req.completes, req.outcomes)
+			if err != nil {
+				return f, p, fmt.Errorf("complete: %w", err)
+			}
+			req.published = n
+		}
+		if g := req.grace; g != nil {
+			req.decided = f.grace(*g)
+			if len(req.decided.Publish) > 0 {
+				if err := appendRecord(graceRecordType, g); err != nil {
+					return f, p, fmt.Errorf("log grace decision of %s: %w", g.UserID, err)
+				}
+			}
+		}
+		if req.exec != nil {
+			if err := req.exec(ctx); err != nil {
+				return f, p, err
+			}
+		}
+	}
+	published, err := s.publish(ctx, f.outbox)
+	if err != nil {
+		return f, p, err
+	}
+	return f, f.projection(published, seq), nil
+}
+
+// publish writes rows to the outbox and returns how many it wrote. Each is decided once:
+// by the fold of a new record, or by the completion of a pending message.
+func (s *Store) publish(ctx context.Context, rows []outboxRow) (int, error) {
+	n := 0
+	for _, r := range rows {
+		ok, err := s.insertPublished(ctx, r.p, r.at)
+		if err != nil {
+			return n, err
+		}
+		if ok {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// Local values of the EventBridge envelope fields that name an AWS account and region.
+const (
+	LocalAccount = "000000000000"
+	LocalRegion  = "local"
+)
+
+// insertPublished writes p to the outbox.
+func (s *Store) insertPublished(ctx context.Context, p events.Published, at time.Time) (bool, error) {
+	env, err := events.NewEnvelope(p, LocalAccount, LocalRegion, at)
+	if err != nil {
+		return false, err
+	}
+	data, err := json.Marshal(env)
+	if err != nil {
+		return false, fmt.Errorf("encode %s envelope: %w", p.DetailType(), err)
+	}
+	res, err := s.stmts.pub.ExecContext(ctx, p.ID(), string(p.DetailType()), string(data))
+	if err != nil {
+		return false, fmt.Errorf("publish %s %s: %w", p.DetailType(), p.ID(), err)
+	}
+	n, _ := res.RowsAffected()
+	return n == 1, nil
+}
