@@ -56,21 +56,6 @@ func (s *Store) loadSnapshot(ctx context.Context) error {
 	return nil
 }
 
-// scanEach runs query on the writer's connection and calls each for every row.
-func scanEach(ctx context.Context, c *sql.Conn, query string, each func(*sql.Rows) error, args ...any) error {
-	rows, err := c.QueryContext(ctx, query, args...)
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		if err := each(rows); err != nil {
-			return err
-		}
-	}
-	return rows.Err()
-}
-
 // replay folds the log records past the image's position into it, a page at a time. It
 // publishes nothing: what a record decided went to the outbox in the record's own commit.
 // It returns what it folded.
@@ -82,16 +67,11 @@ func (s *Store) replay(ctx context.Context) (Projection, error) {
 			seq       int64
 			typ, data string
 		}
-		var page []record
-		if err := scanEach(ctx, s.wc, `SELECT seq, type, data FROM log WHERE seq > ? ORDER BY seq LIMIT ?`, func(r *sql.Rows) error {
-			var rec record
-			if err := r.Scan(&rec.seq, &rec.typ, &rec.data); err != nil {
-				return err
-			}
-			page = append(page, rec)
-			return nil
-		}, s.img.seq, replayPage); err != nil {
-			return total, fmt.Errorf("read the log: %w", err)
+		page, err := queryAll(ctx, s.wc, "read the log", func(r *sql.Rows) (rec record, err error) {
+			return rec, r.Scan(&rec.seq, &rec.typ, &rec.data)
+		}, `SELECT seq, type, data FROM log WHERE seq > ? ORDER BY seq LIMIT ?`, s.img.seq, replayPage)
+		if err != nil {
+			return total, err
 		}
 		if len(page) == 0 {
 			break
@@ -170,20 +150,6 @@ func (s *Store) snapshot(ctx context.Context) error {
 
 // writeSnapshot writes the changed rows and the checkpoint inside the open transaction.
 func (s *Store) writeSnapshot(ctx context.Context) error {
-	saveUser, err := s.wc.PrepareContext(ctx, `INSERT INTO view_users (user_id, live, last_activity, announced, offline_since)
-		VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET live = excluded.live, last_activity = excluded.last_activity,
-		announced = excluded.announced, offline_since = excluded.offline_since`)
-	if err != nil {
-		return fmt.Errorf("prepare snapshot: %w", err)
-	}
-	defer saveUser.Close()
-	saveConn, err := s.wc.PrepareContext(ctx, `INSERT INTO view_connections (connection_id, user_id, opened_at, closed_at, reason, last_seen)
-		VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (connection_id) DO UPDATE SET user_id = excluded.user_id, opened_at = excluded.opened_at,
-		closed_at = excluded.closed_at, reason = excluded.reason, last_seen = excluded.last_seen`)
-	if err != nil {
-		return fmt.Errorf("prepare snapshot: %w", err)
-	}
-	defer saveConn.Close()
 	im := s.img
 	for uid, conns := range im.dirty {
 		if u := im.users[uid]; u != nil {
@@ -191,7 +157,7 @@ func (s *Store) writeSnapshot(ctx context.Context) error {
 			if announced == "" {
 				announced = presence.AnnouncedOffline
 			}
-			if _, err := saveUser.ExecContext(ctx, u.ID, u.Live, toNanos(u.LastActivity), string(announced), toNanos(u.OfflineSince)); err != nil {
+			if _, err := s.stmts.saveUser.ExecContext(ctx, u.ID, u.Live, toNanos(u.LastActivity), string(announced), toNanos(u.OfflineSince)); err != nil {
 				return fmt.Errorf("snapshot user %s: %w", uid, err)
 			}
 		}
@@ -200,7 +166,7 @@ func (s *Store) writeSnapshot(ctx context.Context) error {
 			if c == nil {
 				continue
 			}
-			if _, err := saveConn.ExecContext(ctx, c.ID, c.UserID, toNanos(c.OpenedAt), toNanos(c.ClosedAt), nullString(string(c.Reason)), toNanos(c.LastSeen)); err != nil {
+			if _, err := s.stmts.saveConn.ExecContext(ctx, c.ID, c.UserID, toNanos(c.OpenedAt), toNanos(c.ClosedAt), nullString(string(c.Reason)), toNanos(c.LastSeen)); err != nil {
 				return fmt.Errorf("snapshot connection %s: %w", cid, err)
 			}
 		}
@@ -274,13 +240,8 @@ func (s *Store) PruneTombstones(ctx context.Context, cutoff time.Time) (int, err
 }
 
 func (s *Store) deleteConns(ctx context.Context, ids []string) error {
-	del, err := s.wc.PrepareContext(ctx, `DELETE FROM view_connections WHERE connection_id = ?`)
-	if err != nil {
-		return err
-	}
-	defer del.Close()
 	for _, id := range ids {
-		if _, err := del.ExecContext(ctx, id); err != nil {
+		if _, err := s.stmts.forgetConn.ExecContext(ctx, id); err != nil {
 			return err
 		}
 	}

@@ -107,8 +107,11 @@ type Store struct {
 	lastSnapshot  time.Time
 }
 
+// writerStmts are prepared once on the writer's connection: the hot path's inserts and
+// updates, and the snapshot's upserts and deletes.
 type writerStmts struct {
-	log, msg, pub, done *sql.Stmt
+	log, msg, pub, done            *sql.Stmt
+	saveUser, saveConn, forgetConn *sql.Stmt
 }
 
 // Projection reports what a fold did.
@@ -206,6 +209,13 @@ func (s *Store) start(ctx context.Context) error {
 		// OR IGNORE: a file of an earlier version has a unique index on event_id.
 		{&s.stmts.pub, `INSERT OR IGNORE INTO published (event_id, detail_type, envelope) VALUES (?, ?, ?)`},
 		{&s.stmts.done, `UPDATE messages SET done_at = ?, body = '' WHERE seq = ? AND done_at IS NULL`},
+		{&s.stmts.saveUser, `INSERT INTO view_users (user_id, live, last_activity, announced, offline_since)
+			VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET live = excluded.live, last_activity = excluded.last_activity,
+			announced = excluded.announced, offline_since = excluded.offline_since`},
+		{&s.stmts.saveConn, `INSERT INTO view_connections (connection_id, user_id, opened_at, closed_at, reason, last_seen)
+			VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (connection_id) DO UPDATE SET user_id = excluded.user_id, opened_at = excluded.opened_at,
+			closed_at = excluded.closed_at, reason = excluded.reason, last_seen = excluded.last_seen`},
+		{&s.stmts.forgetConn, `DELETE FROM view_connections WHERE connection_id = ?`},
 	} {
 		if *st.dst, err = wc.PrepareContext(ctx, st.query); err != nil {
 			return fmt.Errorf("prepare %q: %w", st.query, err)
@@ -243,7 +253,7 @@ func (s *Store) Close() error {
 	}
 	<-s.done
 	<-s.ckDone
-	for _, st := range []*sql.Stmt{s.stmts.log, s.stmts.msg, s.stmts.pub, s.stmts.done} {
+	for _, st := range []*sql.Stmt{s.stmts.log, s.stmts.msg, s.stmts.pub, s.stmts.done, s.stmts.saveUser, s.stmts.saveConn, s.stmts.forgetConn} {
 		_ = st.Close()
 	}
 	_, ckErr := s.ck.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`)
