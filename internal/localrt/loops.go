@@ -40,7 +40,7 @@ func (s *Server) pump(ctx context.Context) {
 		}
 		for msgs = msgs[i:]; len(msgs) > 0; {
 			n := min(len(msgs), deliverBatch)
-			s.cycle(ctx, msgs[:n])
+			s.cycle(msgs[:n])
 			msgs = msgs[n:]
 		}
 	}
@@ -65,7 +65,7 @@ func (s *Server) drainTable(ctx context.Context) (after int64, ok bool) {
 		if len(msgs) == 0 {
 			return after, true
 		}
-		s.cycle(ctx, msgs)
+		s.cycle(msgs)
 		after = msgs[len(msgs)-1].Seq
 	}
 	return after, false
@@ -101,7 +101,7 @@ func (s *Server) wake() {
 
 // cycle dispatches msgs, in order. Every connection whose open was committed before a
 // message was accepted is in the view it is dispatched from: the commit folded it.
-func (s *Server) cycle(ctx context.Context, msgs []sqlite.QueuedMessage) {
+func (s *Server) cycle(msgs []sqlite.QueuedMessage) {
 	users := make([]string, 0, len(msgs))
 	seen := make(map[string]bool, len(msgs))
 	for _, m := range msgs {
@@ -110,7 +110,7 @@ func (s *Server) cycle(ctx context.Context, msgs []sqlite.QueuedMessage) {
 			users = append(users, m.UserID)
 		}
 	}
-	live, _ := s.view.LiveConnectionsOf(ctx, users) // the memory image: it does not fail
+	live := s.view.LiveConnectionsOf(users)
 	for _, m := range msgs {
 		s.dispatch(m, live[m.UserID])
 	}

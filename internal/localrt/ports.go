@@ -42,7 +42,7 @@ type outboxReader interface {
 // decisions the grace timers and the pruning ask of it.
 type presenceView interface {
 	onlineapi.View
-	LiveConnectionsOf(ctx context.Context, users []string) (map[string][]string, error)
+	LiveConnectionsOf(users []string) map[string][]string
 	AllLiveConnections(ctx context.Context) ([]presence.Conn, error)
 	OnlineCount(ctx context.Context) (int, error)
 	PendingGraces(ctx context.Context) ([]presence.Grace, error)

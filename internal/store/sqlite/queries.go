@@ -64,8 +64,9 @@ func (s *Store) LiveConnections(_ context.Context, userID string) ([]string, err
 }
 
 // LiveConnectionsOf lists the live connections of each of users (every user asked for
-// has an entry, empty when offline), each in id order.
-func (s *Store) LiveConnectionsOf(_ context.Context, users []string) (map[string][]string, error) {
+// has an entry, empty when offline), each in id order. It reads the memory image: it
+// cannot fail.
+func (s *Store) LiveConnectionsOf(users []string) map[string][]string {
 	out := make(map[string][]string, len(users))
 	s.img.mu.RLock()
 	defer s.img.mu.RUnlock()
@@ -74,7 +75,7 @@ func (s *Store) LiveConnectionsOf(_ context.Context, users []string) (map[string
 			out[u] = append([]string{}, s.img.live[u]...)
 		}
 	}
-	return out, nil
+	return out
 }
 
 // AllLiveConnections lists every live connection of the view, by user then id (after a
