@@ -22,6 +22,7 @@ import (
 	awseventbridge "github.com/aws/aws-sdk-go-v2/service/eventbridge"
 	"github.com/aws/aws-sdk-go-v2/service/sfn"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
+	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/auth"
 	"github.com/wspresence/wspresence/internal/bus/eventbridge"
 	"github.com/wspresence/wspresence/internal/delivery"
@@ -74,11 +75,9 @@ type Config struct {
 	WebSocketEndpoint string
 	// MaxReceives is the queue's maxReceiveCount (MAX_RECEIVES, default 5).
 	MaxReceives string
-	// StaleAfter is the sweeper's inactivity threshold (STALE_AFTER, default 15m).
-	StaleAfter string
-	// TombstoneRetention is how long closed connections are kept (TOMBSTONE_RETENTION,
-	// default 24h).
-	TombstoneRetention string
+	// ReconcileLimit bounds the users one reconciler run repairs (RECONCILE_LIMIT,
+	// default 1000).
+	ReconcileLimit string
 	// MaxConnectionsPerUser caps a user's live connections at $connect
 	// (MAX_CONNECTIONS_PER_USER, default 10, as the local runtime's).
 	MaxConnectionsPerUser string
@@ -181,10 +180,27 @@ func (c Config) store(ck *checker, awsCfg aws.Config) *dynamo.Store {
 		Events: ck.need("EVENTS_TABLE", c.EventsTable), View: ck.need("VIEW_TABLE", c.ViewTable)})
 }
 
-// folding is a store that folds events through the core: it needs the grace period.
+// folding is a store that folds events through the core: it needs the grace period,
+// which the offline-grace timer bounds (grace.MaxGraceSeconds).
 func (c Config) folding(ck *checker, awsCfg aws.Config) *dynamo.Store {
 	st := c.store(ck, awsCfg)
-	st.Grace = time.Duration(ck.integer("OFFLINE_GRACE_SECONDS", c.OfflineGraceSeconds, 5)) * time.Second
+	c.setGrace(ck, st)
+	return st
+}
+
+func (c Config) setGrace(ck *checker, st *dynamo.Store) {
+	secs := ck.integer("OFFLINE_GRACE_SECONDS", c.OfflineGraceSeconds, 5)
+	if secs > grace.MaxGraceSeconds {
+		ck.errs = append(ck.errs, fmt.Errorf("OFFLINE_GRACE_SECONDS=%d: at most %d (the grace timer's bound)", secs, grace.MaxGraceSeconds))
+	}
+	st.Grace = time.Duration(secs) * time.Second
+}
+
+// viewWriter is a store that writes user items of the view table only (the outbox relay,
+// the grace timer): it needs the grace period, which places an item in the repair index.
+func (c Config) viewWriter(ck *checker, awsCfg aws.Config) *dynamo.Store {
+	st := dynamo.New(dynamodb.NewFromConfig(awsCfg), dynamo.Tables{View: ck.need("VIEW_TABLE", c.ViewTable)})
+	c.setGrace(ck, st)
 	return st
 }
 
@@ -296,7 +312,8 @@ func NewPublisher(ctx context.Context, c Config, log *slog.Logger) (*publisher.H
 		return nil, err
 	}
 	var ck checker
-	return &publisher.Handler{Publisher: c.publisher(&ck, awsCfg), Logger: log, Metrics: metricsOut}, ck.err()
+	st := c.viewWriter(&ck, awsCfg)
+	return &publisher.Handler{Publisher: c.publisher(&ck, awsCfg), Marker: st, Logger: log, Metrics: metricsOut}, ck.err()
 }
 
 // NewGrace wires the end of an offline grace period, invoked by the state machine.
@@ -306,9 +323,7 @@ func NewGrace(ctx context.Context, c Config, log *slog.Logger) (*grace.Handler, 
 		return nil, err
 	}
 	var ck checker
-	st := dynamo.New(dynamodb.NewFromConfig(awsCfg), dynamo.Tables{View: ck.need("VIEW_TABLE", c.ViewTable)})
-	st.Grace = time.Duration(ck.integer("OFFLINE_GRACE_SECONDS", c.OfflineGraceSeconds, 5)) * time.Second
-	return &grace.Handler{View: st, Now: time.Now, Logger: log}, ck.err()
+	return &grace.Handler{View: c.viewWriter(&ck, awsCfg), Logger: log}, ck.err()
 }
 
 // NewSender wires the SQS handler.
@@ -318,10 +333,11 @@ func NewSender(ctx context.Context, c Config, log *slog.Logger) (*sender.Handler
 		return nil, err
 	}
 	var ck checker
-	st := c.store(&ck, awsCfg)
+	st := c.folding(&ck, awsCfg)
 	h := &sender.Handler{
-		Deliverer:   &delivery.Deliverer{Connections: st, Poster: c.gateway(&ck, awsCfg), Log: st, Logger: log},
+		Deliverer:   &delivery.Deliverer{Connections: st, Poster: c.gateway(&ck, awsCfg), Log: closer{st}, Logger: log},
 		Publisher:   c.publisher(&ck, awsCfg),
+		Receipts:    st,
 		MaxReceives: ck.integer("MAX_RECEIVES", c.MaxReceives, 5),
 		Logger:      log,
 		Metrics:     metricsOut,
@@ -339,19 +355,36 @@ func NewOnline(ctx context.Context, c Config, log *slog.Logger) (*online.Handler
 	return &online.Handler{View: c.view(&ck, awsCfg), Logger: log}, ck.err()
 }
 
-// NewSweeper wires the scheduled sweeper.
+// closer records the connections a post found gone and folds their closes at once
+// (dynamo.Store.Close), so a close whose stream record is lost is not left unfolded.
+type closer struct{ st *dynamo.Store }
+
+func (c closer) Append(ctx context.Context, evs ...events.ConnectionEvent) (int, error) {
+	for i, e := range evs {
+		if _, err := c.st.Close(ctx, e.UserID, e.ConnectionID, e.At, e.Reason); err != nil {
+			return i, err
+		}
+	}
+	return len(evs), nil
+}
+
+// NewSweeper wires the scheduled reconciler.
 func NewSweeper(ctx context.Context, c Config, log *slog.Logger) (*sweeper.Handler, error) {
 	awsCfg, err := load(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var ck checker
-	st := c.store(&ck, awsCfg)
+	st := c.folding(&ck, awsCfg)
 	h := &sweeper.Handler{
-		View: st, Log: st, Gateway: c.gateway(&ck, awsCfg),
-		StaleAfter: ck.duration("STALE_AFTER", c.StaleAfter, 15*time.Minute),
-		Retention:  ck.duration("TOMBSTONE_RETENTION", c.TombstoneRetention, 24*time.Hour),
-		Now:        time.Now, Logger: log,
+		View: st, Log: st, Gateway: c.gateway(&ck, awsCfg), Publisher: c.publisher(&ck, awsCfg),
+		Grace: st.Grace, GraceMargin: dynamo.DefaultGraceMargin, StaleAfter: dynamo.DefaultStaleAfter,
+		OutboxAge: dynamo.DefaultOutboxAge, Retention: dynamo.DefaultTombstoneRetention,
+		Limit: ck.integer("RECONCILE_LIMIT", c.ReconcileLimit, 1000),
+		Now:   time.Now, Logger: log, Metrics: metricsOut,
+	}
+	if h.Limit < 1 {
+		ck.errs = append(ck.errs, fmt.Errorf("RECONCILE_LIMIT=%q: at least 1", c.ReconcileLimit))
 	}
 	return h, ck.err()
 }

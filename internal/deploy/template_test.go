@@ -3,6 +3,7 @@ package deploy_test
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -14,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/wspresence/wspresence/internal/deploy"
+	"github.com/wspresence/wspresence/internal/lambda/grace"
 	"github.com/wspresence/wspresence/internal/lambdatest"
 )
 
@@ -214,6 +216,8 @@ var expected = map[string][]grant{
 	},
 	"publisher": {
 		{"events:PutEvents", "GetAtt:EventBus.Arn"},
+		// Marks what it published in the user item's outbox.
+		{"dynamodb:GetItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:PutItem", "GetAtt:ViewTable.Arn"},
 		// The view table's stream (the outbox) and its on-failure destination.
 		{"dynamodb:DescribeStream", "GetAtt:ViewTable.StreamArn"}, {"dynamodb:GetRecords", "GetAtt:ViewTable.StreamArn"},
 		{"dynamodb:GetShardIterator", "GetAtt:ViewTable.StreamArn"}, {"dynamodb:ListStreams", "Sub:${ViewTable.Arn}/stream/*"},
@@ -223,7 +227,9 @@ var expected = map[string][]grant{
 		{"dynamodb:GetItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:PutItem", "GetAtt:ViewTable.Arn"},
 	},
 	"sender": {
-		{"dynamodb:GetItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:PutItem", "GetAtt:EventsTable.Arn"},
+		// The live set, the posts of a retried message, and the fold of a gone connection.
+		{"dynamodb:GetItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:PutItem", "GetAtt:ViewTable.Arn"},
+		{"dynamodb:GetItem", "GetAtt:EventsTable.Arn"}, {"dynamodb:PutItem", "GetAtt:EventsTable.Arn"},
 		{"events:PutEvents", "GetAtt:EventBus.Arn"},
 		{"execute-api:ManageConnections", "Sub:arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${WebSocketApi}/${StageName}/POST/@connections/*"},
 		// The queue event source mapping.
@@ -234,8 +240,10 @@ var expected = map[string][]grant{
 		{"dynamodb:BatchGetItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:Query", "Sub:${ViewTable.Arn}/index/online"},
 	},
 	"sweeper": {
-		{"dynamodb:Scan", "GetAtt:ViewTable.Arn"}, {"dynamodb:GetItem", "GetAtt:ViewTable.Arn"},
-		{"dynamodb:PutItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:PutItem", "GetAtt:EventsTable.Arn"},
+		// The reconciler: the repair index, the user items, the log's closes, the outbox.
+		{"dynamodb:Query", "Sub:${ViewTable.Arn}/index/repair"}, {"dynamodb:GetItem", "GetAtt:ViewTable.Arn"},
+		{"dynamodb:PutItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:GetItem", "GetAtt:EventsTable.Arn"},
+		{"dynamodb:PutItem", "GetAtt:EventsTable.Arn"}, {"events:PutEvents", "GetAtt:EventBus.Arn"},
 		{"execute-api:ManageConnections", "Sub:arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${WebSocketApi}/${StageName}/GET/@connections/*"},
 	},
 }
@@ -479,10 +487,14 @@ func TestOperationalSettings(t *testing.T) {
 		stream["MaximumRetryAttempts"] == nil || stream["DestinationConfig"] == nil || res(stream["Stream"]) != "GetAtt:EventsTable.StreamArn" {
 		t.Errorf("projector stream mapping %v", stream)
 	}
-	// The outbox relay: the view table's stream, in order, retried until published.
+	// The outbox relay: the view table's stream, in order, retried a bounded number of
+	// times (the item keeps what it could not publish, for the reconciler), then the
+	// failure destination: a stuck record never holds its shard.
 	relay := fns["publisher"].props["Events"].(map[string]any)["Stream"].(map[string]any)["Properties"].(map[string]any)
+	retries, _ := strconv.Atoi(fmt.Sprint(relay["MaximumRetryAttempts"]))
+	age, _ := strconv.Atoi(fmt.Sprint(relay["MaximumRecordAgeInSeconds"]))
 	if res(relay["Stream"]) != "GetAtt:ViewTable.StreamArn" || !reflect.DeepEqual(relay["FunctionResponseTypes"], []any{"ReportBatchItemFailures"}) ||
-		relay["ParallelizationFactor"] != "1" || relay["MaximumRetryAttempts"] != "-1" || relay["MaximumRecordAgeInSeconds"] != "-1" {
+		relay["ParallelizationFactor"] != "1" || retries < 1 || age < 60 || age > 86400 || relay["DestinationConfig"] == nil {
 		t.Errorf("publisher stream mapping %v", relay)
 	}
 	// The queue hides a message at least six times the sender's timeout, as Lambda requires.
@@ -546,8 +558,8 @@ func TestOperationalSettings(t *testing.T) {
 			alarms++
 		}
 	}
-	if alarms != 4+len(fns) {
-		t.Errorf("%d alarms, want DLQ, stream failures, the iterator age of both streams and one per function", alarms)
+	if alarms != 5+len(fns) {
+		t.Errorf("%d alarms, want DLQ, stream failures, the iterator age of both streams, undecodable outboxes and one per function", alarms)
 	}
 	for _, out := range []string{"WebSocketUrl", "HttpApiUrl", "SendMessageQueueUrl", "EventBusName"} {
 		if _, ok := tpl["Outputs"].(map[string]any)[out]; !ok {
@@ -741,5 +753,52 @@ func TestRestAuthMode(t *testing.T) {
 		if _, ok := tpl["Parameters"].(map[string]any)[name]; !ok {
 			t.Errorf("no parameter %s", name)
 		}
+	}
+}
+
+// TestGraceFitsItsTimer: the longest grace period the template accepts, plus the grace
+// machine's worst case of invocations (each bounded by the task's timeout) and retries,
+// fits an Express execution (300 s) and the machine's own timeout; the function refuses
+// the same bound at start.
+func TestGraceFitsItsTimer(t *testing.T) {
+	tpl, root := load(t)
+	param := tpl["Parameters"].(map[string]any)["OfflineGraceSeconds"].(map[string]any)
+	maxGrace, _ := strconv.Atoi(fmt.Sprint(param["MaxValue"]))
+	if maxGrace != grace.MaxGraceSeconds {
+		t.Fatalf("OfflineGraceSeconds MaxValue %d, the function's bound %d", maxGrace, grace.MaxGraceSeconds)
+	}
+	raw, err := os.ReadFile(filepath.Join(root, "statemachines", "offline-grace.asl.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var def struct {
+		TimeoutSeconds float64
+		States         map[string]struct {
+			Type           string
+			TimeoutSeconds float64
+			Retry          []struct {
+				IntervalSeconds, BackoffRate, MaxAttempts float64
+			}
+		}
+	}
+	if err := json.Unmarshal(raw, &def); err != nil {
+		t.Fatal(err)
+	}
+	worst := float64(maxGrace)
+	for name, st := range def.States {
+		if st.Type != "Task" {
+			continue
+		}
+		if st.TimeoutSeconds <= 0 || len(st.Retry) != 1 {
+			t.Fatalf("task %s: a timeout and one retrier are needed to bound it: %+v", name, st)
+		}
+		r := st.Retry[0]
+		worst += (r.MaxAttempts + 1) * st.TimeoutSeconds
+		for i := 0.0; i < r.MaxAttempts; i++ {
+			worst += r.IntervalSeconds * math.Pow(r.BackoffRate, i)
+		}
+	}
+	if def.TimeoutSeconds <= 0 || def.TimeoutSeconds > 300 || worst > def.TimeoutSeconds {
+		t.Fatalf("worst case %.0f s against the machine's timeout %.0f s (Express: 300 s)", worst, def.TimeoutSeconds)
 	}
 }

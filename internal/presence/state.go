@@ -1,6 +1,8 @@
 package presence
 
 import (
+	"errors"
+	"fmt"
 	"sort"
 	"time"
 
@@ -159,4 +161,51 @@ func (s State) clone() State {
 		out.Conns[id] = c
 	}
 	return out
+}
+
+// ErrConnectionCap is returned by Admit when the user already holds the most live
+// connections allowed.
+var ErrConnectionCap = errors.New("connection cap reached")
+
+// Admit folds the open e like Apply unless the user already holds max live connections
+// (max 0: no cap). Connections last seen before knownSince are not counted: their
+// liveness is unknown (the gateway drops a connection idle longer than that, and the
+// reconciler closes them). Admitting a connection the state already holds live is the
+// same fact again, never a refusal. Run in one versioned write with the state it read,
+// two simultaneous opens cannot both take the last slot: the second folds again on what
+// the first wrote and is refused.
+func (s State) Admit(e events.ConnectionEvent, max int, knownSince time.Time, grace time.Duration) (State, Effects, error) {
+	if e.Type != events.TypeConnectionOpened {
+		return s, Effects{}, fmt.Errorf("admit %s: not an open", e.Type)
+	}
+	if c, ok := s.Conns[e.ConnectionID]; max > 0 && !(ok && c.Live()) {
+		counted := 0
+		for _, id := range s.Live() {
+			if !s.Conns[id].LastSeen.Before(knownSince) {
+				counted++
+			}
+		}
+		if counted >= max {
+			return s, Effects{}, fmt.Errorf("%s holds %d live connections: %w", s.User.ID, counted, ErrConnectionCap)
+		}
+	}
+	next, eff := s.Apply(e, grace)
+	return next, eff, nil
+}
+
+// Record is what a store keeps of one user for its repair: the state, the transitions
+// recorded and not yet published, and when the gateway last confirmed the live
+// connections.
+type Record struct {
+	State State
+	// Outbox lists the transitions not yet published, in the order recorded.
+	Outbox []Unpublished
+	// Checked is when the gateway last confirmed the live connections (zero: never).
+	Checked time.Time
+}
+
+// Unpublished is a transition recorded at RecordedAt and not yet published.
+type Unpublished struct {
+	Event      events.Published
+	RecordedAt time.Time
 }

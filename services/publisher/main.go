@@ -11,6 +11,8 @@ import (
 
 func main() {
 	awsrt.Start(awsrt.NewPublisher, awsrt.Config{
-		EventBus: os.Getenv("EVENT_BUS_NAME"),
+		EventBus:            os.Getenv("EVENT_BUS_NAME"),
+		ViewTable:           os.Getenv("VIEW_TABLE"),
+		OfflineGraceSeconds: os.Getenv("OFFLINE_GRACE_SECONDS"),
 	}, (*publisher.Handler).Handle)
 }

@@ -10,10 +10,11 @@ import (
 
 func main() {
 	awsrt.Start(awsrt.NewSender, awsrt.Config{
-		EventsTable:       os.Getenv("EVENTS_TABLE"),
-		ViewTable:         os.Getenv("VIEW_TABLE"),
-		EventBus:          os.Getenv("EVENT_BUS_NAME"),
-		WebSocketEndpoint: os.Getenv("WEBSOCKET_ENDPOINT"),
-		MaxReceives:       os.Getenv("MAX_RECEIVES"),
+		EventsTable:         os.Getenv("EVENTS_TABLE"),
+		ViewTable:           os.Getenv("VIEW_TABLE"),
+		EventBus:            os.Getenv("EVENT_BUS_NAME"),
+		WebSocketEndpoint:   os.Getenv("WEBSOCKET_ENDPOINT"),
+		MaxReceives:         os.Getenv("MAX_RECEIVES"),
+		OfflineGraceSeconds: os.Getenv("OFFLINE_GRACE_SECONDS"),
 	}, (*sender.Handler).Handle)
 }

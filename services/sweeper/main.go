@@ -1,4 +1,4 @@
-// Command sweeper is the scheduled sweeper of dead connections (see package sweeper).
+// Command sweeper is the scheduled reconciler of the view (see package sweeper).
 package main
 
 import (
@@ -10,10 +10,11 @@ import (
 
 func main() {
 	awsrt.Start(awsrt.NewSweeper, awsrt.Config{
-		EventsTable:        os.Getenv("EVENTS_TABLE"),
-		ViewTable:          os.Getenv("VIEW_TABLE"),
-		WebSocketEndpoint:  os.Getenv("WEBSOCKET_ENDPOINT"),
-		StaleAfter:         os.Getenv("STALE_AFTER"),
-		TombstoneRetention: os.Getenv("TOMBSTONE_RETENTION"),
+		EventsTable:         os.Getenv("EVENTS_TABLE"),
+		ViewTable:           os.Getenv("VIEW_TABLE"),
+		EventBus:            os.Getenv("EVENT_BUS_NAME"),
+		WebSocketEndpoint:   os.Getenv("WEBSOCKET_ENDPOINT"),
+		OfflineGraceSeconds: os.Getenv("OFFLINE_GRACE_SECONDS"),
+		ReconcileLimit:      os.Getenv("RECONCILE_LIMIT"),
 	}, (*sweeper.Handler).Handle)
 }

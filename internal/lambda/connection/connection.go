@@ -1,11 +1,13 @@
 // Package connection holds the $connect and $disconnect handlers of the AWS runtime. They
 // append ConnectionOpened and ConnectionClosed to the event table with a conditional put
-// on the natural key, so a retried invocation appends nothing twice. $connect also folds
-// its open into the user's state before it answers (read-your-connect: a message accepted
-// after $connect returned reaches the connection, whatever the stream's delay; the
-// projector's later fold of the same event changes nothing), and refuses a user already at
-// the per-user connection cap. $connect never posts to the new connection (API Gateway
-// refuses posts until the handshake completes). Handlers are safe for concurrent use.
+// on the natural key, so a retried invocation appends nothing twice. $connect first folds
+// its open into the user's state, with the per-user connection cap decided inside that
+// fold (presence.State.Admit, one versioned write: of simultaneous connects at the cap
+// minus one, one is admitted), then appends it: a message accepted after $connect
+// returned reaches the connection, whatever the stream's delay (read-your-connect; the
+// projector's later fold of the same event changes nothing). A refused connect writes
+// nothing. $connect never posts to the new connection (API Gateway refuses posts until
+// the handshake completes). Handlers are safe for concurrent use.
 package connection
 
 import (
@@ -14,7 +16,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"slices"
 	"time"
 
 	lambdaevents "github.com/aws/aws-lambda-go/events"
@@ -34,11 +35,11 @@ type Owners interface {
 	OpenedBy(ctx context.Context, connectionID string) (string, error)
 }
 
-// View folds an event into its user's state at once and reads a user's state (package
-// dynamo's Store).
+// View folds events into their user's state at once (package dynamo's Store): Admit folds
+// an open unless the user is at the cap (presence.ErrConnectionCap, nothing written).
 type View interface {
 	Apply(ctx context.Context, e events.ConnectionEvent) (presence.Effects, error)
-	State(ctx context.Context, userID string) (presence.State, error)
+	Admit(ctx context.Context, e events.ConnectionEvent, max int) (presence.Effects, error)
 }
 
 // Handler handles $connect and $disconnect.
@@ -48,7 +49,7 @@ type Handler struct {
 	// View, for $connect: the fold of the open and the connection cap.
 	View View
 	// MaxConnectionsPerUser refuses a user's connection past that many live ones (0: no
-	// cap). The check reads the state, so two simultaneous connects can both pass it.
+	// cap), decided in the fold of the open.
 	MaxConnectionsPerUser int
 	Logger                *slog.Logger
 	// Metrics, if set, receives one EMF record per request: ConnectionsOpened,
@@ -89,29 +90,22 @@ func (h *Handler) Connect(ctx context.Context, req lambdaevents.APIGatewayWebsoc
 		h.Logger.ErrorContext(ctx, "connect without a user", "connectionId", rc.ConnectionID, "apiRequestId", rc.RequestID)
 		return lambdaevents.APIGatewayProxyResponse{StatusCode: http.StatusForbidden}, nil
 	}
-	if h.MaxConnectionsPerUser > 0 {
-		state, err := h.View.State(ctx, userID)
-		if err != nil {
-			return lambdaevents.APIGatewayProxyResponse{}, fmt.Errorf("connect %s: %w", rc.ConnectionID, err)
-		}
-		if live := state.Live(); len(live) >= h.MaxConnectionsPerUser && !slices.Contains(live, rc.ConnectionID) {
+	e := events.Opened(userID, rc.ConnectionID, eventTime(rc), rc.Identity.SourceIP, rc.Identity.UserAgent)
+	if _, err := h.View.Admit(ctx, e, h.MaxConnectionsPerUser); err != nil {
+		if errors.Is(err, presence.ErrConnectionCap) {
 			h.Logger.InfoContext(ctx, "connection refused", "reason", "connection_cap", "userId", userID, "connectionId", rc.ConnectionID)
 			_ = h.Metrics.Emit(map[string]string{"Function": "connect", "Reason": "connection_cap"}, emf.Metric{Name: "ConnectionsRefused", Value: 1, Unit: emf.Count})
 			return lambdaevents.APIGatewayProxyResponse{StatusCode: http.StatusTooManyRequests, Body: "too many connections for this user"}, nil
 		}
-	}
-	e := events.Opened(userID, rc.ConnectionID, eventTime(rc), rc.Identity.SourceIP, rc.Identity.UserAgent)
-	if _, err := h.Log.Append(ctx, e); err != nil {
-		return lambdaevents.APIGatewayProxyResponse{}, fmt.Errorf("connect %s: %w", rc.ConnectionID, err)
-	}
-	if _, err := h.View.Apply(ctx, e); err != nil {
-		// The connection is refused: close it in the log too, so the projector's fold of
-		// the open leaves nobody online. If that append fails as well, the sweeper finds the
-		// connection gone (410) and closes it.
-		if _, cerr := h.Log.Append(ctx, events.Closed(userID, rc.ConnectionID, eventTime(rc), events.ReasonExpired)); cerr != nil {
-			h.Logger.ErrorContext(ctx, "close of a refused connection not recorded", "connectionId", rc.ConnectionID, "err", cerr)
-		}
 		return lambdaevents.APIGatewayProxyResponse{}, fmt.Errorf("connect %s: fold the open: %w", rc.ConnectionID, err)
+	}
+	if _, err := h.Log.Append(ctx, e); err != nil {
+		// The connection is refused: fold its close too, so nobody stays online for it.
+		// If that fails as well, the reconciler finds the connection gone and closes it.
+		if _, cerr := h.View.Apply(ctx, events.Closed(userID, rc.ConnectionID, eventTime(rc), events.ReasonExpired)); cerr != nil {
+			h.Logger.ErrorContext(ctx, "close of a refused connection not folded", "connectionId", rc.ConnectionID, "err", cerr)
+		}
+		return lambdaevents.APIGatewayProxyResponse{}, fmt.Errorf("connect %s: %w", rc.ConnectionID, err)
 	}
 	h.Logger.InfoContext(ctx, "connected", "userId", userID, "connectionId", rc.ConnectionID, "apiRequestId", rc.RequestID)
 	_ = h.Metrics.Emit(map[string]string{"Function": "connect"}, emf.Metric{Name: "ConnectionsOpened", Value: 1, Unit: emf.Count})

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
@@ -66,11 +67,20 @@ func (m *memView) Apply(_ context.Context, e events.ConnectionEvent) (presence.E
 	return eff, nil
 }
 
-func (m *memView) State(_ context.Context, userID string) (presence.State, error) {
-	if s, ok := m.states[userID]; ok {
-		return s, nil
+func (m *memView) Admit(_ context.Context, e events.ConnectionEvent, max int) (presence.Effects, error) {
+	if m.fail != nil {
+		return presence.Effects{}, m.fail
 	}
-	return presence.NewState(userID), nil
+	s, ok := m.states[e.UserID]
+	if !ok {
+		s = presence.NewState(e.UserID)
+	}
+	s, eff, err := s.Admit(e, max, e.At.Add(-15*time.Minute), 5*time.Second)
+	if err != nil {
+		return eff, err
+	}
+	m.states[e.UserID] = s
+	return eff, nil
 }
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -136,19 +146,24 @@ func TestDisconnectWithoutAuthorizerContextFindsTheUser(t *testing.T) {
 func TestConnectErrors(t *testing.T) {
 	log := &memLog{byKey: map[string]events.ConnectionEvent{}, fail: errors.New("throttled")}
 	h := &connection.Handler{Log: log, Owners: log, View: newView(), Logger: quiet()}
+	view := newView()
+	h.View = view
 	if _, err := h.Connect(context.Background(), load(t, "websocket-connect.json")); err == nil {
 		t.Fatal("a failed append must fail $connect so API Gateway refuses the connection")
 	}
-	// A fold that fails refuses the connection and closes it in the log, so nobody stays
-	// online when the projector folds the open later.
+	// The open was folded first: its close is folded too, so nobody stays online.
+	if live := view.states["1234"].Live(); len(live) != 0 {
+		t.Fatalf("a connection refused for a failed append is live in the view: %v", live)
+	}
+	// A fold that fails refuses the connection with nothing appended.
 	good := &memLog{byKey: map[string]events.ConnectionEvent{}}
 	broken := newView()
 	broken.fail = errors.New("throttled")
 	if _, err := (&connection.Handler{Log: good, Owners: good, View: broken, Logger: quiet()}).Connect(context.Background(), load(t, "websocket-connect.json")); err == nil {
 		t.Fatal("a failed fold must fail $connect")
 	}
-	if c, ok := good.byKey["ConnectionClosed#PXEyXdxwoAMCJzw="]; !ok || c.Reason != events.ReasonExpired {
-		t.Fatalf("no close appended for the refused connection: %+v", good.byKey)
+	if len(good.byKey) != 0 {
+		t.Fatalf("a connection whose fold failed was appended: %+v", good.byKey)
 	}
 	req := load(t, "websocket-connect.json")
 	req.RequestContext.Authorizer = nil
@@ -243,5 +258,75 @@ func TestDefaultRouteRecordsActivityOncePerInterval(t *testing.T) {
 	}
 	if n != 2 || len(log.byKey) != 3 {
 		t.Fatalf("%d activities (of %d events), want 2", n, len(log.byKey))
+	}
+}
+
+// TestSimultaneousConnectsAtTheCap: ten $connects of a user at the cap minus one, at
+// once, on the real adapter: the cap is decided in the versioned fold, so exactly one is
+// accepted and nine get 429, and the view and the log hold exactly the cap. A connection
+// unseen past StaleAfter (its liveness unknown) does not count against the cap.
+func TestSimultaneousConnectsAtTheCap(t *testing.T) {
+	db := dynamotest.Client(t)
+	st := dynamo.New(db, dynamotest.NewTables(t, db))
+	const limit = 10
+	h := &connection.Handler{Log: st, Owners: st, View: st, MaxConnectionsPerUser: limit, Logger: quiet()}
+	ctx := context.Background()
+	base := load(t, "websocket-connect.json")
+	connect := func(id string, at int64) (int, error) {
+		req := base
+		req.RequestContext.ConnectionID = id
+		req.RequestContext.RequestTimeEpoch = at
+		resp, err := h.Connect(ctx, req)
+		return resp.StatusCode, err
+	}
+	start := base.RequestContext.RequestTimeEpoch
+	for i := range limit - 1 {
+		if code, err := connect(fmt.Sprintf("held-%d=", i), start); err != nil || code != 200 {
+			t.Fatalf("connection %d: %d %v", i, code, err)
+		}
+	}
+	codes := make([]int, 10)
+	var wg sync.WaitGroup
+	for i := range codes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			code, err := connect(fmt.Sprintf("race-%d=", i), start+1000)
+			if err != nil {
+				t.Errorf("connect %d: %v", i, err)
+			}
+			codes[i] = code
+		}()
+	}
+	wg.Wait()
+	accepted, refused := 0, 0
+	for _, c := range codes {
+		switch c {
+		case 200:
+			accepted++
+		case 429:
+			refused++
+		}
+	}
+	if accepted != 1 || refused != 9 {
+		t.Fatalf("answers %v: want exactly one 200 and nine 429", codes)
+	}
+	live, err := st.LiveConnections(ctx, "1234")
+	if err != nil || len(live) != limit {
+		t.Fatalf("%d live connections (%v), want %d", len(live), err, limit)
+	}
+	opens := 0
+	for _, rec := range dynamotest.NewStream(db, st.Tables().Events).Next(t) {
+		if rec.Change.NewImage["type"].String() == string(events.TypeConnectionOpened) {
+			opens++
+		}
+	}
+	if opens != limit {
+		t.Fatalf("the log holds %d opens, want the %d admitted", opens, limit)
+	}
+	// Twenty minutes later, with no sign of life from the ten, their liveness is unknown:
+	// a new connection is admitted.
+	if code, err := connect("later=", start+int64(20*time.Minute/time.Millisecond)); err != nil || code != 200 {
+		t.Fatalf("a connect past StaleAfter: %d %v", code, err)
 	}
 }

@@ -3,8 +3,10 @@
 // core's decision (presence.State.ExpireGrace) on the user's state and records the
 // UserOffline it decides in the same conditional write (the item's outbox, published from
 // the table's stream). A second run of the same period, or the timer of a period the user
-// already ended by reconnecting, changes nothing. A Handler is safe for concurrent use if
-// its View is.
+// already ended by reconnecting, changes nothing. The decision is taken at the period's
+// deadline (the time of the close that began it plus the grace period), never at the
+// clock of the run, so a late run, a run repeated by a retry and the reconciler's repair
+// of a lost timer all decide alike. A Handler is safe for concurrent use if its View is.
 package grace
 
 import (
@@ -35,26 +37,28 @@ type Result struct {
 	Announced bool `json:"announced"`
 }
 
+// MaxGraceSeconds bounds the grace period: the timer's Express execution (at most 300 s)
+// waits the period, then invokes this function with its retries (at most 45 s with their
+// timeouts, statemachines/offline-grace.asl.json); 240 s leaves the rest as a margin. The
+// template refuses more at deploy time and the functions at start.
+const MaxGraceSeconds = 240
+
 // Handler ends grace periods.
 type Handler struct {
 	View   View
-	Now    func() time.Time
 	Logger *slog.Logger
 }
 
-// Handle runs the timer of one grace period. The state machine invokes it once the period
-// is over; the decision time is never before the period's end.
+// Handle runs the timer of one grace period at its deadline. The state machine invokes it
+// once the period is over.
 func (h *Handler) Handle(ctx context.Context, in Input) (Result, error) {
 	ns, err := strconv.ParseInt(in.OfflineSince, 10, 64)
-	if err != nil || in.UserID == "" {
-		return Result{}, fmt.Errorf("grace input %+v: want a userId and offlineSince in Unix nanoseconds", in)
+	if err != nil || in.UserID == "" || in.GraceSeconds < 0 || in.GraceSeconds > MaxGraceSeconds {
+		return Result{}, fmt.Errorf("grace input %+v: want a userId, offlineSince in Unix nanoseconds and graceSeconds from 0 to %d", in, MaxGraceSeconds)
 	}
 	since := time.Unix(0, ns).UTC()
-	now := h.Now()
-	if end := since.Add(time.Duration(in.GraceSeconds) * time.Second); now.Before(end) {
-		now = end
-	}
-	eff, err := h.View.ExpireGrace(ctx, in.UserID, since, now)
+	deadline := since.Add(time.Duration(in.GraceSeconds) * time.Second)
+	eff, err := h.View.ExpireGrace(ctx, in.UserID, since, deadline)
 	if err != nil {
 		return Result{}, fmt.Errorf("expire grace of %s: %w", in.UserID, err)
 	}

@@ -27,15 +27,16 @@ func (v *view) ExpireGrace(_ context.Context, userID string, since, now time.Tim
 	return eff, nil
 }
 
-// The handler reads the input the starter writes, decides no earlier than the period's
-// end, and a second run decides nothing.
+// The handler reads the input the starter writes, decides at the period's deadline
+// (whatever its clock), and a second run decides nothing; a period past the bound of the
+// timer is refused.
 func TestGraceHandler(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 123, time.UTC)
 	s := presence.NewState("u")
 	s, _ = s.Apply(events.Opened("u", "c", t0, "", ""), 5*time.Second)
 	s, _ = s.Apply(events.Closed("u", "c", t0.Add(time.Second), events.ReasonClient), 5*time.Second)
 	v := &view{state: s}
-	h := &grace.Handler{View: v, Now: func() time.Time { return t0 }, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	h := &grace.Handler{View: v, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	raw, _ := json.Marshal(stepfunctions.Input{UserID: "u", OfflineSince: "1767225601000000123", GraceSeconds: 5})
 	var in grace.Input
 	if err := json.Unmarshal(raw, &in); err != nil {
@@ -47,6 +48,9 @@ func TestGraceHandler(t *testing.T) {
 	}
 	if res, _ := h.Handle(context.Background(), in); res.Announced {
 		t.Fatal("a second run announced again")
+	}
+	if _, err := h.Handle(context.Background(), grace.Input{UserID: "u", OfflineSince: "1", GraceSeconds: grace.MaxGraceSeconds + 1}); err == nil {
+		t.Fatal("a grace period past the timer's bound was accepted")
 	}
 	if _, err := h.Handle(context.Background(), grace.Input{UserID: "u", OfflineSince: "soon"}); err == nil {
 		t.Fatal("a malformed input was accepted")

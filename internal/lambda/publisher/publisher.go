@@ -1,9 +1,12 @@
 // Package publisher is the outbox relay of the AWS runtime: a handler of the view table's
 // stream that publishes the transitions each write of a user item recorded in its outbox
-// (UserOnline, UserOffline), at least once and with their stable event ids. A decision and
-// its publication are therefore one durable write: a PutEvents failure fails the record,
-// and the stream delivers it again until it is published. A Handler is safe for
-// concurrent use if its Publisher is.
+// (UserOnline, UserOffline), at least once and with their stable event ids, then marks them
+// published in the item. A transition stays in the item until it is marked, so the
+// stream is only the wake-up: a PutEvents failure fails the record and the stream retries
+// it a bounded number of times; what is still unpublished after that (or after the
+// stream's 24 hours) the reconciler publishes from the item, with the same ids. A record
+// whose outbox cannot be read is logged, counted and skipped: it never holds its shard. A
+// Handler is safe for concurrent use if its ports are.
 package publisher
 
 import (
@@ -12,6 +15,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
+	"strconv"
 
 	lambdaevents "github.com/aws/aws-lambda-go/events"
 	"github.com/wspresence/wspresence/events"
@@ -23,78 +28,140 @@ type Publisher interface {
 	Publish(ctx context.Context, evs ...events.Published) error
 }
 
+// Marker removes published transitions from a user's outbox (package dynamo's Store).
+type Marker interface {
+	MarkPublished(ctx context.Context, userID string, ids ...string) error
+}
+
 // Handler handles the view table's stream batches.
 type Handler struct {
 	Publisher Publisher
-	Logger    *slog.Logger
-	// Metrics, if set, receives one EMF record per batch: TransitionsPublished and
-	// RecordsFailed.
+	// Marker, if set, marks what was published; unmarked transitions are published again
+	// by the reconciler past the outbox age (the same ids).
+	Marker Marker
+	Logger *slog.Logger
+	// Metrics, if set, receives one EMF record per batch: TransitionsPublished,
+	// RecordsFailed and RecordsUndecodable.
 	Metrics *emf.Logger
 }
 
 // ErrUndecodable is wrapped by Outbox for an outbox that is not one this runtime wrote.
 var ErrUndecodable = errors.New("undecodable outbox")
 
-// Outbox returns the transitions a user item's new image recorded (none for an item
-// written without any, or a record with no new image).
+// Outbox returns the transitions a user item's write recorded, as its new image holds
+// them: the outbox entries whose version is the item's (earlier entries still there were
+// recorded by earlier writes, whose records publish them). None for an item written
+// without any, or a record with no new image.
 func Outbox(img map[string]lambdaevents.DynamoDBAttributeValue) ([]events.Published, error) {
 	v, ok := img["outbox"]
 	if !ok {
 		return nil, nil
 	}
-	if v.DataType() != lambdaevents.DataTypeList {
-		return nil, fmt.Errorf("%w: outbox is not a list", ErrUndecodable)
+	if v.DataType() != lambdaevents.DataTypeMap {
+		return nil, fmt.Errorf("%w: outbox is not a map", ErrUndecodable)
 	}
-	list := v.List()
-	out := make([]events.Published, 0, len(list))
-	for i, entry := range list {
+	version, err := number(img["v"])
+	if err != nil {
+		return nil, fmt.Errorf("%w: version: %w", ErrUndecodable, err)
+	}
+	type fresh struct {
+		ev events.Stored
+		at int64
+	}
+	var out []fresh
+	for id, entry := range v.Map() {
 		if entry.DataType() != lambdaevents.DataTypeMap {
-			return nil, fmt.Errorf("%w: outbox[%d] is not a map", ErrUndecodable, i)
+			return nil, fmt.Errorf("%w: outbox[%q] is not a map", ErrUndecodable, id)
 		}
 		m := entry.Map()
 		t, d := m["t"], m["d"]
 		if t.DataType() != lambdaevents.DataTypeString || d.DataType() != lambdaevents.DataTypeString {
-			return nil, fmt.Errorf("%w: outbox[%d] lacks its type or detail", ErrUndecodable, i)
+			return nil, fmt.Errorf("%w: outbox[%q] lacks its type or detail", ErrUndecodable, id)
 		}
-		var id struct {
+		ev, err := number(m["v"])
+		if err != nil {
+			return nil, fmt.Errorf("%w: outbox[%q] version: %w", ErrUndecodable, id, err)
+		}
+		var detail struct {
 			EventID string `json:"eventId"`
 		}
-		if err := json.Unmarshal([]byte(d.String()), &id); err != nil || id.EventID == "" {
-			return nil, fmt.Errorf("%w: outbox[%d]: a detail without an eventId", ErrUndecodable, i)
+		if err := json.Unmarshal([]byte(d.String()), &detail); err != nil || detail.EventID != id {
+			return nil, fmt.Errorf("%w: outbox[%q]: a detail without that eventId", ErrUndecodable, id)
 		}
-		out = append(out, events.Stored{Type: events.DetailType(t.String()), EventID: id.EventID, Detail: json.RawMessage(d.String())})
+		if ev != version {
+			continue
+		}
+		at, _ := number(m["a"])
+		out = append(out, fresh{ev: events.Stored{Type: events.DetailType(t.String()), EventID: id, Detail: json.RawMessage(d.String())}, at: at})
 	}
-	return out, nil
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].at != out[j].at {
+			return out[i].at < out[j].at
+		}
+		return out[i].ev.EventID < out[j].ev.EventID
+	})
+	evs := make([]events.Published, len(out))
+	for i, f := range out {
+		evs[i] = f.ev
+	}
+	return evs, nil
 }
 
-// Handle publishes the outbox of every record, and reports the records whose publication
-// failed (and those after them: a stream shard's records are published in order).
+func number(v lambdaevents.DynamoDBAttributeValue) (int64, error) {
+	if v.DataType() != lambdaevents.DataTypeNumber {
+		return 0, errors.New("not a number")
+	}
+	return strconv.ParseInt(v.Number(), 10, 64)
+}
+
+// Handle publishes the transitions of every record and marks them published. It reports
+// the records whose publication failed (and those after them: a stream shard's records
+// are published in order); a record that cannot be read is skipped.
 func (h *Handler) Handle(ctx context.Context, ev lambdaevents.DynamoDBEvent) (lambdaevents.DynamoDBEventResponse, error) {
 	resp := lambdaevents.DynamoDBEventResponse{BatchItemFailures: []lambdaevents.DynamoDBBatchItemFailure{}}
-	published := 0
+	published, undecodable := 0, 0
 	for _, rec := range ev.Records {
 		if rec.EventName == string(lambdaevents.DynamoDBOperationTypeRemove) {
 			continue
 		}
+		log := h.Logger.With("sequenceNumber", rec.Change.SequenceNumber, "eventId", rec.EventID)
 		evs, err := Outbox(rec.Change.NewImage)
-		if err == nil && len(evs) > 0 {
-			err = h.Publisher.Publish(ctx, evs...)
-		}
 		if err != nil {
-			log := h.Logger.With("sequenceNumber", rec.Change.SequenceNumber, "eventId", rec.EventID)
-			if errors.Is(err, ErrUndecodable) {
-				log.ErrorContext(ctx, "undecodable outbox", "err", err)
-			} else {
-				log.WarnContext(ctx, "publication failed, will be retried", "err", err)
-			}
+			// Retrying cannot fix it, and failing it would hold every later record of the
+			// shard: count it and go on (an alarm watches the count).
+			undecodable++
+			log.ErrorContext(ctx, "undecodable outbox skipped", "err", err)
+			continue
+		}
+		if len(evs) == 0 {
+			continue
+		}
+		if err := h.Publisher.Publish(ctx, evs...); err != nil {
+			log.WarnContext(ctx, "publication failed, will be retried", "err", err)
 			// Lambda retries from the first failed record of the batch, in order.
 			resp.BatchItemFailures = append(resp.BatchItemFailures, lambdaevents.DynamoDBBatchItemFailure{ItemIdentifier: rec.Change.SequenceNumber})
 			break
 		}
 		published += len(evs)
+		if h.Marker != nil {
+			ids := make([]string, len(evs))
+			for i, e := range evs {
+				ids[i] = e.ID()
+			}
+			user := rec.Change.NewImage["pk"]
+			if user.DataType() != lambdaevents.DataTypeString {
+				continue
+			}
+			if err := h.Marker.MarkPublished(ctx, user.String(), ids...); err != nil {
+				// Published but still in the outbox: the reconciler publishes it again
+				// past the outbox age, with the same ids.
+				log.WarnContext(ctx, "published transitions not marked", "err", err)
+			}
+		}
 	}
 	_ = h.Metrics.Emit(map[string]string{"Function": "publisher"},
 		emf.Metric{Name: "TransitionsPublished", Value: float64(published), Unit: emf.Count},
-		emf.Metric{Name: "RecordsFailed", Value: float64(len(resp.BatchItemFailures)), Unit: emf.Count})
+		emf.Metric{Name: "RecordsFailed", Value: float64(len(resp.BatchItemFailures)), Unit: emf.Count},
+		emf.Metric{Name: "RecordsUndecodable", Value: float64(undecodable), Unit: emf.Count})
 	return resp, nil
 }

@@ -1,15 +1,20 @@
 package publisher_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"log/slog"
+	"reflect"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	lambdaevents "github.com/aws/aws-lambda-go/events"
 	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/emf"
 	"github.com/wspresence/wspresence/internal/lambda/publisher"
 )
 
@@ -27,19 +32,34 @@ func (s *sink) Publish(_ context.Context, evs ...events.Published) error {
 	return nil
 }
 
-func outboxImage(t *testing.T, evs ...events.Published) map[string]lambdaevents.DynamoDBAttributeValue {
-	var l []lambdaevents.DynamoDBAttributeValue
-	for _, e := range evs {
-		st, err := events.Store(e)
+type marks struct{ ids map[string][]string }
+
+func (m *marks) MarkPublished(_ context.Context, userID string, ids ...string) error {
+	m.ids[userID] = append(m.ids[userID], ids...)
+	return nil
+}
+
+type recorded struct {
+	ev      events.Published
+	version int
+}
+
+// outboxImage is the new image of user u's item at version v holding the given entries.
+func outboxImage(t *testing.T, v int, entries ...recorded) map[string]lambdaevents.DynamoDBAttributeValue {
+	m := map[string]lambdaevents.DynamoDBAttributeValue{}
+	for i, e := range entries {
+		st, err := events.Store(e.ev)
 		if err != nil {
 			t.Fatal(err)
 		}
-		l = append(l, lambdaevents.NewMapAttribute(map[string]lambdaevents.DynamoDBAttributeValue{
-			"t": lambdaevents.NewStringAttribute(string(st.Type)), "d": lambdaevents.NewStringAttribute(string(st.Detail))}))
+		m[st.EventID] = lambdaevents.NewMapAttribute(map[string]lambdaevents.DynamoDBAttributeValue{
+			"t": lambdaevents.NewStringAttribute(string(st.Type)), "d": lambdaevents.NewStringAttribute(string(st.Detail)),
+			"v": lambdaevents.NewNumberAttribute(strconv.Itoa(e.version)), "a": lambdaevents.NewNumberAttribute(strconv.Itoa(i))})
 	}
-	img := map[string]lambdaevents.DynamoDBAttributeValue{"pk": lambdaevents.NewStringAttribute("u"), "sk": lambdaevents.NewStringAttribute("#USER")}
-	if l != nil {
-		img["outbox"] = lambdaevents.NewListAttribute(l)
+	img := map[string]lambdaevents.DynamoDBAttributeValue{"pk": lambdaevents.NewStringAttribute("u"),
+		"sk": lambdaevents.NewStringAttribute("#USER"), "v": lambdaevents.NewNumberAttribute(strconv.Itoa(v))}
+	if len(m) > 0 {
+		img["outbox"] = lambdaevents.NewMapAttribute(m)
 	}
 	return img
 }
@@ -48,16 +68,21 @@ func record(seq string, img map[string]lambdaevents.DynamoDBAttributeValue) lamb
 	return lambdaevents.DynamoDBEventRecord{EventName: "MODIFY", Change: lambdaevents.DynamoDBStreamRecord{SequenceNumber: seq, NewImage: img}}
 }
 
-// The relay publishes each record's outbox exactly as recorded, stops at a failed record
-// (the stream retries from it, in order), and reports an undecodable outbox.
+// The relay publishes what each record's write recorded (not the earlier entries still in
+// the item), stops at a failed record (the stream retries from it, in order), marks what
+// it published, and skips an undecodable outbox, counting it, so later records of its
+// shard are published.
 func TestRelay(t *testing.T) {
 	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	on := events.NewUserOnline("u", "c1", at)
 	off := events.NewUserOffline("u", at.Add(time.Second), at)
 	s := &sink{fail: 1}
-	h := &publisher.Handler{Publisher: s, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	m := &marks{ids: map[string][]string{}}
+	var metrics bytes.Buffer
+	h := &publisher.Handler{Publisher: s, Marker: m, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: emf.New(&metrics, "test")}
 	batch := lambdaevents.DynamoDBEvent{Records: []lambdaevents.DynamoDBEventRecord{
-		record("1", outboxImage(t)), record("2", outboxImage(t, on)), record("3", outboxImage(t, off)),
+		record("1", outboxImage(t, 1)), record("2", outboxImage(t, 2, recorded{on, 2})),
+		record("3", outboxImage(t, 3, recorded{on, 2}, recorded{off, 3})),
 	}}
 	resp, err := h.Handle(context.Background(), batch)
 	if err != nil || len(resp.BatchItemFailures) != 1 || resp.BatchItemFailures[0].ItemIdentifier != "2" || len(s.got) != 0 {
@@ -68,11 +93,22 @@ func TestRelay(t *testing.T) {
 		s.got[1].DetailType() != events.DetailUserOffline {
 		t.Fatalf("retry: %+v, published %v", resp, s.got)
 	}
-	bad := outboxImage(t)
+	if want := []string{on.ID(), off.ID()}; !reflect.DeepEqual(m.ids["u"], want) {
+		t.Fatalf("marked %v, want %v", m.ids["u"], want)
+	}
+
+	bad := outboxImage(t, 4)
 	bad["outbox"] = lambdaevents.NewListAttribute([]lambdaevents.DynamoDBAttributeValue{lambdaevents.NewStringAttribute("x")})
-	resp, _ = h.Handle(context.Background(), lambdaevents.DynamoDBEvent{Records: []lambdaevents.DynamoDBEventRecord{record("9", bad)}})
-	if len(resp.BatchItemFailures) != 1 {
-		t.Fatalf("undecodable outbox: %+v", resp)
+	later := events.NewUserOnline("u", "c2", at.Add(time.Minute))
+	s.got = nil
+	metrics.Reset()
+	resp, _ = h.Handle(context.Background(), lambdaevents.DynamoDBEvent{Records: []lambdaevents.DynamoDBEventRecord{
+		record("9", bad), record("10", outboxImage(t, 5, recorded{later, 5}))}})
+	if len(resp.BatchItemFailures) != 0 || len(s.got) != 1 || s.got[0].ID() != later.ID() {
+		t.Fatalf("undecodable outbox: %+v, published %v", resp, s.got)
+	}
+	if !strings.Contains(metrics.String(), `"RecordsUndecodable":1`) {
+		t.Fatalf("the skipped record is not counted: %s", metrics.String())
 	}
 	if _, err := publisher.Outbox(bad); !errors.Is(err, publisher.ErrUndecodable) {
 		t.Fatalf("Outbox: %v", err)

@@ -2,8 +2,11 @@
 // {"UserId","Body"} (camelCase, MessageId and UserIds accepted too) it delivers the body
 // to every live connection of each recipient (package delivery) and publishes the outcome
 // events. It returns only the failed message ids, so SQS retries those alone and moves a
-// poison message to the dead-letter queue after its maximum receives. A Handler is safe
-// for concurrent use if its ports are.
+// poison message to the dead-letter queue after its maximum receives. A message is posted
+// once: when its record must be retried after some posts succeeded (the outcome events
+// could not be published, or another recipient failed), the outcomes of those posts are
+// recorded, and the retry publishes them instead of posting again. A Handler is safe for
+// concurrent use if its ports are.
 package sender
 
 import (
@@ -31,10 +34,20 @@ type Publisher interface {
 	Publish(ctx context.Context, evs ...events.Published) error
 }
 
+// Receipts keeps the outcomes of the posts of a queue message whose record is retried,
+// by user (package dynamo's Store).
+type Receipts interface {
+	Posted(ctx context.Context, queueMessageID string) (map[string]events.Published, error)
+	RecordPosted(ctx context.Context, queueMessageID string, outcomes map[string]events.Published) error
+}
+
 // Handler handles SQS batches.
 type Handler struct {
 	Deliverer Deliverer
 	Publisher Publisher
+	// Receipts, if set, makes a retried record publish the outcomes of the posts that
+	// succeeded instead of posting again.
+	Receipts Receipts
 	// MaxReceives is the queue's maxReceiveCount: on the last receive, a message whose
 	// posts keep failing is reported MessageUndeliverable{failed} instead of retried.
 	MaxReceives int
@@ -132,27 +145,50 @@ func (h *Handler) process(ctx context.Context, rec lambdaevents.SQSMessage, t *t
 	if ms, err := strconv.ParseInt(rec.Attributes["SentTimestamp"], 10, 64); err == nil {
 		sent = time.UnixMilli(ms)
 	}
+	var posted map[string]events.Published
+	if h.Receipts != nil {
+		if posted, err = h.Receipts.Posted(ctx, rec.MessageId); err != nil {
+			return fmt.Errorf("read what %s was posted to: %w", id, err)
+		}
+	}
 	var outcomes []events.Published
 	var results []delivery.Result
 	var errs []error
+	done := map[string]events.Published{}
 	for _, task := range tasks {
+		if o, ok := posted[task.UserID]; ok {
+			// Posted by an earlier receive: only its outcome is left to publish.
+			outcomes = append(outcomes, o)
+			done[task.UserID] = o
+			continue
+		}
 		res, err := h.Deliverer.Deliver(ctx, task.MessageID, task.UserID, task.Body)
 		switch {
 		case err == nil, errors.Is(err, delivery.ErrDeliveryFailed) && h.lastReceive(rec):
 			outcomes = append(outcomes, res.Outcome)
 			results = append(results, res)
+			done[task.UserID] = res.Outcome
 		default:
 			errs = append(errs, err)
 		}
 	}
 	if len(outcomes) > 0 {
 		if err := h.Publisher.Publish(ctx, outcomes...); err != nil {
-			return errors.Join(append(errs, fmt.Errorf("publish outcomes of %s: %w", id, err))...)
+			errs = append(errs, fmt.Errorf("publish outcomes of %s: %w", id, err))
 		}
+	}
+	if len(errs) > 0 && len(done) > 0 && h.Receipts != nil {
+		// The record is retried: keep what was posted so the retry does not post it again.
+		if err := h.Receipts.RecordPosted(ctx, rec.MessageId, done); err != nil {
+			errs = append(errs, fmt.Errorf("record what %s was posted to: %w", id, err))
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
 	}
 	now := h.now()
 	for _, res := range results {
 		t.record(res, sent, now)
 	}
-	return errors.Join(errs...)
+	return nil
 }

@@ -82,6 +82,7 @@ func newRig(t *testing.T, answer func(path string) awsfake.Response) *rig {
 	r.h = &sender.Handler{
 		Deliverer:   &delivery.Deliverer{Connections: r.store, Poster: gw, Log: r.store, Logger: quiet},
 		Publisher:   pub,
+		Receipts:    r.store,
 		MaxReceives: 3,
 		Logger:      quiet,
 	}
@@ -213,14 +214,44 @@ func TestThrottledPostsAreRetriedThenReported(t *testing.T) {
 	}
 }
 
+// TestPublishFailureRetriesTheMessage: PutEvents failing after a successful post fails
+// the record, and the retries publish the outcome without posting again: the connection
+// receives the frame once, and MessageDelivered is published (once accepted) with the id
+// of the first attempt.
 func TestPublishFailureRetriesTheMessage(t *testing.T) {
 	r := newRig(t, func(string) awsfake.Response { return awsfake.Response{Status: http.StatusOK} })
-	r.busDown.Store(true)
 	ev := load(t)
 	ev.Records = ev.Records[1:2]
-	resp, _ := r.h.Handle(context.Background(), ev)
-	if len(resp.BatchItemFailures) != 1 || resp.BatchItemFailures[0].ItemIdentifier != ev.Records[0].MessageId {
-		t.Fatalf("failures %+v", resp.BatchItemFailures)
+	msg, err := events.DecodeMessage([]byte(ev.Records[0].Body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	user := msg.Recipients()[0]
+	r.open(t, user, "only=")
+	r.busDown.Store(true)
+	for range 2 { // the first receive, and a retry while PutEvents is still down
+		resp, _ := r.h.Handle(context.Background(), ev)
+		if len(resp.BatchItemFailures) != 1 || resp.BatchItemFailures[0].ItemIdentifier != ev.Records[0].MessageId {
+			t.Fatalf("failures %+v", resp.BatchItemFailures)
+		}
+	}
+	r.busDown.Store(false)
+	for range 2 { // the retry that gets through, and a redelivery of the record
+		if resp, _ := r.h.Handle(context.Background(), ev); len(resp.BatchItemFailures) != 0 {
+			t.Fatalf("retry: %+v", resp.BatchItemFailures)
+		}
+	}
+	if posts := r.postsTo("/production/@connections/only="); len(posts) != 1 {
+		t.Fatalf("the connection received %d posts, want the frame once", len(posts))
+	}
+	pub := r.published(t)
+	if len(pub) == 0 {
+		t.Fatal("no outcome published")
+	}
+	for _, d := range pub {
+		if d["detail-type"] != "MessageDelivered" || d["eventId"] != pub[0]["eventId"] {
+			t.Fatalf("published %v, want MessageDelivered with one id", pub)
+		}
 	}
 }
 

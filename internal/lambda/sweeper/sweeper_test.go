@@ -3,73 +3,429 @@ package sweeper_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	lambdaevents "github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/apigatewaymanagementapi"
+	awseventbridge "github.com/aws/aws-sdk-go-v2/service/eventbridge"
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/awsfake"
+	"github.com/wspresence/wspresence/internal/bus/eventbridge"
 	"github.com/wspresence/wspresence/internal/gateway/apigw"
+	"github.com/wspresence/wspresence/internal/lambda/grace"
+	"github.com/wspresence/wspresence/internal/lambda/projector"
+	"github.com/wspresence/wspresence/internal/lambda/publisher"
 	"github.com/wspresence/wspresence/internal/lambda/sweeper"
 	"github.com/wspresence/wspresence/internal/lambdatest"
+	"github.com/wspresence/wspresence/internal/presence"
 	"github.com/wspresence/wspresence/internal/store/dynamo"
 	"github.com/wspresence/wspresence/internal/store/dynamo/dynamotest"
 )
 
-func TestSweepsDeadConnectionsAndPrunes(t *testing.T) {
-	db := dynamotest.Client(t)
+const testGrace = 5 * time.Second
+
+var t0 = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+
+// rig is the AWS runtime's presence path on dynalite: the store, both streams (built from
+// what was written), the outbox relay and the reconciler, with EventBridge and API
+// Gateway's Management API as fakes that can fail.
+type rig struct {
+	store  *dynamo.Store
+	events *dynamotest.Stream
+	view   *dynamotest.ViewStream
+	relay  *publisher.Handler
+	rec    *sweeper.Handler
+	quiet  *slog.Logger
+
+	mu       sync.Mutex
+	now      time.Time
+	busDown  bool
+	accepted map[string]int // event id -> times PutEvents accepted it
+	kinds    map[string]string
+	gone     map[string]bool // connections the gateway reports gone
+	asked    []string
+}
+
+func newRig(t *testing.T) *rig {
+	db, view := dynamotest.ClientWithViewStream(t)
 	tables := dynamotest.NewTables(t, db)
-	st := dynamo.New(db, tables)
-	ctx := context.Background()
-	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
-	for _, e := range []events.ConnectionEvent{
-		events.Opened("u", "dead=", now.Add(-time.Hour), "", ""),
-		events.Opened("u", "alive=", now.Add(-time.Hour), "", ""),
-		events.Opened("v", "fresh=", now.Add(-time.Minute), "", ""),
-		events.Opened("w", "old=", now.Add(-50*time.Hour), "", ""),
-		events.Closed("w", "old=", now.Add(-48*time.Hour), events.ReasonClient),
-	} {
-		if _, err := st.Apply(ctx, e); err != nil {
-			t.Fatal(err)
+	r := &rig{view: view, events: dynamotest.NewStream(db, tables.Events), now: t0,
+		accepted: map[string]int{}, kinds: map[string]string{}, gone: map[string]bool{},
+		quiet: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	r.store = dynamo.New(db, tables)
+	r.store.Grace = testGrace
+	r.store.Now = r.clock
+	bus := awsfake.New(t, func(req awsfake.Request) awsfake.Response {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.busDown {
+			return awsfake.Error(http.StatusInternalServerError, "InternalException", "unavailable")
 		}
-	}
-	srv := awsfake.New(t, func(r awsfake.Request) awsfake.Response {
-		if r.Path == "/prod/@connections/dead=" {
+		var in struct {
+			Entries []struct{ DetailType, Detail string }
+		}
+		_ = json.Unmarshal(req.Body, &in)
+		res := make([]map[string]string, len(in.Entries))
+		for i, e := range in.Entries {
+			var d struct{ EventID string }
+			_ = json.Unmarshal([]byte(e.Detail), &d)
+			r.accepted[d.EventID]++
+			r.kinds[d.EventID] = e.DetailType
+			res[i] = map[string]string{"EventId": "e"}
+		}
+		return awsfake.JSON(http.StatusOK, map[string]any{"FailedEntryCount": 0, "Entries": res})
+	})
+	pub := eventbridge.New(awseventbridge.NewFromConfig(bus.Config()), "bus")
+	pub.Backoff = time.Millisecond
+	gw := awsfake.New(t, func(req awsfake.Request) awsfake.Response {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		id := strings.TrimPrefix(req.Path, "/prod/@connections/")
+		r.asked = append(r.asked, id)
+		if r.gone[id] {
 			return awsfake.Error(http.StatusGone, "GoneException", "")
 		}
 		return awsfake.JSON(http.StatusOK, map[string]any{"connectedAt": "2026-11-26T11:00:00Z"})
 	})
-	gw := apigw.New(apigatewaymanagementapi.NewFromConfig(srv.Config(), func(o *apigatewaymanagementapi.Options) {
-		o.BaseEndpoint = aws.String(srv.URL + "/prod")
+	gateway := apigw.New(apigatewaymanagementapi.NewFromConfig(gw.Config(), func(o *apigatewaymanagementapi.Options) {
+		o.BaseEndpoint = aws.String(gw.URL + "/prod")
 	}))
-	h := &sweeper.Handler{View: st, Log: st, Gateway: gw, StaleAfter: 15 * time.Minute, Retention: 24 * time.Hour,
-		Now: func() time.Time { return now }, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	var scheduled json.RawMessage
-	lambdatest.Load(t, "scheduled-event.json", nil, &scheduled)
-	res, err := h.Handle(ctx, scheduled)
+	r.relay = &publisher.Handler{Publisher: pub, Marker: r.store, Logger: r.quiet}
+	r.rec = &sweeper.Handler{View: r.store, Log: r.store, Gateway: gateway, Publisher: pub,
+		Grace: testGrace, GraceMargin: dynamo.DefaultGraceMargin, StaleAfter: dynamo.DefaultStaleAfter,
+		OutboxAge: dynamo.DefaultOutboxAge, Retention: dynamo.DefaultTombstoneRetention, Limit: 100,
+		Now: r.clock, Logger: r.quiet}
+	return r
+}
+
+func (r *rig) clock() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.now
+}
+
+func (r *rig) setNow(t time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.now = t
+}
+
+func (r *rig) setBusDown(down bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.busDown = down
+}
+
+// connect is $connect: the open folded at once, then appended.
+func (r *rig) connect(t *testing.T, user, conn string, at time.Time) {
+	t.Helper()
+	e := events.Opened(user, conn, at, "", "")
+	if _, err := r.store.Admit(context.Background(), e, 10); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.store.Append(context.Background(), e); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// project runs the projector over the event table's new records with the given ports
+// and returns its batch item failures.
+func (r *rig) project(t *testing.T, view projector.View, starter projector.GraceStarter) int {
+	t.Helper()
+	h := &projector.Handler{View: view, Grace: starter, Logger: r.quiet, Now: r.clock}
+	resp, err := h.Handle(context.Background(), lambdaevents.DynamoDBEvent{Records: r.events.Next(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Checked != 2 || res.Swept != 1 || res.Pruned != 1 {
-		t.Fatalf("result %+v, want 2 checked (the fresh one is not), 1 swept, 1 pruned", res)
+	return len(resp.BatchItemFailures)
+}
+
+// publish runs the outbox relay over the view table's new records.
+func (r *rig) publish(t *testing.T) int {
+	t.Helper()
+	resp, err := r.relay.Handle(context.Background(), lambdaevents.DynamoDBEvent{Records: r.view.Next()})
+	if err != nil {
+		t.Fatal(err)
 	}
-	stream := dynamotest.NewStream(db, tables.Events)
-	var swept []string
-	for _, rec := range stream.Next(t) {
-		if img := rec.Change.NewImage; img["type"].String() == "ConnectionClosed" && img["reason"].String() == "swept" {
-			swept = append(swept, img["connectionId"].String())
+	return len(resp.BatchItemFailures)
+}
+
+func (r *rig) reconcile(t *testing.T) sweeper.Result {
+	t.Helper()
+	var scheduled json.RawMessage
+	lambdatest.Load(t, "scheduled-event.json", nil, &scheduled)
+	res, err := r.rec.Handle(context.Background(), scheduled)
+	if err != nil {
+		t.Fatalf("reconciler: %+v %v", res, err)
+	}
+	return res
+}
+
+// ids returns how often PutEvents accepted each event id of the given kind.
+func (r *rig) ids(kind events.DetailType) map[string]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[string]int{}
+	for id, n := range r.accepted {
+		if r.kinds[id] == string(kind) {
+			out[id] = n
 		}
 	}
-	if len(swept) != 1 || swept[0] != "dead=" {
-		t.Fatalf("swept %v", swept)
+	return out
+}
+
+type graces struct {
+	mu      sync.Mutex
+	started []presence.Grace
+	fail    bool
+}
+
+func (g *graces) StartGrace(_ context.Context, userID string, since time.Time) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.fail {
+		return errors.New("StartExecution: ServiceUnavailable")
 	}
-	for _, r := range srv.Requests() {
-		if r.Path == "/prod/@connections/fresh=" {
-			t.Fatal("a fresh connection was checked")
+	g.started = append(g.started, presence.Grace{UserID: userID, Since: since})
+	return nil
+}
+
+// failing is a view whose writes all fail (throttled past every retry).
+type failing struct{}
+
+func (failing) Apply(context.Context, events.ConnectionEvent) (presence.Effects, error) {
+	return presence.Effects{}, errors.New("ProvisionedThroughputExceededException")
+}
+
+func (failing) ExpireGrace(context.Context, string, time.Time, time.Time) (presence.Effects, error) {
+	return presence.Effects{}, errors.New("ProvisionedThroughputExceededException")
+}
+
+func wantOnce(t *testing.T, got map[string]int, want ...string) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("published %v, want exactly %v once each", got, want)
+	}
+	for _, id := range want {
+		if got[id] != 1 {
+			t.Fatalf("published %v, want exactly %v once each", got, want)
+		}
+	}
+}
+
+// TestDroppedProjectorRecordIsRepaired: the close of a connection is in the log but its
+// stream record failed every retry and was dropped, so the view holds a ghost. Within one
+// reconciler run past StaleAfter, the logged close is folded (not appended again: the
+// gateway is not even asked) and the overdue grace period ended: exactly one UserOffline,
+// by id, with the close's time. A connection whose $disconnect never came and that API
+// Gateway reports gone is swept in the same run. A second run changes nothing.
+func TestDroppedProjectorRecordIsRepaired(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	r.connect(t, "ghost", "g1=", t0)
+	r.connect(t, "lost", "l1=", t0)
+	r.connect(t, "alive", "a1=", t0)
+	if n := r.project(t, r.store, &graces{}); n != 0 {
+		t.Fatalf("%d failures folding the opens", n)
+	}
+	if n := r.publish(t); n != 0 {
+		t.Fatal("UserOnline not published")
+	}
+	closedAt := t0.Add(time.Minute)
+	if _, err := r.store.Append(ctx, events.Closed("ghost", "g1=", closedAt, events.ReasonClient)); err != nil {
+		t.Fatal(err)
+	}
+	// The projector fails the close's record on every attempt; the stream drops it.
+	if n := r.project(t, failing{}, &graces{}); n != 1 {
+		t.Fatalf("%d failures, want the close's record", n)
+	}
+	if live, _ := r.store.LiveConnections(ctx, "ghost"); len(live) != 1 {
+		t.Fatalf("live %v: the fault did not leave a ghost", live)
+	}
+	r.mu.Lock()
+	r.gone["l1="] = true
+	r.mu.Unlock()
+
+	r.setNow(t0.Add(10 * time.Minute)) // not stale yet: nothing to do
+	if res := r.reconcile(t); res.Due != 0 {
+		t.Fatalf("a run before anything is due: %+v", res)
+	}
+	r.setNow(closedAt.Add(dynamo.DefaultStaleAfter + 5*time.Minute))
+	res := r.reconcile(t)
+	if res.Refolded != 1 || res.Swept != 1 || res.Confirmed != 1 || res.GracesEnded != 1 || res.Failed != 0 {
+		t.Fatalf("run: %+v, want the ghost refolded, the lost one swept, the alive one confirmed, one grace ended", res)
+	}
+	if n := r.publish(t); n != 0 {
+		t.Fatal("relay failed")
+	}
+	for user, want := range map[string]int{"ghost": 0, "lost": 0, "alive": 1} {
+		if live, err := r.store.LiveConnections(ctx, user); err != nil || len(live) != want {
+			t.Fatalf("%s live %v %v, want %d", user, live, err, want)
+		}
+	}
+	r.mu.Lock()
+	asked := strings.Join(r.asked, ",")
+	r.mu.Unlock()
+	if strings.Contains(asked, "g1=") {
+		t.Fatalf("the gateway was asked about a connection whose close the log holds: %s", asked)
+	}
+	// The ghost's offline is decided by the events' times; the swept one's grace period
+	// began now, and its timer is the projector's, on the swept close's record.
+	if n := r.project(t, r.store, &graces{}); n != 0 {
+		t.Fatal("folding the swept close failed")
+	}
+	wantOnce(t, r.ids(events.DetailUserOffline), events.NewUserOffline("ghost", closedAt, t0).ID())
+
+	// The swept user's timer is lost too: the next run past its deadline ends it.
+	r.setNow(r.clock().Add(testGrace + dynamo.DefaultGraceMargin + time.Second))
+	if res := r.reconcile(t); res.GracesEnded != 1 || res.Refolded+res.Swept != 0 {
+		t.Fatalf("second run: %+v", res)
+	}
+	r.publish(t)
+	if got := r.ids(events.DetailUserOffline); len(got) != 2 || got[events.NewUserOffline("ghost", closedAt, t0).ID()] != 1 {
+		t.Fatalf("UserOffline %v", got)
+	}
+	before := r.ids(events.DetailUserOffline)
+	if res := r.reconcile(t); res.Refolded+res.Swept+res.GracesEnded+res.Republished != 0 {
+		t.Fatalf("a run with nothing to repair repaired: %+v", res)
+	}
+	r.publish(t)
+	if after := r.ids(events.DetailUserOffline); len(after) != len(before) {
+		t.Fatalf("published again: %v", after)
+	}
+}
+
+// TestLostGraceTimerIsRepaired: a grace period whose timer never started (StartExecution
+// failed past the record's retries) and one whose Express run failed (the grace function
+// failed every attempt) both end within one reconciler run after the deadline plus the
+// margin, never before: each user announced offline once, with the id the timer would
+// have used.
+func TestLostGraceTimerIsRepaired(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	r.connect(t, "nostart", "n1=", t0)
+	r.connect(t, "failedrun", "f1=", t0)
+	r.project(t, r.store, &graces{})
+	r.publish(t)
+	closedAt := t0.Add(time.Second)
+	if _, err := r.store.Append(ctx, events.Closed("nostart", "n1=", closedAt, events.ReasonClient)); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.project(t, r.store, &graces{fail: true}); n != 1 {
+		t.Fatalf("%d failures, want the close whose timer could not start", n)
+	}
+	if _, err := r.store.Append(ctx, events.Closed("failedrun", "f1=", closedAt, events.ReasonClient)); err != nil {
+		t.Fatal(err)
+	}
+	started := &graces{}
+	if n := r.project(t, r.store, started); n != 0 || len(started.started) != 1 {
+		t.Fatalf("failures %d, started %v", n, started.started)
+	}
+	g := started.started[0]
+	timer := &grace.Handler{View: failing{}, Logger: r.quiet}
+	in := grace.Input{UserID: g.UserID, OfflineSince: strconv.FormatInt(g.Since.UnixNano(), 10), GraceSeconds: int(testGrace / time.Second)}
+	for range 5 { // every attempt of the state machine's retrier
+		if _, err := timer.Handle(ctx, in); err == nil {
+			t.Fatal("the grace function did not fail")
+		}
+	}
+	r.publish(t)
+
+	r.setNow(closedAt.Add(testGrace + dynamo.DefaultGraceMargin - time.Second))
+	if res := r.reconcile(t); res.GracesEnded != 0 {
+		t.Fatalf("a grace period ended before its deadline plus the margin: %+v", res)
+	}
+	r.setNow(closedAt.Add(testGrace + dynamo.DefaultGraceMargin))
+	if res := r.reconcile(t); res.GracesEnded != 2 || res.Failed != 0 {
+		t.Fatalf("run: %+v, want both grace periods ended", res)
+	}
+	r.publish(t)
+	r.reconcile(t)
+	r.publish(t)
+	wantOnce(t, r.ids(events.DetailUserOffline),
+		events.NewUserOffline("nostart", closedAt, t0).ID(), events.NewUserOffline("failedrun", closedAt, t0).ID())
+}
+
+// TestOutboxOutlivesTheStream: PutEvents fails for longer than the stream keeps records.
+// The relay fails its records (bounded retries, then the stream drops them; here they are
+// simply never delivered again) and the clock moves 48 hours. After PutEvents recovers,
+// the reconciler publishes every transition from the user items, exactly once by id,
+// over as many bounded runs as it takes, and marks them published: the relay of its own
+// writes and later runs publish nothing more.
+func TestOutboxOutlivesTheStream(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	r.setBusDown(true)
+	users := []string{"o1", "o2", "o3", "o4", "o5"}
+	var want []string
+	for _, u := range users {
+		r.connect(t, u, u+"-c=", t0)
+		want = append(want, events.NewUserOnline(u, u+"-c=", t0).ID())
+	}
+	r.project(t, r.store, &graces{})
+	closedAt := t0.Add(time.Minute)
+	for _, u := range users {
+		if _, err := r.store.Append(ctx, events.Closed(u, u+"-c=", closedAt, events.ReasonClient)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	started := &graces{}
+	r.project(t, r.store, started)
+	for _, g := range started.started {
+		if _, err := r.store.ExpireGrace(ctx, g.UserID, g.Since, g.Since.Add(testGrace)); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, events.NewUserOffline(g.UserID, closedAt, t0).ID())
+	}
+	if len(want) != 10 {
+		t.Fatalf("%d transitions", len(want))
+	}
+	records := r.view.Next()
+	for range 3 {
+		resp, err := r.relay.Handle(ctx, lambdaevents.DynamoDBEvent{Records: records})
+		if err != nil || len(resp.BatchItemFailures) == 0 {
+			t.Fatalf("the relay got through a failing PutEvents: %+v %v", resp, err)
+		}
+	}
+	// The records expire; 48 hours later PutEvents works again.
+	r.setBusDown(false)
+	r.setNow(t0.Add(48 * time.Hour))
+	r.rec.Limit = 2
+	runs := 0
+	for {
+		res := r.reconcile(t)
+		runs++
+		if res.Due == 0 {
+			break
+		}
+		if runs > 10 {
+			t.Fatal("the reconciler does not converge")
+		}
+	}
+	if runs < 3 {
+		t.Fatalf("%d runs for 5 users at 2 a run: the limit did not bound a run", runs)
+	}
+	if n := r.publish(t); n != 0 {
+		t.Fatal("relay failed")
+	}
+	got := r.ids(events.DetailUserOnline)
+	for id, n := range r.ids(events.DetailUserOffline) {
+		got[id] = n
+	}
+	wantOnce(t, got, want...)
+	for _, u := range users {
+		p, err := r.store.Pending(ctx, u)
+		if err != nil || len(p.Outbox) != 0 || len(p.State.Conns) != 0 {
+			t.Fatalf("%s after recovery: %+v %v, want an empty outbox and its tombstone pruned", u, p, err)
 		}
 	}
 }

@@ -237,7 +237,7 @@ func TestGraceWithPutEventsFailing(t *testing.T) {
 		t.Fatalf("graces %v", graces)
 	}
 	g := graces[0]
-	timer := &grace.Handler{View: r.store, Now: func() time.Time { return g.Since }, Logger: r.publisher.Logger}
+	timer := &grace.Handler{View: r.store, Logger: r.publisher.Logger}
 	in := grace.Input{UserID: g.UserID, OfflineSince: fmt.Sprint(g.Since.UnixNano()), GraceSeconds: int(testGrace / time.Second)}
 	if res, err := timer.Handle(ctx, in); err != nil || !res.Announced {
 		t.Fatalf("grace: %+v %v", res, err)

@@ -3,7 +3,11 @@ package dynamo
 import (
 	"context"
 	"fmt"
+	"math"
 	"reflect"
+	"slices"
+	"sort"
+	"strconv"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -25,6 +29,22 @@ const (
 	// in a reconnect loop cannot grow its item toward DynamoDB's 400 KB limit (200 closed
 	// connections take about 20 KB).
 	DefaultMaxTombstones = 200
+	// DefaultStaleAfter is how long a live connection may go unseen (no open, activity or
+	// confirmation by the gateway) before the reconciler looks at it. API Gateway closes a
+	// connection idle for 10 minutes, so one unseen for 15 has lost its $disconnect or its
+	// close's record.
+	DefaultStaleAfter = 15 * time.Minute
+	// DefaultGraceMargin is how long past its deadline a grace period may stay pending
+	// before the reconciler ends it (its timer was lost).
+	DefaultGraceMargin = time.Minute
+	// DefaultOutboxAge is how long a transition may stay unpublished before the reconciler
+	// publishes it (the stream's relay gave up, or its record expired).
+	DefaultOutboxAge = 10 * time.Minute
+	// staleBucket rounds a connection's stale time up, so a connection's activity moves
+	// its item in the repair index at most once per bucket.
+	staleBucket = 5 * time.Minute
+	// tombstoneBucket rounds a tombstone's expiry up the same way.
+	tombstoneBucket = time.Hour
 )
 
 // Apply folds one event of the log into its user's state (presence.State.Apply, the
@@ -37,13 +57,37 @@ func (st *Store) Apply(ctx context.Context, e events.ConnectionEvent) (presence.
 	if err := e.Validate(); err != nil {
 		return presence.Effects{}, err
 	}
-	return st.mutate(ctx, e.UserID, "apply "+e.Key(), func(s presence.State) (presence.State, presence.Effects) {
-		next, eff := s.Apply(e, st.Grace)
-		next, _ = next.Compact(e.At.Add(-st.retention()), st.maxTombstones())
-		if sameState(next, s) && e.Type == events.TypeConnectionClosed && s.User.GracePending() && s.User.OfflineSince.Equal(e.At) {
-			eff.GraceStarted = true
+	return st.mutate(ctx, e.UserID, "apply "+e.Key(), func(r record) (record, presence.Effects, error) {
+		next, eff := st.fold(r.state, e)
+		r.state = next
+		return r, eff, nil
+	})
+}
+
+func (st *Store) fold(s presence.State, e events.ConnectionEvent) (presence.State, presence.Effects) {
+	next, eff := s.Apply(e, st.Grace)
+	next, _ = next.Compact(e.At.Add(-st.retention()), st.maxTombstones())
+	if sameState(next, s) && e.Type == events.TypeConnectionClosed && s.User.GracePending() && s.User.OfflineSince.Equal(e.At) {
+		eff.GraceStarted = true
+	}
+	return next, eff
+}
+
+// Admit folds the open e into its user's state unless the user already holds max live
+// connections (presence.State.Admit, connections unseen for StaleAfter not counted), in
+// the same versioned write as Apply: of simultaneous opens at max-1, one is admitted. A
+// refusal writes nothing and wraps presence.ErrConnectionCap.
+func (st *Store) Admit(ctx context.Context, e events.ConnectionEvent, max int) (presence.Effects, error) {
+	if err := e.Validate(); err != nil {
+		return presence.Effects{}, err
+	}
+	return st.mutate(ctx, e.UserID, "admit "+e.Key(), func(r record) (record, presence.Effects, error) {
+		if _, _, err := r.state.Admit(e, max, e.At.Add(-st.staleAfter()), st.Grace); err != nil {
+			return r, presence.Effects{}, err
 		}
-		return next, eff
+		next, eff := st.fold(r.state, e)
+		r.state = next
+		return r, eff, nil
 	})
 }
 
@@ -51,24 +95,131 @@ func (st *Store) Apply(ctx context.Context, e events.ConnectionEvent) (presence.
 // (presence.State.ExpireGrace), and records the UserOffline it decides in the same
 // conditional write. A timer of an older period, or a second run, changes nothing.
 func (st *Store) ExpireGrace(ctx context.Context, userID string, since, now time.Time) (presence.Effects, error) {
-	return st.mutate(ctx, userID, "expire grace of "+userID, func(s presence.State) (presence.State, presence.Effects) {
-		return s.ExpireGrace(since, now, st.Grace)
+	return st.mutate(ctx, userID, "expire grace of "+userID, func(r record) (record, presence.Effects, error) {
+		next, eff := r.state.ExpireGrace(since, now, st.Grace)
+		r.state = next
+		return r, eff, nil
 	})
+}
+
+// LoggedClose returns the ConnectionClosed of a connection the log holds (ok false when
+// it holds none), read consistently from the event table.
+func (st *Store) LoggedClose(ctx context.Context, connectionID string) (events.ConnectionEvent, bool, error) {
+	key := events.Closed("", connectionID, time.Time{}, events.ReasonClient).Key()
+	out, err := st.db.GetItem(ctx, &dynamodb.GetItemInput{
+		TableName: aws.String(st.tables.Events), Key: map[string]types.AttributeValue{"pk": s(key)}, ConsistentRead: aws.Bool(true),
+	})
+	if err != nil {
+		return events.ConnectionEvent{}, false, awsfail.Wrap("read close of "+connectionID, err)
+	}
+	if out.Item == nil {
+		return events.ConnectionEvent{}, false, nil
+	}
+	e, err := EventOf(out.Item)
+	if err != nil {
+		return events.ConnectionEvent{}, false, fmt.Errorf("close of %s: %w", connectionID, err)
+	}
+	return e, true, nil
+}
+
+// EventOf reads an event table item back into its event.
+func EventOf(item map[string]types.AttributeValue) (events.ConnectionEvent, error) {
+	at, err := time.Parse(time.RFC3339Nano, str(item, "at"))
+	if err != nil {
+		return events.ConnectionEvent{}, fmt.Errorf("%w: at: %w", events.ErrInvalidEvent, err)
+	}
+	e := events.ConnectionEvent{Type: events.Type(str(item, "type")), UserID: str(item, "userId"),
+		ConnectionID: str(item, "connectionId"), At: at.UTC(), SourceIP: str(item, "sourceIp"),
+		UserAgent: str(item, "userAgent"), Reason: events.CloseReason(str(item, "reason"))}
+	return e, e.Validate()
+}
+
+// Close records that a connection closed and folds it at once: it appends
+// ConnectionClosed (skipped if the log already holds the connection's close), then folds
+// the close the log holds, the one just appended or the earlier one, never a second one.
+// A close whose stream record was lost is repaired this way.
+func (st *Store) Close(ctx context.Context, userID, connectionID string, at time.Time, reason events.CloseReason) (presence.Effects, error) {
+	e := events.Closed(userID, connectionID, at, reason)
+	n, err := st.Append(ctx, e)
+	if err != nil {
+		return presence.Effects{}, err
+	}
+	if n == 0 {
+		logged, ok, err := st.LoggedClose(ctx, connectionID)
+		if err != nil {
+			return presence.Effects{}, err
+		}
+		if ok && logged.UserID == userID {
+			e = logged
+		}
+	}
+	return st.Apply(ctx, e)
+}
+
+// Pending reads a user item for the reconciler (a consistent read).
+func (st *Store) Pending(ctx context.Context, userID string) (presence.Record, error) {
+	r, err := st.load(ctx, userID)
+	if err != nil {
+		return presence.Record{}, err
+	}
+	p := presence.Record{State: r.state, Checked: r.checked}
+	for _, e := range r.outbox {
+		p.Outbox = append(p.Outbox, presence.Unpublished{Event: e.event, RecordedAt: e.at})
+	}
+	return p, nil
+}
+
+// MarkPublished removes the given transitions from the user's outbox (a versioned write;
+// ids no longer there are ignored, so marking twice is harmless).
+func (st *Store) MarkPublished(ctx context.Context, userID string, ids ...string) error {
+	_, err := st.mutate(ctx, userID, "mark published of "+userID, func(r record) (record, presence.Effects, error) {
+		r.outbox = slices.DeleteFunc(slices.Clone(r.outbox), func(e entry) bool { return slices.Contains(ids, e.event.EventID) })
+		return r, presence.Effects{}, nil
+	})
+	return err
+}
+
+// Confirm records that the gateway confirmed the user's live connections at at, so the
+// reconciler looks at them again only StaleAfter later.
+func (st *Store) Confirm(ctx context.Context, userID string, at time.Time) error {
+	_, err := st.mutate(ctx, userID, "confirm "+userID, func(r record) (record, presence.Effects, error) {
+		if at.After(r.checked) {
+			r.checked = at
+		}
+		return r, presence.Effects{}, nil
+	})
+	return err
+}
+
+// Compact forgets the user's connections closed before cutoff (no reordered record of
+// them can arrive any more).
+func (st *Store) Compact(ctx context.Context, userID string, cutoff time.Time) (int, error) {
+	forgot := 0
+	_, err := st.mutate(ctx, userID, "compact "+userID, func(r record) (record, presence.Effects, error) {
+		r.state, forgot = r.state.Compact(cutoff, 0)
+		return r, presence.Effects{}, nil
+	})
+	return forgot, err
 }
 
 // sameState reports whether a and b are stored as the same item (times compare as
 // instants, whatever their location).
 func sameState(a, b presence.State) bool {
-	ia, erra := encodeState(a, 0, nil)
-	ib, errb := encodeState(b, 0, nil)
-	return erra == nil && errb == nil && reflect.DeepEqual(ia, ib)
+	return reflect.DeepEqual(encodeState(a, 0), encodeState(b, 0))
 }
 
 func (st *Store) retention() time.Duration {
-	if st.TombstoneRetention > 0 {
-		return st.TombstoneRetention
+	return or(st.TombstoneRetention, DefaultTombstoneRetention)
+}
+func (st *Store) staleAfter() time.Duration  { return or(st.StaleAfter, DefaultStaleAfter) }
+func (st *Store) graceMargin() time.Duration { return or(st.GraceMargin, DefaultGraceMargin) }
+func (st *Store) outboxAge() time.Duration   { return or(st.OutboxAge, DefaultOutboxAge) }
+
+func or(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
 	}
-	return DefaultTombstoneRetention
+	return def
 }
 
 func (st *Store) maxTombstones() int {
@@ -78,25 +229,71 @@ func (st *Store) maxTombstones() int {
 	return DefaultMaxTombstones
 }
 
+func (st *Store) now() time.Time {
+	if st.Now != nil {
+		return st.Now()
+	}
+	return time.Now()
+}
+
+// Due is when the reconciler must look at r next (zero: never, until a write changes it):
+// the earliest of a pending grace period's deadline plus the margin, a live connection's
+// last sign of life plus StaleAfter, an unpublished transition's recording plus the
+// outbox age, and a tombstone's close plus its retention.
+func (st *Store) due(r record) time.Time {
+	var due time.Time
+	earlier := func(t time.Time) {
+		if due.IsZero() || t.Before(due) {
+			due = t
+		}
+	}
+	if u := r.state.User; u.GracePending() {
+		earlier(u.GraceDeadline(st.Grace).Add(st.graceMargin()))
+	}
+	for _, id := range r.state.Live() {
+		seen := r.state.Conns[id].LastSeen
+		if r.checked.After(seen) {
+			seen = r.checked
+		}
+		earlier(roundUp(seen.Add(st.staleAfter()), staleBucket))
+	}
+	for _, e := range r.outbox {
+		earlier(e.at.Add(st.outboxAge()))
+	}
+	for _, c := range r.state.Conns {
+		if !c.ClosedAt.IsZero() {
+			earlier(roundUp(c.ClosedAt.Add(st.retention()), tombstoneBucket))
+		}
+	}
+	return due
+}
+
+func roundUp(t time.Time, d time.Duration) time.Time {
+	if r := t.Truncate(d); r.Before(t) {
+		return r.Add(d)
+	}
+	return t
+}
+
 // State reads a user's state (a consistent read; the empty state of a user never seen).
 func (st *Store) State(ctx context.Context, userID string) (presence.State, error) {
-	s, _, err := st.load(ctx, userID)
-	return s, err
+	r, err := st.load(ctx, userID)
+	return r.state, err
 }
 
-func (st *Store) load(ctx context.Context, userID string) (presence.State, int64, error) {
+func (st *Store) load(ctx context.Context, userID string) (record, error) {
 	out, err := st.db.GetItem(ctx, &dynamodb.GetItemInput{TableName: aws.String(st.tables.View), Key: userKey(userID), ConsistentRead: aws.Bool(true)})
 	if err != nil {
-		return presence.State{}, 0, awsfail.Wrap("read user "+userID, err)
+		return record{}, awsfail.Wrap("read user "+userID, err)
 	}
-	s, v := decodeState(userID, out.Item)
-	return s, v, nil
+	return decode(userID, out.Item), nil
 }
 
-// mutate loads the user's state, runs fold on it and, when the state changed, writes it
+// mutate loads the user's item, runs fold on it and, when the item changed, writes it
 // back if its version is still the one read, retrying the whole step on a conflict. The
-// write records fold's transitions as the item's outbox.
-func (st *Store) mutate(ctx context.Context, userID, op string, fold func(presence.State) (presence.State, presence.Effects)) (presence.Effects, error) {
+// write records fold's transitions in the item's outbox and places the item in the repair
+// index. An error of fold is returned as it is, with nothing written.
+func (st *Store) mutate(ctx context.Context, userID, op string, fold func(record) (record, presence.Effects, error)) (presence.Effects, error) {
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
 			if attempt > maxRetries {
@@ -106,25 +303,37 @@ func (st *Store) mutate(ctx context.Context, userID, op string, fold func(presen
 				return presence.Effects{}, err
 			}
 		}
-		cur, v, err := st.load(ctx, userID)
+		cur, err := st.load(ctx, userID)
 		if err != nil {
 			return presence.Effects{}, err
 		}
-		next, eff := fold(cur)
-		if sameState(next, cur) {
+		next, eff, err := fold(cur)
+		if err != nil {
+			return presence.Effects{}, err
+		}
+		next.version = cur.version + 1
+		if len(eff.Publish) > 0 {
+			now := st.now()
+			next.outbox = slices.Clone(next.outbox)
+			for _, p := range eff.Publish {
+				stored, err := events.Store(p)
+				if err != nil {
+					return presence.Effects{}, err
+				}
+				next.outbox = append(next.outbox, entry{event: stored, version: next.version, at: now})
+			}
+		}
+		item := encode(next, st.due(next))
+		if reflect.DeepEqual(item, encode(record{state: cur.state, version: next.version, outbox: cur.outbox, checked: cur.checked}, st.due(cur))) {
 			return eff, nil
-		}
-		item, err := encodeState(next, v+1, eff.Publish)
-		if err != nil {
-			return presence.Effects{}, err
 		}
 		in := &dynamodb.PutItemInput{TableName: aws.String(st.tables.View), Item: item,
 			ConditionExpression: aws.String("attribute_not_exists(pk)"),
 		}
-		if v > 0 {
+		if cur.version > 0 {
 			in.ConditionExpression = aws.String("#v = :v")
 			in.ExpressionAttributeNames = map[string]string{"#v": attrVersion}
-			in.ExpressionAttributeValues = map[string]types.AttributeValue{":v": num(v)}
+			in.ExpressionAttributeValues = map[string]types.AttributeValue{":v": num(cur.version)}
 		}
 		_, err = st.db.PutItem(ctx, in)
 		switch {
@@ -138,60 +347,74 @@ func (st *Store) mutate(ctx context.Context, userID, op string, fold func(presen
 	}
 }
 
-// StaleConnections lists live connections whose last open or activity is before cutoff
-// (a scan of the user items: run it from the scheduled sweeper, not per request).
-func (st *Store) StaleConnections(ctx context.Context, cutoff time.Time) ([]presence.StaleConnection, error) {
-	var out []presence.StaleConnection
-	err := st.scanUsers(ctx, func(s presence.State, _ int64) error {
-		out = append(out, s.Stale(cutoff)...)
-		return nil
-	})
-	return out, err
-}
-
-// PruneTombstones forgets connections closed before cutoff in every user item (each
-// rewritten with a conditional write on its version; a user written meanwhile is
-// compacted by its own next write) and returns how many it forgot.
-func (st *Store) PruneTombstones(ctx context.Context, cutoff time.Time) (int, error) {
-	pruned := 0
-	err := st.scanUsers(ctx, func(s presence.State, _ int64) error {
-		if _, n := s.Compact(cutoff, 0); n == 0 {
-			return nil
-		}
-		_, err := st.mutate(ctx, s.User.ID, "prune "+s.User.ID, func(cur presence.State) (presence.State, presence.Effects) {
-			next, n := cur.Compact(cutoff, 0)
-			pruned += n
-			return next, presence.Effects{}
-		})
-		return err
-	})
-	return pruned, err
-}
-
-// scanUsers calls fn with every user item (the core decides what to do with each).
-func (st *Store) scanUsers(ctx context.Context, fn func(presence.State, int64) error) error {
-	var start map[string]types.AttributeValue
-	for {
-		page, err := st.db.Scan(ctx, &dynamodb.ScanInput{
-			TableName:                 aws.String(st.tables.View),
-			FilterExpression:          aws.String("sk = :user"),
-			ExpressionAttributeValues: map[string]types.AttributeValue{":user": s(userSK)},
-			ExclusiveStartKey:         start,
-		})
-		if err != nil {
-			return awsfail.Wrap("scan user items", err)
-		}
-		for _, item := range page.Items {
-			state, v := decodeState(str(item, "pk"), item)
-			if err := fn(state, v); err != nil {
-				return err
-			}
-		}
-		if page.LastEvaluatedKey == nil {
-			return nil
-		}
-		start = page.LastEvaluatedKey
+// Due lists the users the reconciler must look at by now, earliest first, at most limit:
+// a query of each shard of the repair index (never a scan). Users it repairs leave the
+// index or move later in it, so the next call resumes where this one's work ends.
+func (st *Store) Due(ctx context.Context, now time.Time, limit int) ([]string, error) {
+	type due struct {
+		user string
+		at   time.Time
 	}
+	var all []due
+	for shard := range RepairShards {
+		var start map[string]types.AttributeValue
+		got := 0
+		for got < limit {
+			page, err := st.db.Query(ctx, &dynamodb.QueryInput{
+				TableName:                 aws.String(st.tables.View),
+				IndexName:                 aws.String(RepairIndex),
+				KeyConditionExpression:    aws.String("#rs = :rs AND #due <= :now"),
+				ExpressionAttributeNames:  map[string]string{"#rs": attrShard, "#due": attrDue},
+				ExpressionAttributeValues: map[string]types.AttributeValue{":rs": s(strconv.Itoa(shard)), ":now": n(now)},
+				Limit:                     aws.Int32(int32(limit - got)),
+				ExclusiveStartKey:         start,
+			})
+			if err != nil {
+				return nil, awsfail.Wrap("query the repair index", err)
+			}
+			for _, item := range page.Items {
+				if str(item, "sk") == userSK {
+					all = append(all, due{user: str(item, "pk"), at: tm(item, attrDue)})
+					got++
+				}
+			}
+			if page.LastEvaluatedKey == nil {
+				break
+			}
+			start = page.LastEvaluatedKey
+		}
+	}
+	sort.Slice(all, func(i, j int) bool {
+		if !all[i].at.Equal(all[j].at) {
+			return all[i].at.Before(all[j].at)
+		}
+		return all[i].user < all[j].user
+	})
+	out := make([]string, 0, min(limit, len(all)))
+	for _, d := range all[:min(limit, len(all))] {
+		out = append(out, d.user)
+	}
+	return out, nil
+}
+
+// PruneTombstones forgets connections closed before cutoff in every user item that holds
+// one and returns how many it forgot. Every such item is in the repair index no later
+// than its oldest tombstone's expiry, so this reads the index, never the whole table (the
+// reconciler compacts the items it visits the same way).
+func (st *Store) PruneTombstones(ctx context.Context, cutoff time.Time) (int, error) {
+	users, err := st.Due(ctx, roundUp(cutoff.Add(st.retention()), tombstoneBucket), math.MaxInt32)
+	if err != nil {
+		return 0, err
+	}
+	pruned := 0
+	for _, u := range users {
+		n, err := st.Compact(ctx, u, cutoff)
+		pruned += n
+		if err != nil {
+			return pruned, err
+		}
+	}
+	return pruned, nil
 }
 
 // CreateTables creates the two tables (for tests and local emulators; the deploy template
@@ -214,6 +437,8 @@ func CreateTables(ctx context.Context, db *dynamodb.Client, t Tables) error {
 			{AttributeName: aws.String("pk"), AttributeType: str},
 			{AttributeName: aws.String("sk"), AttributeType: str},
 			{AttributeName: aws.String("online"), AttributeType: str},
+			{AttributeName: aws.String(attrShard), AttributeType: str},
+			{AttributeName: aws.String(attrDue), AttributeType: types.ScalarAttributeTypeN},
 		},
 		KeySchema: []types.KeySchemaElement{
 			{AttributeName: aws.String("pk"), KeyType: types.KeyTypeHash},
@@ -227,6 +452,13 @@ func CreateTables(ctx context.Context, db *dynamodb.Client, t Tables) error {
 			},
 			Projection: &types.Projection{ProjectionType: types.ProjectionTypeInclude,
 				NonKeyAttributes: []string{"live", "lastActivity"}},
+		}, {
+			IndexName: aws.String(RepairIndex),
+			KeySchema: []types.KeySchemaElement{
+				{AttributeName: aws.String(attrShard), KeyType: types.KeyTypeHash},
+				{AttributeName: aws.String(attrDue), KeyType: types.KeyTypeRange},
+			},
+			Projection: &types.Projection{ProjectionType: types.ProjectionTypeKeysOnly},
 		}},
 		BillingMode: types.BillingModePayPerRequest,
 	})

@@ -1,7 +1,11 @@
 package dynamo
 
 import (
+	"encoding/json"
+	"hash/fnv"
+	"sort"
 	"strconv"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/wspresence/wspresence/events"
@@ -17,13 +21,46 @@ import (
 //	live          string set of the live connection ids (derived; absent when none)
 //	online        "1" while live is not empty (the sparse index of online users)
 //	lastActivity, offlineSince, horizon (N, Unix ns), announced (S)
-//	outbox        the transitions this write recorded, as a list of {t: detail-type,
-//	              d: detail JSON}; the table's stream publishes them (package publisher)
+//	outbox        the transitions not yet published, by event id: {t: detail-type,
+//	              d: detail JSON, v: version of the write that recorded it, a: when (Unix
+//	              ns)}. The table's stream publishes those a write recorded (package
+//	              publisher), which then removes them; the reconciler republishes what is
+//	              left past an age.
+//	chk           when the gateway last confirmed the live connections (Unix ns)
+//	rs, due       the repair index (sparse): shard and the time the reconciler must look
+//	              at the item next (grace overdue, a connection unseen too long, an
+//	              outbox entry unpublished too long, a tombstone past its retention)
 const (
 	attrVersion = "v"
 	attrConns   = "conns"
 	attrOutbox  = "outbox"
+	attrChecked = "chk"
+	attrShard   = "rs"
+	attrDue     = "due"
 )
+
+// RepairIndex is the name of the view table's sparse index of the user items the
+// reconciler must look at: hash key "rs" (one of RepairShards shards), range key "due".
+const RepairIndex = "repair"
+
+// RepairShards is the number of partitions of the repair index: its writes spread over
+// this many keys, so none carries more than 1/RepairShards of them.
+const RepairShards = 16
+
+// entry is an outbox entry: a transition recorded and not yet published.
+type entry struct {
+	event   events.Stored
+	version int64
+	at      time.Time
+}
+
+// record is a user item: the user's state and what the store keeps beside it.
+type record struct {
+	state   presence.State
+	version int64
+	outbox  []entry
+	checked time.Time
+}
 
 func num(v int64) types.AttributeValue {
 	return &types.AttributeValueMemberN{Value: strconv.FormatInt(v, 10)}
@@ -38,10 +75,23 @@ func integer(item map[string]types.AttributeValue, name string) int64 {
 	return i
 }
 
-// encodeState returns the user item of s at version v, recording publish as its outbox.
-func encodeState(state presence.State, v int64, publish []events.Published) (map[string]types.AttributeValue, error) {
+// shardOf is the repair index shard of a user.
+func shardOf(userID string) string {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(userID))
+	return strconv.Itoa(int(h.Sum32() % RepairShards))
+}
+
+// encodeState returns the user item of s at version v with no outbox (sizes, comparisons).
+func encodeState(state presence.State, v int64) map[string]types.AttributeValue {
+	return encode(record{state: state, version: v}, time.Time{})
+}
+
+// encode returns the user item of r; due, when not zero, puts it in the repair index.
+func encode(r record, due time.Time) map[string]types.AttributeValue {
+	state := r.state
 	item := userKey(state.User.ID)
-	item[attrVersion] = num(v)
+	item[attrVersion] = num(r.version)
 	conns := make(map[string]types.AttributeValue, len(state.Conns))
 	for id, c := range state.Conns {
 		m := map[string]types.AttributeValue{}
@@ -74,25 +124,36 @@ func encodeState(state presence.State, v int64, publish []events.Published) (map
 	if state.User.Announced != "" {
 		item["announced"] = s(string(state.User.Announced))
 	}
-	if len(publish) > 0 {
-		out := make([]types.AttributeValue, len(publish))
-		for i, p := range publish {
-			st, err := events.Store(p)
-			if err != nil {
-				return nil, err
-			}
-			out[i] = &types.AttributeValueMemberM{Value: map[string]types.AttributeValue{"t": s(string(st.Type)), "d": s(string(st.Detail))}}
+	if len(r.outbox) > 0 {
+		out := make(map[string]types.AttributeValue, len(r.outbox))
+		for _, e := range r.outbox {
+			out[e.event.EventID] = &types.AttributeValueMemberM{Value: map[string]types.AttributeValue{
+				"t": s(string(e.event.Type)), "d": s(string(e.event.Detail)), "v": num(e.version), "a": n(e.at)}}
 		}
-		item[attrOutbox] = &types.AttributeValueMemberL{Value: out}
+		item[attrOutbox] = &types.AttributeValueMemberM{Value: out}
 	}
-	return item, nil
+	if !r.checked.IsZero() {
+		item[attrChecked] = n(r.checked)
+	}
+	if !due.IsZero() {
+		item[attrShard] = s(shardOf(state.User.ID))
+		item[attrDue] = n(due)
+	}
+	return item
 }
 
 // decodeState reads a user item (nil: a user never seen) into its state and version.
 func decodeState(userID string, item map[string]types.AttributeValue) (presence.State, int64) {
+	r := decode(userID, item)
+	return r.state, r.version
+}
+
+// decode reads a user item (nil: a user never seen). An outbox entry that cannot be read
+// is left out (the stream's record of its write still carries it).
+func decode(userID string, item map[string]types.AttributeValue) record {
 	st := presence.NewState(userID)
 	if item == nil {
-		return st, 0
+		return record{state: st}
 	}
 	if m, ok := item[attrConns].(*types.AttributeValueMemberM); ok {
 		for id, v := range m.Value {
@@ -112,18 +173,40 @@ func decodeState(userID string, item map[string]types.AttributeValue) (presence.
 	st.User.OfflineSince = tm(item, "offlineSince")
 	st.User.Announced = presence.Announced(str(item, "announced"))
 	st.Horizon = tm(item, "horizon")
-	return st, integer(item, attrVersion)
+	r := record{state: st, version: integer(item, attrVersion), checked: tm(item, attrChecked)}
+	if m, ok := item[attrOutbox].(*types.AttributeValueMemberM); ok {
+		for id, v := range m.Value {
+			em, ok := v.(*types.AttributeValueMemberM)
+			if !ok || str(em.Value, "t") == "" || !json.Valid([]byte(str(em.Value, "d"))) {
+				continue
+			}
+			r.outbox = append(r.outbox, entry{
+				event:   events.Stored{Type: events.DetailType(str(em.Value, "t")), EventID: id, Detail: json.RawMessage(str(em.Value, "d"))},
+				version: integer(em.Value, "v"), at: tm(em.Value, "a")})
+		}
+		sortEntries(r.outbox)
+	}
+	return r
+}
+
+// sortEntries orders outbox entries as they were recorded.
+func sortEntries(es []entry) {
+	sort.Slice(es, func(i, j int) bool {
+		if es[i].version != es[j].version {
+			return es[i].version < es[j].version
+		}
+		if !es[i].at.Equal(es[j].at) {
+			return es[i].at.Before(es[j].at)
+		}
+		return es[i].event.EventID < es[j].event.EventID
+	})
 }
 
 // ItemSize is the size of the user item that holds s, as DynamoDB counts it against its
 // 400 KB item limit (attribute names plus values; a number counted as its digits, an
 // upper bound of DynamoDB's encoding).
 func ItemSize(s presence.State) (int, error) {
-	item, err := encodeState(s, 1, nil)
-	if err != nil {
-		return 0, err
-	}
-	return mapSize(item), nil
+	return mapSize(encodeState(s, 1)), nil
 }
 
 func mapSize(m map[string]types.AttributeValue) int {

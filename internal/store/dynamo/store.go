@@ -49,6 +49,18 @@ type Store struct {
 	// MaxTombstones caps the closed connections a user item remembers (DefaultMaxTombstones
 	// when zero).
 	MaxTombstones int
+	// StaleAfter is how long a live connection may go unseen before the reconciler checks
+	// it, and past which $connect does not count it against the cap (DefaultStaleAfter
+	// when zero).
+	StaleAfter time.Duration
+	// GraceMargin is how long past its deadline a pending grace period waits for its
+	// timer before the reconciler ends it (DefaultGraceMargin when zero).
+	GraceMargin time.Duration
+	// OutboxAge is how long a transition waits for the stream's relay before the
+	// reconciler publishes it (DefaultOutboxAge when zero).
+	OutboxAge time.Duration
+	// Now is the clock that stamps outbox entries (time.Now when nil).
+	Now func() time.Time
 }
 
 // New returns a Store on the given client and tables, with a 5 s grace period.
@@ -86,6 +98,9 @@ func EventItem(e events.ConnectionEvent) map[string]types.AttributeValue {
 	}
 	return item
 }
+
+// Tables returns the store's tables.
+func (st *Store) Tables() Tables { return st.tables }
 
 // Append writes each event with a conditional put on its natural key, so an event already
 // there is skipped; it returns how many were written. Errors wrap failure.ErrThrottled or
