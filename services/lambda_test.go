@@ -286,7 +286,7 @@ func TestSenderUnderTheEmulator(t *testing.T) {
 // $connect (append and fold), the projector (the event table's stream), $disconnect, the
 // projector again (which starts the grace machine), the outbox relay (the view table's
 // stream, to EventBridge), the grace function (as the machine invokes it), the relay
-// again (UserOffline) and the sweeper.
+// again (UserOffline) and the reconciler.
 func TestPresencePathUnderTheEmulator(t *testing.T) {
 	db := dynamotest.Client(t)
 	tables := dynamotest.NewTables(t, db)
@@ -336,9 +336,11 @@ func TestPresencePathUnderTheEmulator(t *testing.T) {
 	disconnect := start(t, "disconnect", map[string]string{"AWS_ENDPOINT_URL_DYNAMODB": ddb, "EVENTS_TABLE": tables.Events, "VIEW_TABLE": tables.View})
 	projector := start(t, "projector", with(map[string]string{"AWS_ENDPOINT_URL_SFN": sfn.URL,
 		"GRACE_STATE_MACHINE_ARN": "arn:aws:states:us-east-1:123456789012:stateMachine:grace"}))
-	relay := start(t, "publisher", map[string]string{"AWS_ENDPOINT_URL_EVENTBRIDGE": bus.URL, "EVENT_BUS_NAME": "wspresence"})
+	relay := start(t, "publisher", map[string]string{"AWS_ENDPOINT_URL_EVENTBRIDGE": bus.URL, "EVENT_BUS_NAME": "wspresence",
+		"AWS_ENDPOINT_URL_DYNAMODB": ddb, "VIEW_TABLE": tables.View, "OFFLINE_GRACE_SECONDS": "5"})
 	graceFn := start(t, "grace", map[string]string{"AWS_ENDPOINT_URL_DYNAMODB": ddb, "VIEW_TABLE": tables.View, "OFFLINE_GRACE_SECONDS": "5"})
-	sweeper := start(t, "sweeper", with(map[string]string{"WEBSOCKET_ENDPOINT": gw.URL + "/production", "STALE_AFTER": "15m", "TOMBSTONE_RETENTION": "24h"}))
+	sweeper := start(t, "sweeper", with(map[string]string{"WEBSOCKET_ENDPOINT": gw.URL + "/production",
+		"AWS_ENDPOINT_URL_EVENTBRIDGE": bus.URL, "EVENT_BUS_NAME": "wspresence", "RECONCILE_LIMIT": "100"}))
 
 	ok := func(name string, body []byte) {
 		t.Helper()
@@ -394,9 +396,9 @@ func TestPresencePathUnderTheEmulator(t *testing.T) {
 		t.Fatalf("grace answered %s", body)
 	}
 	relayUser() // the expiry's write: UserOffline
-	var sweep struct{ Checked, Swept, Pruned int }
-	if body := sweeper.invoke(t, lambdatest.Raw(t, "scheduled-event.json", nil)); json.Unmarshal(body, &sweep) != nil {
-		t.Fatalf("sweeper answered %s", body)
+	var sweep struct{ Due, Failed int }
+	if body := sweeper.invoke(t, lambdatest.Raw(t, "scheduled-event.json", nil)); json.Unmarshal(body, &sweep) != nil || sweep.Failed != 0 {
+		t.Fatalf("reconciler answered %s", body)
 	}
 	s, err := st.State(ctx, "1234")
 	if err != nil || s.User.Online() || s.User.Announced != "offline" {

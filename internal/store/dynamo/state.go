@@ -142,12 +142,6 @@ func encode(r record, due time.Time) map[string]types.AttributeValue {
 	return item
 }
 
-// decodeState reads a user item (nil: a user never seen) into its state and version.
-func decodeState(userID string, item map[string]types.AttributeValue) (presence.State, int64) {
-	r := decode(userID, item)
-	return r.state, r.version
-}
-
 // decode reads a user item (nil: a user never seen). An outbox entry that cannot be read
 // is left out (the stream's record of its write still carries it).
 func decode(userID string, item map[string]types.AttributeValue) record {
