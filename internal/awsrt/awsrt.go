@@ -75,6 +75,9 @@ type Config struct {
 	WebSocketEndpoint string
 	// MaxReceives is the queue's maxReceiveCount (MAX_RECEIVES, default 5).
 	MaxReceives string
+	// OnlineShards is the number of keys the online index is written under
+	// (ONLINE_SHARDS, default 10; it may grow, never shrink).
+	OnlineShards string
 	// ReconcileLimit bounds the users one reconciler run repairs (RECONCILE_LIMIT,
 	// default 1000).
 	ReconcileLimit string
@@ -176,8 +179,18 @@ func load(ctx context.Context) (aws.Config, error) {
 }
 
 func (c Config) store(ck *checker, awsCfg aws.Config) *dynamo.Store {
-	return dynamo.New(dynamodb.NewFromConfig(awsCfg), dynamo.Tables{
+	st := dynamo.New(dynamodb.NewFromConfig(awsCfg), dynamo.Tables{
 		Events: ck.need("EVENTS_TABLE", c.EventsTable), View: ck.need("VIEW_TABLE", c.ViewTable)})
+	st.OnlineShards = c.onlineShards(ck)
+	return st
+}
+
+func (c Config) onlineShards(ck *checker) int {
+	n := ck.integer("ONLINE_SHARDS", c.OnlineShards, dynamo.DefaultOnlineShards)
+	if n < 1 || n > 100 {
+		ck.errs = append(ck.errs, fmt.Errorf("ONLINE_SHARDS=%q: from 1 to 100", c.OnlineShards))
+	}
+	return n
 }
 
 // folding is a store that folds events through the core: it needs the grace period,
@@ -200,13 +213,16 @@ func (c Config) setGrace(ck *checker, st *dynamo.Store) {
 // the grace timer): it needs the grace period, which places an item in the repair index.
 func (c Config) viewWriter(ck *checker, awsCfg aws.Config) *dynamo.Store {
 	st := dynamo.New(dynamodb.NewFromConfig(awsCfg), dynamo.Tables{View: ck.need("VIEW_TABLE", c.ViewTable)})
+	st.OnlineShards = c.onlineShards(ck)
 	c.setGrace(ck, st)
 	return st
 }
 
 // view is a store that only reads the view table.
 func (c Config) view(ck *checker, awsCfg aws.Config) *dynamo.Store {
-	return dynamo.New(dynamodb.NewFromConfig(awsCfg), dynamo.Tables{View: ck.need("VIEW_TABLE", c.ViewTable)})
+	st := dynamo.New(dynamodb.NewFromConfig(awsCfg), dynamo.Tables{View: ck.need("VIEW_TABLE", c.ViewTable)})
+	st.OnlineShards = c.onlineShards(ck)
+	return st
 }
 
 func (c Config) gateway(ck *checker, awsCfg aws.Config) *apigw.Gateway {

@@ -12,6 +12,7 @@ import (
 
 func main() {
 	awsrt.Start(awsrt.NewConnection, awsrt.Config{
+		OnlineShards:          os.Getenv("ONLINE_SHARDS"),
 		EventsTable:           os.Getenv("EVENTS_TABLE"),
 		ViewTable:             os.Getenv("VIEW_TABLE"),
 		OfflineGraceSeconds:   os.Getenv("OFFLINE_GRACE_SECONDS"),

@@ -11,6 +11,7 @@ import (
 
 func main() {
 	awsrt.Start(awsrt.NewGrace, awsrt.Config{
+		OnlineShards:        os.Getenv("ONLINE_SHARDS"),
 		ViewTable:           os.Getenv("VIEW_TABLE"),
 		OfflineGraceSeconds: os.Getenv("OFFLINE_GRACE_SECONDS"),
 	}, (*grace.Handler).Handle)

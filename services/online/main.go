@@ -10,6 +10,7 @@ import (
 
 func main() {
 	awsrt.Start(awsrt.NewOnline, awsrt.Config{
-		ViewTable: os.Getenv("VIEW_TABLE"),
+		OnlineShards: os.Getenv("ONLINE_SHARDS"),
+		ViewTable:    os.Getenv("VIEW_TABLE"),
 	}, (*online.Handler).Handle)
 }

@@ -10,6 +10,7 @@ import (
 
 func main() {
 	awsrt.Start(awsrt.NewProjector, awsrt.Config{
+		OnlineShards:         os.Getenv("ONLINE_SHARDS"),
 		EventsTable:          os.Getenv("EVENTS_TABLE"),
 		ViewTable:            os.Getenv("VIEW_TABLE"),
 		GraceStateMachineARN: os.Getenv("GRACE_STATE_MACHINE_ARN"),

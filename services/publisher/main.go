@@ -11,6 +11,7 @@ import (
 
 func main() {
 	awsrt.Start(awsrt.NewPublisher, awsrt.Config{
+		OnlineShards:        os.Getenv("ONLINE_SHARDS"),
 		EventBus:            os.Getenv("EVENT_BUS_NAME"),
 		ViewTable:           os.Getenv("VIEW_TABLE"),
 		OfflineGraceSeconds: os.Getenv("OFFLINE_GRACE_SECONDS"),

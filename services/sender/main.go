@@ -10,6 +10,7 @@ import (
 
 func main() {
 	awsrt.Start(awsrt.NewSender, awsrt.Config{
+		OnlineShards:        os.Getenv("ONLINE_SHARDS"),
 		EventsTable:         os.Getenv("EVENTS_TABLE"),
 		ViewTable:           os.Getenv("VIEW_TABLE"),
 		EventBus:            os.Getenv("EVENT_BUS_NAME"),

@@ -40,6 +40,8 @@ const (
 	// DefaultOutboxAge is how long a transition may stay unpublished before the reconciler
 	// publishes it (the stream's relay gave up, or its record expired).
 	DefaultOutboxAge = 10 * time.Minute
+	// DefaultOnlineShards is the number of keys the online index is written under.
+	DefaultOnlineShards = 10
 	// staleBucket rounds a connection's stale time up, so a connection's activity moves
 	// its item in the repair index at most once per bucket.
 	staleBucket = 5 * time.Minute
@@ -222,6 +224,13 @@ func or(d, def time.Duration) time.Duration {
 	return def
 }
 
+func (st *Store) onlineShards() int {
+	if st.OnlineShards > 0 {
+		return st.OnlineShards
+	}
+	return DefaultOnlineShards
+}
+
 func (st *Store) maxTombstones() int {
 	if st.MaxTombstones > 0 {
 		return st.MaxTombstones
@@ -323,8 +332,8 @@ func (st *Store) mutate(ctx context.Context, userID, op string, fold func(record
 				next.outbox = append(next.outbox, entry{event: stored, version: next.version, at: now})
 			}
 		}
-		item := encode(next, st.due(next))
-		if reflect.DeepEqual(item, encode(record{state: cur.state, version: next.version, outbox: cur.outbox, checked: cur.checked}, st.due(cur))) {
+		item := encode(next, st.due(next), st.onlineShards())
+		if reflect.DeepEqual(item, encode(record{state: cur.state, version: next.version, outbox: cur.outbox, checked: cur.checked}, st.due(cur), st.onlineShards())) {
 			return eff, nil
 		}
 		in := &dynamodb.PutItemInput{TableName: aws.String(st.tables.View), Item: item,

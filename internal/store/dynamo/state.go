@@ -19,7 +19,9 @@ import (
 //	v             version (N), the optimistic-concurrency guard of every write
 //	conns         map of connection id -> {o: opened, c: closed, r: reason, s: last seen}
 //	live          string set of the live connection ids (derived; absent when none)
-//	online        "1" while live is not empty (the sparse index of online users)
+//	online        the user's shard of the online index ("0" to OnlineShards-1, by a hash
+//	              of the user id) while live is not empty (the sparse index of online
+//	              users, write-sharded so no key takes more than its share)
 //	lastActivity, offlineSince, horizon (N, Unix ns), announced (S)
 //	outbox        the transitions not yet published, by event id: {t: detail-type,
 //	              d: detail JSON, v: version of the write that recorded it, a: when (Unix
@@ -75,20 +77,21 @@ func integer(item map[string]types.AttributeValue, name string) int64 {
 	return i
 }
 
-// shardOf is the repair index shard of a user.
-func shardOf(userID string) string {
+// shardOf is the shard of a user among n.
+func shardOf(userID string, n int) string {
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(userID))
-	return strconv.Itoa(int(h.Sum32() % RepairShards))
+	return strconv.Itoa(int(h.Sum32() % uint32(max(n, 1))))
 }
 
 // encodeState returns the user item of s at version v with no outbox (sizes, comparisons).
 func encodeState(state presence.State, v int64) map[string]types.AttributeValue {
-	return encode(record{state: state, version: v}, time.Time{})
+	return encode(record{state: state, version: v}, time.Time{}, 1)
 }
 
-// encode returns the user item of r; due, when not zero, puts it in the repair index.
-func encode(r record, due time.Time) map[string]types.AttributeValue {
+// encode returns the user item of r, in the online index's shard of onlineShards while
+// online; due, when not zero, puts it in the repair index.
+func encode(r record, due time.Time, onlineShards int) map[string]types.AttributeValue {
 	state := r.state
 	item := userKey(state.User.ID)
 	item[attrVersion] = num(r.version)
@@ -110,7 +113,7 @@ func encode(r record, due time.Time) map[string]types.AttributeValue {
 	item[attrConns] = &types.AttributeValueMemberM{Value: conns}
 	if live := state.Live(); len(live) > 0 {
 		item["live"] = ss(live...)
-		item["online"] = s(onlineMark)
+		item["online"] = s(shardOf(state.User.ID, onlineShards))
 	}
 	if !state.User.LastActivity.IsZero() {
 		item["lastActivity"] = n(state.User.LastActivity)
@@ -136,7 +139,7 @@ func encode(r record, due time.Time) map[string]types.AttributeValue {
 		item[attrChecked] = n(r.checked)
 	}
 	if !due.IsZero() {
-		item[attrShard] = s(shardOf(state.User.ID))
+		item[attrShard] = s(shardOf(state.User.ID, RepairShards))
 		item[attrDue] = n(due)
 	}
 	return item

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"sort"
 	"strconv"
 	"time"
 
@@ -32,7 +34,6 @@ const OnlineIndex = "online"
 // Item attribute names and fixed values.
 const (
 	userSK     = "#USER"
-	onlineMark = "1"
 	batchLimit = 100
 	maxRetries = 8
 )
@@ -61,6 +62,11 @@ type Store struct {
 	OutboxAge time.Duration
 	// Now is the clock that stamps outbox entries (time.Now when nil).
 	Now func() time.Time
+	// OnlineShards is the number of keys the online index is written under
+	// (DefaultOnlineShards when zero): each online user is under one, by a hash of its id,
+	// so no key takes more than about 1/OnlineShards of the index's writes. It may grow
+	// but never shrink (a list reads the shards below it).
+	OnlineShards int
 }
 
 // New returns a Store on the given client and tables, with a 5 s grace period.
@@ -245,11 +251,27 @@ func (st *Store) Users(ctx context.Context, ids []string) ([]presence.Status, er
 	return res, nil
 }
 
-// OnlineUsers lists users with a live connection, in id order after the id after, from the
-// sparse index (eventually consistent, as any index).
+// OnlineUsers lists users with a live connection, in id order after the id after, at most
+// limit: it queries every shard of the sparse online index from after and merges them in
+// id order, so the cursor (the last id listed) is stable whatever the shards (eventually
+// consistent, as any index).
 func (st *Store) OnlineUsers(ctx context.Context, after string, limit int) ([]presence.Status, error) {
-	cond := "#o = :one"
-	values := map[string]types.AttributeValue{":one": s(onlineMark)}
+	var all []presence.Status
+	for shard := range st.onlineShards() {
+		page, err := st.onlineShard(ctx, strconv.Itoa(shard), after, limit)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, page...)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].UserID < all[j].UserID })
+	return all[:min(limit, len(all))], nil
+}
+
+// onlineShard lists at most limit online users of one shard, in id order after after.
+func (st *Store) onlineShard(ctx context.Context, shard, after string, limit int) ([]presence.Status, error) {
+	cond := "#o = :shard"
+	values := map[string]types.AttributeValue{":shard": s(shard)}
 	if after != "" {
 		cond += " AND pk > :after"
 		values[":after"] = s(after)
@@ -263,7 +285,7 @@ func (st *Store) OnlineUsers(ctx context.Context, after string, limit int) ([]pr
 			KeyConditionExpression:    aws.String(cond),
 			ExpressionAttributeNames:  map[string]string{"#o": "online"},
 			ExpressionAttributeValues: values,
-			Limit:                     aws.Int32(int32(limit - len(out))),
+			Limit:                     aws.Int32(int32(min(limit-len(out), math.MaxInt32))),
 			ExclusiveStartKey:         start,
 		})
 		if err != nil {
