@@ -1,0 +1,401 @@
+package costmeter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	lambdaevents "github.com/aws/aws-lambda-go/events"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+	"github.com/aws/smithy-go/middleware"
+)
+
+// Index describes a global secondary index for counting its writes: its key attributes
+// and the non-key attributes it projects (none for KEYS_ONLY).
+type Index struct {
+	Name       string
+	Hash       string
+	Range      string
+	Projection []string
+}
+
+// Meter counts billable usage. Its methods are safe for concurrent use.
+type Meter struct {
+	mu sync.Mutex
+	// invocations and billedMs are per function; memoryMB is each function's memory.
+	invocations map[string]int
+	billedMs    map[string]float64
+	memoryMB    map[string]int
+	rru, wru    float64
+	indexWrites map[string]float64
+	counts      map[string]float64
+	images      map[string]map[string]types.AttributeValue
+	indexes     []Index
+	viewTable   string
+	viewRecords []lambdaevents.DynamoDBEventRecord
+	seq         int64
+}
+
+// New returns a meter of functions with the given memory (MB), counting index writes of
+// the view table's indexes.
+func New(memoryMB map[string]int, viewTable string, indexes []Index) *Meter {
+	return &Meter{invocations: map[string]int{}, billedMs: map[string]float64{}, memoryMB: memoryMB,
+		indexWrites: map[string]float64{}, counts: map[string]float64{}, images: map[string]map[string]types.AttributeValue{},
+		indexes: indexes, viewTable: viewTable}
+}
+
+// Invoke runs one invocation of a function and bills its duration, rounded up to the
+// millisecond as Lambda bills it.
+func (m *Meter) Invoke(function string, run func()) {
+	start := time.Now()
+	run()
+	ms := math.Ceil(float64(time.Since(start).Microseconds()) / 1000)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.memoryMB[function]; !ok {
+		panic("costmeter: no memory size for function " + function)
+	}
+	m.invocations[function]++
+	m.billedMs[function] += max(ms, 1)
+}
+
+// Add counts n units of a billed item: "eventbridge" (entries), "sqs" (requests),
+// "apigw-messages", "connection-minutes", "express-executions", "express-gb-s".
+func (m *Meter) Add(item string, n float64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.counts[item] += n
+}
+
+// Count returns what Add counted for an item.
+func (m *Meter) Count(item string) float64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.counts[item]
+}
+
+// Invocations returns the invocations of a function.
+func (m *Meter) Invocations(function string) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.invocations[function]
+}
+
+// ViewRecords returns the stream records (NEW_IMAGE) of the view table's item writes since
+// the last call, in the order the writes completed.
+func (m *Meter) ViewRecords() []lambdaevents.DynamoDBEventRecord {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := m.viewRecords
+	m.viewRecords = nil
+	return out
+}
+
+// DynamoDB returns the client option that makes every call report its consumed capacity
+// to the meter. A conditional write that fails is billed as DynamoDB bills it (the item's
+// write units); an index write is counted when a view item enters an index, leaves it, or
+// changes its key or a projected attribute. newImage reads an item after an update whose
+// input does not hold it (uncounted).
+func (m *Meter) DynamoDB(newImage func(ctx context.Context, table string, key map[string]types.AttributeValue) map[string]types.AttributeValue) func(*dynamodb.Options) {
+	return func(o *dynamodb.Options) {
+		o.APIOptions = append(o.APIOptions, func(stack *middleware.Stack) error {
+			return stack.Initialize.Add(middleware.InitializeMiddlewareFunc("costmeter",
+				func(ctx context.Context, in middleware.InitializeInput, next middleware.InitializeHandler) (middleware.InitializeOutput, middleware.Metadata, error) {
+					total := types.ReturnConsumedCapacityTotal
+					switch p := in.Parameters.(type) {
+					case *dynamodb.PutItemInput:
+						p.ReturnConsumedCapacity = total
+					case *dynamodb.GetItemInput:
+						p.ReturnConsumedCapacity = total
+					case *dynamodb.UpdateItemInput:
+						p.ReturnConsumedCapacity = total
+					case *dynamodb.DeleteItemInput:
+						p.ReturnConsumedCapacity = total
+					case *dynamodb.QueryInput:
+						p.ReturnConsumedCapacity = total
+					case *dynamodb.BatchGetItemInput:
+						p.ReturnConsumedCapacity = total
+					case *dynamodb.BatchWriteItemInput:
+						p.ReturnConsumedCapacity = total
+					}
+					out, md, err := next.HandleInitialize(ctx, in)
+					m.account(ctx, in.Parameters, out.Result, err, newImage)
+					return out, md, err
+				}), middleware.After)
+		})
+	}
+}
+
+func capacity(c *types.ConsumedCapacity) float64 {
+	if c == nil || c.CapacityUnits == nil {
+		return 0
+	}
+	return *c.CapacityUnits
+}
+
+func (m *Meter) account(ctx context.Context, params, result any, err error, newImage func(context.Context, string, map[string]types.AttributeValue) map[string]types.AttributeValue) {
+	var ccf *types.ConditionalCheckFailedException
+	failed := errors.As(err, &ccf)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch p := params.(type) {
+	case *dynamodb.PutItemInput:
+		if failed {
+			m.wru += math.Ceil(float64(itemSize(p.Item)) / 1024)
+			return
+		}
+		if r, ok := result.(*dynamodb.PutItemOutput); ok {
+			m.wru += capacity(r.ConsumedCapacity)
+		}
+		if err == nil && aws.ToString(p.TableName) == m.viewTable {
+			m.written(p.Item)
+		}
+	case *dynamodb.UpdateItemInput:
+		if failed {
+			m.wru++
+			return
+		}
+		if r, ok := result.(*dynamodb.UpdateItemOutput); ok {
+			m.wru += capacity(r.ConsumedCapacity)
+		}
+		if err == nil && aws.ToString(p.TableName) == m.viewTable {
+			m.mu.Unlock()
+			img := newImage(ctx, m.viewTable, p.Key)
+			m.mu.Lock()
+			m.written(img)
+		}
+	case *dynamodb.GetItemInput:
+		if r, ok := result.(*dynamodb.GetItemOutput); ok {
+			m.rru += capacity(r.ConsumedCapacity)
+		}
+	case *dynamodb.QueryInput:
+		if r, ok := result.(*dynamodb.QueryOutput); ok {
+			m.rru += capacity(r.ConsumedCapacity)
+		}
+	case *dynamodb.BatchGetItemInput:
+		if r, ok := result.(*dynamodb.BatchGetItemOutput); ok {
+			for _, c := range r.ConsumedCapacity {
+				m.rru += capacity(&c)
+			}
+		}
+	}
+}
+
+// written records a view item's new image: its index writes and its stream record.
+func (m *Meter) written(img map[string]types.AttributeValue) {
+	if img == nil {
+		return
+	}
+	key := str(img["pk"]) + "\x00" + str(img["sk"])
+	old := m.images[key]
+	m.images[key] = img
+	for _, ix := range m.indexes {
+		m.indexWrites[ix.Name] += indexWrites(ix, old, img)
+	}
+	m.seq++
+	m.viewRecords = append(m.viewRecords, record(img, m.seq))
+}
+
+// indexWrites is the write units an item change costs an index: 1 KB units of the index
+// entry written, and one more when the old entry is deleted for a new key.
+func indexWrites(ix Index, old, cur map[string]types.AttributeValue) float64 {
+	in := func(img map[string]types.AttributeValue) bool {
+		return img != nil && img[ix.Hash] != nil && (ix.Range == "" || img[ix.Range] != nil)
+	}
+	entry := func(img map[string]types.AttributeValue) string {
+		var b strings.Builder
+		for _, a := range append([]string{ix.Hash, ix.Range}, ix.Projection...) {
+			fmt.Fprintf(&b, "%s=%v;", a, flat(img[a]))
+		}
+		return b.String()
+	}
+	size := func(img map[string]types.AttributeValue) float64 {
+		n := 100 // the index entry's overhead, as DynamoDB counts it
+		for _, a := range append([]string{ix.Hash, ix.Range, "pk", "sk"}, ix.Projection...) {
+			if v, ok := img[a]; ok {
+				n += len(a) + valueSize(v)
+			}
+		}
+		return math.Ceil(float64(n) / 1024)
+	}
+	switch wasIn, isIn := in(old), in(cur); {
+	case !wasIn && !isIn:
+		return 0
+	case wasIn && !isIn:
+		return size(old)
+	case !wasIn && isIn:
+		return size(cur)
+	case flat(old[ix.Hash]) != flat(cur[ix.Hash]) || (ix.Range != "" && flat(old[ix.Range]) != flat(cur[ix.Range])):
+		return size(old) + size(cur)
+	case entry(old) != entry(cur):
+		return size(cur)
+	}
+	return 0
+}
+
+func str(v types.AttributeValue) string {
+	if s, ok := v.(*types.AttributeValueMemberS); ok {
+		return s.Value
+	}
+	return ""
+}
+
+func flat(v types.AttributeValue) string {
+	switch x := v.(type) {
+	case nil:
+		return ""
+	case *types.AttributeValueMemberS:
+		return "S" + x.Value
+	case *types.AttributeValueMemberN:
+		return "N" + x.Value
+	case *types.AttributeValueMemberSS:
+		s := append([]string(nil), x.Value...)
+		sort.Strings(s)
+		return "SS" + strings.Join(s, ",")
+	}
+	return fmt.Sprintf("%#v", v)
+}
+
+func itemSize(item map[string]types.AttributeValue) int {
+	n := 0
+	for k, v := range item {
+		n += len(k) + valueSize(v)
+	}
+	return n
+}
+
+func valueSize(v types.AttributeValue) int {
+	switch x := v.(type) {
+	case *types.AttributeValueMemberS:
+		return len(x.Value)
+	case *types.AttributeValueMemberN:
+		return len(x.Value)/2 + 1
+	case *types.AttributeValueMemberSS:
+		n := 0
+		for _, s := range x.Value {
+			n += len(s)
+		}
+		return n
+	case *types.AttributeValueMemberM:
+		return 3 + itemSize(x.Value) + len(x.Value)
+	case *types.AttributeValueMemberL:
+		n := 3
+		for _, e := range x.Value {
+			n += 1 + valueSize(e)
+		}
+		return n
+	}
+	return 1
+}
+
+// record is the MODIFY stream record (NEW_IMAGE) of a view item.
+func record(item map[string]types.AttributeValue, seq int64) lambdaevents.DynamoDBEventRecord {
+	img := image(item)
+	return lambdaevents.DynamoDBEventRecord{
+		EventID: fmt.Sprintf("view-%d", seq), EventName: string(lambdaevents.DynamoDBOperationTypeModify),
+		EventSource: "aws:dynamodb", EventVersion: "1.1", AWSRegion: "us-east-1",
+		Change: lambdaevents.DynamoDBStreamRecord{
+			Keys:     map[string]lambdaevents.DynamoDBAttributeValue{"pk": img["pk"], "sk": img["sk"]},
+			NewImage: img, SequenceNumber: fmt.Sprintf("%021d", seq), SizeBytes: int64(itemSize(item)),
+			StreamViewType: string(lambdaevents.DynamoDBStreamViewTypeNewImage),
+		},
+	}
+}
+
+func image(item map[string]types.AttributeValue) map[string]lambdaevents.DynamoDBAttributeValue {
+	img := make(map[string]lambdaevents.DynamoDBAttributeValue, len(item))
+	for k, v := range item {
+		img[k] = attribute(v)
+	}
+	return img
+}
+
+func attribute(v types.AttributeValue) lambdaevents.DynamoDBAttributeValue {
+	switch x := v.(type) {
+	case *types.AttributeValueMemberS:
+		return lambdaevents.NewStringAttribute(x.Value)
+	case *types.AttributeValueMemberN:
+		return lambdaevents.NewNumberAttribute(x.Value)
+	case *types.AttributeValueMemberSS:
+		return lambdaevents.NewStringSetAttribute(x.Value)
+	case *types.AttributeValueMemberBOOL:
+		return lambdaevents.NewBooleanAttribute(x.Value)
+	case *types.AttributeValueMemberM:
+		return lambdaevents.NewMapAttribute(image(x.Value))
+	case *types.AttributeValueMemberL:
+		l := make([]lambdaevents.DynamoDBAttributeValue, len(x.Value))
+		for i, e := range x.Value {
+			l[i] = attribute(e)
+		}
+		return lambdaevents.NewListAttribute(l)
+	}
+	return lambdaevents.NewNullAttribute()
+}
+
+// Line is one priced item of a bill.
+type Line struct {
+	Item     string
+	Quantity float64
+	Unit     string
+	USD      float64
+}
+
+// Bill prices what was counted with p.
+func (m *Meter) Bill(p PriceTable) []Line {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []Line
+	var fns []string
+	for fn := range m.invocations {
+		fns = append(fns, fn)
+	}
+	sort.Strings(fns)
+	for _, fn := range fns {
+		n := float64(m.invocations[fn])
+		gbs := m.billedMs[fn] / 1000 * float64(m.memoryMB[fn]) / 1024
+		out = append(out, Line{"lambda " + fn + " requests", n, "invocations", n * p.LambdaRequest},
+			Line{fmt.Sprintf("lambda %s duration (%d MB, %.1f ms mean)", fn, m.memoryMB[fn], m.billedMs[fn]/n), gbs, "GB-s", gbs * p.LambdaGBSecond})
+	}
+	out = append(out, Line{"dynamodb reads", m.rru, "RRU", m.rru * p.DynamoRRU},
+		Line{"dynamodb table writes", m.wru, "WRU", m.wru * p.DynamoWRU})
+	var ixs []string
+	for ix := range m.indexWrites {
+		ixs = append(ixs, ix)
+	}
+	sort.Strings(ixs)
+	for _, ix := range ixs {
+		out = append(out, Line{"dynamodb index " + ix + " writes", m.indexWrites[ix], "WRU", m.indexWrites[ix] * p.DynamoWRU})
+	}
+	for _, c := range []struct {
+		item, unit string
+		price      float64
+	}{
+		{"eventbridge", "entries", p.EventBridgeEvent},
+		{"sqs", "requests", p.SQSRequest},
+		{"express-executions", "executions", p.ExpressExecution},
+		{"express-gb-s", "GB-s", p.ExpressGBSecond},
+		{"apigw-messages", "messages", p.APIGatewayMessage},
+		{"connection-minutes", "minutes", p.APIGatewayConnectionMinute},
+	} {
+		if n := m.counts[c.item]; n > 0 {
+			out = append(out, Line{c.item, n, c.unit, n * c.price})
+		}
+	}
+	return out
+}
+
+// Total sums a bill.
+func Total(lines []Line) float64 {
+	t := 0.0
+	for _, l := range lines {
+		t += l.USD
+	}
+	return t
+}

@@ -1,0 +1,418 @@
+package costmeter_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	lambdaevents "github.com/aws/aws-lambda-go/events"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/apigatewaymanagementapi"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+	awseventbridge "github.com/aws/aws-sdk-go-v2/service/eventbridge"
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/auth"
+	"github.com/wspresence/wspresence/internal/awsfake"
+	"github.com/wspresence/wspresence/internal/bus/eventbridge"
+	"github.com/wspresence/wspresence/internal/costmeter"
+	"github.com/wspresence/wspresence/internal/delivery"
+	"github.com/wspresence/wspresence/internal/deploy"
+	"github.com/wspresence/wspresence/internal/gateway/apigw"
+	"github.com/wspresence/wspresence/internal/lambda/authorizer"
+	"github.com/wspresence/wspresence/internal/lambda/connection"
+	"github.com/wspresence/wspresence/internal/lambda/grace"
+	"github.com/wspresence/wspresence/internal/lambda/projector"
+	"github.com/wspresence/wspresence/internal/lambda/publisher"
+	"github.com/wspresence/wspresence/internal/lambda/sender"
+	"github.com/wspresence/wspresence/internal/lambdatest"
+	"github.com/wspresence/wspresence/internal/presence"
+	"github.com/wspresence/wspresence/internal/store/dynamo"
+	"github.com/wspresence/wspresence/internal/store/dynamo/dynamotest"
+)
+
+const (
+	lifetime   = 10 * time.Minute
+	batchSize  = 100 // the stream event source mappings' BatchSize
+	queueBatch = 10  // the SQS event source mapping's BatchSize and a SendMessageBatch
+	secret     = "cost-meter-secret"
+)
+
+var t0 = time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+
+// memory reads each function's memory size from the template (its own, or the Globals').
+func memory(t *testing.T) map[string]int {
+	root := lambdatest.Root(t)
+	tpl, err := deploy.Load(filepath.Join(root, "template.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk, err := os.ReadFile(filepath.Join(root, "Makefile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	builds := map[string]string{}
+	for _, m := range regexp.MustCompile(`(?m)^build-(\w+):\s*;\s*\$\(call lambda,(\w+)\)`).FindAllStringSubmatch(string(mk), -1) {
+		builds[m[1]] = m[2]
+	}
+	global, _ := strconv.Atoi(fmt.Sprint(tpl["Globals"].(map[string]any)["Function"].(map[string]any)["MemorySize"]))
+	out := map[string]int{}
+	for id, r := range tpl.Resources() {
+		if r["Type"] != "AWS::Serverless::Function" {
+			continue
+		}
+		mb := global
+		if v, ok := deploy.Props(r)["MemorySize"]; ok {
+			mb, _ = strconv.Atoi(fmt.Sprint(v))
+		}
+		out[builds[id]] = mb
+	}
+	return out
+}
+
+// rig is the AWS runtime's handlers wired to dynalite and fakes, every call counted.
+type rig struct {
+	t      *testing.T
+	meter  *costmeter.Meter
+	store  *dynamo.Store
+	stream *dynamotest.Stream
+	quiet  *slog.Logger
+
+	authorizer *authorizer.Handler
+	conn       *connection.Handler
+	projector  *projector.Handler
+	relay      *publisher.Handler
+	grace      *grace.Handler
+	sender     *sender.Handler
+
+	mu     sync.Mutex
+	timers []presence.Grace
+}
+
+type staticSecret string
+
+func (s staticSecret) Get(context.Context) (string, error) { return string(s), nil }
+func (s staticSecret) Refresh(context.Context) (string, bool, error) {
+	return string(s), false, nil
+}
+
+// StartGrace stands in for the timer: it records the period (the meter runs it later).
+func (r *rig) StartGrace(_ context.Context, userID string, since time.Time) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.timers = append(r.timers, presence.Grace{UserID: userID, Since: since})
+	return nil
+}
+
+func newRig(t *testing.T) *rig {
+	endpoint := dynamotest.Endpoint(t)
+	raw := dynamotest.Client(t)
+	tables := dynamotest.NewTables(t, raw)
+	meter := costmeter.New(memory(t), tables.View, []costmeter.Index{
+		{Name: dynamo.OnlineIndex, Hash: "online", Range: "pk", Projection: []string{"live", "lastActivity"}},
+		{Name: dynamo.RepairIndex, Hash: "rs", Range: "due"},
+	})
+	cfg := awsfake.Config(endpoint)
+	cfg.Retryer = nil
+	db := dynamodb.NewFromConfig(cfg, meter.DynamoDB(func(ctx context.Context, table string, key map[string]types.AttributeValue) map[string]types.AttributeValue {
+		out, err := raw.GetItem(ctx, &dynamodb.GetItemInput{TableName: aws.String(table), Key: key, ConsistentRead: aws.Bool(true)})
+		if err != nil {
+			return nil
+		}
+		return out.Item
+	}))
+	r := &rig{t: t, meter: meter, quiet: slog.New(slog.NewTextHandler(io.Discard, nil)), stream: dynamotest.NewStream(raw, tables.Events)}
+	r.store = dynamo.New(db, tables)
+	r.store.Grace = 5 * time.Second
+	bus := awsfake.New(t, func(req awsfake.Request) awsfake.Response {
+		var in struct{ Entries []any }
+		_ = json.Unmarshal(req.Body, &in)
+		meter.Add("eventbridge", float64(len(in.Entries)))
+		res := make([]map[string]string, len(in.Entries))
+		for i := range res {
+			res[i] = map[string]string{"EventId": "e"}
+		}
+		return awsfake.JSON(http.StatusOK, map[string]any{"FailedEntryCount": 0, "Entries": res})
+	})
+	pub := eventbridge.New(awseventbridge.NewFromConfig(bus.Config()), "bus")
+	gw := awsfake.New(t, func(req awsfake.Request) awsfake.Response {
+		meter.Add("apigw-messages", 1)
+		return awsfake.Response{Status: http.StatusOK}
+	})
+	gateway := apigw.New(apigatewaymanagementapi.NewFromConfig(gw.Config(), func(o *apigatewaymanagementapi.Options) {
+		o.BaseEndpoint = aws.String(gw.URL + "/production")
+	}))
+	r.authorizer = &authorizer.Handler{Secrets: staticSecret(secret), Policy: auth.DefaultPolicy(), Logger: r.quiet}
+	r.conn = &connection.Handler{Log: r.store, Owners: r.store, View: r.store, MaxConnectionsPerUser: 10, Logger: r.quiet}
+	r.projector = &projector.Handler{View: r.store, Grace: r, Logger: r.quiet}
+	r.relay = &publisher.Handler{Publisher: pub, Marker: r.store, Logger: r.quiet}
+	r.grace = &grace.Handler{View: r.store, Logger: r.quiet}
+	r.sender = &sender.Handler{Deliverer: &delivery.Deliverer{Connections: r.store, Poster: gateway, Log: r.store, Logger: r.quiet},
+		Publisher: pub, Receipts: r.store, MaxReceives: 5, Logger: r.quiet}
+	return r
+}
+
+func token(t *testing.T, user string) string {
+	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"userId": user, "exp": time.Now().Add(time.Hour).Unix()}).SignedString([]byte(secret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func wsRequest(route, user, conn string, at time.Time) lambdaevents.APIGatewayWebsocketProxyRequest {
+	var req lambdaevents.APIGatewayWebsocketProxyRequest
+	req.RequestContext.RouteKey = route
+	req.RequestContext.ConnectionID = conn
+	req.RequestContext.RequestTimeEpoch = at.UnixMilli()
+	req.RequestContext.Authorizer = map[string]any{"userId": user}
+	if route == "$disconnect" {
+		req.RequestContext.DisconnectStatusCode = 1001
+	}
+	return req
+}
+
+// streams hands the event table's and the view table's new records to the projector and
+// the relay in batches, as the event source mappings do, counting an invocation per batch
+// of what passes the mappings' filters.
+func (r *rig) streams() {
+	t := r.t
+	for {
+		recs := r.stream.Next(t)
+		for start := 0; start < len(recs); start += batchSize {
+			batch := recs[start:min(start+batchSize, len(recs))]
+			r.meter.Invoke("projector", func() {
+				if resp, err := r.projector.Handle(context.Background(), lambdaevents.DynamoDBEvent{Records: batch}); err != nil || len(resp.BatchItemFailures) > 0 {
+					t.Fatalf("projector: %+v %v", resp, err)
+				}
+			})
+		}
+		view := r.meter.ViewRecords()
+		for start := 0; start < len(view); start += batchSize {
+			batch := view[start:min(start+batchSize, len(view))]
+			r.meter.Invoke("publisher", func() {
+				if resp, err := r.relay.Handle(context.Background(), lambdaevents.DynamoDBEvent{Records: batch}); err != nil || len(resp.BatchItemFailures) > 0 {
+					t.Fatalf("relay: %+v %v", resp, err)
+				}
+			})
+		}
+		if len(recs) == 0 && len(view) == 0 {
+			return
+		}
+	}
+}
+
+// timersFire runs the started grace timers: each an Express execution that waits the
+// grace period (billed at 64 MB) and invokes the grace function.
+func (r *rig) timersFire() {
+	r.mu.Lock()
+	timers := r.timers
+	r.timers = nil
+	r.mu.Unlock()
+	for _, g := range timers {
+		in := grace.Input{UserID: g.UserID, OfflineSince: strconv.FormatInt(g.Since.UnixNano(), 10), GraceSeconds: int(r.store.Grace / time.Second)}
+		start := time.Now()
+		r.meter.Invoke("grace", func() {
+			if _, err := r.grace.Handle(context.Background(), in); err != nil {
+				r.t.Fatal(err)
+			}
+		})
+		run := r.store.Grace + time.Since(start)
+		r.meter.Add("express-executions", 1)
+		r.meter.Add("express-gb-s", math.Ceil(run.Seconds()*10)/10*64/1024)
+	}
+}
+
+// each runs f for every user, a few at once.
+func each(users []string, f func(i int, user string)) {
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i, u := range users {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			f(i, u)
+		}()
+	}
+	wg.Wait()
+}
+
+// lifecycles drives n 10-minute connections of distinct users (authorize, connect, k
+// frames spread over the lifetime, disconnect, the grace period, offline), every stream
+// and timer run as AWS would run them, and returns the bill per connection.
+func lifecycles(t *testing.T, n, k int) ([]costmeter.Line, float64) {
+	r := newRig(t)
+	ctx := context.Background()
+	users := make([]string, n)
+	for i := range users {
+		users[i] = fmt.Sprintf("user-%d-%d", k, i)
+	}
+	each(users, func(i int, u string) {
+		conn := fmt.Sprintf("conn-%d=", i)
+		var req lambdaevents.APIGatewayCustomAuthorizerRequestTypeRequest
+		req.QueryStringParameters = map[string]string{"Authorization": token(t, u)}
+		req.MethodArn = "arn:aws:execute-api:us-east-1:123456789012:api/production/$connect"
+		r.meter.Invoke("authorizer", func() {
+			if _, err := r.authorizer.Handle(ctx, req); err != nil {
+				t.Error(err)
+			}
+		})
+		r.meter.Invoke("connect", func() {
+			if resp, err := r.conn.ConnectOrMessage(ctx, wsRequest("$connect", u, conn, t0)); err != nil || resp.StatusCode != 200 {
+				t.Errorf("connect: %+v %v", resp, err)
+			}
+		})
+	})
+	r.streams()
+	for j := range k {
+		at := t0.Add(lifetime * time.Duration(j+1) / time.Duration(k+1))
+		each(users, func(i int, u string) {
+			r.meter.Add("apigw-messages", 1)
+			r.meter.Invoke("connect", func() {
+				if resp, err := r.conn.ConnectOrMessage(ctx, wsRequest("$default", u, fmt.Sprintf("conn-%d=", i), at)); err != nil || resp.StatusCode != 200 {
+					t.Errorf("frame: %+v %v", resp, err)
+				}
+			})
+		})
+		r.streams()
+	}
+	each(users, func(i int, u string) {
+		r.meter.Invoke("disconnect", func() {
+			if resp, err := r.conn.Disconnect(ctx, wsRequest("$disconnect", u, fmt.Sprintf("conn-%d=", i), t0.Add(lifetime))); err != nil || resp.StatusCode != 200 {
+				t.Errorf("disconnect: %+v %v", resp, err)
+			}
+		})
+	})
+	r.meter.Add("connection-minutes", float64(n)*lifetime.Minutes())
+	r.streams()
+	r.timersFire()
+	r.streams()
+	// Every user went online and offline once.
+	if got, want := r.meter.Count("eventbridge"), float64(2*n); got != want {
+		t.Fatalf("%v events published, want %v (UserOnline and UserOffline each)", got, want)
+	}
+	st, err := r.store.Users(ctx, users)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range st {
+		if s.Online() {
+			t.Fatalf("%s still online", s.UserID)
+		}
+	}
+	bill := r.meter.Bill(costmeter.Prices)
+	floor := float64(n)*(lifetime.Minutes()*costmeter.Prices.APIGatewayConnectionMinute+float64(k)*costmeter.Prices.APIGatewayMessage)
+	return bill, floor / float64(n)
+}
+
+// messages drives m messages, each to one user holding one connection, sent in batches
+// of ten as a producer does, received and deleted in batches of ten by the sender's
+// mapping, and returns the bill per message.
+func messages(t *testing.T, m int) ([]costmeter.Line, float64) {
+	r := newRig(t)
+	ctx := context.Background()
+	users := make([]string, m)
+	for i := range users {
+		users[i] = fmt.Sprintf("recipient-%d", i)
+		if _, err := r.store.Admit(ctx, events.Opened(users[i], fmt.Sprintf("rc-%d=", i), t0, "", ""), 10); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fresh := costmeter.New(memory(t), "", nil)
+	*r.meter = *fresh // the connections are the lifecycle's bill, not the messages'
+	for start := 0; start < m; start += queueBatch {
+		var ev lambdaevents.SQSEvent
+		for i := start; i < min(start+queueBatch, m); i++ {
+			body, _ := json.Marshal(map[string]string{"UserId": users[i], "Body": "hello " + users[i]})
+			ev.Records = append(ev.Records, lambdaevents.SQSMessage{MessageId: fmt.Sprintf("m-%d", i), Body: string(body),
+				Attributes: map[string]string{"ApproximateReceiveCount": "1", "SentTimestamp": strconv.FormatInt(time.Now().UnixMilli(), 10)}})
+		}
+		r.meter.Add("sqs", 3) // SendMessageBatch, ReceiveMessage, DeleteMessageBatch
+		r.meter.Invoke("sender", func() {
+			if resp, err := r.sender.Handle(ctx, ev); err != nil || len(resp.BatchItemFailures) > 0 {
+				t.Fatalf("sender: %+v %v", resp, err)
+			}
+		})
+	}
+	if got := r.meter.Count("apigw-messages"); got != float64(m) {
+		t.Fatalf("%v posts for %d messages", got, m)
+	}
+	floor := float64(m) * (costmeter.Prices.APIGatewayMessage + costmeter.Prices.EventBridgeEvent)
+	return r.meter.Bill(costmeter.Prices), floor / float64(m)
+}
+
+// thresholds are the figures the meter must not exceed (dollars per million), kept in
+// the repository.
+type thresholds map[string]float64
+
+func env(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// TestCostMeter prints the bill per million 10-minute connections (10 frames, and none)
+// and per million messages, beside the API Gateway floor, and fails past the thresholds
+// in thresholds.json. COST_LIFECYCLES and COST_MESSAGES set the traffic (make cost drives
+// more than CI).
+func TestCostMeter(t *testing.T) {
+	raw, err := os.ReadFile("thresholds.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var limit thresholds
+	if err := json.Unmarshal(raw, &limit); err != nil {
+		t.Fatal(err)
+	}
+	n, m := env("COST_LIFECYCLES", 200), env("COST_MESSAGES", 500)
+	type result struct {
+		name        string
+		per         float64
+		bill        []costmeter.Line
+		floor, cost float64
+	}
+	var results []result
+	for _, sc := range []struct {
+		name string
+		run  func() ([]costmeter.Line, float64)
+		per  int
+	}{
+		{"connections-frames", func() ([]costmeter.Line, float64) { return lifecycles(t, n, 10) }, n},
+		{"connections-idle", func() ([]costmeter.Line, float64) { return lifecycles(t, n, 0) }, n},
+		{"messages", func() ([]costmeter.Line, float64) { return messages(t, m) }, m},
+	} {
+		bill, floor := sc.run()
+		results = append(results, result{name: sc.name, per: float64(sc.per), bill: bill, floor: floor * 1e6, cost: costmeter.Total(bill) / float64(sc.per) * 1e6})
+	}
+	var out strings.Builder
+	for _, res := range results {
+		fmt.Fprintf(&out, "\n%s, per million (%d driven):\n", res.name, int(res.per))
+		for _, l := range res.bill {
+			fmt.Fprintf(&out, "  %-58s %12.3f %-11s $%8.3f\n", l.Item, l.Quantity/res.per, l.Unit, l.USD/res.per*1e6)
+		}
+	}
+	for _, res := range results {
+		fmt.Fprintf(&out, "cost %s %.2f floor %.2f\n", res.name, res.cost, res.floor)
+	}
+	fmt.Print(out.String())
+	for _, res := range results {
+		if max, ok := limit[res.name]; !ok || res.cost > max {
+			t.Errorf("cost %s %.2f per million is past its threshold %.2f (thresholds.json)", res.name, res.cost, max)
+		}
+	}
+}
