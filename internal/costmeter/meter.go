@@ -51,6 +51,16 @@ func New(memoryMB map[string]int, viewTable string, indexes []Index) *Meter {
 		indexes: indexes, viewTable: viewTable}
 }
 
+// Reset forgets everything counted so far (the index state is kept: it is the tables').
+func (m *Meter) Reset() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.invocations, m.billedMs = map[string]int{}, map[string]float64{}
+	m.rru, m.wru = 0, 0
+	m.indexWrites, m.counts = map[string]float64{}, map[string]float64{}
+	m.viewRecords = nil
+}
+
 // Invoke runs one invocation of a function and bills its duration, rounded up to the
 // millisecond as Lambda bills it.
 func (m *Meter) Invoke(function string, run func()) {

@@ -332,8 +332,7 @@ func messages(t *testing.T, m int) ([]costmeter.Line, float64) {
 			t.Fatal(err)
 		}
 	}
-	fresh := costmeter.New(memory(t), "", nil)
-	*r.meter = *fresh // the connections are the lifecycle's bill, not the messages'
+	r.meter.Reset() // the connections are the lifecycle's bill, not the messages'
 	for start := 0; start < m; start += queueBatch {
 		var ev lambdaevents.SQSEvent
 		for i := start; i < min(start+queueBatch, m); i++ {
