@@ -6,6 +6,8 @@ package services_test
 import (
 	"bytes"
 	"context"
+	"crypto/md5"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -284,9 +286,9 @@ func TestSenderUnderTheEmulator(t *testing.T) {
 // TestPresencePathUnderTheEmulator runs the rest of the functions, each once, as their
 // bootstraps under the Lambda runtime interface emulator, along one user's presence path:
 // $connect (append and fold), the projector (the event table's stream), $disconnect, the
-// projector again (which starts the grace machine), the outbox relay (the view table's
-// stream, to EventBridge), the grace function (as the machine invokes it), the relay
-// again (UserOffline) and the reconciler.
+// projector again (which sends the grace timer to its queue), the outbox relay (the view
+// table's stream, to EventBridge), the grace function (fed the timer's message as the
+// queue's mapping delivers it), the relay again (UserOffline) and the reconciler.
 func TestPresencePathUnderTheEmulator(t *testing.T) {
 	db := dynamotest.Client(t)
 	tables := dynamotest.NewTables(t, db)
@@ -295,15 +297,21 @@ func TestPresencePathUnderTheEmulator(t *testing.T) {
 	ddb := dynamotest.Endpoint(t)
 	var mu sync.Mutex
 	var starts []map[string]any
-	sfn := awsfake.New(t, func(r awsfake.Request) awsfake.Response {
-		var in struct{ Input string }
+	var timerBodies []string
+	timers := awsfake.New(t, func(r awsfake.Request) awsfake.Response {
+		var in struct {
+			MessageBody  string
+			DelaySeconds int
+		}
 		_ = json.Unmarshal(r.Body, &in)
 		var input map[string]any
-		_ = json.Unmarshal([]byte(in.Input), &input)
+		_ = json.Unmarshal([]byte(in.MessageBody), &input)
 		mu.Lock()
 		starts = append(starts, input)
+		timerBodies = append(timerBodies, in.MessageBody)
 		mu.Unlock()
-		return awsfake.JSON(http.StatusOK, map[string]any{"executionArn": "arn:aws:states:us-east-1:123456789012:express:x", "startDate": 1})
+		sum := md5.Sum([]byte(in.MessageBody))
+		return awsfake.JSON(http.StatusOK, map[string]any{"MessageId": "timer-1", "MD5OfMessageBody": hex.EncodeToString(sum[:])})
 	})
 	var published []string
 	bus := awsfake.New(t, func(r awsfake.Request) awsfake.Response {
@@ -334,8 +342,8 @@ func TestPresencePathUnderTheEmulator(t *testing.T) {
 	}
 	connect := start(t, "connect", with(map[string]string{"MAX_CONNECTIONS_PER_USER": "10"}))
 	disconnect := start(t, "disconnect", map[string]string{"AWS_ENDPOINT_URL_DYNAMODB": ddb, "EVENTS_TABLE": tables.Events, "VIEW_TABLE": tables.View})
-	projector := start(t, "projector", with(map[string]string{"AWS_ENDPOINT_URL_SFN": sfn.URL,
-		"GRACE_STATE_MACHINE_ARN": "arn:aws:states:us-east-1:123456789012:stateMachine:grace"}))
+	projector := start(t, "projector", with(map[string]string{"AWS_ENDPOINT_URL_SQS": timers.URL,
+		"GRACE_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/grace"}))
 	relay := start(t, "publisher", map[string]string{"AWS_ENDPOINT_URL_EVENTBRIDGE": bus.URL, "EVENT_BUS_NAME": "wspresence",
 		"AWS_ENDPOINT_URL_DYNAMODB": ddb, "VIEW_TABLE": tables.View, "OFFLINE_GRACE_SECONDS": "5"})
 	graceFn := start(t, "grace", map[string]string{"AWS_ENDPOINT_URL_DYNAMODB": ddb, "VIEW_TABLE": tables.View, "OFFLINE_GRACE_SECONDS": "5"})
@@ -388,11 +396,12 @@ func TestPresencePathUnderTheEmulator(t *testing.T) {
 	if len(starts) != 1 || starts[0]["userId"] != "1234" || starts[0]["offlineSince"] != "1795687500456000000" {
 		t.Fatalf("grace executions %v", starts)
 	}
-	graceInput, _ := json.Marshal(starts[0])
+	graceEvent, _ := json.Marshal(lambdaevents.SQSEvent{Records: []lambdaevents.SQSMessage{{MessageId: "timer-1", Body: timerBodies[0],
+		Attributes: map[string]string{"ApproximateReceiveCount": "1"}}}})
 	mu.Unlock()
 
-	var res struct{ Announced bool }
-	if body := graceFn.invoke(t, graceInput); json.Unmarshal(body, &res) != nil || !res.Announced {
+	var res lambdaevents.SQSEventResponse
+	if body := graceFn.invoke(t, graceEvent); json.Unmarshal(body, &res) != nil || len(res.BatchItemFailures) != 0 {
 		t.Fatalf("grace answered %s", body)
 	}
 	relayUser() // the expiry's write: UserOffline

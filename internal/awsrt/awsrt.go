@@ -20,7 +20,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/apigatewaymanagementapi"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	awseventbridge "github.com/aws/aws-sdk-go-v2/service/eventbridge"
-	"github.com/aws/aws-sdk-go-v2/service/sfn"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/auth"
@@ -28,7 +28,7 @@ import (
 	"github.com/wspresence/wspresence/internal/delivery"
 	"github.com/wspresence/wspresence/internal/emf"
 	"github.com/wspresence/wspresence/internal/gateway/apigw"
-	"github.com/wspresence/wspresence/internal/grace/stepfunctions"
+	"github.com/wspresence/wspresence/internal/grace/sqsdelay"
 	"github.com/wspresence/wspresence/internal/lambda/apikey"
 	"github.com/wspresence/wspresence/internal/lambda/authorizer"
 	"github.com/wspresence/wspresence/internal/lambda/connection"
@@ -50,8 +50,8 @@ type Config struct {
 	EventsTable, ViewTable string
 	// EventBus names the EventBridge bus (EVENT_BUS_NAME).
 	EventBus string
-	// GraceStateMachineARN is the offline-grace state machine (GRACE_STATE_MACHINE_ARN).
-	GraceStateMachineARN string
+	// GraceQueueURL is the queue of the offline grace timers (GRACE_QUEUE_URL).
+	GraceQueueURL string
 	// OfflineGraceSeconds is the grace period (OFFLINE_GRACE_SECONDS, default 5).
 	OfflineGraceSeconds string
 	// JWTSecretParameter is the SSM parameter of the JWT secret (JWT_SECRET_PARAMETER,
@@ -314,7 +314,7 @@ func NewProjector(ctx context.Context, c Config, log *slog.Logger) (*projector.H
 	st := c.folding(&ck, awsCfg)
 	h := &projector.Handler{
 		View:    st,
-		Grace:   stepfunctions.New(sfn.NewFromConfig(awsCfg), ck.need("GRACE_STATE_MACHINE_ARN", c.GraceStateMachineARN), st.Grace),
+		Grace:   sqsdelay.New(sqs.NewFromConfig(awsCfg), ck.need("GRACE_QUEUE_URL", c.GraceQueueURL), st.Grace),
 		Logger:  log,
 		Metrics: metricsOut,
 	}
@@ -332,7 +332,7 @@ func NewPublisher(ctx context.Context, c Config, log *slog.Logger) (*publisher.H
 	return &publisher.Handler{Publisher: c.publisher(&ck, awsCfg), Marker: st, Logger: log, Metrics: metricsOut}, ck.err()
 }
 
-// NewGrace wires the end of an offline grace period, invoked by the state machine.
+// NewGrace wires the end of an offline grace period, fed by the grace timers' queue.
 func NewGrace(ctx context.Context, c Config, log *slog.Logger) (*grace.Handler, error) {
 	awsCfg, err := load(ctx)
 	if err != nil {

@@ -26,7 +26,7 @@ func TestEveryMissingSettingIsReported(t *testing.T) {
 		}
 	}
 	if _, err := awsrt.NewProjector(context.Background(), awsrt.Config{EventsTable: "ev", ViewTable: "vw", EventBus: "b"}, log); err == nil ||
-		!strings.Contains(err.Error(), "GRACE_STATE_MACHINE_ARN") {
+		!strings.Contains(err.Error(), "GRACE_QUEUE_URL") {
 		t.Fatalf("projector without a state machine: %v", err)
 	}
 	if _, err := awsrt.NewAuthorizer(context.Background(), awsrt.Config{JWTSecretTTL: "soon"}, log); err == nil {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -32,6 +31,7 @@ import (
 	"github.com/wspresence/wspresence/internal/delivery"
 	"github.com/wspresence/wspresence/internal/deploy"
 	"github.com/wspresence/wspresence/internal/gateway/apigw"
+	"github.com/wspresence/wspresence/internal/grace/sqsdelay"
 	"github.com/wspresence/wspresence/internal/lambda/authorizer"
 	"github.com/wspresence/wspresence/internal/lambda/connection"
 	"github.com/wspresence/wspresence/internal/lambda/grace"
@@ -215,24 +215,26 @@ func (r *rig) streams() {
 	}
 }
 
-// timersFire runs the started grace timers: each an Express execution that waits the
-// grace period (billed at 64 MB) and invokes the grace function.
+// timersFire runs the started grace timers as the grace queue's mapping delivers them:
+// each timer one SendMessage (delayed), received, handled and deleted in batches of ten.
 func (r *rig) timersFire() {
 	r.mu.Lock()
 	timers := r.timers
 	r.timers = nil
 	r.mu.Unlock()
-	for _, g := range timers {
-		in := grace.Input{UserID: g.UserID, OfflineSince: strconv.FormatInt(g.Since.UnixNano(), 10), GraceSeconds: int(r.store.Grace / time.Second)}
-		start := time.Now()
+	for start := 0; start < len(timers); start += queueBatch {
+		var ev lambdaevents.SQSEvent
+		for i, g := range timers[start:min(start+queueBatch, len(timers))] {
+			body, _ := json.Marshal(sqsdelay.Input{UserID: g.UserID, OfflineSince: strconv.FormatInt(g.Since.UnixNano(), 10), GraceSeconds: int(r.store.Grace / time.Second)})
+			ev.Records = append(ev.Records, lambdaevents.SQSMessage{MessageId: fmt.Sprintf("timer-%d", start+i), Body: string(body),
+				Attributes: map[string]string{"ApproximateReceiveCount": "1"}})
+		}
+		r.meter.Add("sqs", float64(len(ev.Records))+2) // the sends, one ReceiveMessage, one DeleteMessageBatch
 		r.meter.Invoke("grace", func() {
-			if _, err := r.grace.Handle(context.Background(), in); err != nil {
-				r.t.Fatal(err)
+			if resp, err := r.grace.HandleQueue(context.Background(), ev); err != nil || len(resp.BatchItemFailures) > 0 {
+				r.t.Fatalf("grace: %+v %v", resp, err)
 			}
 		})
-		run := r.store.Grace + time.Since(start)
-		r.meter.Add("express-executions", 1)
-		r.meter.Add("express-gb-s", math.Ceil(run.Seconds()*10)/10*64/1024)
 	}
 }
 

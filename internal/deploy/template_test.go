@@ -3,7 +3,6 @@ package deploy_test
 import (
 	"encoding/json"
 	"fmt"
-	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -13,8 +12,10 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/wspresence/wspresence/internal/deploy"
+	"github.com/wspresence/wspresence/internal/grace/sqsdelay"
 	"github.com/wspresence/wspresence/internal/lambda/grace"
 	"github.com/wspresence/wspresence/internal/lambdatest"
 )
@@ -208,7 +209,7 @@ var expected = map[string][]grant{
 	},
 	"projector": {
 		{"dynamodb:GetItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:PutItem", "GetAtt:ViewTable.Arn"},
-		{"states:StartExecution", "Ref:OfflineGraceStateMachine"},
+		{"sqs:SendMessage", "GetAtt:GraceQueue.Arn"},
 		// The stream event source mapping and its on-failure destination.
 		{"dynamodb:DescribeStream", "GetAtt:EventsTable.StreamArn"}, {"dynamodb:GetRecords", "GetAtt:EventsTable.StreamArn"},
 		{"dynamodb:GetShardIterator", "GetAtt:EventsTable.StreamArn"}, {"dynamodb:ListStreams", "Sub:${EventsTable.Arn}/stream/*"},
@@ -225,6 +226,9 @@ var expected = map[string][]grant{
 	},
 	"grace": {
 		{"dynamodb:GetItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:PutItem", "GetAtt:ViewTable.Arn"},
+		// The grace timers' queue mapping.
+		{"sqs:ReceiveMessage", "GetAtt:GraceQueue.Arn"}, {"sqs:DeleteMessage", "GetAtt:GraceQueue.Arn"},
+		{"sqs:GetQueueAttributes", "GetAtt:GraceQueue.Arn"}, {"sqs:ChangeMessageVisibility", "GetAtt:GraceQueue.Arn"},
 	},
 	"sender": {
 		// The live set, the posts of a retried message, and the fold of a gone connection.
@@ -301,7 +305,7 @@ func TestRolesCoverTheAdaptersCalls(t *testing.T) {
 	prefixes := map[string]string{
 		"internal/store/dynamo":        "dynamodb:",
 		"internal/bus/eventbridge":     "events:",
-		"internal/grace/stepfunctions": "states:",
+		"internal/grace/sqsdelay":      "sqs:",
 		"internal/secret/ssm":          "ssm:",
 		"internal/gateway/apigw":       "execute-api:",
 	}
@@ -420,8 +424,8 @@ func TestStateMachinesSubstitutions(t *testing.T) {
 			}
 		}
 	}
-	if n != 2 {
-		t.Fatalf("%d state machines, want offline-grace and broadcast", n)
+	if n != 1 {
+		t.Fatalf("%d state machines, want broadcast", n)
 	}
 }
 
@@ -523,19 +527,14 @@ func TestOperationalSettings(t *testing.T) {
 		res(fns["connect"].props["Environment"].(map[string]any)["Variables"].(map[string]any)["MAX_CONNECTIONS_PER_USER"]) != "Ref:MaxConnectionsPerUser" {
 		t.Errorf("MaxConnectionsPerUser %v", c)
 	}
-	// The grace machine only waits and invokes the grace function: no presence rule in ASL.
-	graceDef, err := os.ReadFile(filepath.Join(root, "statemachines", "offline-grace.asl.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var def struct{ States map[string]map[string]any }
-	if err := json.Unmarshal(graceDef, &def); err != nil {
-		t.Fatal(err)
-	}
-	for name, st := range def.States {
-		if st["Type"] == "Choice" || (st["Type"] == "Task" && st["Resource"] != "arn:aws:states:::lambda:invoke") {
-			t.Errorf("offline-grace state %s decides outside the core: %v", name, st)
-		}
+	// The grace timers: a queue the grace function consumes with partial batch failures,
+	// hidden at least six times the function's timeout, with a dead-letter queue.
+	timers := fns["grace"].props["Events"].(map[string]any)["Timers"].(map[string]any)["Properties"].(map[string]any)
+	graceVisibility, _ := strconv.Atoi(fmt.Sprint(deploy.Props(rs["GraceQueue"])["VisibilityTimeout"]))
+	graceTimeout, _ := strconv.Atoi(fmt.Sprint(tpl["Globals"].(map[string]any)["Function"].(map[string]any)["Timeout"]))
+	if res(timers["Queue"]) != "GetAtt:GraceQueue.Arn" || !reflect.DeepEqual(timers["FunctionResponseTypes"], []any{"ReportBatchItemFailures"}) ||
+		graceVisibility < 6*graceTimeout || deploy.Props(rs["GraceQueue"])["RedrivePolicy"] == nil {
+		t.Errorf("grace queue mapping %v, visibility %d", timers, graceVisibility)
 	}
 	queue := fns["sender"].props["Events"].(map[string]any)["Queue"].(map[string]any)["Properties"].(map[string]any)
 	if !reflect.DeepEqual(queue["FunctionResponseTypes"], []any{"ReportBatchItemFailures"}) {
@@ -558,8 +557,8 @@ func TestOperationalSettings(t *testing.T) {
 			alarms++
 		}
 	}
-	if alarms != 5+len(fns) {
-		t.Errorf("%d alarms, want DLQ, stream failures, the iterator age of both streams, undecodable outboxes and one per function", alarms)
+	if alarms != 6+len(fns) {
+		t.Errorf("%d alarms, want both DLQs, stream failures, the iterator age of both streams, undecodable outboxes and one per function", alarms)
 	}
 	for _, out := range []string{"WebSocketUrl", "HttpApiUrl", "SendMessageQueueUrl", "EventBusName"} {
 		if _, ok := tpl["Outputs"].(map[string]any)[out]; !ok {
@@ -756,49 +755,13 @@ func TestRestAuthMode(t *testing.T) {
 	}
 }
 
-// TestGraceFitsItsTimer: the longest grace period the template accepts, plus the grace
-// machine's worst case of invocations (each bounded by the task's timeout) and retries,
-// fits an Express execution (300 s) and the machine's own timeout; the function refuses
-// the same bound at start.
+// TestGraceFitsItsTimer: the longest grace period the template accepts is the one the
+// function accepts, and a timer message can be delayed that long.
 func TestGraceFitsItsTimer(t *testing.T) {
-	tpl, root := load(t)
+	tpl, _ := load(t)
 	param := tpl["Parameters"].(map[string]any)["OfflineGraceSeconds"].(map[string]any)
 	maxGrace, _ := strconv.Atoi(fmt.Sprint(param["MaxValue"]))
-	if maxGrace != grace.MaxGraceSeconds {
-		t.Fatalf("OfflineGraceSeconds MaxValue %d, the function's bound %d", maxGrace, grace.MaxGraceSeconds)
-	}
-	raw, err := os.ReadFile(filepath.Join(root, "statemachines", "offline-grace.asl.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var def struct {
-		TimeoutSeconds float64
-		States         map[string]struct {
-			Type           string
-			TimeoutSeconds float64
-			Retry          []struct {
-				IntervalSeconds, BackoffRate, MaxAttempts float64
-			}
-		}
-	}
-	if err := json.Unmarshal(raw, &def); err != nil {
-		t.Fatal(err)
-	}
-	worst := float64(maxGrace)
-	for name, st := range def.States {
-		if st.Type != "Task" {
-			continue
-		}
-		if st.TimeoutSeconds <= 0 || len(st.Retry) != 1 {
-			t.Fatalf("task %s: a timeout and one retrier are needed to bound it: %+v", name, st)
-		}
-		r := st.Retry[0]
-		worst += (r.MaxAttempts + 1) * st.TimeoutSeconds
-		for i := 0.0; i < r.MaxAttempts; i++ {
-			worst += r.IntervalSeconds * math.Pow(r.BackoffRate, i)
-		}
-	}
-	if def.TimeoutSeconds <= 0 || def.TimeoutSeconds > 300 || worst > def.TimeoutSeconds {
-		t.Fatalf("worst case %.0f s against the machine's timeout %.0f s (Express: 300 s)", worst, def.TimeoutSeconds)
+	if maxGrace != grace.MaxGraceSeconds || time.Duration(maxGrace)*time.Second > sqsdelay.MaxDelay {
+		t.Fatalf("OfflineGraceSeconds MaxValue %d, the function's bound %d, the queue's longest delay %v", maxGrace, grace.MaxGraceSeconds, sqsdelay.MaxDelay)
 	}
 }

@@ -1,5 +1,5 @@
-// Command grace ends an offline grace period when the state machine's wait is over (see
-// package grace).
+// Command grace ends offline grace periods when their timers come due on the grace queue
+// (see package grace).
 package main
 
 import (
@@ -14,5 +14,5 @@ func main() {
 		OnlineShards:        os.Getenv("ONLINE_SHARDS"),
 		ViewTable:           os.Getenv("VIEW_TABLE"),
 		OfflineGraceSeconds: os.Getenv("OFFLINE_GRACE_SECONDS"),
-	}, (*grace.Handler).Handle)
+	}, (*grace.Handler).HandleQueue)
 }

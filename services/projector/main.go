@@ -10,10 +10,10 @@ import (
 
 func main() {
 	awsrt.Start(awsrt.NewProjector, awsrt.Config{
-		OnlineShards:         os.Getenv("ONLINE_SHARDS"),
-		EventsTable:          os.Getenv("EVENTS_TABLE"),
-		ViewTable:            os.Getenv("VIEW_TABLE"),
-		GraceStateMachineARN: os.Getenv("GRACE_STATE_MACHINE_ARN"),
-		OfflineGraceSeconds:  os.Getenv("OFFLINE_GRACE_SECONDS"),
+		OnlineShards:        os.Getenv("ONLINE_SHARDS"),
+		EventsTable:         os.Getenv("EVENTS_TABLE"),
+		ViewTable:           os.Getenv("VIEW_TABLE"),
+		GraceQueueURL:       os.Getenv("GRACE_QUEUE_URL"),
+		OfflineGraceSeconds: os.Getenv("OFFLINE_GRACE_SECONDS"),
 	}, (*projector.Handler).Handle)
 }

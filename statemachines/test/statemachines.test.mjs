@@ -21,7 +21,6 @@ const require = createRequire(import.meta.url);
 const { StateMachine } = require('aws-local-stepfunctions');
 
 const substitutions = {
-  GraceFunctionArn: 'arn:aws:lambda:us-east-1:123456789012:function:wspresence-WebSocketAdaptorGraceFunction',
   QueueUrl: 'https://sqs.us-east-1.amazonaws.com/123456789012/wspresence-messages',
 };
 
@@ -37,49 +36,6 @@ function awsError(name, message = name) {
   e.name = name;
   return e;
 }
-
-const graceInput = { userId: '1234', offlineSince: '1795687500456000000', graceSeconds: 5 };
-
-async function runGrace(invoke) {
-  const calls = [];
-  const machine = load('offline-grace.asl.json');
-  const execution = machine.run(graceInput, {
-    overrides: {
-      waitTimeOverrides: { WaitForGrace: 0 },
-      retryIntervalOverrides: { EndGracePeriod: 0 },
-      taskResourceLocalHandlers: {
-        EndGracePeriod: async (input) => { calls.push(input); return invoke(calls.length); },
-      },
-    },
-  });
-  return { calls, result: await execution.result };
-}
-
-test('grace: after the wait the grace function decides, with the period of the execution', async () => {
-  const { calls, result } = await runGrace(() => ({ StatusCode: 200, Payload: { announced: true } }));
-  assert.equal(calls.length, 1);
-  assert.deepEqual(calls[0], { FunctionName: substitutions.GraceFunctionArn, Payload: graceInput });
-  assert.equal(result.result.announced, true);
-});
-
-test('grace: what the function decided is the outcome; the machine holds no presence rule', async () => {
-  const { calls, result } = await runGrace(() => ({ StatusCode: 200, Payload: { announced: false } }));
-  assert.equal(calls.length, 1);
-  assert.equal(result.result.announced, false);
-  const def = JSON.parse(readFileSync(path.join(here, '..', 'offline-grace.asl.json'), 'utf8'));
-  delete def.Comment;
-  assert.doesNotMatch(JSON.stringify(def), /Choice|ConditionExpression|dynamodb|putEvents/i, 'no condition on the presence state in ASL');
-});
-
-test('grace: a throttled or failing invocation is retried until the function answers', async () => {
-  const { calls, result } = await runGrace((n) => {
-    if (n === 1) throw awsError('Lambda.TooManyRequestsException');
-    if (n === 2) throw awsError('Lambda.ServiceException');
-    return { StatusCode: 200, Payload: { announced: true } };
-  });
-  assert.equal(calls.length, 3);
-  assert.equal(result.result.announced, true);
-});
 
 test('broadcast: 2,345 users become 24 messages of at most 100 ids in 3 SendMessageBatch calls', async () => {
   const userIds = Array.from({ length: 2345 }, (_, i) => `u${i}`);

@@ -1,20 +1,24 @@
-// Package grace is the end of an offline grace period on the AWS runtime: the offline
-// grace state machine waits the grace period, then invokes this handler, which runs the
-// core's decision (presence.State.ExpireGrace) on the user's state and records the
-// UserOffline it decides in the same conditional write (the item's outbox, published from
-// the table's stream). A second run of the same period, or the timer of a period the user
-// already ended by reconnecting, changes nothing. The decision is taken at the period's
-// deadline (the time of the close that began it plus the grace period), never at the
-// clock of the run, so a late run, a run repeated by a retry and the reconciler's repair
-// of a lost timer all decide alike. A Handler is safe for concurrent use if its View is.
+// Package grace is the end of an offline grace period on the AWS runtime: the projector
+// sends each period's timer to a queue, delayed to the period's deadline (package
+// sqsdelay), and this handler consumes it: it runs the core's decision
+// (presence.State.ExpireGrace) on the user's state and records the UserOffline it decides
+// in the same conditional write (the item's outbox, published from the table's stream).
+// A second delivery of the same timer, or the timer of a period the user already ended by
+// reconnecting, changes nothing. The decision is taken at the period's deadline (the time
+// of the close that began it plus the grace period), never at the clock of the run, so a
+// late run, a redelivery and the reconciler's repair of a lost timer all decide alike. A
+// Handler is safe for concurrent use if its View is.
 package grace
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"strconv"
 	"time"
+
+	lambdaevents "github.com/aws/aws-lambda-go/events"
 
 	"github.com/wspresence/wspresence/internal/presence"
 )
@@ -24,8 +28,8 @@ type View interface {
 	ExpireGrace(ctx context.Context, userID string, since, now time.Time) (presence.Effects, error)
 }
 
-// Input is what the state machine passes: the user, the start of the period (Unix
-// nanoseconds, as a string: JSON numbers lose precision past 2^53) and its length.
+// Input is the timer's message: the user, the start of the period (Unix nanoseconds, as a
+// string: JSON numbers lose precision past 2^53) and its length.
 type Input struct {
 	UserID       string `json:"userId"`
 	OfflineSince string `json:"offlineSince"`
@@ -37,11 +41,10 @@ type Result struct {
 	Announced bool `json:"announced"`
 }
 
-// MaxGraceSeconds bounds the grace period: the timer's Express execution (at most 300 s)
-// waits the period, then invokes this function with its retries (at most 45 s with their
-// timeouts, statemachines/offline-grace.asl.json); 240 s leaves the rest as a margin. The
-// template refuses more at deploy time and the functions at start.
-const MaxGraceSeconds = 240
+// MaxGraceSeconds bounds the grace period: the timer is a message delayed by the period,
+// and SQS delays a message 15 minutes at most. The template refuses more at deploy time
+// and the functions at start.
+const MaxGraceSeconds = 900
 
 // Handler ends grace periods.
 type Handler struct {
@@ -49,8 +52,7 @@ type Handler struct {
 	Logger *slog.Logger
 }
 
-// Handle runs the timer of one grace period at its deadline. The state machine invokes it
-// once the period is over.
+// Handle runs the timer of one grace period at its deadline.
 func (h *Handler) Handle(ctx context.Context, in Input) (Result, error) {
 	ns, err := strconv.ParseInt(in.OfflineSince, 10, 64)
 	if err != nil || in.UserID == "" || in.GraceSeconds < 0 || in.GraceSeconds > MaxGraceSeconds {
@@ -64,4 +66,24 @@ func (h *Handler) Handle(ctx context.Context, in Input) (Result, error) {
 	}
 	h.Logger.InfoContext(ctx, "grace period ended", "userId", in.UserID, "offlineSince", since, "announced", len(eff.Publish) > 0)
 	return Result{Announced: len(eff.Publish) > 0}, nil
+}
+
+// HandleQueue runs the timers of a batch of the queue and reports the ones that failed,
+// so the queue delivers them again (and, past its maximum receives, moves them to its
+// dead-letter queue, whose alarm the operations guide covers; the reconciler ends the
+// period anyway once it is overdue).
+func (h *Handler) HandleQueue(ctx context.Context, ev lambdaevents.SQSEvent) (lambdaevents.SQSEventResponse, error) {
+	resp := lambdaevents.SQSEventResponse{BatchItemFailures: []lambdaevents.SQSBatchItemFailure{}}
+	for _, rec := range ev.Records {
+		var in Input
+		err := json.Unmarshal([]byte(rec.Body), &in)
+		if err == nil {
+			_, err = h.Handle(ctx, in)
+		}
+		if err != nil {
+			h.Logger.WarnContext(ctx, "grace timer failed", "messageId", rec.MessageId, "err", err)
+			resp.BatchItemFailures = append(resp.BatchItemFailures, lambdaevents.SQSBatchItemFailure{ItemIdentifier: rec.MessageId})
+		}
+	}
+	return resp, nil
 }

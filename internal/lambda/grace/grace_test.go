@@ -2,14 +2,16 @@ package grace_test
 
 import (
 	"context"
+
 	"encoding/json"
+	lambdaevents "github.com/aws/aws-lambda-go/events"
 	"io"
 	"log/slog"
 	"testing"
 	"time"
 
 	"github.com/wspresence/wspresence/events"
-	"github.com/wspresence/wspresence/internal/grace/stepfunctions"
+	"github.com/wspresence/wspresence/internal/grace/sqsdelay"
 	"github.com/wspresence/wspresence/internal/lambda/grace"
 	"github.com/wspresence/wspresence/internal/presence"
 )
@@ -37,7 +39,7 @@ func TestGraceHandler(t *testing.T) {
 	s, _ = s.Apply(events.Closed("u", "c", t0.Add(time.Second), events.ReasonClient), 5*time.Second)
 	v := &view{state: s}
 	h := &grace.Handler{View: v, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	raw, _ := json.Marshal(stepfunctions.Input{UserID: "u", OfflineSince: "1767225601000000123", GraceSeconds: 5})
+	raw, _ := json.Marshal(sqsdelay.Input{UserID: "u", OfflineSince: "1767225601000000123", GraceSeconds: 5})
 	var in grace.Input
 	if err := json.Unmarshal(raw, &in); err != nil {
 		t.Fatal(err)
@@ -54,5 +56,25 @@ func TestGraceHandler(t *testing.T) {
 	}
 	if _, err := h.Handle(context.Background(), grace.Input{UserID: "u", OfflineSince: "soon"}); err == nil {
 		t.Fatal("a malformed input was accepted")
+	}
+}
+
+// The queue's batch: each timer runs; a message that is not a timer, or whose decision
+// fails, is reported alone so the queue delivers it again.
+func TestGraceQueue(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 123, time.UTC)
+	s := presence.NewState("u")
+	s, _ = s.Apply(events.Opened("u", "c", t0, "", ""), 5*time.Second)
+	s, _ = s.Apply(events.Closed("u", "c", t0.Add(time.Second), events.ReasonClient), 5*time.Second)
+	v := &view{state: s}
+	h := &grace.Handler{View: v, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	good, _ := json.Marshal(sqsdelay.Input{UserID: "u", OfflineSince: "1767225601000000123", GraceSeconds: 5})
+	resp, err := h.HandleQueue(context.Background(), lambdaevents.SQSEvent{Records: []lambdaevents.SQSMessage{
+		{MessageId: "bad", Body: "{"}, {MessageId: "good", Body: string(good)}}})
+	if err != nil || len(resp.BatchItemFailures) != 1 || resp.BatchItemFailures[0].ItemIdentifier != "bad" {
+		t.Fatalf("%+v %v", resp, err)
+	}
+	if v.state.User.Announced != presence.AnnouncedOffline {
+		t.Fatal("the good timer did not decide")
 	}
 }
