@@ -317,7 +317,7 @@ func lifecycles(t *testing.T, n, k int) ([]costmeter.Line, float64) {
 		}
 	}
 	bill := r.meter.Bill(costmeter.Prices)
-	floor := float64(n)*(lifetime.Minutes()*costmeter.Prices.APIGatewayConnectionMinute+float64(k)*costmeter.Prices.APIGatewayMessage)
+	floor := float64(n) * (lifetime.Minutes()*costmeter.Prices.APIGatewayConnectionMinute + float64(k)*costmeter.Prices.APIGatewayMessage)
 	return bill, floor / float64(n)
 }
 

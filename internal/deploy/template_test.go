@@ -303,11 +303,11 @@ var sdkCall = regexp.MustCompile(`\.(?:db|client)\.(\w+)\(ctx`)
 func TestRolesCoverTheAdaptersCalls(t *testing.T) {
 	_, root := load(t)
 	prefixes := map[string]string{
-		"internal/store/dynamo":        "dynamodb:",
-		"internal/bus/eventbridge":     "events:",
-		"internal/grace/sqsdelay":      "sqs:",
-		"internal/secret/ssm":          "ssm:",
-		"internal/gateway/apigw":       "execute-api:",
+		"internal/store/dynamo":    "dynamodb:",
+		"internal/bus/eventbridge": "events:",
+		"internal/grace/sqsdelay":  "sqs:",
+		"internal/secret/ssm":      "ssm:",
+		"internal/gateway/apigw":   "execute-api:",
 	}
 	called := map[string]bool{}
 	for dir, prefix := range prefixes {
