@@ -299,6 +299,9 @@ func TestPresencePathUnderTheEmulator(t *testing.T) {
 	var starts []map[string]any
 	var timerBodies []string
 	timers := awsfake.New(t, func(r awsfake.Request) awsfake.Response {
+		if r.Target == "AmazonSQS.ReceiveMessage" { // the grace dead-letter queue is empty
+			return awsfake.JSON(http.StatusOK, map[string]any{"Messages": []any{}})
+		}
 		var in struct {
 			MessageBody  string
 			DelaySeconds int
@@ -348,7 +351,8 @@ func TestPresencePathUnderTheEmulator(t *testing.T) {
 		"AWS_ENDPOINT_URL_DYNAMODB": ddb, "VIEW_TABLE": tables.View, "OFFLINE_GRACE_SECONDS": "5"})
 	graceFn := start(t, "grace", map[string]string{"AWS_ENDPOINT_URL_DYNAMODB": ddb, "VIEW_TABLE": tables.View, "OFFLINE_GRACE_SECONDS": "5"})
 	sweeper := start(t, "sweeper", with(map[string]string{"WEBSOCKET_ENDPOINT": gw.URL + "/production",
-		"AWS_ENDPOINT_URL_EVENTBRIDGE": bus.URL, "EVENT_BUS_NAME": "wspresence", "RECONCILE_LIMIT": "100"}))
+		"AWS_ENDPOINT_URL_EVENTBRIDGE": bus.URL, "EVENT_BUS_NAME": "wspresence", "RECONCILE_LIMIT": "100",
+		"AWS_ENDPOINT_URL_SQS": timers.URL, "GRACE_DLQ_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/grace-dlq"}))
 
 	ok := func(name string, body []byte) {
 		t.Helper()

@@ -52,6 +52,9 @@ type Config struct {
 	EventBus string
 	// GraceQueueURL is the queue of the offline grace timers (GRACE_QUEUE_URL).
 	GraceQueueURL string
+	// GraceDeadLetterURL is that queue's dead-letter queue, which the reconciler drains
+	// (GRACE_DLQ_URL).
+	GraceDeadLetterURL string
 	// OfflineGraceSeconds is the grace period (OFFLINE_GRACE_SECONDS, default 5).
 	OfflineGraceSeconds string
 	// JWTSecretParameter is the SSM parameter of the JWT secret (JWT_SECRET_PARAMETER,
@@ -329,7 +332,7 @@ func NewPublisher(ctx context.Context, c Config, log *slog.Logger) (*publisher.H
 	}
 	var ck checker
 	st := c.viewWriter(&ck, awsCfg)
-	return &publisher.Handler{Publisher: c.publisher(&ck, awsCfg), Marker: st, Logger: log, Metrics: metricsOut}, ck.err()
+	return &publisher.Handler{Publisher: c.publisher(&ck, awsCfg), Sticker: st, Logger: log, Metrics: metricsOut}, ck.err()
 }
 
 // NewGrace wires the end of an offline grace period, fed by the grace timers' queue.
@@ -394,7 +397,8 @@ func NewSweeper(ctx context.Context, c Config, log *slog.Logger) (*sweeper.Handl
 	st := c.folding(&ck, awsCfg)
 	h := &sweeper.Handler{
 		View: st, Log: st, Gateway: c.gateway(&ck, awsCfg), Publisher: c.publisher(&ck, awsCfg),
-		Grace: st.Grace, GraceMargin: dynamo.DefaultGraceMargin, StaleAfter: dynamo.DefaultStaleAfter,
+		DeadTimers: sqsdelay.NewDeadLetters(sqs.NewFromConfig(awsCfg), ck.need("GRACE_DLQ_URL", c.GraceDeadLetterURL)),
+		Grace:      st.Grace, GraceMargin: dynamo.DefaultGraceMargin, StaleAfter: dynamo.DefaultStaleAfter,
 		OutboxAge: dynamo.DefaultOutboxAge, Retention: dynamo.DefaultTombstoneRetention,
 		Limit: ck.integer("RECONCILE_LIMIT", c.ReconcileLimit, 1000),
 		Now:   time.Now, Logger: log, Metrics: metricsOut,

@@ -158,7 +158,7 @@ func newRig(t *testing.T) *rig {
 	r.authorizer = &authorizer.Handler{Secrets: staticSecret(secret), Policy: auth.DefaultPolicy(), Logger: r.quiet}
 	r.conn = &connection.Handler{Log: r.store, Owners: r.store, View: r.store, MaxConnectionsPerUser: 10, Logger: r.quiet}
 	r.projector = &projector.Handler{View: r.store, Grace: r, Logger: r.quiet}
-	r.relay = &publisher.Handler{Publisher: pub, Marker: r.store, Logger: r.quiet}
+	r.relay = &publisher.Handler{Publisher: pub, Sticker: r.store, Logger: r.quiet}
 	r.grace = &grace.Handler{View: r.store, Logger: r.quiet}
 	r.sender = &sender.Handler{Deliverer: &delivery.Deliverer{Connections: r.store, Poster: gateway, Log: r.store, Logger: r.quiet},
 		Publisher: pub, Receipts: r.store, MaxReceives: 5, Logger: r.quiet}
@@ -200,7 +200,13 @@ func (r *rig) streams() {
 				}
 			})
 		}
-		view := r.meter.ViewRecords()
+		var view []lambdaevents.DynamoDBEventRecord
+		for _, rec := range r.meter.ViewRecords() {
+			// The relay's event filter: only the writes that recorded transitions.
+			if f := rec.Change.NewImage["fresh"]; f.DataType() == lambdaevents.DataTypeString && f.String() == "1" {
+				view = append(view, rec)
+			}
+		}
 		for start := 0; start < len(view); start += batchSize {
 			batch := view[start:min(start+batchSize, len(view))]
 			r.meter.Invoke("publisher", func() {

@@ -244,8 +244,11 @@ var expected = map[string][]grant{
 		{"dynamodb:BatchGetItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:Query", "Sub:${ViewTable.Arn}/index/online"},
 	},
 	"sweeper": {
-		// The reconciler: the repair index, the user items, the log's closes, the outbox.
-		{"dynamodb:Query", "Sub:${ViewTable.Arn}/index/repair"}, {"dynamodb:GetItem", "GetAtt:ViewTable.Arn"},
+		// The reconciler: the repair and online indexes, the user items, the log's closes,
+		// the stuck transitions, the dead grace timers.
+		{"dynamodb:Query", "Sub:${ViewTable.Arn}/index/repair"}, {"dynamodb:Query", "Sub:${ViewTable.Arn}/index/online"},
+		{"dynamodb:GetItem", "GetAtt:ViewTable.Arn"},
+		{"sqs:ReceiveMessage", "GetAtt:GraceDeadLetterQueue.Arn"}, {"sqs:DeleteMessage", "GetAtt:GraceDeadLetterQueue.Arn"},
 		{"dynamodb:PutItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:GetItem", "GetAtt:EventsTable.Arn"},
 		{"dynamodb:PutItem", "GetAtt:EventsTable.Arn"}, {"events:PutEvents", "GetAtt:EventBus.Arn"},
 		{"execute-api:ManageConnections", "Sub:arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${WebSocketApi}/${StageName}/GET/@connections/*"},
@@ -491,15 +494,18 @@ func TestOperationalSettings(t *testing.T) {
 		stream["MaximumRetryAttempts"] == nil || stream["DestinationConfig"] == nil || res(stream["Stream"]) != "GetAtt:EventsTable.StreamArn" {
 		t.Errorf("projector stream mapping %v", stream)
 	}
-	// The outbox relay: the view table's stream, in order, retried a bounded number of
-	// times (the item keeps what it could not publish, for the reconciler), then the
-	// failure destination: a stuck record never holds its shard.
+	// The outbox relay: the view table's stream, filtered to the writes that recorded
+	// transitions, in order, retried a bounded number of times (the items keep what it
+	// could not publish, for the reconciler), then the failure destination: a stuck record
+	// never holds its shard, and no record is dropped unread for its age.
 	relay := fns["publisher"].props["Events"].(map[string]any)["Stream"].(map[string]any)["Properties"].(map[string]any)
 	retries, _ := strconv.Atoi(fmt.Sprint(relay["MaximumRetryAttempts"]))
 	age, _ := strconv.Atoi(fmt.Sprint(relay["MaximumRecordAgeInSeconds"]))
+	filter, _ := json.Marshal(relay["FilterCriteria"])
 	if res(relay["Stream"]) != "GetAtt:ViewTable.StreamArn" || !reflect.DeepEqual(relay["FunctionResponseTypes"], []any{"ReportBatchItemFailures"}) ||
-		relay["ParallelizationFactor"] != "1" || retries < 1 || age < 60 || age > 86400 || relay["DestinationConfig"] == nil {
-		t.Errorf("publisher stream mapping %v", relay)
+		relay["ParallelizationFactor"] != "1" || retries < 1 || age != -1 || relay["DestinationConfig"] == nil ||
+		!strings.Contains(string(filter), `\"fresh\": {\"S\": [\"1\"]}`) {
+		t.Errorf("publisher stream mapping %v (filter %s)", relay, filter)
 	}
 	// The queue hides a message at least six times the sender's timeout, as Lambda requires.
 	visibility, _ := strconv.Atoi(deploy.Props(rs["MessageQueue"])["VisibilityTimeout"].(string))

@@ -17,5 +17,6 @@ func main() {
 		WebSocketEndpoint:   os.Getenv("WEBSOCKET_ENDPOINT"),
 		OfflineGraceSeconds: os.Getenv("OFFLINE_GRACE_SECONDS"),
 		ReconcileLimit:      os.Getenv("RECONCILE_LIMIT"),
+		GraceDeadLetterURL:  os.Getenv("GRACE_DLQ_URL"),
 	}, (*sweeper.Handler).Handle)
 }

@@ -74,3 +74,52 @@ func (s *Starter) StartGrace(ctx context.Context, userID string, since time.Time
 	}
 	return nil
 }
+
+// Dead is a timer that failed every receive and waits in the dead-letter queue.
+type Dead struct {
+	Input
+	// Receipt deletes it once handled.
+	Receipt string
+}
+
+// DeadLetters reads the grace queue's dead-letter queue. It is safe for concurrent use.
+type DeadLetters struct {
+	client *sqs.Client
+	url    string
+}
+
+// NewDeadLetters returns the reader of the dead-letter queue at url.
+func NewDeadLetters(client *sqs.Client, queueURL string) *DeadLetters {
+	return &DeadLetters{client: client, url: queueURL}
+}
+
+// Receive takes at most max timers off the queue (hidden from other readers for a while;
+// a timer not deleted comes back). A message that is not a timer is returned with an
+// empty UserID, to be deleted.
+func (d *DeadLetters) Receive(ctx context.Context, max int) ([]Dead, error) {
+	var out []Dead
+	for len(out) < max {
+		res, err := d.client.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{QueueUrl: aws.String(d.url),
+			MaxNumberOfMessages: int32(min(10, max-len(out))), VisibilityTimeout: 60})
+		if err != nil {
+			return out, awsfail.Wrap("receive dead grace timers", err)
+		}
+		if len(res.Messages) == 0 {
+			return out, nil
+		}
+		for _, m := range res.Messages {
+			var in Input
+			_ = json.Unmarshal([]byte(aws.ToString(m.Body)), &in)
+			out = append(out, Dead{Input: in, Receipt: aws.ToString(m.ReceiptHandle)})
+		}
+	}
+	return out, nil
+}
+
+// Delete removes a handled timer.
+func (d *DeadLetters) Delete(ctx context.Context, receipt string) error {
+	if _, err := d.client.DeleteMessage(ctx, &sqs.DeleteMessageInput{QueueUrl: aws.String(d.url), ReceiptHandle: aws.String(receipt)}); err != nil {
+		return awsfail.Wrap("delete a dead grace timer", err)
+	}
+	return nil
+}

@@ -25,9 +25,11 @@ import (
 // View folds one event into its user's state, records the transitions with the new state
 // in one durable write, and returns the effects (package dynamo's Store). Folding an event
 // again changes nothing, except that it reports again a grace period it started that is
-// still pending.
+// still pending. FlagGrace records that the pending grace period's timer could not be
+// started, so the reconciler ends the period if no retry starts it.
 type View interface {
 	Apply(ctx context.Context, e events.ConnectionEvent) (presence.Effects, error)
+	FlagGrace(ctx context.Context, userID string) error
 }
 
 // GraceStarter starts the offline grace timer of the period that began at since;
@@ -104,6 +106,11 @@ func (h *Handler) process(ctx context.Context, rec lambdaevents.DynamoDBEventRec
 	if eff.GraceStarted {
 		// The close emptied the live set at its own time: the period began at e.At.
 		if err := h.Grace.StartGrace(ctx, e.UserID, e.At); err != nil {
+			// The record is retried (the fold reports the period again); should every
+			// retry fail, the flag leads the reconciler to it.
+			if ferr := h.View.FlagGrace(ctx, e.UserID); ferr != nil {
+				h.Logger.ErrorContext(ctx, "lost grace timer not flagged", "userId", e.UserID, "err", ferr)
+			}
 			return 0, e.At, fmt.Errorf("start grace after %s: %w", e.Key(), err)
 		}
 	}

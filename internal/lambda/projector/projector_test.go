@@ -21,6 +21,8 @@ import (
 // fakeView answers Apply from a function.
 type fakeView func(events.ConnectionEvent) (presence.Effects, error)
 
+func (fakeView) FlagGrace(context.Context, string) error { return nil }
+
 func (f fakeView) Apply(_ context.Context, e events.ConnectionEvent) (presence.Effects, error) {
 	return f(e)
 }

@@ -1,12 +1,13 @@
 // Package publisher is the outbox relay of the AWS runtime: a handler of the view table's
-// stream that publishes the transitions each write of a user item recorded in its outbox
-// (UserOnline, UserOffline), at least once and with their stable event ids, then marks them
-// published in the item. A transition stays in the item until it is marked, so the
-// stream is only the wake-up: a PutEvents failure fails the record and the stream retries
-// it a bounded number of times; what is still unpublished after that (or after the
-// stream's 24 hours) the reconciler publishes from the item, with the same ids. A record
-// whose outbox cannot be read is logged, counted and skipped: it never holds its shard. A
-// Handler is safe for concurrent use if its ports are.
+// stream (filtered to the writes that recorded transitions) that publishes the
+// transitions each write of a user item recorded (UserOnline, UserOffline), at least once
+// and with their stable event ids. A decision and its publication are one durable write:
+// the stream record carries the transitions to the relay; when PutEvents fails, the relay
+// first moves them into the user item as stuck (Sticker), so they outlive the record
+// (bounded retries, the stream's 24 hours), then fails the record; the reconciler
+// publishes what is stuck past the outbox age, with the same ids. A record whose outbox
+// cannot be read is logged, counted and skipped: it never holds its shard. A Handler is
+// safe for concurrent use if its ports are.
 package publisher
 
 import (
@@ -28,18 +29,18 @@ type Publisher interface {
 	Publish(ctx context.Context, evs ...events.Published) error
 }
 
-// Marker removes published transitions from a user's outbox (package dynamo's Store).
-type Marker interface {
-	MarkPublished(ctx context.Context, userID string, ids ...string) error
+// Sticker keeps transitions that could not be published in the user's item (package
+// dynamo's Store).
+type Sticker interface {
+	Stick(ctx context.Context, userID string, evs ...events.Published) error
 }
 
 // Handler handles the view table's stream batches.
 type Handler struct {
 	Publisher Publisher
-	// Marker, if set, marks what was published; unmarked transitions are published again
-	// by the reconciler past the outbox age (the same ids).
-	Marker Marker
-	Logger *slog.Logger
+	// Sticker, if set, keeps what could not be published for the reconciler.
+	Sticker Sticker
+	Logger  *slog.Logger
 	// Metrics, if set, receives one EMF record per batch: TransitionsPublished,
 	// RecordsFailed and RecordsUndecodable.
 	Metrics *emf.Logger
@@ -49,9 +50,9 @@ type Handler struct {
 var ErrUndecodable = errors.New("undecodable outbox")
 
 // Outbox returns the transitions a user item's write recorded, as its new image holds
-// them: the outbox entries whose version is the item's (earlier entries still there were
-// recorded by earlier writes, whose records publish them). None for an item written
-// without any, or a record with no new image.
+// them: the outbox entries whose version is the item's and that are not stuck (stuck ones
+// are the reconciler's). None for an item written without any, or a record with no new
+// image.
 func Outbox(img map[string]lambdaevents.DynamoDBAttributeValue) ([]events.Published, error) {
 	v, ok := img["outbox"]
 	if !ok {
@@ -88,7 +89,7 @@ func Outbox(img map[string]lambdaevents.DynamoDBAttributeValue) ([]events.Publis
 		if err := json.Unmarshal([]byte(d.String()), &detail); err != nil || detail.EventID != id {
 			return nil, fmt.Errorf("%w: outbox[%q]: a detail without that eventId", ErrUndecodable, id)
 		}
-		if ev != version {
+		if x, ok := m["x"]; ev != version || (ok && x.DataType() == lambdaevents.DataTypeBoolean && x.Boolean()) {
 			continue
 		}
 		at, _ := number(m["a"])
@@ -120,7 +121,7 @@ func number(v lambdaevents.DynamoDBAttributeValue) (int64, error) {
 func (h *Handler) Handle(ctx context.Context, ev lambdaevents.DynamoDBEvent) (lambdaevents.DynamoDBEventResponse, error) {
 	resp := lambdaevents.DynamoDBEventResponse{BatchItemFailures: []lambdaevents.DynamoDBBatchItemFailure{}}
 	published, undecodable := 0, 0
-	for _, rec := range ev.Records {
+	for i, rec := range ev.Records {
 		if rec.EventName == string(lambdaevents.DynamoDBOperationTypeRemove) {
 			continue
 		}
@@ -138,30 +139,35 @@ func (h *Handler) Handle(ctx context.Context, ev lambdaevents.DynamoDBEvent) (la
 		}
 		if err := h.Publisher.Publish(ctx, evs...); err != nil {
 			log.WarnContext(ctx, "publication failed, will be retried", "err", err)
+			// Keep this record's transitions and those of the records after it in their
+			// items: the stream retries from here, and may run out of retries or expire.
+			h.stick(ctx, ev.Records[i:])
 			// Lambda retries from the first failed record of the batch, in order.
 			resp.BatchItemFailures = append(resp.BatchItemFailures, lambdaevents.DynamoDBBatchItemFailure{ItemIdentifier: rec.Change.SequenceNumber})
 			break
 		}
 		published += len(evs)
-		if h.Marker != nil {
-			ids := make([]string, len(evs))
-			for i, e := range evs {
-				ids[i] = e.ID()
-			}
-			user := rec.Change.NewImage["pk"]
-			if user.DataType() != lambdaevents.DataTypeString {
-				continue
-			}
-			if err := h.Marker.MarkPublished(ctx, user.String(), ids...); err != nil {
-				// Published but still in the outbox: the reconciler publishes it again
-				// past the outbox age, with the same ids.
-				log.WarnContext(ctx, "published transitions not marked", "err", err)
-			}
-		}
 	}
 	_ = h.Metrics.Emit(map[string]string{"Function": "publisher"},
 		emf.Metric{Name: "TransitionsPublished", Value: float64(published), Unit: emf.Count},
 		emf.Metric{Name: "RecordsFailed", Value: float64(len(resp.BatchItemFailures)), Unit: emf.Count},
 		emf.Metric{Name: "RecordsUndecodable", Value: float64(undecodable), Unit: emf.Count})
 	return resp, nil
+}
+
+// stick keeps the transitions of recs in their user items, for the reconciler.
+func (h *Handler) stick(ctx context.Context, recs []lambdaevents.DynamoDBEventRecord) {
+	if h.Sticker == nil {
+		return
+	}
+	for _, rec := range recs {
+		evs, err := Outbox(rec.Change.NewImage)
+		user := rec.Change.NewImage["pk"]
+		if err != nil || len(evs) == 0 || user.DataType() != lambdaevents.DataTypeString {
+			continue
+		}
+		if err := h.Sticker.Stick(ctx, user.String(), evs...); err != nil {
+			h.Logger.ErrorContext(ctx, "unpublished transitions not kept, the record is retried", "sequenceNumber", rec.Change.SequenceNumber, "err", err)
+		}
+	}
 }

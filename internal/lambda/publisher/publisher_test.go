@@ -32,16 +32,19 @@ func (s *sink) Publish(_ context.Context, evs ...events.Published) error {
 	return nil
 }
 
-type marks struct{ ids map[string][]string }
+type stuck struct{ ids map[string][]string }
 
-func (m *marks) MarkPublished(_ context.Context, userID string, ids ...string) error {
-	m.ids[userID] = append(m.ids[userID], ids...)
+func (m *stuck) Stick(_ context.Context, userID string, evs ...events.Published) error {
+	for _, e := range evs {
+		m.ids[userID] = append(m.ids[userID], e.ID())
+	}
 	return nil
 }
 
 type recorded struct {
 	ev      events.Published
 	version int
+	stuck   bool
 }
 
 // outboxImage is the new image of user u's item at version v holding the given entries.
@@ -52,9 +55,13 @@ func outboxImage(t *testing.T, v int, entries ...recorded) map[string]lambdaeven
 		if err != nil {
 			t.Fatal(err)
 		}
-		m[st.EventID] = lambdaevents.NewMapAttribute(map[string]lambdaevents.DynamoDBAttributeValue{
+		attrs := map[string]lambdaevents.DynamoDBAttributeValue{
 			"t": lambdaevents.NewStringAttribute(string(st.Type)), "d": lambdaevents.NewStringAttribute(string(st.Detail)),
-			"v": lambdaevents.NewNumberAttribute(strconv.Itoa(e.version)), "a": lambdaevents.NewNumberAttribute(strconv.Itoa(i))})
+			"v": lambdaevents.NewNumberAttribute(strconv.Itoa(e.version)), "a": lambdaevents.NewNumberAttribute(strconv.Itoa(i))}
+		if e.stuck {
+			attrs["x"] = lambdaevents.NewBooleanAttribute(true)
+		}
+		m[st.EventID] = lambdaevents.NewMapAttribute(attrs)
 	}
 	img := map[string]lambdaevents.DynamoDBAttributeValue{"pk": lambdaevents.NewStringAttribute("u"),
 		"sk": lambdaevents.NewStringAttribute("#USER"), "v": lambdaevents.NewNumberAttribute(strconv.Itoa(v))}
@@ -68,21 +75,21 @@ func record(seq string, img map[string]lambdaevents.DynamoDBAttributeValue) lamb
 	return lambdaevents.DynamoDBEventRecord{EventName: "MODIFY", Change: lambdaevents.DynamoDBStreamRecord{SequenceNumber: seq, NewImage: img}}
 }
 
-// The relay publishes what each record's write recorded (not the earlier entries still in
-// the item), stops at a failed record (the stream retries from it, in order), marks what
-// it published, and skips an undecodable outbox, counting it, so later records of its
-// shard are published.
+// The relay publishes what each record's write recorded (not the stuck entries, the
+// reconciler's), stops at a failed record (the stream retries from it, in order) after
+// keeping its transitions in the item, and skips an undecodable outbox, counting it, so
+// later records of its shard are published.
 func TestRelay(t *testing.T) {
 	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	on := events.NewUserOnline("u", "c1", at)
 	off := events.NewUserOffline("u", at.Add(time.Second), at)
 	s := &sink{fail: 1}
-	m := &marks{ids: map[string][]string{}}
+	m := &stuck{ids: map[string][]string{}}
 	var metrics bytes.Buffer
-	h := &publisher.Handler{Publisher: s, Marker: m, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: emf.New(&metrics, "test")}
+	h := &publisher.Handler{Publisher: s, Sticker: m, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: emf.New(&metrics, "test")}
 	batch := lambdaevents.DynamoDBEvent{Records: []lambdaevents.DynamoDBEventRecord{
-		record("1", outboxImage(t, 1)), record("2", outboxImage(t, 2, recorded{on, 2})),
-		record("3", outboxImage(t, 3, recorded{on, 2}, recorded{off, 3})),
+		record("1", outboxImage(t, 1)), record("2", outboxImage(t, 2, recorded{on, 2, false})),
+		record("3", outboxImage(t, 3, recorded{on, 3, true}, recorded{off, 3, false})),
 	}}
 	resp, err := h.Handle(context.Background(), batch)
 	if err != nil || len(resp.BatchItemFailures) != 1 || resp.BatchItemFailures[0].ItemIdentifier != "2" || len(s.got) != 0 {
@@ -94,7 +101,7 @@ func TestRelay(t *testing.T) {
 		t.Fatalf("retry: %+v, published %v", resp, s.got)
 	}
 	if want := []string{on.ID(), off.ID()}; !reflect.DeepEqual(m.ids["u"], want) {
-		t.Fatalf("marked %v, want %v", m.ids["u"], want)
+		t.Fatalf("kept %v for the reconciler, want those of the failed record and the ones after it %v", m.ids["u"], want)
 	}
 
 	bad := outboxImage(t, 4)
@@ -103,7 +110,7 @@ func TestRelay(t *testing.T) {
 	s.got = nil
 	metrics.Reset()
 	resp, _ = h.Handle(context.Background(), lambdaevents.DynamoDBEvent{Records: []lambdaevents.DynamoDBEventRecord{
-		record("9", bad), record("10", outboxImage(t, 5, recorded{later, 5}))}})
+		record("9", bad), record("10", outboxImage(t, 5, recorded{later, 5, false}))}})
 	if len(resp.BatchItemFailures) != 0 || len(s.got) != 1 || s.got[0].ID() != later.ID() {
 		t.Fatalf("undecodable outbox: %+v, published %v", resp, s.got)
 	}

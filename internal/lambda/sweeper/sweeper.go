@@ -1,23 +1,25 @@
 // Package sweeper is the reconciler of the AWS runtime, run on a schedule: it re-derives
-// what the view must hold for the users its repair index lists as due and folds the
-// difference through the core, with the same versioned writes as the projector:
+// what the view must hold and folds the difference through the core, with the same
+// versioned writes as the projector. Each run looks at three bounded lists:
 //
-//   - a connection live in the view but unseen for StaleAfter: if the log holds its close
-//     (the close's stream record was lost), that close is folded, never appended again;
-//     otherwise API Gateway is asked, and a connection it reports gone is closed
-//     (ConnectionClosed{swept}, appended and folded); one it reports alive is confirmed;
-//   - a grace period pending past its deadline plus a margin (its timer was lost, or its
-//     run failed) is ended by presence at the period's deadline, so its UserOffline is the
-//     one the timer would have recorded, with the same id;
-//   - a transition left unpublished past the outbox age (the stream's relay gave up, or
-//     the records expired) is published with its id, then marked published;
-//   - tombstones past their retention are forgotten.
+//   - the grace timers that failed every receive (the grace queue's dead-letter queue):
+//     each period is ended by presence at its deadline, as the timer would have, so its
+//     UserOffline has the timer's id;
+//   - the users the repair index lists as due, which only failures put there: a grace
+//     period whose timer could not be started, ended once overdue by a margin; transitions
+//     the relay could not publish (stuck in the item), published past the outbox age with
+//     their ids, then removed;
+//   - the next page of the online list (from a cursor kept in the table, so successive
+//     runs walk the whole list and start over): a user whose newest event is older than
+//     StaleAfter has each connection checked: if the log holds its close (the close's
+//     stream record was lost), that close is folded, never appended again; otherwise API
+//     Gateway is asked, and a connection it reports gone is closed
+//     (ConnectionClosed{swept}, appended and folded); confirmed ones are stamped.
 //
-// Its work per run is bounded (Limit users, earliest due first, within the invocation's
-// time) and resumable: a repaired user leaves the index or moves later in it, so the next
-// run takes up what this one left. A repair that fails is logged, counted and returned as
-// the invocation's error, which the function's error alarm watches. A Handler is safe
-// for concurrent use if its ports are.
+// Work per run is bounded (Limit of each list, within the invocation's time) and
+// resumable. A repair that fails is logged, counted and returned as the invocation's
+// error, which the function's error alarm watches. A Handler is safe for concurrent use
+// if its ports are.
 package sweeper
 
 import (
@@ -25,21 +27,27 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/emf"
+	"github.com/wspresence/wspresence/internal/grace/sqsdelay"
 	"github.com/wspresence/wspresence/internal/presence"
 )
 
-// View is the view the reconciler repairs (package dynamo's Store): the repair index, the
-// user's record, and the versioned writes of the fold.
+// View is the view the reconciler repairs (package dynamo's Store): its lists, the user's
+// record, and the versioned writes of the fold.
 type View interface {
 	Due(ctx context.Context, now time.Time, limit int) ([]string, error)
+	OnlineUsers(ctx context.Context, after string, limit int) ([]presence.Status, error)
+	Cursor(ctx context.Context) (string, error)
+	SetCursor(ctx context.Context, after string) error
 	Pending(ctx context.Context, userID string) (presence.Record, error)
 	Apply(ctx context.Context, e events.ConnectionEvent) (presence.Effects, error)
 	Close(ctx context.Context, userID, connectionID string, at time.Time, reason events.CloseReason) (presence.Effects, error)
 	ExpireGrace(ctx context.Context, userID string, since, now time.Time) (presence.Effects, error)
+	FlagGrace(ctx context.Context, userID string) error
 	MarkPublished(ctx context.Context, userID string, ids ...string) error
 	Confirm(ctx context.Context, userID string, at time.Time) error
 	Compact(ctx context.Context, userID string, cutoff time.Time) (int, error)
@@ -60,22 +68,30 @@ type Publisher interface {
 	Publish(ctx context.Context, evs ...events.Published) error
 }
 
+// DeadTimers is the grace queue's dead-letter queue (package sqsdelay's DeadLetters).
+type DeadTimers interface {
+	Receive(ctx context.Context, max int) ([]sqsdelay.Dead, error)
+	Delete(ctx context.Context, receipt string) error
+}
+
 // Handler reconciles. Set every field but Metrics before use.
 type Handler struct {
-	View      View
-	Log       Log
-	Gateway   Gateway
-	Publisher Publisher
-	// Grace is the offline grace period; GraceMargin how long past its deadline a grace
-	// period waits for its timer.
+	View       View
+	Log        Log
+	Gateway    Gateway
+	Publisher  Publisher
+	DeadTimers DeadTimers
+	// Grace is the offline grace period; GraceMargin how long past its deadline a flagged
+	// grace period waits for a retry of its timer.
 	Grace, GraceMargin time.Duration
-	// StaleAfter is how long a live connection may go unseen before it is checked.
+	// StaleAfter is how long a user may go without an event before its connections are
+	// checked.
 	StaleAfter time.Duration
-	// OutboxAge is how long a transition waits for the stream's relay.
+	// OutboxAge is how long a stuck transition waits for the stream's retries.
 	OutboxAge time.Duration
 	// Retention is how long tombstones are kept.
 	Retention time.Duration
-	// Limit bounds the users one run repairs.
+	// Limit bounds each of the three lists a run takes.
 	Limit int
 	Now   func() time.Time
 	// Logger receives a line per repair; Metrics, if set, one EMF record per run.
@@ -85,8 +101,10 @@ type Handler struct {
 
 // Result reports one run.
 type Result struct {
-	// Due is the number of users the index listed (at most Limit).
-	Due int `json:"due"`
+	// DeadTimers, Due and Scanned are the lengths of the three lists taken.
+	DeadTimers int `json:"deadTimers"`
+	Due        int `json:"due"`
+	Scanned    int `json:"scanned"`
 	// Checked is the number of stale connections looked at.
 	Checked int `json:"checked"`
 	// Refolded counts closes the log held and the view had not folded.
@@ -95,55 +113,132 @@ type Result struct {
 	Swept int `json:"swept"`
 	// Confirmed counts users whose stale connections the gateway reported alive.
 	Confirmed int `json:"confirmed"`
-	// GracesEnded counts overdue grace periods ended.
+	// GracesEnded counts grace periods ended.
 	GracesEnded int `json:"gracesEnded"`
-	// Republished counts transitions published from the outbox.
+	// Republished counts stuck transitions published.
 	Republished int `json:"republished"`
 	// Pruned counts tombstones forgotten.
 	Pruned int `json:"pruned"`
-	// Failed counts users whose repair failed (retried by the next run).
+	// Failed counts repairs that failed (retried by a later run).
 	Failed int `json:"failed"`
-	// More is set when the run stopped with users still due (the limit or the time).
+	// More is set when a list had more than the run took.
 	More bool `json:"more"`
 }
 
-// timeReserve is the time left to an invocation when the reconciler stops taking users.
+// timeReserve is the time left to an invocation when the reconciler stops taking work.
 const timeReserve = 3 * time.Second
+
+func outOfTime(ctx context.Context) bool {
+	dl, ok := ctx.Deadline()
+	return ok && time.Until(dl) < timeReserve
+}
 
 // Handle runs once; the scheduled event's content does not matter.
 func (h *Handler) Handle(ctx context.Context, _ any) (Result, error) {
 	now := h.Now()
 	var res Result
+	var errs []error
+	fail := func(user string, err error) {
+		res.Failed++
+		errs = append(errs, fmt.Errorf("repair %s: %w", user, err))
+		h.Logger.ErrorContext(ctx, "repair failed", "userId", user, "err", err)
+	}
+
+	dead, err := h.DeadTimers.Receive(ctx, h.Limit)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	res.DeadTimers = len(dead)
+	for _, d := range dead {
+		if err := h.deadTimer(ctx, d, &res); err != nil {
+			fail(d.UserID, err)
+		}
+	}
+
 	due, err := h.View.Due(ctx, now, h.Limit)
 	if err != nil {
-		return res, fmt.Errorf("list what is due: %w", err)
+		errs = append(errs, fmt.Errorf("list what is due: %w", err))
 	}
 	res.Due = len(due)
 	res.More = len(due) == h.Limit
-	var errs []error
-	for i, user := range due {
-		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeReserve {
+	for _, user := range due {
+		if outOfTime(ctx) {
 			res.More = true
-			h.Logger.WarnContext(ctx, "run out of time, the next run resumes", "left", len(due)-i)
 			break
 		}
 		if err := h.repair(ctx, user, now, &res); err != nil {
-			res.Failed++
-			errs = append(errs, fmt.Errorf("repair %s: %w", user, err))
-			h.Logger.ErrorContext(ctx, "repair failed", "userId", user, "err", err)
+			fail(user, err)
 		}
 	}
-	h.Logger.InfoContext(ctx, "reconciled", "due", res.Due, "checked", res.Checked, "refolded", res.Refolded,
-		"swept", res.Swept, "confirmed", res.Confirmed, "gracesEnded", res.GracesEnded,
-		"republished", res.Republished, "pruned", res.Pruned, "failed", res.Failed, "more", res.More)
+
+	if err := h.scan(ctx, now, &res, fail); err != nil {
+		errs = append(errs, err)
+	}
+
+	h.Logger.InfoContext(ctx, "reconciled", "deadTimers", res.DeadTimers, "due", res.Due, "scanned", res.Scanned,
+		"checked", res.Checked, "refolded", res.Refolded, "swept", res.Swept, "confirmed", res.Confirmed,
+		"gracesEnded", res.GracesEnded, "republished", res.Republished, "pruned", res.Pruned, "failed", res.Failed, "more", res.More)
 	_ = h.Metrics.Emit(map[string]string{"Function": "reconciler"},
 		emf.Metric{Name: "UsersDue", Value: float64(res.Due), Unit: emf.Count},
+		emf.Metric{Name: "DeadTimers", Value: float64(res.DeadTimers), Unit: emf.Count},
 		emf.Metric{Name: "ClosesRefolded", Value: float64(res.Refolded), Unit: emf.Count},
 		emf.Metric{Name: "ConnectionsSwept", Value: float64(res.Swept), Unit: emf.Count},
 		emf.Metric{Name: "GracesEnded", Value: float64(res.GracesEnded), Unit: emf.Count},
 		emf.Metric{Name: "TransitionsRepublished", Value: float64(res.Republished), Unit: emf.Count},
 		emf.Metric{Name: "RepairsFailed", Value: float64(res.Failed), Unit: emf.Count})
 	return res, errors.Join(errs...)
+}
+
+// deadTimer runs a timer that failed every receive, at its period's deadline, and
+// removes it.
+func (h *Handler) deadTimer(ctx context.Context, d sqsdelay.Dead, res *Result) error {
+	ns, err := strconv.ParseInt(d.OfflineSince, 10, 64)
+	if err == nil && d.UserID != "" {
+		since := time.Unix(0, ns).UTC()
+		eff, err := h.View.ExpireGrace(ctx, d.UserID, since, since.Add(time.Duration(d.GraceSeconds)*time.Second))
+		if err != nil {
+			return err
+		}
+		if len(eff.Publish) > 0 {
+			res.GracesEnded++
+			h.Logger.InfoContext(ctx, "grace period of a dead timer ended", "userId", d.UserID, "offlineSince", since)
+		}
+	}
+	return h.DeadTimers.Delete(ctx, d.Receipt)
+}
+
+// scan takes the next page of the online list and repairs the users whose newest event
+// is older than StaleAfter.
+func (h *Handler) scan(ctx context.Context, now time.Time, res *Result, fail func(string, error)) error {
+	after, err := h.View.Cursor(ctx)
+	if err != nil {
+		return err
+	}
+	page, err := h.View.OnlineUsers(ctx, after, h.Limit)
+	if err != nil {
+		return fmt.Errorf("list online users: %w", err)
+	}
+	res.Scanned = len(page)
+	next := ""
+	for _, u := range page {
+		if outOfTime(ctx) {
+			res.More = true
+			break
+		}
+		next = u.UserID
+		if !u.LastActivity.Before(now.Add(-h.StaleAfter)) {
+			continue
+		}
+		if err := h.repair(ctx, u.UserID, now, res); err != nil {
+			fail(u.UserID, err)
+		}
+	}
+	if len(page) == h.Limit {
+		res.More = true
+	} else if !res.More {
+		next = "" // the end of the list: the next run starts over
+	}
+	return h.View.SetCursor(ctx, next)
 }
 
 // repair brings one user's item to what the log and the gateway say.
@@ -153,15 +248,16 @@ func (h *Handler) repair(ctx context.Context, user string, now time.Time, res *R
 		return err
 	}
 	cutoff := now.Add(-h.StaleAfter)
+	closed := false
 	if rec.Checked.Before(cutoff) {
 		alive := false
 		for _, c := range rec.State.Stale(cutoff) {
 			res.Checked++
-			ok, err := h.connection(ctx, c, now, res)
+			ok, refolded, err := h.connection(ctx, c, now, res)
 			if err != nil {
 				return err
 			}
-			alive = alive || ok
+			alive, closed = alive || ok, closed || refolded
 		}
 		if alive {
 			if err := h.View.Confirm(ctx, user, now); err != nil {
@@ -173,15 +269,24 @@ func (h *Handler) repair(ctx context.Context, user string, now time.Time, res *R
 			return err
 		}
 	}
-	if u := rec.State.User; u.GracePending() && !now.Before(u.GraceDeadline(h.Grace).Add(h.GraceMargin)) {
-		// Decided at the deadline, as the lost timer would have: the same UserOffline.
-		eff, err := h.View.ExpireGrace(ctx, user, u.OfflineSince, u.GraceDeadline(h.Grace))
-		if err != nil {
-			return err
-		}
-		if len(eff.Publish) > 0 {
-			res.GracesEnded++
-			h.Logger.InfoContext(ctx, "overdue grace period ended", "userId", user, "offlineSince", u.OfflineSince)
+	if u := rec.State.User; u.GracePending() {
+		deadline := u.GraceDeadline(h.Grace)
+		switch {
+		case !now.Before(deadline.Add(h.GraceMargin)) || (closed && !now.Before(deadline)):
+			// Decided at the deadline, as the lost timer would have: the same UserOffline.
+			eff, err := h.View.ExpireGrace(ctx, user, u.OfflineSince, deadline)
+			if err != nil {
+				return err
+			}
+			if len(eff.Publish) > 0 {
+				res.GracesEnded++
+				h.Logger.InfoContext(ctx, "overdue grace period ended", "userId", user, "offlineSince", u.OfflineSince)
+			}
+		case closed:
+			// A close this run folded has no timer of its own: come back once it is due.
+			if err := h.View.FlagGrace(ctx, user); err != nil {
+				return err
+			}
 		}
 	}
 	var late []events.Published
@@ -194,13 +299,13 @@ func (h *Handler) repair(ctx context.Context, user string, now time.Time, res *R
 	}
 	if len(late) > 0 {
 		if err := h.Publisher.Publish(ctx, late...); err != nil {
-			return fmt.Errorf("publish %d unpublished transitions: %w", len(late), err)
+			return fmt.Errorf("publish %d stuck transitions: %w", len(late), err)
 		}
 		if err := h.View.MarkPublished(ctx, user, ids...); err != nil {
 			return err
 		}
 		res.Republished += len(late)
-		h.Logger.InfoContext(ctx, "unpublished transitions published", "userId", user, "eventIds", ids)
+		h.Logger.InfoContext(ctx, "stuck transitions published", "userId", user, "eventIds", ids)
 	}
 	n, err := h.View.Compact(ctx, user, now.Add(-h.Retention))
 	res.Pruned += n
@@ -208,28 +313,27 @@ func (h *Handler) repair(ctx context.Context, user string, now time.Time, res *R
 }
 
 // connection repairs one stale connection and reports whether the gateway says it is
-// alive.
-func (h *Handler) connection(ctx context.Context, c presence.StaleConnection, now time.Time, res *Result) (bool, error) {
-	closed, ok, err := h.Log.LoggedClose(ctx, c.ConnectionID)
+// alive, and whether a close was folded.
+func (h *Handler) connection(ctx context.Context, c presence.StaleConnection, now time.Time, res *Result) (alive, closed bool, err error) {
+	logged, ok, err := h.Log.LoggedClose(ctx, c.ConnectionID)
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
-	if ok && closed.UserID == c.UserID {
-		if _, err := h.View.Apply(ctx, closed); err != nil {
-			return false, err
+	if ok && logged.UserID == c.UserID {
+		if _, err := h.View.Apply(ctx, logged); err != nil {
+			return false, false, err
 		}
 		res.Refolded++
-		h.Logger.InfoContext(ctx, "logged close folded", "userId", c.UserID, "connectionId", c.ConnectionID, "closedAt", closed.At)
-		return false, nil
+		h.Logger.InfoContext(ctx, "logged close folded", "userId", c.UserID, "connectionId", c.ConnectionID, "closedAt", logged.At)
+		return false, true, nil
 	}
-	alive, err := h.Gateway.Alive(ctx, c.ConnectionID)
-	if err != nil || alive {
-		return alive, err
+	if alive, err = h.Gateway.Alive(ctx, c.ConnectionID); err != nil || alive {
+		return alive, false, err
 	}
 	if _, err := h.View.Close(ctx, c.UserID, c.ConnectionID, now, events.ReasonSwept); err != nil {
-		return false, err
+		return false, false, err
 	}
 	res.Swept++
 	h.Logger.InfoContext(ctx, "swept dead connection", "userId", c.UserID, "connectionId", c.ConnectionID, "lastSeen", c.LastSeen)
-	return false, nil
+	return false, true, nil
 }

@@ -2,6 +2,8 @@ package sweeper_test
 
 import (
 	"context"
+	"crypto/md5"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
@@ -17,10 +19,12 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/apigatewaymanagementapi"
 	awseventbridge "github.com/aws/aws-sdk-go-v2/service/eventbridge"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/awsfake"
 	"github.com/wspresence/wspresence/internal/bus/eventbridge"
 	"github.com/wspresence/wspresence/internal/gateway/apigw"
+	"github.com/wspresence/wspresence/internal/grace/sqsdelay"
 	"github.com/wspresence/wspresence/internal/lambda/grace"
 	"github.com/wspresence/wspresence/internal/lambda/projector"
 	"github.com/wspresence/wspresence/internal/lambda/publisher"
@@ -53,6 +57,8 @@ type rig struct {
 	kinds    map[string]string
 	gone     map[string]bool // connections the gateway reports gone
 	asked    []string
+	dead     []string // bodies of the timers in the grace dead-letter queue
+	inFlight map[int]bool
 }
 
 func newRig(t *testing.T) *rig {
@@ -99,9 +105,36 @@ func newRig(t *testing.T) *rig {
 	gateway := apigw.New(apigatewaymanagementapi.NewFromConfig(gw.Config(), func(o *apigatewaymanagementapi.Options) {
 		o.BaseEndpoint = aws.String(gw.URL + "/prod")
 	}))
-	r.relay = &publisher.Handler{Publisher: pub, Marker: r.store, Logger: r.quiet}
+	dlq := awsfake.New(t, func(req awsfake.Request) awsfake.Response {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		switch req.Target {
+		case "AmazonSQS.ReceiveMessage":
+			var msgs []map[string]string
+			if r.inFlight == nil {
+				r.inFlight = map[int]bool{}
+			}
+			for i, body := range r.dead {
+				if body != "" && !r.inFlight[i] {
+					r.inFlight[i] = true
+					sum := md5.Sum([]byte(body))
+					msgs = append(msgs, map[string]string{"MessageId": strconv.Itoa(i), "ReceiptHandle": strconv.Itoa(i), "Body": body, "MD5OfBody": hex.EncodeToString(sum[:])})
+				}
+			}
+			return awsfake.JSON(http.StatusOK, map[string]any{"Messages": msgs})
+		case "AmazonSQS.DeleteMessage":
+			var in struct{ ReceiptHandle string }
+			_ = json.Unmarshal(req.Body, &in)
+			i, _ := strconv.Atoi(in.ReceiptHandle)
+			r.dead[i] = ""
+			return awsfake.JSON(http.StatusOK, map[string]any{})
+		}
+		return awsfake.Error(http.StatusBadRequest, "InvalidAction", req.Target)
+	})
+	r.relay = &publisher.Handler{Publisher: pub, Sticker: r.store, Logger: r.quiet}
 	r.rec = &sweeper.Handler{View: r.store, Log: r.store, Gateway: gateway, Publisher: pub,
-		Grace: testGrace, GraceMargin: dynamo.DefaultGraceMargin, StaleAfter: dynamo.DefaultStaleAfter,
+		DeadTimers: sqsdelay.NewDeadLetters(sqs.NewFromConfig(dlq.Config()), "https://sqs.us-east-1.amazonaws.com/1/grace-dlq"),
+		Grace:      testGrace, GraceMargin: dynamo.DefaultGraceMargin, StaleAfter: dynamo.DefaultStaleAfter,
 		OutboxAge: dynamo.DefaultOutboxAge, Retention: dynamo.DefaultTombstoneRetention, Limit: 100,
 		Now: r.clock, Logger: r.quiet}
 	return r
@@ -210,6 +243,10 @@ func (failing) ExpireGrace(context.Context, string, time.Time, time.Time) (prese
 	return presence.Effects{}, errors.New("ProvisionedThroughputExceededException")
 }
 
+func (failing) FlagGrace(context.Context, string) error {
+	return errors.New("ProvisionedThroughputExceededException")
+}
+
 func wantOnce(t *testing.T, got map[string]int, want ...string) {
 	t.Helper()
 	if len(got) != len(want) {
@@ -256,7 +293,7 @@ func TestDroppedProjectorRecordIsRepaired(t *testing.T) {
 	r.mu.Unlock()
 
 	r.setNow(t0.Add(10 * time.Minute)) // not stale yet: nothing to do
-	if res := r.reconcile(t); res.Due != 0 {
+	if res := r.reconcile(t); res.Due != 0 || res.Scanned != 3 || res.Checked != 0 {
 		t.Fatalf("a run before anything is due: %+v", res)
 	}
 	r.setNow(closedAt.Add(dynamo.DefaultStaleAfter + 5*time.Minute))
@@ -304,11 +341,11 @@ func TestDroppedProjectorRecordIsRepaired(t *testing.T) {
 	}
 }
 
-// TestLostGraceTimerIsRepaired: a grace period whose timer never started (StartExecution
-// failed past the record's retries) and one whose Express run failed (the grace function
-// failed every attempt) both end within one reconciler run after the deadline plus the
-// margin, never before: each user announced offline once, with the id the timer would
-// have used.
+// TestLostGraceTimerIsRepaired: a grace period whose timer never started (SendMessage
+// failed past the record's retries; the projector flagged it) ends within one reconciler
+// run after its deadline plus the margin, never before; one whose timer failed every
+// receive (the grace function failing; the timer in the dead-letter queue) ends in the
+// next run. Each user is announced offline once, with the id the timer would have used.
 func TestLostGraceTimerIsRepaired(t *testing.T) {
 	r := newRig(t)
 	ctx := context.Background()
@@ -332,21 +369,28 @@ func TestLostGraceTimerIsRepaired(t *testing.T) {
 	}
 	g := started.started[0]
 	timer := &grace.Handler{View: failing{}, Logger: r.quiet}
-	in := grace.Input{UserID: g.UserID, OfflineSince: strconv.FormatInt(g.Since.UnixNano(), 10), GraceSeconds: int(testGrace / time.Second)}
-	for range 5 { // every attempt of the state machine's retrier
-		if _, err := timer.Handle(ctx, in); err == nil {
+	body, _ := json.Marshal(sqsdelay.Input{UserID: g.UserID, OfflineSince: strconv.FormatInt(g.Since.UnixNano(), 10), GraceSeconds: int(testGrace / time.Second)})
+	for n := range 5 { // every receive of the grace queue, then the dead-letter queue
+		resp, err := timer.HandleQueue(ctx, lambdaevents.SQSEvent{Records: []lambdaevents.SQSMessage{{MessageId: "t", Body: string(body),
+			Attributes: map[string]string{"ApproximateReceiveCount": strconv.Itoa(n + 1)}}}})
+		if err != nil || len(resp.BatchItemFailures) != 1 {
 			t.Fatal("the grace function did not fail")
 		}
 	}
+	r.mu.Lock()
+	r.dead = append(r.dead, string(body))
+	r.mu.Unlock()
 	r.publish(t)
 
+	// The dead timer is run at once, at its deadline; the period whose timer never
+	// started waits for its margin.
 	r.setNow(closedAt.Add(testGrace + dynamo.DefaultGraceMargin - time.Second))
-	if res := r.reconcile(t); res.GracesEnded != 0 {
-		t.Fatalf("a grace period ended before its deadline plus the margin: %+v", res)
+	if res := r.reconcile(t); res.GracesEnded != 1 || res.DeadTimers != 1 {
+		t.Fatalf("first run: %+v, want the dead timer's period ended and the other not yet", res)
 	}
 	r.setNow(closedAt.Add(testGrace + dynamo.DefaultGraceMargin))
-	if res := r.reconcile(t); res.GracesEnded != 2 || res.Failed != 0 {
-		t.Fatalf("run: %+v, want both grace periods ended", res)
+	if res := r.reconcile(t); res.GracesEnded != 1 || res.Failed != 0 || res.DeadTimers != 0 {
+		t.Fatalf("second run: %+v, want the flagged grace period ended", res)
 	}
 	r.publish(t)
 	r.reconcile(t)

@@ -80,7 +80,7 @@ func newRig(t *testing.T) *rig {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	return &rig{store: st, stream: dynamotest.NewStream(db, tables.Events), view: view, rec: rec,
 		handler:   &projector.Handler{View: st, Grace: rec, Logger: quiet},
-		publisher: &publisher.Handler{Publisher: rec, Marker: st, Logger: quiet}}
+		publisher: &publisher.Handler{Publisher: rec, Sticker: st, Logger: quiet}}
 }
 
 func (r *rig) handle(t *testing.T, recs []lambdaevents.DynamoDBEventRecord) lambdaevents.DynamoDBEventResponse {

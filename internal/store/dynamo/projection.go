@@ -42,11 +42,6 @@ const (
 	DefaultOutboxAge = 10 * time.Minute
 	// DefaultOnlineShards is the number of keys the online index is written under.
 	DefaultOnlineShards = 10
-	// staleBucket rounds a connection's stale time up, so a connection's activity moves
-	// its item in the repair index at most once per bucket.
-	staleBucket = 5 * time.Minute
-	// tombstoneBucket rounds a tombstone's expiry up the same way.
-	tombstoneBucket = time.Hour
 )
 
 // Apply folds one event of the log into its user's state (presence.State.Apply, the
@@ -166,16 +161,55 @@ func (st *Store) Pending(ctx context.Context, userID string) (presence.Record, e
 	}
 	p := presence.Record{State: r.state, Checked: r.checked}
 	for _, e := range r.outbox {
-		p.Outbox = append(p.Outbox, presence.Unpublished{Event: e.event, RecordedAt: e.at})
+		if e.stuck {
+			p.Outbox = append(p.Outbox, presence.Unpublished{Event: e.event, RecordedAt: e.at})
+		}
 	}
 	return p, nil
 }
 
-// MarkPublished removes the given transitions from the user's outbox (a versioned write;
-// ids no longer there are ignored, so marking twice is harmless).
+// MarkPublished removes the given stuck transitions from the user's outbox (a versioned
+// write; ids no longer there are ignored, so marking twice is harmless).
 func (st *Store) MarkPublished(ctx context.Context, userID string, ids ...string) error {
 	_, err := st.mutate(ctx, userID, "mark published of "+userID, func(r record) (record, presence.Effects, error) {
 		r.outbox = slices.DeleteFunc(slices.Clone(r.outbox), func(e entry) bool { return slices.Contains(ids, e.event.EventID) })
+		return r, presence.Effects{}, nil
+	})
+	return err
+}
+
+// Stick keeps transitions the relay could not publish in the user's outbox, stuck, so
+// they outlive the stream's record: the reconciler publishes them past the outbox age
+// (with their ids) and removes them. Sticking one already there changes nothing.
+func (st *Store) Stick(ctx context.Context, userID string, evs ...events.Published) error {
+	_, err := st.mutate(ctx, userID, "stick outbox of "+userID, func(r record) (record, presence.Effects, error) {
+		r.outbox = slices.Clone(r.outbox)
+		for _, p := range evs {
+			stored, err := events.Store(p)
+			if err != nil {
+				return r, presence.Effects{}, err
+			}
+			i := slices.IndexFunc(r.outbox, func(e entry) bool { return e.event.EventID == stored.EventID })
+			switch {
+			case i < 0:
+				r.outbox = append(r.outbox, entry{event: stored, version: r.version, at: st.now(), stuck: true})
+			case !r.outbox[i].stuck:
+				r.outbox[i].stuck, r.outbox[i].at = true, st.now()
+			}
+		}
+		return r, presence.Effects{}, nil
+	})
+	return err
+}
+
+// FlagGrace records that the timer of the user's pending grace period could not be
+// started: the item enters the repair index at the period's deadline plus the margin, and
+// the reconciler ends the period then. A user with no pending period is left alone.
+func (st *Store) FlagGrace(ctx context.Context, userID string) error {
+	_, err := st.mutate(ctx, userID, "flag grace of "+userID, func(r record) (record, presence.Effects, error) {
+		if u := r.state.User; u.GracePending() {
+			r.graceFlag = u.OfflineSince
+		}
 		return r, presence.Effects{}, nil
 	})
 	return err
@@ -245,10 +279,10 @@ func (st *Store) now() time.Time {
 	return time.Now()
 }
 
-// Due is when the reconciler must look at r next (zero: never, until a write changes it):
-// the earliest of a pending grace period's deadline plus the margin, a live connection's
-// last sign of life plus StaleAfter, an unpublished transition's recording plus the
-// outbox age, and a tombstone's close plus its retention.
+// due is when the reconciler must look at r (zero: never, the item is not in the repair
+// index): a flagged grace period still pending, at its deadline plus the margin, and a
+// stuck transition, at its recording plus the outbox age. Only failures put an item
+// there; the happy path never writes the index.
 func (st *Store) due(r record) time.Time {
 	var due time.Time
 	earlier := func(t time.Time) {
@@ -256,32 +290,15 @@ func (st *Store) due(r record) time.Time {
 			due = t
 		}
 	}
-	if u := r.state.User; u.GracePending() {
+	if u := r.state.User; u.GracePending() && !r.graceFlag.IsZero() {
 		earlier(u.GraceDeadline(st.Grace).Add(st.graceMargin()))
 	}
-	for _, id := range r.state.Live() {
-		seen := r.state.Conns[id].LastSeen
-		if r.checked.After(seen) {
-			seen = r.checked
-		}
-		earlier(roundUp(seen.Add(st.staleAfter()), staleBucket))
-	}
 	for _, e := range r.outbox {
-		earlier(e.at.Add(st.outboxAge()))
-	}
-	for _, c := range r.state.Conns {
-		if !c.ClosedAt.IsZero() {
-			earlier(roundUp(c.ClosedAt.Add(st.retention()), tombstoneBucket))
+		if e.stuck {
+			earlier(e.at.Add(st.outboxAge()))
 		}
 	}
 	return due
-}
-
-func roundUp(t time.Time, d time.Duration) time.Time {
-	if r := t.Truncate(d); r.Before(t) {
-		return r.Add(d)
-	}
-	return t
 }
 
 // State reads a user's state (a consistent read; the empty state of a user never seen).
@@ -321,6 +338,12 @@ func (st *Store) mutate(ctx context.Context, userID, op string, fold func(record
 			return presence.Effects{}, err
 		}
 		next.version = cur.version + 1
+		// The transitions of earlier writes travel in those writes' stream records; only
+		// the stuck ones stay, until published.
+		next.outbox = slices.DeleteFunc(slices.Clone(next.outbox), func(e entry) bool { return !e.stuck })
+		if u := next.state.User; !next.graceFlag.IsZero() && (!u.GracePending() || !u.OfflineSince.Equal(next.graceFlag)) {
+			next.graceFlag = time.Time{}
+		}
 		if len(eff.Publish) > 0 {
 			now := st.now()
 			next.outbox = slices.Clone(next.outbox)
@@ -333,7 +356,10 @@ func (st *Store) mutate(ctx context.Context, userID, op string, fold func(record
 			}
 		}
 		item := encode(next, st.due(next), st.onlineShards())
-		if reflect.DeepEqual(item, encode(record{state: cur.state, version: next.version, outbox: cur.outbox, checked: cur.checked}, st.due(cur), st.onlineShards())) {
+		unchanged := cur
+		unchanged.version = next.version
+		unchanged.outbox = slices.DeleteFunc(slices.Clone(cur.outbox), func(e entry) bool { return !e.stuck })
+		if len(eff.Publish) == 0 && reflect.DeepEqual(item, encode(unchanged, st.due(unchanged), st.onlineShards())) {
 			return eff, nil
 		}
 		in := &dynamodb.PutItemInput{TableName: aws.String(st.tables.View), Item: item,
@@ -406,17 +432,31 @@ func (st *Store) Due(ctx context.Context, now time.Time, limit int) ([]string, e
 	return out, nil
 }
 
-// PruneTombstones forgets connections closed before cutoff in every user item that holds
-// one and returns how many it forgot. Every such item is in the repair index no later
-// than its oldest tombstone's expiry, so this reads the index, never the whole table (the
-// reconciler compacts the items it visits the same way).
+// PruneTombstones forgets connections closed before cutoff in the items of the users online
+// and of those in the repair index, and returns how many it forgot: it reads the two
+// indexes, never the whole table. An offline user's tombstones are compacted by the user's
+// next write (at most MaxTombstones remain meanwhile).
 func (st *Store) PruneTombstones(ctx context.Context, cutoff time.Time) (int, error) {
-	users, err := st.Due(ctx, roundUp(cutoff.Add(st.retention()), tombstoneBucket), math.MaxInt32)
+	users, err := st.Due(ctx, time.Unix(0, math.MaxInt64), math.MaxInt32)
 	if err != nil {
 		return 0, err
 	}
+	for after := ""; ; {
+		page, err := st.OnlineUsers(ctx, after, 1000)
+		if err != nil {
+			return 0, err
+		}
+		for _, u := range page {
+			users = append(users, u.UserID)
+		}
+		if len(page) < 1000 {
+			break
+		}
+		after = page[len(page)-1].UserID
+	}
+	slices.Sort(users)
 	pruned := 0
-	for _, u := range users {
+	for _, u := range slices.Compact(users) {
 		n, err := st.Compact(ctx, u, cutoff)
 		pruned += n
 		if err != nil {

@@ -23,22 +23,28 @@ import (
 //	              of the user id) while live is not empty (the sparse index of online
 //	              users, write-sharded so no key takes more than its share)
 //	lastActivity, offlineSince, horizon (N, Unix ns), announced (S)
-//	outbox        the transitions not yet published, by event id: {t: detail-type,
-//	              d: detail JSON, v: version of the write that recorded it, a: when (Unix
-//	              ns)}. The table's stream publishes those a write recorded (package
-//	              publisher), which then removes them; the reconciler republishes what is
-//	              left past an age.
+//	outbox        transitions by event id: {t: detail-type, d: detail JSON, v: version of
+//	              the write that recorded it, a: when (Unix ns), x: true once stuck}. A
+//	              write holds the transitions it recorded (its stream record carries them
+//	              to the relay, package publisher) and the stuck ones: those the relay
+//	              could not publish, kept until the reconciler publishes them; a later
+//	              write drops the others (their record has them)
+//	fresh         "1" on a write that recorded transitions: the relay's event filter
+//	gf            the grace period whose timer could not be started or run (its
+//	              offlineSince, Unix ns): the reconciler ends it once overdue
 //	chk           when the gateway last confirmed the live connections (Unix ns)
 //	rs, due       the repair index (sparse): shard and the time the reconciler must look
-//	              at the item next (grace overdue, a connection unseen too long, an
-//	              outbox entry unpublished too long, a tombstone past its retention)
+//	              at the item (a flagged grace period's deadline plus the margin, a stuck
+//	              transition's time plus the outbox age); only failures put an item there
 const (
-	attrVersion = "v"
-	attrConns   = "conns"
-	attrOutbox  = "outbox"
-	attrChecked = "chk"
-	attrShard   = "rs"
-	attrDue     = "due"
+	attrVersion   = "v"
+	attrConns     = "conns"
+	attrOutbox    = "outbox"
+	attrChecked   = "chk"
+	attrShard     = "rs"
+	attrDue       = "due"
+	attrFresh     = "fresh"
+	attrGraceFlag = "gf"
 )
 
 // RepairIndex is the name of the view table's sparse index of the user items the
@@ -49,11 +55,12 @@ const RepairIndex = "repair"
 // this many keys, so none carries more than 1/RepairShards of them.
 const RepairShards = 16
 
-// entry is an outbox entry: a transition recorded and not yet published.
+// entry is an outbox entry: a transition recorded, or stuck (not yet published).
 type entry struct {
 	event   events.Stored
 	version int64
 	at      time.Time
+	stuck   bool
 }
 
 // record is a user item: the user's state and what the store keeps beside it.
@@ -62,6 +69,8 @@ type record struct {
 	version int64
 	outbox  []entry
 	checked time.Time
+	// graceFlag is the offlineSince of a grace period whose timer was lost.
+	graceFlag time.Time
 }
 
 func num(v int64) types.AttributeValue {
@@ -130,13 +139,22 @@ func encode(r record, due time.Time, onlineShards int) map[string]types.Attribut
 	if len(r.outbox) > 0 {
 		out := make(map[string]types.AttributeValue, len(r.outbox))
 		for _, e := range r.outbox {
-			out[e.event.EventID] = &types.AttributeValueMemberM{Value: map[string]types.AttributeValue{
-				"t": s(string(e.event.Type)), "d": s(string(e.event.Detail)), "v": num(e.version), "a": n(e.at)}}
+			m := map[string]types.AttributeValue{"t": s(string(e.event.Type)), "d": s(string(e.event.Detail)), "v": num(e.version), "a": n(e.at)}
+			if e.stuck {
+				m["x"] = &types.AttributeValueMemberBOOL{Value: true}
+			}
+			if e.version == r.version && !e.stuck {
+				item[attrFresh] = s("1")
+			}
+			out[e.event.EventID] = &types.AttributeValueMemberM{Value: m}
 		}
 		item[attrOutbox] = &types.AttributeValueMemberM{Value: out}
 	}
 	if !r.checked.IsZero() {
 		item[attrChecked] = n(r.checked)
+	}
+	if !r.graceFlag.IsZero() {
+		item[attrGraceFlag] = n(r.graceFlag)
 	}
 	if !due.IsZero() {
 		item[attrShard] = s(shardOf(state.User.ID, RepairShards))
@@ -170,16 +188,17 @@ func decode(userID string, item map[string]types.AttributeValue) record {
 	st.User.OfflineSince = tm(item, "offlineSince")
 	st.User.Announced = presence.Announced(str(item, "announced"))
 	st.Horizon = tm(item, "horizon")
-	r := record{state: st, version: integer(item, attrVersion), checked: tm(item, attrChecked)}
+	r := record{state: st, version: integer(item, attrVersion), checked: tm(item, attrChecked), graceFlag: tm(item, attrGraceFlag)}
 	if m, ok := item[attrOutbox].(*types.AttributeValueMemberM); ok {
 		for id, v := range m.Value {
 			em, ok := v.(*types.AttributeValueMemberM)
 			if !ok || str(em.Value, "t") == "" || !json.Valid([]byte(str(em.Value, "d"))) {
 				continue
 			}
+			stuck, _ := em.Value["x"].(*types.AttributeValueMemberBOOL)
 			r.outbox = append(r.outbox, entry{
 				event:   events.Stored{Type: events.DetailType(str(em.Value, "t")), EventID: id, Detail: json.RawMessage(str(em.Value, "d"))},
-				version: integer(em.Value, "v"), at: tm(em.Value, "a")})
+				version: integer(em.Value, "v"), at: tm(em.Value, "a"), stuck: stuck != nil && stuck.Value})
 		}
 		sortEntries(r.outbox)
 	}
