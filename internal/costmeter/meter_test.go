@@ -191,7 +191,13 @@ func wsRequest(route, user, conn string, at time.Time) lambdaevents.APIGatewayWe
 func (r *rig) streams() {
 	t := r.t
 	for {
-		recs := r.stream.Next(t)
+		var recs []lambdaevents.DynamoDBEventRecord
+		for _, rec := range r.stream.Next(t) {
+			// The projector's event filter: only closes.
+			if rec.Change.NewImage["type"].String() == string(events.TypeConnectionClosed) {
+				recs = append(recs, rec)
+			}
+		}
 		for start := 0; start < len(recs); start += batchSize {
 			batch := recs[start:min(start+batchSize, len(recs))]
 			r.meter.Invoke("projector", func() {

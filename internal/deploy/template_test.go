@@ -201,8 +201,10 @@ var expected = map[string][]grant{
 	},
 	"connect": {
 		{"dynamodb:PutItem", "GetAtt:EventsTable.Arn"}, {"dynamodb:GetItem", "GetAtt:EventsTable.Arn"},
-		// The fold of the open (read-your-connect) and the connection cap.
+		// The fold of the open (read-your-connect) and the connection cap; the activity
+		// register ($default frames, and the cap's reading of it).
 		{"dynamodb:GetItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:PutItem", "GetAtt:ViewTable.Arn"},
+		{"dynamodb:UpdateItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:BatchGetItem", "GetAtt:ViewTable.Arn"},
 	},
 	"disconnect": {
 		{"dynamodb:PutItem", "GetAtt:EventsTable.Arn"}, {"dynamodb:GetItem", "GetAtt:EventsTable.Arn"},
@@ -247,7 +249,7 @@ var expected = map[string][]grant{
 		// The reconciler: the repair and online indexes, the user items, the log's closes,
 		// the stuck transitions, the dead grace timers.
 		{"dynamodb:Query", "Sub:${ViewTable.Arn}/index/repair"}, {"dynamodb:Query", "Sub:${ViewTable.Arn}/index/online"},
-		{"dynamodb:GetItem", "GetAtt:ViewTable.Arn"},
+		{"dynamodb:GetItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:BatchGetItem", "GetAtt:ViewTable.Arn"},
 		{"sqs:ReceiveMessage", "GetAtt:GraceDeadLetterQueue.Arn"}, {"sqs:DeleteMessage", "GetAtt:GraceDeadLetterQueue.Arn"},
 		{"dynamodb:PutItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:GetItem", "GetAtt:EventsTable.Arn"},
 		{"dynamodb:PutItem", "GetAtt:EventsTable.Arn"}, {"events:PutEvents", "GetAtt:EventBus.Arn"},
@@ -493,6 +495,10 @@ func TestOperationalSettings(t *testing.T) {
 	if !reflect.DeepEqual(stream["FunctionResponseTypes"], []any{"ReportBatchItemFailures"}) || stream["BisectBatchOnFunctionError"] != "true" ||
 		stream["MaximumRetryAttempts"] == nil || stream["DestinationConfig"] == nil || res(stream["Stream"]) != "GetAtt:EventsTable.StreamArn" {
 		t.Errorf("projector stream mapping %v", stream)
+	}
+	// Only closes wake the projector ($connect folds its open; activity is not logged).
+	if f, _ := json.Marshal(stream["FilterCriteria"]); !strings.Contains(string(f), `\"type\": {\"S\": [\"ConnectionClosed\"]}`) {
+		t.Errorf("projector filter %s", f)
 	}
 	// The outbox relay: the view table's stream, filtered to the writes that recorded
 	// transitions, in order, retried a bounded number of times (the items keep what it

@@ -40,6 +40,7 @@ type Owners interface {
 type View interface {
 	Apply(ctx context.Context, e events.ConnectionEvent) (presence.Effects, error)
 	Admit(ctx context.Context, e events.ConnectionEvent, max int) (presence.Effects, error)
+	Touch(ctx context.Context, userID string, at time.Time) (bool, error)
 }
 
 // Handler handles $connect and $disconnect.
@@ -112,11 +113,9 @@ func (h *Handler) Connect(ctx context.Context, req lambdaevents.APIGatewayWebsoc
 	return ok(), nil
 }
 
-// ActivityInterval is the granularity of activity on AWS: a connection's frames within one
-// interval record one ActivityRecorded (its natural key carries the interval's start).
-const ActivityInterval = 30 * time.Second
-
-// Message is the $default route: a client frame counts as activity.
+// Message is the $default route: a client frame records the user's activity in the
+// register beside the user item (package dynamo's Touch), at most once per window; it
+// changes no presence and writes nothing to the log, the user item or their streams.
 func (h *Handler) Message(ctx context.Context, req lambdaevents.APIGatewayWebsocketProxyRequest) (lambdaevents.APIGatewayProxyResponse, error) {
 	rc := req.RequestContext
 	userID := UserID(rc)
@@ -126,11 +125,13 @@ func (h *Handler) Message(ctx context.Context, req lambdaevents.APIGatewayWebsoc
 			return lambdaevents.APIGatewayProxyResponse{}, fmt.Errorf("activity of %s: %w: %w", rc.ConnectionID, ErrNoUser, err)
 		}
 	}
-	at := eventTime(rc).Truncate(ActivityInterval)
-	if _, err := h.Log.Append(ctx, events.Activity(userID, rc.ConnectionID, at)); err != nil {
+	wrote, err := h.View.Touch(ctx, userID, eventTime(rc))
+	if err != nil {
 		return lambdaevents.APIGatewayProxyResponse{}, fmt.Errorf("activity of %s: %w", rc.ConnectionID, err)
 	}
-	_ = h.Metrics.Emit(map[string]string{"Function": "connect"}, emf.Metric{Name: "ActivityRecorded", Value: 1, Unit: emf.Count})
+	if wrote {
+		_ = h.Metrics.Emit(map[string]string{"Function": "connect"}, emf.Metric{Name: "ActivityRecorded", Value: 1, Unit: emf.Count})
+	}
 	return ok(), nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -66,6 +67,8 @@ func (m *memView) Apply(_ context.Context, e events.ConnectionEvent) (presence.E
 	m.states[e.UserID] = s
 	return eff, nil
 }
+
+func (m *memView) Touch(context.Context, string, time.Time) (bool, error) { return true, nil }
 
 func (m *memView) Admit(_ context.Context, e events.ConnectionEvent, max int) (presence.Effects, error) {
 	if m.fail != nil {
@@ -230,34 +233,57 @@ func TestAgainstDynamoDB(t *testing.T) {
 	}
 }
 
-func TestDefaultRouteRecordsActivityOncePerInterval(t *testing.T) {
-	log := &memLog{byKey: map[string]events.ConnectionEvent{}}
-	h := &connection.Handler{Log: log, Owners: log, View: newView(), Logger: quiet()}
+// TestDefaultRouteRecordsActivityOncePerWindow: frames on $default record the user's
+// activity in the register beside the user item, once per window: the user's last
+// activity moves, the log and the user item do not.
+func TestDefaultRouteRecordsActivityOncePerWindow(t *testing.T) {
+	db := dynamotest.Client(t)
+	tables := dynamotest.NewTables(t, db)
+	st := dynamo.New(db, tables)
+	h := &connection.Handler{Log: st, Owners: st, View: st, Logger: quiet()}
 	ctx := context.Background()
 	req := load(t, "websocket-connect.json")
 	if _, err := h.ConnectOrMessage(ctx, req); err != nil {
 		t.Fatal(err)
 	}
+	before, err := st.State(ctx, "1234")
+	if err != nil {
+		t.Fatal(err)
+	}
 	req.RequestContext.RouteKey = "$default"
 	req.RequestContext.EventType = "MESSAGE"
-	for i := range 3 {
-		req.RequestContext.RequestTimeEpoch = 1795687230000 + int64(i)*1000 // three frames within one interval
+	start := req.RequestContext.RequestTimeEpoch
+	lastActivity := func() time.Time {
+		u, err := st.Users(ctx, []string{"1234"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return u[0].LastActivity
+	}
+	for i, at := range []int64{10_000, 70_000, 250_000} { // three frames within one window
+		req.RequestContext.RequestTimeEpoch = start + at
 		if resp, err := h.ConnectOrMessage(ctx, req); err != nil || resp.StatusCode != 200 {
 			t.Fatalf("frame %d: %+v %v", i, resp, err)
 		}
 	}
-	req.RequestContext.RequestTimeEpoch = 1795687260000 // the next interval
+	if got, want := lastActivity(), time.UnixMilli(start+10_000).UTC(); !got.Equal(want) {
+		t.Fatalf("last activity %v, want the window's first frame %v", got, want)
+	}
+	req.RequestContext.RequestTimeEpoch = start + 10_000 + dynamo.ActivityWindow.Milliseconds()
 	if _, err := h.ConnectOrMessage(ctx, req); err != nil {
 		t.Fatal(err)
 	}
-	n := 0
-	for _, e := range log.byKey {
-		if e.Type == events.TypeActivityRecorded {
-			n++
-		}
+	if got, want := lastActivity(), time.UnixMilli(req.RequestContext.RequestTimeEpoch).UTC(); !got.Equal(want) {
+		t.Fatalf("last activity %v, want the next window's frame %v", got, want)
 	}
-	if n != 2 || len(log.byKey) != 3 {
-		t.Fatalf("%d activities (of %d events), want 2", n, len(log.byKey))
+	after, err := st.State(ctx, "1234")
+	if err != nil || !reflect.DeepEqual(before, after) {
+		t.Fatalf("activity changed the user item: %+v -> %+v (%v)", before, after, err)
+	}
+	for _, rec := range dynamotest.NewStream(db, tables.Events).Next(t) {
+		if rec.Change.NewImage["type"].String() == string(events.TypeActivityRecorded) {
+			t.Fatal("activity was appended to the log")
+		}
 	}
 }
 

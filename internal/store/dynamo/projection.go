@@ -2,6 +2,7 @@ package dynamo
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"reflect"
@@ -71,21 +72,37 @@ func (st *Store) fold(s presence.State, e events.ConnectionEvent) (presence.Stat
 }
 
 // Admit folds the open e into its user's state unless the user already holds max live
-// connections (presence.State.Admit, connections unseen for StaleAfter not counted), in
-// the same versioned write as Apply: of simultaneous opens at max-1, one is admitted. A
-// refusal writes nothing and wraps presence.ErrConnectionCap.
+// connections (presence.State.Admit), in the same versioned write as Apply: of
+// simultaneous opens at max-1, one is admitted. A refusal writes nothing and wraps
+// presence.ErrConnectionCap. Connections not seen for StaleAfter are not counted, unless
+// the user's activity register shows the user active since then (activity is recorded
+// per user): then every live connection counts.
 func (st *Store) Admit(ctx context.Context, e events.ConnectionEvent, max int) (presence.Effects, error) {
 	if err := e.Validate(); err != nil {
 		return presence.Effects{}, err
 	}
-	return st.mutate(ctx, e.UserID, "admit "+e.Key(), func(r record) (record, presence.Effects, error) {
-		if _, _, err := r.state.Admit(e, max, e.At.Add(-st.staleAfter()), st.Grace); err != nil {
-			return r, presence.Effects{}, err
+	knownSince := e.At.Add(-st.staleAfter())
+	for registerRead := false; ; registerRead = true {
+		eff, err := st.mutate(ctx, e.UserID, "admit "+e.Key(), func(r record) (record, presence.Effects, error) {
+			if _, _, err := r.state.Admit(e, max, knownSince, st.Grace); err != nil {
+				return r, presence.Effects{}, err
+			}
+			next, eff := st.fold(r.state, e)
+			r.state = next
+			return r, eff, nil
+		})
+		if !errors.Is(err, presence.ErrConnectionCap) || registerRead {
+			return eff, err
 		}
-		next, eff := st.fold(r.state, e)
-		r.state = next
-		return r, eff, nil
-	})
+		act, aerr := st.activity(ctx, []string{e.UserID})
+		if aerr != nil {
+			return presence.Effects{}, aerr
+		}
+		if a := act[e.UserID]; a.Before(knownSince) {
+			return eff, err
+		}
+		knownSince = time.Time{}
+	}
 }
 
 // ExpireGrace runs the grace timer of the period that began at since, at now

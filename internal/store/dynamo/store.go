@@ -202,10 +202,36 @@ func (st *Store) LiveConnections(ctx context.Context, userID string) ([]string, 
 	return strs(out.Item, "live"), nil
 }
 
-// Users returns each id's status, in the order given, reading BatchGetItem chunks of 100
-// and retrying unprocessed keys with jittered backoff.
+// Users returns each id's status, in the order given: the user items and the activity
+// registers, read with BatchGetItem in chunks of 100 keys, unprocessed keys retried with
+// jittered backoff.
 func (st *Store) Users(ctx context.Context, ids []string) ([]presence.Status, error) {
 	found := map[string]presence.Status{}
+	if err := st.batchGet(ctx, ids, userKey, "pk, live, lastActivity", func(item map[string]types.AttributeValue) {
+		found[str(item, "pk")] = statusOf(item)
+	}); err != nil {
+		return nil, err
+	}
+	act, err := st.activity(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	res := make([]presence.Status, len(ids))
+	for i, id := range ids {
+		res[i] = presence.Status{UserID: id}
+		if u, ok := found[id]; ok {
+			res[i] = u
+		}
+		if a := act[id]; a.After(res[i].LastActivity) {
+			res[i].LastActivity = a
+		}
+	}
+	return res, nil
+}
+
+// batchGet reads the item key(id) of each distinct id with BatchGetItem, in chunks of 100,
+// retrying unprocessed keys with jittered backoff, and calls found with each item read.
+func (st *Store) batchGet(ctx context.Context, ids []string, key func(string) map[string]types.AttributeValue, projection string, found func(map[string]types.AttributeValue)) error {
 	unique := make([]string, 0, len(ids))
 	seen := map[string]bool{}
 	for _, id := range ids {
@@ -218,37 +244,29 @@ func (st *Store) Users(ctx context.Context, ids []string) ([]presence.Status, er
 		chunk := unique[start:min(start+batchLimit, len(unique))]
 		keys := make([]map[string]types.AttributeValue, len(chunk))
 		for i, id := range chunk {
-			keys[i] = userKey(id)
+			keys[i] = key(id)
 		}
-		req := map[string]types.KeysAndAttributes{st.tables.View: {Keys: keys,
-			ProjectionExpression: aws.String("pk, live, lastActivity")}}
+		req := map[string]types.KeysAndAttributes{st.tables.View: {Keys: keys, ProjectionExpression: aws.String(projection)}}
 		for attempt := 0; len(req) > 0; attempt++ {
 			if attempt > 0 {
 				if attempt > maxRetries {
-					return nil, fmt.Errorf("read users: unprocessed keys after %d attempts: %w", maxRetries, failure.ErrThrottled)
+					return fmt.Errorf("read users: unprocessed keys after %d attempts: %w", maxRetries, failure.ErrThrottled)
 				}
 				if err := retry.Sleep(ctx, retry.Backoff(10*time.Millisecond, attempt)); err != nil {
-					return nil, err
+					return err
 				}
 			}
 			out, err := st.db.BatchGetItem(ctx, &dynamodb.BatchGetItemInput{RequestItems: req})
 			if err != nil {
-				return nil, awsfail.Wrap("read users", err)
+				return awsfail.Wrap("read users", err)
 			}
 			for _, item := range out.Responses[st.tables.View] {
-				found[str(item, "pk")] = statusOf(item)
+				found(item)
 			}
 			req = out.UnprocessedKeys
 		}
 	}
-	res := make([]presence.Status, len(ids))
-	for i, id := range ids {
-		res[i] = presence.Status{UserID: id}
-		if u, ok := found[id]; ok {
-			res[i] = u
-		}
-	}
-	return res, nil
+	return nil
 }
 
 // OnlineUsers lists users with a live connection, in id order after the id after, at most
@@ -265,7 +283,21 @@ func (st *Store) OnlineUsers(ctx context.Context, after string, limit int) ([]pr
 		all = append(all, page...)
 	}
 	sort.Slice(all, func(i, j int) bool { return all[i].UserID < all[j].UserID })
-	return all[:min(limit, len(all))], nil
+	all = all[:min(limit, len(all))]
+	ids := make([]string, len(all))
+	for i, u := range all {
+		ids[i] = u.UserID
+	}
+	act, err := st.activity(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	for i, u := range all {
+		if a := act[u.UserID]; a.After(u.LastActivity) {
+			all[i].LastActivity = a
+		}
+	}
+	return all, nil
 }
 
 // onlineShard lists at most limit online users of one shard, in id order after after.
