@@ -3,7 +3,7 @@ export GOTOOLCHAIN := go1.27.3
 STATICCHECK_VERSION := v0.8.2
 GOBIN := $(shell go env GOPATH)/bin
 
-.PHONY: run test lint vuln ci package bench bench-long
+.PHONY: run test lint vuln ci package bench bench-long cost
 
 ## run: start the local runtime (embedded store in ./wspresence-data)
 run:
@@ -34,6 +34,12 @@ bench:
 
 bench-long:
 	$(MAKE) bench BENCH_PROFILE=long
+
+## cost: the AWS bill per million connections and messages, counted by the meter against
+## dynalite (needs `npm ci`), beside the API Gateway floor; thresholds in
+## internal/costmeter/thresholds.json
+cost:
+	bash .ci/cost
 
 ## vuln: vulnerability scan (online database, or one built offline from golang.org/x/vulndb)
 vuln:
