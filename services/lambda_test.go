@@ -352,7 +352,8 @@ func TestPresencePathUnderTheEmulator(t *testing.T) {
 	graceFn := start(t, "grace", map[string]string{"AWS_ENDPOINT_URL_DYNAMODB": ddb, "VIEW_TABLE": tables.View, "OFFLINE_GRACE_SECONDS": "5"})
 	sweeper := start(t, "sweeper", with(map[string]string{"WEBSOCKET_ENDPOINT": gw.URL + "/production",
 		"AWS_ENDPOINT_URL_EVENTBRIDGE": bus.URL, "EVENT_BUS_NAME": "wspresence", "RECONCILE_LIMIT": "100",
-		"AWS_ENDPOINT_URL_SQS": timers.URL, "GRACE_DLQ_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/grace-dlq"}))
+		"AWS_ENDPOINT_URL_SQS": timers.URL, "GRACE_DLQ_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/grace-dlq",
+		"STREAM_FAILURE_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/stream-failures"}))
 
 	ok := func(name string, body []byte) {
 		t.Helper()

@@ -19,6 +19,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/apigatewaymanagementapi"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodbstreams"
 	awseventbridge "github.com/aws/aws-sdk-go-v2/service/eventbridge"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
@@ -40,6 +41,8 @@ import (
 	"github.com/wspresence/wspresence/internal/lambda/sweeper"
 	secretssm "github.com/wspresence/wspresence/internal/secret/ssm"
 	"github.com/wspresence/wspresence/internal/store/dynamo"
+	"github.com/wspresence/wspresence/internal/stream/ddbstreams"
+	"github.com/wspresence/wspresence/internal/stream/failures"
 )
 
 // Config holds the functions' settings as their environment gives them (strings; empty
@@ -55,6 +58,9 @@ type Config struct {
 	// GraceDeadLetterURL is that queue's dead-letter queue, which the reconciler drains
 	// (GRACE_DLQ_URL).
 	GraceDeadLetterURL string
+	// StreamFailureQueueURL is the streams' on-failure destination, which the reconciler
+	// replays (STREAM_FAILURE_QUEUE_URL).
+	StreamFailureQueueURL string
 	// OfflineGraceSeconds is the grace period (OFFLINE_GRACE_SECONDS, default 5).
 	OfflineGraceSeconds string
 	// JWTSecretParameter is the SSM parameter of the JWT secret (JWT_SECRET_PARAMETER,
@@ -398,6 +404,8 @@ func NewSweeper(ctx context.Context, c Config, log *slog.Logger) (*sweeper.Handl
 	h := &sweeper.Handler{
 		View: st, Log: st, Gateway: c.gateway(&ck, awsCfg), Publisher: c.publisher(&ck, awsCfg),
 		DeadTimers: sqsdelay.NewDeadLetters(sqs.NewFromConfig(awsCfg), ck.need("GRACE_DLQ_URL", c.GraceDeadLetterURL)),
+		Failures:   failures.New(sqs.NewFromConfig(awsCfg), ck.need("STREAM_FAILURE_QUEUE_URL", c.StreamFailureQueueURL)),
+		Streams:    ddbstreams.New(dynamodbstreams.NewFromConfig(awsCfg)),
 		Grace:      st.Grace, GraceMargin: dynamo.DefaultGraceMargin, StaleAfter: dynamo.DefaultStaleAfter,
 		OutboxAge: dynamo.DefaultOutboxAge, Retention: dynamo.DefaultTombstoneRetention,
 		Limit: ck.integer("RECONCILE_LIMIT", c.ReconcileLimit, 1000),

@@ -251,6 +251,9 @@ var expected = map[string][]grant{
 		{"dynamodb:Query", "Sub:${ViewTable.Arn}/index/repair"}, {"dynamodb:Query", "Sub:${ViewTable.Arn}/index/online"},
 		{"dynamodb:GetItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:BatchGetItem", "GetAtt:ViewTable.Arn"},
 		{"sqs:ReceiveMessage", "GetAtt:GraceDeadLetterQueue.Arn"}, {"sqs:DeleteMessage", "GetAtt:GraceDeadLetterQueue.Arn"},
+		{"sqs:ReceiveMessage", "GetAtt:StreamFailureQueue.Arn"}, {"sqs:DeleteMessage", "GetAtt:StreamFailureQueue.Arn"},
+		{"dynamodb:GetShardIterator", "GetAtt:EventsTable.StreamArn"}, {"dynamodb:GetRecords", "GetAtt:EventsTable.StreamArn"},
+		{"dynamodb:GetShardIterator", "GetAtt:ViewTable.StreamArn"}, {"dynamodb:GetRecords", "GetAtt:ViewTable.StreamArn"},
 		{"dynamodb:PutItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:GetItem", "GetAtt:EventsTable.Arn"},
 		{"dynamodb:PutItem", "GetAtt:EventsTable.Arn"}, {"events:PutEvents", "GetAtt:EventBus.Arn"},
 		{"execute-api:ManageConnections", "Sub:arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${WebSocketApi}/${StageName}/GET/@connections/*"},
@@ -308,11 +311,13 @@ var sdkCall = regexp.MustCompile(`\.(?:db|client)\.(\w+)\(ctx`)
 func TestRolesCoverTheAdaptersCalls(t *testing.T) {
 	_, root := load(t)
 	prefixes := map[string]string{
-		"internal/store/dynamo":    "dynamodb:",
-		"internal/bus/eventbridge": "events:",
-		"internal/grace/sqsdelay":  "sqs:",
-		"internal/secret/ssm":      "ssm:",
-		"internal/gateway/apigw":   "execute-api:",
+		"internal/store/dynamo":      "dynamodb:",
+		"internal/bus/eventbridge":   "events:",
+		"internal/grace/sqsdelay":    "sqs:",
+		"internal/stream/failures":   "sqs:",
+		"internal/stream/ddbstreams": "dynamodb:",
+		"internal/secret/ssm":        "ssm:",
+		"internal/gateway/apigw":     "execute-api:",
 	}
 	called := map[string]bool{}
 	for dir, prefix := range prefixes {

@@ -10,13 +10,14 @@ import (
 
 func main() {
 	awsrt.Start(awsrt.NewSweeper, awsrt.Config{
-		OnlineShards:        os.Getenv("ONLINE_SHARDS"),
-		EventsTable:         os.Getenv("EVENTS_TABLE"),
-		ViewTable:           os.Getenv("VIEW_TABLE"),
-		EventBus:            os.Getenv("EVENT_BUS_NAME"),
-		WebSocketEndpoint:   os.Getenv("WEBSOCKET_ENDPOINT"),
-		OfflineGraceSeconds: os.Getenv("OFFLINE_GRACE_SECONDS"),
-		ReconcileLimit:      os.Getenv("RECONCILE_LIMIT"),
-		GraceDeadLetterURL:  os.Getenv("GRACE_DLQ_URL"),
+		OnlineShards:          os.Getenv("ONLINE_SHARDS"),
+		EventsTable:           os.Getenv("EVENTS_TABLE"),
+		ViewTable:             os.Getenv("VIEW_TABLE"),
+		EventBus:              os.Getenv("EVENT_BUS_NAME"),
+		WebSocketEndpoint:     os.Getenv("WEBSOCKET_ENDPOINT"),
+		OfflineGraceSeconds:   os.Getenv("OFFLINE_GRACE_SECONDS"),
+		ReconcileLimit:        os.Getenv("RECONCILE_LIMIT"),
+		GraceDeadLetterURL:    os.Getenv("GRACE_DLQ_URL"),
+		StreamFailureQueueURL: os.Getenv("STREAM_FAILURE_QUEUE_URL"),
 	}, (*sweeper.Handler).Handle)
 }

@@ -1,7 +1,12 @@
 // Package sweeper is the reconciler of the AWS runtime, run on a schedule: it re-derives
 // what the view must hold and folds the difference through the core, with the same
-// versioned writes as the projector. Each run looks at three bounded lists:
+// versioned writes as the projector. Each run looks at four bounded lists:
 //
+//   - the stream batches the projector or the relay gave up on after their retries (the
+//     stream failure queue holds their positions): while the stream keeps them (24 hours)
+//     their records are read again and replayed, closes folded (and their grace periods
+//     ended if over, flagged otherwise) and transitions published with their ids; past
+//     that, the other lists repair what they held;
 //   - the grace timers that failed every receive (the grace queue's dead-letter queue):
 //     each period is ended by presence at its deadline, as the timer would have, so its
 //     UserOffline has the timer's id;
@@ -30,10 +35,14 @@ import (
 	"strconv"
 	"time"
 
+	lambdaevents "github.com/aws/aws-lambda-go/events"
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/emf"
 	"github.com/wspresence/wspresence/internal/grace/sqsdelay"
+	"github.com/wspresence/wspresence/internal/lambda/projector"
+	"github.com/wspresence/wspresence/internal/lambda/publisher"
 	"github.com/wspresence/wspresence/internal/presence"
+	"github.com/wspresence/wspresence/internal/stream/failures"
 )
 
 // View is the view the reconciler repairs (package dynamo's Store): its lists, the user's
@@ -68,6 +77,20 @@ type Publisher interface {
 	Publish(ctx context.Context, evs ...events.Published) error
 }
 
+// StreamFailures is the stream failure queue (package failures' Queue).
+type StreamFailures interface {
+	Receive(ctx context.Context, max int) ([]failures.Batch, error)
+	Delete(ctx context.Context, receipt string) error
+}
+
+// Streams reads stream records by position (package ddbstreams' Reader).
+type Streams interface {
+	Records(ctx context.Context, streamARN, shardID, start, end string) ([]lambdaevents.DynamoDBEventRecord, error)
+}
+
+// StreamRetention is how long DynamoDB Streams keep a record.
+const StreamRetention = 24 * time.Hour
+
 // DeadTimers is the grace queue's dead-letter queue (package sqsdelay's DeadLetters).
 type DeadTimers interface {
 	Receive(ctx context.Context, max int) ([]sqsdelay.Dead, error)
@@ -81,6 +104,8 @@ type Handler struct {
 	Gateway    Gateway
 	Publisher  Publisher
 	DeadTimers DeadTimers
+	Failures   StreamFailures
+	Streams    Streams
 	// Grace is the offline grace period; GraceMargin how long past its deadline a flagged
 	// grace period waits for a retry of its timer.
 	Grace, GraceMargin time.Duration
@@ -101,10 +126,15 @@ type Handler struct {
 
 // Result reports one run.
 type Result struct {
-	// DeadTimers, Due and Scanned are the lengths of the three lists taken.
-	DeadTimers int `json:"deadTimers"`
+	// FailedBatches, DeadTimers, Due and Scanned are the lengths of the lists taken.
+	FailedBatches int `json:"failedBatches"`
+	DeadTimers    int `json:"deadTimers"`
 	Due        int `json:"due"`
 	Scanned    int `json:"scanned"`
+	// Replayed counts the records of failed batches replayed; Expired the failed batches
+	// the stream no longer kept.
+	Replayed int `json:"replayed"`
+	Expired  int `json:"expired"`
 	// Checked is the number of stale connections looked at.
 	Checked int `json:"checked"`
 	// Refolded counts closes the log held and the view had not folded.
@@ -144,6 +174,17 @@ func (h *Handler) Handle(ctx context.Context, _ any) (Result, error) {
 		h.Logger.ErrorContext(ctx, "repair failed", "userId", user, "err", err)
 	}
 
+	batches, err := h.Failures.Receive(ctx, h.Limit)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	res.FailedBatches = len(batches)
+	for _, b := range batches {
+		if err := h.replay(ctx, b, now, &res); err != nil {
+			fail(b.ShardID+"/"+b.StartSequenceNumber, err)
+		}
+	}
+
 	dead, err := h.DeadTimers.Receive(ctx, h.Limit)
 	if err != nil {
 		errs = append(errs, err)
@@ -175,18 +216,80 @@ func (h *Handler) Handle(ctx context.Context, _ any) (Result, error) {
 		errs = append(errs, err)
 	}
 
-	h.Logger.InfoContext(ctx, "reconciled", "deadTimers", res.DeadTimers, "due", res.Due, "scanned", res.Scanned,
+	h.Logger.InfoContext(ctx, "reconciled", "failedBatches", res.FailedBatches, "replayed", res.Replayed, "expired", res.Expired,
+		"deadTimers", res.DeadTimers, "due", res.Due, "scanned", res.Scanned,
 		"checked", res.Checked, "refolded", res.Refolded, "swept", res.Swept, "confirmed", res.Confirmed,
 		"gracesEnded", res.GracesEnded, "republished", res.Republished, "pruned", res.Pruned, "failed", res.Failed, "more", res.More)
 	_ = h.Metrics.Emit(map[string]string{"Function": "reconciler"},
 		emf.Metric{Name: "UsersDue", Value: float64(res.Due), Unit: emf.Count},
 		emf.Metric{Name: "DeadTimers", Value: float64(res.DeadTimers), Unit: emf.Count},
+		emf.Metric{Name: "RecordsReplayed", Value: float64(res.Replayed), Unit: emf.Count},
+		emf.Metric{Name: "FailedBatchesExpired", Value: float64(res.Expired), Unit: emf.Count},
 		emf.Metric{Name: "ClosesRefolded", Value: float64(res.Refolded), Unit: emf.Count},
 		emf.Metric{Name: "ConnectionsSwept", Value: float64(res.Swept), Unit: emf.Count},
 		emf.Metric{Name: "GracesEnded", Value: float64(res.GracesEnded), Unit: emf.Count},
 		emf.Metric{Name: "TransitionsRepublished", Value: float64(res.Republished), Unit: emf.Count},
 		emf.Metric{Name: "RepairsFailed", Value: float64(res.Failed), Unit: emf.Count})
 	return res, errors.Join(errs...)
+}
+
+// replay reads a failed batch's records again and does what its consumer could not: a
+// close is folded (with its grace period ended if over, flagged otherwise), a write's
+// transitions are published with their ids. A batch the stream no longer keeps is
+// counted and dropped: the online list and the repair index cover what it held.
+func (h *Handler) replay(ctx context.Context, b failures.Batch, now time.Time, res *Result) error {
+	if b.StreamARN != "" && now.Sub(b.FirstArrival) > StreamRetention {
+		res.Expired++
+		h.Logger.ErrorContext(ctx, "failed stream batch expired before its replay", "shardId", b.ShardID,
+			"start", b.StartSequenceNumber, "end", b.EndSequenceNumber, "records", b.BatchSize)
+	} else if b.StreamARN != "" {
+		recs, err := h.Streams.Records(ctx, b.StreamARN, b.ShardID, b.StartSequenceNumber, b.EndSequenceNumber)
+		if err != nil {
+			return err
+		}
+		for _, rec := range recs {
+			if err := h.replayRecord(ctx, rec, now); err != nil {
+				return err
+			}
+			res.Replayed++
+		}
+	}
+	return h.Failures.Delete(ctx, b.Receipt)
+}
+
+func (h *Handler) replayRecord(ctx context.Context, rec lambdaevents.DynamoDBEventRecord, now time.Time) error {
+	img := rec.Change.NewImage
+	if sk := img["sk"]; sk.DataType() == lambdaevents.DataTypeString && sk.String() == "#USER" {
+		evs, err := publisher.Outbox(img)
+		if err != nil || len(evs) == 0 {
+			return nil // nothing to publish, or nothing a retry can read
+		}
+		return h.Publisher.Publish(ctx, evs...)
+	}
+	if rec.EventName != string(lambdaevents.DynamoDBOperationTypeInsert) {
+		return nil
+	}
+	e, err := projector.Decode(img)
+	if err != nil {
+		return nil
+	}
+	if _, err := h.View.Apply(ctx, e); err != nil {
+		return err
+	}
+	rc, err := h.View.Pending(ctx, e.UserID)
+	if err != nil {
+		return err
+	}
+	u := rc.State.User
+	switch deadline := u.GraceDeadline(h.Grace); {
+	case !u.GracePending():
+		return nil
+	case !now.Before(deadline):
+		_, err = h.View.ExpireGrace(ctx, e.UserID, u.OfflineSince, deadline)
+	default:
+		err = h.View.FlagGrace(ctx, e.UserID)
+	}
+	return err
 }
 
 // deadTimer runs a timer that failed every receive, at its period's deadline, and

@@ -18,6 +18,7 @@ import (
 	lambdaevents "github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/apigatewaymanagementapi"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodbstreams"
 	awseventbridge "github.com/aws/aws-sdk-go-v2/service/eventbridge"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/wspresence/wspresence/events"
@@ -33,6 +34,8 @@ import (
 	"github.com/wspresence/wspresence/internal/presence"
 	"github.com/wspresence/wspresence/internal/store/dynamo"
 	"github.com/wspresence/wspresence/internal/store/dynamo/dynamotest"
+	"github.com/wspresence/wspresence/internal/stream/ddbstreams"
+	"github.com/wspresence/wspresence/internal/stream/failures"
 )
 
 const testGrace = 5 * time.Second
@@ -59,6 +62,9 @@ type rig struct {
 	asked    []string
 	dead     []string // bodies of the timers in the grace dead-letter queue
 	inFlight map[int]bool
+	failed   []string // bodies of the stream failure queue
+	failedIn map[int]bool
+	kept     []lambdaevents.DynamoDBEventRecord // what the streams still keep
 }
 
 func newRig(t *testing.T) *rig {
@@ -105,18 +111,55 @@ func newRig(t *testing.T) *rig {
 	gateway := apigw.New(apigatewaymanagementapi.NewFromConfig(gw.Config(), func(o *apigatewaymanagementapi.Options) {
 		o.BaseEndpoint = aws.String(gw.URL + "/prod")
 	}))
-	dlq := awsfake.New(t, func(req awsfake.Request) awsfake.Response {
+	dlq := queueFake(t, &r.mu, &r.dead, &r.inFlight)
+	failureQueue := queueFake(t, &r.mu, &r.failed, &r.failedIn)
+	streams := awsfake.New(t, func(req awsfake.Request) awsfake.Response {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		switch req.Target {
+		case "DynamoDBStreams_20120810.GetShardIterator":
+			var in struct{ SequenceNumber string }
+			_ = json.Unmarshal(req.Body, &in)
+			return awsfake.JSON(http.StatusOK, map[string]any{"ShardIterator": in.SequenceNumber})
+		case "DynamoDBStreams_20120810.GetRecords":
+			var in struct{ ShardIterator string }
+			_ = json.Unmarshal(req.Body, &in)
+			var recs []lambdaevents.DynamoDBEventRecord
+			for _, rec := range r.kept {
+				if ddbstreams.Compare(rec.Change.SequenceNumber, in.ShardIterator) >= 0 {
+					recs = append(recs, rec)
+				}
+			}
+			return awsfake.JSON(http.StatusOK, map[string]any{"Records": recs})
+		}
+		return awsfake.Error(http.StatusBadRequest, "UnknownOperation", req.Target)
+	})
+	r.relay = &publisher.Handler{Publisher: pub, Sticker: r.store, Logger: r.quiet}
+	r.rec = &sweeper.Handler{View: r.store, Log: r.store, Gateway: gateway, Publisher: pub,
+		DeadTimers: sqsdelay.NewDeadLetters(sqs.NewFromConfig(dlq.Config()), "https://sqs.us-east-1.amazonaws.com/1/grace-dlq"),
+		Failures:   failures.New(sqs.NewFromConfig(failureQueue.Config()), "https://sqs.us-east-1.amazonaws.com/1/stream-failures"),
+		Streams:    ddbstreams.New(dynamodbstreams.NewFromConfig(streams.Config())),
+		Grace:      testGrace, GraceMargin: dynamo.DefaultGraceMargin, StaleAfter: dynamo.DefaultStaleAfter,
+		OutboxAge: dynamo.DefaultOutboxAge, Retention: dynamo.DefaultTombstoneRetention, Limit: 100,
+		Now: r.clock, Logger: r.quiet}
+	return r
+}
+
+// queueFake is an SQS queue (JSON protocol) over bodies: a received message is hidden
+// until deleted.
+func queueFake(t *testing.T, mu *sync.Mutex, bodies *[]string, inFlight *map[int]bool) *awsfake.Server {
+	return awsfake.New(t, func(req awsfake.Request) awsfake.Response {
+		mu.Lock()
+		defer mu.Unlock()
+		if *inFlight == nil {
+			*inFlight = map[int]bool{}
+		}
+		switch req.Target {
 		case "AmazonSQS.ReceiveMessage":
 			var msgs []map[string]string
-			if r.inFlight == nil {
-				r.inFlight = map[int]bool{}
-			}
-			for i, body := range r.dead {
-				if body != "" && !r.inFlight[i] {
-					r.inFlight[i] = true
+			for i, body := range *bodies {
+				if body != "" && !(*inFlight)[i] {
+					(*inFlight)[i] = true
 					sum := md5.Sum([]byte(body))
 					msgs = append(msgs, map[string]string{"MessageId": strconv.Itoa(i), "ReceiptHandle": strconv.Itoa(i), "Body": body, "MD5OfBody": hex.EncodeToString(sum[:])})
 				}
@@ -126,18 +169,25 @@ func newRig(t *testing.T) *rig {
 			var in struct{ ReceiptHandle string }
 			_ = json.Unmarshal(req.Body, &in)
 			i, _ := strconv.Atoi(in.ReceiptHandle)
-			r.dead[i] = ""
+			(*bodies)[i] = ""
 			return awsfake.JSON(http.StatusOK, map[string]any{})
 		}
 		return awsfake.Error(http.StatusBadRequest, "InvalidAction", req.Target)
 	})
-	r.relay = &publisher.Handler{Publisher: pub, Sticker: r.store, Logger: r.quiet}
-	r.rec = &sweeper.Handler{View: r.store, Log: r.store, Gateway: gateway, Publisher: pub,
-		DeadTimers: sqsdelay.NewDeadLetters(sqs.NewFromConfig(dlq.Config()), "https://sqs.us-east-1.amazonaws.com/1/grace-dlq"),
-		Grace:      testGrace, GraceMargin: dynamo.DefaultGraceMargin, StaleAfter: dynamo.DefaultStaleAfter,
-		OutboxAge: dynamo.DefaultOutboxAge, Retention: dynamo.DefaultTombstoneRetention, Limit: 100,
-		Now: r.clock, Logger: r.quiet}
-	return r
+}
+
+// giveUp is the event source mapping giving up on a batch: the records stay in the
+// stream (kept) and their position goes to the failure queue, arrived at arrived.
+func (r *rig) giveUp(streamARN string, recs []lambdaevents.DynamoDBEventRecord, arrived time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.kept = append(r.kept, recs...)
+	info := map[string]any{"shardId": "shardId-1", "startSequenceNumber": recs[0].Change.SequenceNumber,
+		"endSequenceNumber": recs[len(recs)-1].Change.SequenceNumber, "approximateArrivalOfFirstRecord": arrived.Format(time.RFC3339),
+		"batchSize": len(recs), "streamArn": streamARN}
+	body, _ := json.Marshal(map[string]any{"requestContext": map[string]any{"condition": "RetryAttemptsExhausted", "approximateInvokeCount": 11},
+		"version": "1.0", "DDBStreamBatchInfo": info})
+	r.failed = append(r.failed, string(body))
 }
 
 func (r *rig) clock() time.Time {
@@ -471,5 +521,60 @@ func TestOutboxOutlivesTheStream(t *testing.T) {
 		if err != nil || len(p.Outbox) != 0 || len(p.State.Conns) != 0 {
 			t.Fatalf("%s after recovery: %+v %v, want an empty outbox and its tombstone pruned", u, p, err)
 		}
+	}
+}
+
+// TestFailedStreamBatchesAreReplayed: the projector gave up on a close's record (its
+// view failing every retry) and the relay on a write's record (the function itself
+// failing, so nothing was kept in the item): the failure queue holds their positions. The
+// next reconciler run, seconds later, reads the records back from the stream: the close is
+// folded and its grace period ended (exactly one UserOffline, by id), the write's
+// UserOnline is published with its id; a batch older than the stream's 24 hours is
+// counted and dropped. A second run does nothing.
+func TestFailedStreamBatchesAreReplayed(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	r.connect(t, "closer", "c1=", t0)
+	r.publish(t)
+	closedAt := t0.Add(time.Minute)
+	if _, err := r.store.Append(ctx, events.Closed("closer", "c1=", closedAt, events.ReasonClient)); err != nil {
+		t.Fatal(err)
+	}
+	recs := r.events.Next(t)
+	var closes []lambdaevents.DynamoDBEventRecord
+	for _, rec := range recs {
+		if rec.Change.NewImage["type"].String() == string(events.TypeConnectionClosed) {
+			closes = append(closes, rec)
+		}
+	}
+	h := &projector.Handler{View: failing{}, Grace: &graces{}, Logger: r.quiet, Now: r.clock}
+	if resp, _ := h.Handle(ctx, lambdaevents.DynamoDBEvent{Records: closes}); len(resp.BatchItemFailures) != 1 {
+		t.Fatalf("the projector did not fail the close: %+v", resp)
+	}
+	r.giveUp("arn:aws:dynamodb:us-east-1:1:table/events/stream/x", closes, closedAt)
+
+	r.connect(t, "opener", "o1=", closedAt)
+	view := r.view.Next() // the relay crashes on it: nothing kept in the item
+	if len(view) != 1 {
+		t.Fatalf("%d view records", len(view))
+	}
+	r.giveUp("arn:aws:dynamodb:us-east-1:1:table/view/stream/x", view, closedAt)
+	r.giveUp("arn:aws:dynamodb:us-east-1:1:table/view/stream/x", view, closedAt.Add(-25*time.Hour))
+
+	r.setNow(closedAt.Add(testGrace + time.Second))
+	res := r.reconcile(t)
+	if res.FailedBatches != 3 || res.Replayed != 2 || res.Expired != 1 || res.Failed != 0 {
+		t.Fatalf("run: %+v, want 2 batches replayed (a record each) and 1 expired", res)
+	}
+	r.publish(t)
+	if live, _ := r.store.LiveConnections(ctx, "closer"); len(live) != 0 {
+		t.Fatalf("the replayed close was not folded: %v", live)
+	}
+	wantOnce(t, r.ids(events.DetailUserOffline), events.NewUserOffline("closer", closedAt, t0).ID())
+	if got := r.ids(events.DetailUserOnline)[events.NewUserOnline("opener", "o1=", closedAt).ID()]; got != 1 {
+		t.Fatalf("the crashed relay's UserOnline published %d times", got)
+	}
+	if res := r.reconcile(t); res.FailedBatches != 0 || res.GracesEnded != 0 {
+		t.Fatalf("second run: %+v", res)
 	}
 }
