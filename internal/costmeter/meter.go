@@ -15,6 +15,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/aws/smithy-go/middleware"
+	"github.com/wspresence/wspresence/internal/store/dynamo"
+	"github.com/wspresence/wspresence/internal/store/dynamo/dynamotest"
 )
 
 // Index describes a global secondary index for counting its writes: its key attributes
@@ -210,7 +212,7 @@ func (m *Meter) written(img map[string]types.AttributeValue) {
 		m.indexWrites[ix.Name] += indexWrites(ix, old, img)
 	}
 	m.seq++
-	m.viewRecords = append(m.viewRecords, record(img, m.seq))
+	m.viewRecords = append(m.viewRecords, dynamotest.ViewRecord(img, m.seq))
 }
 
 // indexWrites is the write units an item change costs an index: 1 KB units of the index
@@ -273,81 +275,9 @@ func flat(v types.AttributeValue) string {
 	return fmt.Sprintf("%#v", v)
 }
 
-func itemSize(item map[string]types.AttributeValue) int {
-	n := 0
-	for k, v := range item {
-		n += len(k) + valueSize(v)
-	}
-	return n
-}
+func itemSize(item map[string]types.AttributeValue) int { return dynamo.SizeOf(item) }
 
-func valueSize(v types.AttributeValue) int {
-	switch x := v.(type) {
-	case *types.AttributeValueMemberS:
-		return len(x.Value)
-	case *types.AttributeValueMemberN:
-		return len(x.Value)/2 + 1
-	case *types.AttributeValueMemberSS:
-		n := 0
-		for _, s := range x.Value {
-			n += len(s)
-		}
-		return n
-	case *types.AttributeValueMemberM:
-		return 3 + itemSize(x.Value) + len(x.Value)
-	case *types.AttributeValueMemberL:
-		n := 3
-		for _, e := range x.Value {
-			n += 1 + valueSize(e)
-		}
-		return n
-	}
-	return 1
-}
-
-// record is the MODIFY stream record (NEW_IMAGE) of a view item.
-func record(item map[string]types.AttributeValue, seq int64) lambdaevents.DynamoDBEventRecord {
-	img := image(item)
-	return lambdaevents.DynamoDBEventRecord{
-		EventID: fmt.Sprintf("view-%d", seq), EventName: string(lambdaevents.DynamoDBOperationTypeModify),
-		EventSource: "aws:dynamodb", EventVersion: "1.1", AWSRegion: "us-east-1",
-		Change: lambdaevents.DynamoDBStreamRecord{
-			Keys:     map[string]lambdaevents.DynamoDBAttributeValue{"pk": img["pk"], "sk": img["sk"]},
-			NewImage: img, SequenceNumber: fmt.Sprintf("%021d", seq), SizeBytes: int64(itemSize(item)),
-			StreamViewType: string(lambdaevents.DynamoDBStreamViewTypeNewImage),
-		},
-	}
-}
-
-func image(item map[string]types.AttributeValue) map[string]lambdaevents.DynamoDBAttributeValue {
-	img := make(map[string]lambdaevents.DynamoDBAttributeValue, len(item))
-	for k, v := range item {
-		img[k] = attribute(v)
-	}
-	return img
-}
-
-func attribute(v types.AttributeValue) lambdaevents.DynamoDBAttributeValue {
-	switch x := v.(type) {
-	case *types.AttributeValueMemberS:
-		return lambdaevents.NewStringAttribute(x.Value)
-	case *types.AttributeValueMemberN:
-		return lambdaevents.NewNumberAttribute(x.Value)
-	case *types.AttributeValueMemberSS:
-		return lambdaevents.NewStringSetAttribute(x.Value)
-	case *types.AttributeValueMemberBOOL:
-		return lambdaevents.NewBooleanAttribute(x.Value)
-	case *types.AttributeValueMemberM:
-		return lambdaevents.NewMapAttribute(image(x.Value))
-	case *types.AttributeValueMemberL:
-		l := make([]lambdaevents.DynamoDBAttributeValue, len(x.Value))
-		for i, e := range x.Value {
-			l[i] = attribute(e)
-		}
-		return lambdaevents.NewListAttribute(l)
-	}
-	return lambdaevents.NewNullAttribute()
-}
+func valueSize(v types.AttributeValue) int { return dynamo.SizeOf(map[string]types.AttributeValue{"": v}) }
 
 // Line is one priced item of a bill.
 type Line struct {

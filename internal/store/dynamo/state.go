@@ -225,6 +225,10 @@ func ItemSize(s presence.State) (int, error) {
 	return mapSize(encodeState(s, 1)), nil
 }
 
+// SizeOf is the size of an item as DynamoDB counts it for capacity and its 400 KB limit
+// (attribute names plus values; a number counted as its digits, an upper bound).
+func SizeOf(item map[string]types.AttributeValue) int { return mapSize(item) }
+
 func mapSize(m map[string]types.AttributeValue) int {
 	n := 0
 	for k, v := range m {

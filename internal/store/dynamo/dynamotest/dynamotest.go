@@ -169,17 +169,23 @@ func (v *ViewStream) add(item map[string]types.AttributeValue) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.seq++
+	v.records = append(v.records, ViewRecord(item, v.seq))
+}
+
+// ViewRecord is the MODIFY record (NEW_IMAGE) the view table's stream carries for a write
+// of item, at sequence number seq.
+func ViewRecord(item map[string]types.AttributeValue, seq int64) lambdaevents.DynamoDBEventRecord {
 	img := Image(item)
-	v.records = append(v.records, lambdaevents.DynamoDBEventRecord{
-		AWSRegion: "us-east-1", EventID: fmt.Sprintf("view-%d", v.seq), EventName: string(lambdaevents.DynamoDBOperationTypeModify),
+	return lambdaevents.DynamoDBEventRecord{
+		AWSRegion: "us-east-1", EventID: fmt.Sprintf("view-%d", seq), EventName: string(lambdaevents.DynamoDBOperationTypeModify),
 		EventSource: "aws:dynamodb", EventVersion: "1.1",
 		EventSourceArn: "arn:aws:dynamodb:us-east-1:123456789012:table/view/stream/2026-01-01T00:00:00.000",
 		Change: lambdaevents.DynamoDBStreamRecord{
 			Keys:     map[string]lambdaevents.DynamoDBAttributeValue{"pk": img["pk"], "sk": img["sk"]},
-			NewImage: img, SequenceNumber: fmt.Sprintf("%021d", v.seq), SizeBytes: 100,
+			NewImage: img, SequenceNumber: fmt.Sprintf("%021d", seq), SizeBytes: 100,
 			StreamViewType: string(lambdaevents.DynamoDBStreamViewTypeNewImage),
 		},
-	})
+	}
 }
 
 // Next returns the records of the writes since the last call.
