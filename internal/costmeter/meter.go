@@ -277,7 +277,9 @@ func flat(v types.AttributeValue) string {
 
 func itemSize(item map[string]types.AttributeValue) int { return dynamo.SizeOf(item) }
 
-func valueSize(v types.AttributeValue) int { return dynamo.SizeOf(map[string]types.AttributeValue{"": v}) }
+func valueSize(v types.AttributeValue) int {
+	return dynamo.SizeOf(map[string]types.AttributeValue{"": v})
+}
 
 // Line is one priced item of a bill.
 type Line struct {

@@ -129,8 +129,8 @@ type Result struct {
 	// FailedBatches, DeadTimers, Due and Scanned are the lengths of the lists taken.
 	FailedBatches int `json:"failedBatches"`
 	DeadTimers    int `json:"deadTimers"`
-	Due        int `json:"due"`
-	Scanned    int `json:"scanned"`
+	Due           int `json:"due"`
+	Scanned       int `json:"scanned"`
 	// Replayed counts the records of failed batches replayed; Expired the failed batches
 	// the stream no longer kept.
 	Replayed int `json:"replayed"`
