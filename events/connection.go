@@ -125,7 +125,7 @@ func (e ConnectionEvent) Validate() error {
 }
 
 // ValidateUserID checks that id is a usable user id: 1 to MaxUserIDBytes bytes of valid
-// UTF-8, with no control character, no comma (the separator of ?userIds=a,b, on AWS also
+// UTF-8, with no control character (Unicode Cc, C1 included), no comma (the separator of ?userIds=a,b, on AWS also
 // the separator API Gateway joins repeated parameters with) and no white space at either
 // end (trimmed from a query), so that every id that can connect can also be queried. The
 // same rule holds for token claims, messages and queries on both runtimes.
@@ -140,7 +140,7 @@ func ValidateUserID(id string) error {
 		return fmt.Errorf("user id: %w", ErrInvalidUTF8)
 	}
 	for _, r := range id {
-		if r < 0x20 || r == 0x7f {
+		if unicode.IsControl(r) { // Cc: C0, DEL and C1 (U+0080 to U+009F)
 			return errors.New("user id contains a control character")
 		}
 		if r == ',' {

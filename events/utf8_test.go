@@ -71,7 +71,7 @@ func TestUserIDRule(t *testing.T) {
 			t.Errorf("%q refused: %v", id, err)
 		}
 	}
-	for _, id := range []string{"", "x,y", " pad ", "pad ", "\tpad", "pad\u00a0", "\u3000pad", "a\x00", "a\x7f", "\xff", string(make([]byte, events.MaxUserIDBytes+1))} {
+	for _, id := range []string{"", "x,y", " pad ", "pad ", "\tpad", "pad\u00a0", "\u3000pad", "a\x00", "a\x7f", "a\u0085b", "a\u009bb", "a\u0080", "\u009f", "\xff", string(make([]byte, events.MaxUserIDBytes+1))} {
 		if err := events.ValidateUserID(id); err == nil {
 			t.Errorf("%q accepted", id)
 		}

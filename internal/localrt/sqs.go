@@ -1,11 +1,8 @@
 package localrt
 
 import (
-	"bytes"
 	"context"
 	"crypto/md5"
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -16,8 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/wspresence/wspresence/events"
 )
 
@@ -60,16 +55,25 @@ var errNoQueue = sqsBadRequest("QueueDoesNotExist", "AWS.SimpleQueueService.NonE
 
 // handleSQS is POST / with an X-Amz-Target of AmazonSQS.*.
 func (s *Server) handleSQS(w http.ResponseWriter, r *http.Request) {
+	refuse := func(err error) {
+		s.metrics.authFailures.WithLabelValues("sqs_signature").Inc()
+		s.log.Info("queue request refused", "remote", r.RemoteAddr, "err", err)
+		s.writeSQS(w, 0, &sqsError{status: http.StatusForbidden, code: "SignatureDoesNotMatch", queryCode: "SignatureDoesNotMatch",
+			message: "the request signature does not match: sign with the API key as the secret access key"})
+	}
+	// What needs no body is checked first: a request that cannot be genuine is not read.
+	sig, err := parseSigV4(r, s.now())
+	if err != nil {
+		refuse(err)
+		return
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxRequestBytes))
 	if err != nil {
 		s.writeSQS(w, 0, sqsBadRequest("BatchRequestTooLong", "AWS.SimpleQueueService.BatchRequestTooLong", "the request is too large"))
 		return
 	}
-	if err := s.checkSignature(r, body); err != nil {
-		s.metrics.authFailures.WithLabelValues("sqs_signature").Inc()
-		s.log.Info("queue request refused", "remote", r.RemoteAddr, "err", err)
-		s.writeSQS(w, 0, &sqsError{status: http.StatusForbidden, code: "SignatureDoesNotMatch", queryCode: "SignatureDoesNotMatch",
-			message: "the request signature does not match: sign with the API key as the secret access key"})
+	if err := sig.verify(r, body, s.cfg.APIKey); err != nil {
+		refuse(err)
 		return
 	}
 	var out any
@@ -115,59 +119,6 @@ func (s *Server) writeSQS(w http.ResponseWriter, status int, err error, out ...a
 	_ = json.NewEncoder(w).Encode(out[0])
 }
 
-// checkSignature verifies the request's AWS Signature Version 4 with the API key as the
-// secret access key (any access key id): the signed headers are signed again here and the
-// signatures compared in constant time.
-func (s *Server) checkSignature(r *http.Request, body []byte) error {
-	authz := r.Header.Get("Authorization")
-	rest, ok := strings.CutPrefix(authz, "AWS4-HMAC-SHA256 ")
-	if !ok {
-		return errors.New("not signed with AWS4-HMAC-SHA256")
-	}
-	fields := map[string]string{}
-	for _, part := range strings.Split(rest, ",") {
-		if k, v, ok := strings.Cut(strings.TrimSpace(part), "="); ok {
-			fields[k] = v
-		}
-	}
-	scope := strings.Split(fields["Credential"], "/") // AKID/date/region/service/aws4_request
-	if len(scope) != 5 || fields["SignedHeaders"] == "" || fields["Signature"] == "" {
-		return errors.New("malformed Authorization header")
-	}
-	at, err := time.Parse("20060102T150405Z", r.Header.Get("X-Amz-Date"))
-	if err != nil {
-		return errors.New("missing or malformed X-Amz-Date")
-	}
-	if d := s.now().Sub(at); d > maxSignatureAge || d < -maxSignatureAge {
-		return fmt.Errorf("X-Amz-Date is %s away from the server's clock", d.Round(time.Second))
-	}
-	again, err := http.NewRequest(r.Method, r.URL.String(), bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	again.Host = r.Host
-	for _, h := range strings.Split(fields["SignedHeaders"], ";") {
-		if h != "host" && h != "content-length" {
-			again.Header[http.CanonicalHeaderKey(h)] = r.Header.Values(h)
-		}
-	}
-	sum := sha256.Sum256(body)
-	creds := aws.Credentials{AccessKeyID: scope[0], SecretAccessKey: s.cfg.APIKey}
-	if err := v4.NewSigner().SignHTTP(context.Background(), creds, again, hex.EncodeToString(sum[:]), scope[3], scope[2], at); err != nil {
-		return err
-	}
-	want := ""
-	for _, part := range strings.Split(again.Header.Get("Authorization"), ",") {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(part), "Signature="); ok {
-			want = v
-		}
-	}
-	if subtle.ConstantTimeCompare([]byte(want), []byte(fields["Signature"])) != 1 {
-		return errors.New("signature mismatch")
-	}
-	return nil
-}
-
 func decodeSQS(body []byte, v any) error {
 	if err := json.Unmarshal(body, v); err != nil {
 		return sqsBadRequest("InvalidParameterValue", "InvalidParameterValue", "the request body is not a JSON object of the operation's input")
@@ -200,23 +151,32 @@ func (s *Server) sqsGetQueueURL(r *http.Request, body []byte) (any, error) {
 // sendEntry is the part of a SendMessage input (or batch entry) the local queue reads.
 // Message attributes and delays are refused rather than silently dropped.
 type sendEntry struct {
-	ID                string `json:"Id"`
-	MessageBody       *string
+	ID string `json:"Id"`
+	// MessageBody is kept as the request wrote it (a JSON string), so the text rule sees
+	// the bytes and escapes encoding/json would turn into U+FFFD.
+	MessageBody       json.RawMessage
 	DelaySeconds      int
 	MessageAttributes map[string]json.RawMessage
+	body              string
 }
 
-// message decodes the entry's body as POST /messages decodes a message.
-func (e sendEntry) message() (events.Message, error) {
+// message decodes the entry's body as POST /messages decodes a message: text that is not
+// UTF-8 (raw, or an escaped unpaired surrogate) is refused, never rewritten.
+func (e *sendEntry) message() (events.Message, error) {
 	switch {
-	case e.MessageBody == nil:
+	case len(e.MessageBody) == 0 || string(e.MessageBody) == "null":
 		return events.Message{}, sqsBadRequest("MissingParameter", "MissingParameter", "MessageBody is required")
+	case events.CheckJSONText(e.MessageBody) != nil:
+		return events.Message{}, sqsBadRequest("InvalidMessageContents", "InvalidMessageContents",
+			events.CheckJSONText(e.MessageBody).Error()+": the message body must be valid UTF-8")
+	case json.Unmarshal(e.MessageBody, &e.body) != nil:
+		return events.Message{}, sqsBadRequest("InvalidParameterValue", "InvalidParameterValue", "MessageBody must be a string")
 	case e.DelaySeconds != 0:
 		return events.Message{}, sqsBadRequest("InvalidParameterValue", "InvalidParameterValue", "DelaySeconds is not supported by the local queue")
 	case len(e.MessageAttributes) > 0:
 		return events.Message{}, sqsBadRequest("InvalidParameterValue", "InvalidParameterValue", "MessageAttributes are not read by wspresence; send none")
 	}
-	m, err := events.DecodeMessage([]byte(*e.MessageBody))
+	m, err := events.DecodeMessage([]byte(e.body))
 	if err != nil {
 		return events.Message{}, sqsBadRequest("InvalidMessageContents", "InvalidMessageContents", err.Error())
 	}
@@ -247,7 +207,7 @@ func (s *Server) sqsSendMessage(ctx context.Context, body []byte) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return map[string]string{"MessageId": ids[0], "MD5OfMessageBody": md5Hex(*in.MessageBody)}, nil
+	return map[string]string{"MessageId": ids[0], "MD5OfMessageBody": md5Hex(in.body)}, nil
 }
 
 type batchResultEntry struct {
@@ -316,7 +276,7 @@ func (s *Server) sqsSendMessageBatch(ctx context.Context, body []byte) (any, err
 			return nil, err
 		}
 		for i, e := range goodEntries {
-			out.Successful = append(out.Successful, batchResultEntry{ID: e.ID, MessageID: ids[i], MD5OfMessageBody: md5Hex(*e.MessageBody)})
+			out.Successful = append(out.Successful, batchResultEntry{ID: e.ID, MessageID: ids[i], MD5OfMessageBody: md5Hex(e.body)})
 		}
 	}
 	return out, nil
