@@ -86,3 +86,39 @@ func TestReconciliationClosesGhosts(t *testing.T) {
 	ts.send(`{"UserId":"alive","Body":"still here"}`)
 	real.expectFrame(t, "still here")
 }
+
+// TestRefusedHandshakeLeavesNoTrace: a handshake the WebSocket library refuses (a version
+// it does not speak, a key that is not one) gets its 4xx, and nothing is appended or
+// published: no UserOnline and UserOffline for a connection that never existed.
+func TestRefusedHandshakeLeavesNoTrace(t *testing.T) {
+	ts := startServer(t, t.TempDir(), nil)
+	sub := ts.subscribe("0")
+	for name, tweak := range map[string]func(h http.Header){
+		"version": func(h http.Header) { h.Set("Sec-WebSocket-Version", "12") },
+		"key":     func(h http.Header) { h.Set("Sec-WebSocket-Key", "not-a-key") },
+	} {
+		req, _ := http.NewRequest(http.MethodGet, ts.base+"/?Authorization="+ts.token("never-upgraded"), nil)
+		req.Header.Set("Connection", "Upgrade")
+		req.Header.Set("Upgrade", "websocket")
+		req.Header.Set("Sec-WebSocket-Version", "13")
+		req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+		tweak(req.Header)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode < 400 || resp.StatusCode >= 500 {
+			t.Fatalf("%s: %d, want the library's refusal", name, resp.StatusCode)
+		}
+	}
+	c := ts.dial("probe-user") // published after anything the refusals would have published
+	waitFor(t, "the probe's UserOnline", func() bool { return len(sub.of(events.DetailUserOnline, "probe-user")) == 1 })
+	if on, off := sub.of(events.DetailUserOnline, "never-upgraded"), sub.of(events.DetailUserOffline, "never-upgraded"); len(on)+len(off) != 0 {
+		t.Fatalf("a refused handshake published %v %v", on, off)
+	}
+	if s, _ := ts.online("userIds=never-upgraded"); s[0].IsOnline || !s[0].LastActivity.IsZero() {
+		t.Fatalf("a refused handshake left %+v", s[0])
+	}
+	c.close(t)
+}

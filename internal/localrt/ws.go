@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -83,16 +84,27 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 
 	id := newConnectionID()
 	ctx := context.WithoutCancel(r.Context())
-	opened := events.Opened(userID, id, s.now(), sourceIP(r), r.UserAgent())
-	if _, err := s.events.Append(ctx, opened); err != nil {
-		httperr.Write(w, r, s.log, s.storeUnavailable(w, err))
-		return
-	}
-	ws, err := websocket.Accept(smallBuffers{w}, r, &websocket.AcceptOptions{OriginPatterns: s.cfg.AllowedOrigins,
+	// The open is appended once the library has accepted the handshake and before the 101
+	// leaves (read-your-connect: a message accepted after the upgrade reaches it); a
+	// handshake the library refuses leaves nothing in the log.
+	sw := &switching{smallBuffers: smallBuffers{w}, open: func() error {
+		_, err := s.events.Append(ctx, events.Opened(userID, id, s.now(), sourceIP(r), r.UserAgent()))
+		return err
+	}, refuse: func(err error) *httperr.Error { return s.storeUnavailable(w, err) }}
+	ws, err := websocket.Accept(sw, r, &websocket.AcceptOptions{OriginPatterns: s.cfg.AllowedOrigins,
 		InsecureSkipVerify: len(s.cfg.AllowedOrigins) == 1 && s.cfg.AllowedOrigins[0] == "*"})
-	if err != nil {
+	switch {
+	case sw.err != nil:
+		s.log.Warn("connection refused: the store cannot write", "userId", userID, "err", sw.err)
+		if ws != nil {
+			ws.CloseNow()
+		}
+		return
+	case err != nil:
 		s.log.Info("upgrade failed", "userId", userID, "connectionId", id, "err", err)
-		s.appendClose(ctx, events.Closed(userID, id, s.now(), events.ReasonClient))
+		if sw.opened {
+			s.appendClose(ctx, events.Closed(userID, id, s.now(), events.ReasonClient))
+		}
 		return
 	}
 	// The connection lives on in a goroutine of its own: the handler returns, so net/http
@@ -141,6 +153,41 @@ const (
 	wsReadBuffer  = 512
 	wsWriteBuffer = 1024
 )
+
+// switching runs open when the library switches protocols (WriteHeader(101)), before the
+// status is written; if open fails, the client gets refused (503 with Retry-After, the
+// error of refuse) instead.
+type switching struct {
+	smallBuffers
+	open   func() error
+	refuse func(error) *httperr.Error
+	opened bool
+	err    error
+}
+
+// WriteHeader implements http.ResponseWriter.
+func (w *switching) WriteHeader(code int) {
+	if code == http.StatusSwitchingProtocols {
+		if w.err = w.open(); w.err != nil {
+			h := w.Header()
+			for _, k := range []string{"Upgrade", "Connection", "Sec-WebSocket-Accept", "Sec-WebSocket-Protocol", "Sec-WebSocket-Extensions"} {
+				h.Del(k)
+			}
+			// The library hijacks the socket next: the whole answer goes out with the
+			// status, its length stated.
+			e := w.refuse(w.err)
+			body, _ := json.Marshal(e)
+			h.Set("Connection", "close")
+			h.Set("Content-Type", "application/json")
+			h.Set("Content-Length", strconv.Itoa(len(body)))
+			w.smallBuffers.WriteHeader(e.Status)
+			_, _ = w.smallBuffers.Write(body)
+			return
+		}
+		w.opened = true
+	}
+	w.smallBuffers.WriteHeader(code)
+}
 
 // smallBuffers hands the WebSocket library, at the hijack, a reader and a writer of
 // wsReadBuffer and wsWriteBuffer bytes over the socket instead of the HTTP server's 4 KB
