@@ -118,9 +118,10 @@ func newLogger(w io.Writer, level string) *slog.Logger {
 
 func rebuild(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) error {
 	cfg := localrt.DefaultConfig()
+	cfg.OfflineGrace = 0 // unless given: the grace period the store was last served with
 	f := newFlags("rebuild", "rebuild [--data DIR]", stderr, getenv)
 	f.String(&cfg.DataDir, "data", "WSPRESENCE_DATA", "data directory of the store")
-	f.Duration(&cfg.OfflineGrace, "offline-grace", "WSPRESENCE_OFFLINE_GRACE", "grace period the view is folded with")
+	f.Duration(&cfg.OfflineGrace, "offline-grace", "WSPRESENCE_OFFLINE_GRACE", "grace period the view is folded with (default: the one the store was served with)")
 	if err := f.parse(args); err != nil {
 		return err
 	}

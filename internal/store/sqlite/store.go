@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -20,7 +21,9 @@ var ErrClosed = errors.New("store closed")
 
 // Options tune a Store. The zero value of each field takes its default.
 type Options struct {
-	// Grace is the offline grace period the fold applies (default 5s).
+	// Grace is the offline grace period the fold applies. It is recorded in the store; zero
+	// means the one recorded (a rebuild folds as the store was served), or 5s for a new
+	// store.
 	Grace time.Duration
 	// MaxBatch is the most write requests group-committed in one transaction (default 512).
 	MaxBatch int
@@ -59,9 +62,6 @@ type Options struct {
 }
 
 func (o *Options) setDefaults() {
-	if o.Grace <= 0 {
-		o.Grace = 5 * time.Second
-	}
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = 512
 	}
@@ -161,6 +161,10 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	w.SetMaxOpenConns(1)
 	w.SetConnMaxIdleTime(0)
 	if err := migrate(ctx, w); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("prepare %s: %w", path, err)
+	}
+	if opts.Grace, err = recordGrace(ctx, w, opts.Grace); err != nil {
 		w.Close()
 		return nil, fmt.Errorf("prepare %s: %w", path, err)
 	}
@@ -299,4 +303,29 @@ func (s *Store) ExpireGrace(ctx context.Context, userID string, since, now time.
 		return presence.Effects{}, err
 	}
 	return req.decided, nil
+}
+
+// DefaultGrace is the grace period of a store never served with another.
+const DefaultGrace = 5 * time.Second
+
+// recordGrace returns the grace period to fold with: grace when set (recorded in the
+// store's meta table for the next opening), else the one recorded, else DefaultGrace.
+func recordGrace(ctx context.Context, db *sql.DB, grace time.Duration) (time.Duration, error) {
+	if grace > 0 {
+		_, err := db.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES ('offline_grace', ?)
+			ON CONFLICT (key) DO UPDATE SET value = excluded.value`, strconv.FormatInt(int64(grace), 10))
+		return grace, err
+	}
+	var v string
+	switch err := db.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'offline_grace'`).Scan(&v); {
+	case errors.Is(err, sql.ErrNoRows):
+		return DefaultGrace, nil
+	case err != nil:
+		return 0, err
+	}
+	ns, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || ns <= 0 {
+		return 0, fmt.Errorf("the recorded grace period %q is not a duration", v)
+	}
+	return time.Duration(ns), nil
 }

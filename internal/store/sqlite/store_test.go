@@ -398,3 +398,41 @@ func TestRebuildReplaysTheTimersDecisions(t *testing.T) {
 		t.Fatalf("pending graces after the rebuild: %+v, want b's", graces)
 	}
 }
+
+// TestRebuildFoldsWithTheServedGrace: a store served with a 1 s grace period records it;
+// a rebuild that names none (wspresence rebuild) folds with it. With the default 5 s, the
+// timer's logged decision (at 1 s past the close) would decide nothing on replay, leaving
+// the user's grace period pending, and the next start would publish a second UserOffline.
+func TestRebuildFoldsWithTheServedGrace(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "db")
+	ctx := context.Background()
+	clk := &clock{t: t0}
+	s, err := sqlite.Open(ctx, path, sqlite.Options{Grace: time.Second, Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, s, events.Opened("r", "r1", t0, "", ""))
+	since := t0.Add(time.Second)
+	mustAppend(t, s, events.Closed("r", "r1", since, events.ReasonClient))
+	if eff, err := s.ExpireGrace(ctx, "r", since, since.Add(time.Second)); err != nil || len(eff.Publish) != 1 {
+		t.Fatalf("the timer: %v, %v", eff.Publish, err)
+	}
+	published := detailTypes(t, s)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	again, err := sqlite.Open(ctx, path, sqlite.Options{Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if _, err := again.Rebuild(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if graces, _ := again.PendingGraces(ctx); len(graces) != 0 {
+		t.Fatalf("pending graces after the rebuild: %+v: the next start would announce the user offline again", graces)
+	}
+	if got := detailTypes(t, again); !reflect.DeepEqual(got, published) {
+		t.Fatalf("the rebuild published %v, the live run %v", got, published)
+	}
+}
