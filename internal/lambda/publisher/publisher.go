@@ -67,7 +67,7 @@ func Outbox(img map[string]lambdaevents.DynamoDBAttributeValue) ([]events.Publis
 	}
 	type fresh struct {
 		ev events.Stored
-		at int64
+		n  int64
 	}
 	var out []fresh
 	for id, entry := range v.Map() {
@@ -92,15 +92,14 @@ func Outbox(img map[string]lambdaevents.DynamoDBAttributeValue) ([]events.Publis
 		if x, ok := m["x"]; ev != version || (ok && x.DataType() == lambdaevents.DataTypeBoolean && x.Boolean()) {
 			continue
 		}
-		at, _ := number(m["a"])
-		out = append(out, fresh{ev: events.Stored{Type: events.DetailType(t.String()), EventID: id, Detail: json.RawMessage(d.String())}, at: at})
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].at != out[j].at {
-			return out[i].at < out[j].at
+		// n is the entry's place in the list the write recorded (the map has no order).
+		n, err := number(m["n"])
+		if err != nil {
+			return nil, fmt.Errorf("%w: outbox[%q] place: %w", ErrUndecodable, id, err)
 		}
-		return out[i].ev.EventID < out[j].ev.EventID
-	})
+		out = append(out, fresh{ev: events.Stored{Type: events.DetailType(t.String()), EventID: id, Detail: json.RawMessage(d.String())}, n: n})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].n < out[j].n })
 	evs := make([]events.Published, len(out))
 	for i, f := range out {
 		evs[i] = f.ev

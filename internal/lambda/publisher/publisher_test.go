@@ -57,7 +57,8 @@ func outboxImage(t *testing.T, v int, entries ...recorded) map[string]lambdaeven
 		}
 		attrs := map[string]lambdaevents.DynamoDBAttributeValue{
 			"t": lambdaevents.NewStringAttribute(string(st.Type)), "d": lambdaevents.NewStringAttribute(string(st.Detail)),
-			"v": lambdaevents.NewNumberAttribute(strconv.Itoa(e.version)), "a": lambdaevents.NewNumberAttribute(strconv.Itoa(i))}
+			"v": lambdaevents.NewNumberAttribute(strconv.Itoa(e.version)), "a": lambdaevents.NewNumberAttribute("1"),
+			"n": lambdaevents.NewNumberAttribute(strconv.Itoa(i))}
 		if e.stuck {
 			attrs["x"] = lambdaevents.NewBooleanAttribute(true)
 		}
@@ -119,5 +120,20 @@ func TestRelay(t *testing.T) {
 	}
 	if _, err := publisher.Outbox(bad); !errors.Is(err, publisher.ErrUndecodable) {
 		t.Fatalf("Outbox: %v", err)
+	}
+
+	// One write's transitions go out in the order it recorded them, whatever their ids.
+	first, second := events.NewUserOffline("u", at.Add(time.Hour), at), events.NewUserOnline("u", "c3", at.Add(2*time.Hour))
+	if first.ID() < second.ID() {
+		first, second = events.NewUserOffline("u", at.Add(3*time.Hour), at), events.NewUserOnline("u", "c4", at.Add(4*time.Hour))
+	}
+	if first.ID() < second.ID() {
+		t.Fatal("the test needs a pair of ids in reverse order")
+	}
+	s.got = nil
+	h.Handle(context.Background(), lambdaevents.DynamoDBEvent{Records: []lambdaevents.DynamoDBEventRecord{
+		record("11", outboxImage(t, 6, recorded{first, 6, false}, recorded{second, 6, false}))}})
+	if len(s.got) != 2 || s.got[0].ID() != first.ID() || s.got[1].ID() != second.ID() {
+		t.Fatalf("published %v, want %s then %s", s.got, first.ID(), second.ID())
 	}
 }

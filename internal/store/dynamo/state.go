@@ -61,6 +61,8 @@ type entry struct {
 	version int64
 	at      time.Time
 	stuck   bool
+	// n is the entry's place in the item's outbox list.
+	n int64
 }
 
 // record is a user item: the user's state and what the store keeps beside it.
@@ -138,8 +140,11 @@ func encode(r record, due time.Time, onlineShards int) map[string]types.Attribut
 	}
 	if len(r.outbox) > 0 {
 		out := make(map[string]types.AttributeValue, len(r.outbox))
-		for _, e := range r.outbox {
-			m := map[string]types.AttributeValue{"t": s(string(e.event.Type)), "d": s(string(e.event.Detail)), "v": num(e.version), "a": n(e.at)}
+		for i, e := range r.outbox {
+			// n keeps the order of the list (a write may record UserOffline then
+			// UserOnline: the map alone does not).
+			m := map[string]types.AttributeValue{"t": s(string(e.event.Type)), "d": s(string(e.event.Detail)), "v": num(e.version), "a": n(e.at),
+				"n": num(int64(i))}
 			if e.stuck {
 				m["x"] = &types.AttributeValueMemberBOOL{Value: true}
 			}
@@ -198,24 +203,16 @@ func decode(userID string, item map[string]types.AttributeValue) record {
 			stuck, _ := em.Value["x"].(*types.AttributeValueMemberBOOL)
 			r.outbox = append(r.outbox, entry{
 				event:   events.Stored{Type: events.DetailType(str(em.Value, "t")), EventID: id, Detail: json.RawMessage(str(em.Value, "d"))},
-				version: integer(em.Value, "v"), at: tm(em.Value, "a"), stuck: stuck != nil && stuck.Value})
+				version: integer(em.Value, "v"), at: tm(em.Value, "a"), stuck: stuck != nil && stuck.Value, n: integer(em.Value, "n")})
 		}
 		sortEntries(r.outbox)
 	}
 	return r
 }
 
-// sortEntries orders outbox entries as they were recorded.
+// sortEntries orders outbox entries as they were listed.
 func sortEntries(es []entry) {
-	sort.Slice(es, func(i, j int) bool {
-		if es[i].version != es[j].version {
-			return es[i].version < es[j].version
-		}
-		if !es[i].at.Equal(es[j].at) {
-			return es[i].at.Before(es[j].at)
-		}
-		return es[i].event.EventID < es[j].event.EventID
-	})
+	sort.Slice(es, func(i, j int) bool { return es[i].n < es[j].n })
 }
 
 // ItemSize is the size of the user item that holds s, as DynamoDB counts it against its
