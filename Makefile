@@ -3,7 +3,11 @@ export GOTOOLCHAIN := go1.27.3
 STATICCHECK_VERSION := v0.8.2
 GOBIN := $(shell go env GOPATH)/bin
 
-.PHONY: run test lint vuln ci package bench bench-long cost
+.PHONY: help run test lint vuln ci package bench bench-long cost
+
+## help: list the targets
+help:
+	@grep -E '^## ' $(MAKEFILE_LIST) | sed 's/^## //'
 
 ## run: start the local runtime (embedded store in ./wspresence-data)
 run:

@@ -141,6 +141,18 @@ func (f *flags) Duration(p *time.Duration, name, envName, help string) {
 	})
 }
 
+// Int64 is Int for an int64.
+func (f *flags) Int64(p *int64, name, envName, help string) {
+	f.add(name, envName, strconv.FormatInt(*p, 10), help, func(s string) error {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return errors.New("not an integer")
+		}
+		*p = n
+		return nil
+	})
+}
+
 func (f *flags) Int(p *int, name, envName, help string) {
 	f.add(name, envName, strconv.Itoa(*p), help, func(s string) error {
 		n, err := strconv.Atoi(s)

@@ -32,6 +32,7 @@ func serveFlags(cfg *localrt.Config, stderr io.Writer, getenv env) *flags {
 	f.Duration(&cfg.IdleTimeout, "idle-timeout", "WSPRESENCE_IDLE_TIMEOUT", "close connections silent for this long")
 	f.Duration(&cfg.ActivityInterval, "activity-interval", "WSPRESENCE_ACTIVITY_INTERVAL", "record client activity at most once per connection per interval")
 	f.Int(&cfg.SendQueue, "send-queue", "WSPRESENCE_SEND_QUEUE", "frames that may wait for a slow reader before it is closed (1013)")
+	f.Int64(&cfg.BodyBudget, "body-budget", "WSPRESENCE_BODY_BUDGET", "bytes of request bodies read at once (POST /messages, the queue); past it 503")
 	f.Duration(&cfg.WriteTimeout, "write-timeout", "WSPRESENCE_WRITE_TIMEOUT", "bound of one frame's write")
 	f.Duration(&cfg.ReadHeaderTimeout, "read-header-timeout", "WSPRESENCE_READ_HEADER_TIMEOUT", "bound of reading an HTTP request's headers (WebSocket handshake included)")
 	f.Duration(&cfg.ReadTimeout, "read-timeout", "WSPRESENCE_READ_TIMEOUT", "bound of reading a whole HTTP request (not applied to WebSockets and /events once open)")

@@ -52,6 +52,11 @@ type Config struct {
 	// closed (1013) as expired, so one slow client never stalls delivery to the others
 	// (WSPRESENCE_SEND_QUEUE, default 256).
 	SendQueue int
+	// BodyBudget bounds the bytes of request bodies read at once by POST /messages and the
+	// queue protocol (WSPRESENCE_BODY_BUDGET, default 64 MiB): a request that would pass
+	// it gets 503 with Retry-After before its body is read, so hostile volume cannot
+	// exhaust the memory.
+	BodyBudget int64
 	// WriteTimeout bounds one frame's write (WSPRESENCE_WRITE_TIMEOUT, default 10s).
 	WriteTimeout time.Duration
 	// InboundRate and InboundBurst limit the frames a client may send per second; past
@@ -118,6 +123,7 @@ func DefaultConfig() Config {
 		IdleTimeout:           10 * time.Minute,
 		ActivityInterval:      30 * time.Second,
 		SendQueue:             256,
+		BodyBudget:            64 << 20,
 		WriteTimeout:          10 * time.Second,
 		InboundRate:           20,
 		InboundBurst:          40,
@@ -179,6 +185,9 @@ func (c Config) Validate() error {
 	}
 	if c.OfflineGrace < 0 {
 		errs = append(errs, fmt.Errorf("offline grace must not be negative, got %s", c.OfflineGrace))
+	}
+	if c.BodyBudget < MaxRequestBytes {
+		errs = append(errs, fmt.Errorf("body budget must hold at least one request of %d bytes, got %d", MaxRequestBytes, c.BodyBudget))
 	}
 	if c.SendQueue < 1 {
 		errs = append(errs, fmt.Errorf("send queue must be at least 1 frame, got %d", c.SendQueue))

@@ -140,6 +140,12 @@ func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
 		httperr.Write(w, r, s.log, methodNotAllowed("POST"))
 		return
 	}
+	release, ok := s.reserveBody(r)
+	if !ok {
+		httperr.Write(w, r, s.log, s.overBudget(w))
+		return
+	}
+	defer release()
 	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxRequestBytes))
 	if err != nil {
 		var tooLarge *http.MaxBytesError
@@ -166,6 +172,27 @@ func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	httperr.WriteJSON(w, http.StatusAccepted, EnqueueReply{MessageIDs: ids})
+}
+
+// reserveBody takes the request's body size (its Content-Length, or the most a body may
+// be) from the budget of bodies read at once; ok false means the budget is spent.
+func (s *Server) reserveBody(r *http.Request) (release func(), ok bool) {
+	n := int64(MaxRequestBytes)
+	if r.ContentLength >= 0 && r.ContentLength < n {
+		n = r.ContentLength
+	}
+	if s.bodies.Add(n) > s.cfg.BodyBudget {
+		s.bodies.Add(-n)
+		s.metrics.authFailures.WithLabelValues("body_budget").Inc()
+		return nil, false
+	}
+	return func() { s.bodies.Add(-n) }, true
+}
+
+// overBudget is the answer to a request refused for the body budget.
+func (s *Server) overBudget(w http.ResponseWriter) *httperr.Error {
+	w.Header().Set("Retry-After", "1")
+	return httperr.New(http.StatusServiceUnavailable, httperr.CodeUnavailable, "too many request bodies in flight; retry later")
 }
 
 // errStoreClosed is what enqueue returns once the store is closed (shutting down).

@@ -50,8 +50,10 @@ type Server struct {
 	// queued holds the messages committed and not yet dispatched.
 	queued  queuedFeed
 	metrics *metrics
-	lock    *os.File
-	now     func() time.Time
+	// bodies is the bytes of request bodies being read (Config.BodyBudget bounds it).
+	bodies atomic.Int64
+	lock   *os.File
+	now    func() time.Time
 
 	httpSrv  *http.Server
 	ln       net.Listener

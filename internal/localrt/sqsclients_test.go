@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -144,4 +145,44 @@ func TestSQSRefusesTextThatIsNotUTF8(t *testing.T) {
 	c.expectFrame(t, "fine")
 	ts.send(`{"UserId":"text-user","Body":"probe"}`)
 	c.expectFrame(t, "probe") // nothing rewritten was delivered before it
+}
+
+// TestBodyBudget: request bodies read at once are bounded: while one 4 MiB body is being
+// read (a slow or hostile client), a budget of 4 MiB refuses the next POST /messages and
+// queue request with 503 and Retry-After before reading them; once it is read, requests
+// are taken again.
+func TestBodyBudget(t *testing.T) {
+	ts := startServer(t, t.TempDir(), func(c *localrt.Config) { c.BodyBudget = localrt.MaxRequestBytes })
+	c := ts.dial("budget-user")
+	pr, pw := io.Pipe()
+	slow, _ := http.NewRequest(http.MethodPost, ts.base+"/messages", pr)
+	slow.ContentLength = localrt.MaxRequestBytes
+	slow.Header.Set("X-Api-Key", testKey)
+	done := make(chan int, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(slow)
+		if err != nil {
+			done <- 0
+			return
+		}
+		resp.Body.Close()
+		done <- resp.StatusCode
+	}()
+	if _, err := pw.Write([]byte(`[{"UserId":"budget-user","Body":"`)); err != nil { // the server is reading it now
+		t.Fatal(err)
+	}
+	r := ts.do(http.MethodPost, "/messages", testKey, []byte(`{"UserId":"budget-user","Body":"refused"}`))
+	if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
+		t.Fatalf("POST /messages past the budget: %d %s", r.status, r.body)
+	}
+	url := localrt.QueueURL(strings.TrimPrefix(ts.base, "http://"))
+	if status, resp := signedSQS(t, ts, "AmazonSQS.SendMessage", []byte(`{"QueueUrl":"`+url+`","MessageBody":"{\"UserId\":\"budget-user\",\"Body\":\"refused\"}"}`)); status != http.StatusServiceUnavailable {
+		t.Fatalf("queue request past the budget: %d %s", status, resp)
+	}
+	pw.CloseWithError(io.ErrUnexpectedEOF) // the slow client gives up
+	<-done
+	waitFor(t, "the budget back", func() bool { // the server releases it as the handler returns
+		return ts.do(http.MethodPost, "/messages", testKey, []byte(`{"UserId":"budget-user","Body":"taken again"}`)).status == http.StatusAccepted
+	})
+	c.expectFrame(t, "taken again") // and nothing refused was delivered before it
 }
