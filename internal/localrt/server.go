@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,6 +22,38 @@ import (
 
 // StoreFile is the name of the SQLite file in the data dir.
 const StoreFile = "wspresence.db"
+
+// StoreIDFile, in the data dir, records the id of the store the dir holds.
+const StoreIDFile = "store-id"
+
+// ErrStoreReplaced is returned by New when the data dir's store is not the one it held: an
+// empty file where state was, or another store.
+var ErrStoreReplaced = errors.New("the store is not the one this data dir held")
+
+// checkStoreIdentity compares the store's id with the one the data dir recorded (and
+// records it the first time): a store that was emptied or replaced is refused, never
+// served as if the history it held had not happened.
+func checkStoreIdentity(dir string, store *sqlite.Store) error {
+	id, created := store.Identity()
+	recorded, err := os.ReadFile(filepath.Join(dir, StoreIDFile))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		_, err = writeAtomically(dir, StoreIDFile, []byte(id+"\n"), false)
+		return err
+	case err != nil:
+		return err
+	}
+	if want := strings.TrimSpace(string(recorded)); want != id {
+		what := "another store"
+		if created {
+			what = "an empty store"
+		}
+		return fmt.Errorf("%w: %s holds %s where store %s was (its history, /events ids and queued messages are not there): "+
+			"restore %s from a backup (docs/operations.md, \"Backup and restore\"), or move the data dir away to start empty",
+			ErrStoreReplaced, filepath.Join(dir, StoreFile), what, want, StoreFile)
+	}
+	return nil
+}
 
 // Errors a connection attempt can meet before the upgrade.
 var (
@@ -118,6 +152,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		Fault:       cfg.storeFault,
 	})
 	if err != nil {
+		return fail(err)
+	}
+	if err := checkStoreIdentity(cfg.DataDir, store); err != nil {
+		store.Close()
 		return fail(err)
 	}
 	s.graces = newGraceTimers(cfg.OfflineGrace, s.expireGrace)

@@ -3,7 +3,13 @@ package localrt_test
 import (
 	"context"
 	"errors"
+	"io"
+	"io/fs"
+	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -121,4 +127,33 @@ func TestRefusedHandshakeLeavesNoTrace(t *testing.T) {
 		t.Fatalf("a refused handshake left %+v", s[0])
 	}
 	c.close(t)
+}
+
+// TestEmptiedStoreRefusesToStart: a data dir whose store held state and now holds an
+// empty file (or another store) refuses to start, saying what happened and how to
+// restore, instead of serving an empty history as if it were the one it held.
+func TestEmptiedStoreRefusesToStart(t *testing.T) {
+	dir := t.TempDir()
+	ts := startServer(t, dir, nil)
+	ts.send(`{"UserId":"someone","Body":"history"}`)
+	ts.stop()
+	for _, f := range []string{localrt.StoreFile, localrt.StoreFile + "-wal", localrt.StoreFile + "-shm"} {
+		if err := os.Truncate(filepath.Join(dir, f), 0); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			t.Fatal(err)
+		}
+	}
+	cfg := localrt.DefaultConfig()
+	cfg.Addr, cfg.DataDir, cfg.JWTSecret, cfg.APIKey = "127.0.0.1:0", dir, testSecret, testKey
+	srv, err := localrt.New(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err == nil {
+		_ = srv.Shutdown(context.Background())
+		t.Fatal("an emptied store started")
+	}
+	if !errors.Is(err, localrt.ErrStoreReplaced) || !strings.Contains(err.Error(), "restore") {
+		t.Fatalf("refusal %v, want ErrStoreReplaced naming the restore", err)
+	}
+	// A new data dir starts, and starts again.
+	fresh := t.TempDir()
+	startServer(t, fresh, nil).stop()
+	startServer(t, fresh, nil)
 }

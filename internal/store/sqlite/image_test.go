@@ -146,3 +146,48 @@ func TestAnActivityNoNewerThanLastSeenIsNotAppended(t *testing.T) {
 		t.Fatalf("last activity %v", users[0].LastActivity)
 	}
 }
+
+// TestDamagedSnapshotIsNotServed: a byte flipped in a snapshot row (a closed connection
+// made live again, its user online) is caught by the row's checksum at the next start:
+// the view is folded from the log instead, the user is offline, and the snapshot is
+// rewritten whole.
+func TestDamagedSnapshotIsNotServed(t *testing.T) {
+	clk := &clock{t: t0}
+	path := filepath.Join(t.TempDir(), "db")
+	ctx := context.Background()
+	s, err := sqlite.Open(ctx, path, sqlite.Options{Grace: 5 * time.Second, Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, s, events.Opened("f", "f1", t0, "", ""), events.Opened("g", "g1", t0, "", ""))
+	mustAppend(t, s, events.Closed("f", "f1", t0.Add(time.Second), events.ReasonClient))
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{`UPDATE view_connections SET closed_at = NULL, reason = NULL WHERE connection_id = 'f1'`,
+		`UPDATE view_users SET live = 1 WHERE user_id = 'f'`} {
+		if res, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		} else if n, _ := res.RowsAffected(); n != 1 {
+			t.Fatalf("%s changed %d rows", q, n)
+		}
+	}
+	db.Close()
+
+	again, err := sqlite.Open(ctx, path, sqlite.Options{Grace: 5 * time.Second, Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	st, err := again.Users(ctx, []string{"f", "g"})
+	if err != nil || st[0].Online() || !st[1].Online() {
+		t.Fatalf("after the start: %+v %v, want f offline (the log), g online", st, err)
+	}
+	if live, _ := again.LiveConnections(ctx, "f"); len(live) != 0 {
+		t.Fatalf("f's damaged connection is served live: %v", live)
+	}
+}

@@ -9,7 +9,7 @@ import (
 
 // viewVersion changes whenever the snapshot tables change shape: a store whose snapshot
 // has another version (or none) drops it and folds the whole log again when opened.
-const viewVersion = "3"
+const viewVersion = "4"
 
 // logSchema is what is durable on the hot path: the log (one row per connection event or
 // grace decision, no secondary index), the queue (one row per accepted message), and the
@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS view_users (
 	live          INTEGER NOT NULL,
 	last_activity INTEGER,
 	announced     TEXT    NOT NULL,
-	offline_since INTEGER
+	offline_since INTEGER,
+	crc           INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS view_connections (
 	connection_id TEXT PRIMARY KEY,
@@ -68,7 +69,8 @@ CREATE TABLE IF NOT EXISTS view_connections (
 	opened_at     INTEGER,
 	closed_at     INTEGER,
 	reason        TEXT,
-	last_seen     INTEGER
+	last_seen     INTEGER,
+	crc           INTEGER NOT NULL
 ) WITHOUT ROWID;
 `
 

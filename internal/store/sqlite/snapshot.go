@@ -4,7 +4,9 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"hash/crc32"
 	"time"
 
 	"github.com/wspresence/wspresence/events"
@@ -16,7 +18,21 @@ const checkpointName = "presence"
 // replayPage is how many log records one replay step folds.
 const replayPage = 10_000
 
-// loadSnapshot reads the view's last snapshot into the image.
+// ErrSnapshotDamaged is returned by loadSnapshot for a row whose checksum does not match
+// its content: the start folds the whole log instead.
+var ErrSnapshotDamaged = errors.New("snapshot damaged")
+
+// userCRC and connCRC are the checksums a snapshot row carries, over its fields.
+func userCRC(id string, live int, last, since sql.NullInt64, announced string) int64 {
+	return int64(crc32.ChecksumIEEE([]byte(fmt.Sprintf("%s\x00%d\x00%v\x00%v\x00%s", id, live, last, since, announced))))
+}
+
+func connCRC(id, userID string, opened, closed sql.NullInt64, reason sql.NullString, seen sql.NullInt64) int64 {
+	return int64(crc32.ChecksumIEEE([]byte(fmt.Sprintf("%s\x00%s\x00%v\x00%v\x00%v\x00%v", id, userID, opened, closed, reason, seen))))
+}
+
+// loadSnapshot reads the view's last snapshot into the image, each row checked against
+// its checksum (ErrSnapshotDamaged on a mismatch).
 func (s *Store) loadSnapshot(ctx context.Context) error {
 	var cp sql.NullInt64
 	if err := s.wc.QueryRowContext(ctx, `SELECT MAX(seq) FROM checkpoints WHERE name = ?`, checkpointName).Scan(&cp); err != nil {
@@ -25,12 +41,16 @@ func (s *Store) loadSnapshot(ctx context.Context) error {
 	im := s.img
 	im.mu.Lock()
 	defer im.mu.Unlock()
-	if err := scanEach(ctx, s.wc, `SELECT user_id, live, last_activity, announced, offline_since FROM view_users`, func(r *sql.Rows) error {
+	if err := scanEach(ctx, s.wc, `SELECT user_id, live, last_activity, announced, offline_since, crc FROM view_users`, func(r *sql.Rows) error {
 		var u presence.User
 		var last, since sql.NullInt64
 		var announced string
-		if err := r.Scan(&u.ID, &u.Live, &last, &announced, &since); err != nil {
+		var crc int64
+		if err := r.Scan(&u.ID, &u.Live, &last, &announced, &since, &crc); err != nil {
 			return err
+		}
+		if userCRC(u.ID, u.Live, last, since, announced) != crc {
+			return fmt.Errorf("%w: the row of user %q", ErrSnapshotDamaged, u.ID)
 		}
 		u.LastActivity, u.OfflineSince, u.Announced = fromNanos(last), fromNanos(since), presence.Announced(announced)
 		im.putUser(u)
@@ -38,12 +58,16 @@ func (s *Store) loadSnapshot(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("load snapshot users: %w", err)
 	}
-	if err := scanEach(ctx, s.wc, `SELECT connection_id, user_id, opened_at, closed_at, reason, last_seen FROM view_connections`, func(r *sql.Rows) error {
+	if err := scanEach(ctx, s.wc, `SELECT connection_id, user_id, opened_at, closed_at, reason, last_seen, crc FROM view_connections`, func(r *sql.Rows) error {
 		var c presence.Conn
 		var opened, closed, seen sql.NullInt64
 		var reason sql.NullString
-		if err := r.Scan(&c.ID, &c.UserID, &opened, &closed, &reason, &seen); err != nil {
+		var crc int64
+		if err := r.Scan(&c.ID, &c.UserID, &opened, &closed, &reason, &seen, &crc); err != nil {
 			return err
+		}
+		if connCRC(c.ID, c.UserID, opened, closed, reason, seen) != crc {
+			return fmt.Errorf("%w: the row of connection %q", ErrSnapshotDamaged, c.ID)
 		}
 		c.OpenedAt, c.ClosedAt, c.LastSeen = fromNanos(opened), fromNanos(closed), fromNanos(seen)
 		c.Reason = events.CloseReason(reason.String)
@@ -157,7 +181,9 @@ func (s *Store) writeSnapshot(ctx context.Context) error {
 			if announced == "" {
 				announced = presence.AnnouncedOffline
 			}
-			if _, err := s.stmts.saveUser.ExecContext(ctx, u.ID, u.Live, toNanos(u.LastActivity), string(announced), toNanos(u.OfflineSince)); err != nil {
+			last, since := toNanos(u.LastActivity), toNanos(u.OfflineSince)
+			if _, err := s.stmts.saveUser.ExecContext(ctx, u.ID, u.Live, last, string(announced), since,
+				userCRC(u.ID, u.Live, last, since, string(announced))); err != nil {
 				return fmt.Errorf("snapshot user %s: %w", uid, err)
 			}
 		}
@@ -166,7 +192,9 @@ func (s *Store) writeSnapshot(ctx context.Context) error {
 			if c == nil {
 				continue
 			}
-			if _, err := s.stmts.saveConn.ExecContext(ctx, c.ID, c.UserID, toNanos(c.OpenedAt), toNanos(c.ClosedAt), nullString(string(c.Reason)), toNanos(c.LastSeen)); err != nil {
+			opened, closed, reason, seen := toNanos(c.OpenedAt), toNanos(c.ClosedAt), nullString(string(c.Reason)), toNanos(c.LastSeen)
+			if _, err := s.stmts.saveConn.ExecContext(ctx, c.ID, c.UserID, opened, closed, reason, seen,
+				connCRC(c.ID, c.UserID, opened, closed, reason, seen)); err != nil {
 				return fmt.Errorf("snapshot connection %s: %w", cid, err)
 			}
 		}

@@ -2,7 +2,9 @@ package sqlite
 
 import (
 	"context"
+	"crypto/rand"
 	"database/sql"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -101,6 +103,11 @@ type Store struct {
 	done  chan struct{}
 	// recovered is what Open's replay of the log's tail folded.
 	recovered Projection
+	// rebuilt is set when Open found the snapshot damaged and folded the whole log.
+	rebuilt bool
+	// id is the store's identity (Identity); idCreated says Open wrote it.
+	id        string
+	idCreated bool
 	// sinceSnapshot counts the records folded since the last snapshot; lastSnapshot is
 	// when it was written (the writer's alone).
 	sinceSnapshot int
@@ -168,6 +175,11 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		w.Close()
 		return nil, fmt.Errorf("prepare %s: %w", path, err)
 	}
+	id, idCreated, err := ensureIdentity(ctx, w)
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("prepare %s: %w", path, err)
+	}
 	r, err := sql.Open("sqlite", dsn("query_only(1)"))
 	if err != nil {
 		w.Close()
@@ -181,7 +193,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open %s for checkpoints: %w", path, err)
 	}
 	ck.SetMaxOpenConns(1)
-	s := &Store{w: w, r: r, ck: ck, opts: opts, img: newImage(), reqs: make(chan *writeReq, 4096),
+	s := &Store{w: w, r: r, ck: ck, opts: opts, id: id, idCreated: idCreated, img: newImage(), reqs: make(chan *writeReq, 4096),
 		stop: make(chan struct{}), done: make(chan struct{}), ckDone: make(chan struct{})}
 	if err := s.start(ctx); err != nil {
 		errs := []error{err, r.Close(), ck.Close()}
@@ -213,19 +225,27 @@ func (s *Store) start(ctx context.Context) error {
 		// OR IGNORE: a file of an earlier version has a unique index on event_id.
 		{&s.stmts.pub, `INSERT OR IGNORE INTO published (event_id, detail_type, envelope) VALUES (?, ?, ?)`},
 		{&s.stmts.done, `UPDATE messages SET done_at = ?, body = '' WHERE seq = ? AND done_at IS NULL`},
-		{&s.stmts.saveUser, `INSERT INTO view_users (user_id, live, last_activity, announced, offline_since)
-			VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET live = excluded.live, last_activity = excluded.last_activity,
-			announced = excluded.announced, offline_since = excluded.offline_since`},
-		{&s.stmts.saveConn, `INSERT INTO view_connections (connection_id, user_id, opened_at, closed_at, reason, last_seen)
-			VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (connection_id) DO UPDATE SET user_id = excluded.user_id, opened_at = excluded.opened_at,
-			closed_at = excluded.closed_at, reason = excluded.reason, last_seen = excluded.last_seen`},
+		{&s.stmts.saveUser, `INSERT INTO view_users (user_id, live, last_activity, announced, offline_since, crc)
+			VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET live = excluded.live, last_activity = excluded.last_activity,
+			announced = excluded.announced, offline_since = excluded.offline_since, crc = excluded.crc`},
+		{&s.stmts.saveConn, `INSERT INTO view_connections (connection_id, user_id, opened_at, closed_at, reason, last_seen, crc)
+			VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (connection_id) DO UPDATE SET user_id = excluded.user_id, opened_at = excluded.opened_at,
+			closed_at = excluded.closed_at, reason = excluded.reason, last_seen = excluded.last_seen, crc = excluded.crc`},
 		{&s.stmts.forgetConn, `DELETE FROM view_connections WHERE connection_id = ?`},
 	} {
 		if *st.dst, err = wc.PrepareContext(ctx, st.query); err != nil {
 			return fmt.Errorf("prepare %q: %w", st.query, err)
 		}
 	}
-	if err := s.loadSnapshot(ctx); err != nil {
+	if err := s.loadSnapshot(ctx); errors.Is(err, ErrSnapshotDamaged) {
+		// Never served: the view is folded again from the log, and its snapshot rewritten.
+		s.opts.Logger.Error("the view's snapshot is damaged: folding the whole log again", "err", err)
+		if _, err := s.wc.ExecContext(ctx, dropSnapshot+snapshotSchema); err != nil {
+			return fmt.Errorf("reset the damaged snapshot: %w", err)
+		}
+		s.img = newImage()
+		s.rebuilt = true
+	} else if err != nil {
 		return err
 	}
 	p, err := s.replay(ctx)
@@ -233,7 +253,7 @@ func (s *Store) start(ctx context.Context) error {
 		return err
 	}
 	s.recovered = p
-	if p.Events > 0 {
+	if p.Events > 0 || s.rebuilt {
 		if err := s.snapshot(ctx); err != nil {
 			return err
 		}
@@ -328,4 +348,26 @@ func recordGrace(ctx context.Context, db *sql.DB, grace time.Duration) (time.Dur
 		return 0, fmt.Errorf("the recorded grace period %q is not a duration", v)
 	}
 	return time.Duration(ns), nil
+}
+
+// Identity returns the store's id, a random one written into the store when Open found
+// none (created true then): a data dir records it beside the store, so a store replaced by
+// an empty or another one is told apart from the one it held.
+func (s *Store) Identity() (id string, created bool) { return s.id, s.idCreated }
+
+// ensureIdentity reads the store's id, writing a new one if it has none.
+func ensureIdentity(ctx context.Context, db *sql.DB) (id string, created bool, err error) {
+	switch err := db.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'store_id'`).Scan(&id); {
+	case err == nil:
+		return id, false, nil
+	case !errors.Is(err, sql.ErrNoRows):
+		return "", false, fmt.Errorf("read the store's id: %w", err)
+	}
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	id = hex.EncodeToString(b)
+	if _, err := db.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES ('store_id', ?)`, id); err != nil {
+		return "", false, fmt.Errorf("record the store's id: %w", err)
+	}
+	return id, true, nil
 }
