@@ -19,6 +19,8 @@ Usage:
   wspresence send     --user ID --body TEXT         enqueue a message through POST /messages
   wspresence online   [--users a,b]                 print the answer of GET /user/online
   wspresence rebuild  [--data DIR]                  rebuild the view from the event log
+  wspresence backup   [--data DIR] --to FILE        write a consistent copy of the store (server running or not)
+  wspresence restore  [--data DIR] --from FILE      put a backup in place of the store (server stopped)
 
 Run "wspresence COMMAND --help" for a command's flags and environment variables.
 `
@@ -33,6 +35,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv en
 	}
 	cmds := map[string]func(context.Context, []string, io.Writer, io.Writer, env) error{
 		"serve": serve, "token": token, "send": send, "online": online, "rebuild": rebuild,
+		"backup": backup, "restore": restore,
 	}
 	name := args[0]
 	if name == "help" || name == "-h" || name == "--help" {

@@ -144,6 +144,44 @@ func rebuild(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	return nil
 }
 
+func backup(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) error {
+	cfg := localrt.DefaultConfig()
+	var to string
+	f := newFlags("backup", "backup [--data DIR] --to FILE", stderr, getenv)
+	f.String(&cfg.DataDir, "data", "WSPRESENCE_DATA", "data directory of the store")
+	f.String(&to, "to", "", "the backup file to write (must not exist)")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if to == "" {
+		return errors.New("--to is required")
+	}
+	if err := sqlite.Backup(ctx, filepath.Join(cfg.DataDir, localrt.StoreFile), to); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "store copied to %s\n", to)
+	return nil
+}
+
+func restore(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) error {
+	cfg := localrt.DefaultConfig()
+	var from string
+	f := newFlags("restore", "restore [--data DIR] --from FILE", stderr, getenv)
+	f.String(&cfg.DataDir, "data", "WSPRESENCE_DATA", "data directory of the store")
+	f.String(&from, "from", "", "the backup file to restore")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if from == "" {
+		return errors.New("--from is required")
+	}
+	if err := localrt.Restore(ctx, cfg.DataDir, from); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "store restored from %s (the one it replaced is kept beside it)\n", from)
+	return nil
+}
+
 // atLeastTwoProcs gives the scheduler a second P on a one-CPU machine (or a process pinned
 // to one core), unless GOMAXPROCS is set. The store's writer blocks its thread in fsync;
 // with one P every other goroutine (the WebSocket writes, the HTTP handlers) waits until

@@ -317,3 +317,41 @@ func (s *Server) isStopping() bool {
 		return false
 	}
 }
+
+// Restore puts the store backup at from in place of the data dir's store, the server
+// stopped (it takes the data dir's lock): the backup is checked first, the store it
+// replaces (and its WAL) is kept beside it with a .replaced-<time> suffix, and the data dir
+// records the restored store's identity.
+func Restore(ctx context.Context, dir, from string) error {
+	lock, err := LockDataDir(dir)
+	if err != nil {
+		return fmt.Errorf("%w (stop the server first)", err)
+	}
+	defer lock.Close()
+	if err := sqlite.Check(ctx, from); err != nil {
+		return fmt.Errorf("the backup cannot serve: %w", err)
+	}
+	data, err := os.ReadFile(from)
+	if err != nil {
+		return err
+	}
+	suffix := ".replaced-" + time.Now().UTC().Format("20060102T150405Z")
+	for _, f := range []string{StoreFile, StoreFile + "-wal", StoreFile + "-shm"} {
+		if err := os.Rename(filepath.Join(dir, f), filepath.Join(dir, f+suffix)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	if _, err := writeAtomically(dir, StoreFile, data, true); err != nil {
+		return err
+	}
+	store, err := sqlite.Open(ctx, filepath.Join(dir, StoreFile), sqlite.Options{})
+	if err != nil {
+		return err
+	}
+	id, _ := store.Identity()
+	if err := store.Close(); err != nil {
+		return err
+	}
+	_, err = writeAtomically(dir, StoreIDFile, []byte(id+"\n"), true)
+	return err
+}

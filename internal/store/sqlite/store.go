@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -370,4 +371,43 @@ func ensureIdentity(ctx context.Context, db *sql.DB) (id string, created bool, e
 		return "", false, fmt.Errorf("record the store's id: %w", err)
 	}
 	return id, true, nil
+}
+
+// Backup writes a consistent copy of the store at path to the new file to (VACUUM INTO),
+// while a server may be writing it: the copy is the store as of one commit.
+func Backup(ctx context.Context, path, to string) error {
+	if _, err := os.Stat(to); err == nil {
+		return fmt.Errorf("backup: %s exists", to)
+	}
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		return fmt.Errorf("backup: open %s: %w", path, err)
+	}
+	defer db.Close()
+	if _, err := db.ExecContext(ctx, `VACUUM INTO ?`, to); err != nil {
+		return fmt.Errorf("backup %s to %s: %w", path, to, err)
+	}
+	return nil
+}
+
+// Check opens the store file at path read-only and runs SQLite's integrity check and a
+// read of every log record: nil means the file can serve.
+func Check(ctx context.Context, path string) error {
+	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro&_pragma=busy_timeout(10000)")
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	var res string
+	if err := db.QueryRowContext(ctx, `PRAGMA integrity_check`).Scan(&res); err != nil {
+		return fmt.Errorf("check %s: %w", path, err)
+	}
+	if res != "ok" {
+		return fmt.Errorf("check %s: %s", path, res)
+	}
+	var n int64
+	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM log`).Scan(&n); err != nil {
+		return fmt.Errorf("check %s: the log cannot be read: %w", path, err)
+	}
+	return nil
 }
