@@ -187,7 +187,9 @@ func serveFor(t *testing.T, dir string) (addr string, stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var out, errOut syncBuffer
 	done := make(chan int, 1)
-	go func() { done <- run(ctx, []string{"serve", "--addr", "127.0.0.1:0", "--data", dir}, &out, &errOut, noEnv) }()
+	go func() {
+		done <- run(ctx, []string{"serve", "--addr", "127.0.0.1:0", "--data", dir}, &out, &errOut, noEnv)
+	}()
 	addrRe := regexp.MustCompile(`listening on (127\.0\.0\.1:\d+)`)
 	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		if m := addrRe.FindStringSubmatch(out.String()); m != nil {
