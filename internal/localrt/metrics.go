@@ -20,6 +20,7 @@ type metrics struct {
 	deliveryLatency prometheus.Histogram
 	authFailures    *prometheus.CounterVec
 	commitBatch     prometheus.Histogram
+	walBytes        prometheus.Gauge
 }
 
 // onlineCounter counts online users (the view).
@@ -43,8 +44,10 @@ func newMetrics(connections func() int, view onlineCounter) *metrics {
 			Help: "Refused connection attempts and backend requests, by reason."}, []string{"reason"}),
 		commitBatch: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "wspresence_store_commit_batch_size",
 			Help: "Write requests group-committed per transaction.", Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
+		walBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "wspresence_store_wal_bytes",
+			Help: "Size of the store's write-ahead log (bounded by its limit, 64 MiB)."}),
 	}
-	reg.MustRegister(m.appended, m.projectorLag, m.messages, m.deliveryLatency, m.authFailures, m.commitBatch,
+	reg.MustRegister(m.appended, m.projectorLag, m.messages, m.deliveryLatency, m.authFailures, m.commitBatch, m.walBytes,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_connections",
 			Help: "Live WebSocket connections held by this process."}, func() float64 { return float64(connections()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_online_users",

@@ -145,6 +145,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		Sync:        cfg.Sync,
 		Logger:      log,
 		OnCommit:    func(n int) { s.metrics.commitBatch.Observe(float64(n)) },
+		OnWAL:       func(n int64) { s.metrics.walBytes.Set(float64(n)) },
 		OnAppended:  func(t events.Type) { s.metrics.appended.WithLabelValues(string(t)).Inc() },
 		OnProjected: func(lag time.Duration) { s.metrics.projectorLag.Observe(lag.Seconds()) },
 		OnFolded:    func(p sqlite.Projection) { s.folded(p) },

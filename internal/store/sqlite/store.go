@@ -37,6 +37,12 @@ type Options struct {
 	SnapshotEvents   int
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// WALLimit bounds the write-ahead log (default 64 MiB): past it, a checkpoint that
+	// truncates the log runs between two group commits (writes wait for it), so the log
+	// cannot outgrow it under sustained load, when the background checkpoints never catch
+	// up. OnWAL, if set, is given the log's size after each checkpoint (a metric).
+	WALLimit int64
+	OnWAL    func(bytes int64)
 	// Logger receives the store's logs (default slog.Default()).
 	Logger *slog.Logger
 	// Sync is SQLite's synchronous mode: "full" (default) makes every commit durable
@@ -65,6 +71,9 @@ type Options struct {
 }
 
 func (o *Options) setDefaults() {
+	if o.WALLimit <= 0 {
+		o.WALLimit = 64 << 20
+	}
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = 512
 	}
@@ -104,6 +113,8 @@ type Store struct {
 	done  chan struct{}
 	// recovered is what Open's replay of the log's tail folded.
 	recovered Projection
+	// path is the store file's.
+	path string
 	// rebuilt is set when Open found the snapshot damaged and folded the whole log.
 	rebuilt bool
 	// id is the store's identity (Identity); idCreated says Open wrote it.
@@ -194,7 +205,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open %s for checkpoints: %w", path, err)
 	}
 	ck.SetMaxOpenConns(1)
-	s := &Store{w: w, r: r, ck: ck, opts: opts, id: id, idCreated: idCreated, img: newImage(), reqs: make(chan *writeReq, 4096),
+	s := &Store{path: path, w: w, r: r, ck: ck, opts: opts, id: id, idCreated: idCreated, img: newImage(), reqs: make(chan *writeReq, 4096),
 		stop: make(chan struct{}), done: make(chan struct{}), ckDone: make(chan struct{})}
 	if err := s.start(ctx); err != nil {
 		errs := []error{err, r.Close(), ck.Close()}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/wspresence/wspresence/events"
@@ -59,8 +60,9 @@ const checkpointInterval = time.Second
 
 // checkpointer copies the WAL's committed pages into the database every
 // checkpointInterval (a passive checkpoint: it never blocks the writer or the readers),
-// so the WAL does not grow without bound; the writer restarts the WAL from its start once
-// it has all been copied.
+// and reports the WAL's size; the writer restarts the WAL from its start once it has all
+// been copied. Under sustained writes these checkpoints do not catch up: the writer bounds
+// the WAL itself (boundWAL).
 func (s *Store) checkpointer() {
 	defer close(s.ckDone)
 	t := time.NewTicker(checkpointInterval)
@@ -74,7 +76,19 @@ func (s *Store) checkpointer() {
 		if _, err := s.ck.Exec(`PRAGMA wal_checkpoint(PASSIVE)`); err != nil {
 			s.opts.Logger.Error("checkpoint the WAL", "err", err)
 		}
+		if s.opts.OnWAL != nil {
+			s.opts.OnWAL(s.walSize())
+		}
 	}
+}
+
+// walSize is the size of the write-ahead log file (0 if there is none).
+func (s *Store) walSize() int64 {
+	st, err := os.Stat(s.path + "-wal")
+	if err != nil {
+		return 0
+	}
+	return st.Size()
 }
 
 func (s *Store) submit(ctx context.Context, req *writeReq) error {
@@ -145,6 +159,26 @@ func (s *Store) writer() {
 		}
 		s.run(batch)
 		s.maybeSnapshot(false)
+		s.boundWAL()
+	}
+}
+
+// boundWAL runs, between two commits, a checkpoint that truncates the write-ahead log once
+// it has passed its limit: the background checkpoints do not catch up under sustained
+// writes, and the log would grow without end. The log outgrows the limit by at most one
+// group commit.
+func (s *Store) boundWAL() {
+	size := s.walSize()
+	if size <= s.opts.WALLimit {
+		return
+	}
+	var busy, logPages, done int
+	err := s.wc.QueryRowContext(context.Background(), `PRAGMA wal_checkpoint(TRUNCATE)`).Scan(&busy, &logPages, &done)
+	if err == nil && busy != 0 {
+		err = fmt.Errorf("checkpoint busy: %d of %d pages copied", done, logPages)
+	}
+	if err != nil {
+		s.opts.Logger.Error("truncate the WAL", "bytes", size, "err", err)
 	}
 }
 
