@@ -27,6 +27,7 @@ const (
 	CodeUnavailable     = "unavailable"
 	CodeTooMany         = "too_many_connections"
 	CodeInternal        = "internal"
+	CodeGone            = "events_pruned"
 )
 
 // Error is an error fit for the client: its Message is shown as is.

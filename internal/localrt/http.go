@@ -264,6 +264,17 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		cursor = n
+		oldest, _, err := s.outbox.PublishedRange(ctx)
+		if err != nil {
+			httperr.Write(w, r, s.log, err)
+			return
+		}
+		if cursor+1 < oldest {
+			httperr.Write(w, r, s.log, httperr.New(http.StatusGone, httperr.CodeGone, fmt.Sprintf(
+				"the events after %d are no longer kept (the outbox keeps %s; the oldest kept is %d): reload your state, then read from the head without Last-Event-ID",
+				cursor, s.cfg.OutboxRetention, oldest)))
+			return
+		}
 	} else {
 		head, err := s.outbox.LastPublishedSeq(ctx)
 		if err != nil {

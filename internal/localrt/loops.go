@@ -295,9 +295,10 @@ func (s *Server) reconcile(ctx context.Context) {
 	}
 }
 
-// prune forgets old tombstones and delivered message ids once an hour.
+// prune forgets old tombstones, delivered message ids and published events, every
+// PruneInterval.
 func (s *Server) prune(ctx context.Context) {
-	t := time.NewTicker(time.Hour)
+	t := time.NewTicker(s.cfg.PruneInterval)
 	defer t.Stop()
 	for {
 		select {
@@ -312,7 +313,17 @@ func (s *Server) prune(ctx context.Context) {
 			if _, err := s.queue.PruneMessages(ctx, s.cfg.TombstoneRetention); err != nil {
 				s.log.Error("prune messages", "err", err)
 			}
+			s.pruneOutbox(ctx)
 		}
+	}
+}
+
+// pruneOutbox forgets the published events older than the outbox retention.
+func (s *Server) pruneOutbox(ctx context.Context) {
+	if n, err := s.store.PrunePublished(ctx, s.now().Add(-s.cfg.OutboxRetention)); err != nil {
+		s.log.Error("prune the outbox", "err", err)
+	} else if n > 0 {
+		s.log.Info("pruned published events", "count", n, "retention", s.cfg.OutboxRetention.String())
 	}
 }
 

@@ -21,6 +21,7 @@ type metrics struct {
 	authFailures    *prometheus.CounterVec
 	commitBatch     prometheus.Histogram
 	walBytes        prometheus.Gauge
+	webhookMissed   prometheus.Counter
 }
 
 // onlineCounter counts online users (the view).
@@ -44,10 +45,12 @@ func newMetrics(connections func() int, view onlineCounter) *metrics {
 			Help: "Refused connection attempts and backend requests, by reason."}, []string{"reason"}),
 		commitBatch: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "wspresence_store_commit_batch_size",
 			Help: "Write requests group-committed per transaction.", Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
+		webhookMissed: prometheus.NewCounter(prometheus.CounterOpts{Name: "wspresence_webhook_events_missed_total",
+			Help: "Published events webhooks skipped because the outbox pruned them before they were taken."}),
 		walBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "wspresence_store_wal_bytes",
 			Help: "Size of the store's write-ahead log (bounded by its limit, 64 MiB)."}),
 	}
-	reg.MustRegister(m.appended, m.projectorLag, m.messages, m.deliveryLatency, m.authFailures, m.commitBatch, m.walBytes,
+	reg.MustRegister(m.appended, m.projectorLag, m.messages, m.deliveryLatency, m.authFailures, m.commitBatch, m.walBytes, m.webhookMissed,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_connections",
 			Help: "Live WebSocket connections held by this process."}, func() float64 { return float64(connections()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_online_users",

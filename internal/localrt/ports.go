@@ -34,6 +34,7 @@ type messageQueue interface {
 type outboxReader interface {
 	PublishedSince(ctx context.Context, seq int64, limit int) ([]sqlite.PublishedRecord, error)
 	LastPublishedSeq(ctx context.Context) (int64, error)
+	PublishedRange(ctx context.Context) (oldest, newest int64, err error)
 	Cursor(ctx context.Context, name string) (int64, error)
 	SetCursor(ctx context.Context, name string, seq int64) error
 }

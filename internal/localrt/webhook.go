@@ -56,6 +56,14 @@ func (s *Server) webhook(ctx context.Context, url string) {
 			}
 			return
 		}
+		if len(recs) > 0 && recs[0].Seq > cursor+1 {
+			// The outbox pruned what this webhook had not taken yet: it goes on from the
+			// oldest kept, and says what it missed.
+			missed := recs[0].Seq - cursor - 1
+			s.metrics.webhookMissed.Add(float64(missed))
+			s.log.Error("webhook lagged past the outbox retention: events skipped", "url", url, "missed", missed,
+				"from", cursor+1, "to", recs[0].Seq-1)
+		}
 		for _, rec := range recs {
 			if err := s.post(ctx, client, url, rec.Envelope, string(rec.DetailType)); err != nil {
 				if ctx.Err() != nil {

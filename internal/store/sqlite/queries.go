@@ -233,13 +233,85 @@ func (s *Store) PublishedSince(ctx context.Context, seq int64, limit int) ([]Pub
 	}, `SELECT seq, detail_type, envelope FROM published WHERE seq > ? ORDER BY seq LIMIT ?`, seq, limit)
 }
 
-// LastPublishedSeq is the sequence number of the newest outbox row (0 if none).
+// LastPublishedSeq is the sequence number of the newest outbox row ever written (0 if
+// none), pruned or not.
 func (s *Store) LastPublishedSeq(ctx context.Context) (int64, error) {
-	var seq sql.NullInt64
-	if err := s.r.QueryRowContext(ctx, `SELECT MAX(seq) FROM published`).Scan(&seq); err != nil {
-		return 0, fmt.Errorf("read outbox head: %w", err)
+	_, newest, err := s.PublishedRange(ctx)
+	return newest, err
+}
+
+// PublishedRange returns the sequence number of the oldest outbox row kept and of the
+// newest ever written: rows before oldest were pruned (oldest is newest+1 when none is
+// kept; 1 and 0 for an outbox never written).
+func (s *Store) PublishedRange(ctx context.Context) (oldest, newest int64, err error) {
+	var lo, hi, assigned sql.NullInt64
+	if err := s.r.QueryRowContext(ctx, `SELECT MIN(seq), MAX(seq), (SELECT seq FROM sqlite_sequence WHERE name = 'published') FROM published`).
+		Scan(&lo, &hi, &assigned); err != nil {
+		return 0, 0, fmt.Errorf("read outbox range: %w", err)
 	}
-	return seq.Int64, nil
+	newest = max(hi.Int64, assigned.Int64)
+	if !lo.Valid {
+		return newest + 1, newest, nil
+	}
+	return lo.Int64, newest, nil
+}
+
+// PrunePublished forgets the outbox rows published before cutoff (their envelope's time),
+// whatever reads them (a webhook lagging that far skips them) and returns how many.
+func (s *Store) PrunePublished(ctx context.Context, cutoff time.Time) (int64, error) {
+	var n int64
+	err := s.writeExec(ctx, func(ctx context.Context) error {
+		bound, err := s.firstPublishedAfter(ctx, cutoff)
+		if err != nil || bound == 0 {
+			return err
+		}
+		res, err := s.wc.ExecContext(ctx, `DELETE FROM published WHERE seq < ?`, bound)
+		if err != nil {
+			return fmt.Errorf("prune outbox: %w", err)
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	return n, err
+}
+
+// firstPublishedAfter is the sequence number of the oldest outbox row published at or
+// after cutoff (rows are published in time order), or one past the newest, 0 when there
+// is nothing to prune.
+func (s *Store) firstPublishedAfter(ctx context.Context, cutoff time.Time) (int64, error) {
+	after := int64(0)
+	for {
+		rows, err := s.wc.QueryContext(ctx, `SELECT seq, envelope FROM published WHERE seq > ? ORDER BY seq LIMIT 500`, after)
+		if err != nil {
+			return 0, fmt.Errorf("read outbox: %w", err)
+		}
+		n := 0
+		for rows.Next() {
+			var seq int64
+			var env string
+			if err := rows.Scan(&seq, &env); err != nil {
+				rows.Close()
+				return 0, err
+			}
+			n++
+			var e struct {
+				Time time.Time `json:"time"`
+			}
+			if json.Unmarshal([]byte(env), &e) == nil && !e.Time.Before(cutoff) {
+				rows.Close()
+				return seq, nil
+			}
+			after = seq
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return 0, err
+		}
+		if n == 0 {
+			return after + 1, nil // every row is older: all go
+		}
+	}
 }
 
 // Log returns the connection events of the log in sequence order (for tests and tools).
