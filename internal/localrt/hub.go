@@ -100,7 +100,9 @@ func (h *hub) post(connectionID string, data []byte, written func(error)) error 
 	}
 	if !c.enqueue(frame{data: data, written: written}) {
 		c.setReason(events.ReasonExpired)
-		go c.ws.Close(websocket.StatusTryAgainLater, "send queue full")
+		if ws := c.socket(); ws != nil {
+			go ws.Close(websocket.StatusTryAgainLater, "send queue full")
+		}
 		return &delivery.GoneError{Reason: events.ReasonExpired, Err: fmt.Errorf("post to %s: send queue full", connectionID)}
 	}
 	return nil
@@ -130,6 +132,9 @@ type wsConn struct {
 	queue   []frame
 	writing bool
 	ended   bool
+	// pending is set while the handshake completes: the connection is in the hub, its
+	// frames queue, and no writer runs until activate attaches the socket.
+	pending bool
 	// busy counts the writer and ping goroutines running; they start only while the
 	// connection has not ended, so after end busy.Wait waits for the last one.
 	busy sync.WaitGroup
@@ -149,7 +154,7 @@ func (c *wsConn) enqueue(f frame) bool {
 		return false
 	}
 	c.queue = append(c.queue, f)
-	start := !c.writing
+	start := !c.writing && !c.pending
 	if start {
 		c.writing = true
 		c.busy.Add(1)
@@ -162,6 +167,32 @@ func (c *wsConn) enqueue(f frame) bool {
 		}()
 	}
 	return true
+}
+
+// activate attaches the upgraded socket to a pending connection and starts writing what
+// was queued meanwhile.
+func (c *wsConn) activate(ws *websocket.Conn) {
+	c.mu.Lock()
+	c.ws, c.pending = ws, false
+	start := len(c.queue) > 0 && !c.writing && !c.ended
+	if start {
+		c.writing = true
+		c.busy.Add(1)
+	}
+	c.mu.Unlock()
+	if start {
+		go func() {
+			defer c.busy.Done()
+			c.write()
+		}()
+	}
+}
+
+// socket returns the connection's socket, nil while it is pending.
+func (c *wsConn) socket() *websocket.Conn {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ws
 }
 
 // next returns the queued frames, oldest first, and empties the queue; when there are none

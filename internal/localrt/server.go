@@ -275,7 +275,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		open := s.hub.closeAll()
 		for _, c := range open {
 			c.setReason(events.ReasonShutdown)
-			go c.ws.Close(websocketGoingAway, "server shutting down")
+			if ws := c.socket(); ws != nil { // a pending one is closed once attached
+				go ws.Close(websocketGoingAway, "server shutting down")
+			}
 		}
 		done := make(chan struct{})
 		go func() { s.conns.Wait(); close(done) }()

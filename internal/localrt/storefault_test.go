@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -156,4 +157,17 @@ func TestEmptiedStoreRefusesToStart(t *testing.T) {
 	fresh := t.TempDir()
 	startServer(t, fresh, nil).stop()
 	startServer(t, fresh, nil)
+}
+
+// TestMessageRightAfterTheUpgradeReachesIt: read-your-connect with no window: a message
+// sent the moment the client's upgrade returns reaches that connection, every time (the
+// connection is in the hub, pending, from the instant its open is durable).
+func TestMessageRightAfterTheUpgradeReachesIt(t *testing.T) {
+	ts := startServer(t, t.TempDir(), nil)
+	for i := range 40 {
+		user := "ryc-" + strconv.Itoa(i)
+		c := ts.dial(user)
+		ts.send(`{"UserId":"` + user + `","Body":"right after"}`)
+		c.expectFrame(t, "right after")
+	}
 }

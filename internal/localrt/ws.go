@@ -84,25 +84,36 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 
 	id := newConnectionID()
 	ctx := context.WithoutCancel(r.Context())
+	readCtx, cancelRead := context.WithCancel(ctx)
+	c := &wsConn{id: id, userID: userID, drop: cancelRead, max: s.cfg.SendQueue, pending: true}
+	c.write = func() { s.writeQueued(ctx, c) }
 	// The open is appended once the library has accepted the handshake and before the 101
-	// leaves (read-your-connect: a message accepted after the upgrade reaches it); a
-	// handshake the library refuses leaves nothing in the log.
+	// leaves, and the connection joins the hub then, pending (its frames queue until the
+	// socket is attached): a message accepted after the upgrade reaches it
+	// (read-your-connect). A handshake the library refuses leaves nothing in the log.
 	sw := &switching{smallBuffers: smallBuffers{w}, open: func() error {
-		_, err := s.events.Append(ctx, events.Opened(userID, id, s.now(), sourceIP(r), r.UserAgent()))
-		return err
+		if _, err := s.events.Append(ctx, events.Opened(userID, id, s.now(), sourceIP(r), r.UserAgent())); err != nil {
+			return err
+		}
+		s.hub.add(c)
+		return nil
 	}, refuse: func(err error) *httperr.Error { return s.storeUnavailable(w, err) }}
 	ws, err := websocket.Accept(sw, r, &websocket.AcceptOptions{OriginPatterns: s.cfg.AllowedOrigins,
 		InsecureSkipVerify: len(s.cfg.AllowedOrigins) == 1 && s.cfg.AllowedOrigins[0] == "*"})
 	switch {
 	case sw.err != nil:
+		cancelRead()
 		s.log.Warn("connection refused: the store cannot write", "userId", userID, "err", sw.err)
 		if ws != nil {
 			ws.CloseNow()
 		}
 		return
 	case err != nil:
+		cancelRead()
 		s.log.Info("upgrade failed", "userId", userID, "connectionId", id, "err", err)
 		if sw.opened {
+			s.hub.remove(c)
+			c.end() // frames queued meanwhile are reported gone
 			s.appendClose(ctx, events.Closed(userID, id, s.now(), events.ReasonClient))
 		}
 		return
@@ -110,11 +121,8 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 	// The connection lives on in a goroutine of its own: the handler returns, so net/http
 	// lets go of the request and its buffers (only the hijacked socket lives on).
 	ws.SetReadLimit(maxFrameBytes)
-	readCtx, cancelRead := context.WithCancel(ctx)
-	c := &wsConn{id: id, userID: userID, ws: ws, drop: cancelRead, max: s.cfg.SendQueue}
-	c.write = func() { s.writeQueued(ctx, c) }
 	c.lastRead.Store(s.now().UnixNano())
-	s.hub.add(c)
+	c.activate(ws)
 	handedOver = true
 	go func() {
 		defer s.conns.Done()
