@@ -154,18 +154,7 @@ func (c *wsConn) enqueue(f frame) bool {
 		return false
 	}
 	c.queue = append(c.queue, f)
-	start := !c.writing && !c.pending
-	if start {
-		c.writing = true
-		c.busy.Add(1)
-	}
-	c.mu.Unlock()
-	if start {
-		go func() {
-			defer c.busy.Done()
-			c.write()
-		}()
-	}
+	c.startWriterLocked()
 	return true
 }
 
@@ -174,7 +163,13 @@ func (c *wsConn) enqueue(f frame) bool {
 func (c *wsConn) activate(ws *websocket.Conn) {
 	c.mu.Lock()
 	c.ws, c.pending = ws, false
-	start := len(c.queue) > 0 && !c.writing && !c.ended
+	c.startWriterLocked()
+}
+
+// startWriterLocked starts the writer if frames wait, none runs, and the socket is
+// attached; it is called with mu held and unlocks it.
+func (c *wsConn) startWriterLocked() {
+	start := len(c.queue) > 0 && !c.writing && !c.pending && !c.ended
 	if start {
 		c.writing = true
 		c.busy.Add(1)
