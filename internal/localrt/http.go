@@ -76,6 +76,11 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 		httperr.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "stopping"})
 		return
 	}
+	if err := s.store.Health(); err != nil {
+		// A store that cannot read its own rows is not served as healthy.
+		httperr.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "damaged", "error": err.Error()})
+		return
+	}
 	httperr.WriteJSON(w, http.StatusOK, map[string]any{"status": "ok", "connections": s.hub.count()})
 }
 

@@ -2,6 +2,7 @@ package localrt_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"io"
 	"io/fs"
@@ -170,4 +171,47 @@ func TestMessageRightAfterTheUpgradeReachesIt(t *testing.T) {
 		ts.send(`{"UserId":"` + user + `","Body":"right after"}`)
 		c.expectFrame(t, "right after")
 	}
+}
+
+// TestDamagedStoreIsNotHealthy: a page of the outbox zeroed on disk (the server stopped)
+// does not stop the start, but the store's integrity check finds it: /healthz answers 503
+// "damaged" instead of ok, so an orchestrator stops routing to it.
+func TestDamagedStoreIsNotHealthy(t *testing.T) {
+	dir := t.TempDir()
+	ts := startServer(t, dir, nil)
+	for i := range 200 {
+		ts.send(`{"UserId":"nobody-` + strconv.Itoa(i) + `","Body":"` + strings.Repeat("x", 200) + `"}`)
+	}
+	waitFor(t, "the outcomes published", func() bool {
+		r := ts.do(http.MethodGet, "/metrics", "", nil)
+		return strings.Contains(string(r.body), `wspresence_messages_total{outcome="undeliverable"} 200`)
+	})
+	ts.stop()
+	path := filepath.Join(dir, localrt.StoreFile)
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var page, size int64
+	if err := db.QueryRow(`SELECT pageno FROM dbstat WHERE name = 'published' AND pagetype = 'leaf' ORDER BY pageno LIMIT 1 OFFSET 1`).Scan(&page); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.QueryRow(`PRAGMA page_size`).Scan(&size); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(make([]byte, size), (page-1)*size); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	again := startServer(t, dir, nil)
+	waitFor(t, "/healthz to report the damage", func() bool {
+		r := again.do(http.MethodGet, "/healthz", "", nil)
+		return r.status == http.StatusServiceUnavailable && strings.Contains(string(r.body), "damaged")
+	})
 }

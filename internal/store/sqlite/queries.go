@@ -225,12 +225,13 @@ type PublishedRecord struct {
 
 // PublishedSince returns up to limit outbox rows after seq, in order.
 func (s *Store) PublishedSince(ctx context.Context, seq int64, limit int) ([]PublishedRecord, error) {
-	return queryAll(ctx, s.r, "read outbox", func(r *sql.Rows) (rec PublishedRecord, err error) {
+	recs, err := queryAll(ctx, s.r, "read outbox", func(r *sql.Rows) (rec PublishedRecord, err error) {
 		var env string
 		err = r.Scan(&rec.Seq, &rec.DetailType, &env)
 		rec.Envelope = []byte(env)
 		return rec, err
 	}, `SELECT seq, detail_type, envelope FROM published WHERE seq > ? ORDER BY seq LIMIT ?`, seq, limit)
+	return recs, s.noteRead(err)
 }
 
 // LastPublishedSeq is the sequence number of the newest outbox row ever written (0 if

@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/wspresence/wspresence/events"
@@ -115,6 +116,8 @@ type Store struct {
 	recovered Projection
 	// path is the store file's.
 	path string
+	// damage is the last sign of a damaged file (Health).
+	damage atomic.Pointer[error]
 	// rebuilt is set when Open found the snapshot damaged and folded the whole log.
 	rebuilt bool
 	// id is the store's identity (Identity); idCreated says Open wrote it.
@@ -421,4 +424,31 @@ func Check(ctx context.Context, path string) error {
 		return fmt.Errorf("check %s: the log cannot be read: %w", path, err)
 	}
 	return nil
+}
+
+// ErrDamaged is wrapped by Health for a store file that cannot be read whole.
+var ErrDamaged = errors.New("the store's file is damaged")
+
+// Health reports a store that cannot read its own rows: the last integrity check (a
+// second after Open, then every 10 minutes) or a read that met a malformed page; nil when
+// neither found damage.
+func (s *Store) Health() error {
+	if p := s.damage.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// noteRead records err if it is the sign of a damaged file, and returns it.
+func (s *Store) noteRead(err error) error {
+	if err == nil {
+		return nil
+	}
+	msg := strings.ToLower(err.Error())
+	if strings.Contains(msg, "malformed") || strings.Contains(msg, "corrupt") || strings.Contains(msg, "not a database") {
+		damaged := fmt.Errorf("%w: %w", ErrDamaged, err)
+		s.damage.Store(&damaged)
+		s.opts.Logger.Error("the store's file is damaged", "err", err)
+	}
+	return err
 }

@@ -67,11 +67,14 @@ func (s *Store) checkpointer() {
 	defer close(s.ckDone)
 	t := time.NewTicker(checkpointInterval)
 	defer t.Stop()
-	for {
+	for tick := 0; ; tick++ {
 		select {
 		case <-s.stop:
 			return
 		case <-t.C:
+		}
+		if tick%integrityEvery == 0 {
+			s.checkIntegrity()
 		}
 		if _, err := s.ck.Exec(`PRAGMA wal_checkpoint(PASSIVE)`); err != nil {
 			s.opts.Logger.Error("checkpoint the WAL", "err", err)
@@ -79,6 +82,25 @@ func (s *Store) checkpointer() {
 		if s.opts.OnWAL != nil {
 			s.opts.OnWAL(s.walSize())
 		}
+	}
+}
+
+// integrityEvery is how many checkpoint intervals separate two integrity checks (10
+// minutes); the first runs a second after Open.
+const integrityEvery = 600
+
+// checkIntegrity runs SQLite's quick check of the whole file and records what it finds
+// (Health).
+func (s *Store) checkIntegrity() {
+	var res string
+	err := s.ck.QueryRow(`PRAGMA quick_check(1)`).Scan(&res)
+	switch {
+	case err != nil:
+		s.noteRead(err)
+	case res != "ok":
+		err := fmt.Errorf("%w: %s", ErrDamaged, res)
+		s.damage.Store(&err)
+		s.opts.Logger.Error("the store's file is damaged", "check", res)
 	}
 }
 
