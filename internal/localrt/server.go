@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -334,17 +335,13 @@ func Restore(ctx context.Context, dir, from string) error {
 	if err := sqlite.Check(ctx, from); err != nil {
 		return fmt.Errorf("the backup cannot serve: %w", err)
 	}
-	data, err := os.ReadFile(from)
-	if err != nil {
-		return err
-	}
 	suffix := ".replaced-" + time.Now().UTC().Format("20060102T150405Z")
 	for _, f := range []string{StoreFile, StoreFile + "-wal", StoreFile + "-shm"} {
 		if err := os.Rename(filepath.Join(dir, f), filepath.Join(dir, f+suffix)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
 	}
-	if _, err := writeAtomically(dir, StoreFile, data, true); err != nil {
+	if err := copyAtomically(from, dir, StoreFile); err != nil {
 		return err
 	}
 	store, err := sqlite.Open(ctx, filepath.Join(dir, StoreFile), sqlite.Options{})
@@ -357,4 +354,34 @@ func Restore(ctx context.Context, dir, from string) error {
 	}
 	_, err = writeAtomically(dir, StoreIDFile, []byte(id+"\n"), true)
 	return err
+}
+
+// copyAtomically makes dir/name a durable copy of the file at from, streamed (a store may
+// be larger than the memory), or leaves it as it was.
+func copyAtomically(from, dir, name string) error {
+	src, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	tmp, err := os.CreateTemp(dir, "."+name+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name()) // a no-op once renamed
+	if _, err := io.Copy(tmp, src); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, name)); err != nil {
+		return err
+	}
+	return syncDir(dir)
 }

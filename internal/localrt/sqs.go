@@ -171,12 +171,14 @@ type sendEntry struct {
 // message decodes the entry's body as POST /messages decodes a message: text that is not
 // UTF-8 (raw, or an escaped unpaired surrogate) is refused, never rewritten.
 func (e *sendEntry) message() (events.Message, error) {
-	switch {
-	case len(e.MessageBody) == 0 || string(e.MessageBody) == "null":
+	if len(e.MessageBody) == 0 || string(e.MessageBody) == "null" {
 		return events.Message{}, sqsBadRequest("MissingParameter", "MissingParameter", "MessageBody is required")
-	case events.CheckJSONText(e.MessageBody) != nil:
+	}
+	if err := events.CheckJSONText(e.MessageBody); err != nil {
 		return events.Message{}, sqsBadRequest("InvalidMessageContents", "InvalidMessageContents",
-			events.CheckJSONText(e.MessageBody).Error()+": the message body must be valid UTF-8")
+			err.Error()+": the message body must be valid UTF-8")
+	}
+	switch {
 	case json.Unmarshal(e.MessageBody, &e.body) != nil:
 		return events.Message{}, sqsBadRequest("InvalidParameterValue", "InvalidParameterValue", "MessageBody must be a string")
 	case e.DelaySeconds != 0:
