@@ -306,6 +306,27 @@ test('failed attempts back off exponentially; a connection that stays up resets 
   assert.equal(ws.sockets.length, before + 2, 'back to the first delay');
 });
 
+test('an error event without a close event (Node 20 on a refused connection) fails the attempt', async (t) => {
+  t.mock.method(Math, 'random', () => 0.5);
+  const { client, ws, log } = setup(t);
+  client.connect();
+  await flush();
+  const first = ws.last();
+  first.onerror({});
+  t.mock.timers.tick(0);
+  assert.ok(log.errors[0] instanceof ConnectionError);
+  assert.equal(log.errors[0].code, 1006);
+  assert.equal(client.state, 'disconnected');
+  t.mock.timers.tick(250);
+  await flush();
+  assert.equal(ws.sockets.length, 2);
+  // An error followed by its close event is one failure, reported with the close's code.
+  ws.last().onerror({});
+  ws.last().serverClose(1006, '');
+  t.mock.timers.tick(0);
+  assert.equal(log.errors.length, 2);
+});
+
 test('an attempt not recovered in time is abandoned and retried', async (t) => {
   t.mock.method(Math, 'random', () => 0);
   const { client, ws, log } = setup(t, { connectTimeoutMs: 3000 });

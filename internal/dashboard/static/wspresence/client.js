@@ -167,7 +167,15 @@ export class Client {
             this.#failed(run, closeError(event.code, event.reason));
         };
         ws.onerror = () => {
-            // A close event follows every error event; it says more.
+            // A close event follows an error event and says more, except in the WebSocket of
+            // Node 20, which fires none when the connection is refused and stays "connecting":
+            // without the close event by the next task, the connection has failed.
+            setTimeout(() => {
+                if (ws !== this.#ws)
+                    return;
+                this.#abandon(ws);
+                this.#failed(run, new ConnectionError('connection failed', { code: 1006 }));
+            }, 0);
         };
     }
     #frame(run, ws, data) {
