@@ -101,7 +101,10 @@ export interface ClientOptions {
   backoff?: BackoffOptions;
   /** A connection up this long resets the backoff to its first delay (default 10 s). */
   stableAfterMs?: number;
-  /** A connection not recovered within this long is abandoned and retried (default 15 s). */
+  /**
+   * An attempt that has not opened, or whose replay has sent nothing, for this long is
+   * abandoned and retried (default 15 s).
+   */
   connectTimeoutMs?: number;
   /** How often to send `{"action":"ping"}` while connected (default 5 min; 0: never). */
   pingIntervalMs?: number;
@@ -250,11 +253,7 @@ export class Client {
     }
     this.#ws = ws;
     this.#awaitingRecovery = true;
-    this.#openTimer = setTimeout(() => {
-      if (ws !== this.#ws) return;
-      this.#abandon(ws);
-      this.#failed(run, new ConnectionError(`not recovered within ${this.#connectTimeoutMs} ms`));
-    }, this.#connectTimeoutMs);
+    this.#armOpenTimer(run, ws);
     ws.onopen = () => {
       if (ws !== this.#ws) return;
       if (ws.protocol !== SUBPROTOCOL) {
@@ -284,10 +283,24 @@ export class Client {
     };
   }
 
+  /**
+   * (Re)starts the bound of an attempt: the open and then each frame of the replay must
+   * come within connectTimeoutMs, so a long replay that makes progress is not cut.
+   */
+  #armOpenTimer(run: number, ws: WebSocketLike): void {
+    clearTimeout(this.#openTimer);
+    this.#openTimer = setTimeout(() => {
+      if (ws !== this.#ws) return;
+      this.#abandon(ws);
+      this.#failed(run, new ConnectionError(`not recovered within ${this.#connectTimeoutMs} ms`));
+    }, this.#connectTimeoutMs);
+  }
+
   #frame(run: number, ws: WebSocketLike, data: unknown): void {
     const f = parseFrame(data);
     switch (f.type) {
       case 'message': {
+        if (this.#awaitingRecovery) this.#armOpenTimer(run, ws);
         const at = this.#position;
         if (at && at.epoch === f.epoch && f.offset <= at.offset) return; // delivered already
         this.#position = { epoch: f.epoch, offset: f.offset };

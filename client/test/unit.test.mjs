@@ -344,6 +344,18 @@ test('an attempt not recovered in time is abandoned and retried', async (t) => {
   // Late frames of the abandoned socket are ignored.
   first.receive(message('E', 1));
   assert.deepEqual(log.messages, []);
+  // A long replay that makes progress is not cut: each frame restarts the bound.
+  const second = ws.last();
+  second.open();
+  for (let off = 1; off <= 5; off++) {
+    t.mock.timers.tick(2500);
+    second.receive(message('E', off));
+  }
+  second.receive({ type: 'recovered', recovered: true, epoch: 'E', offset: 5, replayed: 5 });
+  assert.equal(client.state, 'connected');
+  assert.equal(log.errors.length, 1);
+  t.mock.timers.tick(60_000);
+  assert.equal(client.state, 'connected', 'no bound once recovered');
 });
 
 test('close() closes the socket with 1000 and stops every retry; connect() resumes from the position', async (t) => {

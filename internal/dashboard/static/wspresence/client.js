@@ -140,12 +140,7 @@ export class Client {
         }
         this.#ws = ws;
         this.#awaitingRecovery = true;
-        this.#openTimer = setTimeout(() => {
-            if (ws !== this.#ws)
-                return;
-            this.#abandon(ws);
-            this.#failed(run, new ConnectionError(`not recovered within ${this.#connectTimeoutMs} ms`));
-        }, this.#connectTimeoutMs);
+        this.#armOpenTimer(run, ws);
         ws.onopen = () => {
             if (ws !== this.#ws)
                 return;
@@ -178,10 +173,25 @@ export class Client {
             }, 0);
         };
     }
+    /**
+     * (Re)starts the bound of an attempt: the open and then each frame of the replay must
+     * come within connectTimeoutMs, so a long replay that makes progress is not cut.
+     */
+    #armOpenTimer(run, ws) {
+        clearTimeout(this.#openTimer);
+        this.#openTimer = setTimeout(() => {
+            if (ws !== this.#ws)
+                return;
+            this.#abandon(ws);
+            this.#failed(run, new ConnectionError(`not recovered within ${this.#connectTimeoutMs} ms`));
+        }, this.#connectTimeoutMs);
+    }
     #frame(run, ws, data) {
         const f = parseFrame(data);
         switch (f.type) {
             case 'message': {
+                if (this.#awaitingRecovery)
+                    this.#armOpenTimer(run, ws);
                 const at = this.#position;
                 if (at && at.epoch === f.epoch && f.offset <= at.offset)
                     return; // delivered already
