@@ -137,7 +137,9 @@ func newWorld(t *testing.T, window time.Duration) *world {
 		return awsfake.Response{Status: http.StatusOK}
 	})
 	busSrv := awsfake.New(t, func(req awsfake.Request) awsfake.Response {
-		var in struct{ Entries []struct{ DetailType, Detail string } }
+		var in struct {
+			Entries []struct{ DetailType, Detail string }
+		}
 		req.Decode(t, &in)
 		res := make([]map[string]string, len(in.Entries))
 		w.mu.Lock()
