@@ -156,14 +156,25 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		OnProjected: func(lag time.Duration) { s.metrics.projectorLag.Observe(lag.Seconds()) },
 		OnFolded:    func(p sqlite.Projection) { s.folded(p) },
 		OnQueued:    func(m []sqlite.QueuedMessage) { s.queued.push(m); s.wake() },
+		AcceptLoss:  cfg.AcceptLoss,
 		Fault:       cfg.storeFault,
 	})
 	if err != nil {
 		return fail(err)
 	}
 	if err := checkStoreIdentity(cfg.DataDir, store); err != nil {
-		store.Close()
-		return fail(err)
+		if !cfg.AcceptLoss || !errors.Is(err, ErrStoreReplaced) {
+			store.Close()
+			return fail(err)
+		}
+		// The loss of the whole file's history (a WAL lost before any checkpoint) was
+		// accepted: the data dir records the store it holds now.
+		log.Error("serving a store that is not the one this data dir held, as asked (--accept-loss)", "err", err)
+		id, _ := store.Identity()
+		if _, err := writeAtomically(cfg.DataDir, StoreIDFile, []byte(id+"\n"), true); err != nil {
+			store.Close()
+			return fail(err)
+		}
 	}
 	s.graces = newGraceTimers(cfg.OfflineGrace, s.expireGrace)
 	s.store = store
@@ -389,7 +400,7 @@ func Restore(ctx context.Context, dir, from string) (Restored, error) {
 		return out, fmt.Errorf("the backup cannot serve: %w", err)
 	}
 	suffix := ".replaced-" + time.Now().UTC().Format("20060102T150405Z")
-	for _, f := range []string{StoreFile, StoreFile + "-wal", StoreFile + "-shm"} {
+	for _, f := range []string{StoreFile, StoreFile + "-wal", StoreFile + "-shm", StoreFile + sqlite.MarkSuffix} {
 		err := os.Rename(filepath.Join(dir, f), filepath.Join(dir, f+suffix))
 		switch {
 		case err == nil:

@@ -66,6 +66,10 @@ type Options struct {
 	// messages (their sequence numbers set), in commit order, on the writer's goroutine;
 	// it must not block. The deliverer takes them from memory, not from the queue table.
 	OnQueued func([]QueuedMessage)
+	// AcceptLoss serves a store found behind its high-water mark (its committed tail lost
+	// after an unclean stop) instead of refusing it (ErrTailLost): the loss is logged and
+	// a new epoch starts.
+	AcceptLoss bool
 	// Fault, if set, is called before every group commit; an error it returns fails the
 	// commit as a full or failing disk would (fault-injection tests).
 	Fault func() error
@@ -128,6 +132,10 @@ type Store struct {
 	idCreated bool
 	// epoch is the store's epoch (Epoch).
 	epoch atomic.Pointer[string]
+	// mark is the high-water mark file; tent the positions the commit being written
+	// reached (the writer's alone).
+	mark *markFile
+	tent positions
 	// sinceSnapshot counts the records folded since the last snapshot; lastSnapshot is
 	// when it was written; snapshotSeq is the log position it holds (the writer's alone).
 	sinceSnapshot int
@@ -211,14 +219,33 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		w.Close()
 		return nil, fmt.Errorf("prepare %s: %w", path, err)
 	}
+	have, renew, err := checkMark(ctx, w, path, opts.AcceptLoss, &opts)
+	if err != nil {
+		w.Close()
+		return nil, err
+	}
+	if renew {
+		epoch = newEpoch()
+		if _, err := w.ExecContext(ctx, `UPDATE meta SET value = ? WHERE key = 'epoch'`, epoch); err != nil {
+			w.Close()
+			return nil, fmt.Errorf("renew the store's epoch: %w", err)
+		}
+	}
+	mark, err := openMark(path, have)
+	if err != nil {
+		w.Close()
+		return nil, err
+	}
 	r, err := sql.Open("sqlite", dsn("query_only(1)"))
 	if err != nil {
+		mark.f.Close()
 		w.Close()
 		return nil, fmt.Errorf("open %s for reading: %w", path, err)
 	}
 	r.SetMaxOpenConns(8)
 	ck, err := sql.Open("sqlite", dsn(""))
 	if err != nil {
+		mark.f.Close()
 		w.Close()
 		r.Close()
 		return nil, fmt.Errorf("open %s for checkpoints: %w", path, err)
@@ -227,8 +254,9 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	s := &Store{path: path, w: w, r: r, ck: ck, opts: opts, id: id, idCreated: idCreated, img: newImage(), reqs: make(chan *writeReq, 4096),
 		stop: make(chan struct{}), done: make(chan struct{}), ckDone: make(chan struct{})}
 	s.epoch.Store(&epoch)
+	s.mark, s.tent = mark, have
 	if err := s.start(ctx); err != nil {
-		errs := []error{err, r.Close(), ck.Close()}
+		errs := []error{err, r.Close(), ck.Close(), mark.f.Close()}
 		if s.wc != nil {
 			errs = append(errs, s.wc.Close())
 		}
@@ -319,7 +347,7 @@ func (s *Store) Close() error {
 	if ckErr != nil {
 		ckErr = fmt.Errorf("checkpoint the WAL: %w", ckErr)
 	}
-	return errors.Join(ckErr, s.r.Close(), s.ck.Close(), s.wc.Close(), s.w.Close())
+	return errors.Join(ckErr, s.r.Close(), s.ck.Close(), s.wc.Close(), s.w.Close(), s.mark.f.Close())
 }
 
 // Append appends evs to the log, skipping any already folded (the natural key: a
