@@ -205,6 +205,9 @@ var expected = map[string][]grant{
 		// register ($default frames, and the cap's reading of it).
 		{"dynamodb:GetItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:PutItem", "GetAtt:ViewTable.Arn"},
 		{"dynamodb:UpdateItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:BatchGetItem", "GetAtt:ViewTable.Arn"},
+		// The recover route: the user's stream, the replay and the held messages' outcomes.
+		{"dynamodb:Query", "GetAtt:ViewTable.Arn"}, {"events:PutEvents", "GetAtt:EventBus.Arn"},
+		{"execute-api:ManageConnections", "Sub:arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${WebSocketApi}/${StageName}/POST/@connections/*"},
 	},
 	"disconnect": {
 		{"dynamodb:PutItem", "GetAtt:EventsTable.Arn"}, {"dynamodb:GetItem", "GetAtt:EventsTable.Arn"},
@@ -242,6 +245,11 @@ var expected = map[string][]grant{
 		// The queue event source mapping.
 		{"sqs:ReceiveMessage", "GetAtt:MessageQueue.Arn"}, {"sqs:DeleteMessage", "GetAtt:MessageQueue.Arn"},
 		{"sqs:GetQueueAttributes", "GetAtt:MessageQueue.Arn"}, {"sqs:ChangeMessageVisibility", "GetAtt:MessageQueue.Arn"},
+		// The recovery streams (offsets, kept messages, held outcomes) and the held
+		// messages' timers, sent and consumed.
+		{"dynamodb:UpdateItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:Query", "GetAtt:ViewTable.Arn"},
+		{"sqs:SendMessage", "GetAtt:HeldQueue.Arn"}, {"sqs:ReceiveMessage", "GetAtt:HeldQueue.Arn"}, {"sqs:DeleteMessage", "GetAtt:HeldQueue.Arn"},
+		{"sqs:GetQueueAttributes", "GetAtt:HeldQueue.Arn"}, {"sqs:ChangeMessageVisibility", "GetAtt:HeldQueue.Arn"},
 	},
 	"online": {
 		{"dynamodb:BatchGetItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:Query", "Sub:${ViewTable.Arn}/index/online"},
@@ -579,8 +587,8 @@ func TestOperationalSettings(t *testing.T) {
 			alarms++
 		}
 	}
-	if alarms != 10+len(fns) {
-		t.Errorf("%d alarms, want both DLQs, stream failures, the iterator age of both streams, undecodable outboxes, "+
+	if alarms != 11+len(fns) {
+		t.Errorf("%d alarms, want the three DLQs, stream failures, the iterator age of both streams, undecodable outboxes, "+
 			"the two stall alarms, the age of both queues and one per function", alarms)
 	}
 	// The stall alarms do not depend on the stalled part: the reconciler's metrics, with

@@ -74,9 +74,6 @@ type Config struct {
 	// them; a webhook lagging further skips them (counted), an /events reader asking for
 	// them gets 410.
 	OutboxRetention time.Duration
-	// PruneInterval spaces the pruning of tombstones, delivered message ids and the
-	// outbox (default 1h).
-	PruneInterval time.Duration
 	// AllowedOrigins lists the browser origins (host patterns) allowed to open a WebSocket
 	// (WSPRESENCE_ALLOWED_ORIGINS, comma-separated, default "*": tokens, not cookies,
 	// authenticate connections).
@@ -138,7 +135,6 @@ func DefaultConfig() Config {
 		ShutdownTimeout:       10 * time.Second,
 		TombstoneRetention:    24 * time.Hour,
 		OutboxRetention:       7 * 24 * time.Hour,
-		PruneInterval:         time.Hour,
 		AllowedOrigins:        []string{"*"},
 		LogLevel:              "info",
 		Sync:                  "full",
@@ -184,7 +180,7 @@ func (c Config) Validate() error {
 	}{
 		{"ping interval", c.PingInterval}, {"idle timeout", c.IdleTimeout},
 		{"activity interval", c.ActivityInterval}, {"shutdown timeout", c.ShutdownTimeout},
-		{"tombstone retention", c.TombstoneRetention}, {"outbox retention", c.OutboxRetention}, {"prune interval", c.PruneInterval}, {"write timeout", c.WriteTimeout},
+		{"tombstone retention", c.TombstoneRetention}, {"outbox retention", c.OutboxRetention}, {"write timeout", c.WriteTimeout},
 		{"read header timeout", c.ReadHeaderTimeout}, {"read timeout", c.ReadTimeout},
 		{"keep-alive timeout", c.KeepAliveTimeout}, {"events heartbeat", c.EventsHeartbeat},
 	}

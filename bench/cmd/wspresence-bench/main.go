@@ -48,7 +48,7 @@ func run() error {
 	render := flag.String("render", "", "render the report and plot of a saved results file instead of running")
 	only := flag.String("only", "", "run only these scenarios (comma-separated: memory,connect,lag,rest,delivery,publishers; for profiling, not reports)")
 	targets := flag.String("targets", "", "measure only these sides (comma-separated: baseline,wspresence)")
-	profileScenario := flag.String("profile-scenario", "delivery", "scenario the server's CPU and heap profiles cover: delivery or publishers")
+	profileScenario := flag.String("profile-scenario", "publishers", "scenario the server's CPU and heap profiles cover: publishers or delivery")
 	flag.Parse()
 	if *render != "" {
 		res, err := bench.Load(*render)

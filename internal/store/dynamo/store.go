@@ -68,6 +68,10 @@ type Store struct {
 	// lowered: the highest count ever written with is recorded in the table, and lists
 	// read that many shards.
 	OnlineShards int
+	// RecoveryWindow is how long a user's messages are kept for recovery (the
+	// RecoveryWindowSeconds setting): the stream's reads ignore older ones, and its items'
+	// TTLs are set from it.
+	RecoveryWindow time.Duration
 
 	shards shardRecord
 }

@@ -118,6 +118,9 @@ type Store struct {
 	path string
 	// damage is the last sign of a damaged file (Health).
 	damage atomic.Pointer[error]
+	// outcomesFailing holds the error of the last commit that could not record message
+	// outcomes, nil once one could: Enqueue refuses new messages meanwhile.
+	outcomesFailing atomic.Pointer[error]
 	// rebuilt is set when Open found the snapshot damaged and folded the whole log.
 	rebuilt bool
 	// id is the store's identity (Identity); idCreated says Open wrote it.
@@ -322,7 +325,17 @@ func (s *Store) Append(ctx context.Context, evs ...events.ConnectionEvent) (int,
 // Enqueue stores msgs in the local queue and returns once they are durable; OnQueued gets
 // them right after the commit. A message whose (MessageID, UserID) is already queued, or
 // was delivered within the retention of PruneMessages, is not queued again.
+//
+// A store that cannot finish the work it would accept refuses it: Enqueue returns an error
+// wrapping ErrDamaged while the file is damaged (Health), and ErrOutcomesBlocked while the
+// outcomes of delivered messages cannot be recorded.
 func (s *Store) Enqueue(ctx context.Context, msgs ...QueuedMessage) error {
+	if err := s.Health(); err != nil {
+		return err
+	}
+	if p := s.outcomesFailing.Load(); p != nil {
+		return fmt.Errorf("%w: %w", ErrOutcomesBlocked, *p)
+	}
 	return s.submit(ctx, &writeReq{messages: msgs, done: make(chan error, 1)})
 }
 
@@ -426,6 +439,10 @@ func Check(ctx context.Context, path string) error {
 	return nil
 }
 
+// ErrOutcomesBlocked is wrapped by Enqueue while the outcomes of delivered messages cannot
+// be recorded: a message accepted then could never be finished.
+var ErrOutcomesBlocked = errors.New("the outcomes of delivered messages cannot be recorded")
+
 // ErrDamaged is wrapped by Health for a store file that cannot be read whole.
 var ErrDamaged = errors.New("the store's file is damaged")
 
@@ -439,7 +456,8 @@ func (s *Store) Health() error {
 	return nil
 }
 
-// noteRead records err if it is the sign of a damaged file, and returns it.
+// noteRead records err (of a read or a write) if it is the sign of a damaged file, and
+// returns it.
 func (s *Store) noteRead(err error) error {
 	if err == nil {
 		return nil

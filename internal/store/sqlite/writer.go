@@ -223,6 +223,18 @@ func (s *Store) commit(batch []*writeReq) {
 		}
 		return
 	}
+	if err != nil {
+		s.noteRead(err)
+	}
+	for _, req := range batch {
+		if len(req.completes) > 0 {
+			if err != nil {
+				s.outcomesFailing.Store(&err)
+			} else {
+				s.outcomesFailing.Store(nil)
+			}
+		}
+	}
 	if err == nil {
 		f.apply(p.Checkpoint)
 		s.sinceSnapshot += p.Events
