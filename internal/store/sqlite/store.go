@@ -126,10 +126,13 @@ type Store struct {
 	// id is the store's identity (Identity); idCreated says Open wrote it.
 	id        string
 	idCreated bool
+	// epoch is the store's epoch (Epoch).
+	epoch atomic.Pointer[string]
 	// sinceSnapshot counts the records folded since the last snapshot; lastSnapshot is
-	// when it was written (the writer's alone).
+	// when it was written; snapshotSeq is the log position it holds (the writer's alone).
 	sinceSnapshot int
 	lastSnapshot  time.Time
+	snapshotSeq   int64
 }
 
 // writerStmts are prepared once on the writer's connection: the hot path's inserts and
@@ -137,6 +140,8 @@ type Store struct {
 type writerStmts struct {
 	log, msg, pub, done            *sql.Stmt
 	saveUser, saveConn, forgetConn *sql.Stmt
+	// getUser and getConn read the rows the image does not hold.
+	getUser, getConn *sql.Stmt
 }
 
 // Projection reports what a fold did.
@@ -150,6 +155,9 @@ type Projection struct {
 	Graces []presence.Grace
 	// Checkpoint is the log position the view has folded up to.
 	Checkpoint int64
+	// From is the log position a Rebuild folded the log after: 0 for the whole log, else
+	// the checkpoint of the snapshot it started from.
+	From int64
 }
 
 // QueuedMessage is a message waiting in the local queue for one user.
@@ -198,6 +206,11 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		w.Close()
 		return nil, fmt.Errorf("prepare %s: %w", path, err)
 	}
+	epoch, err := ensureEpoch(ctx, w)
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("prepare %s: %w", path, err)
+	}
 	r, err := sql.Open("sqlite", dsn("query_only(1)"))
 	if err != nil {
 		w.Close()
@@ -213,6 +226,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	ck.SetMaxOpenConns(1)
 	s := &Store{path: path, w: w, r: r, ck: ck, opts: opts, id: id, idCreated: idCreated, img: newImage(), reqs: make(chan *writeReq, 4096),
 		stop: make(chan struct{}), done: make(chan struct{}), ckDone: make(chan struct{})}
+	s.epoch.Store(&epoch)
 	if err := s.start(ctx); err != nil {
 		errs := []error{err, r.Close(), ck.Close()}
 		if s.wc != nil {
@@ -250,6 +264,8 @@ func (s *Store) start(ctx context.Context) error {
 			VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (connection_id) DO UPDATE SET user_id = excluded.user_id, opened_at = excluded.opened_at,
 			closed_at = excluded.closed_at, reason = excluded.reason, last_seen = excluded.last_seen, crc = excluded.crc`},
 		{&s.stmts.forgetConn, `DELETE FROM view_connections WHERE connection_id = ?`},
+		{&s.stmts.getUser, selectUser + ` WHERE user_id = ?`},
+		{&s.stmts.getConn, selectConn + ` WHERE connection_id = ?`},
 	} {
 		if *st.dst, err = wc.PrepareContext(ctx, st.query); err != nil {
 			return fmt.Errorf("prepare %q: %w", st.query, err)
@@ -295,7 +311,8 @@ func (s *Store) Close() error {
 	}
 	<-s.done
 	<-s.ckDone
-	for _, st := range []*sql.Stmt{s.stmts.log, s.stmts.msg, s.stmts.pub, s.stmts.done, s.stmts.saveUser, s.stmts.saveConn, s.stmts.forgetConn} {
+	for _, st := range []*sql.Stmt{s.stmts.log, s.stmts.msg, s.stmts.pub, s.stmts.done, s.stmts.saveUser, s.stmts.saveConn, s.stmts.forgetConn,
+		s.stmts.getUser, s.stmts.getConn} {
 		_ = st.Close()
 	}
 	_, ckErr := s.ck.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`)
