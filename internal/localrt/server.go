@@ -159,6 +159,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		AcceptLoss:  cfg.AcceptLoss,
 		Fault:       cfg.storeFault,
 	})
+	if tl := (*sqlite.TailLost)(nil); errors.As(err, &tl) && tl.Emptied {
+		err = fmt.Errorf("%w: %w", ErrStoreReplaced, err)
+	}
 	if err != nil {
 		return fail(err)
 	}

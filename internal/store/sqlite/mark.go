@@ -87,6 +87,8 @@ var ErrTailLost = errors.New("the store's committed tail is lost")
 type TailLost struct {
 	Path       string
 	Mark, Have positions
+	// Emptied says the file held nothing of the store any more (not even its identity).
+	Emptied bool
 }
 
 // Error implements error: what was lost, and the two ways on.
@@ -109,33 +111,37 @@ func (e *TailLost) Error() string {
 // Unwrap lets errors.Is match ErrTailLost.
 func (e *TailLost) Unwrap() error { return ErrTailLost }
 
-// checkMark compares the store with its mark. A store behind it is refused (*TailLost),
-// unless accept, which logs the loss and starts a new epoch. It returns the positions the
-// store holds.
-func checkMark(ctx context.Context, db *sql.DB, path string, accept bool, opts *Options) (positions, bool, error) {
-	have, err := storePositions(ctx, db)
-	if err != nil {
-		return have, false, err
-	}
+// checkMark compares the store with its mark. A store behind it is refused (*TailLost;
+// emptied says the store's identity was created by this opening: the whole file was
+// lost), unless accept, which logs the loss and starts a new epoch (renew). It returns the
+// positions to start the mark from; a file too damaged to tell is not refused here (damage
+// says why: Health reports it) and keeps its mark.
+func checkMark(ctx context.Context, db *sql.DB, path string, emptied, accept bool, opts *Options) (start positions, renew bool, damage, err error) {
 	mark, ok, err := readMark(path + MarkSuffix)
 	switch {
 	case errors.Is(err, errMarkUnreadable):
 		opts.Logger.Warn("the store's high-water mark is unreadable (a power loss tore it): the store's tail cannot be checked this time", "file", path+MarkSuffix)
-		return have, false, nil
+		ok = false
 	case err != nil:
-		return have, false, fmt.Errorf("read the store's high-water mark: %w", err)
-	case !ok:
-		return have, false, nil
+		return start, false, nil, fmt.Errorf("read the store's high-water mark: %w", err)
 	}
-	if have.Log >= mark.Log && have.Published >= mark.Published && have.Messages >= mark.Messages {
-		return have, false, nil
+	have, err := storePositions(ctx, db)
+	if err != nil {
+		if !isDamage(err) {
+			return start, false, nil, err
+		}
+		opts.Logger.Error("the store's file is damaged: its committed tail cannot be checked", "err", err)
+		return mark, false, fmt.Errorf("%w: %w", ErrDamaged, err), nil
 	}
-	lost := &TailLost{Path: path, Mark: mark, Have: have}
+	if !ok || (have.Log >= mark.Log && have.Published >= mark.Published && have.Messages >= mark.Messages) {
+		return have, false, nil, nil
+	}
+	lost := &TailLost{Path: path, Mark: mark, Have: have, Emptied: emptied}
 	if !accept {
-		return have, false, lost
+		return have, false, nil, lost
 	}
 	opts.Logger.Error("serving a store whose committed tail is lost, as asked (--accept-loss): a new event epoch starts", "lost", lost.Error())
-	return have, true, nil
+	return have, true, nil, nil
 }
 
 // markFile rewrites the mark in place (the writer's alone).

@@ -219,7 +219,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		w.Close()
 		return nil, fmt.Errorf("prepare %s: %w", path, err)
 	}
-	have, renew, err := checkMark(ctx, w, path, opts.AcceptLoss, &opts)
+	have, renew, damage, err := checkMark(ctx, w, path, idCreated, opts.AcceptLoss, &opts)
 	if err != nil {
 		w.Close()
 		return nil, err
@@ -255,6 +255,9 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		stop: make(chan struct{}), done: make(chan struct{}), ckDone: make(chan struct{})}
 	s.epoch.Store(&epoch)
 	s.mark, s.tent = mark, have
+	if damage != nil {
+		s.damage.Store(&damage)
+	}
 	if err := s.start(ctx); err != nil {
 		errs := []error{err, r.Close(), ck.Close(), mark.f.Close()}
 		if s.wc != nil {
@@ -540,6 +543,12 @@ func Check(ctx context.Context, path string) error {
 	return nil
 }
 
+// isDamage reports whether err is SQLite's sign of a damaged file.
+func isDamage(err error) bool {
+	msg := strings.ToLower(err.Error())
+	return strings.Contains(msg, "malformed") || strings.Contains(msg, "corrupt") || strings.Contains(msg, "not a database")
+}
+
 // ErrOutcomesBlocked is wrapped by Enqueue while the outcomes of delivered messages cannot
 // be recorded: a message accepted then could never be finished.
 var ErrOutcomesBlocked = errors.New("the outcomes of delivered messages cannot be recorded")
@@ -563,8 +572,7 @@ func (s *Store) noteRead(err error) error {
 	if err == nil {
 		return nil
 	}
-	msg := strings.ToLower(err.Error())
-	if strings.Contains(msg, "malformed") || strings.Contains(msg, "corrupt") || strings.Contains(msg, "not a database") {
+	if isDamage(err) {
 		damaged := fmt.Errorf("%w: %w", ErrDamaged, err)
 		s.damage.Store(&damaged)
 		s.opts.Logger.Error("the store's file is damaged", "err", err)
