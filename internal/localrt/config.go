@@ -74,6 +74,12 @@ type Config struct {
 	// them; a webhook lagging further skips them (counted), an /events reader asking for
 	// them gets 410.
 	OutboxRetention time.Duration
+	// RecoveryWindow is how long accepted messages are kept for clients that opt in to
+	// recovery (the wspresence.v1 subprotocol) to replay after a reconnect, and how long a
+	// message for such a client, reached by no connection, waits for it before it is
+	// MessageUndeliverable (WSPRESENCE_RECOVERY_WINDOW, default 2m; 0 keeps nothing: every
+	// recover is answered too_old and today's outcomes stay).
+	RecoveryWindow time.Duration
 	// PruneInterval spaces the pruning of tombstones, delivered message ids and the
 	// outbox (default 1h).
 	PruneInterval time.Duration
@@ -139,6 +145,7 @@ func DefaultConfig() Config {
 		TombstoneRetention:    24 * time.Hour,
 		OutboxRetention:       7 * 24 * time.Hour,
 		PruneInterval:         time.Hour,
+		RecoveryWindow:        2 * time.Minute,
 		AllowedOrigins:        []string{"*"},
 		LogLevel:              "info",
 		Sync:                  "full",
@@ -192,6 +199,9 @@ func (c Config) Validate() error {
 		if p.d <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive, got %s", p.name, p.d))
 		}
+	}
+	if c.RecoveryWindow < 0 {
+		errs = append(errs, fmt.Errorf("recovery window must not be negative, got %s", c.RecoveryWindow))
 	}
 	if c.OfflineGrace < 0 {
 		errs = append(errs, fmt.Errorf("offline grace must not be negative, got %s", c.OfflineGrace))

@@ -3,10 +3,12 @@ package localrt
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
 	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/delivery"
 	"github.com/wspresence/wspresence/internal/presence"
 	"github.com/wspresence/wspresence/internal/store/sqlite"
 )
@@ -123,17 +125,41 @@ func (s *Server) cycle(msgs []sqlite.QueuedMessage) {
 // process dies leaves the message pending, and the next start dispatches it again.
 func (s *Server) dispatch(m sqlite.QueuedMessage, conns []string) {
 	if len(conns) == 0 {
-		s.complete(completion{seq: m.Seq, enqueuedAt: m.EnqueuedAt,
-			outcome: events.NewMessageUndeliverable(m.MessageID, m.UserID, events.UndeliverableOffline, s.now())})
+		s.undeliverable(m, events.UndeliverableOffline)
 		return
 	}
 	p := &inFlight{msg: m, remaining: len(conns), s: s}
 	data := []byte(m.Body)
+	var framed []byte
 	for _, id := range conns {
-		if err := s.hub.post(id, data, p.receipt); err != nil {
+		c := s.hub.get(id)
+		var err error
+		switch {
+		case c == nil:
+			err = fmt.Errorf("post to %s: %w", id, delivery.ErrConnectionGone)
+		case c.optIn:
+			if framed == nil {
+				framed = s.messageFrame(m)
+			}
+			err = c.queued(c.offer(frame{data: framed, written: p.receipt}, m.Gen, m.Offset))
+		default:
+			err = s.hub.post(c, data, p.receipt)
+		}
+		if err != nil {
 			p.receipt(err)
 		}
 	}
+}
+
+// undeliverable decides the outcome of m, reached by no connection: held for the
+// recovery window when its user may come back for it (holds), else MessageUndeliverable.
+func (s *Server) undeliverable(m sqlite.QueuedMessage, reason events.UndeliverableReason) {
+	if s.holds(m) {
+		s.held.add(m)
+		return
+	}
+	s.complete(completion{seq: m.Seq, enqueuedAt: m.EnqueuedAt,
+		outcome: events.NewMessageUndeliverable(m.MessageID, m.UserID, reason, s.now())})
 }
 
 // inFlight is one message on its way to one user's connections.
@@ -143,26 +169,35 @@ type inFlight struct {
 	mu        sync.Mutex
 	remaining int
 	written   int
+	held      int
 }
 
-// receipt counts one frame written (err nil) or gone; the last one decides the outcome.
+// receipt counts one frame written (err nil), held for a recovering connection
+// (errHeld), or gone; the last one decides the outcome.
 func (p *inFlight) receipt(err error) {
 	p.mu.Lock()
-	if err == nil {
+	switch {
+	case err == nil:
 		p.written++
+	case errors.Is(err, errHeld):
+		p.held++
 	}
 	p.remaining--
-	done, written := p.remaining == 0, p.written
+	done, written, held := p.remaining == 0, p.written, p.held
 	p.mu.Unlock()
 	if !done {
 		return
 	}
-	m, now := p.msg, p.s.now()
-	var out events.Published = events.NewMessageDelivered(m.MessageID, m.UserID, written, now)
-	if written == 0 {
-		out = events.NewMessageUndeliverable(m.MessageID, m.UserID, events.UndeliverableGone, now)
+	m := p.msg
+	switch {
+	case written > 0:
+		p.s.complete(completion{seq: m.Seq, enqueuedAt: m.EnqueuedAt,
+			outcome: events.NewMessageDelivered(m.MessageID, m.UserID, written, p.s.now())})
+	case held > 0:
+		p.s.held.add(m)
+	default:
+		p.s.undeliverable(m, events.UndeliverableGone)
 	}
-	p.s.complete(completion{seq: m.Seq, enqueuedAt: m.EnqueuedAt, outcome: out})
 }
 
 // completion is a message's decided outcome, waiting to be recorded.

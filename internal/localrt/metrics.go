@@ -22,6 +22,8 @@ type metrics struct {
 	commitBatch     prometheus.Histogram
 	walBytes        prometheus.Gauge
 	webhookMissed   prometheus.Counter
+	recoveries      *prometheus.CounterVec
+	replayed        prometheus.Counter
 }
 
 // onlineCounter counts online users (the view).
@@ -29,7 +31,7 @@ type onlineCounter interface {
 	OnlineCount(ctx context.Context) (int, error)
 }
 
-func newMetrics(connections func() int, view onlineCounter) *metrics {
+func newMetrics(connections func() int, view onlineCounter, held func() int) *metrics {
 	reg := prometheus.NewRegistry()
 	m := &metrics{
 		registry: reg,
@@ -47,10 +49,17 @@ func newMetrics(connections func() int, view onlineCounter) *metrics {
 			Help: "Write requests group-committed per transaction.", Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
 		webhookMissed: prometheus.NewCounter(prometheus.CounterOpts{Name: "wspresence_webhook_events_missed_total",
 			Help: "Published events webhooks skipped because the outbox pruned them before they were taken."}),
+		recoveries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wspresence_recoveries_total",
+			Help: "Recover requests answered, by outcome (recovered, or the reason it did not)."}, []string{"outcome"}),
+		replayed: prometheus.NewCounter(prometheus.CounterOpts{Name: "wspresence_messages_replayed_total",
+			Help: "Message frames replayed to recovering connections."}),
 		walBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "wspresence_store_wal_bytes",
 			Help: "Size of the store's write-ahead log (bounded by its limit, 64 MiB)."}),
 	}
 	reg.MustRegister(m.appended, m.projectorLag, m.messages, m.deliveryLatency, m.authFailures, m.commitBatch, m.walBytes, m.webhookMissed,
+		m.recoveries, m.replayed,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_messages_held",
+			Help: "Messages held for a recovering user's reconnect (bounded by the recovery window)."}, func() float64 { return float64(held()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_connections",
 			Help: "Live WebSocket connections held by this process."}, func() float64 { return float64(connections()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_online_users",

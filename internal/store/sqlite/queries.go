@@ -158,10 +158,10 @@ func (s *Store) Dump(_ context.Context) (View, error) {
 func (s *Store) PendingMessages(ctx context.Context, after int64, limit int) ([]QueuedMessage, error) {
 	return queryAll(ctx, s.r, "read queue", func(r *sql.Rows) (m QueuedMessage, err error) {
 		var at int64
-		err = r.Scan(&m.Seq, &m.MessageID, &m.UserID, &m.Body, &at)
+		err = r.Scan(&m.Seq, &m.MessageID, &m.UserID, &m.Body, &at, &m.Offset, &m.Gen)
 		m.EnqueuedAt = time.Unix(0, at).UTC()
 		return m, err
-	}, `SELECT seq, message_id, user_id, body, enqueued_at FROM messages WHERE done_at IS NULL AND seq > ? ORDER BY seq LIMIT ?`, after, limit)
+	}, `SELECT seq, message_id, user_id, body, enqueued_at, COALESCE(stream_offset, 0), COALESCE(stream_gen, 0) FROM messages WHERE done_at IS NULL AND seq > ? ORDER BY seq LIMIT ?`, after, limit)
 }
 
 // ErrMismatch is returned by Complete when seqs and outcomes differ in length.

@@ -66,6 +66,10 @@ type Options struct {
 	// messages (their sequence numbers set), in commit order, on the writer's goroutine;
 	// it must not block. The deliverer takes them from memory, not from the queue table.
 	OnQueued func([]QueuedMessage)
+	// RecoveryWindow is how long accepted messages keep their stream positions and bodies
+	// for recovering connections (StreamRange); PruneStreams forgets them after that. Zero
+	// keeps none: positions are handed out, nothing is kept to replay.
+	RecoveryWindow time.Duration
 	// Fault, if set, is called before every group commit; an error it returns fails the
 	// commit as a full or failing disk would (fault-injection tests).
 	Fault func() error
@@ -127,6 +131,14 @@ type Store struct {
 	// when it was written (the writer's alone).
 	sinceSnapshot int
 	lastSnapshot  time.Time
+	// epoch is the store's epoch (Epoch); streams the top of each user's stream;
+	// streamsPruned the queue position below which no row keeps a stream position (the
+	// writer's alone).
+	epoch         atomic.Pointer[string]
+	streams       streamTable
+	streamsPruned int64
+	// batchStreams holds the positions the commit being written took (the writer's alone).
+	batchStreams map[string]streamState
 }
 
 // writerStmts are prepared once on the writer's connection: the hot path's inserts and
@@ -156,6 +168,9 @@ type QueuedMessage struct {
 	UserID     string
 	Body       string
 	EnqueuedAt time.Time
+	// Gen and Offset are the message's position in its user's stream, set by Enqueue
+	// (Offset 0: none, a message of a store with no recovery window read back at a start).
+	Gen, Offset int64
 }
 
 // Open opens (creating if needed) the store in the SQLite file at path, loads the view's
@@ -195,6 +210,11 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		w.Close()
 		return nil, fmt.Errorf("prepare %s: %w", path, err)
 	}
+	epoch, err := ensureEpoch(ctx, w)
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("prepare %s: %w", path, err)
+	}
 	r, err := sql.Open("sqlite", dsn("query_only(1)"))
 	if err != nil {
 		w.Close()
@@ -210,6 +230,8 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	ck.SetMaxOpenConns(1)
 	s := &Store{path: path, w: w, r: r, ck: ck, opts: opts, id: id, idCreated: idCreated, img: newImage(), reqs: make(chan *writeReq, 4096),
 		stop: make(chan struct{}), done: make(chan struct{}), ckDone: make(chan struct{})}
+	s.epoch.Store(&epoch)
+	s.batchStreams = map[string]streamState{}
 	if err := s.start(ctx); err != nil {
 		errs := []error{err, r.Close(), ck.Close()}
 		if s.wc != nil {
@@ -235,11 +257,13 @@ func (s *Store) start(ctx context.Context) error {
 		query string
 	}{
 		{&s.stmts.log, `INSERT INTO log (type, data) VALUES (?, ?)`},
-		{&s.stmts.msg, `INSERT INTO messages (message_id, user_id, body, enqueued_at) VALUES (?, ?, ?, ?)
+		{&s.stmts.msg, `INSERT INTO messages (message_id, user_id, body, enqueued_at, stream_offset, stream_gen) VALUES (?, ?, ?, ?, ?, ?)
 			ON CONFLICT (message_id, user_id) DO NOTHING`},
 		// OR IGNORE: a file of an earlier version has a unique index on event_id.
 		{&s.stmts.pub, `INSERT OR IGNORE INTO published (event_id, detail_type, envelope) VALUES (?, ?, ?)`},
-		{&s.stmts.done, `UPDATE messages SET done_at = ?, body = '' WHERE seq = ? AND done_at IS NULL`},
+		// A message's body is kept while it keeps a stream position (PruneStreams).
+		{&s.stmts.done, `UPDATE messages SET done_at = ?, body = CASE WHEN stream_offset IS NULL THEN '' ELSE body END
+			WHERE seq = ? AND done_at IS NULL`},
 		{&s.stmts.saveUser, `INSERT INTO view_users (user_id, live, last_activity, announced, offline_since, crc)
 			VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET live = excluded.live, last_activity = excluded.last_activity,
 			announced = excluded.announced, offline_since = excluded.offline_since, crc = excluded.crc`},
@@ -251,6 +275,9 @@ func (s *Store) start(ctx context.Context) error {
 		if *st.dst, err = wc.PrepareContext(ctx, st.query); err != nil {
 			return fmt.Errorf("prepare %q: %w", st.query, err)
 		}
+	}
+	if err := s.loadStreams(ctx); err != nil {
+		return err
 	}
 	if err := s.loadSnapshot(ctx); errors.Is(err, ErrSnapshotDamaged) {
 		// Never served: the view is folded again from the log, and its snapshot rewritten.

@@ -225,6 +225,7 @@ func (s *Store) commit(batch []*writeReq) {
 	}
 	if err == nil {
 		f.apply(p.Checkpoint)
+		s.applyStreams(s.batchStreams)
 		s.sinceSnapshot += p.Events
 		if s.opts.OnCommit != nil {
 			s.opts.OnCommit(len(batch))
@@ -306,6 +307,8 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 	}
 	defer func() { err = s.end(ctx, err) }()
 	seq := s.img.seq
+	clear(s.batchStreams)
+	streams := s.batchStreams
 	appendRecord := func(typ string, v any) error {
 		data, err := json.Marshal(v)
 		if err != nil {
@@ -334,7 +337,12 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 			req.written[i] = true
 		}
 		for _, m := range req.messages {
-			res, err := s.stmts.msg.ExecContext(ctx, m.MessageID, m.UserID, m.Body, m.EnqueuedAt.UnixNano())
+			st := s.position(streams, &m)
+			var offset, gen any
+			if s.opts.RecoveryWindow > 0 {
+				offset, gen = m.Offset, m.Gen
+			}
+			res, err := s.stmts.msg.ExecContext(ctx, m.MessageID, m.UserID, m.Body, m.EnqueuedAt.UnixNano(), offset, gen)
 			if err != nil {
 				return f, p, fmt.Errorf("enqueue %s: %w", m.MessageID, err)
 			}
@@ -343,6 +351,7 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 					return f, p, fmt.Errorf("enqueue %s: %w", m.MessageID, err)
 				}
 				req.queued = append(req.queued, m)
+				streams[m.UserID] = st
 			}
 		}
 		if len(req.completes) > 0 {
