@@ -128,6 +128,8 @@ func postNumbered(c *child, user string, from int, stop chan struct{}) []string 
 func TestRecoveryCrash(t *testing.T) {
 	dir := t.TempDir()
 	c := startChild(t, dir)
+	first := c
+	t.Cleanup(func() { _ = first.cmd.Process.Kill() }) // if the test stops early
 	secret, err := localrt.ReadSecret(dir, localrt.JWTSecretFile)
 	if err != nil {
 		t.Fatal(err)
@@ -157,6 +159,8 @@ func TestRecoveryCrash(t *testing.T) {
 	}
 
 	c = startChild(t, dir)
+	second := c
+	t.Cleanup(func() { _ = second.cmd.Process.Kill() })
 	defer c.stop(t, syscall.SIGTERM)
 	answered, _ = sc.follow(t, c.addr, token())
 	if a := awaitAnswer(t, answered); a["recovered"] != true {

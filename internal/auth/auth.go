@@ -32,6 +32,9 @@ const (
 	// ReasonUTF8: the claims hold text that is not UTF-8 (raw bytes or an escaped
 	// unpaired surrogate), which a JSON decoder would rewrite to U+FFFD.
 	ReasonUTF8 Reason = "invalid_utf8"
+	// ReasonCritical: the header's "crit" parameter names extensions that must be
+	// understood (RFC 7515, section 4.1.11); this verifier understands none.
+	ReasonCritical Reason = "critical_header"
 )
 
 // Error is a refusal: it wraps ErrUnauthorized and says why.
@@ -172,6 +175,9 @@ func (v *Verifier) Verify(token string) (string, error) {
 		if !v.methods[t.Method] {
 			return nil, errAlgorithm
 		}
+		if _, ok := t.Header["crit"]; ok {
+			return nil, errCritical
+		}
 		return v.secret, nil
 	})
 	if err != nil {
@@ -193,10 +199,17 @@ func (v *Verifier) Verify(token string) (string, error) {
 	return uid, nil
 }
 
-var errAlgorithm = errors.New("signing algorithm is not accepted")
+var (
+	errAlgorithm = errors.New("signing algorithm is not accepted")
+	// errCritical refuses any "crit" header: it names extensions the recipient must
+	// understand or reject the token, and none is understood here.
+	errCritical = errors.New("the token names critical header extensions, none of which is understood")
+)
 
 func classify(err error) Reason {
 	switch {
+	case errors.Is(err, errCritical):
+		return ReasonCritical
 	case errors.Is(err, errAlgorithm), errors.Is(err, jwt.ErrTokenUnverifiable):
 		return ReasonAlgorithm
 	case errors.Is(err, jwt.ErrTokenSignatureInvalid):

@@ -117,6 +117,19 @@ func TestRefusals(t *testing.T) {
 		"exp as string":    {sign(t, jwt.SigningMethodHS256, secret, valid(map[string]any{"exp": "tomorrow"})), auth.ReasonMalformed},
 		"original example": {"eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwidXNlcklkIjoiMTIzNCIsImlhdCI6MjAxNjIzOTAyMiwiZXhwIjoyMDE2MjM5MDIyfQ.6C7xpaC9_vmadA72tABVkqXH9HWcPY4RE8dGALnT-Hw", auth.ReasonSignature},
 	}
+	for name, crit := range map[string]any{"unknown": []string{"exp-ext"}, "empty": []string{}, "registered": []string{"alg"}, "not a list": "x"} {
+		tok := jwt.NewWithClaims(jwt.SigningMethodHS256, valid(nil))
+		tok.Header["crit"] = crit
+		tok.Header["exp-ext"] = true
+		s, err := tok.SignedString(secret)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cases["crit "+name] = struct {
+			token string
+			want  auth.Reason
+		}{s, auth.ReasonCritical}
+	}
 	v := verifier(t)
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {

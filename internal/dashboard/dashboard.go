@@ -1,8 +1,10 @@
 // Package dashboard is the live dashboard of the local runtime, served at /ui/: who is
-// online (paginated), the live feed of published events, a form to send a message and a
-// search for users' status. It is static files embedded in the binary (no build step); the
-// page calls the backend endpoints with the API key the operator gives it, which it keeps
-// in the tab's session storage only. Handler is safe for concurrent use.
+// online (paginated), the live feed of published events, a form to send a message, a
+// search for users' status, and a panel that connects as a user with the client library.
+// It is static files embedded in the binary; static/wspresence/ is a copy of the build of
+// the repository's client/ (`npm run build && npm run dashboard` there; CI checks that it
+// is current). The page calls the backend endpoints with the API key the operator gives
+// it, which it keeps in the tab's session storage only. Handler is safe for concurrent use.
 package dashboard
 
 import (

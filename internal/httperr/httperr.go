@@ -28,6 +28,7 @@ const (
 	CodeTooMany         = "too_many_connections"
 	CodeInternal        = "internal"
 	CodeGone            = "events_pruned"
+	CodeDamaged         = "damaged"
 )
 
 // Error is an error fit for the client: its Message is shown as is.

@@ -80,9 +80,6 @@ type Config struct {
 	// MessageUndeliverable (WSPRESENCE_RECOVERY_WINDOW, default 2m; 0 keeps nothing: every
 	// recover is answered too_old and today's outcomes stay).
 	RecoveryWindow time.Duration
-	// PruneInterval spaces the pruning of tombstones, delivered message ids and the
-	// outbox (default 1h).
-	PruneInterval time.Duration
 	// AllowedOrigins lists the browser origins (host patterns) allowed to open a WebSocket
 	// (WSPRESENCE_ALLOWED_ORIGINS, comma-separated, default "*": tokens, not cookies,
 	// authenticate connections).
@@ -144,7 +141,6 @@ func DefaultConfig() Config {
 		ShutdownTimeout:       10 * time.Second,
 		TombstoneRetention:    24 * time.Hour,
 		OutboxRetention:       7 * 24 * time.Hour,
-		PruneInterval:         time.Hour,
 		RecoveryWindow:        2 * time.Minute,
 		AllowedOrigins:        []string{"*"},
 		LogLevel:              "info",
@@ -191,7 +187,7 @@ func (c Config) Validate() error {
 	}{
 		{"ping interval", c.PingInterval}, {"idle timeout", c.IdleTimeout},
 		{"activity interval", c.ActivityInterval}, {"shutdown timeout", c.ShutdownTimeout},
-		{"tombstone retention", c.TombstoneRetention}, {"outbox retention", c.OutboxRetention}, {"prune interval", c.PruneInterval}, {"write timeout", c.WriteTimeout},
+		{"tombstone retention", c.TombstoneRetention}, {"outbox retention", c.OutboxRetention}, {"write timeout", c.WriteTimeout},
 		{"read header timeout", c.ReadHeaderTimeout}, {"read timeout", c.ReadTimeout},
 		{"keep-alive timeout", c.KeepAliveTimeout}, {"events heartbeat", c.EventsHeartbeat},
 	}

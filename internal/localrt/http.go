@@ -208,8 +208,14 @@ var errStoreClosed = sqlite.ErrClosed
 // full disk); the cause is logged. Nothing was accepted: the client retries.
 func (s *Server) storeUnavailable(w http.ResponseWriter, err error) *httperr.Error {
 	w.Header().Set("Retry-After", "1")
-	if errors.Is(err, errStoreClosed) {
+	switch {
+	case errors.Is(err, errStoreClosed):
 		return httperr.New(http.StatusServiceUnavailable, httperr.CodeUnavailable, "server is shutting down")
+	case errors.Is(err, sqlite.ErrDamaged):
+		w.Header().Del("Retry-After")
+		return httperr.New(http.StatusServiceUnavailable, httperr.CodeDamaged, "the store is damaged: nothing is accepted until it is repaired (see /healthz)")
+	case errors.Is(err, sqlite.ErrOutcomesBlocked):
+		return httperr.New(http.StatusServiceUnavailable, httperr.CodeUnavailable, "the store cannot record the outcomes of delivered messages; retry later")
 	}
 	s.log.Error("store write failed", "err", err)
 	return httperr.New(http.StatusServiceUnavailable, httperr.CodeUnavailable, "the store cannot write for now; retry later")

@@ -129,10 +129,16 @@ func (s *Server) dispatch(m sqlite.QueuedMessage, conns []string) {
 		return
 	}
 	p := &inFlight{msg: m, remaining: len(conns), s: s}
+	held := make([]*wsConn, len(conns))
+	for i, id := range conns {
+		if held[i] = s.hub.get(id); held[i] != nil && held[i].optIn {
+			p.optIn = true
+		}
+	}
 	data := []byte(m.Body)
 	var framed []byte
-	for _, id := range conns {
-		c := s.hub.get(id)
+	for i, id := range conns {
+		c := held[i]
 		var err error
 		switch {
 		case c == nil:
@@ -158,7 +164,7 @@ func (s *Server) undeliverable(m sqlite.QueuedMessage, reason events.Undeliverab
 		s.held.add(m)
 		return
 	}
-	s.complete(completion{seq: m.Seq, enqueuedAt: m.EnqueuedAt,
+	s.complete(completion{seq: m.Seq, enqueuedAt: m.EnqueuedAt, keep: s.keeps(m.UserID),
 		outcome: events.NewMessageUndeliverable(m.MessageID, m.UserID, reason, s.now())})
 }
 
@@ -170,6 +176,8 @@ type inFlight struct {
 	remaining int
 	written   int
 	held      int
+	// optIn is set when one of the connections opted in to recovery.
+	optIn bool
 }
 
 // receipt counts one frame written (err nil), held for a recovering connection
@@ -191,7 +199,7 @@ func (p *inFlight) receipt(err error) {
 	m := p.msg
 	switch {
 	case written > 0:
-		p.s.complete(completion{seq: m.Seq, enqueuedAt: m.EnqueuedAt,
+		p.s.complete(completion{seq: m.Seq, enqueuedAt: m.EnqueuedAt, keep: p.optIn || p.s.keeps(m.UserID),
 			outcome: events.NewMessageDelivered(m.MessageID, m.UserID, written, p.s.now())})
 	case held > 0:
 		p.s.held.add(m)
@@ -205,6 +213,8 @@ type completion struct {
 	seq        int64
 	enqueuedAt time.Time
 	outcome    events.Published
+	// keep keeps the message for the recovery window (its user recovers).
+	keep bool
 }
 
 func (s *Server) complete(c completion) { s.completions <- c }
@@ -250,15 +260,15 @@ func (s *Server) record(ctx context.Context, batch []completion, final bool) {
 	if len(batch) == 0 {
 		return
 	}
-	seqs := make([]int64, len(batch))
+	seqs, keeps := make([]int64, len(batch)), make([]bool, len(batch))
 	outcomes := make([]events.Published, len(batch))
 	for i, c := range batch {
-		seqs[i], outcomes[i] = c.seq, c.outcome
+		seqs[i], outcomes[i], keeps[i] = c.seq, c.outcome, c.keep
 	}
 	for attempt := 1; ; attempt++ {
 		// A write that must land is not cancelled with the completer: at shutdown the
 		// attempts are only bounded.
-		n, err := s.queue.Complete(context.WithoutCancel(ctx), seqs, outcomes)
+		n, err := s.queue.CompleteKeeping(context.WithoutCancel(ctx), seqs, outcomes, keeps)
 		if err == nil {
 			if n > 0 {
 				s.bus.notify()
@@ -330,35 +340,53 @@ func (s *Server) reconcile(ctx context.Context) {
 	}
 }
 
-// prune forgets old tombstones, delivered message ids and published events, every
-// PruneInterval.
-func (s *Server) prune(ctx context.Context) {
-	t := time.NewTicker(s.cfg.PruneInterval)
+// pruneEvery is the interval of a prune that forgets what is older than retention: a tenth
+// of it, at most an hour (and at least 10ms), so what it forgets never outlives its
+// retention by more than a tenth.
+func pruneEvery(retention time.Duration) time.Duration {
+	return max(min(retention/10, time.Hour), 10*time.Millisecond)
+}
+
+// retention is one prune: what it forgets (the label of wspresence_pruned_total), the
+// retention it keeps, and the pass, which forgets what is older than cutoff.
+type retention struct {
+	what string
+	keep time.Duration
+	run  func(ctx context.Context, cutoff time.Time) (int64, error)
+}
+
+// retentions lists the prunes of the local runtime, each with its own retention.
+func (s *Server) retentions() []retention {
+	return []retention{
+		{"tombstones", s.cfg.TombstoneRetention, func(ctx context.Context, cutoff time.Time) (int64, error) {
+			n, err := s.view.PruneTombstones(ctx, cutoff)
+			return int64(n), err
+		}},
+		{"messages", s.cfg.TombstoneRetention, func(ctx context.Context, _ time.Time) (int64, error) {
+			return s.queue.PruneMessages(ctx, s.cfg.TombstoneRetention)
+		}},
+		{"outbox", s.cfg.OutboxRetention, s.store.PrunePublished},
+	}
+}
+
+// prune runs p at once, then every pruneEvery(p.keep), until ctx ends.
+func (s *Server) prune(ctx context.Context, p retention) {
+	t := time.NewTicker(pruneEvery(p.keep))
 	defer t.Stop()
 	for {
+		if n, err := p.run(ctx, s.now().Add(-p.keep)); err != nil {
+			if ctx.Err() == nil {
+				s.log.Error("prune", "what", p.what, "err", err)
+			}
+		} else if n > 0 {
+			s.metrics.pruned.WithLabelValues(p.what).Add(float64(n))
+			s.log.Debug("pruned", "what", p.what, "count", n, "retention", p.keep.String())
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if n, err := s.view.PruneTombstones(ctx, s.now().Add(-s.cfg.TombstoneRetention)); err != nil {
-				s.log.Error("prune tombstones", "err", err)
-			} else if n > 0 {
-				s.log.Info("pruned tombstones", "count", n)
-			}
-			if _, err := s.queue.PruneMessages(ctx, s.cfg.TombstoneRetention); err != nil {
-				s.log.Error("prune messages", "err", err)
-			}
-			s.pruneOutbox(ctx)
 		}
-	}
-}
-
-// pruneOutbox forgets the published events older than the outbox retention.
-func (s *Server) pruneOutbox(ctx context.Context) {
-	if n, err := s.store.PrunePublished(ctx, s.now().Add(-s.cfg.OutboxRetention)); err != nil {
-		s.log.Error("prune the outbox", "err", err)
-	} else if n > 0 {
-		s.log.Info("pruned published events", "count", n, "retention", s.cfg.OutboxRetention.String())
 	}
 }
 

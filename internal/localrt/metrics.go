@@ -24,6 +24,7 @@ type metrics struct {
 	webhookMissed   prometheus.Counter
 	recoveries      *prometheus.CounterVec
 	replayed        prometheus.Counter
+	pruned          *prometheus.CounterVec
 }
 
 // onlineCounter counts online users (the view).
@@ -49,6 +50,8 @@ func newMetrics(connections func() int, view onlineCounter, held func() int) *me
 			Help: "Write requests group-committed per transaction.", Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
 		webhookMissed: prometheus.NewCounter(prometheus.CounterOpts{Name: "wspresence_webhook_events_missed_total",
 			Help: "Published events webhooks skipped because the outbox pruned them before they were taken."}),
+		pruned: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wspresence_pruned_total",
+			Help: "Rows forgotten past their retention, by what (tombstones, messages, outbox, log)."}, []string{"what"}),
 		recoveries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wspresence_recoveries_total",
 			Help: "Recover requests answered, by outcome (recovered, or the reason it did not)."}, []string{"outcome"}),
 		replayed: prometheus.NewCounter(prometheus.CounterOpts{Name: "wspresence_messages_replayed_total",
@@ -56,7 +59,7 @@ func newMetrics(connections func() int, view onlineCounter, held func() int) *me
 		walBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "wspresence_store_wal_bytes",
 			Help: "Size of the store's write-ahead log (bounded by its limit, 64 MiB)."}),
 	}
-	reg.MustRegister(m.appended, m.projectorLag, m.messages, m.deliveryLatency, m.authFailures, m.commitBatch, m.walBytes, m.webhookMissed,
+	reg.MustRegister(m.appended, m.projectorLag, m.messages, m.deliveryLatency, m.authFailures, m.commitBatch, m.walBytes, m.webhookMissed, m.pruned,
 		m.recoveries, m.replayed,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_messages_held",
 			Help: "Messages held for a recovering user's reconnect (bounded by the recovery window)."}, func() float64 { return float64(held()) }),

@@ -63,6 +63,7 @@ type streamReader interface {
 	OpenStream(userID string) sqlite.StreamTop
 	StreamEpoch(gen int64) string
 	StreamRange(ctx context.Context, userID string, gen, after, upTo int64, limit int) ([]sqlite.StreamEntry, error)
+	KeptCount(ctx context.Context, userID string, gen, after, upTo int64) (int64, error)
 	PruneStreams(ctx context.Context, cutoff time.Time) (int64, error)
 	MarkRecovering(ctx context.Context, connectionID, userID string, on bool) error
 	TakeRecovering(ctx context.Context) ([]string, error)
@@ -77,6 +78,9 @@ const replayPage = 256
 func (s *Server) messageFrame(m sqlite.QueuedMessage) []byte {
 	return recovery.MessageFrame(s.streams.StreamEpoch(m.Gen), m.Offset, m.MessageID, m.Body)
 }
+
+// actionRecover is the action of a client's recover request.
+const actionRecover = "recover"
 
 // handleRecover answers a recover frame of the opted-in connection c (its read loop
 // calls it): a malformed or repeated one gets an error frame; else the replay runs in a
@@ -102,27 +106,20 @@ func (s *Server) handleRecover(ctx context.Context, c *wsConn, data []byte) {
 		s.sendError(ctx, c, err.Error())
 		return
 	}
-	epoch := s.streams.StreamEpoch(top.Gen)
-	d := recovery.Decide(req, epoch, top.Offset, s.cfg.RecoveryWindow > 0)
-	go c.running(func() { s.replay(ctx, c, d, epoch, top) })
+	go c.running(func() { s.replay(ctx, c, req, top) })
 }
 
-// replay writes what d decided (the messages after d.From up to top, then the answer),
-// then lets the connection go live. A replayed message still without outcome is
-// MessageDelivered. A replay that cannot read the store or write closes the connection
-// (the client recovers again).
-func (s *Server) replay(ctx context.Context, c *wsConn, d recovery.Decision, epoch string, top sqlite.StreamTop) {
-	answer := d.Answer
-	if d.Replay {
-		var err error
-		if answer, err = s.replayStream(ctx, c, d.From, epoch, top); err != nil {
-			s.log.Info("recovery replay failed", "userId", c.userID, "connectionId", c.id, "err", err)
-			c.setReason(events.ReasonExpired)
-			c.ws.CloseNow()
-			return
-		}
+// replay answers req: the messages after the client's position up to top when they are
+// all kept, then the answer, then lets the connection go live. A replayed message still
+// without outcome is MessageDelivered. A replay that cannot read the store or write
+// closes the connection (the client recovers again).
+func (s *Server) replay(ctx context.Context, c *wsConn, req recovery.Request, top sqlite.StreamTop) {
+	answer, err := s.replayStream(ctx, c, req, top)
+	if err == nil {
+		err = s.writeFrame(ctx, c, answer.Frame())
 	}
-	if err := s.writeFrame(ctx, c, answer.Frame()); err != nil {
+	if err != nil {
+		s.log.Info("recovery replay failed", "userId", c.userID, "connectionId", c.id, "err", err)
 		c.setReason(events.ReasonExpired)
 		c.ws.CloseNow()
 		return
@@ -140,39 +137,52 @@ func recoveryOutcome(a recovery.Recovered) string {
 	return string(a.Reason)
 }
 
-// replayStream writes the messages of c's stream after from, up to top, and returns the
-// answer: recovered at the last offset, or too_old (nothing written) when the first
-// message after from is gone.
-func (s *Server) replayStream(ctx context.Context, c *wsConn, from int64, epoch string, top sqlite.StreamTop) (recovery.Recovered, error) {
-	at, replayed := from, 0
-	for at < top.Offset {
-		page, err := s.streams.StreamRange(ctx, c.userID, top.Gen, at, top.Offset, replayPage)
+// replayStream decides req against c's stream (recovery.Decide) and writes the messages
+// it replays, in order; it returns the answer to send after them.
+func (s *Server) replayStream(ctx context.Context, c *wsConn, req recovery.Request, top sqlite.StreamTop) (recovery.Recovered, error) {
+	stream := recovery.Stream{Epoch: s.streams.StreamEpoch(top.Gen), Top: top.Offset}
+	windowOn := s.cfg.RecoveryWindow > 0
+	if windowOn && req.At != nil && req.At.Epoch == stream.Epoch && req.At.Offset < top.Offset {
+		// Offsets are unique per stream generation: all are kept when they count as many
+		// as the positions after the client's.
+		n, err := s.streams.KeptCount(ctx, c.userID, top.Gen, req.At.Offset, top.Offset)
 		if err != nil {
 			return recovery.Recovered{}, fmt.Errorf("read the stream: %w", err)
 		}
-		if len(page) == 0 || page[0].Offset != at+1 {
-			if replayed == 0 {
-				return recovery.TooOld(epoch, top.Offset), nil
-			}
-			// Pruned under the replay: the client recovers again and is told.
+		for o := req.At.Offset + 1; n == top.Offset-req.At.Offset && o <= top.Offset; o++ {
+			stream.Kept = append(stream.Kept, o)
+		}
+	}
+	plan := recovery.Decide(req, stream, windowOn)
+	if !plan.Answer.Recovered || plan.Answer.Replayed == 0 {
+		return plan.Answer, nil
+	}
+	at, replayed := req.At.Offset, 0
+	for at < plan.Answer.Offset {
+		page, err := s.streams.StreamRange(ctx, c.userID, top.Gen, at, plan.Answer.Offset, replayPage)
+		if err != nil {
+			return recovery.Recovered{}, fmt.Errorf("read the stream: %w", err)
+		}
+		if len(page) == 0 {
 			return recovery.Recovered{}, errors.New("the stream was pruned during the replay")
 		}
 		for _, e := range page {
-			if e.Offset != at+1 {
+			if e.Offset != at+1 || !plan.Replays(req, e.Offset) {
+				// Pruned under the replay: the client recovers again and is told.
 				return recovery.Recovered{}, errors.New("the stream was pruned during the replay")
 			}
-			if err := s.writeFrame(ctx, c, recovery.MessageFrame(epoch, e.Offset, e.MessageID, e.Body)); err != nil {
+			if err := s.writeFrame(ctx, c, recovery.MessageFrame(stream.Epoch, e.Offset, e.MessageID, e.Body)); err != nil {
 				return recovery.Recovered{}, err
 			}
 			at, replayed = e.Offset, replayed+1
 			if e.Pending {
 				s.held.take(e.Seq)
-				s.complete(completion{seq: e.Seq, enqueuedAt: e.EnqueuedAt, outcome: events.NewMessageDelivered(e.MessageID, c.userID, 1, s.now())})
+				s.complete(completion{seq: e.Seq, enqueuedAt: e.EnqueuedAt, keep: true, outcome: events.NewMessageDelivered(e.MessageID, c.userID, 1, s.now())})
 			}
 		}
 	}
 	s.metrics.replayed.Add(float64(replayed))
-	return recovery.Done(epoch, at, replayed), nil
+	return plan.Answer, nil
 }
 
 // writeFrame writes one text frame to c at once (recovery's own frames; the writer
@@ -198,12 +208,19 @@ func (s *Server) holds(m sqlite.QueuedMessage) bool {
 	return s.cfg.RecoveryWindow > 0 && m.Offset > 0 && s.held.recent(m.UserID, s.now().Add(-s.cfg.OfflineGrace))
 }
 
+// keeps reports whether a message of userID, done, is kept for the recovery window: with
+// a window, when the user's last opted-in connection closed within it (a live one keeps
+// the messages it is sent).
+func (s *Server) keeps(userID string) bool {
+	return s.cfg.RecoveryWindow > 0 && s.held.recent(userID, s.now().Add(-s.cfg.RecoveryWindow))
+}
+
 // heldMessages are the messages reached by no connection that wait, for the recovery
 // window after they were accepted, for a replay to deliver them. Entries are removed by
 // the replay that delivers them or by expire once the window passed (their outcome then
 // MessageUndeliverable); a restart holds again what is still pending. closed remembers
-// the users whose opted-in connection closed last, for the grace period (expire forgets
-// older ones).
+// when each user's last opted-in connection closed, for the recovery window and the grace
+// period, whichever is longer (expire forgets older ones).
 type heldMessages struct {
 	mu     sync.Mutex
 	bySeq  map[int64]sqlite.QueuedMessage
@@ -296,7 +313,7 @@ func (s *Server) keepStreams(ctx context.Context) {
 		case <-t.C:
 		}
 		now := s.now()
-		for _, m := range s.held.expire(now.Add(-s.cfg.RecoveryWindow), now.Add(-s.cfg.OfflineGrace)) {
+		for _, m := range s.held.expire(now.Add(-s.cfg.RecoveryWindow), now.Add(-max(s.cfg.OfflineGrace, s.cfg.RecoveryWindow))) {
 			s.complete(completion{seq: m.Seq, enqueuedAt: m.EnqueuedAt,
 				outcome: events.NewMessageUndeliverable(m.MessageID, m.UserID, events.UndeliverableOffline, now)})
 		}

@@ -212,7 +212,8 @@ func (s *Server) Start(ctx context.Context) error {
 	go func() { s.served <- s.httpSrv.Serve(ln) }()
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.loopStop = cancel
-	s.loops.Add(4 + len(s.cfg.Webhooks))
+	prunes := s.retentions()
+	s.loops.Add(3 + len(prunes) + len(s.cfg.Webhooks))
 	go func() { defer s.loops.Done(); s.keepStreams(loopCtx) }()
 	go func() { defer s.loops.Done(); s.pump(loopCtx) }()
 	go func() { defer s.loops.Done(); s.reconcile(loopCtx) }()
@@ -220,7 +221,9 @@ func (s *Server) Start(ctx context.Context) error {
 	s.completerStop = stopCompleter
 	s.completerDone = make(chan struct{})
 	go func() { defer close(s.completerDone); s.completer(completerCtx) }()
-	go func() { defer s.loops.Done(); s.prune(loopCtx) }()
+	for _, p := range prunes {
+		go func() { defer s.loops.Done(); s.prune(loopCtx, p) }()
+	}
 	for _, u := range s.cfg.Webhooks {
 		go func() { defer s.loops.Done(); s.webhook(loopCtx, u) }()
 	}

@@ -215,3 +215,72 @@ func TestDamagedStoreIsNotHealthy(t *testing.T) {
 		return r.status == http.StatusServiceUnavailable && strings.Contains(string(r.body), "damaged")
 	})
 }
+
+// zeroPage overwrites the page of the stopped store in dir that query (on dbstat) picks,
+// or the file's last page when query is "".
+func zeroPage(t *testing.T, dir, query string) {
+	t.Helper()
+	path := filepath.Join(dir, localrt.StoreFile)
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var page, size int64
+	if query == "" {
+		query = `PRAGMA page_count`
+	}
+	if err := db.QueryRow(query).Scan(&page); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.QueryRow(`PRAGMA page_size`).Scan(&size); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(make([]byte, size), (page-1)*size); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+}
+
+// TestDamagedStoreRefusesMessages: a store whose last page was zeroed cannot finish the
+// messages it would accept (their outcomes cannot be recorded): once the damage is known,
+// POST /messages answers 503 damaged instead of 202, and nothing is acknowledged that the
+// store cannot finish.
+func TestDamagedStoreRefusesMessages(t *testing.T) {
+	dir := t.TempDir()
+	ts := startServer(t, dir, nil)
+	for i := range 200 {
+		ts.send(`{"UserId":"nobody-` + strconv.Itoa(i) + `","Body":"` + strings.Repeat("x", 200) + `"}`)
+	}
+	waitFor(t, "the outcomes published", func() bool {
+		r := ts.do(http.MethodGet, "/metrics", "", nil)
+		return strings.Contains(string(r.body), `wspresence_messages_total{outcome="undeliverable"} 200`)
+	})
+	ts.stop()
+	zeroPage(t, dir, "")
+
+	again := startServer(t, dir, nil)
+	accepted := 0
+	waitFor(t, "POST /messages refused", func() bool {
+		r := again.do(http.MethodPost, "/messages", testKey, []byte(`{"UserId":"someone","Body":"x"}`))
+		if r.status == http.StatusAccepted {
+			accepted++
+			return false
+		}
+		expectError(t, r, http.StatusServiceUnavailable, httperr.CodeDamaged)
+		return true
+	})
+	r := again.do(http.MethodGet, "/healthz", "", nil)
+	if r.status != http.StatusServiceUnavailable || !strings.Contains(string(r.body), "damaged") {
+		t.Fatalf("/healthz %d %s", r.status, r.body)
+	}
+	for range 5 {
+		r := again.do(http.MethodPost, "/messages", testKey, []byte(`{"UserId":"someone","Body":"x"}`))
+		expectError(t, r, http.StatusServiceUnavailable, httperr.CodeDamaged)
+	}
+	t.Logf("%d messages accepted before the damage was known", accepted)
+}

@@ -55,7 +55,7 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 			"this endpoint takes WebSocket connections: ws://HOST/?Authorization=<JWT>"))
 		return
 	}
-	optIn := recovery.Offered(r.Header)
+	optIn := recovery.Requested(strings.Join(r.Header.Values("Sec-WebSocket-Protocol"), ","))
 	userID, err := s.verifier.Verify(userToken(r))
 	if err != nil {
 		reason := auth.ReasonOf(err)
@@ -185,8 +185,9 @@ func (s *Server) serveConnection(ctx, readCtx context.Context, c *wsConn) {
 		c.setReason(events.ReasonShutdown)
 		go ws.Close(websocketGoingAway, "server shutting down")
 	}
-	log := s.log.With("userId", userID, "connectionId", id)
-	log.Info("connected")
+	// One line per connect and per close, at debug: the counts are metrics
+	// (wspresence_connections, wspresence_events_appended_total).
+	s.log.Debug("connected", "userId", userID, "connectionId", id)
 
 	pings := s.pingEvery(ctx, c)
 	s.readLoop(ctx, readCtx, c)
@@ -204,10 +205,10 @@ func (s *Server) serveConnection(ctx, readCtx context.Context, c *wsConn) {
 	// reconnect.
 	if c.optIn && reason != events.ReasonShutdown {
 		if err := s.streams.MarkRecovering(ctx, id, userID, false); err != nil && !errors.Is(err, sqlite.ErrClosed) {
-			log.Error("forget the recovering connection", "err", err)
+			s.log.Error("forget the recovering connection", "userId", userID, "connectionId", id, "err", err)
 		}
 	}
-	log.Info("disconnected", "reason", string(reason))
+	s.log.Debug("disconnected", "userId", userID, "connectionId", id, "reason", string(reason))
 }
 
 // The sizes of a WebSocket connection's read and write buffers. Client frames are small
@@ -304,7 +305,7 @@ func (s *Server) readLoop(ctx, readCtx context.Context, c *wsConn) {
 			return
 		}
 		// Every frame is activity; the action only names it.
-		if c.optIn && ParseClientFrame(data).Action == recovery.ActionRecover {
+		if c.optIn && ParseClientFrame(data).Action == actionRecover {
 			s.handleRecover(ctx, c, data)
 		}
 		if now.Sub(lastRecorded) >= s.cfg.ActivityInterval {

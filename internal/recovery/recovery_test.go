@@ -3,94 +3,93 @@ package recovery_test
 import (
 	"encoding/json"
 	"errors"
-	"net/http"
 	"testing"
 
 	"github.com/wspresence/wspresence/internal/recovery"
 )
 
-func TestParseRequest(t *testing.T) {
-	for _, c := range []struct {
-		in   string
-		want recovery.Request
-		ok   bool
-	}{
-		{`{"action":"recover"}`, recovery.Request{}, true},
-		{`{"action":"recover","epoch":"E","offset":7}`, recovery.Request{HasPosition: true, Epoch: "E", Offset: 7}, true},
-		{`{"action":"recover","epoch":"E","offset":0}`, recovery.Request{HasPosition: true, Epoch: "E"}, true},
-		{`{"action":"recover","epoch":"E"}`, recovery.Request{}, false},
-		{`{"action":"recover","offset":3}`, recovery.Request{}, false},
-		{`{"action":"recover","epoch":"","offset":3}`, recovery.Request{}, false},
-		{`{"action":"recover","epoch":5,"offset":3}`, recovery.Request{}, false},
-		{`{"action":"recover","epoch":"E","offset":-1}`, recovery.Request{}, false},
-		{`{"action":"recover","epoch":"E","offset":1.5}`, recovery.Request{}, false},
-		{`{"action":"recover","epoch":"E","offset":"7"}`, recovery.Request{}, false},
-		{`{"action":"ping"}`, recovery.Request{}, false},
-		{`not json`, recovery.Request{}, false},
-	} {
-		got, err := recovery.ParseRequest([]byte(c.in))
-		if c.ok != (err == nil) || (err != nil && !errors.Is(err, recovery.ErrInvalid)) || got != c.want {
-			t.Errorf("ParseRequest(%s) = %+v, %v", c.in, got, err)
+func TestRequested(t *testing.T) {
+	for h, want := range map[string]bool{"wspresence.v1": true, "chat, wspresence.v1": true, " wspresence.v1 ,x": true,
+		"": false, "wspresence.v2": false, "WSPRESENCE.V1": false, "wspresence.v1x": false} {
+		if got := recovery.Requested(h); got != want {
+			t.Errorf("Requested(%q) = %v", h, got)
 		}
 	}
 }
 
+func TestParseRequest(t *testing.T) {
+	r, err := recovery.ParseRequest([]byte(`{"action":"recover"}`))
+	if err != nil || r.At != nil {
+		t.Fatalf("fresh: %+v %v", r, err)
+	}
+	r, err = recovery.ParseRequest([]byte(`{"action":"recover","epoch":"E","offset":7}`))
+	if err != nil || r.At == nil || *r.At != (recovery.Position{Epoch: "E", Offset: 7}) {
+		t.Fatalf("position: %+v %v", r, err)
+	}
+	for _, bad := range []string{`{"action":"recover","epoch":"E"}`, `{"action":"recover","offset":1}`, `[]`, `{"action":"ping"}`,
+		`{"action":"recover","epoch":"","offset":1}`, `{"action":"recover","epoch":"E","offset":-1}`, `{"action":"recover","epoch":"E","offset":"1"}`} {
+		if _, err := recovery.ParseRequest([]byte(bad)); !errors.Is(err, recovery.ErrInvalidRequest) {
+			t.Errorf("%s: %v", bad, err)
+		}
+	}
+}
+
+func at(e string, o int64) recovery.Request {
+	return recovery.Request{At: &recovery.Position{Epoch: e, Offset: o}}
+}
+
 func TestDecide(t *testing.T) {
-	pos := func(e string, o int64) recovery.Request { return recovery.Request{HasPosition: true, Epoch: e, Offset: o} }
+	s := recovery.Stream{Epoch: "E", Top: 9, Kept: []int64{6, 7, 8, 9, 10}}
 	for _, c := range []struct {
-		name    string
-		req     recovery.Request
-		keeping bool
-		replay  bool
-		from    int64
-		reason  recovery.Reason
+		name   string
+		req    recovery.Request
+		s      recovery.Stream
+		off    bool
+		want   recovery.Recovered
+		replay []int64
 	}{
-		{"fresh", recovery.Request{}, true, false, 0, recovery.ReasonFresh},
-		{"behind", pos("E", 3), true, true, 3, ""},
-		{"at top", pos("E", 9), true, true, 9, ""},
-		{"ahead", pos("E", 10), true, false, 0, recovery.ReasonAhead},
-		{"other epoch", pos("F", 3), true, false, 0, recovery.ReasonEpochChanged},
-		{"window 0", pos("E", 3), false, false, 0, recovery.ReasonTooOld},
-		{"window 0, fresh", recovery.Request{}, false, false, 0, recovery.ReasonTooOld},
+		{"fresh", recovery.Request{}, s, false, recovery.Recovered{Reason: recovery.ReasonFresh, Epoch: "E", Offset: 9}, nil},
+		{"epoch changed", at("D", 3), s, false, recovery.Recovered{Reason: recovery.ReasonEpochChanged, Epoch: "E", Offset: 9}, nil},
+		{"ahead", at("E", 12), s, false, recovery.Recovered{Reason: recovery.ReasonAhead, Epoch: "E", Offset: 9}, nil},
+		{"at the top", at("E", 9), s, false, recovery.Recovered{Recovered: true, Epoch: "E", Offset: 9}, nil},
+		{"missed some", at("E", 7), s, false, recovery.Recovered{Recovered: true, Epoch: "E", Offset: 10, Replayed: 3}, []int64{8, 9, 10}},
+		{"too old", at("E", 4), s, false, recovery.Recovered{Reason: recovery.ReasonTooOld, Epoch: "E", Offset: 9}, nil},
+		{"hole", at("E", 5), recovery.Stream{Epoch: "E", Top: 9, Kept: []int64{6, 8, 9}}, false, recovery.Recovered{Reason: recovery.ReasonTooOld, Epoch: "E", Offset: 9}, nil},
+		{"hole past the top", at("E", 5), recovery.Stream{Epoch: "E", Top: 7, Kept: []int64{6, 7, 9}}, false, recovery.Recovered{Recovered: true, Epoch: "E", Offset: 7, Replayed: 2}, []int64{6, 7}},
+		{"no window", at("E", 7), s, true, recovery.Recovered{Reason: recovery.ReasonTooOld, Epoch: "E", Offset: 9}, nil},
 	} {
-		d := recovery.Decide(c.req, "E", 9, c.keeping)
-		if d.Replay != c.replay || d.From != c.from || d.Answer.Reason != c.reason {
-			t.Errorf("%s: %+v", c.name, d)
+		p := recovery.Decide(c.req, c.s, !c.off)
+		if p.Answer != c.want {
+			t.Errorf("%s: %+v, want %+v", c.name, p.Answer, c.want)
 		}
-		if !d.Replay && (d.Answer.Recovered || d.Answer.Epoch != "E" || d.Answer.Offset != 9) {
-			t.Errorf("%s: answer %+v, want the top of the stream", c.name, d.Answer)
+		var got []int64
+		for _, o := range c.s.Kept {
+			if p.Replays(c.req, o) {
+				got = append(got, o)
+			}
 		}
+		if len(got) != len(c.replay) || (len(got) > 0 && got[len(got)-1] != c.replay[len(c.replay)-1]) {
+			t.Errorf("%s: replays %v, want %v", c.name, got, c.replay)
+		}
+	}
+	if !recovery.Complete(recovery.Position{Epoch: "E", Offset: 5}, []int64{6, 7}, 7) || recovery.Complete(recovery.Position{Epoch: "E", Offset: 5}, []int64{6}, 7) {
+		t.Fatal("Complete")
 	}
 }
 
 func TestFrames(t *testing.T) {
 	var m map[string]any
-	if err := json.Unmarshal(recovery.MessageFrame("E", 7, "m-1", `{"a":"<b>"}`), &m); err != nil ||
-		m["type"] != "message" || m["epoch"] != "E" || m["offset"] != 7.0 || m["messageId"] != "m-1" || m["body"] != `{"a":"<b>"}` {
-		t.Fatalf("message frame %v %v", m, err)
+	_ = json.Unmarshal(recovery.MessageFrame("E", 7, "m-1", "hi"), &m)
+	if m["type"] != "message" || m["epoch"] != "E" || m["offset"] != float64(7) || m["messageId"] != "m-1" || m["body"] != "hi" {
+		t.Fatalf("message frame %v", m)
 	}
-	if got := string(recovery.Done("E", 9, 2).Frame()); got != `{"type":"recovered","recovered":true,"epoch":"E","offset":9,"replayed":2}` {
-		t.Fatalf("recovered frame %s", got)
+	if got := string(recovery.Recovered{Recovered: true, Epoch: "E", Offset: 9, Replayed: 2}.Frame()); got != `{"type":"recovered","recovered":true,"epoch":"E","offset":9,"replayed":2}` {
+		t.Fatal(got)
 	}
-	if got := string(recovery.TooOld("E2", 40).Frame()); got != `{"type":"recovered","recovered":false,"reason":"too_old","epoch":"E2","offset":40,"replayed":0}` {
-		t.Fatalf("not recovered frame %s", got)
+	if got := string(recovery.Recovered{Reason: recovery.ReasonTooOld, Epoch: "E2", Offset: 40}.Frame()); got != `{"type":"recovered","recovered":false,"reason":"too_old","epoch":"E2","offset":40,"replayed":0}` {
+		t.Fatal(got)
 	}
 	if got := string(recovery.ErrorFrame(recovery.CodeInvalidFrame, "x")); got != `{"type":"error","code":"invalid_frame","message":"x"}` {
-		t.Fatalf("error frame %s", got)
-	}
-}
-
-func TestOffered(t *testing.T) {
-	h := http.Header{}
-	if recovery.Offered(h) {
-		t.Fatal("no header offers nothing")
-	}
-	h.Set("Sec-WebSocket-Protocol", "chat, wspresence.v1")
-	if !recovery.Offered(h) {
-		t.Fatal("a list holding it offers it")
-	}
-	h.Set("Sec-WebSocket-Protocol", "wspresence.v2")
-	if recovery.Offered(h) {
-		t.Fatal("another version is not it")
+		t.Fatal(got)
 	}
 }

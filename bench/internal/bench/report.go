@@ -52,13 +52,14 @@ func (r *Results) rows() []row {
 		}
 		return Latency{}
 	}
+	pubAt := func(s Side, i int) PublishResult { return pick(s.Publish, i) }
 	lastMem := func(s Side) float64 {
 		if len(s.Memory) == 0 {
 			return 0
 		}
 		return s.Memory[len(s.Memory)-1].BytesPerConn / 1024
 	}
-	return []row{
+	rows := []row{
 		{"connects/s at saturation", maxConnect(w).Achieved, maxConnect(b).Achieved, "/s", "≥ 0.7× baseline", false},
 		{fmt.Sprintf("connect latency p50 at %.0f/s", first(w).Offered), first(w).Latency.P50, first(b).Latency.P50, "ms", "", true},
 		{fmt.Sprintf("connect latency p99 at %.0f/s", first(w).Offered), first(w).Latency.P99, first(b).Latency.P99, "ms", "", true},
@@ -74,10 +75,26 @@ func (r *Results) rows() []row {
 		{fmt.Sprintf("REST p99, 1 id at %.0f/s", w.REST1.Rate), w.REST1.Latency.P99, b.REST1.Latency.P99, "ms", "≤ 1 ms", true},
 		{fmt.Sprintf("REST p99, 100 ids at %.0f/s", w.REST100.Rate), w.REST100.Latency.P99, b.REST100.Latency.P99, "ms", "≤ 3 ms", true},
 		{"RSS per idle connection (largest N)", lastMem(w), lastMem(b), "KB", "≤ 16 KB at 10,000", true},
-		{fmt.Sprintf("enqueue→receipt p99, 1 msg/request, %d publishers, %d conns, %.0f msg/s", w.Publish.Publishers, w.Publish.Connections, w.Publish.Offered),
-			w.Publish.Receipt.P99, b.Publish.Receipt.P99, "ms", "≤ 10 ms", true},
-		{"POST /messages p99 (same run)", w.Publish.Post.P99, b.Publish.Post.P99, "ms", "≤ 5 ms", true},
 	}
+	if rc := w.Recovery; rc != nil {
+		rows = append(rows,
+			row{fmt.Sprintf("messages replayed/s, %d recovering clients reconnecting at once", rc.Clients), rc.ReplayMsgsPerS, 0, "/s", "", false},
+			row{"live messages delivered/s to the same clients (same run)", rc.LiveMsgsPerS, 0, "/s", "", false},
+			row{"replay / live", rc.ReplayMsgsPerS / max(rc.LiveMsgsPerS, 1e-9), 0, "×", "", false})
+	}
+	for i, p := range w.Publish {
+		bp := pubAt(b, i)
+		rows = append(rows,
+			row{fmt.Sprintf("server CPU per delivered message, 1 msg/request, %.0f msg/s", p.Offered), p.CPU.PerMessageUS, bp.CPU.PerMessageUS, "µs", "", true})
+	}
+	if n := len(w.Publish); n > 0 {
+		p, bp := w.Publish[n-1], pubAt(b, n-1)
+		rows = append(rows,
+			row{fmt.Sprintf("enqueue→receipt p99, 1 msg/request, %d publishers, %d conns, %.0f msg/s", p.Publishers, p.Connections, p.Offered),
+				p.Receipt.P99, bp.Receipt.P99, "ms", "≤ 10 ms", true},
+			row{"POST /messages p99 (same run)", p.Post.P99, bp.Post.P99, "ms", "≤ 5 ms", true})
+	}
+	return rows
 }
 
 // Markdown renders the report: the machine, the headline table, every point, the profile.
@@ -87,7 +104,11 @@ func (r *Results) Markdown(plotFile, resultsFile string) string {
 	fmt.Fprintf(&b, "baseline (a minimal coder/websocket server: no auth, no store, frames pushed as they come)\n")
 	fmt.Fprintf(&b, "ran in turn on one core (`taskset -c 0`: %v), the load generator on the other, through\n", r.Machine.Pinned)
 	fmt.Fprintf(&b, "their public interfaces only. Ratios are wspresence / baseline; raw results: `%s`.\n\n", resultsFile)
-	fmt.Fprintf(&b, "Machine: %d CPUs, %s, %s.\n\n", r.Machine.CPUs, r.Machine.Model, r.Machine.Go)
+	fmt.Fprintf(&b, "Machine: %d CPUs, %s, %s. Other work on the machine while each side ran (the machine is shared):\n", r.Machine.CPUs, r.Machine.Model, r.Machine.Go)
+	fmt.Fprintf(&b, "%.2f cores busy on average beside wspresence and the load generator (load average %s at its end), %.2f beside the baseline (%s).\n",
+		r.Wspresence.Load.OtherCores, r.Wspresence.Load.LoadAvg, r.Baseline.Load.OtherCores, r.Baseline.Load.LoadAvg)
+	b.WriteString("Server CPU is the process's user + system time (`/proc/<pid>/stat`) over the scenario, sending\n")
+	b.WriteString("and waiting for the frames, divided by the messages delivered.\n\n")
 	b.WriteString("| metric | wspresence | baseline | ratio | target |\n|---|---|---|---|---|\n")
 	for _, row := range r.rows() {
 		ratio := "–"
@@ -105,21 +126,36 @@ func (r *Results) Markdown(plotFile, resultsFile string) string {
 	}
 	for i, d := range r.Wspresence.Delivery {
 		bd := pick(r.Baseline.Delivery, i)
-		fmt.Fprintf(&b, "| delivery | %.0f msg/s | %.0f/s, p50 %.2f, p99 %.2f, p99.9 %.2f ms (%d/%d frames) | %.0f/s, p50 %.2f, p99 %.2f ms (%d/%d) |\n",
-			d.Offered, d.Delivered, d.Latency.P50, d.Latency.P99, d.Latency.P999, d.Received, d.Expected, bd.Delivered, bd.Latency.P50, bd.Latency.P99, bd.Received, bd.Expected)
+		fmt.Fprintf(&b, "| delivery | %.0f msg/s | %.0f/s, p50 %.2f, p99 %.2f, p99.9 %.2f ms (%d/%d frames), CPU %.0f µs/msg | %.0f/s, p50 %.2f, p99 %.2f ms (%d/%d), CPU %.0f µs/msg |\n",
+			d.Offered, d.Delivered, d.Latency.P50, d.Latency.P99, d.Latency.P999, d.Received, d.Expected, d.CPU.PerMessageUS,
+			bd.Delivered, bd.Latency.P50, bd.Latency.P99, bd.Received, bd.Expected, bd.CPU.PerMessageUS)
 	}
-	if p := r.Wspresence.Publish; p.Publishers > 0 {
-		bp := r.Baseline.Publish
-		fmt.Fprintf(&b, "| publishers (1 msg/request, %d publishers, %d conns) | %.0f msg/s | %.0f/s, receipt p50 %.2f, p99 %.2f ms, POST p50 %.2f, p99 %.2f ms (%d/%d frames, %d errors) | %.0f/s, receipt p99 %.2f ms, POST p99 %.2f ms (%d/%d) |\n",
-			p.Publishers, p.Connections, p.Offered, p.Delivered, p.Receipt.P50, p.Receipt.P99, p.Post.P50, p.Post.P99, p.Received, p.Expected, p.Errors,
-			bp.Delivered, bp.Receipt.P99, bp.Post.P99, bp.Received, bp.Expected)
+	for i, p := range r.Wspresence.Publish {
+		bp := pick(r.Baseline.Publish, i)
+		fmt.Fprintf(&b, "| publishers (1 msg/request, %d publishers, %d conns) | %.0f msg/s | %.0f/s, receipt p50 %.2f, p99 %.2f ms, POST p50 %.2f, p99 %.2f ms (%d/%d frames, %d errors), CPU %.2f s, %.0f µs/msg | %.0f/s, receipt p99 %.2f ms, POST p99 %.2f ms (%d/%d), CPU %.2f s, %.0f µs/msg |\n",
+			p.Publishers, p.Connections, p.Offered, p.Delivered, p.Receipt.P50, p.Receipt.P99, p.Post.P50, p.Post.P99, p.Received, p.Expected, p.Errors, p.CPU.Seconds, p.CPU.PerMessageUS,
+			bp.Delivered, bp.Receipt.P99, bp.Post.P99, bp.Received, bp.Expected, bp.CPU.Seconds, bp.CPU.PerMessageUS)
+	}
+	if rc := r.Wspresence.Recovery; rc != nil {
+		fmt.Fprintf(&b, "| recovery (%d clients, %d msgs each) | live | %.0f msg/s (%d msgs in %.2f s) | – |\n",
+			rc.Clients, rc.PerClient, rc.LiveMsgsPerS, rc.Clients*rc.PerClient, rc.LiveSeconds)
+		fmt.Fprintf(&b, "| recovery (%d clients reconnecting at once) | replay | %.0f msg/s (%d replayed in %.2f s, %d recovered, %d errors) | – |\n",
+			rc.Clients, rc.ReplayMsgsPerS, rc.Replayed, rc.ReplaySeconds, rc.Recovered, rc.Errors)
 	}
 	for i, m := range r.Wspresence.Memory {
 		bm := pick(r.Baseline.Memory, i)
 		fmt.Fprintf(&b, "| memory | %d idle | %.1f KB/conn (RSS %.0f → %.0f MiB) | %.1f KB/conn |\n", m.N, m.BytesPerConn/1024, m.RSSBeforeMiB, m.RSSAfterMiB, bm.BytesPerConn/1024)
 	}
 	if r.CPUTop != "" {
-		fmt.Fprintf(&b, "\n## Profiles of the server under the delivery scenario\n\nCPU (`go tool pprof -top`):\n\n```\n%s```\n\nHeap:\n\n```\n%s```\n", r.CPUTop, r.HeapTop)
+		scenario := r.Profile.ProfileScenario
+		if scenario == "" {
+			scenario = "delivery"
+		}
+		fmt.Fprintf(&b, "\n## Profiles of the server under the %s scenario\n\nCPU (`go tool pprof -top`):\n\n```\n%s```\n", scenario, r.CPUTop)
+		if r.CPUCumTop != "" {
+			fmt.Fprintf(&b, "\nCPU, cumulative (`go tool pprof -top -cum`):\n\n```\n%s```\n", r.CPUCumTop)
+		}
+		fmt.Fprintf(&b, "\nHeap:\n\n```\n%s```\n", r.HeapTop)
 	}
 	if r.IdleHeapTop != "" {
 		n := 0
@@ -145,6 +181,10 @@ func num(v float64, unit string) string {
 		return fmt.Sprintf("%.0f/s", v)
 	case "KB":
 		return fmt.Sprintf("%.1f KB", v)
+	case "µs":
+		return fmt.Sprintf("%.0f µs", v)
+	case "×":
+		return fmt.Sprintf("%.2f×", v)
 	}
 	return fmt.Sprintf("%.2f ms", v)
 }

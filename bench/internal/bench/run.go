@@ -11,7 +11,9 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -29,18 +31,23 @@ type Profile struct {
 	RESTRate1     int           `json:"rest_rate_1"`
 	RESTRate100   int           `json:"rest_rate_100"`
 	MemoryN       []int         `json:"memory_n"`
-	// The publishers scenario: PubRate messages a second, one per request, from Publishers
-	// concurrent publishers, to PubConns connections of as many users.
-	PubRate    float64 `json:"publish_rate"`
-	Publishers int     `json:"publishers"`
-	PubConns   int     `json:"publish_connections"`
+	// The publishers scenario: each of PubRates messages a second, one per request, from
+	// Publishers concurrent publishers, to PubConns connections of as many users.
+	PubRates   []float64 `json:"publish_rates"`
+	Publishers int       `json:"publishers"`
+	PubConns   int       `json:"publish_connections"`
+	// The recovery scenario (wspresence only: the baseline does not recover): RecClients
+	// recovering clients reconnecting at once, RecMessages messages each.
+	RecClients  int `json:"recovery_clients"`
+	RecMessages int `json:"recovery_messages"`
 	// Only, if set, names the scenarios to run (memory, connect, lag, rest, delivery,
-	// publishers) and the others are skipped; Targets, if set, names the sides to measure
+	// publishers, recovery) and the others are skipped; Targets, if set, names the sides to measure
 	// (baseline, wspresence). Partial runs are for profiling one scenario, not for reports.
 	Only    []string `json:"only,omitempty"`
 	Targets []string `json:"targets,omitempty"`
-	// ProfileScenario is the scenario the server's CPU and heap profiles cover: delivery
-	// (default, its middle rate) or publishers.
+	// ProfileScenario is the scenario the server's CPU and heap profiles cover: publishers
+	// (default: one more pass at its highest rate, profiled and not reported, so the
+	// profiler's own cost stays out of the measured points) or delivery (its middle rate).
 	ProfileScenario string `json:"profile_scenario,omitempty"`
 }
 
@@ -53,15 +60,15 @@ func (p Profile) runs(scenario string) bool {
 var Profiles = map[string]Profile{
 	"smoke": {Name: "smoke", ConnectN: 50, ConnectRates: []float64{500}, Users: 20, Conns: 40, DeliveryRates: []float64{500},
 		PhaseDuration: time.Second, Batch: 10, LagSamples: 5, RESTDuration: time.Second, RESTRate1: 100, RESTRate100: 50, MemoryN: []int{100},
-		PubRate: 200, Publishers: 16, PubConns: 100},
+		PubRates: []float64{200}, Publishers: 16, PubConns: 100, RecClients: 20, RecMessages: 5},
 	"short": {Name: "short", ConnectN: 3000, ConnectRates: []float64{1000, 3000, 6000}, Users: 1000, Conns: 2000,
 		DeliveryRates: []float64{2000, 5000, 10000, 20000, 40000}, PhaseDuration: 3 * time.Second, Batch: 50, LagSamples: 100,
 		RESTDuration: 3 * time.Second, RESTRate1: 2000, RESTRate100: 500, MemoryN: []int{2000, 10000},
-		PubRate: 2000, Publishers: 128, PubConns: 4000},
+		PubRates: []float64{1000, 4000}, Publishers: 128, PubConns: 4000, RecClients: 1000, RecMessages: 20},
 	"long": {Name: "long", ConnectN: 10000, ConnectRates: []float64{2000, 5000, 10000, 15000}, Users: 5000, Conns: 10000,
 		DeliveryRates: []float64{5000, 10000, 20000, 40000, 60000, 80000}, PhaseDuration: 10 * time.Second, Batch: 100, LagSamples: 500,
 		RESTDuration: 10 * time.Second, RESTRate1: 5000, RESTRate100: 1000, MemoryN: []int{1000, 5000, 10000},
-		PubRate: 2000, Publishers: 128, PubConns: 4000},
+		PubRates: []float64{1000, 4000}, Publishers: 128, PubConns: 4000, RecClients: 1000, RecMessages: 50},
 }
 
 // Side is one target's figures.
@@ -73,8 +80,12 @@ type Side struct {
 	REST1     RESTResult      `json:"rest_1_id"`
 	REST100   RESTResult      `json:"rest_100_ids"`
 	Memory    []MemoryResult  `json:"memory"`
-	Publish   PublishResult   `json:"publish"`
-	Errors    int             `json:"errors"`
+	Publish   []PublishResult `json:"publishers"`
+	// Recovery is the recovery scenario (wspresence only).
+	Recovery *RecoveryResult `json:"recovery,omitempty"`
+	Errors   int             `json:"errors"`
+	// Load is how busy the machine was with other work while this side ran.
+	Load MachineLoad `json:"machine_load"`
 }
 
 // Results is one run.
@@ -85,6 +96,7 @@ type Results struct {
 	Wspresence Side      `json:"wspresence"`
 	Baseline   Side      `json:"baseline"`
 	CPUTop     string    `json:"cpu_profile_top"`
+	CPUCumTop  string    `json:"cpu_profile_cum_top,omitempty"`
 	HeapTop    string    `json:"heap_profile_top"`
 	// IdleHeapTop is the heap profile's top list with the memory scenario's largest number
 	// of idle connections open.
@@ -141,18 +153,24 @@ func Run(ctx context.Context, p Profile, serverBin, self, outDir string, log *sl
 		if err != nil {
 			return nil, fmt.Errorf("start %s: %w", name, err)
 		}
-		side, cpuTop, heapTop, idleHeapTop := measure(ctx, t, p, outDir, log)
+		load := startLoad(t)
+		side, tops, idleHeapTop := measure(ctx, t, p, outDir, log)
+		side.Load = load.stop()
 		t.Stop()
 		if name == "baseline" {
 			res.Baseline = side
 		} else {
-			res.Wspresence, res.CPUTop, res.HeapTop, res.IdleHeapTop = side, cpuTop, heapTop, idleHeapTop
+			res.Wspresence, res.IdleHeapTop = side, idleHeapTop
+			res.CPUTop, res.CPUCumTop, res.HeapTop = tops.cpu, tops.cpuCum, tops.heap
 		}
 	}
 	return res, nil
 }
 
-func measure(ctx context.Context, t *Target, p Profile, outDir string, log *slog.Logger) (Side, string, string, string) {
+// profileTops are the top lists of the server's profiles.
+type profileTops struct{ cpu, cpuCum, heap string }
+
+func measure(ctx context.Context, t *Target, p Profile, outDir string, log *slog.Logger) (Side, profileTops, string) {
 	var s Side
 	var idleHeapTop string
 	if p.runs("memory") {
@@ -189,23 +207,23 @@ func measure(ctx context.Context, t *Target, p Profile, outDir string, log *slog
 		s.Errors += errs
 	}
 	// profile starts the server's profiles over the next phase, if profiled is true.
-	profile := func(profiled bool) <-chan [2]string {
-		out := make(chan [2]string, 1)
+	profile := func(profiled bool) <-chan profileTops {
+		out := make(chan profileTops, 1)
 		if !profiled || outDir == "" || p.Name == "smoke" {
-			out <- [2]string{}
+			out <- profileTops{}
 			return out
 		}
 		go func() {
 			cpu, heap, err := t.Profile(ctx, outDir, int(p.PhaseDuration.Seconds()))
 			if err != nil || cpu == "" {
-				out <- [2]string{}
+				out <- profileTops{}
 				return
 			}
-			out <- [2]string{top(cpu), top(heap)}
+			out <- profileTops{cpu: top(cpu), cpuCum: top(cpu, "-cum", "-nodecount=30"), heap: top(heap)}
 		}()
 		return out
 	}
-	var cpuTop, heapTop string
+	var tops profileTops
 	if p.runs("rest") || p.runs("delivery") {
 		fleet := OpenFleet(ctx, t, p.Users, p.Conns, 2000, "user")
 		s.Errors += fleet.Errors()
@@ -219,12 +237,12 @@ func measure(ctx context.Context, t *Target, p Profile, outDir string, log *slog
 			log.Info("delivery", "target", t.Name)
 			fleet.Deliver(ctx, t, p.DeliveryRates[0], p.PhaseDuration/2, p.Batch) // warm-up, not measured
 			for i, rate := range p.DeliveryRates {
-				profiled := profile(p.ProfileScenario != "publishers" && i == len(p.DeliveryRates)/2)
+				profiled := profile(p.ProfileScenario == "delivery" && i == len(p.DeliveryRates)/2)
 				d := fleet.Deliver(ctx, t, rate, p.PhaseDuration, p.Batch)
 				s.Delivery = append(s.Delivery, d)
 				s.Errors += d.Errors
-				if tops := <-profiled; tops[0] != "" {
-					cpuTop, heapTop = tops[0], tops[1]
+				if got := <-profiled; got.cpu != "" {
+					tops = got
 				}
 			}
 			// Projection lag under half the highest rate that kept up.
@@ -245,19 +263,112 @@ func measure(ctx context.Context, t *Target, p Profile, outDir string, log *slog
 		}
 		fleet.Close()
 	}
-	if p.PubConns > 0 && p.runs("publishers") {
-		log.Info("publishers", "target", t.Name, "rate", p.PubRate, "publishers", p.Publishers, "connections", p.PubConns)
+	if p.PubConns > 0 && len(p.PubRates) > 0 && p.runs("publishers") {
+		log.Info("publishers", "target", t.Name, "rates", p.PubRates, "publishers", p.Publishers, "connections", p.PubConns)
 		pubs := OpenFleet(ctx, t, p.PubConns, p.PubConns, 2000, "pub")
 		s.Errors += pubs.Errors()
-		profiled := profile(p.ProfileScenario == "publishers")
-		s.Publish = pubs.Publish(ctx, t, p.PubRate, p.PhaseDuration, p.Publishers)
-		s.Errors += s.Publish.Errors
-		if tops := <-profiled; tops[0] != "" {
-			cpuTop, heapTop = tops[0], tops[1]
+		pubs.Publish(ctx, t, p.PubRates[0], p.PhaseDuration/2, p.Publishers) // warm-up, not measured
+		for _, rate := range p.PubRates {
+			r := pubs.Publish(ctx, t, rate, p.PhaseDuration, p.Publishers)
+			s.Publish = append(s.Publish, r)
+			s.Errors += r.Errors
+		}
+		if p.ProfileScenario == "publishers" {
+			profiled := profile(true)
+			pubs.Publish(ctx, t, p.PubRates[len(p.PubRates)-1], p.PhaseDuration, p.Publishers)
+			if got := <-profiled; got.cpu != "" {
+				tops = got
+			}
 		}
 		pubs.Close()
 	}
-	return s, cpuTop, heapTop, idleHeapTop
+	if p.RecClients > 0 && !t.baseline && p.runs("recovery") {
+		log.Info("recovery", "target", t.Name, "clients", p.RecClients, "messages", p.RecMessages)
+		r := Recovery(ctx, t, p.RecClients, p.RecMessages, 100)
+		s.Recovery = &r
+		s.Errors += r.Errors
+	}
+	return s, tops, idleHeapTop
+}
+
+// MachineLoad is the machine's CPU time spent outside the server under test and this program
+// while one side ran: the noise of a shared machine, in cores busy on average.
+type MachineLoad struct {
+	OtherCores float64 `json:"other_cores"`
+	// LoadAvg is /proc/loadavg's one-minute figure at the end.
+	LoadAvg string `json:"loadavg_1m"`
+}
+
+// loadMeter measures MachineLoad over a side's run.
+type loadMeter struct {
+	t                  *Target
+	busy, server, self float64
+	start              time.Time
+}
+
+func startLoad(t *Target) loadMeter {
+	m := loadMeter{t: t, start: time.Now()}
+	m.busy, _ = machineBusy()
+	m.server, _ = t.CPUSeconds()
+	m.self, _ = selfCPU()
+	return m
+}
+
+func (m loadMeter) stop() MachineLoad {
+	busy, err1 := machineBusy()
+	server, err2 := m.t.CPUSeconds()
+	self, err3 := selfCPU()
+	var l MachineLoad
+	if data, err := os.ReadFile("/proc/loadavg"); err == nil {
+		if f := strings.Fields(string(data)); len(f) > 0 {
+			l.LoadAvg = f[0]
+		}
+	}
+	if err1 != nil || err2 != nil || err3 != nil {
+		return l
+	}
+	other := (busy - m.busy) - (server - m.server) - (self - m.self)
+	l.OtherCores = max(0, other) / time.Since(m.start).Seconds()
+	return l
+}
+
+// machineBusy is the CPU seconds every CPU of the machine spent busy (not idle, not
+// waiting for I/O) since boot, from /proc/stat.
+func machineBusy() (float64, error) {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		return 0, fmt.Errorf("/proc/stat: %q", line)
+	}
+	var busy int64
+	for i, v := range f[1:] {
+		if i == 3 || i == 4 { // idle, iowait
+			continue
+		}
+		if i >= 8 { // guest time is counted in user already
+			break
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/stat: %q", line)
+		}
+		busy += n
+	}
+	return float64(busy) / clockTicks, nil
+}
+
+// selfCPU is this program's CPU time so far (the load generator), in seconds.
+func selfCPU() (float64, error) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0, err
+	}
+	tv := func(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
+	return tv(ru.Utime) + tv(ru.Stime), nil
 }
 
 // kneeRate is the highest offered rate that was delivered in full (95%).
@@ -274,8 +385,12 @@ func kneeRate(points []DeliveryPoint) float64 {
 	return knee
 }
 
-func top(profile string) string {
-	out, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=15", profile).CombinedOutput()
+// top is pprof's top list of profile (15 nodes by flat time unless args say otherwise).
+func top(profile string, args ...string) string {
+	if len(args) == 0 {
+		args = []string{"-nodecount=15"}
+	}
+	out, err := exec.Command("go", append(append([]string{"tool", "pprof", "-top"}, args...), profile)...).CombinedOutput()
 	if err != nil {
 		return fmt.Sprintf("(go tool pprof failed: %v)", err)
 	}

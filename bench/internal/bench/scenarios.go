@@ -192,6 +192,24 @@ type DeliveryPoint struct {
 	// the rate is past what the server sustains.
 	Backlog int64 `json:"backlog"`
 	Errors  int   `json:"errors"`
+	// CPU is the server's CPU time over the phase (sending, then waiting for the frames).
+	CPU CPUCost `json:"server_cpu"`
+}
+
+// CPUCost is the server's CPU time over a scenario and what it cost per delivered message
+// (a message counts once whatever its user's number of connections).
+type CPUCost struct {
+	Seconds float64 `json:"seconds"`
+	// PerMessageUS is Seconds / messages delivered, in microseconds.
+	PerMessageUS float64 `json:"per_message_us"`
+}
+
+func cpuCost(seconds float64, delivered int64) CPUCost {
+	c := CPUCost{Seconds: seconds}
+	if delivered > 0 {
+		c.PerMessageUS = seconds / float64(delivered) * 1e6
+	}
+	return c
 }
 
 // Deliver enqueues messages at rate per second for dur (batches of batch messages per
@@ -203,6 +221,7 @@ func (f *Fleet) Deliver(ctx context.Context, t *Target, rate float64, dur time.D
 	var errs atomic.Int64
 	var next atomic.Int64
 	start := time.Now()
+	cpu := t.meterCPU()
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
 	openLoop(ctx, requests, rate/float64(batch), func(int, time.Time) {
 		type msg struct {
@@ -224,7 +243,8 @@ func (f *Fleet) Deliver(ctx context.Context, t *Target, rate float64, dur time.D
 	got := f.awaitFrames(expected)
 	elapsed := time.Since(start)
 	return DeliveryPoint{Offered: rate, Delivered: float64(got) / float64(f.perUser) / elapsed.Seconds(),
-		Latency: summarize(f.rec.take()), Expected: expected, Received: got, Backlog: expected - min(got, expected), Errors: int(errs.Load())}
+		Latency: summarize(f.rec.take()), Expected: expected, Received: got, Backlog: expected - min(got, expected), Errors: int(errs.Load()),
+		CPU: cpuCost(cpu.stop(), got/int64(f.perUser))}
 }
 
 // push posts body to the target's POST /messages and reports whether it was accepted (202).
@@ -259,6 +279,8 @@ type PublishResult struct {
 	Expected    int64   `json:"frames_expected"`
 	Received    int64   `json:"frames_received"`
 	Errors      int     `json:"errors"`
+	// CPU is the server's CPU time over the run (publishing, then waiting for the frames).
+	CPU CPUCost `json:"server_cpu"`
 }
 
 // Publish sends rate messages per second for dur, one message per POST, from publishers
@@ -286,6 +308,7 @@ func (f *Fleet) Publish(ctx context.Context, t *Target, rate float64, dur time.D
 	var errs, next atomic.Int64
 	var wg sync.WaitGroup
 	start := time.Now()
+	cpu := t.meterCPU()
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: publishers}}
 	for range publishers {
 		wg.Add(1)
@@ -307,7 +330,8 @@ func (f *Fleet) Publish(ctx context.Context, t *Target, rate float64, dur time.D
 	got := f.awaitFrames(expected)
 	return PublishResult{Offered: rate, Publishers: publishers, Connections: len(f.conns),
 		Delivered: float64(got) / float64(f.perUser) / time.Since(start).Seconds(),
-		Receipt:   summarize(f.rec.take()), Post: summarize(post.take()), Expected: expected, Received: got, Errors: int(errs.Load())}
+		Receipt:   summarize(f.rec.take()), Post: summarize(post.take()), Expected: expected, Received: got, Errors: int(errs.Load()),
+		CPU: cpuCost(cpu.stop(), got/int64(f.perUser))}
 }
 
 // Lag measures append→view visible: from a connection's upgrade (its open is durable by

@@ -193,6 +193,56 @@ func (t *Target) RSS() (int64, error) {
 	return 0, fmt.Errorf("no VmRSS for %d", pid)
 }
 
+// clockTicks is the unit of the CPU times in /proc/<pid>/stat (USER_HZ, 100 on Linux).
+const clockTicks = 100
+
+// CPUSeconds returns the CPU time the server process has used so far, user plus system,
+// in seconds (utime + stime of /proc/<pid>/stat, every thread counted).
+func (t *Target) CPUSeconds() (float64, error) {
+	pid := t.cmd.Process.Pid
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0, err
+	}
+	// The command name, in parentheses, may hold spaces: the fields follow its last ')'.
+	i := strings.LastIndexByte(string(data), ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
+	}
+	f := strings.Fields(string(data[i+1:]))
+	// f[0] is field 3 (state): utime is field 14, stime field 15.
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: utime %q, stime %q", pid, f[11], f[12])
+	}
+	return float64(utime+stime) / clockTicks, nil
+}
+
+// cpuMeter measures the server's CPU time over a scenario.
+type cpuMeter struct {
+	t     *Target
+	start float64
+	ok    bool
+}
+
+func (t *Target) meterCPU() cpuMeter {
+	s, err := t.CPUSeconds()
+	return cpuMeter{t: t, start: s, ok: err == nil}
+}
+
+// stop returns the CPU seconds used since the meter started (0 if /proc cannot tell).
+func (m cpuMeter) stop() float64 {
+	end, err := m.t.CPUSeconds()
+	if err != nil || !m.ok {
+		return 0
+	}
+	return end - m.start
+}
+
 // save writes what the server answers at path (a pprof endpoint) to dir/file.
 func (t *Target) save(ctx context.Context, dir, path, file string) (string, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, t.Base+path, nil)

@@ -174,10 +174,18 @@ var ErrMismatch = errors.New("one outcome per message")
 // done message is remembered (see PruneMessages), so enqueueing the same MessageId for the
 // same user again is ignored.
 func (s *Store) Complete(ctx context.Context, seqs []int64, outcomes []events.Published) (published int, err error) {
-	if len(seqs) != len(outcomes) {
+	return s.CompleteKeeping(ctx, seqs, outcomes, nil)
+}
+
+// CompleteKeeping is Complete, where keep[i] set keeps seqs[i]'s body and stream position
+// for the recovery window (its user recovers; PruneStreams forgets them after it). A
+// message not kept has its body forgotten at once and its position marked gone (a replay
+// from before it is too_old). A nil keep keeps none.
+func (s *Store) CompleteKeeping(ctx context.Context, seqs []int64, outcomes []events.Published, keep []bool) (published int, err error) {
+	if len(seqs) != len(outcomes) || (keep != nil && len(keep) != len(seqs)) {
 		return 0, fmt.Errorf("complete %d messages with %d outcomes: %w", len(seqs), len(outcomes), ErrMismatch)
 	}
-	req := &writeReq{completes: seqs, outcomes: outcomes, done: make(chan error, 1)}
+	req := &writeReq{completes: seqs, outcomes: outcomes, keeps: keep, done: make(chan error, 1)}
 	if err := s.submit(ctx, req); err != nil {
 		return 0, err
 	}
@@ -186,11 +194,15 @@ func (s *Store) Complete(ctx context.Context, seqs []int64, outcomes []events.Pu
 
 // complete marks seqs done and writes the outcomes of those that were pending to the
 // outbox, inside the writer's transaction. It returns how many it published.
-func (s *Store) complete(ctx context.Context, seqs []int64, outcomes []events.Published) (int, error) {
+func (s *Store) complete(ctx context.Context, seqs []int64, outcomes []events.Published, keep []bool) (int, error) {
 	now := s.opts.Now()
 	rows := make([]outboxRow, 0, len(outcomes))
 	for i, seq := range seqs {
-		res, err := s.stmts.done.ExecContext(ctx, now.UnixNano(), seq)
+		done := s.stmts.done
+		if keep != nil && keep[i] {
+			done = s.stmts.doneKeep
+		}
+		res, err := done.ExecContext(ctx, now.UnixNano(), seq)
 		if err != nil {
 			return 0, fmt.Errorf("dequeue %d: %w", seq, err)
 		}

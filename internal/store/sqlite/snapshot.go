@@ -80,12 +80,20 @@ func (s *Store) loadSnapshot(ctx context.Context) error {
 	return nil
 }
 
-// replay folds the log records past the image's position into it, a page at a time. It
-// publishes nothing: what a record decided went to the outbox in the record's own commit.
-// It returns what it folded.
+// ErrLogGap is wrapped by Open and Rebuild for a log whose positions past the view's
+// checkpoint do not follow one another: a record is missing (a damaged or cut file, a log
+// compacted past a snapshot that is gone), and the view it would fold is not the one the
+// log recorded. Restore a backup (docs/operations.md).
+var ErrLogGap = errors.New("the log has a gap")
+
+// replay folds the log records past the image's position into it, a page at a time,
+// checking that their positions follow one another from it (ErrLogGap names the first
+// missing one). It publishes nothing: what a record decided went to the outbox in the
+// record's own commit. It returns what it folded.
 func (s *Store) replay(ctx context.Context) (Projection, error) {
 	var total Projection
 	graces := map[string]time.Time{}
+	from := s.img.seq
 	for {
 		type record struct {
 			seq       int64
@@ -101,7 +109,12 @@ func (s *Store) replay(ctx context.Context) (Projection, error) {
 			break
 		}
 		f := newFold(s.img, s.opts.Grace)
-		for _, rec := range page {
+		for i, rec := range page {
+			want := s.img.seq + 1 + int64(i)
+			if rec.seq != want {
+				return total, fmt.Errorf("%w: position %d is missing (the view's checkpoint is at %d, the next record kept is at %d)",
+					ErrLogGap, want, from, rec.seq)
+			}
 			if rec.typ == graceRecordType {
 				var g graceDecision
 				if err := json.Unmarshal([]byte(rec.data), &g); err != nil {

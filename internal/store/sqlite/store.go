@@ -122,6 +122,9 @@ type Store struct {
 	path string
 	// damage is the last sign of a damaged file (Health).
 	damage atomic.Pointer[error]
+	// outcomesFailing holds the error of the last commit that could not record message
+	// outcomes, nil once one could: Enqueue refuses new messages meanwhile.
+	outcomesFailing atomic.Pointer[error]
 	// rebuilt is set when Open found the snapshot damaged and folded the whole log.
 	rebuilt bool
 	// id is the store's identity (Identity); idCreated says Open wrote it.
@@ -144,7 +147,7 @@ type Store struct {
 // writerStmts are prepared once on the writer's connection: the hot path's inserts and
 // updates, and the snapshot's upserts and deletes.
 type writerStmts struct {
-	log, msg, pub, done            *sql.Stmt
+	log, msg, pub, done, doneKeep  *sql.Stmt
 	saveUser, saveConn, forgetConn *sql.Stmt
 }
 
@@ -261,9 +264,10 @@ func (s *Store) start(ctx context.Context) error {
 			ON CONFLICT (message_id, user_id) DO NOTHING`},
 		// OR IGNORE: a file of an earlier version has a unique index on event_id.
 		{&s.stmts.pub, `INSERT OR IGNORE INTO published (event_id, detail_type, envelope) VALUES (?, ?, ?)`},
-		// A message's body is kept while it keeps a stream position (PruneStreams).
-		{&s.stmts.done, `UPDATE messages SET done_at = ?, body = CASE WHEN stream_offset IS NULL THEN '' ELSE body END
-			WHERE seq = ? AND done_at IS NULL`},
+		// A done message's body is forgotten, its stream position marked gone (a negative
+		// generation), unless it is kept for the recovery window (doneKeep; PruneStreams).
+		{&s.stmts.done, `UPDATE messages SET done_at = ?, body = '', stream_gen = -stream_gen WHERE seq = ? AND done_at IS NULL`},
+		{&s.stmts.doneKeep, `UPDATE messages SET done_at = ? WHERE seq = ? AND done_at IS NULL`},
 		{&s.stmts.saveUser, `INSERT INTO view_users (user_id, live, last_activity, announced, offline_since, crc)
 			VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET live = excluded.live, last_activity = excluded.last_activity,
 			announced = excluded.announced, offline_since = excluded.offline_since, crc = excluded.crc`},
@@ -277,7 +281,10 @@ func (s *Store) start(ctx context.Context) error {
 		}
 	}
 	if err := s.loadStreams(ctx); err != nil {
-		return err
+		// A damaged file is reported (Health), not refused: the streams start again, in
+		// new generations, so clients are told their positions are gone.
+		s.opts.Logger.Error("the stream positions cannot be read: streams start again", "err", s.noteRead(err))
+		s.streams.m = map[string]streamState{}
 	}
 	if err := s.loadSnapshot(ctx); errors.Is(err, ErrSnapshotDamaged) {
 		// Never served: the view is folded again from the log, and its snapshot rewritten.
@@ -319,7 +326,7 @@ func (s *Store) Close() error {
 	}
 	<-s.done
 	<-s.ckDone
-	for _, st := range []*sql.Stmt{s.stmts.log, s.stmts.msg, s.stmts.pub, s.stmts.done, s.stmts.saveUser, s.stmts.saveConn, s.stmts.forgetConn} {
+	for _, st := range []*sql.Stmt{s.stmts.log, s.stmts.msg, s.stmts.pub, s.stmts.done, s.stmts.doneKeep, s.stmts.saveUser, s.stmts.saveConn, s.stmts.forgetConn} {
 		_ = st.Close()
 	}
 	_, ckErr := s.ck.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`)
@@ -349,7 +356,17 @@ func (s *Store) Append(ctx context.Context, evs ...events.ConnectionEvent) (int,
 // Enqueue stores msgs in the local queue and returns once they are durable; OnQueued gets
 // them right after the commit. A message whose (MessageID, UserID) is already queued, or
 // was delivered within the retention of PruneMessages, is not queued again.
+//
+// A store that cannot finish the work it would accept refuses it: Enqueue returns an error
+// wrapping ErrDamaged while the file is damaged (Health), and ErrOutcomesBlocked while the
+// outcomes of delivered messages cannot be recorded.
 func (s *Store) Enqueue(ctx context.Context, msgs ...QueuedMessage) error {
+	if err := s.Health(); err != nil {
+		return err
+	}
+	if p := s.outcomesFailing.Load(); p != nil {
+		return fmt.Errorf("%w: %w", ErrOutcomesBlocked, *p)
+	}
 	return s.submit(ctx, &writeReq{messages: msgs, done: make(chan error, 1)})
 }
 
@@ -453,6 +470,10 @@ func Check(ctx context.Context, path string) error {
 	return nil
 }
 
+// ErrOutcomesBlocked is wrapped by Enqueue while the outcomes of delivered messages cannot
+// be recorded: a message accepted then could never be finished.
+var ErrOutcomesBlocked = errors.New("the outcomes of delivered messages cannot be recorded")
+
 // ErrDamaged is wrapped by Health for a store file that cannot be read whole.
 var ErrDamaged = errors.New("the store's file is damaged")
 
@@ -466,7 +487,8 @@ func (s *Store) Health() error {
 	return nil
 }
 
-// noteRead records err if it is the sign of a damaged file, and returns it.
+// noteRead records err (of a read or a write) if it is the sign of a damaged file, and
+// returns it.
 func (s *Store) noteRead(err error) error {
 	if err == nil {
 		return nil

@@ -100,7 +100,8 @@ func ensureEpoch(ctx context.Context, db *sql.DB) (string, error) {
 // loadStreams rebuilds the stream table from the queue rows that hold positions.
 func (s *Store) loadStreams(ctx context.Context) error {
 	s.streams.m = map[string]streamState{}
-	return scanEach(ctx, s.wc, `SELECT user_id, stream_gen, MAX(stream_offset), MAX(enqueued_at) FROM messages
+	// A position marked gone (a negative generation) still counts for the top.
+	return scanEach(ctx, s.wc, `SELECT user_id, ABS(stream_gen), MAX(stream_offset), MAX(enqueued_at) FROM messages
 		WHERE stream_offset IS NOT NULL GROUP BY user_id`, func(r *sql.Rows) error {
 		var uid string
 		var st streamState
@@ -185,6 +186,18 @@ func (s *Store) StreamRange(ctx context.Context, userID string, gen, after, upTo
 	}, `SELECT seq, message_id, body, stream_offset, enqueued_at, done_at IS NULL FROM messages
 		WHERE user_id = ? AND stream_offset > ? AND stream_offset <= ? AND stream_gen = ?
 		ORDER BY stream_offset LIMIT ?`, userID, after, upTo, gen, limit)
+}
+
+// KeptCount returns how many messages of userID's stream generation gen with offsets in
+// (after, upTo] are kept: upTo-after when none is gone.
+func (s *Store) KeptCount(ctx context.Context, userID string, gen, after, upTo int64) (int64, error) {
+	var n int64
+	err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM messages WHERE user_id = ? AND stream_offset > ? AND stream_offset <= ? AND stream_gen = ?`,
+		userID, after, upTo, gen).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("read stream: %w", s.noteRead(err))
+	}
+	return n, nil
 }
 
 // PruneStreams forgets the positions of messages accepted before cutoff (their bodies

@@ -23,6 +23,7 @@ type writeReq struct {
 	// outcome events (Complete); published counts the outcome events that were new.
 	completes []int64
 	outcomes  []events.Published
+	keeps     []bool
 	published int
 	// grace, if set, is a grace timer's decision to fold, and to log if it decides.
 	grace   *graceDecision
@@ -223,6 +224,18 @@ func (s *Store) commit(batch []*writeReq) {
 		}
 		return
 	}
+	if err != nil {
+		s.noteRead(err)
+	}
+	for _, req := range batch {
+		if len(req.completes) > 0 {
+			if err != nil {
+				s.outcomesFailing.Store(&err)
+			} else {
+				s.outcomesFailing.Store(nil)
+			}
+		}
+	}
 	if err == nil {
 		f.apply(p.Checkpoint)
 		s.applyStreams(s.batchStreams)
@@ -355,7 +368,7 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 			}
 		}
 		if len(req.completes) > 0 {
-			n, err := s.complete(ctx, req.completes, req.outcomes)
+			n, err := s.complete(ctx, req.completes, req.outcomes, req.keeps)
 			if err != nil {
 				return f, p, fmt.Errorf("complete: %w", err)
 			}
