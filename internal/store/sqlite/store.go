@@ -130,14 +130,15 @@ type Store struct {
 	// id is the store's identity (Identity); idCreated says Open wrote it.
 	id        string
 	idCreated bool
+	// epoch is the store's epoch (Epoch).
+	epoch atomic.Pointer[string]
 	// sinceSnapshot counts the records folded since the last snapshot; lastSnapshot is
-	// when it was written (the writer's alone).
+	// when it was written; snapshotSeq is the log position it holds (the writer's alone).
 	sinceSnapshot int
 	lastSnapshot  time.Time
-	// epoch is the store's epoch (Epoch); streams the top of each user's stream;
-	// streamsPruned the queue position below which no row keeps a stream position (the
-	// writer's alone).
-	epoch         atomic.Pointer[string]
+	snapshotSeq   int64
+	// streams is the top of each user's stream; streamsPruned the queue position below
+	// which no row keeps a stream position (the writer's alone).
 	streams       streamTable
 	streamsPruned int64
 	// batchStreams holds the positions the commit being written took (the writer's alone).
@@ -149,6 +150,8 @@ type Store struct {
 type writerStmts struct {
 	log, msg, pub, done, doneKeep  *sql.Stmt
 	saveUser, saveConn, forgetConn *sql.Stmt
+	// getUser and getConn read the rows the image does not hold.
+	getUser, getConn *sql.Stmt
 }
 
 // Projection reports what a fold did.
@@ -162,6 +165,9 @@ type Projection struct {
 	Graces []presence.Grace
 	// Checkpoint is the log position the view has folded up to.
 	Checkpoint int64
+	// From is the log position a Rebuild folded the log after: 0 for the whole log, else
+	// the checkpoint of the snapshot it started from.
+	From int64
 }
 
 // QueuedMessage is a message waiting in the local queue for one user.
@@ -275,6 +281,8 @@ func (s *Store) start(ctx context.Context) error {
 			VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (connection_id) DO UPDATE SET user_id = excluded.user_id, opened_at = excluded.opened_at,
 			closed_at = excluded.closed_at, reason = excluded.reason, last_seen = excluded.last_seen, crc = excluded.crc`},
 		{&s.stmts.forgetConn, `DELETE FROM view_connections WHERE connection_id = ?`},
+		{&s.stmts.getUser, selectUser + ` WHERE user_id = ?`},
+		{&s.stmts.getConn, selectConn + ` WHERE connection_id = ?`},
 	} {
 		if *st.dst, err = wc.PrepareContext(ctx, st.query); err != nil {
 			return fmt.Errorf("prepare %q: %w", st.query, err)
@@ -326,7 +334,8 @@ func (s *Store) Close() error {
 	}
 	<-s.done
 	<-s.ckDone
-	for _, st := range []*sql.Stmt{s.stmts.log, s.stmts.msg, s.stmts.pub, s.stmts.done, s.stmts.doneKeep, s.stmts.saveUser, s.stmts.saveConn, s.stmts.forgetConn} {
+	for _, st := range []*sql.Stmt{s.stmts.log, s.stmts.msg, s.stmts.pub, s.stmts.done, s.stmts.doneKeep, s.stmts.saveUser, s.stmts.saveConn, s.stmts.forgetConn,
+		s.stmts.getUser, s.stmts.getConn} {
 		_ = st.Close()
 	}
 	_, ckErr := s.ck.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`)
@@ -446,6 +455,62 @@ func Backup(ctx context.Context, path, to string) error {
 		return fmt.Errorf("backup %s to %s: %w", path, to, err)
 	}
 	return nil
+}
+
+// carriedPrefix marks the meta rows a backup carries for its data dir (Backup's extra),
+// taken out again by TakeCarried when the backup is restored.
+const carriedPrefix = "carried:"
+
+// BackupWith is Backup that also writes extra (name → value; the data dir's secrets, say)
+// into the copy, for TakeCarried to read back when it is restored. A copy that carries
+// anything is readable by its owner only.
+func BackupWith(ctx context.Context, path, to string, extra map[string]string) error {
+	if err := Backup(ctx, path, to); err != nil {
+		return err
+	}
+	if len(extra) == 0 {
+		return nil
+	}
+	if err := os.Chmod(to, 0o600); err != nil {
+		return fmt.Errorf("backup: %w", err)
+	}
+	db, err := sql.Open("sqlite", "file:"+to+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		return fmt.Errorf("backup: open %s: %w", to, err)
+	}
+	defer db.Close()
+	for k, v := range extra {
+		if _, err := db.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES (?, ?)`, carriedPrefix+k, v); err != nil {
+			return fmt.Errorf("backup: write %s into %s: %w", k, to, err)
+		}
+	}
+	return nil
+}
+
+// TakeCarried reads and deletes what a backup carried (BackupWith's extra) from the store
+// file at path, which no server has open: once restored, the data dir holds it.
+func TakeCarried(ctx context.Context, path string) (map[string]string, error) {
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	defer db.Close()
+	out := map[string]string{}
+	err = scanEach(ctx, db, `SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?`, func(r *sql.Rows) error {
+		var k, v string
+		if err := r.Scan(&k, &v); err != nil {
+			return err
+		}
+		out[strings.TrimPrefix(k, carriedPrefix)] = v
+		return nil
+	}, len(carriedPrefix), carriedPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("read what %s carries: %w", path, err)
+	}
+	if _, err := db.ExecContext(ctx, `DELETE FROM meta WHERE substr(key, 1, ?) = ?`, len(carriedPrefix), carriedPrefix); err != nil {
+		return nil, fmt.Errorf("take what %s carries: %w", path, err)
+	}
+	return out, nil
 }
 
 // Check opens the store file at path read-only and runs SQLite's integrity check and a
