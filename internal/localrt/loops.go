@@ -336,6 +336,7 @@ func (s *Server) retentions() []retention {
 			return s.queue.PruneMessages(ctx, s.cfg.TombstoneRetention)
 		}},
 		{"outbox", s.cfg.OutboxRetention, s.store.PrunePublished},
+		{"log", s.cfg.LogRetention, s.store.CompactLog},
 	}
 }
 

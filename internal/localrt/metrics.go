@@ -30,7 +30,7 @@ type onlineCounter interface {
 	OnlineCount(ctx context.Context) (int, error)
 }
 
-func newMetrics(connections func() int, view onlineCounter) *metrics {
+func newMetrics(connections func() int, view onlineCounter, imageUsers func() int) *metrics {
 	reg := prometheus.NewRegistry()
 	m := &metrics{
 		registry: reg,
@@ -66,11 +66,17 @@ func newMetrics(connections func() int, view onlineCounter) *metrics {
 			}
 			return float64(n)
 		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_image_users",
+			Help: "Users the store's memory image holds: online, in their grace period, or changed since the last snapshot."},
+			func() float64 { return float64(imageUsers()) }),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	for _, t := range []events.Type{events.TypeConnectionOpened, events.TypeConnectionClosed, events.TypeActivityRecorded} {
 		m.appended.WithLabelValues(string(t))
+	}
+	for _, w := range []string{"tombstones", "messages", "outbox", "log"} {
+		m.pruned.WithLabelValues(w)
 	}
 	for _, o := range []string{"delivered", "undeliverable"} {
 		m.messages.WithLabelValues(o)

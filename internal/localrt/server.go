@@ -140,7 +140,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: log, verifier: verifier, hub: newHub(cfg.MaxConnectionsPerUser),
 		bus: newBroadcaster(), lock: lock, now: time.Now, stopping: make(chan struct{}), kick: make(chan struct{}, 1)}
-	s.metrics = newMetrics(s.hub.count, storeCounter{s})
+	s.metrics = newMetrics(s.hub.count, storeCounter{s}, func() int {
+		if s.store == nil {
+			return 0
+		}
+		return s.store.ImageUsers()
+	})
 	store, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, StoreFile), sqlite.Options{
 		Grace:       cfg.OfflineGrace,
 		Sync:        cfg.Sync,

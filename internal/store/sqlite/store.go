@@ -141,9 +141,10 @@ type Store struct {
 	lastBatch   int
 	gatherTimer *time.Timer
 	// sinceSnapshot counts the records folded since the last snapshot; lastSnapshot is
-	// when it was written (the writer's alone).
+	// when it was written; snapshotSeq is the log position it holds (the writer's alone).
 	sinceSnapshot int
 	lastSnapshot  time.Time
+	snapshotSeq   int64
 }
 
 // writerStmts are prepared once on the writer's connection: the hot path's inserts and
@@ -152,6 +153,8 @@ type writerStmts struct {
 	log, msg, pub, done            *sql.Stmt
 	saveUser, saveConn, forgetConn *sql.Stmt
 	begin, commit, rollback        *sql.Stmt
+	// getUser and getConn read the rows the image does not hold.
+	getUser, getConn *sql.Stmt
 }
 
 // Projection reports what a fold did.
@@ -165,6 +168,9 @@ type Projection struct {
 	Graces []presence.Grace
 	// Checkpoint is the log position the view has folded up to.
 	Checkpoint int64
+	// From is the log position a Rebuild folded the log after: 0 for the whole log, else
+	// the checkpoint of the snapshot it started from.
+	From int64
 }
 
 // QueuedMessage is a message waiting in the local queue for one user.
@@ -268,6 +274,8 @@ func (s *Store) start(ctx context.Context) error {
 		{&s.stmts.begin, `BEGIN IMMEDIATE`},
 		{&s.stmts.commit, `COMMIT`},
 		{&s.stmts.rollback, `ROLLBACK`},
+		{&s.stmts.getUser, selectUser + ` WHERE user_id = ?`},
+		{&s.stmts.getConn, selectConn + ` WHERE connection_id = ?`},
 	} {
 		if *st.dst, err = wc.PrepareContext(ctx, st.query); err != nil {
 			return fmt.Errorf("prepare %q: %w", st.query, err)
@@ -314,7 +322,7 @@ func (s *Store) Close() error {
 	<-s.done
 	<-s.ckDone
 	for _, st := range []*sql.Stmt{s.stmts.log, s.stmts.msg, s.stmts.pub, s.stmts.done, s.stmts.saveUser, s.stmts.saveConn, s.stmts.forgetConn,
-		s.stmts.begin, s.stmts.commit, s.stmts.rollback} {
+		s.stmts.begin, s.stmts.commit, s.stmts.rollback, s.stmts.getUser, s.stmts.getConn} {
 		_ = st.Close()
 	}
 	_, ckErr := s.ck.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`)
