@@ -37,6 +37,8 @@ type outboxReader interface {
 	PublishedRange(ctx context.Context) (oldest, newest int64, err error)
 	Cursor(ctx context.Context, name string) (int64, error)
 	SetCursor(ctx context.Context, name string, seq int64) error
+	// Epoch names the history the positions belong to (a restore starts another).
+	Epoch() string
 }
 
 // presenceView is the view (the store's memory image): what REST, the dashboard and the delivery read, and the

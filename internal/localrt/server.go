@@ -356,6 +356,11 @@ func Restore(ctx context.Context, dir, from string) error {
 	if err != nil {
 		return err
 	}
+	// Stream positions handed out since the backup cannot be trusted any more.
+	if err := store.RenewEpoch(ctx); err != nil {
+		store.Close()
+		return err
+	}
 	id, _ := store.Identity()
 	if err := store.Close(); err != nil {
 		return err

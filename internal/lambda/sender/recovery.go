@@ -40,7 +40,9 @@ type Timers interface {
 //     all to opted-in connections whose recover has not answered (their replay covers
 //     it). The connections' flags are read after the message is kept (one GetItem), so a
 //     connection that becomes ready later finds the message in its re-read;
-//   - is MessageDelivered if a post was accepted; otherwise, with a window, it is held:
+//   - is MessageDelivered if a post was accepted; if posts failed for another reason than
+//     a gone connection, the record is retried (on its last receive it is held); otherwise,
+//     with a window, it is held:
 //     its timer is started and the outcome comes from the replay (MessageDelivered) or
 //     from the timer at the window's end (MessageUndeliverable{offline}), exactly one of
 //     them, claimed with a conditional write on the message item.
@@ -62,7 +64,7 @@ type Recovery struct {
 
 // deliverRecovering delivers one task through the recovery streams; ok is false for a user
 // without a stream (the caller delivers as before).
-func (h *Handler) deliverRecovering(ctx context.Context, task delivery.Task, retried bool) (delivery.Result, bool, error) {
+func (h *Handler) deliverRecovering(ctx context.Context, task delivery.Task, retried, last bool) (delivery.Result, bool, error) {
 	r := h.Recovery
 	head, ok, err := r.Streams.StreamHead(ctx, task.UserID)
 	if err != nil || !ok {
@@ -121,6 +123,11 @@ func (h *Handler) deliverRecovering(ctx context.Context, task delivery.Task, ret
 	case res.Delivered > 0:
 		res.Outcome = events.NewMessageDelivered(task.MessageID, task.UserID, res.Delivered, h.now())
 		return res, true, nil
+	case r.Window > 0 && res.Failed > 0 && !last:
+		// A post failed for another reason than a gone connection: the record is retried
+		// (it finds the message at its position) rather than held for a client that is
+		// still connected.
+		return res, true, fmt.Errorf("deliver %s to %s: %d posts failed: %w", task.MessageID, task.UserID, res.Failed, delivery.ErrDeliveryFailed)
 	case r.Window > 0:
 		return h.hold(ctx, task, m, res)
 	}
@@ -235,16 +242,28 @@ func (h *Handler) expire(ctx context.Context, rec lambdaevents.SQSMessage) error
 		h.Logger.ErrorContext(ctx, "timer dropped", "messageId", rec.MessageId, "err", err)
 		return nil // nothing to retry
 	}
-	old, set, err := r.Streams.SetHeld(ctx, t.UserID, t.Epoch, t.Offset, dynamo.HeldUndeliverable, dynamo.HeldPending, dynamo.HeldUndeliverable)
-	if err != nil {
+	// Read first (a read costs a fifth of a failed conditional write): most timers of
+	// replayed messages find their outcome published.
+	m, ok, err := r.Streams.Message(ctx, t.UserID, t.Epoch, t.Offset)
+	if err != nil || !ok {
 		return err
+	}
+	state := m.Held
+	if state == dynamo.HeldPending {
+		old, set, err := r.Streams.SetHeld(ctx, t.UserID, t.Epoch, t.Offset, dynamo.HeldUndeliverable, dynamo.HeldPending)
+		if err != nil {
+			return err
+		}
+		if state = old; set {
+			state = dynamo.HeldUndeliverable
+		}
 	}
 	var outcome events.Published
 	done := dynamo.HeldReported
-	switch {
-	case set:
+	switch state {
+	case dynamo.HeldUndeliverable:
 		outcome = events.NewMessageUndeliverable(t.MessageID, t.UserID, events.UndeliverableOffline, h.now())
-	case old == dynamo.HeldReplayed:
+	case dynamo.HeldReplayed:
 		outcome, done = events.NewMessageDelivered(t.MessageID, t.UserID, 1, h.now()), dynamo.HeldDelivered
 	default:
 		return nil // decided and published, or gone

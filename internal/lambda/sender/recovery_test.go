@@ -98,6 +98,7 @@ type world struct {
 	posts   map[string]int
 	bodies  map[string][]string // connection id -> what was posted
 	seq     int
+	busDown bool
 }
 
 func (w *world) clock() time.Time {
@@ -131,8 +132,11 @@ func newWorld(t *testing.T, window time.Duration) *world {
 		if hook != nil {
 			hook(conn)
 		}
-		if mode == "gone" {
+		switch mode {
+		case "gone":
 			return awsfake.Error(http.StatusGone, "GoneException", "")
+		case "throttle":
+			return awsfake.Error(http.StatusTooManyRequests, "LimitExceededException", "")
 		}
 		return awsfake.Response{Status: http.StatusOK}
 	})
@@ -143,6 +147,10 @@ func newWorld(t *testing.T, window time.Duration) *world {
 		req.Decode(t, &in)
 		res := make([]map[string]string, len(in.Entries))
 		w.mu.Lock()
+		if w.busDown {
+			w.mu.Unlock()
+			return awsfake.Error(http.StatusInternalServerError, "InternalException", "down")
+		}
 		for i, e := range in.Entries {
 			var d struct{ MessageID string }
 			_ = json.Unmarshal([]byte(e.Detail), &d)
@@ -164,7 +172,9 @@ func newWorld(t *testing.T, window time.Duration) *world {
 	gw := apigw.New(apigatewaymanagementapi.NewFromConfig(gwSrv.Config(), func(o *apigatewaymanagementapi.Options) {
 		o.BaseEndpoint = aws.String(gwSrv.URL + "/production")
 	}))
+	gw.Backoff = time.Millisecond
 	pub := eventbridge.New(awseventbridge.NewFromConfig(busSrv.Config()), "bus")
+	pub.Backoff = time.Millisecond
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	w.send = &sender.Handler{
 		Deliverer: &delivery.Deliverer{Connections: w.store, Poster: gw, Log: w.store, Logger: quiet},
@@ -448,4 +458,64 @@ func TestRawClientsUnchanged(t *testing.T) {
 	if got := w.bodies["raw"]; len(got) != 2 || got[0] != "body m-01" || got[1] != "body m-02" {
 		t.Fatalf("posted to the raw connection: %v", got)
 	}
+}
+
+// TestRetriedMessageKeepsItsPosition: a message whose posts fail (throttled) is retried,
+// not held, and the retry posts it at the position it was given: the client gets it once,
+// the next message follows it without a gap, and it has one outcome.
+func TestRetriedMessageKeepsItsPosition(t *testing.T) {
+	w := newWorld(t, 2*time.Minute)
+	w.connect("c1")
+	w.recover("c1")
+	w.sendMessage()
+	w.mu.Lock()
+	w.mode["c1"] = "throttle"
+	w.mu.Unlock()
+	id := w.nextID()
+	rec := lambdaevents.SQSMessage{MessageId: "q-" + id, Body: fmt.Sprintf(`{"UserId":"1234","Body":"body %s","MessageId":%q}`, id, id),
+		Attributes: map[string]string{"ApproximateReceiveCount": "1"}}
+	if resp, _ := w.send.Handle(context.Background(), lambdaevents.SQSEvent{Records: []lambdaevents.SQSMessage{rec}}); len(resp.BatchItemFailures) != 1 {
+		t.Fatalf("a throttled message was not retried: %+v", resp)
+	}
+	if len(w.timers) != 0 {
+		t.Fatalf("a message for a connected client was held: %v", w.timers)
+	}
+	w.mu.Lock()
+	w.mode["c1"] = "up"
+	w.mu.Unlock()
+	rec.Attributes["ApproximateReceiveCount"] = "2"
+	if resp, err := w.send.Handle(context.Background(), lambdaevents.SQSEvent{Records: []lambdaevents.SQSMessage{rec}}); err != nil || len(resp.BatchItemFailures) != 0 {
+		t.Fatalf("retry: %+v %v", resp, err)
+	}
+	w.sendMessage()
+	w.wantBodies(ids(1, 3)...)
+	if w.client.offset != 3 {
+		t.Fatalf("the client is at offset %d after 3 messages: the retry took a second position", w.client.offset)
+	}
+	w.wantOutcomes(delivered(ids(1, 3)...))
+}
+
+// TestReplayedOutcomeSurvivesPublishFailure: a recover that replays a held message while
+// EventBridge is down leaves it marked replayed; its timer publishes the MessageDelivered
+// (once) at the window's end, never MessageUndeliverable.
+func TestReplayedOutcomeSurvivesPublishFailure(t *testing.T) {
+	w := newWorld(t, 2*time.Minute)
+	w.connect("c1")
+	w.recover("c1")
+	w.sendMessage()
+	w.mode["c1"] = "gone"
+	w.sendMessage() // held
+	w.connect("c2")
+	w.mu.Lock()
+	w.busDown = true
+	w.mu.Unlock()
+	w.recover("c2")
+	w.mu.Lock()
+	w.busDown = false
+	w.mu.Unlock()
+	w.wantBodies(ids(1, 2)...)
+	w.wantOutcomes(delivered("m-01"))
+	w.advance(2 * time.Minute)
+	w.fireTimers()
+	w.wantOutcomes(delivered(ids(1, 2)...))
 }

@@ -145,7 +145,7 @@ func (h *Handler) lastReceive(rec lambdaevents.SQSMessage) bool {
 func (h *Handler) deliver(ctx context.Context, task delivery.Task, rec lambdaevents.SQSMessage) (delivery.Result, error) {
 	if h.Recovery != nil {
 		n, _ := strconv.Atoi(rec.Attributes["ApproximateReceiveCount"])
-		res, ok, err := h.deliverRecovering(ctx, task, n > 1)
+		res, ok, err := h.deliverRecovering(ctx, task, n > 1, h.lastReceive(rec))
 		if ok || err != nil {
 			return res, err
 		}

@@ -140,6 +140,8 @@ type Store struct {
 	lastCommit  time.Time
 	lastBatch   int
 	gatherTimer *time.Timer
+	// epoch is the store's epoch (Epoch).
+	epoch atomic.Pointer[string]
 	// sinceSnapshot counts the records folded since the last snapshot; lastSnapshot is
 	// when it was written; snapshotSeq is the log position it holds (the writer's alone).
 	sinceSnapshot int
@@ -219,6 +221,11 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		w.Close()
 		return nil, fmt.Errorf("prepare %s: %w", path, err)
 	}
+	epoch, err := ensureEpoch(ctx, w)
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("prepare %s: %w", path, err)
+	}
 	r, err := sql.Open("sqlite", dsn("query_only(1)"))
 	if err != nil {
 		w.Close()
@@ -234,6 +241,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	ck.SetMaxOpenConns(1)
 	s := &Store{path: path, w: w, r: r, ck: ck, opts: opts, syncMode: opts.Sync, id: id, idCreated: idCreated, img: newImage(), reqs: make(chan *writeReq, 4096),
 		stop: make(chan struct{}), done: make(chan struct{}), ckDone: make(chan struct{})}
+	s.epoch.Store(&epoch)
 	if err := s.start(ctx); err != nil {
 		errs := []error{err, r.Close(), ck.Close()}
 		if s.wc != nil {
