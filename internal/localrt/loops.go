@@ -164,8 +164,9 @@ func (s *Server) undeliverable(m sqlite.QueuedMessage, reason events.Undeliverab
 		s.held.add(m)
 		return
 	}
-	s.complete(completion{seq: m.Seq, enqueuedAt: m.EnqueuedAt, keep: s.keeps(m.UserID),
-		outcome: events.NewMessageUndeliverable(m.MessageID, m.UserID, reason, s.now())})
+	now := s.now()
+	s.complete(completion{seq: m.Seq, enqueuedAt: m.EnqueuedAt, decidedAt: now, keep: s.keeps(m.UserID),
+		outcome: events.NewMessageUndeliverable(m.MessageID, m.UserID, reason, now)})
 }
 
 // inFlight is one message on its way to one user's connections.
@@ -199,8 +200,9 @@ func (p *inFlight) receipt(err error) {
 	m := p.msg
 	switch {
 	case written > 0:
-		p.s.complete(completion{seq: m.Seq, enqueuedAt: m.EnqueuedAt, keep: p.optIn || p.s.keeps(m.UserID),
-			outcome: events.NewMessageDelivered(m.MessageID, m.UserID, written, p.s.now())})
+		now := p.s.now()
+		p.s.complete(completion{seq: m.Seq, enqueuedAt: m.EnqueuedAt, decidedAt: now, keep: p.optIn || p.s.keeps(m.UserID),
+			outcome: events.NewMessageDelivered(m.MessageID, m.UserID, written, now)})
 	case held > 0:
 		p.s.held.add(m)
 	default:
@@ -212,6 +214,7 @@ func (p *inFlight) receipt(err error) {
 type completion struct {
 	seq        int64
 	enqueuedAt time.Time
+	decidedAt  time.Time
 	outcome    events.Published
 	// keep keeps the message for the recovery window (its user recovers).
 	keep bool
@@ -219,11 +222,21 @@ type completion struct {
 
 func (s *Server) complete(c completion) { s.completions <- c }
 
-// completer records the decided outcomes in batches: each batch marks its messages done
-// and writes their outcome events to the outbox in one transaction. A batch that cannot be
+// completionWindow is how long the completer gathers outcomes after the first of a batch
+// before recording them: one commit records the outcomes of a window's messages instead of
+// one commit each. Nothing waits for it (a message's 202 was answered at its enqueue, its
+// frame written before its outcome was decided); the outcome events reach /events and the
+// webhooks that much later.
+const completionWindow = 10 * time.Millisecond
+
+// completer records the decided outcomes in batches, those decided within a
+// completionWindow (or deliverBatch of them): each batch marks its messages done and
+// writes their outcome events to the outbox in one transaction. A batch that cannot be
 // written is retried until it is. At shutdown it records what is left, once every
 // connection has ended (and so every frame has its receipt).
 func (s *Server) completer(ctx context.Context) {
+	window := time.NewTimer(completionWindow)
+	window.Stop()
 	for {
 		var batch []completion
 		select {
@@ -240,15 +253,19 @@ func (s *Server) completer(ctx context.Context) {
 				}
 			}
 		}
+		window.Reset(completionWindow)
 	fill:
 		for len(batch) < deliverBatch {
 			select {
 			case c := <-s.completions:
 				batch = append(batch, c)
-			default:
+			case <-window.C:
+				break fill
+			case <-ctx.Done():
 				break fill
 			}
 		}
+		window.Stop()
 		s.record(ctx, batch, false)
 	}
 }
@@ -273,9 +290,8 @@ func (s *Server) record(ctx context.Context, batch []completion, final bool) {
 			if n > 0 {
 				s.bus.notify()
 			}
-			now := s.now()
 			for _, c := range batch {
-				s.metrics.outcome(c.outcome, c.enqueuedAt, now)
+				s.metrics.outcome(c.outcome, c.enqueuedAt, c.decidedAt)
 			}
 			return
 		}
