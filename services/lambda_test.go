@@ -351,11 +351,13 @@ func TestPresencePathUnderTheEmulator(t *testing.T) {
 		"GRACE_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/grace"}))
 	relay := start(t, "publisher", map[string]string{"AWS_ENDPOINT_URL_EVENTBRIDGE": bus.URL, "EVENT_BUS_NAME": "wspresence",
 		"AWS_ENDPOINT_URL_DYNAMODB": ddb, "VIEW_TABLE": tables.View, "OFFLINE_GRACE_SECONDS": "5"})
-	graceFn := start(t, "grace", map[string]string{"AWS_ENDPOINT_URL_DYNAMODB": ddb, "VIEW_TABLE": tables.View, "OFFLINE_GRACE_SECONDS": "5"})
+	graceFn := start(t, "grace", map[string]string{"AWS_ENDPOINT_URL_DYNAMODB": ddb, "VIEW_TABLE": tables.View, "OFFLINE_GRACE_SECONDS": "5",
+		"AWS_ENDPOINT_URL_SQS": timers.URL, "GRACE_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/grace"})
 	sweeper := start(t, "sweeper", with(map[string]string{"WEBSOCKET_ENDPOINT": gw.URL + "/production",
 		"AWS_ENDPOINT_URL_EVENTBRIDGE": bus.URL, "EVENT_BUS_NAME": "wspresence", "RECONCILE_LIMIT": "100",
 		"AWS_ENDPOINT_URL_SQS": timers.URL, "GRACE_DLQ_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/grace-dlq",
-		"STREAM_FAILURE_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/stream-failures"}))
+		"STREAM_FAILURE_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/stream-failures",
+		"VIEW_STREAM_ARN":          "arn:aws:dynamodb:us-east-1:123456789012:table/view/stream/2026-01-01T00:00:00.000"}))
 
 	ok := func(name string, body []byte) {
 		t.Helper()

@@ -583,7 +583,7 @@ func TestCostMeter(t *testing.T) {
 	for _, res := range results {
 		fmt.Fprintf(&out, "\n%s, per million (%d driven):\n", res.name, int(res.per))
 		for _, l := range res.bill {
-			fmt.Fprintf(&out, "  %-58s %12.3f %-11s $%8.3f\n", l.Item, l.Quantity/res.per, l.Unit, l.USD/res.per*1e6)
+			fmt.Fprintf(&out, "  %-72s %12.3f %-11s $%8.3f\n", l.Item, l.Quantity/res.per, l.Unit, l.USD/res.per*1e6)
 		}
 	}
 	for _, res := range results {

@@ -74,7 +74,7 @@ func TestRestoredStoreAnswersOldEventIDs(t *testing.T) {
 	last := ids[len(ids)-1]
 	ts.stop()
 
-	if err := localrt.Restore(context.Background(), dir, backup); err != nil {
+	if _, err := localrt.Restore(context.Background(), dir, backup); err != nil {
 		t.Fatal(err)
 	}
 	again := startServer(t, dir, nil)

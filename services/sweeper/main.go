@@ -19,5 +19,6 @@ func main() {
 		ReconcileLimit:        os.Getenv("RECONCILE_LIMIT"),
 		GraceDeadLetterURL:    os.Getenv("GRACE_DLQ_URL"),
 		StreamFailureQueueURL: os.Getenv("STREAM_FAILURE_QUEUE_URL"),
+		ViewStreamARN:         os.Getenv("VIEW_STREAM_ARN"),
 	}, (*sweeper.Handler).Handle)
 }

@@ -64,13 +64,16 @@ type Store struct {
 	Now func() time.Time
 	// OnlineShards is the number of keys the online index is written under
 	// (DefaultOnlineShards when zero): each online user is under one, by a hash of its id,
-	// so no key takes more than about 1/OnlineShards of the index's writes. It may grow
-	// but never shrink (a list reads the shards below it).
+	// so no key takes more than about 1/OnlineShards of the index's writes. It may be
+	// lowered: the highest count ever written with is recorded in the table, and lists
+	// read that many shards.
 	OnlineShards int
 	// RecoveryWindow is how long a user's messages are kept for recovery (the
 	// RecoveryWindowSeconds setting): the stream's reads ignore older ones, and its items'
 	// TTLs are set from it.
 	RecoveryWindow time.Duration
+
+	shards shardRecord
 }
 
 // New returns a Store on the given client and tables, with a 5 s grace period.
@@ -278,16 +281,14 @@ func (st *Store) batchGet(ctx context.Context, ids []string, key func(string) ma
 // id order, so the cursor (the last id listed) is stable whatever the shards (eventually
 // consistent, as any index).
 func (st *Store) OnlineUsers(ctx context.Context, after string, limit int) ([]presence.Status, error) {
-	var all []presence.Status
-	for shard := range st.onlineShards() {
-		page, err := st.onlineShard(ctx, strconv.Itoa(shard), after, limit)
-		if err != nil {
-			return nil, err
-		}
-		all = append(all, page...)
+	page, err := st.onlinePage(ctx, after, limit)
+	if err != nil {
+		return nil, err
 	}
-	sort.Slice(all, func(i, j int) bool { return all[i].UserID < all[j].UserID })
-	all = all[:min(limit, len(all))]
+	all := make([]presence.Status, len(page))
+	for i, u := range page {
+		all[i] = u.status
+	}
 	ids := make([]string, len(all))
 	for i, u := range all {
 		ids[i] = u.UserID
@@ -304,15 +305,57 @@ func (st *Store) OnlineUsers(ctx context.Context, after string, limit int) ([]pr
 	return all, nil
 }
 
+// OnlineConnections lists the live connections of the users of the online list, in user
+// id order after the id after, at most limit users (the index's projection: no activity
+// register is read). The last connection's user is the cursor of the next page.
+func (st *Store) OnlineConnections(ctx context.Context, after string, limit int) ([]presence.Conn, error) {
+	page, err := st.onlinePage(ctx, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	var out []presence.Conn
+	for _, u := range page {
+		for _, id := range u.live {
+			out = append(out, presence.Conn{ID: id, UserID: u.status.UserID})
+		}
+	}
+	return out, nil
+}
+
+// onlineUser is an entry of the online index.
+type onlineUser struct {
+	status presence.Status
+	live   []string
+}
+
+// onlinePage lists at most limit users of the online index in id order after after: it
+// queries every shard ever written (listShards) and merges them.
+func (st *Store) onlinePage(ctx context.Context, after string, limit int) ([]onlineUser, error) {
+	shards, err := st.listShards(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var all []onlineUser
+	for shard := range shards {
+		page, err := st.onlineShard(ctx, strconv.Itoa(shard), after, limit)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, page...)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].status.UserID < all[j].status.UserID })
+	return all[:min(limit, len(all))], nil
+}
+
 // onlineShard lists at most limit online users of one shard, in id order after after.
-func (st *Store) onlineShard(ctx context.Context, shard, after string, limit int) ([]presence.Status, error) {
+func (st *Store) onlineShard(ctx context.Context, shard, after string, limit int) ([]onlineUser, error) {
 	cond := "#o = :shard"
 	values := map[string]types.AttributeValue{":shard": s(shard)}
 	if after != "" {
 		cond += " AND pk > :after"
 		values[":after"] = s(after)
 	}
-	var out []presence.Status
+	var out []onlineUser
 	var start map[string]types.AttributeValue
 	for len(out) < limit {
 		page, err := st.db.Query(ctx, &dynamodb.QueryInput{
@@ -329,7 +372,7 @@ func (st *Store) onlineShard(ctx context.Context, shard, after string, limit int
 		}
 		for _, item := range page.Items {
 			if st := statusOf(item); st.Online() {
-				out = append(out, st)
+				out = append(out, onlineUser{status: st, live: strs(item, "live")})
 			}
 		}
 		if page.LastEvaluatedKey == nil {

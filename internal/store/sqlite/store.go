@@ -434,6 +434,62 @@ func Backup(ctx context.Context, path, to string) error {
 	return nil
 }
 
+// carriedPrefix marks the meta rows a backup carries for its data dir (Backup's extra),
+// taken out again by TakeCarried when the backup is restored.
+const carriedPrefix = "carried:"
+
+// BackupWith is Backup that also writes extra (name → value; the data dir's secrets, say)
+// into the copy, for TakeCarried to read back when it is restored. A copy that carries
+// anything is readable by its owner only.
+func BackupWith(ctx context.Context, path, to string, extra map[string]string) error {
+	if err := Backup(ctx, path, to); err != nil {
+		return err
+	}
+	if len(extra) == 0 {
+		return nil
+	}
+	if err := os.Chmod(to, 0o600); err != nil {
+		return fmt.Errorf("backup: %w", err)
+	}
+	db, err := sql.Open("sqlite", "file:"+to+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		return fmt.Errorf("backup: open %s: %w", to, err)
+	}
+	defer db.Close()
+	for k, v := range extra {
+		if _, err := db.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES (?, ?)`, carriedPrefix+k, v); err != nil {
+			return fmt.Errorf("backup: write %s into %s: %w", k, to, err)
+		}
+	}
+	return nil
+}
+
+// TakeCarried reads and deletes what a backup carried (BackupWith's extra) from the store
+// file at path, which no server has open: once restored, the data dir holds it.
+func TakeCarried(ctx context.Context, path string) (map[string]string, error) {
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	defer db.Close()
+	out := map[string]string{}
+	err = scanEach(ctx, db, `SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?`, func(r *sql.Rows) error {
+		var k, v string
+		if err := r.Scan(&k, &v); err != nil {
+			return err
+		}
+		out[strings.TrimPrefix(k, carriedPrefix)] = v
+		return nil
+	}, len(carriedPrefix), carriedPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("read what %s carries: %w", path, err)
+	}
+	if _, err := db.ExecContext(ctx, `DELETE FROM meta WHERE substr(key, 1, ?) = ?`, len(carriedPrefix), carriedPrefix); err != nil {
+		return nil, fmt.Errorf("take what %s carries: %w", path, err)
+	}
+	return out, nil
+}
+
 // Check opens the store file at path read-only and runs SQLite's integrity check and a
 // read of every log record: nil means the file can serve.
 func Check(ctx context.Context, path string) error {
