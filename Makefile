@@ -7,7 +7,9 @@ GOBIN := $(shell go env GOPATH)/bin
 
 ## help: list the targets
 help:
-	@grep -E '^## ' $(MAKEFILE_LIST) | sed 's/^## //'
+	@awk '/^## / { line = substr($$0, 4); \
+		if (match(line, /^[a-z-]+: /)) { printf "  %-11s %s\n", substr(line, 1, RLENGTH - 2), substr(line, RLENGTH + 1) } \
+		else { printf "  %-11s %s\n", "", line } }' $(MAKEFILE_LIST)
 
 ## run: start the local runtime (embedded store in ./wspresence-data)
 run:
