@@ -123,8 +123,9 @@ func (s *Server) cycle(msgs []sqlite.QueuedMessage) {
 // process dies leaves the message pending, and the next start dispatches it again.
 func (s *Server) dispatch(m sqlite.QueuedMessage, conns []string) {
 	if len(conns) == 0 {
-		s.complete(completion{seq: m.Seq, enqueuedAt: m.EnqueuedAt,
-			outcome: events.NewMessageUndeliverable(m.MessageID, m.UserID, events.UndeliverableOffline, s.now())})
+		now := s.now()
+		s.complete(completion{seq: m.Seq, enqueuedAt: m.EnqueuedAt, decidedAt: now,
+			outcome: events.NewMessageUndeliverable(m.MessageID, m.UserID, events.UndeliverableOffline, now)})
 		return
 	}
 	p := &inFlight{msg: m, remaining: len(conns), s: s}
@@ -162,23 +163,34 @@ func (p *inFlight) receipt(err error) {
 	if written == 0 {
 		out = events.NewMessageUndeliverable(m.MessageID, m.UserID, events.UndeliverableGone, now)
 	}
-	p.s.complete(completion{seq: m.Seq, enqueuedAt: m.EnqueuedAt, outcome: out})
+	p.s.complete(completion{seq: m.Seq, enqueuedAt: m.EnqueuedAt, decidedAt: now, outcome: out})
 }
 
 // completion is a message's decided outcome, waiting to be recorded.
 type completion struct {
 	seq        int64
 	enqueuedAt time.Time
+	decidedAt  time.Time
 	outcome    events.Published
 }
 
 func (s *Server) complete(c completion) { s.completions <- c }
 
-// completer records the decided outcomes in batches: each batch marks its messages done
-// and writes their outcome events to the outbox in one transaction. A batch that cannot be
+// completionWindow is how long the completer gathers outcomes after the first of a batch
+// before recording them: one commit records the outcomes of a window's messages instead of
+// one commit each. Nothing waits for it (a message's 202 was answered at its enqueue, its
+// frame written before its outcome was decided); the outcome events reach /events and the
+// webhooks that much later.
+const completionWindow = 10 * time.Millisecond
+
+// completer records the decided outcomes in batches, those decided within a
+// completionWindow (or deliverBatch of them): each batch marks its messages done and
+// writes their outcome events to the outbox in one transaction. A batch that cannot be
 // written is retried until it is. At shutdown it records what is left, once every
 // connection has ended (and so every frame has its receipt).
 func (s *Server) completer(ctx context.Context) {
+	window := time.NewTimer(completionWindow)
+	window.Stop()
 	for {
 		var batch []completion
 		select {
@@ -195,15 +207,19 @@ func (s *Server) completer(ctx context.Context) {
 				}
 			}
 		}
+		window.Reset(completionWindow)
 	fill:
 		for len(batch) < deliverBatch {
 			select {
 			case c := <-s.completions:
 				batch = append(batch, c)
-			default:
+			case <-window.C:
+				break fill
+			case <-ctx.Done():
 				break fill
 			}
 		}
+		window.Stop()
 		s.record(ctx, batch, false)
 	}
 }
@@ -228,9 +244,8 @@ func (s *Server) record(ctx context.Context, batch []completion, final bool) {
 			if n > 0 {
 				s.bus.notify()
 			}
-			now := s.now()
 			for _, c := range batch {
-				s.metrics.outcome(c.outcome, c.enqueuedAt, now)
+				s.metrics.outcome(c.outcome, c.enqueuedAt, c.decidedAt)
 			}
 			return
 		}

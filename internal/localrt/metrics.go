@@ -88,13 +88,13 @@ func (m *metrics) handler() http.Handler {
 	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{})
 }
 
-// outcome records one message outcome and its latency since acceptance.
-func (m *metrics) outcome(p events.Published, enqueuedAt, now time.Time) {
+// outcome records one message outcome and its latency from acceptance to the decision.
+func (m *metrics) outcome(p events.Published, enqueuedAt, decided time.Time) {
 	switch p.(type) {
 	case events.MessageDelivered:
 		m.messages.WithLabelValues("delivered").Inc()
 	case events.MessageUndeliverable:
 		m.messages.WithLabelValues("undeliverable").Inc()
 	}
-	m.deliveryLatency.Observe(now.Sub(enqueuedAt).Seconds())
+	m.deliveryLatency.Observe(decided.Sub(enqueuedAt).Seconds())
 }

@@ -89,9 +89,13 @@ type Results struct {
 	Machine    Machine   `json:"machine"`
 	Wspresence Side      `json:"wspresence"`
 	Baseline   Side      `json:"baseline"`
-	CPUTop     string    `json:"cpu_profile_top"`
-	CPUCumTop  string    `json:"cpu_profile_cum_top,omitempty"`
-	HeapTop    string    `json:"heap_profile_top"`
+	// Reference, if set, is an earlier build's publishers scenario (ReferenceName says
+	// which), measured right after wspresence's.
+	Reference     *Side  `json:"reference,omitempty"`
+	ReferenceName string `json:"reference_name,omitempty"`
+	CPUTop        string `json:"cpu_profile_top"`
+	CPUCumTop     string `json:"cpu_profile_cum_top,omitempty"`
+	HeapTop       string `json:"heap_profile_top"`
 	// IdleHeapTop is the heap profile's top list with the memory scenario's largest number
 	// of idle connections open.
 	IdleHeapTop string `json:"idle_heap_profile_top,omitempty"`
@@ -120,40 +124,62 @@ func machine() Machine {
 	return m
 }
 
-// Run measures both targets with profile p. serverBin is the wspresence binary, self this
-// program (for the baseline server), outDir receives profiles.
-func Run(ctx context.Context, p Profile, serverBin, self, outDir string, log *slog.Logger) (*Results, error) {
+// Reference is an earlier build of wspresence measured in the same run, on the
+// publishers scenario only, right after the build under test: the before of a change.
+type Reference struct {
+	// Bin is its binary; Name says what it was built from (a git revision).
+	Bin, Name string
+}
+
+// Run measures both targets with profile p, then ref if it names a binary. serverBin is
+// the wspresence binary, self this program (for the baseline server), outDir receives
+// profiles.
+func Run(ctx context.Context, p Profile, serverBin string, ref Reference, self, outDir string, log *slog.Logger) (*Results, error) {
 	res := &Results{Date: time.Now().UTC(), Profile: p, Machine: machine()}
 	cpuServer := ""
 	if res.Machine.Pinned {
 		cpuServer = "0"
 	}
-	for _, name := range []string{"baseline", "wspresence"} {
-		if len(p.Targets) > 0 && !slices.Contains(p.Targets, name) {
+	sides := []string{"baseline", "wspresence"}
+	if ref.Bin != "" {
+		sides = append(sides, "reference")
+	}
+	for _, name := range sides {
+		if len(p.Targets) > 0 && !slices.Contains(p.Targets, name) && name != "reference" {
 			continue
 		}
 		var t *Target
 		var err error
-		if name == "baseline" {
+		sp := p
+		switch name {
+		case "baseline":
 			t, err = StartBaseline(self, cpuServer)
-		} else {
+		default:
+			bin := serverBin
+			if name == "reference" {
+				bin, sp.Only, sp.ProfileScenario = ref.Bin, []string{"publishers"}, ""
+			}
 			dir, derr := os.MkdirTemp("", "wspresence-bench-")
 			if derr != nil {
 				return nil, derr
 			}
 			defer os.RemoveAll(dir)
-			t, err = StartWspresence(serverBin, dir, cpuServer)
+			t, err = StartWspresence(bin, dir, cpuServer)
+			t.Name = name
 		}
 		if err != nil {
 			return nil, fmt.Errorf("start %s: %w", name, err)
 		}
 		load := startLoad(t)
-		side, tops, idleHeapTop := measure(ctx, t, p, outDir, log)
+		side, tops, idleHeapTop := measure(ctx, t, sp, outDir, log)
 		side.Load = load.stop()
 		t.Stop()
-		if name == "baseline" {
+		switch name {
+		case "baseline":
 			res.Baseline = side
-		} else {
+		case "reference":
+			res.Reference, res.ReferenceName = &side, ref.Name
+		default:
 			res.Wspresence, res.IdleHeapTop = side, idleHeapTop
 			res.CPUTop, res.CPUCumTop, res.HeapTop = tops.cpu, tops.cpuCum, tops.heap
 		}
@@ -417,6 +443,9 @@ var ErrScenario = errors.New("scenario errors")
 // Check returns ErrScenario when any scenario of either side had errors; in the smoke
 // profile (rates far below capacity) a delivery backlog counts as an error too.
 func (r *Results) Check() error {
+	if r.Reference != nil && r.Reference.Errors > 0 {
+		return fmt.Errorf("%w: reference %d", ErrScenario, r.Reference.Errors)
+	}
 	if r.Wspresence.Errors > 0 || r.Baseline.Errors > 0 {
 		return fmt.Errorf("%w: wspresence %d, baseline %d", ErrScenario, r.Wspresence.Errors, r.Baseline.Errors)
 	}

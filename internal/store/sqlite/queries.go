@@ -211,10 +211,13 @@ var ErrMismatch = errors.New("one outcome per message")
 
 // Complete marks the queued messages seqs done and writes their outcomes (outcomes[i] is
 // seqs[i]'s) to the outbox, in the writer's group commit, shared with the appends and
-// enqueues waiting with it. It returns once that commit is durable, with the number of
+// enqueues waiting with it. It returns once that commit is done, with the number of
 // outcomes published: a message already done is not completed (or published) twice. A
-// done message is remembered (see PruneMessages), so enqueueing the same MessageId for the
-// same user again is ignored.
+// commit of outcomes alone is not synced to disk by itself (setSync): it survives a crash
+// of the process at once and a power loss from the next synced commit on; one lost with
+// the machine leaves its messages pending, delivered again by the next start. A done
+// message is remembered (see PruneMessages), so enqueueing the same MessageId for the same
+// user again is ignored.
 func (s *Store) Complete(ctx context.Context, seqs []int64, outcomes []events.Published) (published int, err error) {
 	if len(seqs) != len(outcomes) {
 		return 0, fmt.Errorf("complete %d messages with %d outcomes: %w", len(seqs), len(outcomes), ErrMismatch)

@@ -31,6 +31,10 @@ type Options struct {
 	Grace time.Duration
 	// MaxBatch is the most write requests group-committed in one transaction (default 512).
 	MaxBatch int
+	// CommitSpacing is the least time between the starts of two group commits while writers
+	// are concurrent (the last commit held several requests): requests arriving within it
+	// share the next commit (default 2ms). A writer alone never waits for it.
+	CommitSpacing time.Duration
 	// SnapshotInterval is how often the view's changed rows are written to the snapshot
 	// (default 1s); SnapshotEvents the most log records folded between two snapshots
 	// (default 100,000), which bounds what a start replays.
@@ -77,6 +81,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = 512
+	}
+	if o.CommitSpacing <= 0 {
+		o.CommitSpacing = 2 * time.Millisecond
 	}
 	if o.SnapshotInterval <= 0 {
 		o.SnapshotInterval = time.Second
@@ -126,6 +133,13 @@ type Store struct {
 	// id is the store's identity (Identity); idCreated says Open wrote it.
 	id        string
 	idCreated bool
+	// syncMode is the synchronous mode the writer's connection is in (setSync).
+	syncMode string
+	// lastCommit and lastBatch are when the last group commit started and how many
+	// requests it held; gatherTimer is gather's (the writer's alone).
+	lastCommit  time.Time
+	lastBatch   int
+	gatherTimer *time.Timer
 	// epoch is the store's epoch (Epoch).
 	epoch atomic.Pointer[string]
 	// sinceSnapshot counts the records folded since the last snapshot; lastSnapshot is
@@ -140,6 +154,7 @@ type Store struct {
 type writerStmts struct {
 	log, msg, pub, done            *sql.Stmt
 	saveUser, saveConn, forgetConn *sql.Stmt
+	begin, commit, rollback        *sql.Stmt
 	// getUser and getConn read the rows the image does not hold.
 	getUser, getConn *sql.Stmt
 }
@@ -224,7 +239,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open %s for checkpoints: %w", path, err)
 	}
 	ck.SetMaxOpenConns(1)
-	s := &Store{path: path, w: w, r: r, ck: ck, opts: opts, id: id, idCreated: idCreated, img: newImage(), reqs: make(chan *writeReq, 4096),
+	s := &Store{path: path, w: w, r: r, ck: ck, opts: opts, syncMode: opts.Sync, id: id, idCreated: idCreated, img: newImage(), reqs: make(chan *writeReq, 4096),
 		stop: make(chan struct{}), done: make(chan struct{}), ckDone: make(chan struct{})}
 	s.epoch.Store(&epoch)
 	if err := s.start(ctx); err != nil {
@@ -264,6 +279,9 @@ func (s *Store) start(ctx context.Context) error {
 			VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (connection_id) DO UPDATE SET user_id = excluded.user_id, opened_at = excluded.opened_at,
 			closed_at = excluded.closed_at, reason = excluded.reason, last_seen = excluded.last_seen, crc = excluded.crc`},
 		{&s.stmts.forgetConn, `DELETE FROM view_connections WHERE connection_id = ?`},
+		{&s.stmts.begin, `BEGIN IMMEDIATE`},
+		{&s.stmts.commit, `COMMIT`},
+		{&s.stmts.rollback, `ROLLBACK`},
 		{&s.stmts.getUser, selectUser + ` WHERE user_id = ?`},
 		{&s.stmts.getConn, selectConn + ` WHERE connection_id = ?`},
 	} {
@@ -312,7 +330,7 @@ func (s *Store) Close() error {
 	<-s.done
 	<-s.ckDone
 	for _, st := range []*sql.Stmt{s.stmts.log, s.stmts.msg, s.stmts.pub, s.stmts.done, s.stmts.saveUser, s.stmts.saveConn, s.stmts.forgetConn,
-		s.stmts.getUser, s.stmts.getConn} {
+		s.stmts.begin, s.stmts.commit, s.stmts.rollback, s.stmts.getUser, s.stmts.getConn} {
 		_ = st.Close()
 	}
 	_, ckErr := s.ck.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`)

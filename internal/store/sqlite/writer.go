@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/wspresence/wspresence/events"
@@ -179,10 +180,52 @@ func (s *Store) writer() {
 				break fill
 			}
 		}
+		batch = s.gather(batch)
+		if batch[0].alone == nil {
+			s.lastCommit, s.lastBatch = time.Now(), len(batch)
+		}
 		s.run(batch)
 		s.maybeSnapshot(false)
 		s.boundWAL()
 	}
+}
+
+// gather holds a group commit back while writers are concurrent: when the last commit
+// held several requests, the next one starts no sooner than CommitSpacing after it, and
+// takes every request that arrives meanwhile (up to MaxBatch). A commit costs its fsync
+// and its pages whatever it holds, so under load this makes the commits fewer and fuller
+// for a wait of at most CommitSpacing; a writer alone (each commit holding one request)
+// never waits. It returns the batch to run: the one given, grown, or an alone request that
+// arrived (the batch before it is run first).
+func (s *Store) gather(batch []*writeReq) []*writeReq {
+	if batch[0].alone != nil || s.lastBatch < 2 || len(batch) >= s.opts.MaxBatch {
+		return batch
+	}
+	wait := time.Until(s.lastCommit.Add(s.opts.CommitSpacing))
+	if wait <= 0 {
+		return batch
+	}
+	if s.gatherTimer == nil {
+		s.gatherTimer = time.NewTimer(wait)
+	} else {
+		s.gatherTimer.Reset(wait)
+	}
+	defer s.gatherTimer.Stop()
+	for len(batch) < s.opts.MaxBatch {
+		select {
+		case req := <-s.reqs:
+			if req.alone != nil {
+				s.run(batch)
+				return []*writeReq{req}
+			}
+			batch = append(batch, req)
+		case <-s.gatherTimer.C:
+			return batch
+		case <-s.stop:
+			return batch
+		}
+	}
+	return batch
 }
 
 // boundWAL runs, between two commits, a checkpoint that truncates the write-ahead log once
@@ -281,9 +324,9 @@ func (s *Store) observeFolded(folded []events.ConnectionEvent) {
 }
 
 // begin starts an immediate transaction on the writer's connection; end commits it (err
-// nil) or rolls it back.
+// nil) or rolls it back. Their statements are prepared once.
 func (s *Store) begin(ctx context.Context) error {
-	if _, err := s.wc.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+	if _, err := s.stmts.begin.ExecContext(ctx); err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
 	return nil
@@ -291,13 +334,47 @@ func (s *Store) begin(ctx context.Context) error {
 
 func (s *Store) end(ctx context.Context, err error) error {
 	if err != nil {
-		_, _ = s.wc.ExecContext(context.WithoutCancel(ctx), "ROLLBACK")
+		_, _ = s.stmts.rollback.ExecContext(context.WithoutCancel(ctx))
 		return err
 	}
-	if _, err := s.wc.ExecContext(ctx, "COMMIT"); err != nil {
-		_, _ = s.wc.ExecContext(context.WithoutCancel(ctx), "ROLLBACK")
+	if _, err := s.stmts.commit.ExecContext(ctx); err != nil {
+		_, _ = s.stmts.rollback.ExecContext(context.WithoutCancel(ctx))
 		return fmt.Errorf("commit: %w", err)
 	}
+	return nil
+}
+
+// onlyOutcomes reports whether batch records message outcomes and nothing else.
+func onlyOutcomes(batch []*writeReq) bool {
+	for _, req := range batch {
+		if len(req.completes) == 0 || len(req.events) > 0 || len(req.messages) > 0 || req.grace != nil || req.exec != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// setSync sets the writer connection's synchronous mode for its next commit: the store's
+// (Options.Sync) for every commit, except that a commit of outcomes only (Complete) is not
+// synced to disk by itself when the store's mode is full. Such a commit survives a crash of
+// the process as it returns (the WAL is in the operating system's hands), and a power loss
+// from the next synced commit on, which syncs the WAL up to itself (outcomes are never
+// waited for: a message's 202 was answered when its enqueue was synced). A power loss
+// before that forgets the outcomes and their events together (the WAL keeps whole
+// transactions, in order): their messages are pending again and delivered at the next
+// start, never lost.
+func (s *Store) setSync(ctx context.Context, outcomesOnly bool) error {
+	mode := s.opts.Sync
+	if outcomesOnly {
+		mode = "normal"
+	}
+	if mode == s.syncMode {
+		return nil
+	}
+	if _, err := s.wc.ExecContext(ctx, "PRAGMA synchronous = "+strings.ToUpper(mode)); err != nil {
+		return fmt.Errorf("synchronous %s: %w", mode, err)
+	}
+	s.syncMode = mode
 	return nil
 }
 
@@ -312,6 +389,9 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 		if err := s.opts.Fault(); err != nil {
 			return f, p, fmt.Errorf("commit: %w", err)
 		}
+	}
+	if err := s.setSync(ctx, onlyOutcomes(batch)); err != nil {
+		return f, p, err
 	}
 	if err := s.begin(ctx); err != nil {
 		return f, p, err
