@@ -1,6 +1,7 @@
 package sender_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/md5"
 	"encoding/hex"
@@ -23,6 +24,7 @@ import (
 	"github.com/wspresence/wspresence/internal/awsfake"
 	"github.com/wspresence/wspresence/internal/bus/eventbridge"
 	"github.com/wspresence/wspresence/internal/delivery"
+	"github.com/wspresence/wspresence/internal/emf"
 	"github.com/wspresence/wspresence/internal/gateway/apigw"
 	"github.com/wspresence/wspresence/internal/lambda/connection"
 	"github.com/wspresence/wspresence/internal/lambda/sender"
@@ -401,8 +403,22 @@ func TestRecoveryOutsideTheWindow(t *testing.T) {
 		w.sendMessage()
 	}
 	w.mode["c1"] = "gone"
+	var metrics bytes.Buffer
+	w.send.Metrics = emf.New(&metrics, "wspresence")
 	for range 3 {
 		w.sendMessage()
+	}
+	w.send.Metrics = nil
+	held := 0.0
+	for _, line := range strings.Split(strings.TrimSpace(metrics.String()), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatal(err)
+		}
+		held += rec["MessagesHeld"].(float64)
+	}
+	if held != 3 {
+		t.Fatalf("MessagesHeld %v, want 3", held)
 	}
 	w.advance(2*time.Minute + time.Second)
 	w.fireTimers()
