@@ -22,8 +22,8 @@ const recoverySubprotocol = "wspresence.v1"
 type RecoveryResult struct {
 	Clients   int `json:"clients"`
 	PerClient int `json:"messages_per_client"`
-	// LiveMsgsPerS is the live messages received per second, from the first POST to the
-	// last frame; ReplayMsgsPerS the replayed messages received per second, from the
+	// LiveMsgsPerS is the live messages received per second, from the first POST (8 in
+	// flight, 100 messages each) to the last frame; ReplayMsgsPerS the replayed messages received per second, from the
 	// first reconnect to the last answer (the reconnects included).
 	LiveMsgsPerS   float64 `json:"live_msgs_per_s"`
 	ReplayMsgsPerS float64 `json:"replay_msgs_per_s"`
@@ -174,8 +174,8 @@ func Recovery(ctx context.Context, t *Target, n, perClient, batch int) RecoveryR
 	return res
 }
 
-// sendEach posts perClient messages to each of users, batch messages a request, and
-// returns the requests not accepted.
+// sendEach posts perClient messages to each of users, batch messages a request from
+// senders concurrent requests, and returns the requests not accepted.
 func sendEach(ctx context.Context, t *Target, users []string, perClient, batch int) int {
 	type msg struct {
 		UserID string `json:"UserId"`
@@ -187,16 +187,31 @@ func sendEach(ctx context.Context, t *Target, users []string, perClient, batch i
 			all = append(all, msg{UserID: u, Body: "r" + strconv.Itoa(k)})
 		}
 	}
-	errs := 0
-	client := &http.Client{Timeout: 30 * time.Second}
-	for i := 0; i < len(all); i += batch {
-		body, _ := json.Marshal(all[i:min(i+batch, len(all))])
-		if !push(ctx, client, t, body) {
-			errs++
-		}
+	var errs, next atomic.Int64
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: senders}}
+	var wg sync.WaitGroup
+	for range senders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)-1) * batch
+				if i >= len(all) {
+					return
+				}
+				body, _ := json.Marshal(all[i:min(i+batch, len(all))])
+				if !push(ctx, client, t, body) {
+					errs.Add(1)
+				}
+			}
+		}()
 	}
-	return errs
+	wg.Wait()
+	return int(errs.Load())
 }
+
+// senders is how many requests the recovery scenario's sender keeps in flight.
+const senders = 8
 
 // awaitCount waits up to limit for n to reach want.
 func awaitCount(n *atomic.Int64, want int64, limit time.Duration) {
