@@ -252,7 +252,8 @@ func TestSenderUnderTheEmulator(t *testing.T) {
 	})
 	f := start(t, "sender", map[string]string{"AWS_ENDPOINT_URL_DYNAMODB": dynamotest.Endpoint(t),
 		"AWS_ENDPOINT_URL_EVENTBRIDGE": bus.URL, "EVENTS_TABLE": tables.Events, "VIEW_TABLE": tables.View,
-		"EVENT_BUS_NAME": "wspresence", "WEBSOCKET_ENDPOINT": gw.URL + "/production"})
+		"EVENT_BUS_NAME": "wspresence", "WEBSOCKET_ENDPOINT": gw.URL + "/production",
+		"HELD_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/held", "HELD_QUEUE_ARN": "arn:aws:sqs:us-east-1:123456789012:held"})
 	var sqs lambdaevents.SQSEvent
 	lambdatest.Load(t, "sqs-event.json", nil, &sqs)
 	var resp lambdaevents.SQSEventResponse
@@ -343,7 +344,8 @@ func TestPresencePathUnderTheEmulator(t *testing.T) {
 		}
 		return out
 	}
-	connect := start(t, "connect", with(map[string]string{"MAX_CONNECTIONS_PER_USER": "10"}))
+	connect := start(t, "connect", with(map[string]string{"MAX_CONNECTIONS_PER_USER": "10",
+		"WEBSOCKET_ENDPOINT": gw.URL + "/production", "AWS_ENDPOINT_URL_EVENTBRIDGE": bus.URL, "EVENT_BUS_NAME": "wspresence"}))
 	disconnect := start(t, "disconnect", map[string]string{"AWS_ENDPOINT_URL_DYNAMODB": ddb, "EVENTS_TABLE": tables.Events, "VIEW_TABLE": tables.View})
 	projector := start(t, "projector", with(map[string]string{"AWS_ENDPOINT_URL_SQS": timers.URL,
 		"GRACE_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/grace"}))

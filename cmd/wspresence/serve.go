@@ -43,6 +43,7 @@ func serveFlags(cfg *localrt.Config, stderr io.Writer, getenv env) *flags {
 	f.Duration(&cfg.ShutdownTimeout, "shutdown-timeout", "WSPRESENCE_SHUTDOWN_TIMEOUT", "bound of the graceful shutdown")
 	f.Duration(&cfg.TombstoneRetention, "tombstone-retention", "WSPRESENCE_TOMBSTONE_RETENTION", "how long closed connections stay in the view")
 	f.Duration(&cfg.OutboxRetention, "outbox-retention", "WSPRESENCE_OUTBOX_RETENTION", "how long published events stay readable by /events and webhooks")
+	f.Duration(&cfg.LogRetention, "log-retention", "WSPRESENCE_LOG_RETENTION", "how long the connection log keeps what the view's snapshot holds")
 	f.List(&cfg.AllowedOrigins, "allowed-origins", "WSPRESENCE_ALLOWED_ORIGINS", "browser origins allowed to connect (host patterns, * for any)")
 	f.String(&cfg.LogLevel, "log-level", "WSPRESENCE_LOG_LEVEL", "debug, info, warn or error")
 	f.List(&cfg.Webhooks, "webhooks", "WSPRESENCE_WEBHOOKS", "URLs every published event is POSTed to (comma-separated), signed with the webhook secret")
@@ -141,7 +142,12 @@ func rebuild(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "view rebuilt from %d events (checkpoint %d)\n", p.Events, p.Checkpoint)
+	if p.From == 0 {
+		fmt.Fprintf(stdout, "view rebuilt from the whole log: %d records (checkpoint %d)\n", p.Events, p.Checkpoint)
+	} else {
+		fmt.Fprintf(stdout, "view rebuilt from its snapshot at log position %d (the log before it is compacted) and the %d records after it (checkpoint %d)\n",
+			p.From, p.Events, p.Checkpoint)
+	}
 	return nil
 }
 

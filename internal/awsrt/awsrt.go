@@ -39,6 +39,7 @@ import (
 	"github.com/wspresence/wspresence/internal/lambda/publisher"
 	"github.com/wspresence/wspresence/internal/lambda/sender"
 	"github.com/wspresence/wspresence/internal/lambda/sweeper"
+	"github.com/wspresence/wspresence/internal/recovery/sqshold"
 	secretssm "github.com/wspresence/wspresence/internal/secret/ssm"
 	"github.com/wspresence/wspresence/internal/store/dynamo"
 	"github.com/wspresence/wspresence/internal/stream/ddbstreams"
@@ -93,6 +94,13 @@ type Config struct {
 	// MaxConnectionsPerUser caps a user's live connections at $connect
 	// (MAX_CONNECTIONS_PER_USER, default 10, as the local runtime's).
 	MaxConnectionsPerUser string
+	// RecoveryWindowSeconds is how long messages are kept for recovering clients
+	// (RECOVERY_WINDOW_SECONDS, default 120, at most 900: the held messages' timer is an
+	// SQS delay; 0 keeps none).
+	RecoveryWindowSeconds string
+	// HeldQueueURL and HeldQueueARN are the queue of the held messages' timers
+	// (HELD_QUEUE_URL, HELD_QUEUE_ARN): the sender sends them and consumes them.
+	HeldQueueURL, HeldQueueARN string
 }
 
 // Namespace is the CloudWatch namespace of the functions' embedded metrics.
@@ -234,6 +242,16 @@ func (c Config) view(ck *checker, awsCfg aws.Config) *dynamo.Store {
 	return st
 }
 
+// recoveryWindow reads the recovery window and sets it on st.
+func (c Config) recoveryWindow(ck *checker, st *dynamo.Store) time.Duration {
+	secs := ck.integer("RECOVERY_WINDOW_SECONDS", c.RecoveryWindowSeconds, 120)
+	if w := time.Duration(secs) * time.Second; w > sqshold.MaxWindow {
+		ck.errs = append(ck.errs, fmt.Errorf("RECOVERY_WINDOW_SECONDS=%d: at most %d (the held messages' timer is an SQS delay)", secs, int(sqshold.MaxWindow/time.Second)))
+	}
+	st.RecoveryWindow = time.Duration(secs) * time.Second
+	return st.RecoveryWindow
+}
+
 func (c Config) gateway(ck *checker, awsCfg aws.Config) *apigw.Gateway {
 	endpoint := ck.need("WEBSOCKET_ENDPOINT", c.WebSocketEndpoint)
 	return apigw.New(apigatewaymanagementapi.NewFromConfig(awsCfg, func(o *apigatewaymanagementapi.Options) {
@@ -298,7 +316,9 @@ func NewConnection(ctx context.Context, c Config, log *slog.Logger) (*connection
 	}
 	var ck checker
 	st := c.folding(&ck, awsCfg)
-	return &connection.Handler{Log: st, Owners: st, View: st, Logger: log, Metrics: metricsOut,
+	rec := &connection.Recovery{Streams: st, Connections: st, Poster: c.gateway(&ck, awsCfg), Log: closer{st},
+		Publisher: c.publisher(&ck, awsCfg), Window: c.recoveryWindow(&ck, st)}
+	return &connection.Handler{Log: st, Owners: st, View: st, Logger: log, Metrics: metricsOut, Recovery: rec,
 		MaxConnectionsPerUser: ck.integer("MAX_CONNECTIONS_PER_USER", c.MaxConnectionsPerUser, 10)}, ck.err()
 }
 
@@ -359,8 +379,13 @@ func NewSender(ctx context.Context, c Config, log *slog.Logger) (*sender.Handler
 	}
 	var ck checker
 	st := c.folding(&ck, awsCfg)
+	gw := c.gateway(&ck, awsCfg)
+	window := c.recoveryWindow(&ck, st)
 	h := &sender.Handler{
-		Deliverer:   &delivery.Deliverer{Connections: st, Poster: c.gateway(&ck, awsCfg), Log: closer{st}, Logger: log},
+		Deliverer: &delivery.Deliverer{Connections: st, Poster: gw, Log: closer{st}, Logger: log},
+		Recovery: &sender.Recovery{Streams: st, Connections: st, Poster: gw, Log: closer{st}, Window: window,
+			Timers:        sqshold.New(sqs.NewFromConfig(awsCfg), ck.need("HELD_QUEUE_URL", c.HeldQueueURL), window),
+			TimerQueueARN: ck.need("HELD_QUEUE_ARN", c.HeldQueueARN)},
 		Publisher:   c.publisher(&ck, awsCfg),
 		Receipts:    st,
 		MaxReceives: ck.integer("MAX_RECEIVES", c.MaxReceives, 5),

@@ -20,7 +20,7 @@ func TestEveryMissingSettingIsReported(t *testing.T) {
 	if err == nil {
 		t.Fatal("a sender without settings started")
 	}
-	for _, want := range []string{"EVENTS_TABLE", "VIEW_TABLE", "EVENT_BUS_NAME", "WEBSOCKET_ENDPOINT", "MAX_RECEIVES"} {
+	for _, want := range []string{"EVENTS_TABLE", "VIEW_TABLE", "EVENT_BUS_NAME", "WEBSOCKET_ENDPOINT", "MAX_RECEIVES", "HELD_QUEUE_URL", "HELD_QUEUE_ARN"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not name %s: %v", want, err)
 		}
@@ -31,6 +31,14 @@ func TestEveryMissingSettingIsReported(t *testing.T) {
 	}
 	if _, err := awsrt.NewAuthorizer(context.Background(), awsrt.Config{JWTSecretTTL: "soon"}, log); err == nil {
 		t.Fatal("a bad TTL was accepted")
+	}
+	if _, err := awsrt.NewConnection(context.Background(), awsrt.Config{EventsTable: "ev", ViewTable: "vw", EventBus: "b",
+		WebSocketEndpoint: "https://x", RecoveryWindowSeconds: "901"}, log); err == nil || !strings.Contains(err.Error(), "RECOVERY_WINDOW_SECONDS") {
+		t.Fatalf("a recovery window past the timer's bound: %v", err)
+	}
+	if _, err := awsrt.NewConnection(context.Background(), awsrt.Config{EventsTable: "ev", ViewTable: "vw"}, log); err == nil ||
+		!strings.Contains(err.Error(), "WEBSOCKET_ENDPOINT") || !strings.Contains(err.Error(), "EVENT_BUS_NAME") {
+		t.Fatalf("connect without the recover route's settings: %v", err)
 	}
 	h, err := awsrt.NewOnline(context.Background(), awsrt.Config{ViewTable: "vw"}, log)
 	if err != nil || h == nil {

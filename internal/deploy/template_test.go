@@ -205,6 +205,9 @@ var expected = map[string][]grant{
 		// register ($default frames, and the cap's reading of it).
 		{"dynamodb:GetItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:PutItem", "GetAtt:ViewTable.Arn"},
 		{"dynamodb:UpdateItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:BatchGetItem", "GetAtt:ViewTable.Arn"},
+		// The recover route: the user's stream, the replay and the held messages' outcomes.
+		{"dynamodb:Query", "GetAtt:ViewTable.Arn"}, {"events:PutEvents", "GetAtt:EventBus.Arn"},
+		{"execute-api:ManageConnections", "Sub:arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${WebSocketApi}/${StageName}/POST/@connections/*"},
 	},
 	"disconnect": {
 		{"dynamodb:PutItem", "GetAtt:EventsTable.Arn"}, {"dynamodb:GetItem", "GetAtt:EventsTable.Arn"},
@@ -241,6 +244,11 @@ var expected = map[string][]grant{
 		// The queue event source mapping.
 		{"sqs:ReceiveMessage", "GetAtt:MessageQueue.Arn"}, {"sqs:DeleteMessage", "GetAtt:MessageQueue.Arn"},
 		{"sqs:GetQueueAttributes", "GetAtt:MessageQueue.Arn"}, {"sqs:ChangeMessageVisibility", "GetAtt:MessageQueue.Arn"},
+		// The recovery streams (offsets, kept messages, held outcomes) and the held
+		// messages' timers, sent and consumed.
+		{"dynamodb:UpdateItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:Query", "GetAtt:ViewTable.Arn"},
+		{"sqs:SendMessage", "GetAtt:HeldQueue.Arn"}, {"sqs:ReceiveMessage", "GetAtt:HeldQueue.Arn"}, {"sqs:DeleteMessage", "GetAtt:HeldQueue.Arn"},
+		{"sqs:GetQueueAttributes", "GetAtt:HeldQueue.Arn"}, {"sqs:ChangeMessageVisibility", "GetAtt:HeldQueue.Arn"},
 	},
 	"online": {
 		{"dynamodb:BatchGetItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:Query", "Sub:${ViewTable.Arn}/index/online"},
@@ -574,8 +582,8 @@ func TestOperationalSettings(t *testing.T) {
 			alarms++
 		}
 	}
-	if alarms != 6+len(fns) {
-		t.Errorf("%d alarms, want both DLQs, stream failures, the iterator age of both streams, undecodable outboxes and one per function", alarms)
+	if alarms != 7+len(fns) {
+		t.Errorf("%d alarms, want the three DLQs, stream failures, the iterator age of both streams, undecodable outboxes and one per function", alarms)
 	}
 	for _, out := range []string{"WebSocketUrl", "HttpApiUrl", "SendMessageQueueUrl", "EventBusName"} {
 		if _, ok := tpl["Outputs"].(map[string]any)[out]; !ok {

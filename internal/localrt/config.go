@@ -69,14 +69,16 @@ type Config struct {
 	// TombstoneRetention is how long closed connections are remembered in the view
 	// (WSPRESENCE_TOMBSTONE_RETENTION, default 24h).
 	TombstoneRetention time.Duration
+	// LogRetention is how long the connection log keeps a record the view's snapshot holds
+	// (WSPRESENCE_LOG_RETENTION, default 720h): older ones are deleted (the view keeps each
+	// user's state and last activity), so `wspresence rebuild` folds from the snapshot and
+	// the log kept after it.
+	LogRetention time.Duration
 	// OutboxRetention is how long published events stay readable by /events and webhooks
 	// (WSPRESENCE_OUTBOX_RETENTION, default 168h): older ones are pruned whatever reads
 	// them; a webhook lagging further skips them (counted), an /events reader asking for
 	// them gets 410.
 	OutboxRetention time.Duration
-	// PruneInterval spaces the pruning of tombstones, delivered message ids and the
-	// outbox (default 1h).
-	PruneInterval time.Duration
 	// AllowedOrigins lists the browser origins (host patterns) allowed to open a WebSocket
 	// (WSPRESENCE_ALLOWED_ORIGINS, comma-separated, default "*": tokens, not cookies,
 	// authenticate connections).
@@ -138,7 +140,7 @@ func DefaultConfig() Config {
 		ShutdownTimeout:       10 * time.Second,
 		TombstoneRetention:    24 * time.Hour,
 		OutboxRetention:       7 * 24 * time.Hour,
-		PruneInterval:         time.Hour,
+		LogRetention:          30 * 24 * time.Hour,
 		AllowedOrigins:        []string{"*"},
 		LogLevel:              "info",
 		Sync:                  "full",
@@ -184,7 +186,7 @@ func (c Config) Validate() error {
 	}{
 		{"ping interval", c.PingInterval}, {"idle timeout", c.IdleTimeout},
 		{"activity interval", c.ActivityInterval}, {"shutdown timeout", c.ShutdownTimeout},
-		{"tombstone retention", c.TombstoneRetention}, {"outbox retention", c.OutboxRetention}, {"prune interval", c.PruneInterval}, {"write timeout", c.WriteTimeout},
+		{"tombstone retention", c.TombstoneRetention}, {"outbox retention", c.OutboxRetention}, {"log retention", c.LogRetention}, {"write timeout", c.WriteTimeout},
 		{"read header timeout", c.ReadHeaderTimeout}, {"read timeout", c.ReadTimeout},
 		{"keep-alive timeout", c.KeepAliveTimeout}, {"events heartbeat", c.EventsHeartbeat},
 	}

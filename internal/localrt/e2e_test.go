@@ -2,6 +2,7 @@ package localrt_test
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"reflect"
 	"strings"
@@ -217,5 +218,28 @@ func TestShutdownClosesConnections(t *testing.T) {
 	time.Sleep(2 * ts2.cfg.OfflineGrace)
 	if n := len(sub.of(events.DetailUserOffline, "S")); n != 1 {
 		t.Fatalf("%d UserOffline for S, want 1", n)
+	}
+}
+
+// TestConnectionLinesAreDebug: a connect and a close each log one line, at debug (a
+// server at the default info level writes none per connection; the metrics count them).
+func TestConnectionLinesAreDebug(t *testing.T) {
+	ts := startServer(t, t.TempDir(), nil)
+	ts.dial("A").close(t)
+	var lines []map[string]any
+	waitFor(t, "the close's line", func() bool {
+		lines = lines[:0]
+		for _, l := range strings.Split(strings.TrimSpace(ts.logs.String()), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(l), &m) == nil && (m["msg"] == "connected" || m["msg"] == "disconnected") {
+				lines = append(lines, m)
+			}
+		}
+		return len(lines) == 2
+	})
+	for _, m := range lines {
+		if m["level"] != "DEBUG" || m["userId"] != "A" || m["connectionId"] == "" {
+			t.Errorf("connection line %v: want level DEBUG with the user and connection ids", m)
+		}
 	}
 }

@@ -295,35 +295,54 @@ func (s *Server) reconcile(ctx context.Context) {
 	}
 }
 
-// prune forgets old tombstones, delivered message ids and published events, every
-// PruneInterval.
-func (s *Server) prune(ctx context.Context) {
-	t := time.NewTicker(s.cfg.PruneInterval)
+// pruneEvery is the interval of a prune that forgets what is older than retention: a tenth
+// of it, at most an hour (and at least 10ms), so what it forgets never outlives its
+// retention by more than a tenth.
+func pruneEvery(retention time.Duration) time.Duration {
+	return max(min(retention/10, time.Hour), 10*time.Millisecond)
+}
+
+// retention is one prune: what it forgets (the label of wspresence_pruned_total), the
+// retention it keeps, and the pass, which forgets what is older than cutoff.
+type retention struct {
+	what string
+	keep time.Duration
+	run  func(ctx context.Context, cutoff time.Time) (int64, error)
+}
+
+// retentions lists the prunes of the local runtime, each with its own retention.
+func (s *Server) retentions() []retention {
+	return []retention{
+		{"tombstones", s.cfg.TombstoneRetention, func(ctx context.Context, cutoff time.Time) (int64, error) {
+			n, err := s.view.PruneTombstones(ctx, cutoff)
+			return int64(n), err
+		}},
+		{"messages", s.cfg.TombstoneRetention, func(ctx context.Context, _ time.Time) (int64, error) {
+			return s.queue.PruneMessages(ctx, s.cfg.TombstoneRetention)
+		}},
+		{"outbox", s.cfg.OutboxRetention, s.store.PrunePublished},
+		{"log", s.cfg.LogRetention, s.store.CompactLog},
+	}
+}
+
+// prune runs p at once, then every pruneEvery(p.keep), until ctx ends.
+func (s *Server) prune(ctx context.Context, p retention) {
+	t := time.NewTicker(pruneEvery(p.keep))
 	defer t.Stop()
 	for {
+		if n, err := p.run(ctx, s.now().Add(-p.keep)); err != nil {
+			if ctx.Err() == nil {
+				s.log.Error("prune", "what", p.what, "err", err)
+			}
+		} else if n > 0 {
+			s.metrics.pruned.WithLabelValues(p.what).Add(float64(n))
+			s.log.Debug("pruned", "what", p.what, "count", n, "retention", p.keep.String())
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if n, err := s.view.PruneTombstones(ctx, s.now().Add(-s.cfg.TombstoneRetention)); err != nil {
-				s.log.Error("prune tombstones", "err", err)
-			} else if n > 0 {
-				s.log.Info("pruned tombstones", "count", n)
-			}
-			if _, err := s.queue.PruneMessages(ctx, s.cfg.TombstoneRetention); err != nil {
-				s.log.Error("prune messages", "err", err)
-			}
-			s.pruneOutbox(ctx)
 		}
-	}
-}
-
-// pruneOutbox forgets the published events older than the outbox retention.
-func (s *Server) pruneOutbox(ctx context.Context) {
-	if n, err := s.store.PrunePublished(ctx, s.now().Add(-s.cfg.OutboxRetention)); err != nil {
-		s.log.Error("prune the outbox", "err", err)
-	} else if n > 0 {
-		s.log.Info("pruned published events", "count", n, "retention", s.cfg.OutboxRetention.String())
 	}
 }
 

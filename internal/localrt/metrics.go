@@ -22,6 +22,7 @@ type metrics struct {
 	commitBatch     prometheus.Histogram
 	walBytes        prometheus.Gauge
 	webhookMissed   prometheus.Counter
+	pruned          *prometheus.CounterVec
 }
 
 // onlineCounter counts online users (the view).
@@ -29,7 +30,7 @@ type onlineCounter interface {
 	OnlineCount(ctx context.Context) (int, error)
 }
 
-func newMetrics(connections func() int, view onlineCounter) *metrics {
+func newMetrics(connections func() int, view onlineCounter, imageUsers func() int) *metrics {
 	reg := prometheus.NewRegistry()
 	m := &metrics{
 		registry: reg,
@@ -47,10 +48,12 @@ func newMetrics(connections func() int, view onlineCounter) *metrics {
 			Help: "Write requests group-committed per transaction.", Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
 		webhookMissed: prometheus.NewCounter(prometheus.CounterOpts{Name: "wspresence_webhook_events_missed_total",
 			Help: "Published events webhooks skipped because the outbox pruned them before they were taken."}),
+		pruned: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wspresence_pruned_total",
+			Help: "Rows forgotten past their retention, by what (tombstones, messages, outbox, log)."}, []string{"what"}),
 		walBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "wspresence_store_wal_bytes",
 			Help: "Size of the store's write-ahead log (bounded by its limit, 64 MiB)."}),
 	}
-	reg.MustRegister(m.appended, m.projectorLag, m.messages, m.deliveryLatency, m.authFailures, m.commitBatch, m.walBytes, m.webhookMissed,
+	reg.MustRegister(m.appended, m.projectorLag, m.messages, m.deliveryLatency, m.authFailures, m.commitBatch, m.walBytes, m.webhookMissed, m.pruned,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_connections",
 			Help: "Live WebSocket connections held by this process."}, func() float64 { return float64(connections()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_online_users",
@@ -63,11 +66,17 @@ func newMetrics(connections func() int, view onlineCounter) *metrics {
 			}
 			return float64(n)
 		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_image_users",
+			Help: "Users the store's memory image holds: online, in their grace period, or changed since the last snapshot."},
+			func() float64 { return float64(imageUsers()) }),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	for _, t := range []events.Type{events.TypeConnectionOpened, events.TypeConnectionClosed, events.TypeActivityRecorded} {
 		m.appended.WithLabelValues(string(t))
+	}
+	for _, w := range []string{"tombstones", "messages", "outbox", "log"} {
+		m.pruned.WithLabelValues(w)
 	}
 	for _, o := range []string{"delivered", "undeliverable"} {
 		m.messages.WithLabelValues(o)

@@ -33,7 +33,7 @@ func TestOutboxRetention(t *testing.T) {
 	}))
 	defer hook.Close()
 	ts := startServer(t, t.TempDir(), func(c *localrt.Config) {
-		c.OutboxRetention, c.PruneInterval = time.Second, 100*time.Millisecond
+		c.OutboxRetention = time.Second
 		c.Webhooks = []string{hook.URL}
 	})
 	for _, u := range []string{"old-1", "old-2"} {

@@ -140,7 +140,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: log, verifier: verifier, hub: newHub(cfg.MaxConnectionsPerUser),
 		bus: newBroadcaster(), lock: lock, now: time.Now, stopping: make(chan struct{}), kick: make(chan struct{}, 1)}
-	s.metrics = newMetrics(s.hub.count, storeCounter{s})
+	s.metrics = newMetrics(s.hub.count, storeCounter{s}, func() int {
+		if s.store == nil {
+			return 0
+		}
+		return s.store.ImageUsers()
+	})
 	store, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, StoreFile), sqlite.Options{
 		Grace:       cfg.OfflineGrace,
 		Sync:        cfg.Sync,
@@ -206,14 +211,17 @@ func (s *Server) Start(ctx context.Context) error {
 	go func() { s.served <- s.httpSrv.Serve(ln) }()
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.loopStop = cancel
-	s.loops.Add(3 + len(s.cfg.Webhooks))
+	prunes := s.retentions()
+	s.loops.Add(2 + len(prunes) + len(s.cfg.Webhooks))
 	go func() { defer s.loops.Done(); s.pump(loopCtx) }()
 	go func() { defer s.loops.Done(); s.reconcile(loopCtx) }()
 	completerCtx, stopCompleter := context.WithCancel(context.WithoutCancel(ctx))
 	s.completerStop = stopCompleter
 	s.completerDone = make(chan struct{})
 	go func() { defer close(s.completerDone); s.completer(completerCtx) }()
-	go func() { defer s.loops.Done(); s.prune(loopCtx) }()
+	for _, p := range prunes {
+		go func() { defer s.loops.Done(); s.prune(loopCtx, p) }()
+	}
 	for _, u := range s.cfg.Webhooks {
 		go func() { defer s.loops.Done(); s.webhook(loopCtx, u) }()
 	}

@@ -140,8 +140,9 @@ func (s *Server) serveConnection(ctx, readCtx context.Context, c *wsConn) {
 		c.setReason(events.ReasonShutdown)
 		go ws.Close(websocketGoingAway, "server shutting down")
 	}
-	log := s.log.With("userId", userID, "connectionId", id)
-	log.Info("connected")
+	// One line per connect and per close, at debug: the counts are metrics
+	// (wspresence_connections, wspresence_events_appended_total).
+	s.log.Debug("connected", "userId", userID, "connectionId", id)
 
 	pings := s.pingEvery(ctx, c)
 	s.readLoop(ctx, readCtx, c)
@@ -152,7 +153,7 @@ func (s *Server) serveConnection(ctx, readCtx context.Context, c *wsConn) {
 	c.busy.Wait() // the writer and a ping in flight see the socket closed and return
 	reason := c.closeReason()
 	s.appendClose(ctx, events.Closed(userID, id, s.now(), reason))
-	log.Info("disconnected", "reason", string(reason))
+	s.log.Debug("disconnected", "userId", userID, "connectionId", id, "reason", string(reason))
 }
 
 // The sizes of a WebSocket connection's read and write buffers. Client frames are small

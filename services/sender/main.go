@@ -1,4 +1,5 @@
-// Command sender is the SQS handler that delivers messages (see package sender).
+// Command sender is the SQS handler that delivers messages, and ends held messages'
+// recovery windows from their timers' queue (see package sender).
 package main
 
 import (
@@ -10,12 +11,15 @@ import (
 
 func main() {
 	awsrt.Start(awsrt.NewSender, awsrt.Config{
-		OnlineShards:        os.Getenv("ONLINE_SHARDS"),
-		EventsTable:         os.Getenv("EVENTS_TABLE"),
-		ViewTable:           os.Getenv("VIEW_TABLE"),
-		EventBus:            os.Getenv("EVENT_BUS_NAME"),
-		WebSocketEndpoint:   os.Getenv("WEBSOCKET_ENDPOINT"),
-		MaxReceives:         os.Getenv("MAX_RECEIVES"),
-		OfflineGraceSeconds: os.Getenv("OFFLINE_GRACE_SECONDS"),
+		OnlineShards:          os.Getenv("ONLINE_SHARDS"),
+		EventsTable:           os.Getenv("EVENTS_TABLE"),
+		ViewTable:             os.Getenv("VIEW_TABLE"),
+		EventBus:              os.Getenv("EVENT_BUS_NAME"),
+		WebSocketEndpoint:     os.Getenv("WEBSOCKET_ENDPOINT"),
+		MaxReceives:           os.Getenv("MAX_RECEIVES"),
+		OfflineGraceSeconds:   os.Getenv("OFFLINE_GRACE_SECONDS"),
+		RecoveryWindowSeconds: os.Getenv("RECOVERY_WINDOW_SECONDS"),
+		HeldQueueURL:          os.Getenv("HELD_QUEUE_URL"),
+		HeldQueueARN:          os.Getenv("HELD_QUEUE_ARN"),
 	}, (*sender.Handler).Handle)
 }

@@ -7,7 +7,9 @@
 // returned reaches the connection, whatever the stream's delay (read-your-connect; the
 // projector's later fold of the same event changes nothing). A refused connect writes
 // nothing. $connect never posts to the new connection (API Gateway refuses posts until
-// the handshake completes). Handlers are safe for concurrent use.
+// the handshake completes): a connection that opted in to recovery (the wspresence.v1
+// subprotocol) gets what it missed when it sends its recover request (the recover route,
+// Recover). Handlers are safe for concurrent use.
 package connection
 
 import (
@@ -22,6 +24,7 @@ import (
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/emf"
 	"github.com/wspresence/wspresence/internal/presence"
+	"github.com/wspresence/wspresence/internal/recovery"
 )
 
 // Log appends connection events idempotently.
@@ -56,6 +59,9 @@ type Handler struct {
 	// Metrics, if set, receives one EMF record per request: ConnectionsOpened,
 	// ConnectionsClosed (with the Reason dimension) or ActivityRecorded.
 	Metrics *emf.Logger
+	// Recovery, if set, accepts the wspresence.v1 subprotocol at $connect and serves the
+	// recover route; without it the subprotocol is not selected.
+	Recovery *Recovery
 }
 
 // ErrNoUser is returned when a request carries no userId from the authorizer.
@@ -92,6 +98,14 @@ func (h *Handler) Connect(ctx context.Context, req lambdaevents.APIGatewayWebsoc
 		return lambdaevents.APIGatewayProxyResponse{StatusCode: http.StatusForbidden}, nil
 	}
 	e := events.Opened(userID, rc.ConnectionID, eventTime(rc), rc.Identity.SourceIP, rc.Identity.UserAgent)
+	framed := h.Recovery != nil && optIn(req)
+	if framed {
+		// Flagged before the open is folded: a sender that finds the connection live
+		// knows it takes frames.
+		if err := h.Recovery.Streams.Frame(ctx, userID, rc.ConnectionID, h.Recovery.now()); err != nil {
+			return lambdaevents.APIGatewayProxyResponse{}, fmt.Errorf("connect %s: %w", rc.ConnectionID, err)
+		}
+	}
 	if _, err := h.View.Admit(ctx, e, h.MaxConnectionsPerUser); err != nil {
 		if errors.Is(err, presence.ErrConnectionCap) {
 			h.Logger.InfoContext(ctx, "connection refused", "reason", "connection_cap", "userId", userID, "connectionId", rc.ConnectionID)
@@ -108,8 +122,12 @@ func (h *Handler) Connect(ctx context.Context, req lambdaevents.APIGatewayWebsoc
 		}
 		return lambdaevents.APIGatewayProxyResponse{}, fmt.Errorf("connect %s: %w", rc.ConnectionID, err)
 	}
-	h.Logger.InfoContext(ctx, "connected", "userId", userID, "connectionId", rc.ConnectionID, "apiRequestId", rc.RequestID)
+	h.Logger.InfoContext(ctx, "connected", "userId", userID, "connectionId", rc.ConnectionID, "apiRequestId", rc.RequestID, "framed", framed)
 	_ = h.Metrics.Emit(map[string]string{"Function": "connect"}, emf.Metric{Name: "ConnectionsOpened", Value: 1, Unit: emf.Count})
+	if framed {
+		return lambdaevents.APIGatewayProxyResponse{StatusCode: http.StatusOK,
+			Headers: map[string]string{"Sec-WebSocket-Protocol": recovery.Subprotocol}}, nil
+	}
 	return ok(), nil
 }
 
@@ -135,13 +153,22 @@ func (h *Handler) Message(ctx context.Context, req lambdaevents.APIGatewayWebsoc
 	return ok(), nil
 }
 
-// ConnectOrMessage serves both the $connect and the $default routes from one function.
+// ConnectOrMessage serves the $connect, recover and $default routes from one function
+// (a recover follows its $connect at once, so it finds this function warm).
 func (h *Handler) ConnectOrMessage(ctx context.Context, req lambdaevents.APIGatewayWebsocketProxyRequest) (lambdaevents.APIGatewayProxyResponse, error) {
-	if req.RequestContext.RouteKey == "$connect" {
+	switch req.RequestContext.RouteKey {
+	case "$connect":
 		return h.Connect(ctx, req)
+	case RecoverRoute:
+		if h.Recovery != nil {
+			return h.Recover(ctx, req)
+		}
 	}
 	return h.Message(ctx, req)
 }
+
+// RecoverRoute is the route key of recover requests ({"action":"recover",...}).
+const RecoverRoute = "recover"
 
 // ReasonFor maps API Gateway's disconnect status code to a close reason: a close frame
 // from either side is the client's doing; anything else (1006: no close frame, 1011 and

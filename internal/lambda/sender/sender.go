@@ -60,6 +60,9 @@ type Handler struct {
 	Metrics *emf.Logger
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Recovery, if set, delivers to the users with a recovery stream and handles the
+	// held messages' timers (records from Recovery.TimerQueueARN).
+	Recovery *Recovery
 }
 
 // tally counts a batch's outcomes.
@@ -85,7 +88,11 @@ func (h *Handler) Handle(ctx context.Context, ev lambdaevents.SQSEvent) (lambdae
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			if err := h.process(ctx, rec, &t); err != nil {
+			process := h.process
+			if h.Recovery != nil && h.Recovery.TimerQueueARN != "" && rec.EventSourceARN == h.Recovery.TimerQueueARN {
+				process = func(ctx context.Context, rec lambdaevents.SQSMessage, _ *tally) error { return h.expire(ctx, rec) }
+			}
+			if err := process(ctx, rec, &t); err != nil {
 				h.Logger.WarnContext(ctx, "message failed", "messageId", rec.MessageId, "err", err)
 				mu.Lock()
 				resp.BatchItemFailures = append(resp.BatchItemFailures, lambdaevents.SQSBatchItemFailure{ItemIdentifier: rec.MessageId})
@@ -133,6 +140,19 @@ func (h *Handler) lastReceive(rec lambdaevents.SQSMessage) bool {
 	return err == nil && delivery.LastAttempt(n, h.MaxReceives)
 }
 
+// deliver delivers one task: through the recovery streams for a user with one, else as
+// the Deliverer does.
+func (h *Handler) deliver(ctx context.Context, task delivery.Task, rec lambdaevents.SQSMessage) (delivery.Result, error) {
+	if h.Recovery != nil {
+		n, _ := strconv.Atoi(rec.Attributes["ApproximateReceiveCount"])
+		res, ok, err := h.deliverRecovering(ctx, task, n > 1)
+		if ok || err != nil {
+			return res, err
+		}
+	}
+	return h.Deliverer.Deliver(ctx, task.MessageID, task.UserID, task.Body)
+}
+
 func (h *Handler) process(ctx context.Context, rec lambdaevents.SQSMessage, t *tally) error {
 	msg, err := events.DecodeMessage([]byte(rec.Body))
 	if err != nil {
@@ -162,11 +182,15 @@ func (h *Handler) process(ctx context.Context, rec lambdaevents.SQSMessage, t *t
 			done[task.UserID] = o
 			continue
 		}
-		res, err := h.Deliverer.Deliver(ctx, task.MessageID, task.UserID, task.Body)
+		res, err := h.deliver(ctx, task, rec)
 		switch {
 		case err == nil, errors.Is(err, delivery.ErrDeliveryFailed) && h.lastReceive(rec):
-			outcomes = append(outcomes, res.Outcome)
 			results = append(results, res)
+			if res.Outcome == nil {
+				// Held: its outcome comes from the replay or from its timer.
+				continue
+			}
+			outcomes = append(outcomes, res.Outcome)
 			done[task.UserID] = res.Outcome
 		default:
 			errs = append(errs, err)

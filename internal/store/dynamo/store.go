@@ -67,6 +67,10 @@ type Store struct {
 	// so no key takes more than about 1/OnlineShards of the index's writes. It may grow
 	// but never shrink (a list reads the shards below it).
 	OnlineShards int
+	// RecoveryWindow is how long a user's messages are kept for recovery (the
+	// RecoveryWindowSeconds setting): the stream's reads ignore older ones, and its items'
+	// TTLs are set from it.
+	RecoveryWindow time.Duration
 }
 
 // New returns a Store on the given client and tables, with a 5 s grace period.

@@ -11,10 +11,16 @@ import (
 	"github.com/wspresence/wspresence/internal/presence"
 )
 
-// image is the view as a memory image of the log: every user and connection row the fold
-// produced, with indexes for the reads. Only the writer goroutine changes it, after the
-// commit that made the change durable, so readers never see a state the log does not hold.
-// The writer reads it without the lock (no one else writes); readers take the read lock.
+// image is the view's rows in memory that the reads and the fold need at once: every user
+// online or in its grace period, every live connection, and the rows changed since the
+// last snapshot. The snapshot tables hold every row; a row the image does not hold is read
+// from them (a user offline past its grace, a closed connection). Only the writer
+// goroutine changes the image, after the commit that made the change durable, so readers
+// never see a state the log does not hold. The writer reads it without the lock (no one
+// else writes); readers take the read lock.
+//
+// What removes its entries: the snapshot that wrote a row of a user offline past its grace,
+// or of a closed connection, evicts it (evict); PruneTombstones forgets closed connections.
 type image struct {
 	mu    sync.RWMutex
 	users map[string]*presence.User
@@ -76,6 +82,22 @@ func (im *image) putConn(c presence.Conn) {
 	}
 }
 
+// evict drops the rows the snapshot just wrote that the image need not hold: closed
+// connections, users offline past their grace (lock held; written is the dirty set the
+// snapshot wrote).
+func (im *image) evict(written map[string]map[string]struct{}) {
+	for uid, conns := range written {
+		for cid := range conns {
+			if c := im.conns[cid]; c != nil && !c.Live() {
+				delete(im.conns, cid)
+			}
+		}
+		if u := im.users[uid]; u != nil && !u.Online() && !u.GracePending() {
+			delete(im.users, uid)
+		}
+	}
+}
+
 // forgetConn removes a tombstone (lock held).
 func (im *image) forgetConn(id string) {
 	c, ok := im.conns[id]
@@ -105,8 +127,15 @@ func (im *image) markDirty(userID, connID string) {
 type fold struct {
 	im     *image
 	period time.Duration
-	users  map[string]*presence.User
-	conns  map[string]*presence.Conn
+	// rows reads the rows the image does not hold (nil: none); stored caches what it read
+	// (nil for a row it does not hold), so a row read and left unchanged is not written
+	// back. err is the first read that failed: the fold must not be committed.
+	rows        rowReader
+	storedUsers map[string]*presence.User
+	storedConns map[string]*presence.Conn
+	err         error
+	users       map[string]*presence.User
+	conns       map[string]*presence.Conn
 	// order lists the touched user and connection ids in the order first touched.
 	userOrder, connOrder []string
 	// outbox lists the events to publish, with their times, in order.
@@ -121,8 +150,67 @@ type outboxRow struct {
 	at time.Time
 }
 
-func newFold(im *image, grace time.Duration) *fold {
-	return &fold{im: im, period: grace, users: map[string]*presence.User{}, conns: map[string]*presence.Conn{}, graces: map[string]time.Time{}}
+// rowReader reads a view row from the snapshot tables: found false when they hold none.
+type rowReader interface {
+	storedUser(id string) (u presence.User, found bool, err error)
+	storedConn(id string) (c presence.Conn, found bool, err error)
+}
+
+func newFold(im *image, grace time.Duration, rows rowReader) *fold {
+	return &fold{im: im, period: grace, rows: rows, users: map[string]*presence.User{}, conns: map[string]*presence.Conn{},
+		graces: map[string]time.Time{}, storedUsers: map[string]*presence.User{}, storedConns: map[string]*presence.Conn{}}
+}
+
+// current returns the user's row as of the fold's start: the image's, else the snapshot
+// tables'.
+func (f *fold) currentUser(id string) (presence.User, bool) {
+	if cur, ok := f.im.users[id]; ok {
+		return *cur, true
+	}
+	if f.rows == nil {
+		return presence.User{}, false
+	}
+	if u, ok := f.storedUsers[id]; ok {
+		if u == nil {
+			return presence.User{}, false
+		}
+		return *u, true
+	}
+	u, found, err := f.rows.storedUser(id)
+	if err != nil && f.err == nil {
+		f.err = err
+	}
+	if !found || err != nil {
+		f.storedUsers[id] = nil
+		return presence.User{}, false
+	}
+	f.storedUsers[id] = &u
+	return u, true
+}
+
+func (f *fold) currentConn(id string) (presence.Conn, bool) {
+	if cur, ok := f.im.conns[id]; ok {
+		return *cur, true
+	}
+	if f.rows == nil {
+		return presence.Conn{}, false
+	}
+	if c, ok := f.storedConns[id]; ok {
+		if c == nil {
+			return presence.Conn{}, false
+		}
+		return *c, true
+	}
+	c, found, err := f.rows.storedConn(id)
+	if err != nil && f.err == nil {
+		f.err = err
+	}
+	if !found || err != nil {
+		f.storedConns[id] = nil
+		return presence.Conn{}, false
+	}
+	f.storedConns[id] = &c
+	return c, true
 }
 
 func (f *fold) user(id string) *presence.User {
@@ -130,8 +218,8 @@ func (f *fold) user(id string) *presence.User {
 		return u
 	}
 	u := presence.User{ID: id, Announced: presence.AnnouncedOffline}
-	if cur, ok := f.im.users[id]; ok {
-		u = *cur
+	if cur, ok := f.currentUser(id); ok {
+		u = cur
 	}
 	f.users[id] = &u
 	f.userOrder = append(f.userOrder, id)
@@ -143,8 +231,8 @@ func (f *fold) conn(id string) *presence.Conn {
 		return c
 	}
 	c := presence.Conn{ID: id}
-	if cur, ok := f.im.conns[id]; ok {
-		c = *cur
+	if cur, ok := f.currentConn(id); ok {
+		c = cur
 	}
 	f.conns[id] = &c
 	f.connOrder = append(f.connOrder, id)
@@ -157,11 +245,11 @@ func (f *fold) conn(id string) *presence.Conn {
 func (f *fold) known(e events.ConnectionEvent) bool {
 	c := f.conns[e.ConnectionID]
 	if c == nil {
-		cur, ok := f.im.conns[e.ConnectionID]
+		cur, ok := f.currentConn(e.ConnectionID)
 		if !ok {
 			return false
 		}
-		c = cur
+		c = &cur
 	}
 	switch e.Type {
 	case events.TypeConnectionOpened:
@@ -216,12 +304,18 @@ func (f *fold) apply(seq int64) {
 		if cur, ok := im.users[id]; ok && *cur == *u {
 			continue
 		}
+		if stored := f.storedUsers[id]; stored != nil && *stored == *u {
+			continue // read from the snapshot tables, unchanged
+		}
 		im.putUser(*u)
 		im.markDirty(id, "")
 	}
 	for _, id := range f.connOrder {
 		c := f.conns[id]
 		if cur, ok := im.conns[id]; ok && *cur == *c {
+			continue
+		}
+		if stored := f.storedConns[id]; stored != nil && *stored == *c {
 			continue
 		}
 		im.putConn(*c)

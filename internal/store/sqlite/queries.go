@@ -13,7 +13,8 @@ import (
 	"github.com/wspresence/wspresence/internal/presence"
 )
 
-// The view's reads answer from the memory image: a state is there only once durable.
+// The view's reads answer from the memory image (a state is there only once durable), and
+// for a user it does not hold (offline past the grace period), from the snapshot tables.
 
 // OnlineUsers lists users with a live connection in user id order, starting after the id
 // after ("" for the first page), at most limit of them.
@@ -40,20 +41,40 @@ func status(u *presence.User) presence.Status {
 }
 
 // Users returns the status of each id, in the order given; a user the view has never seen
-// is offline with no last activity.
-func (s *Store) Users(_ context.Context, ids []string) ([]presence.Status, error) {
+// is offline with no last activity. Users the image does not hold are read from the
+// snapshot tables.
+func (s *Store) Users(ctx context.Context, ids []string) ([]presence.Status, error) {
 	out := make([]presence.Status, len(ids))
+	var misses []int
 	im := s.img
 	im.mu.RLock()
-	defer im.mu.RUnlock()
 	for i, id := range ids {
 		if u, ok := im.users[id]; ok {
 			out[i] = status(u)
 		} else {
 			out[i].UserID = id
+			misses = append(misses, i)
+		}
+	}
+	im.mu.RUnlock()
+	for _, i := range misses {
+		u, err := scanUser(s.r.QueryRowContext(ctx, selectUser+` WHERE user_id = ?`, ids[i]))
+		u, found, err := storedRow(s, u, err)
+		if err != nil {
+			return nil, err
+		} else if found {
+			out[i] = status(&u)
 		}
 	}
 	return out, nil
+}
+
+// ImageUsers is the number of users the memory image holds (online, in their grace period,
+// or changed since the last snapshot).
+func (s *Store) ImageUsers() int {
+	s.img.mu.RLock()
+	defer s.img.mu.RUnlock()
+	return len(s.img.users)
 }
 
 // LiveConnections lists the ids of userID's live connections, in id order.
@@ -137,17 +158,38 @@ func (v View) Live() []presence.Conn {
 	return out
 }
 
-// Dump copies the whole view, ordered by id.
-func (s *Store) Dump(_ context.Context) (View, error) {
+// Dump copies the whole view, the image's rows and the snapshot's others, ordered by id.
+// It reads on the writer, between commits.
+func (s *Store) Dump(ctx context.Context) (View, error) {
 	var v View
-	s.img.mu.RLock()
-	for _, u := range s.img.users {
-		v.Users = append(v.Users, *u)
+	err := s.writeAlone(ctx, func(ctx context.Context) error {
+		im := s.img
+		for _, u := range im.users {
+			v.Users = append(v.Users, *u)
+		}
+		for _, c := range im.conns {
+			v.Connections = append(v.Connections, *c)
+		}
+		if err := scanEach(ctx, s.wc, selectUser, func(r *sql.Rows) error {
+			u, err := scanUser(r)
+			if _, held := im.users[u.ID]; err == nil && !held {
+				v.Users = append(v.Users, u)
+			}
+			return err
+		}); err != nil {
+			return fmt.Errorf("dump users: %w", err)
+		}
+		return scanEach(ctx, s.wc, selectConn, func(r *sql.Rows) error {
+			c, err := scanConn(r)
+			if _, held := im.conns[c.ID]; err == nil && !held {
+				v.Connections = append(v.Connections, c)
+			}
+			return err
+		})
+	})
+	if err != nil {
+		return View{}, err
 	}
-	for _, c := range s.img.conns {
-		v.Connections = append(v.Connections, *c)
-	}
-	s.img.mu.RUnlock()
 	sort.Slice(v.Users, func(i, j int) bool { return v.Users[i].ID < v.Users[j].ID })
 	sort.Slice(v.Connections, func(i, j int) bool { return v.Connections[i].ID < v.Connections[j].ID })
 	return v, nil

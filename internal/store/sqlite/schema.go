@@ -49,7 +49,10 @@ CREATE INDEX IF NOT EXISTS messages_done ON messages (done_at) WHERE done_at IS 
 `
 
 // snapshotSchema holds the view's last snapshot: its rows as of the checkpoint, the log
-// position it folded up to. Only a start reads it.
+// position it folded up to. A start reads the rows of the active users and the live
+// connections (the memory image); the fold and the reads read the others on demand. A
+// user's row stays (its last activity answers GET /user/online); what removes a
+// connection's row is the tombstone retention (PruneTombstones, by view_connections_closed).
 const snapshotSchema = `
 CREATE TABLE IF NOT EXISTS checkpoints (
 	name TEXT PRIMARY KEY,
@@ -72,6 +75,8 @@ CREATE TABLE IF NOT EXISTS view_connections (
 	last_seen     INTEGER,
 	crc           INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS view_users_active ON view_users (user_id) WHERE live > 0 OR announced = 'online';
+CREATE INDEX IF NOT EXISTS view_connections_closed ON view_connections (closed_at);
 `
 
 const dropSnapshot = `

@@ -31,8 +31,82 @@ func connCRC(id, userID string, opened, closed sql.NullInt64, reason sql.NullStr
 	return int64(crc32.ChecksumIEEE([]byte(fmt.Sprintf("%s\x00%s\x00%v\x00%v\x00%v\x00%v", id, userID, opened, closed, reason, seen))))
 }
 
-// loadSnapshot reads the view's last snapshot into the image, each row checked against
-// its checksum (ErrSnapshotDamaged on a mismatch).
+// selectUser and selectConn read snapshot rows; scanUser and scanConn decode them, each
+// checked against its checksum (ErrSnapshotDamaged on a mismatch).
+const (
+	selectUser = `SELECT user_id, live, last_activity, announced, offline_since, crc FROM view_users`
+	selectConn = `SELECT connection_id, user_id, opened_at, closed_at, reason, last_seen, crc FROM view_connections`
+)
+
+// rowScanner is a *sql.Row or *sql.Rows.
+type rowScanner interface{ Scan(dest ...any) error }
+
+func scanUser(r rowScanner) (presence.User, error) {
+	var u presence.User
+	var last, since sql.NullInt64
+	var announced string
+	var crc int64
+	if err := r.Scan(&u.ID, &u.Live, &last, &announced, &since, &crc); err != nil {
+		return u, err
+	}
+	if userCRC(u.ID, u.Live, last, since, announced) != crc {
+		return u, fmt.Errorf("%w: the row of user %q", ErrSnapshotDamaged, u.ID)
+	}
+	u.LastActivity, u.OfflineSince, u.Announced = fromNanos(last), fromNanos(since), presence.Announced(announced)
+	return u, nil
+}
+
+func scanConn(r rowScanner) (presence.Conn, error) {
+	var c presence.Conn
+	var opened, closed, seen sql.NullInt64
+	var reason sql.NullString
+	var crc int64
+	if err := r.Scan(&c.ID, &c.UserID, &opened, &closed, &reason, &seen, &crc); err != nil {
+		return c, err
+	}
+	if connCRC(c.ID, c.UserID, opened, closed, reason, seen) != crc {
+		return c, fmt.Errorf("%w: the row of connection %q", ErrSnapshotDamaged, c.ID)
+	}
+	c.OpenedAt, c.ClosedAt, c.LastSeen = fromNanos(opened), fromNanos(closed), fromNanos(seen)
+	c.Reason = events.CloseReason(reason.String)
+	return c, nil
+}
+
+// storedUser reads a user's snapshot row on the writer's connection (rowReader): the
+// writer's folds read the rows the image does not hold.
+func (s *Store) storedUser(id string) (presence.User, bool, error) {
+	u, err := scanUser(s.stmts.getUser.QueryRowContext(context.Background(), id))
+	return storedRow(s, u, err)
+}
+
+func (s *Store) storedConn(id string) (presence.Conn, bool, error) {
+	c, err := scanConn(s.stmts.getConn.QueryRowContext(context.Background(), id))
+	return storedRow(s, c, err)
+}
+
+// storedRow turns a point read's error into found, recording a damaged row (Health).
+func storedRow[T any](s *Store, v T, err error) (T, bool, error) {
+	switch {
+	case err == nil:
+		return v, true, nil
+	case errors.Is(err, sql.ErrNoRows):
+		return v, false, nil
+	case errors.Is(err, ErrSnapshotDamaged):
+		damaged := fmt.Errorf("%w: %w", ErrDamaged, err)
+		s.damage.Store(&damaged)
+		s.opts.Logger.Error("the store's file is damaged", "err", err)
+		return v, false, damaged
+	}
+	return v, false, s.noteRead(fmt.Errorf("read the view: %w", err))
+}
+
+// activeUsers is the condition of a user row the image holds: online, or in its grace
+// period (the view_users_active index holds them).
+const activeUsers = `live > 0 OR announced = 'online'`
+
+// loadSnapshot reads into the image the rows of the view's last snapshot it holds (users
+// online or in their grace period, live connections: a start reads those, not every row),
+// each checked against its checksum (ErrSnapshotDamaged on a mismatch).
 func (s *Store) loadSnapshot(ctx context.Context) error {
 	var cp sql.NullInt64
 	if err := s.wc.QueryRowContext(ctx, `SELECT MAX(seq) FROM checkpoints WHERE name = ?`, checkpointName).Scan(&cp); err != nil {
@@ -41,51 +115,43 @@ func (s *Store) loadSnapshot(ctx context.Context) error {
 	im := s.img
 	im.mu.Lock()
 	defer im.mu.Unlock()
-	if err := scanEach(ctx, s.wc, `SELECT user_id, live, last_activity, announced, offline_since, crc FROM view_users`, func(r *sql.Rows) error {
-		var u presence.User
-		var last, since sql.NullInt64
-		var announced string
-		var crc int64
-		if err := r.Scan(&u.ID, &u.Live, &last, &announced, &since, &crc); err != nil {
-			return err
+	if err := scanEach(ctx, s.wc, selectUser+` WHERE `+activeUsers, func(r *sql.Rows) error {
+		u, err := scanUser(r)
+		if err == nil {
+			im.putUser(u)
 		}
-		if userCRC(u.ID, u.Live, last, since, announced) != crc {
-			return fmt.Errorf("%w: the row of user %q", ErrSnapshotDamaged, u.ID)
-		}
-		u.LastActivity, u.OfflineSince, u.Announced = fromNanos(last), fromNanos(since), presence.Announced(announced)
-		im.putUser(u)
-		return nil
+		return err
 	}); err != nil {
 		return fmt.Errorf("load snapshot users: %w", err)
 	}
-	if err := scanEach(ctx, s.wc, `SELECT connection_id, user_id, opened_at, closed_at, reason, last_seen, crc FROM view_connections`, func(r *sql.Rows) error {
-		var c presence.Conn
-		var opened, closed, seen sql.NullInt64
-		var reason sql.NullString
-		var crc int64
-		if err := r.Scan(&c.ID, &c.UserID, &opened, &closed, &reason, &seen, &crc); err != nil {
-			return err
+	if err := scanEach(ctx, s.wc, selectConn+` WHERE closed_at IS NULL`, func(r *sql.Rows) error {
+		c, err := scanConn(r)
+		if err == nil {
+			im.putConn(c)
 		}
-		if connCRC(c.ID, c.UserID, opened, closed, reason, seen) != crc {
-			return fmt.Errorf("%w: the row of connection %q", ErrSnapshotDamaged, c.ID)
-		}
-		c.OpenedAt, c.ClosedAt, c.LastSeen = fromNanos(opened), fromNanos(closed), fromNanos(seen)
-		c.Reason = events.CloseReason(reason.String)
-		im.putConn(c)
-		return nil
+		return err
 	}); err != nil {
 		return fmt.Errorf("load snapshot connections: %w", err)
 	}
 	im.seq = cp.Int64
+	s.snapshotSeq = cp.Int64
 	return nil
 }
 
-// replay folds the log records past the image's position into it, a page at a time. It
-// publishes nothing: what a record decided went to the outbox in the record's own commit.
-// It returns what it folded.
+// ErrLogGap is wrapped by Open and Rebuild for a log whose positions past the view's
+// checkpoint do not follow one another: a record is missing (a damaged or cut file, a log
+// compacted past a snapshot that is gone), and the view it would fold is not the one the
+// log recorded. Restore a backup (docs/operations.md).
+var ErrLogGap = errors.New("the log has a gap")
+
+// replay folds the log records past the image's position into it, a page at a time,
+// checking that their positions follow one another from it (ErrLogGap names the first
+// missing one). It publishes nothing: what a record decided went to the outbox in the
+// record's own commit. It returns what it folded.
 func (s *Store) replay(ctx context.Context) (Projection, error) {
 	var total Projection
 	graces := map[string]time.Time{}
+	from := s.img.seq
 	for {
 		type record struct {
 			seq       int64
@@ -100,8 +166,13 @@ func (s *Store) replay(ctx context.Context) (Projection, error) {
 		if len(page) == 0 {
 			break
 		}
-		f := newFold(s.img, s.opts.Grace)
-		for _, rec := range page {
+		f := newFold(s.img, s.opts.Grace, s)
+		for i, rec := range page {
+			want := s.img.seq + 1 + int64(i)
+			if rec.seq != want {
+				return total, fmt.Errorf("%w: position %d is missing (the view's checkpoint is at %d, the next record kept is at %d): restore a backup",
+					ErrLogGap, want, from, rec.seq)
+			}
 			if rec.typ == graceRecordType {
 				var g graceDecision
 				if err := json.Unmarshal([]byte(rec.data), &g); err != nil {
@@ -116,8 +187,18 @@ func (s *Store) replay(ctx context.Context) (Projection, error) {
 			}
 			f.event(e)
 		}
+		if f.err != nil {
+			return total, f.err
+		}
 		last := page[len(page)-1].seq
 		f.apply(last)
+		// A long replay snapshots as it goes, so the image holds at most a page of rows
+		// beside the active ones.
+		if len(s.img.dirty) >= replayPage {
+			if err := s.snapshot(ctx); err != nil {
+				return total, err
+			}
+		}
 		p := f.projection(0, last)
 		total.Events += p.Events
 		total.Published += p.Published
@@ -167,8 +248,13 @@ func (s *Store) snapshot(ctx context.Context) error {
 	if err := s.end(ctx, s.writeSnapshot(ctx)); err != nil {
 		return err
 	}
-	s.img.dirty = map[string]map[string]struct{}{}
+	im := s.img
+	im.mu.Lock()
+	im.evict(im.dirty)
+	im.dirty = map[string]map[string]struct{}{}
+	im.mu.Unlock()
 	s.sinceSnapshot = 0
+	s.snapshotSeq = im.seq
 	return nil
 }
 
@@ -206,32 +292,52 @@ func (s *Store) writeSnapshot(ctx context.Context) error {
 	return nil
 }
 
-// Rebuild drops the view and its snapshot and folds the whole log again, the grace timers'
-// logged decisions included, so the view it builds is the one the live runs built. It
-// publishes nothing again (the outbox got each decision in its record's commit). It runs
-// on the writer, between commits.
+// Rebuild folds the view again, the grace timers' logged decisions included, so the view
+// it builds is the one the live runs built: from the whole log while the log is kept from
+// its first position (the view and its snapshot dropped first), else from the view's
+// checkpointed snapshot and the log kept after it (Projection.From says which). It
+// publishes nothing again (the outbox got each decision in its record's commit). It runs on
+// the writer, between commits.
 func (s *Store) Rebuild(ctx context.Context) (Projection, error) {
 	var p Projection
 	err := s.writeAlone(ctx, func(ctx context.Context) error {
-		if _, err := s.wc.ExecContext(ctx, dropSnapshot+snapshotSchema); err != nil {
-			return fmt.Errorf("reset the snapshot: %w", err)
+		var first sql.NullInt64
+		if err := s.wc.QueryRowContext(ctx, `SELECT MIN(seq) FROM log`).Scan(&first); err != nil {
+			return fmt.Errorf("read the log's first position: %w", err)
+		}
+		whole := !first.Valid || first.Int64 == 1
+		if whole {
+			if _, err := s.wc.ExecContext(ctx, dropSnapshot+snapshotSchema); err != nil {
+				return fmt.Errorf("reset the snapshot: %w", err)
+			}
 		}
 		fresh := newImage()
 		s.img.mu.Lock()
 		s.img.users, s.img.conns, s.img.live, s.img.online = fresh.users, fresh.conns, fresh.live, fresh.online
 		s.img.seq, s.img.dirty = 0, fresh.dirty
 		s.img.mu.Unlock()
+		if !whole {
+			if err := s.loadSnapshot(ctx); err != nil {
+				return err
+			}
+		}
+		from := s.img.seq
 		var err error
 		if p, err = s.replay(ctx); err != nil {
 			return err
 		}
+		p.From = from
 		return s.snapshot(ctx)
 	})
 	return p, err
 }
 
-// PruneTombstones forgets connections closed before cutoff, in the image and its
-// snapshot, and returns how many.
+// pruneChunk is how many rows one pruning transaction deletes: the writer's other commits
+// wait for one chunk at most.
+const pruneChunk = 2000
+
+// PruneTombstones forgets connections closed before cutoff, in the image and the snapshot
+// tables, a chunk per transaction, and returns how many.
 func (s *Store) PruneTombstones(ctx context.Context, cutoff time.Time) (int, error) {
 	var n int
 	err := s.writeAlone(ctx, func(ctx context.Context) (err error) {
@@ -261,10 +367,93 @@ func (s *Store) PruneTombstones(ctx context.Context, cutoff time.Time) (int, err
 		n = len(gone)
 		return nil
 	})
+	for err == nil {
+		var deleted int64
+		err = s.writeAlone(ctx, func(ctx context.Context) error {
+			if err := s.begin(ctx); err != nil {
+				return err
+			}
+			res, err := s.wc.ExecContext(ctx, `DELETE FROM view_connections WHERE connection_id IN
+				(SELECT connection_id FROM view_connections WHERE closed_at < ? LIMIT ?)`, cutoff.UnixNano(), pruneChunk)
+			if err == nil {
+				deleted, err = res.RowsAffected()
+			}
+			return s.end(ctx, err)
+		})
+		n += int(deleted)
+		if deleted < pruneChunk {
+			break
+		}
+	}
 	if err != nil {
-		return 0, fmt.Errorf("prune tombstones: %w", err)
+		return n, fmt.Errorf("prune tombstones: %w", err)
 	}
 	return n, nil
+}
+
+// CompactLog deletes the log records the view's snapshot holds (at or before its
+// checkpoint) that are older than cutoff (their time), a chunk per transaction, and
+// returns how many; their pages are reused by the records to come. The record at the
+// checkpoint is kept: the log's positions go on after it.
+func (s *Store) CompactLog(ctx context.Context, cutoff time.Time) (int64, error) {
+	var total int64
+	for {
+		var n int64
+		var more bool
+		err := s.writeAlone(ctx, func(ctx context.Context) error {
+			var err error
+			n, more, err = s.compactChunk(ctx, cutoff)
+			return err
+		})
+		total += n
+		if err != nil {
+			return total, fmt.Errorf("compact the log: %w", err)
+		}
+		if !more {
+			return total, nil
+		}
+	}
+}
+
+// compactChunk deletes up to pruneChunk of the oldest records CompactLog deletes; more
+// says there may be others.
+func (s *Store) compactChunk(ctx context.Context, cutoff time.Time) (n int64, more bool, err error) {
+	var bound int64 // the records before it go
+	scanned, stopped := 0, false
+	err = scanEach(ctx, s.wc, `SELECT seq, data FROM log WHERE seq < ? ORDER BY seq LIMIT ?`, func(r *sql.Rows) error {
+		var seq int64
+		var data string
+		if err := r.Scan(&seq, &data); err != nil {
+			return err
+		}
+		scanned++
+		if stopped {
+			return nil
+		}
+		var rec struct {
+			At time.Time `json:"at"`
+		}
+		if json.Unmarshal([]byte(data), &rec) != nil || !rec.At.Before(cutoff) {
+			stopped = true // the first record kept: the log is kept from there
+			return nil
+		}
+		bound = seq + 1
+		return nil
+	}, s.snapshotSeq, pruneChunk)
+	if err != nil || bound == 0 {
+		return 0, false, err
+	}
+	if err := s.begin(ctx); err != nil {
+		return 0, false, err
+	}
+	res, err := s.wc.ExecContext(ctx, `DELETE FROM log WHERE seq < ?`, bound)
+	if err == nil {
+		n, err = res.RowsAffected()
+	}
+	if err := s.end(ctx, err); err != nil {
+		return 0, false, err
+	}
+	return n, !stopped && scanned == pruneChunk, nil
 }
 
 func (s *Store) deleteConns(ctx context.Context, ids []string) error {

@@ -127,9 +127,10 @@ type Store struct {
 	id        string
 	idCreated bool
 	// sinceSnapshot counts the records folded since the last snapshot; lastSnapshot is
-	// when it was written (the writer's alone).
+	// when it was written; snapshotSeq is the log position it holds (the writer's alone).
 	sinceSnapshot int
 	lastSnapshot  time.Time
+	snapshotSeq   int64
 }
 
 // writerStmts are prepared once on the writer's connection: the hot path's inserts and
@@ -137,6 +138,8 @@ type Store struct {
 type writerStmts struct {
 	log, msg, pub, done            *sql.Stmt
 	saveUser, saveConn, forgetConn *sql.Stmt
+	// getUser and getConn read the rows the image does not hold.
+	getUser, getConn *sql.Stmt
 }
 
 // Projection reports what a fold did.
@@ -150,6 +153,9 @@ type Projection struct {
 	Graces []presence.Grace
 	// Checkpoint is the log position the view has folded up to.
 	Checkpoint int64
+	// From is the log position a Rebuild folded the log after: 0 for the whole log, else
+	// the checkpoint of the snapshot it started from.
+	From int64
 }
 
 // QueuedMessage is a message waiting in the local queue for one user.
@@ -250,6 +256,8 @@ func (s *Store) start(ctx context.Context) error {
 			VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (connection_id) DO UPDATE SET user_id = excluded.user_id, opened_at = excluded.opened_at,
 			closed_at = excluded.closed_at, reason = excluded.reason, last_seen = excluded.last_seen, crc = excluded.crc`},
 		{&s.stmts.forgetConn, `DELETE FROM view_connections WHERE connection_id = ?`},
+		{&s.stmts.getUser, selectUser + ` WHERE user_id = ?`},
+		{&s.stmts.getConn, selectConn + ` WHERE connection_id = ?`},
 	} {
 		if *st.dst, err = wc.PrepareContext(ctx, st.query); err != nil {
 			return fmt.Errorf("prepare %q: %w", st.query, err)
@@ -295,7 +303,8 @@ func (s *Store) Close() error {
 	}
 	<-s.done
 	<-s.ckDone
-	for _, st := range []*sql.Stmt{s.stmts.log, s.stmts.msg, s.stmts.pub, s.stmts.done, s.stmts.saveUser, s.stmts.saveConn, s.stmts.forgetConn} {
+	for _, st := range []*sql.Stmt{s.stmts.log, s.stmts.msg, s.stmts.pub, s.stmts.done, s.stmts.saveUser, s.stmts.saveConn, s.stmts.forgetConn,
+		s.stmts.getUser, s.stmts.getConn} {
 		_ = st.Close()
 	}
 	_, ckErr := s.ck.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`)

@@ -307,7 +307,7 @@ func (s *Store) end(ctx context.Context, err error) error {
 // image (apply) only once the commit is durable.
 func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error) {
 	ctx := context.Background()
-	f = newFold(s.img, s.opts.Grace)
+	f = newFold(s.img, s.opts.Grace, s)
 	if s.opts.Fault != nil {
 		if err := s.opts.Fault(); err != nil {
 			return f, p, fmt.Errorf("commit: %w", err)
@@ -376,6 +376,9 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 			if err := req.exec(ctx); err != nil {
 				return f, p, err
 			}
+		}
+		if f.err != nil {
+			return f, p, f.err
 		}
 	}
 	published, err := s.publish(ctx, f.outbox)

@@ -138,7 +138,6 @@ func Record(item map[string]types.AttributeValue, seq int64) lambdaevents.Dynamo
 type ViewStream struct {
 	mu      sync.Mutex
 	records []lambdaevents.DynamoDBEventRecord
-	next    int
 	seq     int64
 }
 
@@ -188,12 +187,13 @@ func ViewRecord(item map[string]types.AttributeValue, seq int64) lambdaevents.Dy
 	}
 }
 
-// Next returns the records of the writes since the last call.
+// Next returns the records of the writes since the last call; the stream keeps none of
+// them after it.
 func (v *ViewStream) Next() []lambdaevents.DynamoDBEventRecord {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	out := v.records[v.next:]
-	v.next = len(v.records)
+	out := v.records
+	v.records = nil
 	return out
 }
 

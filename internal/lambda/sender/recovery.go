@@ -1,0 +1,259 @@
+package sender
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	lambdaevents "github.com/aws/aws-lambda-go/events"
+	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/delivery"
+	"github.com/wspresence/wspresence/internal/recovery"
+	"github.com/wspresence/wspresence/internal/recovery/sqshold"
+	"github.com/wspresence/wspresence/internal/store/dynamo"
+)
+
+// Streams is the users' recovery streams (package dynamo's Store).
+type Streams interface {
+	StreamHead(ctx context.Context, userID string) (dynamo.Head, bool, error)
+	Allocate(ctx context.Context, userID string, at time.Time) (dynamo.Head, error)
+	PutMessage(ctx context.Context, userID string, m dynamo.StreamMessage) error
+	FindMessage(ctx context.Context, userID, epoch, messageID string, now time.Time) (dynamo.StreamMessage, bool, error)
+	Message(ctx context.Context, userID, epoch string, offset int64) (dynamo.StreamMessage, bool, error)
+	SetHeld(ctx context.Context, userID, epoch string, offset int64, to string, from ...string) (string, bool, error)
+}
+
+// Timers starts the timer of a held message, due at the window's end (package sqshold).
+type Timers interface {
+	Hold(ctx context.Context, t sqshold.Timer) error
+}
+
+// Recovery delivers the messages of users with a recovery stream (a connection of theirs
+// opted in with the wspresence.v1 subprotocol). Users without one are delivered by the
+// Handler's Deliverer exactly as before. For a user with a stream, each message:
+//   - gets the next offset of the user's stream (one UpdateItem) and, with a window, is
+//     kept at that position (one PutItem; a retried record finds its position again);
+//   - is posted as a message frame to each opted-in connection whose recover has
+//     answered, as the raw body to each live connection that did not opt in, and not at
+//     all to opted-in connections whose recover has not answered (their replay covers
+//     it). The connections' flags are read after the message is kept (one GetItem), so a
+//     connection that becomes ready later finds the message in its re-read;
+//   - is MessageDelivered if a post was accepted; otherwise, with a window, it is held:
+//     its timer is started and the outcome comes from the replay (MessageDelivered) or
+//     from the timer at the window's end (MessageUndeliverable{offline}), exactly one of
+//     them, claimed with a conditional write on the message item.
+type Recovery struct {
+	Streams     Streams
+	Connections delivery.Connections
+	Poster      delivery.Poster
+	// Log records connections found gone (and folds their closes).
+	Log    delivery.Log
+	Timers Timers
+	// Window is the recovery window (0: positions are given, nothing is kept or held).
+	Window time.Duration
+	// TimerQueueARN is the ARN of the held messages' timer queue: its records reaching
+	// Handle are timers.
+	TimerQueueARN string
+	// Concurrency bounds the posts in flight for one message (default 8).
+	Concurrency int
+}
+
+// deliverRecovering delivers one task through the recovery streams; ok is false for a user
+// without a stream (the caller delivers as before).
+func (h *Handler) deliverRecovering(ctx context.Context, task delivery.Task, retried bool) (delivery.Result, bool, error) {
+	r := h.Recovery
+	head, ok, err := r.Streams.StreamHead(ctx, task.UserID)
+	if err != nil || !ok {
+		return delivery.Result{}, false, err
+	}
+	live, err := r.Connections.LiveConnections(ctx, task.UserID)
+	if err != nil {
+		return delivery.Result{}, true, fmt.Errorf("deliver %s to %s: %w", task.MessageID, task.UserID, err)
+	}
+	now := h.now()
+	var m dynamo.StreamMessage
+	found := false
+	if retried && r.Window > 0 {
+		if m, found, err = r.Streams.FindMessage(ctx, task.UserID, head.Epoch, task.MessageID, now); err != nil {
+			return delivery.Result{}, true, err
+		}
+	}
+	var flags dynamo.Head
+	if !found {
+		a, err := r.Streams.Allocate(ctx, task.UserID, now)
+		if errors.Is(err, dynamo.ErrNoStream) {
+			return delivery.Result{}, false, nil
+		}
+		if err != nil {
+			return delivery.Result{}, true, err
+		}
+		m = dynamo.StreamMessage{Epoch: a.Epoch, Offset: a.Top, MessageID: task.MessageID, Body: task.Body, At: now}
+		flags = a
+		if r.Window > 0 {
+			if err := r.Streams.PutMessage(ctx, task.UserID, m); err != nil {
+				return delivery.Result{}, true, err
+			}
+		}
+	}
+	if r.Window > 0 {
+		// Read the flags after the message is kept: a connection marked ready after this
+		// read re-reads the stream after its mark, and finds the message.
+		var ok bool
+		if flags, ok, err = r.Streams.StreamHead(ctx, task.UserID); err != nil {
+			return delivery.Result{}, true, err
+		} else if !ok {
+			flags = dynamo.Head{}
+		}
+	}
+	res := h.postRecovering(ctx, task, m, live, flags, now)
+	if len(res.Gone) > 0 {
+		closed := make([]events.ConnectionEvent, len(res.Gone))
+		for i, id := range res.Gone {
+			closed[i] = events.Closed(task.UserID, id, now, events.ReasonGone)
+		}
+		if _, err := r.Log.Append(ctx, closed...); err != nil {
+			return res, true, fmt.Errorf("record gone connections of %s: %w", task.UserID, err)
+		}
+	}
+	switch {
+	case res.Delivered > 0:
+		res.Outcome = events.NewMessageDelivered(task.MessageID, task.UserID, res.Delivered, h.now())
+		return res, true, nil
+	case r.Window > 0:
+		return h.hold(ctx, task, m, res)
+	}
+	// No window: the outcome of today's delivery.
+	switch {
+	case len(live) == 0 && len(res.Gone) == 0 && res.Failed == 0:
+		res.Outcome = events.NewMessageUndeliverable(task.MessageID, task.UserID, events.UndeliverableOffline, h.now())
+	case res.Failed == 0:
+		res.Outcome = events.NewMessageUndeliverable(task.MessageID, task.UserID, events.UndeliverableGone, h.now())
+	default:
+		res.Outcome = events.NewMessageUndeliverable(task.MessageID, task.UserID, events.UndeliverableFailed, h.now())
+		return res, true, fmt.Errorf("deliver %s to %s: %d posts failed: %w", task.MessageID, task.UserID, res.Failed, delivery.ErrDeliveryFailed)
+	}
+	return res, true, nil
+}
+
+// hold marks a message that reached no connection held and starts its timer; if a
+// recover replayed it meanwhile, it was delivered.
+func (h *Handler) hold(ctx context.Context, task delivery.Task, m dynamo.StreamMessage, res delivery.Result) (delivery.Result, bool, error) {
+	r := h.Recovery
+	old, set, err := r.Streams.SetHeld(ctx, task.UserID, m.Epoch, m.Offset, dynamo.HeldPending, "")
+	if err != nil {
+		return res, true, err
+	}
+	state := old
+	if set {
+		state = dynamo.HeldPending
+	}
+	switch state {
+	case dynamo.HeldPending:
+		// Held (again, for a retried record: a second timer decides nothing).
+		if err := r.Timers.Hold(ctx, sqshold.Timer{UserID: task.UserID, Epoch: m.Epoch, Offset: m.Offset, MessageID: task.MessageID}); err != nil {
+			return res, true, err
+		}
+		res.Outcome = nil
+	case dynamo.HeldReplayed, dynamo.HeldDelivered:
+		// A recover replayed it before it could be held, so it is this delivery's outcome.
+		res.Outcome = events.NewMessageDelivered(task.MessageID, task.UserID, 1, h.now())
+	default:
+		// Its timer already decided.
+		res.Outcome = nil
+	}
+	return res, true, nil
+}
+
+// postRecovering posts m: frames to the ready opted-in connections, the body to live
+// connections that did not opt in.
+func (h *Handler) postRecovering(ctx context.Context, task delivery.Task, m dynamo.StreamMessage, live []string, flags dynamo.Head, now time.Time) delivery.Result {
+	r := h.Recovery
+	isLive := make(map[string]bool, len(live))
+	for _, c := range live {
+		isLive[c] = true
+	}
+	type post struct {
+		conn string
+		data []byte
+	}
+	var posts []post
+	frame := recovery.MessageFrame(m.Epoch, m.Offset, task.MessageID, task.Body)
+	for c := range flags.Ready {
+		// A ready connection missing from the live set read before opened after it, or
+		// closed: post to it only if its flag is recent (a closed one answers 410 anyway).
+		if isLive[c] || now.Sub(flags.Framed[c]) < dynamo.StaleFlag {
+			posts = append(posts, post{c, frame})
+		}
+	}
+	for _, c := range live {
+		if _, framed := flags.Framed[c]; !framed {
+			posts = append(posts, post{c, []byte(task.Body)})
+		}
+	}
+	limit := r.Concurrency
+	if limit <= 0 {
+		limit = 8
+	}
+	var (
+		mu  sync.Mutex
+		res delivery.Result
+		wg  sync.WaitGroup
+		sem = make(chan struct{}, limit)
+	)
+	for _, p := range posts {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			err := r.Poster.Post(ctx, p.conn, p.data)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				res.Delivered++
+			case errors.Is(err, delivery.ErrConnectionGone):
+				res.Gone = append(res.Gone, p.conn)
+			default:
+				res.Failed++
+				h.Logger.WarnContext(ctx, "post to connection failed", "connectionId", p.conn, "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+	return res
+}
+
+// expire handles a held message's timer at the window's end: MessageUndeliverable
+// unless a recover replayed the message (then the MessageDelivered its recover could not
+// publish, if any).
+func (h *Handler) expire(ctx context.Context, rec lambdaevents.SQSMessage) error {
+	r := h.Recovery
+	t, err := sqshold.Decode(rec.Body)
+	if err != nil {
+		h.Logger.ErrorContext(ctx, "timer dropped", "messageId", rec.MessageId, "err", err)
+		return nil // nothing to retry
+	}
+	old, set, err := r.Streams.SetHeld(ctx, t.UserID, t.Epoch, t.Offset, dynamo.HeldUndeliverable, dynamo.HeldPending, dynamo.HeldUndeliverable)
+	if err != nil {
+		return err
+	}
+	var outcome events.Published
+	done := dynamo.HeldReported
+	switch {
+	case set:
+		outcome = events.NewMessageUndeliverable(t.MessageID, t.UserID, events.UndeliverableOffline, h.now())
+	case old == dynamo.HeldReplayed:
+		outcome, done = events.NewMessageDelivered(t.MessageID, t.UserID, 1, h.now()), dynamo.HeldDelivered
+	default:
+		return nil // decided and published, or gone
+	}
+	if err := h.Publisher.Publish(ctx, outcome); err != nil {
+		return fmt.Errorf("publish the outcome of held %s: %w", t.MessageID, err)
+	}
+	if _, _, err := r.Streams.SetHeld(ctx, t.UserID, t.Epoch, t.Offset, done, dynamo.HeldUndeliverable, dynamo.HeldReplayed); err != nil {
+		h.Logger.WarnContext(ctx, "held outcome published but not marked", "messageId", t.MessageID, "err", err)
+	}
+	return nil
+}
