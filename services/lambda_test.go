@@ -351,11 +351,13 @@ func TestPresencePathUnderTheEmulator(t *testing.T) {
 		"GRACE_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/grace"}))
 	relay := start(t, "publisher", map[string]string{"AWS_ENDPOINT_URL_EVENTBRIDGE": bus.URL, "EVENT_BUS_NAME": "wspresence",
 		"AWS_ENDPOINT_URL_DYNAMODB": ddb, "VIEW_TABLE": tables.View, "OFFLINE_GRACE_SECONDS": "5"})
-	graceFn := start(t, "grace", map[string]string{"AWS_ENDPOINT_URL_DYNAMODB": ddb, "VIEW_TABLE": tables.View, "OFFLINE_GRACE_SECONDS": "5"})
+	graceFn := start(t, "grace", map[string]string{"AWS_ENDPOINT_URL_DYNAMODB": ddb, "VIEW_TABLE": tables.View, "OFFLINE_GRACE_SECONDS": "5",
+		"AWS_ENDPOINT_URL_SQS": timers.URL, "GRACE_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/grace"})
 	sweeper := start(t, "sweeper", with(map[string]string{"WEBSOCKET_ENDPOINT": gw.URL + "/production",
 		"AWS_ENDPOINT_URL_EVENTBRIDGE": bus.URL, "EVENT_BUS_NAME": "wspresence", "RECONCILE_LIMIT": "100",
 		"AWS_ENDPOINT_URL_SQS": timers.URL, "GRACE_DLQ_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/grace-dlq",
-		"STREAM_FAILURE_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/stream-failures"}))
+		"STREAM_FAILURE_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/stream-failures",
+		"VIEW_STREAM_ARN":          "arn:aws:dynamodb:us-east-1:123456789012:table/view/stream/2026-01-01T00:00:00.000"}))
 
 	ok := func(name string, body []byte) {
 		t.Helper()
@@ -424,5 +426,30 @@ func TestPresencePathUnderTheEmulator(t *testing.T) {
 	defer mu.Unlock()
 	if strings.Join(published, ",") != "UserOnline,UserOffline" {
 		t.Fatalf("published %v", published)
+	}
+
+	// A client that opts in to recovery gets the subprotocol back from the function, and
+	// its recover route is served (the gateway here finds every connection gone).
+	var framed lambdaevents.APIGatewayWebsocketProxyRequest
+	lambdatest.Load(t, "websocket-connect.json", nil, &framed)
+	framed.RequestContext.ConnectionID = "framed="
+	framed.Headers["Sec-WebSocket-Protocol"] = "wspresence.v1"
+	payload, _ := json.Marshal(framed)
+	var answer lambdaevents.APIGatewayProxyResponse
+	if body := connect.invoke(t, payload); json.Unmarshal(body, &answer) != nil || answer.StatusCode != http.StatusOK ||
+		answer.Headers["Sec-WebSocket-Protocol"] != "wspresence.v1" {
+		t.Fatalf("$connect with the subprotocol answered %s", body)
+	}
+	var rec lambdaevents.APIGatewayWebsocketProxyRequest
+	lambdatest.Load(t, "websocket-recover.json", map[string]string{"epoch": "e", "offset": "0"}, &rec)
+	rec.RequestContext.ConnectionID = "framed="
+	payload, _ = json.Marshal(rec)
+	ok("recover", connect.invoke(t, payload))
+	if head, found, err := st.StreamHead(ctx, "1234"); err != nil || !found || head.Epoch == "" || head.Framed["framed="].IsZero() {
+		t.Fatalf("stream after the opt-in: %+v %v %v", head, found, err)
+	}
+	// The recover's answer found the connection gone: it is closed.
+	if live, err := st.LiveConnections(ctx, "1234"); err != nil || len(live) != 0 {
+		t.Fatalf("live after the recover found the connection gone: %v %v", live, err)
 	}
 }

@@ -273,3 +273,63 @@ func TestBackupAndRestore(t *testing.T) {
 		t.Fatalf("the restored history lacks the message's outcome: %s", seen.String())
 	}
 }
+
+// TestBackupCarriesSecrets: a backup carries the data dir's generated secrets (and is
+// readable by its owner only), so a restore into a new dir serves the same API key and
+// tokens, and says what it put in place; --without-secrets leaves them out and says so.
+func TestBackupCarriesSecrets(t *testing.T) {
+	dir := t.TempDir()
+	addr, stop := serveFor(t, dir)
+	var o, e bytes.Buffer
+	if code := run(context.Background(), []string{"send", "--url", "http://" + addr, "--data", dir, "--user", "kept", "--body", "x"}, &o, &e, noEnv); code != 0 {
+		t.Fatalf("send: %d %s", code, e.String())
+	}
+	backup := filepath.Join(t.TempDir(), "backup.db")
+	o.Reset()
+	if code := run(context.Background(), []string{"backup", "--data", dir, "--to", backup}, &o, &e, noEnv); code != 0 {
+		t.Fatalf("backup: %d %s", code, e.String())
+	}
+	if !strings.Contains(o.String(), localrt.APIKeyFile) || !strings.Contains(o.String(), localrt.JWTSecretFile) {
+		t.Fatalf("backup does not say it carries the secrets: %s", o.String())
+	}
+	if st, err := os.Stat(backup); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("a backup carrying secrets: %v, mode %v", err, st.Mode())
+	}
+	bare := filepath.Join(t.TempDir(), "bare.db")
+	o.Reset()
+	if code := run(context.Background(), []string{"backup", "--data", dir, "--to", bare, "--without-secrets"}, &o, &e, noEnv); code != 0 ||
+		!strings.Contains(o.String(), "401") {
+		t.Fatalf("backup --without-secrets: %d %s %s", code, o.String(), e.String())
+	}
+	stop()
+
+	fresh := filepath.Join(t.TempDir(), "data")
+	o.Reset()
+	if code := run(context.Background(), []string{"restore", "--data", fresh, "--from", backup}, &o, &e, noEnv); code != 0 {
+		t.Fatalf("restore: %d %s", code, e.String())
+	}
+	for _, name := range []string{localrt.APIKeyFile, localrt.JWTSecretFile} {
+		if !strings.Contains(o.String(), filepath.Join(fresh, name)+" put in place") {
+			t.Errorf("restore does not say it put %s in place: %s", name, o.String())
+		}
+		want, _ := localrt.ReadSecret(dir, name)
+		if got, err := localrt.ReadSecret(fresh, name); err != nil || got != want {
+			t.Errorf("%s in the new dir: %v, not the backed-up one", name, err)
+		}
+	}
+	if !strings.Contains(o.String(), "restored from") || !strings.Contains(o.String(), "epoch") {
+		t.Errorf("restore does not say what it put in place: %s", o.String())
+	}
+	addr, stop = serveFor(t, fresh)
+	defer stop()
+	// The old dir's API key is the new dir's.
+	o.Reset()
+	if code := run(context.Background(), []string{"send", "--url", "http://" + addr, "--data", dir, "--user", "again", "--body", "x"}, &o, &e, noEnv); code != 0 {
+		t.Fatalf("send with the backed-up API key: %d %s", code, e.String())
+	}
+	o.Reset()
+	if code := run(context.Background(), []string{"restore", "--data", filepath.Join(t.TempDir(), "bare"), "--from", bare}, &o, &e, noEnv); code != 0 ||
+		!strings.Contains(o.String(), "no secrets") {
+		t.Fatalf("restore of a backup without secrets: %d %s %s", code, o.String(), e.String())
+	}
+}

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/wspresence/wspresence/internal/auth"
@@ -42,6 +44,7 @@ func serveFlags(cfg *localrt.Config, stderr io.Writer, getenv env) *flags {
 	f.Int(&cfg.InboundBurst, "inbound-burst", "WSPRESENCE_INBOUND_BURST", "burst of client frames allowed per connection")
 	f.Duration(&cfg.ShutdownTimeout, "shutdown-timeout", "WSPRESENCE_SHUTDOWN_TIMEOUT", "bound of the graceful shutdown")
 	f.Duration(&cfg.TombstoneRetention, "tombstone-retention", "WSPRESENCE_TOMBSTONE_RETENTION", "how long closed connections stay in the view")
+	f.Duration(&cfg.RecoveryWindow, "recovery-window", "WSPRESENCE_RECOVERY_WINDOW", "how long messages are kept for recovering clients (wspresence.v1) to replay after a reconnect; 0 keeps none")
 	f.Duration(&cfg.OutboxRetention, "outbox-retention", "WSPRESENCE_OUTBOX_RETENTION", "how long published events stay readable by /events and webhooks")
 	f.Duration(&cfg.LogRetention, "log-retention", "WSPRESENCE_LOG_RETENTION", "how long the connection log keeps what the view's snapshot holds")
 	f.List(&cfg.AllowedOrigins, "allowed-origins", "WSPRESENCE_ALLOWED_ORIGINS", "browser origins allowed to connect (host patterns, * for any)")
@@ -154,19 +157,28 @@ func rebuild(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 func backup(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) error {
 	cfg := localrt.DefaultConfig()
 	var to string
-	f := newFlags("backup", "backup [--data DIR] --to FILE", stderr, getenv)
+	var withoutSecrets bool
+	f := newFlags("backup", "backup [--data DIR] --to FILE [--without-secrets]", stderr, getenv)
 	f.String(&cfg.DataDir, "data", "WSPRESENCE_DATA", "data directory of the store")
 	f.String(&to, "to", "", "the backup file to write (must not exist)")
+	f.Bool(&withoutSecrets, "without-secrets", "", "leave the data dir's generated secrets (JWT secret, API key, webhook secret) out of the backup")
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	if to == "" {
 		return errors.New("--to is required")
 	}
-	if err := sqlite.Backup(ctx, filepath.Join(cfg.DataDir, localrt.StoreFile), to); err != nil {
+	carried, err := localrt.Backup(ctx, cfg.DataDir, to, !withoutSecrets)
+	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "store copied to %s\n", to)
+	switch {
+	case withoutSecrets:
+		fmt.Fprintf(stdout, "the data dir's secrets are not in it: a restore into a dir without them generates new ones, and every token and API key of these gets 401\n")
+	case len(carried) > 0:
+		fmt.Fprintf(stdout, "it carries the secrets %s (mode 0600: keep it as secret as they are)\n", strings.Join(carried, ", "))
+	}
 	return nil
 }
 
@@ -182,10 +194,28 @@ func restore(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	if from == "" {
 		return errors.New("--from is required")
 	}
-	if err := localrt.Restore(ctx, cfg.DataDir, from); err != nil {
+	r, err := localrt.Restore(ctx, cfg.DataDir, from)
+	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "store restored from %s (the one it replaced is kept beside it)\n", from)
+	fmt.Fprintf(stdout, "store %s restored from %s into %s (new event epoch %s: /events ids read before answer 410)\n",
+		r.StoreID, from, filepath.Join(cfg.DataDir, localrt.StoreFile), r.Epoch)
+	for _, name := range r.Replaced {
+		fmt.Fprintf(stdout, "the replaced store's file is kept as %s\n", filepath.Join(cfg.DataDir, name))
+	}
+	for _, name := range r.Secrets {
+		fmt.Fprintf(stdout, "secret %s put in place from the backup\n", filepath.Join(cfg.DataDir, name))
+	}
+	for _, name := range r.Kept {
+		if slices.Contains(r.Differs, name) {
+			fmt.Fprintf(stdout, "secret %s kept as it was: it differs from the backup's (tokens or keys made with the backup's are refused)\n", filepath.Join(cfg.DataDir, name))
+		} else {
+			fmt.Fprintf(stdout, "secret %s kept as it was (the same as the backup's)\n", filepath.Join(cfg.DataDir, name))
+		}
+	}
+	if len(r.Secrets)+len(r.Kept) == 0 {
+		fmt.Fprintf(stdout, "the backup carries no secrets: those missing from %s are generated at the next start, and tokens and API keys made with the old ones get 401\n", cfg.DataDir)
+	}
 	return nil
 }
 

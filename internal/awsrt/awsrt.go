@@ -59,6 +59,12 @@ type Config struct {
 	// GraceDeadLetterURL is that queue's dead-letter queue, which the reconciler drains
 	// (GRACE_DLQ_URL).
 	GraceDeadLetterURL string
+	// EventRetentionDays is how long the event table keeps an event (EVENT_RETENTION_DAYS,
+	// default 30, at least 2): its items expire by TTL.
+	EventRetentionDays string
+	// ViewStreamARN is the view table's stream, which the reconciler reads in the relay's
+	// place while the relay does not run (VIEW_STREAM_ARN).
+	ViewStreamARN string
 	// StreamFailureQueueURL is the streams' on-failure destination, which the reconciler
 	// replays (STREAM_FAILURE_QUEUE_URL).
 	StreamFailureQueueURL string
@@ -86,7 +92,7 @@ type Config struct {
 	// MaxReceives is the queue's maxReceiveCount (MAX_RECEIVES, default 5).
 	MaxReceives string
 	// OnlineShards is the number of keys the online index is written under
-	// (ONLINE_SHARDS, default 10; it may grow, never shrink).
+	// (ONLINE_SHARDS, default 10; lists read the highest count ever written with).
 	OnlineShards string
 	// ReconcileLimit bounds the users one reconciler run repairs (RECONCILE_LIMIT,
 	// default 1000).
@@ -199,6 +205,11 @@ func (c Config) store(ck *checker, awsCfg aws.Config) *dynamo.Store {
 	st := dynamo.New(dynamodb.NewFromConfig(awsCfg), dynamo.Tables{
 		Events: ck.need("EVENTS_TABLE", c.EventsTable), View: ck.need("VIEW_TABLE", c.ViewTable)})
 	st.OnlineShards = c.onlineShards(ck)
+	days := ck.integer("EVENT_RETENTION_DAYS", c.EventRetentionDays, dynamo.DefaultEventRetentionDays)
+	if days < dynamo.MinEventRetentionDays {
+		ck.errs = append(ck.errs, fmt.Errorf("EVENT_RETENTION_DAYS=%q: at least %d", c.EventRetentionDays, dynamo.MinEventRetentionDays))
+	}
+	st.EventRetention = time.Duration(days) * 24 * time.Hour
 	return st
 }
 
@@ -358,7 +369,7 @@ func NewPublisher(ctx context.Context, c Config, log *slog.Logger) (*publisher.H
 	}
 	var ck checker
 	st := c.viewWriter(&ck, awsCfg)
-	return &publisher.Handler{Publisher: c.publisher(&ck, awsCfg), Sticker: st, Logger: log, Metrics: metricsOut}, ck.err()
+	return &publisher.Handler{Publisher: c.publisher(&ck, awsCfg), Sticker: st, Probes: st, Logger: log, Metrics: metricsOut}, ck.err()
 }
 
 // NewGrace wires the end of an offline grace period, fed by the grace timers' queue.
@@ -368,7 +379,9 @@ func NewGrace(ctx context.Context, c Config, log *slog.Logger) (*grace.Handler, 
 		return nil, err
 	}
 	var ck checker
-	return &grace.Handler{View: c.viewWriter(&ck, awsCfg), Logger: log}, ck.err()
+	st := c.viewWriter(&ck, awsCfg)
+	timers := sqsdelay.New(sqs.NewFromConfig(awsCfg), ck.need("GRACE_QUEUE_URL", c.GraceQueueURL), st.Grace)
+	return &grace.Handler{View: st, Grace: st.Grace, Timers: timers, Now: time.Now, Logger: log}, ck.err()
 }
 
 // NewSender wires the SQS handler.
@@ -431,6 +444,7 @@ func NewSweeper(ctx context.Context, c Config, log *slog.Logger) (*sweeper.Handl
 		DeadTimers: sqsdelay.NewDeadLetters(sqs.NewFromConfig(awsCfg), ck.need("GRACE_DLQ_URL", c.GraceDeadLetterURL)),
 		Failures:   failures.New(sqs.NewFromConfig(awsCfg), ck.need("STREAM_FAILURE_QUEUE_URL", c.StreamFailureQueueURL)),
 		Streams:    ddbstreams.New(dynamodbstreams.NewFromConfig(awsCfg)),
+		ViewStream: ck.need("VIEW_STREAM_ARN", c.ViewStreamARN),
 		Grace:      st.Grace, GraceMargin: dynamo.DefaultGraceMargin, StaleAfter: dynamo.DefaultStaleAfter,
 		OutboxAge: dynamo.DefaultOutboxAge, Retention: dynamo.DefaultTombstoneRetention,
 		Limit: ck.integer("RECONCILE_LIMIT", c.ReconcileLimit, 1000),

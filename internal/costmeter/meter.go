@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -31,9 +32,10 @@ type Index struct {
 // Meter counts billable usage. Its methods are safe for concurrent use.
 type Meter struct {
 	mu sync.Mutex
-	// invocations and billedMs are per function; memoryMB is each function's memory.
+	// invocations and billedMs (each invocation's, rounded up to the ms) are per
+	// function; memoryMB is each function's memory.
 	invocations map[string]int
-	billedMs    map[string]float64
+	billedMs    map[string][]float64
 	memoryMB    map[string]int
 	rru, wru    float64
 	indexWrites map[string]float64
@@ -48,7 +50,7 @@ type Meter struct {
 // New returns a meter of functions with the given memory (MB), counting index writes of
 // the view table's indexes.
 func New(memoryMB map[string]int, viewTable string, indexes []Index) *Meter {
-	return &Meter{invocations: map[string]int{}, billedMs: map[string]float64{}, memoryMB: memoryMB,
+	return &Meter{invocations: map[string]int{}, billedMs: map[string][]float64{}, memoryMB: memoryMB,
 		indexWrites: map[string]float64{}, counts: map[string]float64{}, images: map[string]map[string]types.AttributeValue{},
 		indexes: indexes, viewTable: viewTable}
 }
@@ -57,14 +59,16 @@ func New(memoryMB map[string]int, viewTable string, indexes []Index) *Meter {
 func (m *Meter) Reset() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.invocations, m.billedMs = map[string]int{}, map[string]float64{}
+	m.invocations, m.billedMs = map[string]int{}, map[string][]float64{}
 	m.rru, m.wru = 0, 0
 	m.indexWrites, m.counts = map[string]float64{}, map[string]float64{}
 	m.viewRecords = nil
 }
 
-// Invoke runs one invocation of a function and bills its duration, rounded up to the
-// millisecond as Lambda bills it.
+// Invoke runs one invocation of a function and measures its duration, rounded up to the
+// millisecond as Lambda bills it. The bill prices every invocation at the median measured
+// (in-process durations on a shared machine vary by half between runs; the median does
+// not follow the outliers) and prints the spread.
 func (m *Meter) Invoke(function string, run func()) {
 	start := time.Now()
 	run()
@@ -75,7 +79,7 @@ func (m *Meter) Invoke(function string, run func()) {
 		panic("costmeter: no memory size for function " + function)
 	}
 	m.invocations[function]++
-	m.billedMs[function] += max(ms, 1)
+	m.billedMs[function] = append(m.billedMs[function], max(ms, 1))
 }
 
 // Add counts n units of a billed item: "eventbridge" (entries), "sqs" (requests),
@@ -301,9 +305,12 @@ func (m *Meter) Bill(p PriceTable) []Line {
 	sort.Strings(fns)
 	for _, fn := range fns {
 		n := float64(m.invocations[fn])
-		gbs := m.billedMs[fn] / 1000 * float64(m.memoryMB[fn]) / 1024
+		ms := slices.Sorted(slices.Values(m.billedMs[fn]))
+		median := ms[len(ms)/2]
+		gbs := n * median / 1000 * float64(m.memoryMB[fn]) / 1024
 		out = append(out, Line{"lambda " + fn + " requests", n, "invocations", n * p.LambdaRequest},
-			Line{fmt.Sprintf("lambda %s duration (%d MB, %.1f ms mean)", fn, m.memoryMB[fn], m.billedMs[fn]/n), gbs, "GB-s", gbs * p.LambdaGBSecond})
+			Line{fmt.Sprintf("lambda %s duration (%d MB arm64, ms: median %.0f, min %.0f, p90 %.0f)", fn, m.memoryMB[fn],
+				median, ms[0], ms[len(ms)*9/10]), gbs, "GB-s", gbs * p.LambdaGBSecond})
 	}
 	out = append(out, Line{"dynamodb reads", m.rru, "RRU", m.rru * p.DynamoRRU},
 		Line{"dynamodb table writes", m.wru, "WRU", m.wru * p.DynamoWRU})

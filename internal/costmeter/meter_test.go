@@ -2,6 +2,8 @@ package costmeter_test
 
 import (
 	"context"
+	"crypto/md5"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -22,6 +24,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	awseventbridge "github.com/aws/aws-sdk-go-v2/service/eventbridge"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/auth"
@@ -40,6 +43,7 @@ import (
 	"github.com/wspresence/wspresence/internal/lambda/sender"
 	"github.com/wspresence/wspresence/internal/lambdatest"
 	"github.com/wspresence/wspresence/internal/presence"
+	"github.com/wspresence/wspresence/internal/recovery/sqshold"
 	"github.com/wspresence/wspresence/internal/store/dynamo"
 	"github.com/wspresence/wspresence/internal/store/dynamo/dynamotest"
 )
@@ -98,8 +102,13 @@ type rig struct {
 	grace      *grace.Handler
 	sender     *sender.Handler
 
+	now    time.Time // the recovery clock (messages are kept for the window from it)
 	mu     sync.Mutex
 	timers []presence.Grace
+	held   []string // the held messages' timers sent
+	// reconnect is a $connect handler on an unmetered store: a reconnection is the
+	// connections' bill, its recover the messages'.
+	reconnect *connection.Handler
 }
 
 type staticSecret string
@@ -155,15 +164,43 @@ func newRig(t *testing.T) *rig {
 	gateway := apigw.New(apigatewaymanagementapi.NewFromConfig(gw.Config(), func(o *apigatewaymanagementapi.Options) {
 		o.BaseEndpoint = aws.String(gw.URL + "/production")
 	}))
+	heldQueue := awsfake.New(t, func(req awsfake.Request) awsfake.Response {
+		var in struct{ MessageBody string }
+		_ = json.Unmarshal(req.Body, &in)
+		meter.Add("sqs", 1)
+		r.mu.Lock()
+		r.held = append(r.held, in.MessageBody)
+		r.mu.Unlock()
+		sum := md5.Sum([]byte(in.MessageBody))
+		return awsfake.JSON(http.StatusOK, map[string]any{"MessageId": "t", "MD5OfMessageBody": hex.EncodeToString(sum[:])})
+	})
+	// Recovery is on, as the template's default (RecoveryWindowSeconds 120).
+	r.store.RecoveryWindow = recoveryWindow
 	r.authorizer = &authorizer.Handler{Secrets: staticSecret(secret), Policy: auth.DefaultPolicy(), Logger: r.quiet}
-	r.conn = &connection.Handler{Log: r.store, Owners: r.store, View: r.store, MaxConnectionsPerUser: 10, Logger: r.quiet}
+	r.conn = &connection.Handler{Log: r.store, Owners: r.store, View: r.store, MaxConnectionsPerUser: 10, Logger: r.quiet,
+		Recovery: &connection.Recovery{Streams: r.store, Connections: r.store, Poster: gateway, Log: r.store, Publisher: pub, Window: recoveryWindow,
+			Now: func() time.Time { return r.now }}}
+	unmetered := dynamo.New(raw, tables)
+	unmetered.Grace, unmetered.RecoveryWindow = r.store.Grace, recoveryWindow
+	r.reconnect = &connection.Handler{Log: unmetered, Owners: unmetered, View: unmetered, MaxConnectionsPerUser: 10, Logger: r.quiet,
+		Recovery: &connection.Recovery{Streams: unmetered, Connections: unmetered, Poster: gateway, Log: unmetered, Publisher: pub, Window: recoveryWindow,
+			Now: func() time.Time { return r.now }}}
 	r.projector = &projector.Handler{View: r.store, Grace: r, Logger: r.quiet}
 	r.relay = &publisher.Handler{Publisher: pub, Sticker: r.store, Logger: r.quiet}
 	r.grace = &grace.Handler{View: r.store, Logger: r.quiet}
 	r.sender = &sender.Handler{Deliverer: &delivery.Deliverer{Connections: r.store, Poster: gateway, Log: r.store, Logger: r.quiet},
-		Publisher: pub, Receipts: r.store, MaxReceives: 5, Logger: r.quiet}
+		Publisher: pub, Receipts: r.store, MaxReceives: 5, Logger: r.quiet, Now: func() time.Time { return r.now },
+		Recovery: &sender.Recovery{Streams: r.store, Connections: r.store, Poster: gateway, Log: r.store, Window: recoveryWindow,
+			Timers:        sqshold.New(sqs.NewFromConfig(heldQueue.Config()), "https://sqs.us-east-1.amazonaws.com/123456789012/held", recoveryWindow),
+			TimerQueueARN: heldARN}}
+	r.now = time.Now()
 	return r
 }
+
+const (
+	recoveryWindow = 2 * time.Minute
+	heldARN        = "arn:aws:sqs:us-east-1:123456789012:held"
+)
 
 func token(t *testing.T, user string) string {
 	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"userId": user, "exp": time.Now().Add(time.Hour).Unix()}).SignedString([]byte(secret))
@@ -368,6 +405,134 @@ func messages(t *testing.T, m int) ([]costmeter.Line, float64) {
 	return r.meter.Bill(costmeter.Prices), floor / float64(m)
 }
 
+// optIn connects each user with one connection that asks for wspresence.v1 and recovers
+// fresh (ready for live frames), unmetered.
+func (r *rig) optIn(users []string) {
+	ctx := context.Background()
+	each(users, func(i int, u string) {
+		conn := fmt.Sprintf("rc-%d=", i)
+		req := wsRequest("$connect", u, conn, r.now)
+		req.Headers = map[string]string{"Sec-WebSocket-Protocol": "wspresence.v1"}
+		if resp, err := r.reconnect.ConnectOrMessage(ctx, req); err != nil || resp.Headers["Sec-WebSocket-Protocol"] != "wspresence.v1" {
+			r.t.Errorf("connect: %+v %v", resp, err)
+		}
+		rec := wsRequest("recover", u, conn, r.now)
+		rec.Body = `{"action":"recover"}`
+		if _, err := r.reconnect.ConnectOrMessage(ctx, rec); err != nil {
+			r.t.Error(err)
+		}
+	})
+}
+
+// send sends one message to each user through the sender, in batches of ten as the
+// queue's mapping delivers them.
+func (r *rig) send(users []string, tag string) {
+	ctx := context.Background()
+	for start := 0; start < len(users); start += queueBatch {
+		var ev lambdaevents.SQSEvent
+		for i := start; i < min(start+queueBatch, len(users)); i++ {
+			body, _ := json.Marshal(map[string]string{"UserId": users[i], "Body": "hello " + users[i]})
+			ev.Records = append(ev.Records, lambdaevents.SQSMessage{MessageId: fmt.Sprintf("m-%s-%d", tag, i), Body: string(body),
+				Attributes: map[string]string{"ApproximateReceiveCount": "1", "SentTimestamp": strconv.FormatInt(time.Now().UnixMilli(), 10)}})
+		}
+		r.meter.Add("sqs", 3) // SendMessageBatch, ReceiveMessage, DeleteMessageBatch
+		r.meter.Invoke("sender", func() {
+			if resp, err := r.sender.Handle(ctx, ev); err != nil || len(resp.BatchItemFailures) > 0 {
+				r.t.Fatalf("sender: %+v %v", resp, err)
+			}
+		})
+	}
+}
+
+// recovering drives m messages to users whose connections opted in to recovery. Live:
+// each user holds a ready connection and gets one message frame with its position.
+// Replayed: each user's connection dropped; it gets ten messages while away (each held,
+// its timer started), reconnects inside the window and recovers them (one recover, the
+// replay, MessageDelivered), and the timers fire at the window's end. It returns the bill
+// per message.
+func recovering(t *testing.T, m int, replayed bool) ([]costmeter.Line, float64) {
+	r := newRig(t)
+	ctx := context.Background()
+	per := 1
+	if replayed {
+		per = 10
+	}
+	users := make([]string, max(m/per, 1))
+	for i := range users {
+		users[i] = fmt.Sprintf("recovering-%d", i)
+	}
+	r.optIn(users)
+	if replayed {
+		each(users, func(i int, u string) {
+			if _, err := r.reconnect.Disconnect(ctx, wsRequest("$disconnect", u, fmt.Sprintf("rc-%d=", i), r.now)); err != nil {
+				t.Error(err)
+			}
+			if _, err := r.reconnect.View.Apply(ctx, events.Closed(u, fmt.Sprintf("rc-%d=", i), r.now, events.ReasonExpired)); err != nil {
+				t.Error(err)
+			}
+		})
+		r.now = r.now.Add(2 * dynamo.StaleFlag) // the closed connections' flags are old
+	}
+	r.meter.Reset() // the connections are the lifecycle's bill, not the messages'
+	for k := range per {
+		r.send(users, strconv.Itoa(k))
+	}
+	if replayed {
+		if got := len(r.held); got != len(users)*per {
+			t.Fatalf("%d messages held, want %d", got, len(users)*per)
+		}
+		each(users, func(i int, u string) {
+			conn := fmt.Sprintf("rc2-%d=", i)
+			req := wsRequest("$connect", u, conn, r.now)
+			req.Headers = map[string]string{"Sec-WebSocket-Protocol": "wspresence.v1"}
+			if _, err := r.reconnect.ConnectOrMessage(ctx, req); err != nil {
+				t.Error(err)
+			}
+			head, _, err := r.store.StreamHead(ctx, u)
+			if err != nil {
+				t.Error(err)
+			}
+			rec := wsRequest("recover", u, conn, r.now)
+			rec.Body = fmt.Sprintf(`{"action":"recover","epoch":%q,"offset":0}`, head.Epoch)
+			r.meter.Add("apigw-messages", 1) // the recover frame
+			r.meter.Invoke("connect", func() {
+				if _, err := r.conn.ConnectOrMessage(ctx, rec); err != nil {
+					t.Error(err)
+				}
+			})
+		})
+		r.now = r.now.Add(recoveryWindow)
+		for start := 0; start < len(r.held); start += queueBatch {
+			var ev lambdaevents.SQSEvent
+			for i, b := range r.held[start:min(start+queueBatch, len(r.held))] {
+				ev.Records = append(ev.Records, lambdaevents.SQSMessage{MessageId: fmt.Sprintf("held-%d", start+i), Body: b, EventSourceARN: heldARN,
+					Attributes: map[string]string{"ApproximateReceiveCount": "1"}})
+			}
+			r.meter.Add("sqs", 2) // one ReceiveMessage, one DeleteMessageBatch
+			r.meter.Invoke("sender", func() {
+				if resp, err := r.sender.Handle(ctx, ev); err != nil || len(resp.BatchItemFailures) > 0 {
+					t.Fatalf("timers: %+v %v", resp, err)
+				}
+			})
+		}
+	}
+	total := len(users) * per
+	// Every message reached its connection once (live, or replayed: the posts out plus
+	// the recover frames in) and has one outcome.
+	wantPosts := float64(total)
+	if replayed {
+		wantPosts += float64(2 * len(users)) // each recover's frame in and its recovered frame out
+	}
+	if got := r.meter.Count("apigw-messages"); got != wantPosts {
+		t.Fatalf("%v API Gateway messages for %d messages, want %v", got, total, wantPosts)
+	}
+	if got := r.meter.Count("eventbridge"); got != float64(total) {
+		t.Fatalf("%v outcomes published for %d messages", got, total)
+	}
+	floor := float64(total) * (costmeter.Prices.APIGatewayMessage + costmeter.Prices.EventBridgeEvent)
+	return r.meter.Bill(costmeter.Prices), floor / float64(total)
+}
+
 // thresholds are the figures the meter must not exceed (dollars per million), kept in
 // the repository.
 type thresholds map[string]float64
@@ -408,6 +573,8 @@ func TestCostMeter(t *testing.T) {
 		{"connections-frames", func() ([]costmeter.Line, float64) { return lifecycles(t, n, 10) }, n},
 		{"connections-idle", func() ([]costmeter.Line, float64) { return lifecycles(t, n, 0) }, n},
 		{"messages", func() ([]costmeter.Line, float64) { return messages(t, m) }, m},
+		{"messages-recovery", func() ([]costmeter.Line, float64) { return recovering(t, m, false) }, m},
+		{"messages-replayed", func() ([]costmeter.Line, float64) { return recovering(t, m, true) }, m / 10 * 10},
 	} {
 		bill, floor := sc.run()
 		results = append(results, result{name: sc.name, per: float64(sc.per), bill: bill, floor: floor * 1e6, cost: costmeter.Total(bill) / float64(sc.per) * 1e6})
@@ -416,7 +583,7 @@ func TestCostMeter(t *testing.T) {
 	for _, res := range results {
 		fmt.Fprintf(&out, "\n%s, per million (%d driven):\n", res.name, int(res.per))
 		for _, l := range res.bill {
-			fmt.Fprintf(&out, "  %-58s %12.3f %-11s $%8.3f\n", l.Item, l.Quantity/res.per, l.Unit, l.USD/res.per*1e6)
+			fmt.Fprintf(&out, "  %-72s %12.3f %-11s $%8.3f\n", l.Item, l.Quantity/res.per, l.Unit, l.USD/res.per*1e6)
 		}
 	}
 	for _, res := range results {

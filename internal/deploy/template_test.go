@@ -18,6 +18,7 @@ import (
 	"github.com/wspresence/wspresence/internal/grace/sqsdelay"
 	"github.com/wspresence/wspresence/internal/lambda/grace"
 	"github.com/wspresence/wspresence/internal/lambdatest"
+	"github.com/wspresence/wspresence/internal/store/dynamo"
 )
 
 func load(t *testing.T) (deploy.Template, string) {
@@ -231,9 +232,10 @@ var expected = map[string][]grant{
 	},
 	"grace": {
 		{"dynamodb:GetItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:PutItem", "GetAtt:ViewTable.Arn"},
-		// The grace timers' queue mapping.
+		// The grace timers' queue mapping, and a timer that arrived early sent again.
 		{"sqs:ReceiveMessage", "GetAtt:GraceQueue.Arn"}, {"sqs:DeleteMessage", "GetAtt:GraceQueue.Arn"},
 		{"sqs:GetQueueAttributes", "GetAtt:GraceQueue.Arn"}, {"sqs:ChangeMessageVisibility", "GetAtt:GraceQueue.Arn"},
+		{"sqs:SendMessage", "GetAtt:GraceQueue.Arn"},
 	},
 	"sender": {
 		// The live set, the posts of a retried message, and the fold of a gone connection.
@@ -252,6 +254,8 @@ var expected = map[string][]grant{
 	},
 	"online": {
 		{"dynamodb:BatchGetItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:Query", "Sub:${ViewTable.Arn}/index/online"},
+		// The highest shard count the online index was written with.
+		{"dynamodb:GetItem", "GetAtt:ViewTable.Arn"},
 	},
 	"sweeper": {
 		// The reconciler: the repair and online indexes, the user items, the log's closes,
@@ -262,6 +266,8 @@ var expected = map[string][]grant{
 		{"sqs:ReceiveMessage", "GetAtt:StreamFailureQueue.Arn"}, {"sqs:DeleteMessage", "GetAtt:StreamFailureQueue.Arn"},
 		{"dynamodb:GetShardIterator", "GetAtt:EventsTable.StreamArn"}, {"dynamodb:GetRecords", "GetAtt:EventsTable.StreamArn"},
 		{"dynamodb:GetShardIterator", "GetAtt:ViewTable.StreamArn"}, {"dynamodb:GetRecords", "GetAtt:ViewTable.StreamArn"},
+		// The view table's stream read in the relay's place while the relay does not run.
+		{"dynamodb:DescribeStream", "GetAtt:ViewTable.StreamArn"},
 		{"dynamodb:PutItem", "GetAtt:ViewTable.Arn"}, {"dynamodb:GetItem", "GetAtt:EventsTable.Arn"},
 		{"dynamodb:PutItem", "GetAtt:EventsTable.Arn"}, {"events:PutEvents", "GetAtt:EventBus.Arn"},
 		{"execute-api:ManageConnections", "Sub:arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${WebSocketApi}/${StageName}/GET/@connections/*"},
@@ -497,6 +503,22 @@ func TestOperationalSettings(t *testing.T) {
 			t.Errorf("%s's stream is not NEW_IMAGE (the view table's carries the outbox)", tbl)
 		}
 	}
+	// The event table has a retention: its items expire by TTL (ttl), EventRetentionDays
+	// past their time, at least 2 days (the stream's 24 h, API Gateway's 2-hour
+	// connections), set in every function that appends to the log.
+	if ttl := deploy.Props(rs["EventsTable"])["TimeToLiveSpecification"]; ttl == nil ||
+		ttl.(map[string]any)["AttributeName"] != "ttl" || ttl.(map[string]any)["Enabled"] != "true" {
+		t.Errorf("EventsTable TTL %v", ttl)
+	}
+	if p := tpl["Parameters"].(map[string]any)["EventRetentionDays"].(map[string]any); fmt.Sprint(p["MinValue"]) != strconv.Itoa(dynamo.MinEventRetentionDays) ||
+		fmt.Sprint(p["Default"]) != strconv.Itoa(dynamo.DefaultEventRetentionDays) {
+		t.Errorf("EventRetentionDays %v", p)
+	}
+	for _, svc := range []string{"connect", "disconnect", "sender", "sweeper"} {
+		if v := res(functions(t, tpl, root)[svc].props["Environment"].(map[string]any)["Variables"].(map[string]any)["EVENT_RETENTION_DAYS"]); v != "Ref:EventRetentionDays" {
+			t.Errorf("%s EVENT_RETENTION_DAYS %v", svc, v)
+		}
+	}
 	// Nothing that holds data goes with a stack deletion or a replacement.
 	for _, id := range []string{"EventsTable", "ViewTable", "MessageQueue", "MessageDeadLetterQueue", "StreamFailureQueue"} {
 		if rs[id]["DeletionPolicy"] != "Retain" || rs[id]["UpdateReplacePolicy"] != "Retain" {
@@ -582,8 +604,25 @@ func TestOperationalSettings(t *testing.T) {
 			alarms++
 		}
 	}
-	if alarms != 7+len(fns) {
-		t.Errorf("%d alarms, want the three DLQs, stream failures, the iterator age of both streams, undecodable outboxes and one per function", alarms)
+	if alarms != 11+len(fns) {
+		t.Errorf("%d alarms, want the three DLQs, stream failures, the iterator age of both streams, undecodable outboxes, "+
+			"the two stall alarms, the age of both queues and one per function", alarms)
+	}
+	// The stall alarms do not depend on the stalled part: the reconciler's metrics, with
+	// missing data breaching (a reconciler that stops alarms).
+	for _, id := range []string{"UnpublishedTransitionsAlarm", "UnrepairedGhostAlarm"} {
+		p := deploy.Props(rs[id])
+		if p["TreatMissingData"] != "breaching" || p["Namespace"] != "wspresence" {
+			t.Errorf("%s: %v", id, p)
+		}
+	}
+	// The queues the reconciler reads hide a message for longer than its run.
+	sweeperTimeout, _ := strconv.Atoi(fmt.Sprint(fns["sweeper"].props["Timeout"]))
+	for _, q := range []string{"GraceDeadLetterQueue", "StreamFailureQueue"} {
+		v, _ := strconv.Atoi(fmt.Sprint(deploy.Props(rs[q])["VisibilityTimeout"]))
+		if sweeperTimeout == 0 || v <= sweeperTimeout {
+			t.Errorf("%s hides a message %d s, the reconciler runs up to %d s", q, v, sweeperTimeout)
+		}
 	}
 	for _, out := range []string{"WebSocketUrl", "HttpApiUrl", "SendMessageQueueUrl", "EventBusName"} {
 		if _, ok := tpl["Outputs"].(map[string]any)[out]; !ok {

@@ -29,6 +29,7 @@ const (
 	CodeInternal        = "internal"
 	CodeGone            = "events_pruned"
 	CodeDamaged         = "damaged"
+	CodeEpochChanged    = "events_epoch_changed"
 )
 
 // Error is an error fit for the client: its Message is shown as is.

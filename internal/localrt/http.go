@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -253,9 +254,12 @@ func (s *Server) enqueue(ctx context.Context, msgs []events.Message) ([]string, 
 }
 
 // handleEvents is GET /events: the published events as Server-Sent Events, each data line
-// an EventBridge envelope, each id the outbox sequence number. A client resumes with the
-// Last-Event-ID header (or ?after=SEQ; ?after=0 replays everything kept); without either
-// the stream starts at the present.
+// an EventBridge envelope, each id the store's epoch and the outbox sequence number
+// ("EPOCH:SEQ"). A client resumes with the Last-Event-ID header (or ?after=ID; a bare
+// sequence number is read in the current epoch, and ?after=0 replays everything kept);
+// without either the stream starts at the present. An id of another epoch, or past the
+// newest event, names a history the store no longer holds (a restore): 410
+// events_epoch_changed, never a silent stream of other events under the same ids.
 func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	flusher, ok := w.(http.Flusher)
 	if !ok {
@@ -263,21 +267,28 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
+	epoch := s.outbox.Epoch()
 	cursorText := r.Header.Get("Last-Event-ID")
 	if cursorText == "" {
 		cursorText = r.URL.Query().Get("after")
 	}
 	var cursor int64
 	if cursorText != "" {
-		n, err := strconv.ParseInt(cursorText, 10, 64)
-		if err != nil || n < 0 {
-			httperr.Write(w, r, s.log, httperr.BadRequest(httperr.CodeInvalidRequest, "Last-Event-ID / after must be a non-negative integer"))
+		idEpoch, n, err := parseEventID(cursorText)
+		if err != nil {
+			httperr.Write(w, r, s.log, httperr.BadRequest(httperr.CodeInvalidRequest, "Last-Event-ID / after must be an event id (EPOCH:SEQ) or a non-negative integer"))
 			return
 		}
 		cursor = n
-		oldest, _, err := s.outbox.PublishedRange(ctx)
+		oldest, newest, err := s.outbox.PublishedRange(ctx)
 		if err != nil {
 			httperr.Write(w, r, s.log, err)
+			return
+		}
+		if (idEpoch != "" && idEpoch != epoch) || cursor > newest {
+			httperr.Write(w, r, s.log, httperr.New(http.StatusGone, httperr.CodeEpochChanged, fmt.Sprintf(
+				"the event id %s is not of this store's history (epoch %s, newest event %d): the store was restored or replaced; reload your state, then read from the head without Last-Event-ID",
+				cursorText, epoch, newest)))
 			return
 		}
 		if cursor+1 < oldest {
@@ -312,7 +323,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		for _, rec := range recs {
-			fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", rec.Seq, rec.DetailType, rec.Envelope)
+			fmt.Fprintf(w, "id: %s:%d\nevent: %s\ndata: %s\n\n", epoch, rec.Seq, rec.DetailType, rec.Envelope)
 			cursor = rec.Seq
 		}
 		if len(recs) > 0 {
@@ -332,4 +343,20 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 			flusher.Flush()
 		}
 	}
+}
+
+// parseEventID reads an /events position: "EPOCH:SEQ" as the stream writes it, or a bare
+// SEQ (epoch "").
+func parseEventID(text string) (epoch string, seq int64, err error) {
+	epoch, num, found := strings.Cut(text, ":")
+	if !found {
+		epoch, num = "", text
+	} else if epoch == "" {
+		return "", 0, errors.New("empty epoch")
+	}
+	seq, err = strconv.ParseInt(num, 10, 64)
+	if err != nil || seq < 0 {
+		return "", 0, errors.New("not a position")
+	}
+	return epoch, seq, nil
 }

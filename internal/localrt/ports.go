@@ -25,7 +25,7 @@ type connectionLog interface {
 type messageQueue interface {
 	Enqueue(ctx context.Context, msgs ...sqlite.QueuedMessage) error
 	PendingMessages(ctx context.Context, after int64, limit int) ([]sqlite.QueuedMessage, error)
-	Complete(ctx context.Context, seqs []int64, outcomes []events.Published) (int, error)
+	CompleteKeeping(ctx context.Context, seqs []int64, outcomes []events.Published, keep []bool) (int, error)
 	PruneMessages(ctx context.Context, retention time.Duration) (int64, error)
 }
 
@@ -37,6 +37,8 @@ type outboxReader interface {
 	PublishedRange(ctx context.Context) (oldest, newest int64, err error)
 	Cursor(ctx context.Context, name string) (int64, error)
 	SetCursor(ctx context.Context, name string, seq int64) error
+	// Epoch names the history the positions belong to (a restore starts another).
+	Epoch() string
 }
 
 // presenceView is the view (the store's memory image): what REST, the dashboard and the delivery read, and the

@@ -83,7 +83,11 @@ type Server struct {
 	// completions carries the decided outcomes of dispatched messages to the completer.
 	completions chan completion
 	// queued holds the messages committed and not yet dispatched.
-	queued  queuedFeed
+	queued queuedFeed
+	// streams reads the users' streams for recovering connections; held is what waits
+	// for their reconnect.
+	streams streamReader
+	held    *heldMessages
 	metrics *metrics
 	// bodies is the bytes of request bodies being read (Config.BodyBudget bounds it).
 	bodies atomic.Int64
@@ -140,23 +144,25 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: log, verifier: verifier, hub: newHub(cfg.MaxConnectionsPerUser),
 		bus: newBroadcaster(), lock: lock, now: time.Now, stopping: make(chan struct{}), kick: make(chan struct{}, 1)}
+	s.held = newHeldMessages()
 	s.metrics = newMetrics(s.hub.count, storeCounter{s}, func() int {
 		if s.store == nil {
 			return 0
 		}
 		return s.store.ImageUsers()
-	})
+	}, s.held.count)
 	store, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, StoreFile), sqlite.Options{
-		Grace:       cfg.OfflineGrace,
-		Sync:        cfg.Sync,
-		Logger:      log,
-		OnCommit:    func(n int) { s.metrics.commitBatch.Observe(float64(n)) },
-		OnWAL:       func(n int64) { s.metrics.walBytes.Set(float64(n)) },
-		OnAppended:  func(t events.Type) { s.metrics.appended.WithLabelValues(string(t)).Inc() },
-		OnProjected: func(lag time.Duration) { s.metrics.projectorLag.Observe(lag.Seconds()) },
-		OnFolded:    func(p sqlite.Projection) { s.folded(p) },
-		OnQueued:    func(m []sqlite.QueuedMessage) { s.queued.push(m); s.wake() },
-		Fault:       cfg.storeFault,
+		Grace:          cfg.OfflineGrace,
+		Sync:           cfg.Sync,
+		Logger:         log,
+		OnCommit:       func(n int) { s.metrics.commitBatch.Observe(float64(n)) },
+		OnWAL:          func(n int64) { s.metrics.walBytes.Set(float64(n)) },
+		OnAppended:     func(t events.Type) { s.metrics.appended.WithLabelValues(string(t)).Inc() },
+		OnProjected:    func(lag time.Duration) { s.metrics.projectorLag.Observe(lag.Seconds()) },
+		OnFolded:       func(p sqlite.Projection) { s.folded(p) },
+		OnQueued:       func(m []sqlite.QueuedMessage) { s.queued.push(m); s.wake() },
+		RecoveryWindow: cfg.RecoveryWindow,
+		Fault:          cfg.storeFault,
 	})
 	if err != nil {
 		return fail(err)
@@ -167,7 +173,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s.graces = newGraceTimers(cfg.OfflineGrace, s.expireGrace)
 	s.store = store
-	s.events, s.queue, s.outbox, s.view = store, store, store, store
+	s.events, s.queue, s.outbox, s.view, s.streams = store, store, store, store, store
 	s.completions = make(chan completion, 4*deliverBatch)
 	return s, nil
 }
@@ -212,7 +218,8 @@ func (s *Server) Start(ctx context.Context) error {
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.loopStop = cancel
 	prunes := s.retentions()
-	s.loops.Add(2 + len(prunes) + len(s.cfg.Webhooks))
+	s.loops.Add(3 + len(prunes) + len(s.cfg.Webhooks))
+	go func() { defer s.loops.Done(); s.keepStreams(loopCtx) }()
 	go func() { defer s.loops.Done(); s.pump(loopCtx) }()
 	go func() { defer s.loops.Done(); s.reconcile(loopCtx) }()
 	completerCtx, stopCompleter := context.WithCancel(context.WithoutCancel(ctx))
@@ -248,6 +255,15 @@ func (s *Server) recover(ctx context.Context) error {
 			return err
 		}
 		s.log.Info("closed connections left by the previous run", "count", len(dangling))
+	}
+	// The users of opted-in connections that died with the previous process get their
+	// messages held as if those had just closed.
+	recovering, err := s.streams.TakeRecovering(ctx)
+	if err != nil {
+		return err
+	}
+	for _, u := range recovering {
+		s.held.optedInClosed(u, s.now())
 	}
 	graces, err := s.view.PendingGraces(ctx)
 	if err != nil {
@@ -330,38 +346,117 @@ func (s *Server) isStopping() bool {
 	}
 }
 
+// secretFiles are the data dir's generated secrets a backup carries.
+var secretFiles = []string{JWTSecretFile, APIKeyFile, WebhookSecretFile}
+
+// Backup writes a consistent copy of the data dir's store to the new file to, the server
+// running or not. With secrets, the copy also carries the data dir's secret files (the JWT
+// secret, the API key, the webhook secret, those that exist), so a restore into another dir
+// serves the same callers and tokens; the copy is then readable by its owner only. It
+// returns the names of the secrets carried.
+func Backup(ctx context.Context, dir, to string, secrets bool) ([]string, error) {
+	extra := map[string]string{}
+	var carried []string
+	if secrets {
+		for _, name := range secretFiles {
+			v, err := ReadSecret(dir, name)
+			if errors.Is(err, ErrNoSecret) {
+				continue
+			}
+			if err != nil {
+				return nil, err
+			}
+			extra[name] = v
+			carried = append(carried, name)
+		}
+	}
+	if err := sqlite.BackupWith(ctx, filepath.Join(dir, StoreFile), to, extra); err != nil {
+		return nil, err
+	}
+	return carried, nil
+}
+
+// Restored says what Restore put in place.
+type Restored struct {
+	// StoreID and Epoch are the restored store's identity and its new epoch.
+	StoreID, Epoch string
+	// Replaced lists the files of the store it replaced, kept beside it under new names.
+	Replaced []string
+	// Secrets lists the secrets the backup carried and Restore wrote into the data dir;
+	// Kept those the data dir already held (left as they were; Differs says which of them
+	// differ from the backup's).
+	Secrets, Kept, Differs []string
+}
+
 // Restore puts the store backup at from in place of the data dir's store, the server
 // stopped (it takes the data dir's lock): the backup is checked first, the store it
-// replaces (and its WAL) is kept beside it with a .replaced-<time> suffix, and the data dir
-// records the restored store's identity.
-func Restore(ctx context.Context, dir, from string) error {
+// replaces (and its WAL) is kept beside it with a .replaced-<time> suffix, the data dir
+// records the restored store's identity, the store starts a new epoch (positions handed out
+// since the backup name nothing in it), and the secrets the backup carries are written into
+// the data dir where it has none (a secret it has is never replaced).
+func Restore(ctx context.Context, dir, from string) (Restored, error) {
+	var out Restored
 	lock, err := LockDataDir(dir)
 	if err != nil {
-		return fmt.Errorf("%w (stop the server first)", err)
+		return out, fmt.Errorf("%w (stop the server first)", err)
 	}
 	defer lock.Close()
 	if err := sqlite.Check(ctx, from); err != nil {
-		return fmt.Errorf("the backup cannot serve: %w", err)
+		return out, fmt.Errorf("the backup cannot serve: %w", err)
 	}
 	suffix := ".replaced-" + time.Now().UTC().Format("20060102T150405Z")
 	for _, f := range []string{StoreFile, StoreFile + "-wal", StoreFile + "-shm"} {
-		if err := os.Rename(filepath.Join(dir, f), filepath.Join(dir, f+suffix)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err
+		err := os.Rename(filepath.Join(dir, f), filepath.Join(dir, f+suffix))
+		switch {
+		case err == nil:
+			out.Replaced = append(out.Replaced, f+suffix)
+		case !errors.Is(err, fs.ErrNotExist):
+			return out, err
 		}
 	}
 	if err := copyAtomically(from, dir, StoreFile); err != nil {
-		return err
+		return out, err
+	}
+	carried, err := sqlite.TakeCarried(ctx, filepath.Join(dir, StoreFile))
+	if err != nil {
+		return out, err
+	}
+	for _, name := range secretFiles {
+		v, ok := carried[name]
+		if !ok {
+			continue
+		}
+		switch have, err := ReadSecret(dir, name); {
+		case err == nil:
+			out.Kept = append(out.Kept, name)
+			if have != v {
+				out.Differs = append(out.Differs, name)
+			}
+		case errors.Is(err, ErrNoSecret) || errors.Is(err, ErrUnusableSecret):
+			if _, err := writeAtomically(dir, name, []byte(v+"\n"), true); err != nil {
+				return out, fmt.Errorf("write %s: %w", name, err)
+			}
+			out.Secrets = append(out.Secrets, name)
+		default:
+			return out, err
+		}
 	}
 	store, err := sqlite.Open(ctx, filepath.Join(dir, StoreFile), sqlite.Options{})
 	if err != nil {
-		return err
+		return out, err
 	}
-	id, _ := store.Identity()
+	// Stream positions handed out since the backup cannot be trusted any more.
+	if err := store.RenewEpoch(ctx); err != nil {
+		store.Close()
+		return out, err
+	}
+	out.StoreID, _ = store.Identity()
+	out.Epoch = store.Epoch()
 	if err := store.Close(); err != nil {
-		return err
+		return out, err
 	}
-	_, err = writeAtomically(dir, StoreIDFile, []byte(id+"\n"), true)
-	return err
+	_, err = writeAtomically(dir, StoreIDFile, []byte(out.StoreID+"\n"), true)
+	return out, err
 }
 
 // copyAtomically makes dir/name a durable copy of the file at from, streamed (a store may

@@ -13,6 +13,7 @@ func main() {
 	awsrt.Start(awsrt.NewGrace, awsrt.Config{
 		OnlineShards:        os.Getenv("ONLINE_SHARDS"),
 		ViewTable:           os.Getenv("VIEW_TABLE"),
+		GraceQueueURL:       os.Getenv("GRACE_QUEUE_URL"),
 		OfflineGraceSeconds: os.Getenv("OFFLINE_GRACE_SECONDS"),
 	}, (*grace.Handler).HandleQueue)
 }

@@ -3,7 +3,7 @@
 'use strict';
 
 const $ = (sel) => document.querySelector(sel);
-const state = { key: '', cursor: [], next: '', feedSeq: 0, refreshTimer: 0, pollTimer: 0, session: 0, feedAbort: null };
+const state = { key: '', cursor: [], next: '', feedId: '', feedFromHead: false, refreshTimer: 0, pollTimer: 0, session: 0, feedAbort: null };
 
 function keyFromHash() {
   const m = /(?:^|&)key=([^&]+)/.exec(location.hash.slice(1));
@@ -120,9 +120,18 @@ function addEvent(env) {
 async function followEvents(session) {
   while (session === state.session) {
     try {
-      const headers = state.feedSeq ? { 'Last-Event-ID': String(state.feedSeq) } : {};
+      // The first read replays everything kept; later ones resume after the last event id
+      // (EPOCH:SEQ). A 410 (events pruned, or an id of another epoch: the store was
+      // restored) starts again from the head.
+      const headers = state.feedId ? { 'Last-Event-ID': state.feedId } : {};
       state.feedAbort = new AbortController();
-      const resp = await api('/events?after=' + state.feedSeq, { headers, signal: state.feedAbort.signal });
+      const path = state.feedId || state.feedFromHead ? '/events' : '/events?after=0';
+      const resp = await api(path, { headers, signal: state.feedAbort.signal });
+      if (resp.status === 410) {
+        state.feedId = '';
+        state.feedFromHead = true;
+        throw new Error('gone');
+      }
       $('#feed-status').textContent = 'live';
       const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
       let buf = '';
@@ -134,13 +143,13 @@ async function followEvents(session) {
         while ((end = buf.indexOf('\n\n')) >= 0) {
           const block = buf.slice(0, end);
           buf = buf.slice(end + 2);
-          let id = 0, data = '';
+          let id = '', data = '';
           for (const line of block.split('\n')) {
-            if (line.startsWith('id: ')) id = Number(line.slice(4));
+            if (line.startsWith('id: ')) id = line.slice(4);
             else if (line.startsWith('data: ')) data += line.slice(6);
           }
           if (data) {
-            state.feedSeq = Math.max(state.feedSeq, id);
+            if (id) state.feedId = id;
             addEvent(JSON.parse(data));
           }
         }
@@ -200,7 +209,8 @@ function showKeyForm(message) {
   $('#search-table tbody').replaceChildren();
   $('#feed').replaceChildren();
   $('#feed-status').textContent = 'connecting…';
-  state.feedSeq = 0;
+  state.feedId = '';
+  state.feedFromHead = false;
   state.cursor = [];
   $('#key-section').hidden = false;
   $('#key-title').textContent = message ? 'API key – ' + message : 'API key';

@@ -93,14 +93,15 @@ func NewDeadLetters(client *sqs.Client, queueURL string) *DeadLetters {
 	return &DeadLetters{client: client, url: queueURL}
 }
 
-// Receive takes at most max timers off the queue (hidden from other readers for a while;
-// a timer not deleted comes back). A message that is not a timer is returned with an
-// empty UserID, to be deleted.
-func (d *DeadLetters) Receive(ctx context.Context, max int) ([]Dead, error) {
+// Receive takes at most limit timers off the queue, hidden from other readers for hide
+// (rounded up to the second: the reader's whole run; a timer not deleted comes back
+// after). A message that is not a timer is returned with an empty UserID, to be deleted.
+func (d *DeadLetters) Receive(ctx context.Context, limit int, hide time.Duration) ([]Dead, error) {
 	var out []Dead
-	for len(out) < max {
+	for len(out) < limit {
 		res, err := d.client.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{QueueUrl: aws.String(d.url),
-			MaxNumberOfMessages: int32(min(10, max-len(out))), VisibilityTimeout: 60})
+			MaxNumberOfMessages: int32(min(10, limit-len(out))),
+			VisibilityTimeout:   int32(min(max((hide+time.Second-1)/time.Second, 1), 12*time.Hour/time.Second))})
 		if err != nil {
 			return out, awsfail.Wrap("receive dead grace timers", err)
 		}

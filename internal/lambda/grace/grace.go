@@ -6,8 +6,12 @@
 // A second delivery of the same timer, or the timer of a period the user already ended by
 // reconnecting, changes nothing. The decision is taken at the period's deadline (the time
 // of the close that began it plus the grace period), never at the clock of the run, so a
-// late run, a redelivery and the reconciler's repair of a lost timer all decide alike. A
-// Handler is safe for concurrent use if its View is.
+// late run, a redelivery and the reconciler's repair of a lost timer all decide alike.
+// The deadline is the one of the grace period the function is configured with: a timer
+// sent under a shorter period (a redeploy raised it while timers were queued) arrives
+// early, finds the period still pending and sends itself again, delayed to the new
+// deadline, so the period still ends. A Handler is safe for concurrent use if its ports
+// are.
 package grace
 
 import (
@@ -23,9 +27,16 @@ import (
 	"github.com/wspresence/wspresence/internal/presence"
 )
 
-// View ends a grace period (package dynamo's Store).
+// View ends a grace period and reads a user's state (package dynamo's Store).
 type View interface {
 	ExpireGrace(ctx context.Context, userID string, since, now time.Time) (presence.Effects, error)
+	State(ctx context.Context, userID string) (presence.State, error)
+}
+
+// Timers sends a grace period's timer again, delayed to its deadline under the configured
+// period (package sqsdelay's Starter).
+type Timers interface {
+	StartGrace(ctx context.Context, userID string, since time.Time) error
 }
 
 // Input is the timer's message: the user, the start of the period (Unix nanoseconds, as a
@@ -48,7 +59,14 @@ const MaxGraceSeconds = 900
 
 // Handler ends grace periods.
 type Handler struct {
-	View   View
+	View View
+	// Grace is the configured grace period, which sets each period's deadline; when zero,
+	// the timer's own length does.
+	Grace time.Duration
+	// Timers, if set, sends again a timer that arrived before its period's deadline.
+	Timers Timers
+	// Now is the clock (time.Now when nil).
+	Now    func() time.Time
 	Logger *slog.Logger
 }
 
@@ -60,12 +78,42 @@ func (h *Handler) Handle(ctx context.Context, in Input) (Result, error) {
 	}
 	since := time.Unix(0, ns).UTC()
 	deadline := since.Add(time.Duration(in.GraceSeconds) * time.Second)
+	if h.Grace > 0 {
+		deadline = since.Add(h.Grace)
+	}
+	if h.Timers != nil && h.now().Before(deadline) {
+		return Result{}, h.rearm(ctx, in.UserID, since)
+	}
 	eff, err := h.View.ExpireGrace(ctx, in.UserID, since, deadline)
 	if err != nil {
 		return Result{}, fmt.Errorf("expire grace of %s: %w", in.UserID, err)
 	}
 	h.Logger.InfoContext(ctx, "grace period ended", "userId", in.UserID, "offlineSince", since, "announced", len(eff.Publish) > 0)
 	return Result{Announced: len(eff.Publish) > 0}, nil
+}
+
+// rearm sends again the timer of a period that is still pending before its deadline
+// (the grace period was raised after the timer was sent).
+func (h *Handler) rearm(ctx context.Context, userID string, since time.Time) error {
+	st, err := h.View.State(ctx, userID)
+	if err != nil {
+		return fmt.Errorf("read %s for an early timer: %w", userID, err)
+	}
+	if u := st.User; !u.GracePending() || !u.OfflineSince.Equal(since) {
+		return nil // the period already ended (a reconnect, or its decision)
+	}
+	if err := h.Timers.StartGrace(ctx, userID, since); err != nil {
+		return fmt.Errorf("send the timer of %s again: %w", userID, err)
+	}
+	h.Logger.InfoContext(ctx, "early grace timer sent again", "userId", userID, "offlineSince", since)
+	return nil
+}
+
+func (h *Handler) now() time.Time {
+	if h.Now != nil {
+		return h.Now()
+	}
+	return time.Now()
 }
 
 // HandleQueue runs the timers of a batch of the queue and reports the ones that failed,

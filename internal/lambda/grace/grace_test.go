@@ -22,6 +22,8 @@ type view struct {
 	at    time.Time
 }
 
+func (v *view) State(context.Context, string) (presence.State, error) { return v.state, nil }
+
 func (v *view) ExpireGrace(_ context.Context, userID string, since, now time.Time) (presence.Effects, error) {
 	v.at = now
 	s, eff := v.state.ExpireGrace(since, now, 5*time.Second)

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"sort"
 	"strconv"
+	"time"
 
 	lambdaevents "github.com/aws/aws-lambda-go/events"
 	"github.com/wspresence/wspresence/events"
@@ -35,12 +36,24 @@ type Sticker interface {
 	Stick(ctx context.Context, userID string, evs ...events.Published) error
 }
 
+// Prober acknowledges the reconciler's probe (package dynamo's Store).
+type Prober interface {
+	AckProbe(ctx context.Context, sent time.Time) error
+}
+
+// ProbeKey is the key of the reconciler's probe item in the view table (package dynamo):
+// each reconciler run writes it so that its record reaches the relay, which acknowledges
+// it; a probe left unacknowledged measures how long the relay has not run.
+const ProbeKey = "#PROBE"
+
 // Handler handles the view table's stream batches.
 type Handler struct {
 	Publisher Publisher
 	// Sticker, if set, keeps what could not be published for the reconciler.
 	Sticker Sticker
-	Logger  *slog.Logger
+	// Probes, if set, acknowledges the reconciler's probes.
+	Probes Prober
+	Logger *slog.Logger
 	// Metrics, if set, receives one EMF record per batch: TransitionsPublished,
 	// RecordsFailed and RecordsUndecodable.
 	Metrics *emf.Logger
@@ -125,6 +138,10 @@ func (h *Handler) Handle(ctx context.Context, ev lambdaevents.DynamoDBEvent) (la
 			continue
 		}
 		log := h.Logger.With("sequenceNumber", rec.Change.SequenceNumber, "eventId", rec.EventID)
+		if pk := rec.Change.NewImage["pk"]; pk.DataType() == lambdaevents.DataTypeString && pk.String() == ProbeKey {
+			h.ack(ctx, log, rec.Change.NewImage["sent"])
+			continue
+		}
 		evs, err := Outbox(rec.Change.NewImage)
 		if err != nil {
 			// Retrying cannot fix it, and failing it would hold every later record of the
@@ -152,6 +169,18 @@ func (h *Handler) Handle(ctx context.Context, ev lambdaevents.DynamoDBEvent) (la
 		emf.Metric{Name: "RecordsFailed", Value: float64(len(resp.BatchItemFailures)), Unit: emf.Count},
 		emf.Metric{Name: "RecordsUndecodable", Value: float64(undecodable), Unit: emf.Count})
 	return resp, nil
+}
+
+// ack acknowledges the probe written at sent (Unix ns). A failure is logged: the probe
+// then reports the relay late, which the operations guide covers.
+func (h *Handler) ack(ctx context.Context, log *slog.Logger, sent lambdaevents.DynamoDBAttributeValue) {
+	ns, err := number(sent)
+	if err != nil || h.Probes == nil {
+		return
+	}
+	if err := h.Probes.AckProbe(ctx, time.Unix(0, ns).UTC()); err != nil {
+		log.WarnContext(ctx, "probe not acknowledged", "err", err)
+	}
 }
 
 // stick keeps the transitions of recs in their user items, for the reconciler.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	lambdaevents "github.com/aws/aws-lambda-go/events"
@@ -40,7 +39,9 @@ type Timers interface {
 //     all to opted-in connections whose recover has not answered (their replay covers
 //     it). The connections' flags are read after the message is kept (one GetItem), so a
 //     connection that becomes ready later finds the message in its re-read;
-//   - is MessageDelivered if a post was accepted; otherwise, with a window, it is held:
+//   - is MessageDelivered if a post was accepted; if posts failed for another reason than
+//     a gone connection, the record is retried (on its last receive it is held); otherwise,
+//     with a window, it is held:
 //     its timer is started and the outcome comes from the replay (MessageDelivered) or
 //     from the timer at the window's end (MessageUndeliverable{offline}), exactly one of
 //     them, claimed with a conditional write on the message item.
@@ -62,7 +63,7 @@ type Recovery struct {
 
 // deliverRecovering delivers one task through the recovery streams; ok is false for a user
 // without a stream (the caller delivers as before).
-func (h *Handler) deliverRecovering(ctx context.Context, task delivery.Task, retried bool) (delivery.Result, bool, error) {
+func (h *Handler) deliverRecovering(ctx context.Context, task delivery.Task, retried, last bool) (delivery.Result, bool, error) {
 	r := h.Recovery
 	head, ok, err := r.Streams.StreamHead(ctx, task.UserID)
 	if err != nil || !ok {
@@ -121,6 +122,11 @@ func (h *Handler) deliverRecovering(ctx context.Context, task delivery.Task, ret
 	case res.Delivered > 0:
 		res.Outcome = events.NewMessageDelivered(task.MessageID, task.UserID, res.Delivered, h.now())
 		return res, true, nil
+	case r.Window > 0 && res.Failed > 0 && !last:
+		// A post failed for another reason than a gone connection: the record is retried
+		// (it finds the message at its position) rather than held for a client that is
+		// still connected.
+		return res, true, fmt.Errorf("deliver %s to %s: %d posts failed: %w", task.MessageID, task.UserID, res.Failed, delivery.ErrDeliveryFailed)
 	case r.Window > 0:
 		return h.hold(ctx, task, m, res)
 	}
@@ -174,55 +180,22 @@ func (h *Handler) postRecovering(ctx context.Context, task delivery.Task, m dyna
 	for _, c := range live {
 		isLive[c] = true
 	}
-	type post struct {
-		conn string
-		data []byte
-	}
-	var posts []post
+	var posts []delivery.Post
 	frame := recovery.MessageFrame(m.Epoch, m.Offset, task.MessageID, task.Body)
 	for c := range flags.Ready {
 		// A ready connection missing from the live set read before opened after it, or
 		// closed: post to it only if its flag is recent (a closed one answers 410 anyway).
 		if isLive[c] || now.Sub(flags.Framed[c]) < dynamo.StaleFlag {
-			posts = append(posts, post{c, frame})
+			posts = append(posts, delivery.Post{ConnectionID: c, Data: frame})
 		}
 	}
 	for _, c := range live {
 		if _, framed := flags.Framed[c]; !framed {
-			posts = append(posts, post{c, []byte(task.Body)})
+			posts = append(posts, delivery.Post{ConnectionID: c, Data: []byte(task.Body)})
 		}
 	}
-	limit := r.Concurrency
-	if limit <= 0 {
-		limit = 8
-	}
-	var (
-		mu  sync.Mutex
-		res delivery.Result
-		wg  sync.WaitGroup
-		sem = make(chan struct{}, limit)
-	)
-	for _, p := range posts {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			err := r.Poster.Post(ctx, p.conn, p.data)
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case err == nil:
-				res.Delivered++
-			case errors.Is(err, delivery.ErrConnectionGone):
-				res.Gone = append(res.Gone, p.conn)
-			default:
-				res.Failed++
-				h.Logger.WarnContext(ctx, "post to connection failed", "connectionId", p.conn, "err", err)
-			}
-		}()
-	}
-	wg.Wait()
-	return res
+	d := delivery.Deliverer{Poster: r.Poster, Concurrency: r.Concurrency, Logger: h.Logger}
+	return d.PostAll(ctx, posts)
 }
 
 // expire handles a held message's timer at the window's end: MessageUndeliverable
@@ -235,16 +208,28 @@ func (h *Handler) expire(ctx context.Context, rec lambdaevents.SQSMessage) error
 		h.Logger.ErrorContext(ctx, "timer dropped", "messageId", rec.MessageId, "err", err)
 		return nil // nothing to retry
 	}
-	old, set, err := r.Streams.SetHeld(ctx, t.UserID, t.Epoch, t.Offset, dynamo.HeldUndeliverable, dynamo.HeldPending, dynamo.HeldUndeliverable)
-	if err != nil {
+	// Read first (a read costs a fifth of a failed conditional write): most timers of
+	// replayed messages find their outcome published.
+	m, ok, err := r.Streams.Message(ctx, t.UserID, t.Epoch, t.Offset)
+	if err != nil || !ok {
 		return err
+	}
+	state := m.Held
+	if state == dynamo.HeldPending {
+		old, set, err := r.Streams.SetHeld(ctx, t.UserID, t.Epoch, t.Offset, dynamo.HeldUndeliverable, dynamo.HeldPending)
+		if err != nil {
+			return err
+		}
+		if state = old; set {
+			state = dynamo.HeldUndeliverable
+		}
 	}
 	var outcome events.Published
 	done := dynamo.HeldReported
-	switch {
-	case set:
+	switch state {
+	case dynamo.HeldUndeliverable:
 		outcome = events.NewMessageUndeliverable(t.MessageID, t.UserID, events.UndeliverableOffline, h.now())
-	case old == dynamo.HeldReplayed:
+	case dynamo.HeldReplayed:
 		outcome, done = events.NewMessageDelivered(t.MessageID, t.UserID, 1, h.now()), dynamo.HeldDelivered
 	default:
 		return nil // decided and published, or gone

@@ -1,6 +1,7 @@
 package sender_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/md5"
 	"encoding/hex"
@@ -23,6 +24,7 @@ import (
 	"github.com/wspresence/wspresence/internal/awsfake"
 	"github.com/wspresence/wspresence/internal/bus/eventbridge"
 	"github.com/wspresence/wspresence/internal/delivery"
+	"github.com/wspresence/wspresence/internal/emf"
 	"github.com/wspresence/wspresence/internal/gateway/apigw"
 	"github.com/wspresence/wspresence/internal/lambda/connection"
 	"github.com/wspresence/wspresence/internal/lambda/sender"
@@ -98,6 +100,7 @@ type world struct {
 	posts   map[string]int
 	bodies  map[string][]string // connection id -> what was posted
 	seq     int
+	busDown bool
 }
 
 func (w *world) clock() time.Time {
@@ -131,8 +134,11 @@ func newWorld(t *testing.T, window time.Duration) *world {
 		if hook != nil {
 			hook(conn)
 		}
-		if mode == "gone" {
+		switch mode {
+		case "gone":
 			return awsfake.Error(http.StatusGone, "GoneException", "")
+		case "throttle":
+			return awsfake.Error(http.StatusTooManyRequests, "LimitExceededException", "")
 		}
 		return awsfake.Response{Status: http.StatusOK}
 	})
@@ -143,6 +149,10 @@ func newWorld(t *testing.T, window time.Duration) *world {
 		req.Decode(t, &in)
 		res := make([]map[string]string, len(in.Entries))
 		w.mu.Lock()
+		if w.busDown {
+			w.mu.Unlock()
+			return awsfake.Error(http.StatusInternalServerError, "InternalException", "down")
+		}
 		for i, e := range in.Entries {
 			var d struct{ MessageID string }
 			_ = json.Unmarshal([]byte(e.Detail), &d)
@@ -164,7 +174,9 @@ func newWorld(t *testing.T, window time.Duration) *world {
 	gw := apigw.New(apigatewaymanagementapi.NewFromConfig(gwSrv.Config(), func(o *apigatewaymanagementapi.Options) {
 		o.BaseEndpoint = aws.String(gwSrv.URL + "/production")
 	}))
+	gw.Backoff = time.Millisecond
 	pub := eventbridge.New(awseventbridge.NewFromConfig(busSrv.Config()), "bus")
+	pub.Backoff = time.Millisecond
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	w.send = &sender.Handler{
 		Deliverer: &delivery.Deliverer{Connections: w.store, Poster: gw, Log: w.store, Logger: quiet},
@@ -391,8 +403,22 @@ func TestRecoveryOutsideTheWindow(t *testing.T) {
 		w.sendMessage()
 	}
 	w.mode["c1"] = "gone"
+	var metrics bytes.Buffer
+	w.send.Metrics = emf.New(&metrics, "wspresence")
 	for range 3 {
 		w.sendMessage()
+	}
+	w.send.Metrics = nil
+	held := 0.0
+	for _, line := range strings.Split(strings.TrimSpace(metrics.String()), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatal(err)
+		}
+		held += rec["MessagesHeld"].(float64)
+	}
+	if held != 3 {
+		t.Fatalf("MessagesHeld %v, want 3", held)
 	}
 	w.advance(2*time.Minute + time.Second)
 	w.fireTimers()
@@ -447,5 +473,89 @@ func TestRawClientsUnchanged(t *testing.T) {
 	}
 	if got := w.bodies["raw"]; len(got) != 2 || got[0] != "body m-01" || got[1] != "body m-02" {
 		t.Fatalf("posted to the raw connection: %v", got)
+	}
+}
+
+// TestRetriedMessageKeepsItsPosition: a message whose posts fail (throttled) is retried,
+// not held, and the retry posts it at the position it was given: the client gets it once,
+// the next message follows it without a gap, and it has one outcome.
+func TestRetriedMessageKeepsItsPosition(t *testing.T) {
+	w := newWorld(t, 2*time.Minute)
+	w.connect("c1")
+	w.recover("c1")
+	w.sendMessage()
+	w.mu.Lock()
+	w.mode["c1"] = "throttle"
+	w.mu.Unlock()
+	id := w.nextID()
+	rec := lambdaevents.SQSMessage{MessageId: "q-" + id, Body: fmt.Sprintf(`{"UserId":"1234","Body":"body %s","MessageId":%q}`, id, id),
+		Attributes: map[string]string{"ApproximateReceiveCount": "1"}}
+	if resp, _ := w.send.Handle(context.Background(), lambdaevents.SQSEvent{Records: []lambdaevents.SQSMessage{rec}}); len(resp.BatchItemFailures) != 1 {
+		t.Fatalf("a throttled message was not retried: %+v", resp)
+	}
+	if len(w.timers) != 0 {
+		t.Fatalf("a message for a connected client was held: %v", w.timers)
+	}
+	w.mu.Lock()
+	w.mode["c1"] = "up"
+	w.mu.Unlock()
+	rec.Attributes["ApproximateReceiveCount"] = "2"
+	if resp, err := w.send.Handle(context.Background(), lambdaevents.SQSEvent{Records: []lambdaevents.SQSMessage{rec}}); err != nil || len(resp.BatchItemFailures) != 0 {
+		t.Fatalf("retry: %+v %v", resp, err)
+	}
+	w.sendMessage()
+	w.wantBodies(ids(1, 3)...)
+	if w.client.offset != 3 {
+		t.Fatalf("the client is at offset %d after 3 messages: the retry took a second position", w.client.offset)
+	}
+	w.wantOutcomes(delivered(ids(1, 3)...))
+}
+
+// TestReplayedOutcomeSurvivesPublishFailure: a recover that replays a held message while
+// EventBridge is down leaves it marked replayed; its timer publishes the MessageDelivered
+// (once) at the window's end, never MessageUndeliverable.
+func TestReplayedOutcomeSurvivesPublishFailure(t *testing.T) {
+	w := newWorld(t, 2*time.Minute)
+	w.connect("c1")
+	w.recover("c1")
+	w.sendMessage()
+	w.mode["c1"] = "gone"
+	w.sendMessage() // held
+	w.connect("c2")
+	w.mu.Lock()
+	w.busDown = true
+	w.mu.Unlock()
+	w.recover("c2")
+	w.mu.Lock()
+	w.busDown = false
+	w.mu.Unlock()
+	w.wantBodies(ids(1, 2)...)
+	w.wantOutcomes(delivered("m-01"))
+	w.advance(2 * time.Minute)
+	w.fireTimers()
+	w.wantOutcomes(delivered(ids(1, 2)...))
+}
+
+// TestNoWindow: with a window of 0 the subprotocol is still selected and frames carry
+// positions, nothing is kept or held (a message that reached no connection is
+// MessageUndeliverable at once), and a recover behind the top is told too_old.
+func TestNoWindow(t *testing.T) {
+	w := newWorld(t, 0)
+	w.connect("c1")
+	w.recover("c1")
+	w.sendMessage()
+	w.mode["c1"] = "gone"
+	w.sendMessage()
+	w.connect("c2")
+	w.recover("c2")
+	a := w.client.answers
+	if len(a) != 2 || a[1].Recovered || a[1].Reason != recovery.ReasonTooOld || a[1].Offset != 2 {
+		t.Fatalf("answers %+v", a)
+	}
+	w.sendMessage()
+	w.wantBodies("m-01", "m-03")
+	w.wantOutcomes(map[string]string{"m-01": "MessageDelivered", "m-02": "MessageUndeliverable", "m-03": "MessageDelivered"})
+	if len(w.timers) != 0 {
+		t.Fatalf("timers %v", w.timers)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	lambdaevents "github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/apigatewaymanagementapi"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodbstreams"
 	awseventbridge "github.com/aws/aws-sdk-go-v2/service/eventbridge"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
@@ -46,6 +47,7 @@ var t0 = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
 // what was written), the outbox relay and the reconciler, with EventBridge and API
 // Gateway's Management API as fakes that can fail.
 type rig struct {
+	db     *dynamodb.Client
 	store  *dynamo.Store
 	events *dynamotest.Stream
 	view   *dynamotest.ViewStream
@@ -70,9 +72,10 @@ type rig struct {
 func newRig(t *testing.T) *rig {
 	db, view := dynamotest.ClientWithViewStream(t)
 	tables := dynamotest.NewTables(t, db)
-	r := &rig{view: view, events: dynamotest.NewStream(db, tables.Events), now: t0,
+	r := &rig{db: db, view: view, events: dynamotest.NewStream(db, tables.Events), now: t0,
 		accepted: map[string]int{}, kinds: map[string]string{}, gone: map[string]bool{},
 		quiet: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	view.Clock = r.clock
 	r.store = dynamo.New(db, tables)
 	r.store.Grace = testGrace
 	r.store.Now = r.clock
@@ -117,14 +120,31 @@ func newRig(t *testing.T) *rig {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		switch req.Target {
+		case "DynamoDBStreams_20120810.DescribeStream": // the view table's stream: one shard
+			return awsfake.JSON(http.StatusOK, map[string]any{"StreamDescription": map[string]any{
+				"StreamArn": viewStreamARN, "Shards": []map[string]string{{"ShardId": "shardId-view"}}}})
 		case "DynamoDBStreams_20120810.GetShardIterator":
-			var in struct{ SequenceNumber string }
+			var in struct{ ShardID, ShardIteratorType, SequenceNumber string }
 			_ = json.Unmarshal(req.Body, &in)
+			switch in.ShardIteratorType {
+			case "TRIM_HORIZON":
+				return awsfake.JSON(http.StatusOK, map[string]any{"ShardIterator": "view>"})
+			case "AFTER_SEQUENCE_NUMBER":
+				return awsfake.JSON(http.StatusOK, map[string]any{"ShardIterator": "view>" + in.SequenceNumber})
+			}
 			return awsfake.JSON(http.StatusOK, map[string]any{"ShardIterator": in.SequenceNumber})
 		case "DynamoDBStreams_20120810.GetRecords":
 			var in struct{ ShardIterator string }
 			_ = json.Unmarshal(req.Body, &in)
 			var recs []lambdaevents.DynamoDBEventRecord
+			if after, ok := strings.CutPrefix(in.ShardIterator, "view>"); ok {
+				for _, rec := range r.view.All() {
+					if after == "" || ddbstreams.Compare(rec.Change.SequenceNumber, after) > 0 {
+						recs = append(recs, rec)
+					}
+				}
+				return awsfake.JSON(http.StatusOK, map[string]any{"Records": streamRecords(recs), "NextShardIterator": "view>end"})
+			}
 			for _, rec := range r.kept {
 				if ddbstreams.Compare(rec.Change.SequenceNumber, in.ShardIterator) >= 0 {
 					recs = append(recs, rec)
@@ -134,15 +154,32 @@ func newRig(t *testing.T) *rig {
 		}
 		return awsfake.Error(http.StatusBadRequest, "UnknownOperation", req.Target)
 	})
-	r.relay = &publisher.Handler{Publisher: pub, Sticker: r.store, Logger: r.quiet}
+	r.relay = &publisher.Handler{Publisher: pub, Sticker: r.store, Probes: r.store, Logger: r.quiet}
 	r.rec = &sweeper.Handler{View: r.store, Log: r.store, Gateway: gateway, Publisher: pub,
 		DeadTimers: sqsdelay.NewDeadLetters(sqs.NewFromConfig(dlq.Config()), "https://sqs.us-east-1.amazonaws.com/1/grace-dlq"),
 		Failures:   failures.New(sqs.NewFromConfig(failureQueue.Config()), "https://sqs.us-east-1.amazonaws.com/1/stream-failures"),
-		Streams:    ddbstreams.New(dynamodbstreams.NewFromConfig(streams.Config())),
-		Grace:      testGrace, GraceMargin: dynamo.DefaultGraceMargin, StaleAfter: dynamo.DefaultStaleAfter,
+		Streams:    ddbstreams.New(dynamodbstreams.NewFromConfig(streams.Config())), ViewStream: viewStreamARN,
+		Grace: testGrace, GraceMargin: dynamo.DefaultGraceMargin, StaleAfter: dynamo.DefaultStaleAfter,
 		OutboxAge: dynamo.DefaultOutboxAge, Retention: dynamo.DefaultTombstoneRetention, Limit: 100,
 		Now: r.clock, Logger: r.quiet}
 	return r
+}
+
+const viewStreamARN = "arn:aws:dynamodb:us-east-1:1:table/view/stream/x"
+
+// streamRecords is recs as GetRecords answers them: creation times in epoch seconds.
+func streamRecords(recs []lambdaevents.DynamoDBEventRecord) []map[string]any {
+	out := make([]map[string]any, len(recs))
+	for i, rec := range recs {
+		raw, _ := json.Marshal(rec)
+		var m map[string]any
+		_ = json.Unmarshal(raw, &m)
+		if d, ok := m["dynamodb"].(map[string]any); ok {
+			d["ApproximateCreationDateTime"] = float64(rec.Change.ApproximateCreationDateTime.Unix())
+		}
+		out[i] = m
+	}
+	return out
 }
 
 // queueFake is an SQS queue (JSON protocol) over bodies: a received message is hidden
@@ -293,6 +330,10 @@ func (failing) ExpireGrace(context.Context, string, time.Time, time.Time) (prese
 	return presence.Effects{}, errors.New("ProvisionedThroughputExceededException")
 }
 
+func (failing) State(context.Context, string) (presence.State, error) {
+	return presence.State{}, errors.New("ProvisionedThroughputExceededException")
+}
+
 func (failing) FlagGrace(context.Context, string) error {
 	return errors.New("ProvisionedThroughputExceededException")
 }
@@ -310,11 +351,12 @@ func wantOnce(t *testing.T, got map[string]int, want ...string) {
 }
 
 // TestDroppedProjectorRecordIsRepaired: the close of a connection is in the log but its
-// stream record failed every retry and was dropped, so the view holds a ghost. Within one
-// reconciler run past StaleAfter, the logged close is folded (not appended again: the
-// gateway is not even asked) and the overdue grace period ended: exactly one UserOffline,
-// by id, with the close's time. A connection whose $disconnect never came and that API
-// Gateway reports gone is swept in the same run. A second run changes nothing.
+// stream record failed every retry and was dropped, so the view holds a ghost. The next
+// reconciler run asks API Gateway about every live connection: the ghost's is gone, the
+// log holds its close, which is folded (not appended again) and the overdue grace period
+// ended: exactly one UserOffline, by id, with the close's time. A connection whose
+// $disconnect never came and that API Gateway reports gone is swept in the same run. A
+// run with nothing to repair changes nothing.
 func TestDroppedProjectorRecordIsRepaired(t *testing.T) {
 	r := newRig(t)
 	ctx := context.Background()
@@ -339,17 +381,13 @@ func TestDroppedProjectorRecordIsRepaired(t *testing.T) {
 		t.Fatalf("live %v: the fault did not leave a ghost", live)
 	}
 	r.mu.Lock()
-	r.gone["l1="] = true
+	r.gone["g1="], r.gone["l1="] = true, true
 	r.mu.Unlock()
 
-	r.setNow(t0.Add(10 * time.Minute)) // not stale yet: nothing to do
-	if res := r.reconcile(t); res.Due != 0 || res.Scanned != 3 || res.Checked != 0 {
-		t.Fatalf("a run before anything is due: %+v", res)
-	}
-	r.setNow(closedAt.Add(dynamo.DefaultStaleAfter + 5*time.Minute))
+	r.setNow(t0.Add(5 * time.Minute))
 	res := r.reconcile(t)
-	if res.Refolded != 1 || res.Swept != 1 || res.Confirmed != 1 || res.GracesEnded != 1 || res.Failed != 0 {
-		t.Fatalf("run: %+v, want the ghost refolded, the lost one swept, the alive one confirmed, one grace ended", res)
+	if res.Checked != 3 || res.Scanned != 3 || res.Passes != 1 || res.Refolded != 1 || res.Swept != 1 || res.GracesEnded != 1 || res.Failed != 0 {
+		t.Fatalf("run: %+v, want every connection checked, the ghost refolded, the lost one swept, one grace ended", res)
 	}
 	if n := r.publish(t); n != 0 {
 		t.Fatal("relay failed")
@@ -358,12 +396,6 @@ func TestDroppedProjectorRecordIsRepaired(t *testing.T) {
 		if live, err := r.store.LiveConnections(ctx, user); err != nil || len(live) != want {
 			t.Fatalf("%s live %v %v, want %d", user, live, err, want)
 		}
-	}
-	r.mu.Lock()
-	asked := strings.Join(r.asked, ",")
-	r.mu.Unlock()
-	if strings.Contains(asked, "g1=") {
-		t.Fatalf("the gateway was asked about a connection whose close the log holds: %s", asked)
 	}
 	// The ghost's offline is decided by the events' times; the swept one's grace period
 	// began now, and its timer is the projector's, on the swept close's record.
@@ -382,7 +414,7 @@ func TestDroppedProjectorRecordIsRepaired(t *testing.T) {
 		t.Fatalf("UserOffline %v", got)
 	}
 	before := r.ids(events.DetailUserOffline)
-	if res := r.reconcile(t); res.Refolded+res.Swept+res.GracesEnded+res.Republished != 0 {
+	if res := r.reconcile(t); res.Refolded+res.Swept+res.GracesEnded+res.Republished != 0 || res.Checked != 1 {
 		t.Fatalf("a run with nothing to repair repaired: %+v", res)
 	}
 	r.publish(t)

@@ -176,7 +176,7 @@ func (st *Store) Pending(ctx context.Context, userID string) (presence.Record, e
 	if err != nil {
 		return presence.Record{}, err
 	}
-	p := presence.Record{State: r.state, Checked: r.checked}
+	p := presence.Record{State: r.state}
 	for _, e := range r.outbox {
 		if e.stuck {
 			p.Outbox = append(p.Outbox, presence.Unpublished{Event: e.event, RecordedAt: e.at})
@@ -226,18 +226,6 @@ func (st *Store) FlagGrace(ctx context.Context, userID string) error {
 	_, err := st.mutate(ctx, userID, "flag grace of "+userID, func(r record) (record, presence.Effects, error) {
 		if u := r.state.User; u.GracePending() {
 			r.graceFlag = u.OfflineSince
-		}
-		return r, presence.Effects{}, nil
-	})
-	return err
-}
-
-// Confirm records that the gateway confirmed the user's live connections at at, so the
-// reconciler looks at them again only StaleAfter later.
-func (st *Store) Confirm(ctx context.Context, userID string, at time.Time) error {
-	_, err := st.mutate(ctx, userID, "confirm "+userID, func(r record) (record, presence.Effects, error) {
-		if at.After(r.checked) {
-			r.checked = at
 		}
 		return r, presence.Effects{}, nil
 	})
@@ -373,6 +361,11 @@ func (st *Store) mutate(ctx context.Context, userID, op string, fold func(record
 			}
 		}
 		item := encode(next, st.due(next), st.onlineShards())
+		if _, online := item["online"]; online {
+			if err := st.recordShards(ctx); err != nil {
+				return presence.Effects{}, err
+			}
+		}
 		unchanged := cur
 		unchanged.version = next.version
 		unchanged.outbox = slices.DeleteFunc(slices.Clone(cur.outbox), func(e entry) bool { return !e.stuck })
@@ -412,17 +405,9 @@ func (st *Store) Due(ctx context.Context, now time.Time, limit int) ([]string, e
 		var start map[string]types.AttributeValue
 		got := 0
 		for got < limit {
-			page, err := st.db.Query(ctx, &dynamodb.QueryInput{
-				TableName:                 aws.String(st.tables.View),
-				IndexName:                 aws.String(RepairIndex),
-				KeyConditionExpression:    aws.String("#rs = :rs AND #due <= :now"),
-				ExpressionAttributeNames:  map[string]string{"#rs": attrShard, "#due": attrDue},
-				ExpressionAttributeValues: map[string]types.AttributeValue{":rs": s(strconv.Itoa(shard)), ":now": n(now)},
-				Limit:                     aws.Int32(int32(limit - got)),
-				ExclusiveStartKey:         start,
-			})
+			page, err := st.dueShard(ctx, shard, now, limit-got, start)
 			if err != nil {
-				return nil, awsfail.Wrap("query the repair index", err)
+				return nil, err
 			}
 			for _, item := range page.Items {
 				if str(item, "sk") == userSK {
@@ -449,6 +434,42 @@ func (st *Store) Due(ctx context.Context, now time.Time, limit int) ([]string, e
 	return out, nil
 }
 
+// dueShard queries one shard of the repair index for at most limit entries due by now,
+// earliest first, from start.
+func (st *Store) dueShard(ctx context.Context, shard int, now time.Time, limit int, start map[string]types.AttributeValue) (*dynamodb.QueryOutput, error) {
+	page, err := st.db.Query(ctx, &dynamodb.QueryInput{
+		TableName:                 aws.String(st.tables.View),
+		IndexName:                 aws.String(RepairIndex),
+		KeyConditionExpression:    aws.String("#rs = :rs AND #due <= :now"),
+		ExpressionAttributeNames:  map[string]string{"#rs": attrShard, "#due": attrDue},
+		ExpressionAttributeValues: map[string]types.AttributeValue{":rs": s(strconv.Itoa(shard)), ":now": n(now)},
+		Limit:                     aws.Int32(int32(min(limit, math.MaxInt32))),
+		ExclusiveStartKey:         start,
+	})
+	if err != nil {
+		return nil, awsfail.Wrap("query the repair index", err)
+	}
+	return page, nil
+}
+
+// OldestDue returns the earliest due time of the repair index not after now (zero when
+// nothing is due): one query of each shard, its first entry.
+func (st *Store) OldestDue(ctx context.Context, now time.Time) (time.Time, error) {
+	var oldest time.Time
+	for shard := range RepairShards {
+		page, err := st.dueShard(ctx, shard, now, 1, nil)
+		if err != nil {
+			return time.Time{}, err
+		}
+		for _, item := range page.Items {
+			if due := tm(item, attrDue); oldest.IsZero() || due.Before(oldest) {
+				oldest = due
+			}
+		}
+	}
+	return oldest, nil
+}
+
 // PruneTombstones forgets connections closed before cutoff in the items of the users online
 // and of those in the repair index, and returns how many it forgot: it reads the two
 // indexes, never the whole table. An offline user's tombstones are compacted by the user's
@@ -459,7 +480,7 @@ func (st *Store) PruneTombstones(ctx context.Context, cutoff time.Time) (int, er
 		return 0, err
 	}
 	for after := ""; ; {
-		page, err := st.OnlineUsers(ctx, after, 1000)
+		page, err := st.OnlineUsers(ctx, after, 1000) // every shard ever written
 		if err != nil {
 			return 0, err
 		}

@@ -32,7 +32,6 @@ import (
 //	fresh         "1" on a write that recorded transitions: the relay's event filter
 //	gf            the grace period whose timer could not be started or run (its
 //	              offlineSince, Unix ns): the reconciler ends it once overdue
-//	chk           when the gateway last confirmed the live connections (Unix ns)
 //	rs, due       the repair index (sparse): shard and the time the reconciler must look
 //	              at the item (a flagged grace period's deadline plus the margin, a stuck
 //	              transition's time plus the outbox age); only failures put an item there
@@ -40,7 +39,6 @@ const (
 	attrVersion   = "v"
 	attrConns     = "conns"
 	attrOutbox    = "outbox"
-	attrChecked   = "chk"
 	attrShard     = "rs"
 	attrDue       = "due"
 	attrFresh     = "fresh"
@@ -70,7 +68,6 @@ type record struct {
 	state   presence.State
 	version int64
 	outbox  []entry
-	checked time.Time
 	// graceFlag is the offlineSince of a grace period whose timer was lost.
 	graceFlag time.Time
 }
@@ -155,9 +152,6 @@ func encode(r record, due time.Time, onlineShards int) map[string]types.Attribut
 		}
 		item[attrOutbox] = &types.AttributeValueMemberM{Value: out}
 	}
-	if !r.checked.IsZero() {
-		item[attrChecked] = n(r.checked)
-	}
 	if !r.graceFlag.IsZero() {
 		item[attrGraceFlag] = n(r.graceFlag)
 	}
@@ -193,7 +187,7 @@ func decode(userID string, item map[string]types.AttributeValue) record {
 	st.User.OfflineSince = tm(item, "offlineSince")
 	st.User.Announced = presence.Announced(str(item, "announced"))
 	st.Horizon = tm(item, "horizon")
-	r := record{state: st, version: integer(item, attrVersion), checked: tm(item, attrChecked), graceFlag: tm(item, attrGraceFlag)}
+	r := record{state: st, version: integer(item, attrVersion), graceFlag: tm(item, attrGraceFlag)}
 	if m, ok := item[attrOutbox].(*types.AttributeValueMemberM); ok {
 		for id, v := range m.Value {
 			em, ok := v.(*types.AttributeValueMemberM)

@@ -21,7 +21,8 @@ import (
 
 // Tables names the two tables.
 type Tables struct {
-	// Events is the event table: hash key "pk" (S), stream NEW_IMAGE.
+	// Events is the event table: hash key "pk" (S), stream NEW_IMAGE. Its items expire
+	// by TTL ("ttl", EventRetention past the event's time).
 	Events string
 	// View is the view table: hash key "pk" (S), range key "sk" (S), sparse index
 	// OnlineIndex on ("online" S, "pk" S).
@@ -64,13 +65,19 @@ type Store struct {
 	Now func() time.Time
 	// OnlineShards is the number of keys the online index is written under
 	// (DefaultOnlineShards when zero): each online user is under one, by a hash of its id,
-	// so no key takes more than about 1/OnlineShards of the index's writes. It may grow
-	// but never shrink (a list reads the shards below it).
+	// so no key takes more than about 1/OnlineShards of the index's writes. It may be
+	// lowered: the highest count ever written with is recorded in the table, and lists
+	// read that many shards.
 	OnlineShards int
+	// EventRetention is how long the event table keeps an event: each item carries a TTL
+	// (ttl, Unix seconds) that far past the event's time (none when zero).
+	EventRetention time.Duration
 	// RecoveryWindow is how long a user's messages are kept for recovery (the
 	// RecoveryWindowSeconds setting): the stream's reads ignore older ones, and its items'
 	// TTLs are set from it.
 	RecoveryWindow time.Duration
+
+	shards shardRecord
 }
 
 // New returns a Store on the given client and tables, with a 5 s grace period.
@@ -109,6 +116,25 @@ func EventItem(e events.ConnectionEvent) map[string]types.AttributeValue {
 	return item
 }
 
+// Retention of the event table.
+const (
+	// DefaultEventRetentionDays is how long an event is kept by default.
+	DefaultEventRetentionDays = 30
+	// MinEventRetentionDays is the least: longer than the stream keeps a record (24 h)
+	// and than API Gateway keeps a connection (2 h), so every live connection's open and
+	// every close a stream may still deliver are in the log.
+	MinEventRetentionDays = 2
+)
+
+// eventItem is EventItem(e) with its expiry, EventRetention past the event's time.
+func (st *Store) eventItem(e events.ConnectionEvent) map[string]types.AttributeValue {
+	item := EventItem(e)
+	if st.EventRetention > 0 {
+		item["ttl"] = &types.AttributeValueMemberN{Value: strconv.FormatInt(e.At.Add(st.EventRetention).Unix(), 10)}
+	}
+	return item
+}
+
 // Tables returns the store's tables.
 func (st *Store) Tables() Tables { return st.tables }
 
@@ -123,7 +149,7 @@ func (st *Store) Append(ctx context.Context, evs ...events.ConnectionEvent) (int
 		}
 		_, err := st.db.PutItem(ctx, &dynamodb.PutItemInput{
 			TableName:           aws.String(st.tables.Events),
-			Item:                EventItem(e),
+			Item:                st.eventItem(e),
 			ConditionExpression: aws.String("attribute_not_exists(pk)"),
 		})
 		switch {
@@ -278,16 +304,14 @@ func (st *Store) batchGet(ctx context.Context, ids []string, key func(string) ma
 // id order, so the cursor (the last id listed) is stable whatever the shards (eventually
 // consistent, as any index).
 func (st *Store) OnlineUsers(ctx context.Context, after string, limit int) ([]presence.Status, error) {
-	var all []presence.Status
-	for shard := range st.onlineShards() {
-		page, err := st.onlineShard(ctx, strconv.Itoa(shard), after, limit)
-		if err != nil {
-			return nil, err
-		}
-		all = append(all, page...)
+	page, err := st.onlinePage(ctx, after, limit)
+	if err != nil {
+		return nil, err
 	}
-	sort.Slice(all, func(i, j int) bool { return all[i].UserID < all[j].UserID })
-	all = all[:min(limit, len(all))]
+	all := make([]presence.Status, len(page))
+	for i, u := range page {
+		all[i] = u.status
+	}
 	ids := make([]string, len(all))
 	for i, u := range all {
 		ids[i] = u.UserID
@@ -304,15 +328,57 @@ func (st *Store) OnlineUsers(ctx context.Context, after string, limit int) ([]pr
 	return all, nil
 }
 
+// OnlineConnections lists the live connections of the users of the online list, in user
+// id order after the id after, at most limit users (the index's projection: no activity
+// register is read). The last connection's user is the cursor of the next page.
+func (st *Store) OnlineConnections(ctx context.Context, after string, limit int) ([]presence.Conn, error) {
+	page, err := st.onlinePage(ctx, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	var out []presence.Conn
+	for _, u := range page {
+		for _, id := range u.live {
+			out = append(out, presence.Conn{ID: id, UserID: u.status.UserID})
+		}
+	}
+	return out, nil
+}
+
+// onlineUser is an entry of the online index.
+type onlineUser struct {
+	status presence.Status
+	live   []string
+}
+
+// onlinePage lists at most limit users of the online index in id order after after: it
+// queries every shard ever written (listShards) and merges them.
+func (st *Store) onlinePage(ctx context.Context, after string, limit int) ([]onlineUser, error) {
+	shards, err := st.listShards(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var all []onlineUser
+	for shard := range shards {
+		page, err := st.onlineShard(ctx, strconv.Itoa(shard), after, limit)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, page...)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].status.UserID < all[j].status.UserID })
+	return all[:min(limit, len(all))], nil
+}
+
 // onlineShard lists at most limit online users of one shard, in id order after after.
-func (st *Store) onlineShard(ctx context.Context, shard, after string, limit int) ([]presence.Status, error) {
+func (st *Store) onlineShard(ctx context.Context, shard, after string, limit int) ([]onlineUser, error) {
 	cond := "#o = :shard"
 	values := map[string]types.AttributeValue{":shard": s(shard)}
 	if after != "" {
 		cond += " AND pk > :after"
 		values[":after"] = s(after)
 	}
-	var out []presence.Status
+	var out []onlineUser
 	var start map[string]types.AttributeValue
 	for len(out) < limit {
 		page, err := st.db.Query(ctx, &dynamodb.QueryInput{
@@ -329,7 +395,7 @@ func (st *Store) onlineShard(ctx context.Context, shard, after string, limit int
 		}
 		for _, item := range page.Items {
 			if st := statusOf(item); st.Online() {
-				out = append(out, st)
+				out = append(out, onlineUser{status: st, live: strs(item, "live")})
 			}
 		}
 		if page.LastEvaluatedKey == nil {

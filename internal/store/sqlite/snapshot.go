@@ -334,7 +334,7 @@ func (s *Store) Rebuild(ctx context.Context) (Projection, error) {
 
 // pruneChunk is how many rows one pruning transaction deletes: the writer's other commits
 // wait for one chunk at most.
-const pruneChunk = 2000
+const pruneChunk = 500
 
 // PruneTombstones forgets connections closed before cutoff, in the image and the snapshot
 // tables, a chunk per transaction, and returns how many.

@@ -4,7 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -80,4 +83,101 @@ func rewindCheckpoint(b *testing.B, path string, tail int) {
 	if _, err := db.Exec(`UPDATE checkpoints SET seq = (SELECT MAX(seq) FROM log) - ?`, tail); err != nil {
 		b.Fatal(err)
 	}
+}
+
+// BenchmarkAppendsBesideCompaction measures what the log's compaction costs the hot path:
+// the latency of single appends (each its own commit, synchronous=NORMAL) alone, then
+// while CompactLog deletes 200,000 records behind the snapshot (500 per transaction).
+//
+//	go test -run '^$' -bench AppendsBesideCompaction -benchtime 1x ./internal/store/sqlite/
+func BenchmarkAppendsBesideCompaction(b *testing.B) {
+	ctx := context.Background()
+	for b.Loop() {
+		path := filepath.Join(b.TempDir(), "db")
+		clk := &clock{t: t0}
+		s, err := sqlite.Open(ctx, path, sqlite.Options{Now: clk.Now, Sync: "normal"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		const conns, perAppend = 100_000, 500
+		for i := 0; i < conns; i += perAppend {
+			evs := make([]events.ConnectionEvent, 0, 2*perAppend)
+			for j := i; j < i+perAppend; j++ {
+				uid, cid, at := fmt.Sprintf("user-%07d", j), fmt.Sprintf("conn-%07d", j), t0.Add(time.Duration(j)*time.Millisecond)
+				evs = append(evs, events.Opened(uid, cid, at, "203.0.113.10", "Mozilla/5.0 (X11; Linux x86_64)"),
+					events.Closed(uid, cid, at.Add(time.Millisecond/2), events.ReasonClient))
+			}
+			if _, err := s.Append(ctx, evs...); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := s.Close(); err != nil { // the snapshot holds the whole log
+			b.Fatal(err)
+		}
+		if s, err = sqlite.Open(ctx, path, sqlite.Options{Now: clk.Now, Sync: "normal"}); err != nil {
+			b.Fatal(err)
+		}
+		appends := func(prefix string, stop <-chan struct{}, n int) []time.Duration {
+			var lat []time.Duration
+			for i := 0; ; i++ {
+				if stop == nil && i == n {
+					return lat
+				}
+				select {
+				case <-stop:
+					return lat
+				default:
+				}
+				at := t0.Add(time.Hour + time.Duration(i)*time.Millisecond)
+				start := time.Now()
+				if _, err := s.Append(ctx, events.Opened(prefix+strconv.Itoa(i), prefix+"c"+strconv.Itoa(i), at, "", "")); err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, time.Since(start))
+			}
+		}
+		alone := appends("alone-", nil, 2000)
+		stop := make(chan struct{})
+		var compacted int64
+		var took time.Duration
+		go func() {
+			defer close(stop)
+			start := time.Now()
+			n, err := s.CompactLog(ctx, t0.Add(time.Hour))
+			if err != nil {
+				b.Error(err)
+			}
+			compacted, took = n, time.Since(start)
+		}()
+		beside := appends("beside-", stop, 0)
+		if err := s.Close(); err != nil {
+			b.Fatal(err)
+		}
+		pct := func(lat []time.Duration, p float64) float64 {
+			slices.Sort(lat)
+			return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000
+		}
+		slow := 0
+		for _, d := range beside {
+			if d > 50*time.Millisecond {
+				slow++
+			}
+		}
+		b.Logf("slow appends beside: %d; WAL %d", slow, walOf(path))
+		b.ReportMetric(pct(alone, 0.99), "p99-ms-alone")
+		b.ReportMetric(pct(alone, 1), "max-ms-alone")
+		b.ReportMetric(pct(beside, 0.99), "p99-ms-beside")
+		b.ReportMetric(pct(beside, 1), "max-ms-beside")
+		b.ReportMetric(float64(compacted), "records-compacted")
+		b.ReportMetric(took.Seconds(), "compaction-s")
+		b.ReportMetric(float64(len(beside)), "appends-beside")
+	}
+}
+
+func walOf(path string) int64 {
+	st, err := os.Stat(path + "-wal")
+	if err != nil {
+		return 0
+	}
+	return st.Size()
 }

@@ -1,11 +1,13 @@
 // Package ddbstreams reads records of a DynamoDB stream by their position, so that a
 // batch a Lambda event source mapping gave up on (its on-failure destination holds only
 // the shard and the sequence numbers) can be replayed while the stream still keeps it (24
-// hours). A Reader is safe for concurrent use.
+// hours), and so that a stream whose consumer does not run can be read in its place
+// (Shards, After). A Reader is safe for concurrent use.
 package ddbstreams
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/big"
 	"strings"
@@ -62,6 +64,66 @@ func (r *Reader) Records(ctx context.Context, streamARN, shardID, start, end str
 	return out, nil
 }
 
+// Shards lists the ids of the stream's shards, open and closed (DescribeStream, paged).
+func (r *Reader) Shards(ctx context.Context, streamARN string) ([]string, error) {
+	var out []string
+	var start *string
+	for {
+		page, err := r.client.DescribeStream(ctx, &dynamodbstreams.DescribeStreamInput{StreamArn: aws.String(streamARN), ExclusiveStartShardId: start})
+		if err != nil {
+			return out, awsfail.Wrap("describe "+streamARN, err)
+		}
+		if page.StreamDescription == nil {
+			return out, nil
+		}
+		for _, sh := range page.StreamDescription.Shards {
+			out = append(out, aws.ToString(sh.ShardId))
+		}
+		start = page.StreamDescription.LastEvaluatedShardId
+		if start == nil {
+			return out, nil
+		}
+	}
+}
+
+// After returns at most limit records of the shard after the sequence number after (from
+// the oldest the stream keeps when after is empty, or no longer kept), and the position to
+// go on from: the last record's sequence number, or after when there was none.
+func (r *Reader) After(ctx context.Context, streamARN, shardID, after string, limit int) ([]lambdaevents.DynamoDBEventRecord, string, error) {
+	in := &dynamodbstreams.GetShardIteratorInput{StreamArn: aws.String(streamARN), ShardId: aws.String(shardID),
+		ShardIteratorType: types.ShardIteratorTypeTrimHorizon}
+	if after != "" {
+		in.ShardIteratorType, in.SequenceNumber = types.ShardIteratorTypeAfterSequenceNumber, aws.String(after)
+	}
+	it, err := r.client.GetShardIterator(ctx, in)
+	var trimmed *types.TrimmedDataAccessException
+	if errors.As(err, &trimmed) {
+		in.ShardIteratorType, in.SequenceNumber = types.ShardIteratorTypeTrimHorizon, nil
+		it, err = r.client.GetShardIterator(ctx, in)
+	}
+	if err != nil {
+		return nil, after, awsfail.Wrap("position in "+shardID, err)
+	}
+	var out []lambdaevents.DynamoDBEventRecord
+	next := after
+	iter := it.ShardIterator
+	for calls := 0; iter != nil && calls < maxCalls && len(out) < limit; calls++ {
+		page, err := r.client.GetRecords(ctx, &dynamodbstreams.GetRecordsInput{ShardIterator: iter, Limit: aws.Int32(int32(min(limit-len(out), 1000)))})
+		if err != nil {
+			return out, next, awsfail.Wrap("read "+shardID, err)
+		}
+		for _, rec := range page.Records {
+			out = append(out, convert(streamARN, rec))
+			next = aws.ToString(rec.Dynamodb.SequenceNumber)
+		}
+		if len(page.Records) == 0 {
+			break // the shard's end, as far as it is written
+		}
+		iter = page.NextShardIterator
+	}
+	return out, next, nil
+}
+
 // Compare orders two sequence numbers (decimal strings of any length).
 func Compare(a, b string) int {
 	x, okx := new(big.Int).SetString(strings.TrimSpace(a), 10)
@@ -79,6 +141,9 @@ func convert(streamARN string, r types.Record) lambdaevents.DynamoDBEventRecord 
 	if d := r.Dynamodb; d != nil {
 		out.Change = lambdaevents.DynamoDBStreamRecord{Keys: image(d.Keys), NewImage: image(d.NewImage), OldImage: image(d.OldImage),
 			SequenceNumber: aws.ToString(d.SequenceNumber), SizeBytes: aws.ToInt64(d.SizeBytes), StreamViewType: string(d.StreamViewType)}
+		if d.ApproximateCreationDateTime != nil {
+			out.Change.ApproximateCreationDateTime = lambdaevents.SecondsEpochTime{Time: *d.ApproximateCreationDateTime}
+		}
 	}
 	return out
 }

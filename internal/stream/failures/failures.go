@@ -34,14 +34,15 @@ type Queue struct {
 // New returns the reader of the queue at url.
 func New(client *sqs.Client, queueURL string) *Queue { return &Queue{client: client, url: queueURL} }
 
-// Receive takes at most max batch positions off the queue (hidden from other readers for
-// a while; one not deleted comes back). A message that is not a stream batch's record is
-// returned with an empty StreamARN, to be deleted.
-func (q *Queue) Receive(ctx context.Context, max int) ([]Batch, error) {
+// Receive takes at most limit batch positions off the queue, hidden from other readers for
+// hide (rounded up to the second: the reader's whole run, so that none comes back while
+// it still works on it; one not deleted comes back after). A message that is not a
+// stream batch's record is returned with an empty StreamARN, to be deleted.
+func (q *Queue) Receive(ctx context.Context, limit int, hide time.Duration) ([]Batch, error) {
 	var out []Batch
-	for len(out) < max {
+	for len(out) < limit {
 		res, err := q.client.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{QueueUrl: aws.String(q.url),
-			MaxNumberOfMessages: int32(min(10, max-len(out))), VisibilityTimeout: 120})
+			MaxNumberOfMessages: int32(min(10, limit-len(out))), VisibilityTimeout: seconds(hide)})
 		if err != nil {
 			return out, awsfail.Wrap("receive failed stream batches", err)
 		}
@@ -66,4 +67,12 @@ func (q *Queue) Delete(ctx context.Context, receipt string) error {
 		return awsfail.Wrap("delete a failed stream batch", err)
 	}
 	return nil
+}
+
+// MaxHide is the longest an SQS message can be hidden (12 hours).
+const MaxHide = 12 * time.Hour
+
+// seconds is hide in whole seconds, rounded up, from 1 to MaxHide.
+func seconds(hide time.Duration) int32 {
+	return int32(min(max((hide+time.Second-1)/time.Second, 1), MaxHide/time.Second))
 }

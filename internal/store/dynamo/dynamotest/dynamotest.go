@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -139,6 +140,8 @@ type ViewStream struct {
 	mu      sync.Mutex
 	records []lambdaevents.DynamoDBEventRecord
 	seq     int64
+	// Clock, if set, stamps each record's ApproximateCreationDateTime.
+	Clock func() time.Time
 }
 
 // ClientWithViewStream returns a client of dynalite whose user-item writes are recorded.
@@ -168,7 +171,18 @@ func (v *ViewStream) add(item map[string]types.AttributeValue) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.seq++
-	v.records = append(v.records, ViewRecord(item, v.seq))
+	rec := ViewRecord(item, v.seq)
+	if v.Clock != nil {
+		rec.Change.ApproximateCreationDateTime = lambdaevents.SecondsEpochTime{Time: v.Clock()}
+	}
+	v.records = append(v.records, rec)
+}
+
+// All returns every record written so far (what the stream keeps), delivered or not.
+func (v *ViewStream) All() []lambdaevents.DynamoDBEventRecord {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return slices.Clone(v.records)
 }
 
 // ViewRecord is the MODIFY record (NEW_IMAGE) the view table's stream carries for a write
