@@ -41,7 +41,7 @@ test('in Chromium: connect, receive, reconnect after server-side closes, recover
       Object.assign(window, { client, log });
       client.connect();
     }, { url: server.url });
-    await page.waitForFunction(() => window.client.state === 'connected');
+    await page.waitForFunction(() => window.client.state === 'connected', null, { timeout: 60000 });
 
     const acked = [];
     const closes = () => page.evaluate(() => window.log.errors.filter((e) => e.code === 1008).length);
@@ -49,7 +49,7 @@ test('in Chromium: connect, receive, reconnect after server-side closes, recover
       await post(server, 'browser-user', `b-${i}`);
       acked.push(`b-${i}`);
     }
-    await page.waitForFunction((n) => window.log.messages.length >= n, acked.length, { timeout: 20000 });
+    await page.waitForFunction((n) => window.log.messages.length >= n, acked.length, { timeout: 60000 });
     await page.waitForTimeout(300); // a late duplicate would show here
     const log = await page.evaluate(() => window.log);
     assert.deepEqual(streamProblems(log.messages, acked), []);

@@ -101,7 +101,7 @@ export function launchChromium() {
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** waitFor polls cond (which may return a promise) until it is true, or fails with what() after timeoutMs. */
-export async function waitFor(cond, what, timeoutMs = 20000) {
+export async function waitFor(cond, what, timeoutMs = 60000) {
   const deadline = Date.now() + timeoutMs;
   while (!(await cond())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${typeof what === 'function' ? what() : what}`);

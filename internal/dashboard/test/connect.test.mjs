@@ -26,9 +26,9 @@ test('the dashboard connects as a user with the client library, shows the messag
     await dash.locator('#connect-messages li', { hasText: 'first' }).waitFor();
     // Closed by the server and reconnected: the state goes through disconnected, the
     // error line says so, and what is sent meanwhile arrives once, in order.
-    await dash.locator('#connect-error', { hasText: 'idle timeout' }).waitFor({ timeout: 10000 });
+    await dash.locator('#connect-error', { hasText: 'idle timeout' }).waitFor({ timeout: 60000 });
     for (const body of ['second', 'third', 'fourth']) await post(server, 'panel-user', body);
-    await dash.locator('#connect-messages li', { hasText: 'fourth' }).waitFor({ timeout: 10000 });
+    await dash.locator('#connect-messages li', { hasText: 'fourth' }).waitFor({ timeout: 60000 });
     await dash.locator('#connect-state', { hasText: /^connected$/ }).waitFor();
     await dash.waitForTimeout(300); // a late duplicate would show here
     const items = await dash.locator('#connect-messages li').allTextContents();
