@@ -31,12 +31,24 @@ lint:
 ## bench: the short benchmark profile (under 5 minutes): bench/results/<date>.json,
 ## docs/benchmarks.md and docs/benchmarks.png; bench-long is the long profile. The load
 ## generator is its own module (bench/go.mod), so its libraries stay out of the service's.
+## BENCH_REFERENCE=<git revision> also measures that build on the publishers scenario,
+## in the same run (the before of a change).
 BENCH_PROFILE ?= short
+BENCH_REFERENCE ?=
 bench:
 	@mkdir -p bench/results
 	go build -o bench/wspresence ./cmd/wspresence
 	cd bench && go build -o wspresence-bench ./cmd/wspresence-bench
+ifneq ($(BENCH_REFERENCE),)
+	rm -rf bench/.reference && mkdir -p bench/.reference
+	git archive $(BENCH_REFERENCE) | tar -x -C bench/.reference
+	cd bench/.reference && go build -o ../wspresence-reference ./cmd/wspresence
+	rm -rf bench/.reference
+	./bench/wspresence-bench --profile $(BENCH_PROFILE) --server ./bench/wspresence \
+		--reference ./bench/wspresence-reference --reference-name "$$(git rev-parse --short $(BENCH_REFERENCE))"
+else
 	./bench/wspresence-bench --profile $(BENCH_PROFILE) --server ./bench/wspresence
+endif
 
 bench-long:
 	$(MAKE) bench BENCH_PROFILE=long

@@ -59,6 +59,9 @@ type Config struct {
 	// GraceDeadLetterURL is that queue's dead-letter queue, which the reconciler drains
 	// (GRACE_DLQ_URL).
 	GraceDeadLetterURL string
+	// EventRetentionDays is how long the event table keeps an event (EVENT_RETENTION_DAYS,
+	// default 30, at least 2): its items expire by TTL.
+	EventRetentionDays string
 	// ViewStreamARN is the view table's stream, which the reconciler reads in the relay's
 	// place while the relay does not run (VIEW_STREAM_ARN).
 	ViewStreamARN string
@@ -202,6 +205,11 @@ func (c Config) store(ck *checker, awsCfg aws.Config) *dynamo.Store {
 	st := dynamo.New(dynamodb.NewFromConfig(awsCfg), dynamo.Tables{
 		Events: ck.need("EVENTS_TABLE", c.EventsTable), View: ck.need("VIEW_TABLE", c.ViewTable)})
 	st.OnlineShards = c.onlineShards(ck)
+	days := ck.integer("EVENT_RETENTION_DAYS", c.EventRetentionDays, dynamo.DefaultEventRetentionDays)
+	if days < dynamo.MinEventRetentionDays {
+		ck.errs = append(ck.errs, fmt.Errorf("EVENT_RETENTION_DAYS=%q: at least %d", c.EventRetentionDays, dynamo.MinEventRetentionDays))
+	}
+	st.EventRetention = time.Duration(days) * 24 * time.Hour
 	return st
 }
 

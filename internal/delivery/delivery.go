@@ -127,6 +127,23 @@ func (d *Deliverer) Deliver(ctx context.Context, messageID, userID, body string)
 }
 
 func (d *Deliverer) post(ctx context.Context, conns []string, data []byte) Result {
+	posts := make([]Post, len(conns))
+	for i, id := range conns {
+		posts[i] = Post{ConnectionID: id, Data: data}
+	}
+	return d.PostAll(ctx, posts)
+}
+
+// Post is one frame for one connection.
+type Post struct {
+	ConnectionID string
+	Data         []byte
+}
+
+// PostAll posts each frame (at most Concurrency at once) and counts what happened:
+// Result.Delivered, Result.Gone (the connections found gone, not yet recorded) and
+// Result.Failed; it leaves Result.Outcome unset.
+func (d *Deliverer) PostAll(ctx context.Context, posts []Post) Result {
 	limit := d.Concurrency
 	if limit <= 0 {
 		limit = 8
@@ -137,24 +154,24 @@ func (d *Deliverer) post(ctx context.Context, conns []string, data []byte) Resul
 		wg  sync.WaitGroup
 		sem = make(chan struct{}, limit)
 	)
-	for _, id := range conns {
+	for _, p := range posts {
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			err := d.Poster.Post(ctx, id, data)
+			err := d.Poster.Post(ctx, p.ConnectionID, p.Data)
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
 			case err == nil:
 				res.Delivered++
 			case errors.Is(err, ErrConnectionGone):
-				res.Gone = append(res.Gone, id)
+				res.Gone = append(res.Gone, p.ConnectionID)
 				res.goneReasons = append(res.goneReasons, goneReason(err))
 			default:
 				res.Failed++
 				if d.Logger != nil {
-					d.Logger.WarnContext(ctx, "post to connection failed", "connectionId", id, "err", err)
+					d.Logger.WarnContext(ctx, "post to connection failed", "connectionId", p.ConnectionID, "err", err)
 				}
 			}
 		}()

@@ -18,6 +18,7 @@ import (
 	"github.com/wspresence/wspresence/internal/grace/sqsdelay"
 	"github.com/wspresence/wspresence/internal/lambda/grace"
 	"github.com/wspresence/wspresence/internal/lambdatest"
+	"github.com/wspresence/wspresence/internal/store/dynamo"
 )
 
 func load(t *testing.T) (deploy.Template, string) {
@@ -500,6 +501,22 @@ func TestOperationalSettings(t *testing.T) {
 	for _, tbl := range []string{"EventsTable", "ViewTable"} {
 		if deploy.Props(rs[tbl])["StreamSpecification"].(map[string]any)["StreamViewType"] != "NEW_IMAGE" {
 			t.Errorf("%s's stream is not NEW_IMAGE (the view table's carries the outbox)", tbl)
+		}
+	}
+	// The event table has a retention: its items expire by TTL (ttl), EventRetentionDays
+	// past their time, at least 2 days (the stream's 24 h, API Gateway's 2-hour
+	// connections), set in every function that appends to the log.
+	if ttl := deploy.Props(rs["EventsTable"])["TimeToLiveSpecification"]; ttl == nil ||
+		ttl.(map[string]any)["AttributeName"] != "ttl" || ttl.(map[string]any)["Enabled"] != "true" {
+		t.Errorf("EventsTable TTL %v", ttl)
+	}
+	if p := tpl["Parameters"].(map[string]any)["EventRetentionDays"].(map[string]any); fmt.Sprint(p["MinValue"]) != strconv.Itoa(dynamo.MinEventRetentionDays) ||
+		fmt.Sprint(p["Default"]) != strconv.Itoa(dynamo.DefaultEventRetentionDays) {
+		t.Errorf("EventRetentionDays %v", p)
+	}
+	for _, svc := range []string{"connect", "disconnect", "sender", "sweeper"} {
+		if v := res(functions(t, tpl, root)[svc].props["Environment"].(map[string]any)["Variables"].(map[string]any)["EVENT_RETENTION_DAYS"]); v != "Ref:EventRetentionDays" {
+			t.Errorf("%s EVENT_RETENTION_DAYS %v", svc, v)
 		}
 	}
 	// Nothing that holds data goes with a stack deletion or a replacement.

@@ -36,9 +36,9 @@ func TestOutboxRetention(t *testing.T) {
 		c.OutboxRetention = time.Second
 		c.Webhooks = []string{hook.URL}
 	})
-	for _, u := range []string{"old-1", "old-2"} {
-		ts.send(`{"UserId":"` + u + `","Body":"x"}`) // MessageUndeliverable: published
-	}
+	// Two MessageUndeliverable (offline), accepted together: their outcomes are recorded in
+	// one commit, so one prune forgets both.
+	ts.send(`[{"UserId":"old-1","Body":"x"},{"UserId":"old-2","Body":"x"}]`)
 	gone := func() bool { // the answer to a reader asking from the start (a stream when it is not 410)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()

@@ -16,6 +16,7 @@ func main() {
 	awsrt.Start(awsrt.NewConnection, awsrt.Config{
 		OnlineShards:          os.Getenv("ONLINE_SHARDS"),
 		EventsTable:           os.Getenv("EVENTS_TABLE"),
+		EventRetentionDays:    os.Getenv("EVENT_RETENTION_DAYS"),
 		ViewTable:             os.Getenv("VIEW_TABLE"),
 		OfflineGraceSeconds:   os.Getenv("OFFLINE_GRACE_SECONDS"),
 		MaxConnectionsPerUser: os.Getenv("MAX_CONNECTIONS_PER_USER"),

@@ -10,7 +10,8 @@ import (
 
 func main() {
 	awsrt.Start(awsrt.NewDisconnect, awsrt.Config{
-		EventsTable: os.Getenv("EVENTS_TABLE"),
-		ViewTable:   os.Getenv("VIEW_TABLE"),
+		EventsTable:        os.Getenv("EVENTS_TABLE"),
+		EventRetentionDays: os.Getenv("EVENT_RETENTION_DAYS"),
+		ViewTable:          os.Getenv("VIEW_TABLE"),
 	}, (*connection.Handler).Disconnect)
 }

@@ -13,6 +13,7 @@ func main() {
 	awsrt.Start(awsrt.NewSender, awsrt.Config{
 		OnlineShards:          os.Getenv("ONLINE_SHARDS"),
 		EventsTable:           os.Getenv("EVENTS_TABLE"),
+		EventRetentionDays:    os.Getenv("EVENT_RETENTION_DAYS"),
 		ViewTable:             os.Getenv("VIEW_TABLE"),
 		EventBus:              os.Getenv("EVENT_BUS_NAME"),
 		WebSocketEndpoint:     os.Getenv("WEBSOCKET_ENDPOINT"),

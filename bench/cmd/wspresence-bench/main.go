@@ -41,12 +41,14 @@ func run() error {
 	}
 	profile := flag.String("profile", "short", "smoke (seconds, CI), short (under 5 minutes) or long")
 	server := flag.String("server", "", "path of the wspresence binary (required)")
+	reference := flag.String("reference", "", "path of an earlier wspresence binary to measure on the publishers scenario too (the before of a change)")
+	referenceName := flag.String("reference-name", "", "what the reference binary was built from (a git revision), for the report")
 	results := flag.String("results", "bench/results", "folder of the JSON results and profiles")
 	report := flag.String("report", "docs/benchmarks.md", "Markdown report to write (empty: none)")
 	plotPath := flag.String("plot", "docs/benchmarks.png", "PNG plot to write (empty: none)")
 	findings := flag.String("findings", "bench/findings.md", "Markdown appended to the report (the profile findings), if it exists")
 	render := flag.String("render", "", "render the report and plot of a saved results file instead of running")
-	only := flag.String("only", "", "run only these scenarios (comma-separated: memory,connect,lag,rest,delivery,publishers; for profiling, not reports)")
+	only := flag.String("only", "", "run only these scenarios (comma-separated: memory,connect,lag,rest,delivery,publishers,recovery; for profiling, not reports)")
 	targets := flag.String("targets", "", "measure only these sides (comma-separated: baseline,wspresence)")
 	profileScenario := flag.String("profile-scenario", "publishers", "scenario the server's CPU and heap profiles cover: publishers or delivery")
 	flag.Parse()
@@ -80,7 +82,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	res, err := bench.Run(ctx, p, *server, self, profDir, log)
+	res, err := bench.Run(ctx, p, *server, bench.Reference{Bin: *reference, Name: *referenceName}, self, profDir, log)
 	if err != nil {
 		return err
 	}

@@ -36,8 +36,12 @@ type Profile struct {
 	PubRates   []float64 `json:"publish_rates"`
 	Publishers int       `json:"publishers"`
 	PubConns   int       `json:"publish_connections"`
+	// The recovery scenario (wspresence only: the baseline does not recover): RecClients
+	// recovering clients reconnecting at once, RecMessages messages each.
+	RecClients  int `json:"recovery_clients"`
+	RecMessages int `json:"recovery_messages"`
 	// Only, if set, names the scenarios to run (memory, connect, lag, rest, delivery,
-	// publishers) and the others are skipped; Targets, if set, names the sides to measure
+	// publishers, recovery) and the others are skipped; Targets, if set, names the sides to measure
 	// (baseline, wspresence). Partial runs are for profiling one scenario, not for reports.
 	Only    []string `json:"only,omitempty"`
 	Targets []string `json:"targets,omitempty"`
@@ -56,15 +60,15 @@ func (p Profile) runs(scenario string) bool {
 var Profiles = map[string]Profile{
 	"smoke": {Name: "smoke", ConnectN: 50, ConnectRates: []float64{500}, Users: 20, Conns: 40, DeliveryRates: []float64{500},
 		PhaseDuration: time.Second, Batch: 10, LagSamples: 5, RESTDuration: time.Second, RESTRate1: 100, RESTRate100: 50, MemoryN: []int{100},
-		PubRates: []float64{200}, Publishers: 16, PubConns: 100},
+		PubRates: []float64{200}, Publishers: 16, PubConns: 100, RecClients: 20, RecMessages: 5},
 	"short": {Name: "short", ConnectN: 3000, ConnectRates: []float64{1000, 3000, 6000}, Users: 1000, Conns: 2000,
 		DeliveryRates: []float64{2000, 5000, 10000, 20000, 40000}, PhaseDuration: 3 * time.Second, Batch: 50, LagSamples: 100,
 		RESTDuration: 3 * time.Second, RESTRate1: 2000, RESTRate100: 500, MemoryN: []int{2000, 10000},
-		PubRates: []float64{1000, 4000}, Publishers: 128, PubConns: 4000},
+		PubRates: []float64{1000, 4000}, Publishers: 128, PubConns: 4000, RecClients: 1000, RecMessages: 20},
 	"long": {Name: "long", ConnectN: 10000, ConnectRates: []float64{2000, 5000, 10000, 15000}, Users: 5000, Conns: 10000,
 		DeliveryRates: []float64{5000, 10000, 20000, 40000, 60000, 80000}, PhaseDuration: 10 * time.Second, Batch: 100, LagSamples: 500,
 		RESTDuration: 10 * time.Second, RESTRate1: 5000, RESTRate100: 1000, MemoryN: []int{1000, 5000, 10000},
-		PubRates: []float64{1000, 4000}, Publishers: 128, PubConns: 4000},
+		PubRates: []float64{1000, 4000}, Publishers: 128, PubConns: 4000, RecClients: 1000, RecMessages: 50},
 }
 
 // Side is one target's figures.
@@ -77,7 +81,9 @@ type Side struct {
 	REST100   RESTResult      `json:"rest_100_ids"`
 	Memory    []MemoryResult  `json:"memory"`
 	Publish   []PublishResult `json:"publishers"`
-	Errors    int             `json:"errors"`
+	// Recovery is the recovery scenario (wspresence only).
+	Recovery *RecoveryResult `json:"recovery,omitempty"`
+	Errors   int             `json:"errors"`
 	// Load is how busy the machine was with other work while this side ran.
 	Load MachineLoad `json:"machine_load"`
 }
@@ -89,9 +95,13 @@ type Results struct {
 	Machine    Machine   `json:"machine"`
 	Wspresence Side      `json:"wspresence"`
 	Baseline   Side      `json:"baseline"`
-	CPUTop     string    `json:"cpu_profile_top"`
-	CPUCumTop  string    `json:"cpu_profile_cum_top,omitempty"`
-	HeapTop    string    `json:"heap_profile_top"`
+	// Reference, if set, is an earlier build's publishers scenario (ReferenceName says
+	// which), measured right after wspresence's.
+	Reference     *Side  `json:"reference,omitempty"`
+	ReferenceName string `json:"reference_name,omitempty"`
+	CPUTop        string `json:"cpu_profile_top"`
+	CPUCumTop     string `json:"cpu_profile_cum_top,omitempty"`
+	HeapTop       string `json:"heap_profile_top"`
 	// IdleHeapTop is the heap profile's top list with the memory scenario's largest number
 	// of idle connections open.
 	IdleHeapTop string `json:"idle_heap_profile_top,omitempty"`
@@ -120,40 +130,62 @@ func machine() Machine {
 	return m
 }
 
-// Run measures both targets with profile p. serverBin is the wspresence binary, self this
-// program (for the baseline server), outDir receives profiles.
-func Run(ctx context.Context, p Profile, serverBin, self, outDir string, log *slog.Logger) (*Results, error) {
+// Reference is an earlier build of wspresence measured in the same run, on the
+// publishers scenario only, right after the build under test: the before of a change.
+type Reference struct {
+	// Bin is its binary; Name says what it was built from (a git revision).
+	Bin, Name string
+}
+
+// Run measures both targets with profile p, then ref if it names a binary. serverBin is
+// the wspresence binary, self this program (for the baseline server), outDir receives
+// profiles.
+func Run(ctx context.Context, p Profile, serverBin string, ref Reference, self, outDir string, log *slog.Logger) (*Results, error) {
 	res := &Results{Date: time.Now().UTC(), Profile: p, Machine: machine()}
 	cpuServer := ""
 	if res.Machine.Pinned {
 		cpuServer = "0"
 	}
-	for _, name := range []string{"baseline", "wspresence"} {
-		if len(p.Targets) > 0 && !slices.Contains(p.Targets, name) {
+	sides := []string{"baseline", "wspresence"}
+	if ref.Bin != "" {
+		sides = append(sides, "reference")
+	}
+	for _, name := range sides {
+		if len(p.Targets) > 0 && !slices.Contains(p.Targets, name) && name != "reference" {
 			continue
 		}
 		var t *Target
 		var err error
-		if name == "baseline" {
+		sp := p
+		switch name {
+		case "baseline":
 			t, err = StartBaseline(self, cpuServer)
-		} else {
+		default:
+			bin := serverBin
+			if name == "reference" {
+				bin, sp.Only, sp.ProfileScenario = ref.Bin, []string{"publishers"}, ""
+			}
 			dir, derr := os.MkdirTemp("", "wspresence-bench-")
 			if derr != nil {
 				return nil, derr
 			}
 			defer os.RemoveAll(dir)
-			t, err = StartWspresence(serverBin, dir, cpuServer)
+			t, err = StartWspresence(bin, dir, cpuServer)
+			t.Name = name
 		}
 		if err != nil {
 			return nil, fmt.Errorf("start %s: %w", name, err)
 		}
 		load := startLoad(t)
-		side, tops, idleHeapTop := measure(ctx, t, p, outDir, log)
+		side, tops, idleHeapTop := measure(ctx, t, sp, outDir, log)
 		side.Load = load.stop()
 		t.Stop()
-		if name == "baseline" {
+		switch name {
+		case "baseline":
 			res.Baseline = side
-		} else {
+		case "reference":
+			res.Reference, res.ReferenceName = &side, ref.Name
+		default:
 			res.Wspresence, res.IdleHeapTop = side, idleHeapTop
 			res.CPUTop, res.CPUCumTop, res.HeapTop = tops.cpu, tops.cpuCum, tops.heap
 		}
@@ -275,6 +307,12 @@ func measure(ctx context.Context, t *Target, p Profile, outDir string, log *slog
 			}
 		}
 		pubs.Close()
+	}
+	if p.RecClients > 0 && !t.baseline && p.runs("recovery") {
+		log.Info("recovery", "target", t.Name, "clients", p.RecClients, "messages", p.RecMessages)
+		r := Recovery(ctx, t, p.RecClients, p.RecMessages, 100)
+		s.Recovery = &r
+		s.Errors += r.Errors
 	}
 	return s, tops, idleHeapTop
 }
@@ -417,6 +455,9 @@ var ErrScenario = errors.New("scenario errors")
 // Check returns ErrScenario when any scenario of either side had errors; in the smoke
 // profile (rates far below capacity) a delivery backlog counts as an error too.
 func (r *Results) Check() error {
+	if r.Reference != nil && r.Reference.Errors > 0 {
+		return fmt.Errorf("%w: reference %d", ErrScenario, r.Reference.Errors)
+	}
 	if r.Wspresence.Errors > 0 || r.Baseline.Errors > 0 {
 		return fmt.Errorf("%w: wspresence %d, baseline %d", ErrScenario, r.Wspresence.Errors, r.Baseline.Errors)
 	}

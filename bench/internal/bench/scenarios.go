@@ -202,12 +202,16 @@ type CPUCost struct {
 	Seconds float64 `json:"seconds"`
 	// PerMessageUS is Seconds / messages delivered, in microseconds.
 	PerMessageUS float64 `json:"per_message_us"`
+	// CommitsPerMessage is the store's group commits over the scenario / messages
+	// delivered (wspresence only): each costs an fsync and its pages whatever it holds.
+	CommitsPerMessage float64 `json:"commits_per_message,omitempty"`
 }
 
-func cpuCost(seconds float64, delivered int64) CPUCost {
+func cpuCost(seconds, commits float64, delivered int64) CPUCost {
 	c := CPUCost{Seconds: seconds}
 	if delivered > 0 {
 		c.PerMessageUS = seconds / float64(delivered) * 1e6
+		c.CommitsPerMessage = commits / float64(delivered)
 	}
 	return c
 }
@@ -221,6 +225,7 @@ func (f *Fleet) Deliver(ctx context.Context, t *Target, rate float64, dur time.D
 	var errs atomic.Int64
 	var next atomic.Int64
 	start := time.Now()
+	commits := t.Commits(ctx) // before the CPU meter starts, so the scrape is not counted
 	cpu := t.meterCPU()
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
 	openLoop(ctx, requests, rate/float64(batch), func(int, time.Time) {
@@ -244,7 +249,7 @@ func (f *Fleet) Deliver(ctx context.Context, t *Target, rate float64, dur time.D
 	elapsed := time.Since(start)
 	return DeliveryPoint{Offered: rate, Delivered: float64(got) / float64(f.perUser) / elapsed.Seconds(),
 		Latency: summarize(f.rec.take()), Expected: expected, Received: got, Backlog: expected - min(got, expected), Errors: int(errs.Load()),
-		CPU: cpuCost(cpu.stop(), got/int64(f.perUser))}
+		CPU: cpuCost(cpu.stop(), t.Commits(ctx)-commits, got/int64(f.perUser))}
 }
 
 // push posts body to the target's POST /messages and reports whether it was accepted (202).
@@ -308,6 +313,7 @@ func (f *Fleet) Publish(ctx context.Context, t *Target, rate float64, dur time.D
 	var errs, next atomic.Int64
 	var wg sync.WaitGroup
 	start := time.Now()
+	commits := t.Commits(ctx) // before the CPU meter starts, so the scrape is not counted
 	cpu := t.meterCPU()
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: publishers}}
 	for range publishers {
@@ -331,7 +337,7 @@ func (f *Fleet) Publish(ctx context.Context, t *Target, rate float64, dur time.D
 	return PublishResult{Offered: rate, Publishers: publishers, Connections: len(f.conns),
 		Delivered: float64(got) / float64(f.perUser) / time.Since(start).Seconds(),
 		Receipt:   summarize(f.rec.take()), Post: summarize(post.take()), Expected: expected, Received: got, Errors: int(errs.Load()),
-		CPU: cpuCost(cpu.stop(), got/int64(f.perUser))}
+		CPU: cpuCost(cpu.stop(), t.Commits(ctx)-commits, got/int64(f.perUser))}
 }
 
 // Lag measures append→view visible: from a connection's upgrade (its open is durable by

@@ -243,6 +243,29 @@ func (m cpuMeter) stop() float64 {
 	return end - m.start
 }
 
+// Commits returns how many group commits the server's store has made (the count of
+// wspresence_store_commit_batch_size in /metrics); 0 for the baseline, or when unknown.
+func (t *Target) Commits(ctx context.Context) float64 {
+	if t.baseline {
+		return 0
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, t.Base+"/metrics", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "wspresence_store_commit_batch_size_count "); ok {
+			n, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return n
+		}
+	}
+	return 0
+}
+
 // save writes what the server answers at path (a pprof endpoint) to dir/file.
 func (t *Target) save(ctx context.Context, dir, path, file string) (string, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, t.Base+path, nil)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	lambdaevents "github.com/aws/aws-lambda-go/events"
@@ -181,55 +180,22 @@ func (h *Handler) postRecovering(ctx context.Context, task delivery.Task, m dyna
 	for _, c := range live {
 		isLive[c] = true
 	}
-	type post struct {
-		conn string
-		data []byte
-	}
-	var posts []post
+	var posts []delivery.Post
 	frame := recovery.MessageFrame(m.Epoch, m.Offset, task.MessageID, task.Body)
 	for c := range flags.Ready {
 		// A ready connection missing from the live set read before opened after it, or
 		// closed: post to it only if its flag is recent (a closed one answers 410 anyway).
 		if isLive[c] || now.Sub(flags.Framed[c]) < dynamo.StaleFlag {
-			posts = append(posts, post{c, frame})
+			posts = append(posts, delivery.Post{ConnectionID: c, Data: frame})
 		}
 	}
 	for _, c := range live {
 		if _, framed := flags.Framed[c]; !framed {
-			posts = append(posts, post{c, []byte(task.Body)})
+			posts = append(posts, delivery.Post{ConnectionID: c, Data: []byte(task.Body)})
 		}
 	}
-	limit := r.Concurrency
-	if limit <= 0 {
-		limit = 8
-	}
-	var (
-		mu  sync.Mutex
-		res delivery.Result
-		wg  sync.WaitGroup
-		sem = make(chan struct{}, limit)
-	)
-	for _, p := range posts {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			err := r.Poster.Post(ctx, p.conn, p.data)
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case err == nil:
-				res.Delivered++
-			case errors.Is(err, delivery.ErrConnectionGone):
-				res.Gone = append(res.Gone, p.conn)
-			default:
-				res.Failed++
-				h.Logger.WarnContext(ctx, "post to connection failed", "connectionId", p.conn, "err", err)
-			}
-		}()
-	}
-	wg.Wait()
-	return res
+	d := delivery.Deliverer{Poster: r.Poster, Concurrency: r.Concurrency, Logger: h.Logger}
+	return d.PostAll(ctx, posts)
 }
 
 // expire handles a held message's timer at the window's end: MessageUndeliverable

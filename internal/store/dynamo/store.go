@@ -21,7 +21,8 @@ import (
 
 // Tables names the two tables.
 type Tables struct {
-	// Events is the event table: hash key "pk" (S), stream NEW_IMAGE.
+	// Events is the event table: hash key "pk" (S), stream NEW_IMAGE. Its items expire
+	// by TTL ("ttl", EventRetention past the event's time).
 	Events string
 	// View is the view table: hash key "pk" (S), range key "sk" (S), sparse index
 	// OnlineIndex on ("online" S, "pk" S).
@@ -68,6 +69,9 @@ type Store struct {
 	// lowered: the highest count ever written with is recorded in the table, and lists
 	// read that many shards.
 	OnlineShards int
+	// EventRetention is how long the event table keeps an event: each item carries a TTL
+	// (ttl, Unix seconds) that far past the event's time (none when zero).
+	EventRetention time.Duration
 	// RecoveryWindow is how long a user's messages are kept for recovery (the
 	// RecoveryWindowSeconds setting): the stream's reads ignore older ones, and its items'
 	// TTLs are set from it.
@@ -112,6 +116,25 @@ func EventItem(e events.ConnectionEvent) map[string]types.AttributeValue {
 	return item
 }
 
+// Retention of the event table.
+const (
+	// DefaultEventRetentionDays is how long an event is kept by default.
+	DefaultEventRetentionDays = 30
+	// MinEventRetentionDays is the least: longer than the stream keeps a record (24 h)
+	// and than API Gateway keeps a connection (2 h), so every live connection's open and
+	// every close a stream may still deliver are in the log.
+	MinEventRetentionDays = 2
+)
+
+// eventItem is EventItem(e) with its expiry, EventRetention past the event's time.
+func (st *Store) eventItem(e events.ConnectionEvent) map[string]types.AttributeValue {
+	item := EventItem(e)
+	if st.EventRetention > 0 {
+		item["ttl"] = &types.AttributeValueMemberN{Value: strconv.FormatInt(e.At.Add(st.EventRetention).Unix(), 10)}
+	}
+	return item
+}
+
 // Tables returns the store's tables.
 func (st *Store) Tables() Tables { return st.tables }
 
@@ -126,7 +149,7 @@ func (st *Store) Append(ctx context.Context, evs ...events.ConnectionEvent) (int
 		}
 		_, err := st.db.PutItem(ctx, &dynamodb.PutItemInput{
 			TableName:           aws.String(st.tables.Events),
-			Item:                EventItem(e),
+			Item:                st.eventItem(e),
 			ConditionExpression: aws.String("attribute_not_exists(pk)"),
 		})
 		switch {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/wspresence/wspresence/events"
@@ -23,6 +24,7 @@ type writeReq struct {
 	// outcome events (Complete); published counts the outcome events that were new.
 	completes []int64
 	outcomes  []events.Published
+	keeps     []bool
 	published int
 	// grace, if set, is a grace timer's decision to fold, and to log if it decides.
 	grace   *graceDecision
@@ -179,10 +181,52 @@ func (s *Store) writer() {
 				break fill
 			}
 		}
+		batch = s.gather(batch)
+		if batch[0].alone == nil {
+			s.lastCommit, s.lastBatch = time.Now(), len(batch)
+		}
 		s.run(batch)
 		s.maybeSnapshot(false)
 		s.boundWAL()
 	}
+}
+
+// gather holds a group commit back while writers are concurrent: when the last commit
+// held several requests, the next one starts no sooner than CommitSpacing after it, and
+// takes every request that arrives meanwhile (up to MaxBatch). A commit costs its fsync
+// and its pages whatever it holds, so under load this makes the commits fewer and fuller
+// for a wait of at most CommitSpacing; a writer alone (each commit holding one request)
+// never waits. It returns the batch to run: the one given, grown, or an alone request that
+// arrived (the batch before it is run first).
+func (s *Store) gather(batch []*writeReq) []*writeReq {
+	if batch[0].alone != nil || s.lastBatch < 2 || len(batch) >= s.opts.MaxBatch {
+		return batch
+	}
+	wait := time.Until(s.lastCommit.Add(s.opts.CommitSpacing))
+	if wait <= 0 {
+		return batch
+	}
+	if s.gatherTimer == nil {
+		s.gatherTimer = time.NewTimer(wait)
+	} else {
+		s.gatherTimer.Reset(wait)
+	}
+	defer s.gatherTimer.Stop()
+	for len(batch) < s.opts.MaxBatch {
+		select {
+		case req := <-s.reqs:
+			if req.alone != nil {
+				s.run(batch)
+				return []*writeReq{req}
+			}
+			batch = append(batch, req)
+		case <-s.gatherTimer.C:
+			return batch
+		case <-s.stop:
+			return batch
+		}
+	}
+	return batch
 }
 
 // boundWAL runs, between two commits, a checkpoint that truncates the write-ahead log once
@@ -237,6 +281,7 @@ func (s *Store) commit(batch []*writeReq) {
 	}
 	if err == nil {
 		f.apply(p.Checkpoint)
+		s.applyStreams(s.batchStreams)
 		s.sinceSnapshot += p.Events
 		if s.opts.OnCommit != nil {
 			s.opts.OnCommit(len(batch))
@@ -281,9 +326,9 @@ func (s *Store) observeFolded(folded []events.ConnectionEvent) {
 }
 
 // begin starts an immediate transaction on the writer's connection; end commits it (err
-// nil) or rolls it back.
+// nil) or rolls it back. Their statements are prepared once.
 func (s *Store) begin(ctx context.Context) error {
-	if _, err := s.wc.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+	if _, err := s.stmts.begin.ExecContext(ctx); err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
 	return nil
@@ -291,13 +336,47 @@ func (s *Store) begin(ctx context.Context) error {
 
 func (s *Store) end(ctx context.Context, err error) error {
 	if err != nil {
-		_, _ = s.wc.ExecContext(context.WithoutCancel(ctx), "ROLLBACK")
+		_, _ = s.stmts.rollback.ExecContext(context.WithoutCancel(ctx))
 		return err
 	}
-	if _, err := s.wc.ExecContext(ctx, "COMMIT"); err != nil {
-		_, _ = s.wc.ExecContext(context.WithoutCancel(ctx), "ROLLBACK")
+	if _, err := s.stmts.commit.ExecContext(ctx); err != nil {
+		_, _ = s.stmts.rollback.ExecContext(context.WithoutCancel(ctx))
 		return fmt.Errorf("commit: %w", err)
 	}
+	return nil
+}
+
+// onlyOutcomes reports whether batch records message outcomes and nothing else.
+func onlyOutcomes(batch []*writeReq) bool {
+	for _, req := range batch {
+		if len(req.completes) == 0 || len(req.events) > 0 || len(req.messages) > 0 || req.grace != nil || req.exec != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// setSync sets the writer connection's synchronous mode for its next commit: the store's
+// (Options.Sync) for every commit, except that a commit of outcomes only (Complete) is not
+// synced to disk by itself when the store's mode is full. Such a commit survives a crash of
+// the process as it returns (the WAL is in the operating system's hands), and a power loss
+// from the next synced commit on, which syncs the WAL up to itself (outcomes are never
+// waited for: a message's 202 was answered when its enqueue was synced). A power loss
+// before that forgets the outcomes and their events together (the WAL keeps whole
+// transactions, in order): their messages are pending again and delivered at the next
+// start, never lost.
+func (s *Store) setSync(ctx context.Context, outcomesOnly bool) error {
+	mode := s.opts.Sync
+	if outcomesOnly {
+		mode = "normal"
+	}
+	if mode == s.syncMode {
+		return nil
+	}
+	if _, err := s.wc.ExecContext(ctx, "PRAGMA synchronous = "+strings.ToUpper(mode)); err != nil {
+		return fmt.Errorf("synchronous %s: %w", mode, err)
+	}
+	s.syncMode = mode
 	return nil
 }
 
@@ -313,11 +392,16 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 			return f, p, fmt.Errorf("commit: %w", err)
 		}
 	}
+	if err := s.setSync(ctx, onlyOutcomes(batch)); err != nil {
+		return f, p, err
+	}
 	if err := s.begin(ctx); err != nil {
 		return f, p, err
 	}
 	defer func() { err = s.end(ctx, err) }()
 	seq := s.img.seq
+	clear(s.batchStreams)
+	streams := s.batchStreams
 	appendRecord := func(typ string, v any) error {
 		data, err := json.Marshal(v)
 		if err != nil {
@@ -346,7 +430,12 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 			req.written[i] = true
 		}
 		for _, m := range req.messages {
-			res, err := s.stmts.msg.ExecContext(ctx, m.MessageID, m.UserID, m.Body, m.EnqueuedAt.UnixNano())
+			st := s.position(streams, &m)
+			var offset, gen any
+			if s.opts.RecoveryWindow > 0 {
+				offset, gen = m.Offset, m.Gen
+			}
+			res, err := s.stmts.msg.ExecContext(ctx, m.MessageID, m.UserID, m.Body, m.EnqueuedAt.UnixNano(), offset, gen)
 			if err != nil {
 				return f, p, fmt.Errorf("enqueue %s: %w", m.MessageID, err)
 			}
@@ -355,10 +444,11 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 					return f, p, fmt.Errorf("enqueue %s: %w", m.MessageID, err)
 				}
 				req.queued = append(req.queued, m)
+				streams[m.UserID] = st
 			}
 		}
 		if len(req.completes) > 0 {
-			n, err := s.complete(ctx, req.completes, req.outcomes)
+			n, err := s.complete(ctx, req.completes, req.outcomes, req.keeps)
 			if err != nil {
 				return f, p, fmt.Errorf("complete: %w", err)
 			}
