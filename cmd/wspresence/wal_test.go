@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"database/sql"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -15,7 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/localrt"
+	"github.com/wspresence/wspresence/internal/store/sqlite"
 )
 
 // walFrames returns the WAL's page size and the number of frames of its current
@@ -120,5 +124,40 @@ func TestLostWALTailIsRefused(t *testing.T) {
 			c := startChild(t, dir)
 			c.stop(t, syscall.SIGTERM)
 		})
+	}
+}
+
+// TestRebuildRefusesAFlippedLogRow: a log row whose text was changed on disk (a close made
+// into another connection's) is never folded: `rebuild` refuses, naming the table and the
+// row's position, instead of publishing from a history the log does not hold.
+func TestRebuildRefusesAFlippedLogRow(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, localrt.StoreFile)
+	st, err := sqlite.Open(context.Background(), path, sqlite.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now()
+	if _, err := st.Append(context.Background(), events.Opened("u1", "c1", at, "127.0.0.1", "test"), events.Closed("u1", "c1", at.Add(time.Millisecond), events.ReasonClient)); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`UPDATE log SET data = replace(data, '"c1"', '"c2"') WHERE seq = 2`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	var o, e bytes.Buffer
+	code := run(context.Background(), []string{"rebuild", "--data", dir}, &o, &e, noEnv)
+	if code == 0 {
+		t.Fatalf("rebuild folded a damaged log row: %s", o.String())
+	}
+	if !strings.Contains(e.String(), "damaged") || !strings.Contains(e.String(), "log row at position 2") {
+		t.Fatalf("rebuild's refusal does not name the damaged row: %s", e.String())
 	}
 }

@@ -305,6 +305,16 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		}
 		cursor = head
 	}
+	// A damaged outbox row is never streamed: a store found damaged answers 503 (a row
+	// met later ends the stream, logged with its position by the store).
+	if err := s.store.Health(); err != nil {
+		httperr.Write(w, r, s.log, httperr.New(http.StatusServiceUnavailable, httperr.CodeDamaged, "the store is damaged: events are not served until it is repaired (see /healthz)"))
+		return
+	}
+	if _, err := s.outbox.PublishedSince(ctx, cursor, 500); errors.Is(err, sqlite.ErrDamaged) {
+		httperr.Write(w, r, s.log, httperr.New(http.StatusServiceUnavailable, httperr.CodeDamaged, "the store is damaged: events are not served until it is repaired (see /healthz)"))
+		return
+	}
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.Header().Set("X-Accel-Buffering", "no")

@@ -284,3 +284,41 @@ func TestDamagedStoreRefusesMessages(t *testing.T) {
 	}
 	t.Logf("%d messages accepted before the damage was known", accepted)
 }
+
+// TestFlippedOutboxRowIsNotServed: an outbox row whose text was changed on disk (one byte:
+// UserOffline made UserOnline, or a line that is no longer JSON) is never streamed:
+// /events answers 503 damaged, /healthz reports it, and the log names the table and the
+// row's position.
+func TestFlippedOutboxRowIsNotServed(t *testing.T) {
+	dir := t.TempDir()
+	ts := startServer(t, dir, nil)
+	for i := range 3 {
+		ts.send(`{"UserId":"flip-` + strconv.Itoa(i) + `","Body":"x"}`)
+	}
+	if status, ids := ts.eventIDs("", 3); status != http.StatusOK || len(ids) != 3 {
+		t.Fatalf("before: %d %v", status, ids)
+	}
+	ts.stop()
+	db, err := sql.Open("sqlite", filepath.Join(dir, localrt.StoreFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`UPDATE published SET envelope = replace(envelope, '"flip-1"', '"flip-7"') WHERE seq = 2`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	again := startServer(t, dir, nil)
+	r := again.doWith(http.MethodGet, "/events?after=0", nil)
+	expectError(t, r, http.StatusServiceUnavailable, httperr.CodeDamaged)
+	if strings.Contains(string(r.body), "flip-7") {
+		t.Fatalf("the damaged row was served: %s", r.body)
+	}
+	h := again.do(http.MethodGet, "/healthz", "", nil)
+	if h.status != http.StatusServiceUnavailable || !strings.Contains(string(h.body), "damaged") {
+		t.Fatalf("/healthz %d %s", h.status, h.body)
+	}
+	if logs := again.logs.String(); !strings.Contains(logs, `"table":"published"`) || !strings.Contains(logs, `"position":2`) {
+		t.Fatalf("no log line names the damaged row: %s", logs)
+	}
+}

@@ -284,10 +284,13 @@ type PublishedRecord struct {
 func (s *Store) PublishedSince(ctx context.Context, seq int64, limit int) ([]PublishedRecord, error) {
 	recs, err := queryAll(ctx, s.r, "read outbox", func(r *sql.Rows) (rec PublishedRecord, err error) {
 		var env string
-		err = r.Scan(&rec.Seq, &rec.DetailType, &env)
+		var crc sql.NullInt64
+		if err = r.Scan(&rec.Seq, &rec.DetailType, &env, &crc); err != nil {
+			return rec, err
+		}
 		rec.Envelope = []byte(env)
-		return rec, err
-	}, `SELECT seq, detail_type, envelope FROM published WHERE seq > ? ORDER BY seq LIMIT ?`, seq, limit)
+		return rec, s.checkRow("published", rec.Seq, string(rec.DetailType), rec.Envelope, crc)
+	}, `SELECT seq, detail_type, envelope, crc FROM published WHERE seq > ? ORDER BY seq LIMIT ?`, seq, limit)
 	return recs, s.noteRead(err)
 }
 

@@ -23,13 +23,15 @@ CREATE TABLE IF NOT EXISTS meta (
 CREATE TABLE IF NOT EXISTS log (
 	seq  INTEGER PRIMARY KEY,
 	type TEXT NOT NULL,
-	data TEXT NOT NULL
+	data TEXT NOT NULL,
+	crc  INTEGER
 );
 CREATE TABLE IF NOT EXISTS published (
 	seq         INTEGER PRIMARY KEY AUTOINCREMENT,
 	event_id    TEXT    NOT NULL,
 	detail_type TEXT    NOT NULL,
-	envelope    TEXT    NOT NULL
+	envelope    TEXT    NOT NULL,
+	crc         INTEGER
 );
 CREATE TABLE IF NOT EXISTS cursors (
 	name TEXT PRIMARY KEY,
@@ -123,6 +125,19 @@ func migrate(ctx context.Context, db *sql.DB) error {
 	}
 	if _, err := db.ExecContext(ctx, streamIndex); err != nil {
 		return fmt.Errorf("index stream positions: %w", err)
+	}
+	// Rows of the log and the outbox carry a checksum (rowCRC); rows written before it
+	// have none (NULL) and are read unchecked.
+	for _, table := range []string{"log", "published"} {
+		var has int
+		if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = 'crc'`, table).Scan(&has); err != nil {
+			return fmt.Errorf("look for the %s checksums: %w", table, err)
+		}
+		if has == 0 {
+			if _, err := db.ExecContext(ctx, `ALTER TABLE `+table+` ADD COLUMN crc INTEGER`); err != nil {
+				return fmt.Errorf("add the %s checksums: %w", table, err)
+			}
+		}
 	}
 	var legacy int
 	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'events'`).Scan(&legacy); err != nil {

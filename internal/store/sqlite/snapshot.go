@@ -157,11 +157,22 @@ func (s *Store) replay(ctx context.Context) (Projection, error) {
 			seq       int64
 			typ, data string
 		}
+		var damaged error
 		page, err := queryAll(ctx, s.wc, "read the log", func(r *sql.Rows) (rec record, err error) {
-			return rec, r.Scan(&rec.seq, &rec.typ, &rec.data)
-		}, `SELECT seq, type, data FROM log WHERE seq > ? ORDER BY seq LIMIT ?`, s.img.seq, replayPage)
+			var crc sql.NullInt64
+			if err := r.Scan(&rec.seq, &rec.typ, &rec.data, &crc); err != nil {
+				return rec, err
+			}
+			if err := s.checkRow("log", rec.seq, rec.typ, []byte(rec.data), crc); err != nil && damaged == nil {
+				damaged = err
+			}
+			return rec, nil
+		}, `SELECT seq, type, data, crc FROM log WHERE seq > ? ORDER BY seq LIMIT ?`, s.img.seq, replayPage)
 		if err != nil {
 			return total, err
+		}
+		if damaged != nil {
+			return total, damaged
 		}
 		if len(page) == 0 {
 			break

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"log/slog"
 	"net/url"
 	"os"
@@ -311,11 +312,11 @@ func (s *Store) start(ctx context.Context) error {
 		dst   **sql.Stmt
 		query string
 	}{
-		{&s.stmts.log, `INSERT INTO log (type, data) VALUES (?, ?)`},
+		{&s.stmts.log, `INSERT INTO log (type, data, crc) VALUES (?, ?, ?)`},
 		{&s.stmts.msg, `INSERT INTO messages (message_id, user_id, body, enqueued_at, stream_offset, stream_gen) VALUES (?, ?, ?, ?, ?, ?)
 			ON CONFLICT (message_id, user_id) DO NOTHING`},
 		// OR IGNORE: a file of an earlier version has a unique index on event_id.
-		{&s.stmts.pub, `INSERT OR IGNORE INTO published (event_id, detail_type, envelope) VALUES (?, ?, ?)`},
+		{&s.stmts.pub, `INSERT OR IGNORE INTO published (event_id, detail_type, envelope, crc) VALUES (?, ?, ?, ?)`},
 		// A done message's body is forgotten, its stream position marked gone (a negative
 		// generation), unless it is kept for the recovery window (doneKeep; PruneStreams).
 		{&s.stmts.done, `UPDATE messages SET done_at = ?, body = '', stream_gen = -stream_gen WHERE seq = ? AND done_at IS NULL`},
@@ -582,6 +583,26 @@ func Check(ctx context.Context, path string) error {
 		return fmt.Errorf("check %s: the log cannot be read: %w", path, err)
 	}
 	return nil
+}
+
+// rowCRC is the checksum a log or outbox row carries, over its kind and its text.
+func rowCRC(kind string, text []byte) int64 {
+	h := crc32.Update(0, crc32.IEEETable, []byte(kind))
+	h = crc32.Update(h, crc32.IEEETable, []byte{0})
+	return int64(crc32.Update(h, crc32.IEEETable, text))
+}
+
+// checkRow returns nil when a row's checksum matches (or it has none: a row written
+// before checksums); else it records the damage (Health), logs the table and position,
+// and returns an error wrapping ErrDamaged. A damaged row is never served or folded.
+func (s *Store) checkRow(table string, seq int64, kind string, text []byte, crc sql.NullInt64) error {
+	if !crc.Valid || crc.Int64 == rowCRC(kind, text) {
+		return nil
+	}
+	err := fmt.Errorf("%w: the %s row at position %d does not match its checksum: restore a backup", ErrDamaged, table, seq)
+	s.damage.Store(&err)
+	s.opts.Logger.Error("a damaged row of the store", "table", table, "position", seq)
+	return err
 }
 
 // isDamage reports whether err is SQLite's sign of a damaged file.

@@ -412,7 +412,7 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 		if err != nil {
 			return fmt.Errorf("encode %s: %w", typ, err)
 		}
-		res, err := s.stmts.log.ExecContext(ctx, typ, string(data))
+		res, err := s.stmts.log.ExecContext(ctx, typ, string(data), rowCRC(typ, data))
 		if err != nil {
 			return fmt.Errorf("append %s: %w", typ, err)
 		}
@@ -517,7 +517,7 @@ func (s *Store) insertPublished(ctx context.Context, p events.Published, at time
 	if err != nil {
 		return false, fmt.Errorf("encode %s envelope: %w", p.DetailType(), err)
 	}
-	res, err := s.stmts.pub.ExecContext(ctx, p.ID(), string(p.DetailType()), string(data))
+	res, err := s.stmts.pub.ExecContext(ctx, p.ID(), string(p.DetailType()), string(data), rowCRC(string(p.DetailType()), data))
 	if err != nil {
 		return false, fmt.Errorf("publish %s %s: %w", p.DetailType(), p.ID(), err)
 	}
