@@ -427,4 +427,29 @@ func TestPresencePathUnderTheEmulator(t *testing.T) {
 	if strings.Join(published, ",") != "UserOnline,UserOffline" {
 		t.Fatalf("published %v", published)
 	}
+
+	// A client that opts in to recovery gets the subprotocol back from the function, and
+	// its recover route is served (the gateway here finds every connection gone).
+	var framed lambdaevents.APIGatewayWebsocketProxyRequest
+	lambdatest.Load(t, "websocket-connect.json", nil, &framed)
+	framed.RequestContext.ConnectionID = "framed="
+	framed.Headers["Sec-WebSocket-Protocol"] = "wspresence.v1"
+	payload, _ := json.Marshal(framed)
+	var answer lambdaevents.APIGatewayProxyResponse
+	if body := connect.invoke(t, payload); json.Unmarshal(body, &answer) != nil || answer.StatusCode != http.StatusOK ||
+		answer.Headers["Sec-WebSocket-Protocol"] != "wspresence.v1" {
+		t.Fatalf("$connect with the subprotocol answered %s", body)
+	}
+	var rec lambdaevents.APIGatewayWebsocketProxyRequest
+	lambdatest.Load(t, "websocket-recover.json", map[string]string{"epoch": "e", "offset": "0"}, &rec)
+	rec.RequestContext.ConnectionID = "framed="
+	payload, _ = json.Marshal(rec)
+	ok("recover", connect.invoke(t, payload))
+	if head, found, err := st.StreamHead(ctx, "1234"); err != nil || !found || head.Epoch == "" || head.Framed["framed="].IsZero() {
+		t.Fatalf("stream after the opt-in: %+v %v %v", head, found, err)
+	}
+	// The recover's answer found the connection gone: it is closed.
+	if live, err := st.LiveConnections(ctx, "1234"); err != nil || len(live) != 0 {
+		t.Fatalf("live after the recover found the connection gone: %v %v", live, err)
+	}
 }

@@ -1,6 +1,7 @@
 package sender_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/md5"
 	"encoding/hex"
@@ -23,6 +24,7 @@ import (
 	"github.com/wspresence/wspresence/internal/awsfake"
 	"github.com/wspresence/wspresence/internal/bus/eventbridge"
 	"github.com/wspresence/wspresence/internal/delivery"
+	"github.com/wspresence/wspresence/internal/emf"
 	"github.com/wspresence/wspresence/internal/gateway/apigw"
 	"github.com/wspresence/wspresence/internal/lambda/connection"
 	"github.com/wspresence/wspresence/internal/lambda/sender"
@@ -401,8 +403,22 @@ func TestRecoveryOutsideTheWindow(t *testing.T) {
 		w.sendMessage()
 	}
 	w.mode["c1"] = "gone"
+	var metrics bytes.Buffer
+	w.send.Metrics = emf.New(&metrics, "wspresence")
 	for range 3 {
 		w.sendMessage()
+	}
+	w.send.Metrics = nil
+	held := 0.0
+	for _, line := range strings.Split(strings.TrimSpace(metrics.String()), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatal(err)
+		}
+		held += rec["MessagesHeld"].(float64)
+	}
+	if held != 3 {
+		t.Fatalf("MessagesHeld %v, want 3", held)
 	}
 	w.advance(2*time.Minute + time.Second)
 	w.fireTimers()
@@ -518,4 +534,28 @@ func TestReplayedOutcomeSurvivesPublishFailure(t *testing.T) {
 	w.advance(2 * time.Minute)
 	w.fireTimers()
 	w.wantOutcomes(delivered(ids(1, 2)...))
+}
+
+// TestNoWindow: with a window of 0 the subprotocol is still selected and frames carry
+// positions, nothing is kept or held (a message that reached no connection is
+// MessageUndeliverable at once), and a recover behind the top is told too_old.
+func TestNoWindow(t *testing.T) {
+	w := newWorld(t, 0)
+	w.connect("c1")
+	w.recover("c1")
+	w.sendMessage()
+	w.mode["c1"] = "gone"
+	w.sendMessage()
+	w.connect("c2")
+	w.recover("c2")
+	a := w.client.answers
+	if len(a) != 2 || a[1].Recovered || a[1].Reason != recovery.ReasonTooOld || a[1].Offset != 2 {
+		t.Fatalf("answers %+v", a)
+	}
+	w.sendMessage()
+	w.wantBodies("m-01", "m-03")
+	w.wantOutcomes(map[string]string{"m-01": "MessageDelivered", "m-02": "MessageUndeliverable", "m-03": "MessageDelivered"})
+	if len(w.timers) != 0 {
+		t.Fatalf("timers %v", w.timers)
+	}
 }

@@ -55,7 +55,8 @@ type Handler struct {
 	Concurrency int
 	Logger      *slog.Logger
 	// Metrics, if set, receives one EMF record per batch: MessagesDelivered,
-	// MessagesUndeliverable, MessagesFailed, ConnectionsGone and DeliveryLatency (the
+	// MessagesUndeliverable, MessagesHeld (for a recovering user, their outcome to come),
+	// MessagesFailed, ConnectionsGone and DeliveryLatency (the
 	// slowest message's time from SQS's SentTimestamp to its outcome).
 	Metrics *emf.Logger
 	// Now is the clock (default time.Now).
@@ -69,6 +70,7 @@ type Handler struct {
 type tally struct {
 	mu                             sync.Mutex
 	delivered, undeliverable, gone int
+	held                           int
 	latency                        time.Duration
 }
 
@@ -104,6 +106,7 @@ func (h *Handler) Handle(ctx context.Context, ev lambdaevents.SQSEvent) (lambdae
 	_ = h.Metrics.Emit(map[string]string{"Function": "sender"},
 		emf.Metric{Name: "MessagesDelivered", Value: float64(t.delivered), Unit: emf.Count},
 		emf.Metric{Name: "MessagesUndeliverable", Value: float64(t.undeliverable), Unit: emf.Count},
+		emf.Metric{Name: "MessagesHeld", Value: float64(t.held), Unit: emf.Count},
 		emf.Metric{Name: "MessagesFailed", Value: float64(len(resp.BatchItemFailures)), Unit: emf.Count},
 		emf.Metric{Name: "ConnectionsGone", Value: float64(t.gone), Unit: emf.Count},
 		emf.Metric{Name: "DeliveryLatency", Value: float64(t.latency.Milliseconds()), Unit: emf.Milliseconds})
@@ -127,6 +130,8 @@ func (t *tally) record(res delivery.Result, sent, now time.Time) {
 		t.delivered++
 	case events.MessageUndeliverable:
 		t.undeliverable++
+	case nil:
+		t.held++
 	}
 	if !sent.IsZero() {
 		t.latency = max(t.latency, now.Sub(sent))
