@@ -535,3 +535,27 @@ func TestReplayedOutcomeSurvivesPublishFailure(t *testing.T) {
 	w.fireTimers()
 	w.wantOutcomes(delivered(ids(1, 2)...))
 }
+
+// TestNoWindow: with a window of 0 the subprotocol is still selected and frames carry
+// positions, nothing is kept or held (a message that reached no connection is
+// MessageUndeliverable at once), and a recover behind the top is told too_old.
+func TestNoWindow(t *testing.T) {
+	w := newWorld(t, 0)
+	w.connect("c1")
+	w.recover("c1")
+	w.sendMessage()
+	w.mode["c1"] = "gone"
+	w.sendMessage()
+	w.connect("c2")
+	w.recover("c2")
+	a := w.client.answers
+	if len(a) != 2 || a[1].Recovered || a[1].Reason != recovery.ReasonTooOld || a[1].Offset != 2 {
+		t.Fatalf("answers %+v", a)
+	}
+	w.sendMessage()
+	w.wantBodies("m-01", "m-03")
+	w.wantOutcomes(map[string]string{"m-01": "MessageDelivered", "m-02": "MessageUndeliverable", "m-03": "MessageDelivered"})
+	if len(w.timers) != 0 {
+		t.Fatalf("timers %v", w.timers)
+	}
+}
