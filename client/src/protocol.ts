@@ -36,6 +36,15 @@ export interface ErrorFrame {
   readonly message: string;
 }
 
+/**
+ * A frame without a `type` but with a `message`: API Gateway's own answer when a route's
+ * function failed (`{"message": "Internal server error", ...}`).
+ */
+export interface GatewayErrorFrame {
+  readonly type: 'gateway_error';
+  readonly message: string;
+}
+
 /** A frame of a type this version does not know; ignored, so servers can add new ones. */
 export interface OtherFrame {
   readonly type: 'other';
@@ -48,7 +57,7 @@ export interface InvalidFrame {
 }
 
 /** Every frame the server sends, as parsed by {@link parseFrame}. */
-export type ServerFrame = MessageFrame | RecoveredFrame | ErrorFrame | OtherFrame | InvalidFrame;
+export type ServerFrame = MessageFrame | RecoveredFrame | ErrorFrame | GatewayErrorFrame | OtherFrame | InvalidFrame;
 
 function isOffset(v: unknown): v is number {
   return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
@@ -93,6 +102,9 @@ export function parseFrame(data: unknown): ServerFrame {
         code: typeof f['code'] === 'string' ? f['code'] : '',
         message: typeof f['message'] === 'string' ? f['message'] : '',
       };
+    case undefined:
+      if (typeof f['message'] === 'string') return { type: 'gateway_error', message: f['message'] };
+      return { type: 'other' };
     default:
       return { type: 'other' };
   }

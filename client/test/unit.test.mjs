@@ -327,6 +327,29 @@ test('an error event without a close event (Node 20 on a refused connection) fai
   assert.equal(log.errors.length, 2);
 });
 
+test('API Gateway\'s own error frame in answer to recover fails the attempt at once', async (t) => {
+  t.mock.method(Math, 'random', () => 0.5);
+  const { client, ws, log } = setup(t);
+  client.connect();
+  await flush();
+  const first = ws.last();
+  first.open();
+  first.receive({ message: 'Internal server error', connectionId: 'c-1', requestId: 'r-1' });
+  assert.ok(log.errors[0] instanceof ConnectionError);
+  assert.equal(log.errors[0].reason, 'Internal server error');
+  assert.equal(client.state, 'disconnected');
+  assert.deepEqual(first.closedWith, { code: 1000, reason: 'client closed' });
+  t.mock.timers.tick(250);
+  await flush();
+  assert.equal(ws.sockets.length, 2);
+  // Once connected, the same frame (a failed ping route) is reported, not a reason to reconnect.
+  await connectTo(ws.last(), { recovered: false, reason: 'fresh', epoch: 'E', offset: 0, replayed: 0 });
+  ws.last().receive({ message: 'Internal server error' });
+  assert.ok(log.errors[1] instanceof ProtocolError);
+  assert.equal(log.errors[1].fatal, false);
+  assert.equal(client.state, 'connected');
+});
+
 test('an attempt not recovered in time is abandoned and retried', async (t) => {
   t.mock.method(Math, 'random', () => 0);
   const { client, ws, log } = setup(t, { connectTimeoutMs: 3000 });

@@ -44,6 +44,7 @@ func serveFlags(cfg *localrt.Config, stderr io.Writer, getenv env) *flags {
 	f.Int(&cfg.InboundBurst, "inbound-burst", "WSPRESENCE_INBOUND_BURST", "burst of client frames allowed per connection")
 	f.Duration(&cfg.ShutdownTimeout, "shutdown-timeout", "WSPRESENCE_SHUTDOWN_TIMEOUT", "bound of the graceful shutdown")
 	f.Duration(&cfg.TombstoneRetention, "tombstone-retention", "WSPRESENCE_TOMBSTONE_RETENTION", "how long closed connections stay in the view")
+	f.Duration(&cfg.RecoveryWindow, "recovery-window", "WSPRESENCE_RECOVERY_WINDOW", "how long messages are kept for recovering clients (wspresence.v1) to replay after a reconnect; 0 keeps none")
 	f.Duration(&cfg.OutboxRetention, "outbox-retention", "WSPRESENCE_OUTBOX_RETENTION", "how long published events stay readable by /events and webhooks")
 	f.Duration(&cfg.LogRetention, "log-retention", "WSPRESENCE_LOG_RETENTION", "how long the connection log keeps what the view's snapshot holds")
 	f.List(&cfg.AllowedOrigins, "allowed-origins", "WSPRESENCE_ALLOWED_ORIGINS", "browser origins allowed to connect (host patterns, * for any)")

@@ -79,6 +79,12 @@ type Config struct {
 	// them; a webhook lagging further skips them (counted), an /events reader asking for
 	// them gets 410.
 	OutboxRetention time.Duration
+	// RecoveryWindow is how long accepted messages are kept for clients that opt in to
+	// recovery (the wspresence.v1 subprotocol) to replay after a reconnect, and how long a
+	// message for such a client, reached by no connection, waits for it before it is
+	// MessageUndeliverable (WSPRESENCE_RECOVERY_WINDOW, default 2m; 0 keeps nothing: every
+	// recover is answered too_old and today's outcomes stay).
+	RecoveryWindow time.Duration
 	// AllowedOrigins lists the browser origins (host patterns) allowed to open a WebSocket
 	// (WSPRESENCE_ALLOWED_ORIGINS, comma-separated, default "*": tokens, not cookies,
 	// authenticate connections).
@@ -140,6 +146,7 @@ func DefaultConfig() Config {
 		ShutdownTimeout:       10 * time.Second,
 		TombstoneRetention:    24 * time.Hour,
 		OutboxRetention:       7 * 24 * time.Hour,
+		RecoveryWindow:        2 * time.Minute,
 		LogRetention:          30 * 24 * time.Hour,
 		AllowedOrigins:        []string{"*"},
 		LogLevel:              "info",
@@ -194,6 +201,9 @@ func (c Config) Validate() error {
 		if p.d <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive, got %s", p.name, p.d))
 		}
+	}
+	if c.RecoveryWindow < 0 {
+		errs = append(errs, fmt.Errorf("recovery window must not be negative, got %s", c.RecoveryWindow))
 	}
 	if c.OfflineGrace < 0 {
 		errs = append(errs, fmt.Errorf("offline grace must not be negative, got %s", c.OfflineGrace))

@@ -88,24 +88,25 @@ func (h *hub) count() int {
 // errGone is what a frame's receipt says when its connection ended before writing it.
 var errGone = fmt.Errorf("connection ended before the frame was written: %w", delivery.ErrConnectionGone)
 
-// post queues data as one text frame for the connection; written is called once, from the
+// post queues data as one text frame for c; written is called once, from the
 // connection's writer, with nil once the frame has been written to the socket, or with an
 // error wrapping delivery.ErrConnectionGone if the connection ended first. A connection
-// this process does not hold is gone at once; so is one whose send queue is full (a reader
-// too slow to keep up), which is closed with 1013 as expired.
-func (h *hub) post(connectionID string, data []byte, written func(error)) error {
-	c := h.get(connectionID)
-	if c == nil {
-		return fmt.Errorf("post to %s: %w", connectionID, delivery.ErrConnectionGone)
+// whose send queue is full (a reader too slow to keep up) is gone at once, closed with
+// 1013 as expired.
+func (h *hub) post(c *wsConn, data []byte, written func(error)) error {
+	return c.queued(c.enqueue(frame{data: data, written: written}))
+}
+
+// queued turns enqueue's answer into post's.
+func (c *wsConn) queued(ok bool) error {
+	if ok {
+		return nil
 	}
-	if !c.enqueue(frame{data: data, written: written}) {
-		c.setReason(events.ReasonExpired)
-		if ws := c.socket(); ws != nil {
-			go ws.Close(websocket.StatusTryAgainLater, "send queue full")
-		}
-		return &delivery.GoneError{Reason: events.ReasonExpired, Err: fmt.Errorf("post to %s: send queue full", connectionID)}
+	c.setReason(events.ReasonExpired)
+	if ws := c.socket(); ws != nil {
+		go ws.Close(websocket.StatusTryAgainLater, "send queue full")
 	}
-	return nil
+	return &delivery.GoneError{Reason: events.ReasonExpired, Err: fmt.Errorf("post to %s: send queue full", c.id)}
 }
 
 // frame is one queued text frame and the receipt of its write.
@@ -143,6 +144,10 @@ type wsConn struct {
 	reason atomic.Pointer[events.CloseReason]
 	// lastRead is the unix-nano time of the last frame received.
 	lastRead atomic.Int64
+	// optIn is set for a connection that asked for the recovery subprotocol; stream
+	// (guarded by mu) is where it stands in its user's stream.
+	optIn  bool
+	stream streamFollow
 }
 
 // enqueue queues f and starts the writer if none runs; it reports false when the queue is
@@ -169,7 +174,7 @@ func (c *wsConn) activate(ws *websocket.Conn) {
 // startWriterLocked starts the writer if frames wait, none runs, and the socket is
 // attached; it is called with mu held and unlocks it.
 func (c *wsConn) startWriterLocked() {
-	start := len(c.queue) > 0 && !c.writing && !c.pending && !c.ended
+	start := len(c.queue) > 0 && !c.writing && !c.pending && !c.ended && c.stream.state != streamReplaying
 	if start {
 		c.writing = true
 		c.busy.Add(1)

@@ -3,10 +3,12 @@ package localrt
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
 	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/delivery"
 	"github.com/wspresence/wspresence/internal/presence"
 	"github.com/wspresence/wspresence/internal/store/sqlite"
 )
@@ -123,18 +125,48 @@ func (s *Server) cycle(msgs []sqlite.QueuedMessage) {
 // process dies leaves the message pending, and the next start dispatches it again.
 func (s *Server) dispatch(m sqlite.QueuedMessage, conns []string) {
 	if len(conns) == 0 {
-		now := s.now()
-		s.complete(completion{seq: m.Seq, enqueuedAt: m.EnqueuedAt, decidedAt: now,
-			outcome: events.NewMessageUndeliverable(m.MessageID, m.UserID, events.UndeliverableOffline, now)})
+		s.undeliverable(m, events.UndeliverableOffline)
 		return
 	}
 	p := &inFlight{msg: m, remaining: len(conns), s: s}
+	held := make([]*wsConn, len(conns))
+	for i, id := range conns {
+		if held[i] = s.hub.get(id); held[i] != nil && held[i].optIn {
+			p.optIn = true
+		}
+	}
 	data := []byte(m.Body)
-	for _, id := range conns {
-		if err := s.hub.post(id, data, p.receipt); err != nil {
+	var framed []byte
+	for i, id := range conns {
+		c := held[i]
+		var err error
+		switch {
+		case c == nil:
+			err = fmt.Errorf("post to %s: %w", id, delivery.ErrConnectionGone)
+		case c.optIn:
+			if framed == nil {
+				framed = s.messageFrame(m)
+			}
+			err = c.queued(c.offer(frame{data: framed, written: p.receipt}, m.Gen, m.Offset))
+		default:
+			err = s.hub.post(c, data, p.receipt)
+		}
+		if err != nil {
 			p.receipt(err)
 		}
 	}
+}
+
+// undeliverable decides the outcome of m, reached by no connection: held for the
+// recovery window when its user may come back for it (holds), else MessageUndeliverable.
+func (s *Server) undeliverable(m sqlite.QueuedMessage, reason events.UndeliverableReason) {
+	if s.holds(m) {
+		s.held.add(m)
+		return
+	}
+	now := s.now()
+	s.complete(completion{seq: m.Seq, enqueuedAt: m.EnqueuedAt, decidedAt: now, keep: s.keeps(m.UserID),
+		outcome: events.NewMessageUndeliverable(m.MessageID, m.UserID, reason, now)})
 }
 
 // inFlight is one message on its way to one user's connections.
@@ -144,26 +176,38 @@ type inFlight struct {
 	mu        sync.Mutex
 	remaining int
 	written   int
+	held      int
+	// optIn is set when one of the connections opted in to recovery.
+	optIn bool
 }
 
-// receipt counts one frame written (err nil) or gone; the last one decides the outcome.
+// receipt counts one frame written (err nil), held for a recovering connection
+// (errHeld), or gone; the last one decides the outcome.
 func (p *inFlight) receipt(err error) {
 	p.mu.Lock()
-	if err == nil {
+	switch {
+	case err == nil:
 		p.written++
+	case errors.Is(err, errHeld):
+		p.held++
 	}
 	p.remaining--
-	done, written := p.remaining == 0, p.written
+	done, written, held := p.remaining == 0, p.written, p.held
 	p.mu.Unlock()
 	if !done {
 		return
 	}
-	m, now := p.msg, p.s.now()
-	var out events.Published = events.NewMessageDelivered(m.MessageID, m.UserID, written, now)
-	if written == 0 {
-		out = events.NewMessageUndeliverable(m.MessageID, m.UserID, events.UndeliverableGone, now)
+	m := p.msg
+	switch {
+	case written > 0:
+		now := p.s.now()
+		p.s.complete(completion{seq: m.Seq, enqueuedAt: m.EnqueuedAt, decidedAt: now, keep: p.optIn || p.s.keeps(m.UserID),
+			outcome: events.NewMessageDelivered(m.MessageID, m.UserID, written, now)})
+	case held > 0:
+		p.s.held.add(m)
+	default:
+		p.s.undeliverable(m, events.UndeliverableGone)
 	}
-	p.s.complete(completion{seq: m.Seq, enqueuedAt: m.EnqueuedAt, decidedAt: now, outcome: out})
 }
 
 // completion is a message's decided outcome, waiting to be recorded.
@@ -172,6 +216,8 @@ type completion struct {
 	enqueuedAt time.Time
 	decidedAt  time.Time
 	outcome    events.Published
+	// keep keeps the message for the recovery window (its user recovers).
+	keep bool
 }
 
 func (s *Server) complete(c completion) { s.completions <- c }
@@ -231,15 +277,15 @@ func (s *Server) record(ctx context.Context, batch []completion, final bool) {
 	if len(batch) == 0 {
 		return
 	}
-	seqs := make([]int64, len(batch))
+	seqs, keeps := make([]int64, len(batch)), make([]bool, len(batch))
 	outcomes := make([]events.Published, len(batch))
 	for i, c := range batch {
-		seqs[i], outcomes[i] = c.seq, c.outcome
+		seqs[i], outcomes[i], keeps[i] = c.seq, c.outcome, c.keep
 	}
 	for attempt := 1; ; attempt++ {
 		// A write that must land is not cancelled with the completer: at shutdown the
 		// attempts are only bounded.
-		n, err := s.queue.Complete(context.WithoutCancel(ctx), seqs, outcomes)
+		n, err := s.queue.CompleteKeeping(context.WithoutCancel(ctx), seqs, outcomes, keeps)
 		if err == nil {
 			if n > 0 {
 				s.bus.notify()

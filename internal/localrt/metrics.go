@@ -22,6 +22,8 @@ type metrics struct {
 	commitBatch     prometheus.Histogram
 	walBytes        prometheus.Gauge
 	webhookMissed   prometheus.Counter
+	recoveries      *prometheus.CounterVec
+	replayed        prometheus.Counter
 	pruned          *prometheus.CounterVec
 }
 
@@ -30,7 +32,7 @@ type onlineCounter interface {
 	OnlineCount(ctx context.Context) (int, error)
 }
 
-func newMetrics(connections func() int, view onlineCounter, imageUsers func() int) *metrics {
+func newMetrics(connections func() int, view onlineCounter, imageUsers, held func() int) *metrics {
 	reg := prometheus.NewRegistry()
 	m := &metrics{
 		registry: reg,
@@ -50,10 +52,17 @@ func newMetrics(connections func() int, view onlineCounter, imageUsers func() in
 			Help: "Published events webhooks skipped because the outbox pruned them before they were taken."}),
 		pruned: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wspresence_pruned_total",
 			Help: "Rows forgotten past their retention, by what (tombstones, messages, outbox, log)."}, []string{"what"}),
+		recoveries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wspresence_recoveries_total",
+			Help: "Recover requests answered, by outcome (recovered, or the reason it did not)."}, []string{"outcome"}),
+		replayed: prometheus.NewCounter(prometheus.CounterOpts{Name: "wspresence_messages_replayed_total",
+			Help: "Message frames replayed to recovering connections."}),
 		walBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "wspresence_store_wal_bytes",
 			Help: "Size of the store's write-ahead log (bounded by its limit, 64 MiB)."}),
 	}
 	reg.MustRegister(m.appended, m.projectorLag, m.messages, m.deliveryLatency, m.authFailures, m.commitBatch, m.walBytes, m.webhookMissed, m.pruned,
+		m.recoveries, m.replayed,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_messages_held",
+			Help: "Messages held for a recovering user's reconnect (bounded by the recovery window)."}, func() float64 { return float64(held()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_connections",
 			Help: "Live WebSocket connections held by this process."}, func() float64 { return float64(connections()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_online_users",

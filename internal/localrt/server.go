@@ -83,7 +83,11 @@ type Server struct {
 	// completions carries the decided outcomes of dispatched messages to the completer.
 	completions chan completion
 	// queued holds the messages committed and not yet dispatched.
-	queued  queuedFeed
+	queued queuedFeed
+	// streams reads the users' streams for recovering connections; held is what waits
+	// for their reconnect.
+	streams streamReader
+	held    *heldMessages
 	metrics *metrics
 	// bodies is the bytes of request bodies being read (Config.BodyBudget bounds it).
 	bodies atomic.Int64
@@ -140,23 +144,25 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: log, verifier: verifier, hub: newHub(cfg.MaxConnectionsPerUser),
 		bus: newBroadcaster(), lock: lock, now: time.Now, stopping: make(chan struct{}), kick: make(chan struct{}, 1)}
+	s.held = newHeldMessages()
 	s.metrics = newMetrics(s.hub.count, storeCounter{s}, func() int {
 		if s.store == nil {
 			return 0
 		}
 		return s.store.ImageUsers()
-	})
+	}, s.held.count)
 	store, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, StoreFile), sqlite.Options{
-		Grace:       cfg.OfflineGrace,
-		Sync:        cfg.Sync,
-		Logger:      log,
-		OnCommit:    func(n int) { s.metrics.commitBatch.Observe(float64(n)) },
-		OnWAL:       func(n int64) { s.metrics.walBytes.Set(float64(n)) },
-		OnAppended:  func(t events.Type) { s.metrics.appended.WithLabelValues(string(t)).Inc() },
-		OnProjected: func(lag time.Duration) { s.metrics.projectorLag.Observe(lag.Seconds()) },
-		OnFolded:    func(p sqlite.Projection) { s.folded(p) },
-		OnQueued:    func(m []sqlite.QueuedMessage) { s.queued.push(m); s.wake() },
-		Fault:       cfg.storeFault,
+		Grace:          cfg.OfflineGrace,
+		Sync:           cfg.Sync,
+		Logger:         log,
+		OnCommit:       func(n int) { s.metrics.commitBatch.Observe(float64(n)) },
+		OnWAL:          func(n int64) { s.metrics.walBytes.Set(float64(n)) },
+		OnAppended:     func(t events.Type) { s.metrics.appended.WithLabelValues(string(t)).Inc() },
+		OnProjected:    func(lag time.Duration) { s.metrics.projectorLag.Observe(lag.Seconds()) },
+		OnFolded:       func(p sqlite.Projection) { s.folded(p) },
+		OnQueued:       func(m []sqlite.QueuedMessage) { s.queued.push(m); s.wake() },
+		RecoveryWindow: cfg.RecoveryWindow,
+		Fault:          cfg.storeFault,
 	})
 	if err != nil {
 		return fail(err)
@@ -167,7 +173,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s.graces = newGraceTimers(cfg.OfflineGrace, s.expireGrace)
 	s.store = store
-	s.events, s.queue, s.outbox, s.view = store, store, store, store
+	s.events, s.queue, s.outbox, s.view, s.streams = store, store, store, store, store
 	s.completions = make(chan completion, 4*deliverBatch)
 	return s, nil
 }
@@ -212,7 +218,8 @@ func (s *Server) Start(ctx context.Context) error {
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.loopStop = cancel
 	prunes := s.retentions()
-	s.loops.Add(2 + len(prunes) + len(s.cfg.Webhooks))
+	s.loops.Add(3 + len(prunes) + len(s.cfg.Webhooks))
+	go func() { defer s.loops.Done(); s.keepStreams(loopCtx) }()
 	go func() { defer s.loops.Done(); s.pump(loopCtx) }()
 	go func() { defer s.loops.Done(); s.reconcile(loopCtx) }()
 	completerCtx, stopCompleter := context.WithCancel(context.WithoutCancel(ctx))
@@ -248,6 +255,15 @@ func (s *Server) recover(ctx context.Context) error {
 			return err
 		}
 		s.log.Info("closed connections left by the previous run", "count", len(dangling))
+	}
+	// The users of opted-in connections that died with the previous process get their
+	// messages held as if those had just closed.
+	recovering, err := s.streams.TakeRecovering(ctx)
+	if err != nil {
+		return err
+	}
+	for _, u := range recovering {
+		s.held.optedInClosed(u, s.now())
 	}
 	graces, err := s.view.PendingGraces(ctx)
 	if err != nil {

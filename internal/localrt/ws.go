@@ -21,6 +21,7 @@ import (
 	"github.com/wspresence/wspresence/internal/auth"
 	"github.com/wspresence/wspresence/internal/delivery"
 	"github.com/wspresence/wspresence/internal/httperr"
+	"github.com/wspresence/wspresence/internal/recovery"
 	"github.com/wspresence/wspresence/internal/retry"
 	"github.com/wspresence/wspresence/internal/store/sqlite"
 	"golang.org/x/time/rate"
@@ -54,21 +55,38 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 			"this endpoint takes WebSocket connections: ws://HOST/?Authorization=<JWT>"))
 		return
 	}
+	optIn := recovery.Requested(strings.Join(r.Header.Values("Sec-WebSocket-Protocol"), ","))
 	userID, err := s.verifier.Verify(userToken(r))
 	if err != nil {
-		reason := string(auth.ReasonOf(err))
-		s.log.Info("connection refused", "reason", reason, "remote", r.RemoteAddr)
-		s.metrics.authFailures.WithLabelValues(reason).Inc()
-		httperr.Write(w, r, s.log, httperr.New(http.StatusUnauthorized, httperr.CodeUnauthorized, "token refused: "+reason))
+		reason := auth.ReasonOf(err)
+		s.log.Info("connection refused", "reason", string(reason), "remote", r.RemoteAddr)
+		s.metrics.authFailures.WithLabelValues(string(reason)).Inc()
+		if optIn {
+			code := websocket.StatusCode(recovery.CloseTokenRefused)
+			if reason == auth.ReasonExpired {
+				code = recovery.CloseTokenExpired
+			}
+			s.refuseOptedIn(w, r, code, "token refused: "+string(reason))
+			return
+		}
+		httperr.Write(w, r, s.log, httperr.New(http.StatusUnauthorized, httperr.CodeUnauthorized, "token refused: "+string(reason)))
 		return
 	}
 	if err := s.hub.reserve(userID); err != nil {
 		if errors.Is(err, errClosing) {
+			if optIn {
+				s.refuseOptedIn(w, r, recovery.CloseUnavailable, "unavailable")
+				return
+			}
 			httperr.Write(w, r, s.log, httperr.New(http.StatusServiceUnavailable, httperr.CodeUnavailable, "server is shutting down"))
 			return
 		}
 		s.log.Info("connection refused", "reason", "connection_cap", "userId", userID)
 		s.metrics.authFailures.WithLabelValues("connection_cap").Inc()
+		if optIn {
+			s.refuseOptedIn(w, r, recovery.CloseTooManyConnections, "too many connections")
+			return
+		}
 		httperr.Write(w, r, s.log, httperr.New(http.StatusTooManyRequests, httperr.CodeTooMany, "too many connections for this user"))
 		return
 	}
@@ -85,27 +103,37 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 	id := newConnectionID()
 	ctx := context.WithoutCancel(r.Context())
 	readCtx, cancelRead := context.WithCancel(ctx)
-	c := &wsConn{id: id, userID: userID, drop: cancelRead, max: s.cfg.SendQueue, pending: true}
+	c := &wsConn{id: id, userID: userID, drop: cancelRead, max: s.cfg.SendQueue, pending: true, optIn: optIn}
 	c.write = func() { s.writeQueued(ctx, c) }
 	// The open is appended once the library has accepted the handshake and before the 101
 	// leaves, and the connection joins the hub then, pending (its frames queue until the
 	// socket is attached): a message accepted after the upgrade reaches it
 	// (read-your-connect). A handshake the library refuses leaves nothing in the log.
 	sw := &switching{smallBuffers: smallBuffers{w}, open: func() error {
+		if optIn {
+			// Recorded first: a restart holds the messages of a user whose opted-in
+			// connections died with the process.
+			if err := s.streams.MarkRecovering(ctx, id, userID, true); err != nil {
+				return err
+			}
+		}
 		if _, err := s.events.Append(ctx, events.Opened(userID, id, s.now(), sourceIP(r), r.UserAgent())); err != nil {
 			return err
 		}
 		s.hub.add(c)
 		return nil
-	}, refuse: func(err error) *httperr.Error { return s.storeUnavailable(w, err) }}
-	ws, err := websocket.Accept(sw, r, &websocket.AcceptOptions{OriginPatterns: s.cfg.AllowedOrigins,
-		InsecureSkipVerify: len(s.cfg.AllowedOrigins) == 1 && s.cfg.AllowedOrigins[0] == "*"})
+	}, refuse: func(err error) *httperr.Error { return s.storeUnavailable(w, err) }, upgradeAnyway: optIn}
+	ws, err := websocket.Accept(sw, r, s.acceptOptions())
 	switch {
 	case sw.err != nil:
 		cancelRead()
 		s.log.Warn("connection refused: the store cannot write", "userId", userID, "err", sw.err)
 		if ws != nil {
-			ws.CloseNow()
+			if optIn {
+				_ = ws.Close(recovery.CloseUnavailable, "unavailable")
+			} else {
+				ws.CloseNow()
+			}
 		}
 		return
 	case err != nil:
@@ -132,6 +160,23 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 	}()
 }
 
+// acceptOptions are the WebSocket handshake's: the allowed origins, and the recovery
+// subprotocol selected for a client that asks for it.
+func (s *Server) acceptOptions() *websocket.AcceptOptions {
+	return &websocket.AcceptOptions{OriginPatterns: s.cfg.AllowedOrigins, Subprotocols: []string{recovery.Subprotocol},
+		InsecureSkipVerify: len(s.cfg.AllowedOrigins) == 1 && s.cfg.AllowedOrigins[0] == "*"}
+}
+
+// refuseOptedIn refuses a client that asked for the recovery subprotocol: upgraded, then
+// closed at once with code (a browser cannot read an HTTP status). Nothing is recorded.
+func (s *Server) refuseOptedIn(w http.ResponseWriter, r *http.Request, code websocket.StatusCode, reason string) {
+	ws, err := websocket.Accept(smallBuffers{w}, r, s.acceptOptions())
+	if err != nil {
+		return
+	}
+	_ = ws.Close(code, reason)
+}
+
 // serveConnection is the life of an upgraded connection (in the hub already) and its
 // $disconnect.
 func (s *Server) serveConnection(ctx, readCtx context.Context, c *wsConn) {
@@ -147,12 +192,22 @@ func (s *Server) serveConnection(ctx, readCtx context.Context, c *wsConn) {
 	pings := s.pingEvery(ctx, c)
 	s.readLoop(ctx, readCtx, c)
 	pings.Stop()
+	if c.optIn {
+		s.held.optedInClosed(userID, s.now())
+	}
 	s.hub.remove(c)
 	c.end() // frames never written are reported gone, never delivered
 	ws.CloseNow()
 	c.busy.Wait() // the writer and a ping in flight see the socket closed and return
 	reason := c.closeReason()
 	s.appendClose(ctx, events.Closed(userID, id, s.now(), reason))
+	// At shutdown the record stays: the next start holds the user's messages for its
+	// reconnect.
+	if c.optIn && reason != events.ReasonShutdown {
+		if err := s.streams.MarkRecovering(ctx, id, userID, false); err != nil && !errors.Is(err, sqlite.ErrClosed) {
+			s.log.Error("forget the recovering connection", "userId", userID, "connectionId", id, "err", err)
+		}
+	}
 	s.log.Debug("disconnected", "userId", userID, "connectionId", id, "reason", string(reason))
 }
 
@@ -170,14 +225,17 @@ type switching struct {
 	smallBuffers
 	open   func() error
 	refuse func(error) *httperr.Error
-	opened bool
-	err    error
+	// upgradeAnyway lets the 101 go when open fails (a client that opted in to recovery
+	// is told with a close code instead of an HTTP status).
+	upgradeAnyway bool
+	opened        bool
+	err           error
 }
 
 // WriteHeader implements http.ResponseWriter.
 func (w *switching) WriteHeader(code int) {
 	if code == http.StatusSwitchingProtocols {
-		if w.err = w.open(); w.err != nil {
+		if w.err = w.open(); w.err != nil && !w.upgradeAnyway {
 			h := w.Header()
 			for _, k := range []string{"Upgrade", "Connection", "Sec-WebSocket-Accept", "Sec-WebSocket-Protocol", "Sec-WebSocket-Extensions"} {
 				h.Del(k)
@@ -193,7 +251,7 @@ func (w *switching) WriteHeader(code int) {
 			_, _ = w.smallBuffers.Write(body)
 			return
 		}
-		w.opened = true
+		w.opened = w.err == nil
 	}
 	w.smallBuffers.WriteHeader(code)
 }
@@ -246,7 +304,10 @@ func (s *Server) readLoop(ctx, readCtx context.Context, c *wsConn) {
 			_ = c.ws.Close(websocket.StatusPolicyViolation, "rate limit exceeded")
 			return
 		}
-		_ = ParseClientFrame(data) // every frame is activity; the action only names it
+		// Every frame is activity; the action only names it.
+		if c.optIn && ParseClientFrame(data).Action == actionRecover {
+			s.handleRecover(ctx, c, data)
+		}
 		if now.Sub(lastRecorded) >= s.cfg.ActivityInterval {
 			lastRecorded = now
 			if _, err := s.events.Append(ctx, events.Activity(c.userID, c.id, now)); err != nil {

@@ -201,3 +201,17 @@ func Complete(at Position, kept []int64, top int64) bool {
 	}
 	return next > top
 }
+
+// Close codes of a client that asked for Subprotocol and is refused at the handshake: the
+// local runtime upgrades it and closes it at once with one of them (a browser cannot read
+// an HTTP status).
+const (
+	// CloseTokenExpired: the token expired; get a new one and retry.
+	CloseTokenExpired = 4001
+	// CloseTokenRefused: the token is refused for another reason; do not retry.
+	CloseTokenRefused = 4003
+	// CloseTooManyConnections: the user is at the connection cap; do not retry.
+	CloseTooManyConnections = 4029
+	// CloseUnavailable: the server cannot take the connection now; retry with backoff.
+	CloseUnavailable = 4503
+)

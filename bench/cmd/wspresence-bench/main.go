@@ -48,7 +48,7 @@ func run() error {
 	plotPath := flag.String("plot", "docs/benchmarks.png", "PNG plot to write (empty: none)")
 	findings := flag.String("findings", "bench/findings.md", "Markdown appended to the report (the profile findings), if it exists")
 	render := flag.String("render", "", "render the report and plot of a saved results file instead of running")
-	only := flag.String("only", "", "run only these scenarios (comma-separated: memory,connect,lag,rest,delivery,publishers; for profiling, not reports)")
+	only := flag.String("only", "", "run only these scenarios (comma-separated: memory,connect,lag,rest,delivery,publishers,recovery; for profiling, not reports)")
 	targets := flag.String("targets", "", "measure only these sides (comma-separated: baseline,wspresence)")
 	profileScenario := flag.String("profile-scenario", "publishers", "scenario the server's CPU and heap profiles cover: publishers or delivery")
 	flag.Parse()

@@ -111,6 +111,11 @@ func (r *Results) Markdown(plotFile, resultsFile string) string {
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", row.metric, num(row.ws, row.unit), num(row.base, row.unit), ratio, row.target)
 	}
+	if rc := r.Wspresence.Recovery; rc != nil { // the baseline does not recover: the ratio is to live delivery
+		fmt.Fprintf(&b, "| messages replayed/s, %d recovering clients reconnecting at once | %s | – | %.2f× live delivery | |\n",
+			rc.Clients, num(rc.ReplayMsgsPerS, "/s"), rc.ReplayMsgsPerS/max(rc.LiveMsgsPerS, 1e-9))
+		fmt.Fprintf(&b, "| live messages delivered/s to the same clients (same run) | %s | – | – | |\n", num(rc.LiveMsgsPerS, "/s"))
+	}
 	fmt.Fprintf(&b, "\n![delivery latency against offered rate](%s)\n\n## Every point\n\n", plotFile)
 	b.WriteString("| scenario | offered | wspresence | baseline |\n|---|---|---|---|\n")
 	for i, c := range r.Wspresence.Connect {
@@ -129,6 +134,12 @@ func (r *Results) Markdown(plotFile, resultsFile string) string {
 		fmt.Fprintf(&b, "| publishers (1 msg/request, %d publishers, %d conns) | %.0f msg/s | %.0f/s, receipt p50 %.2f, p99 %.2f ms, POST p50 %.2f, p99 %.2f ms (%d/%d frames, %d errors), CPU %.2f s, %.0f µs/msg, %.2f commits/msg | %.0f/s, receipt p99 %.2f ms, POST p99 %.2f ms (%d/%d), CPU %.2f s, %.0f µs/msg |\n",
 			p.Publishers, p.Connections, p.Offered, p.Delivered, p.Receipt.P50, p.Receipt.P99, p.Post.P50, p.Post.P99, p.Received, p.Expected, p.Errors, p.CPU.Seconds, p.CPU.PerMessageUS, p.CPU.CommitsPerMessage,
 			bp.Delivered, bp.Receipt.P99, bp.Post.P99, bp.Received, bp.Expected, bp.CPU.Seconds, bp.CPU.PerMessageUS)
+	}
+	if rc := r.Wspresence.Recovery; rc != nil {
+		fmt.Fprintf(&b, "| recovery (%d clients, %d msgs each) | live | %.0f msg/s (%d msgs in %.2f s) | – |\n",
+			rc.Clients, rc.PerClient, rc.LiveMsgsPerS, rc.Clients*rc.PerClient, rc.LiveSeconds)
+		fmt.Fprintf(&b, "| recovery (%d clients reconnecting at once) | replay | %.0f msg/s (%d replayed in %.2f s, %d recovered, %d errors) | – |\n",
+			rc.Clients, rc.ReplayMsgsPerS, rc.Replayed, rc.ReplaySeconds, rc.Recovered, rc.Errors)
 	}
 	for i, m := range r.Wspresence.Memory {
 		bm := pick(r.Baseline.Memory, i)

@@ -36,8 +36,12 @@ type Profile struct {
 	PubRates   []float64 `json:"publish_rates"`
 	Publishers int       `json:"publishers"`
 	PubConns   int       `json:"publish_connections"`
+	// The recovery scenario (wspresence only: the baseline does not recover): RecClients
+	// recovering clients reconnecting at once, RecMessages messages each.
+	RecClients  int `json:"recovery_clients"`
+	RecMessages int `json:"recovery_messages"`
 	// Only, if set, names the scenarios to run (memory, connect, lag, rest, delivery,
-	// publishers) and the others are skipped; Targets, if set, names the sides to measure
+	// publishers, recovery) and the others are skipped; Targets, if set, names the sides to measure
 	// (baseline, wspresence). Partial runs are for profiling one scenario, not for reports.
 	Only    []string `json:"only,omitempty"`
 	Targets []string `json:"targets,omitempty"`
@@ -56,15 +60,15 @@ func (p Profile) runs(scenario string) bool {
 var Profiles = map[string]Profile{
 	"smoke": {Name: "smoke", ConnectN: 50, ConnectRates: []float64{500}, Users: 20, Conns: 40, DeliveryRates: []float64{500},
 		PhaseDuration: time.Second, Batch: 10, LagSamples: 5, RESTDuration: time.Second, RESTRate1: 100, RESTRate100: 50, MemoryN: []int{100},
-		PubRates: []float64{200}, Publishers: 16, PubConns: 100},
+		PubRates: []float64{200}, Publishers: 16, PubConns: 100, RecClients: 20, RecMessages: 5},
 	"short": {Name: "short", ConnectN: 3000, ConnectRates: []float64{1000, 3000, 6000}, Users: 1000, Conns: 2000,
 		DeliveryRates: []float64{2000, 5000, 10000, 20000, 40000}, PhaseDuration: 3 * time.Second, Batch: 50, LagSamples: 100,
 		RESTDuration: 3 * time.Second, RESTRate1: 2000, RESTRate100: 500, MemoryN: []int{2000, 10000},
-		PubRates: []float64{1000, 4000}, Publishers: 128, PubConns: 4000},
+		PubRates: []float64{1000, 4000}, Publishers: 128, PubConns: 4000, RecClients: 1000, RecMessages: 20},
 	"long": {Name: "long", ConnectN: 10000, ConnectRates: []float64{2000, 5000, 10000, 15000}, Users: 5000, Conns: 10000,
 		DeliveryRates: []float64{5000, 10000, 20000, 40000, 60000, 80000}, PhaseDuration: 10 * time.Second, Batch: 100, LagSamples: 500,
 		RESTDuration: 10 * time.Second, RESTRate1: 5000, RESTRate100: 1000, MemoryN: []int{1000, 5000, 10000},
-		PubRates: []float64{1000, 4000}, Publishers: 128, PubConns: 4000},
+		PubRates: []float64{1000, 4000}, Publishers: 128, PubConns: 4000, RecClients: 1000, RecMessages: 50},
 }
 
 // Side is one target's figures.
@@ -77,7 +81,9 @@ type Side struct {
 	REST100   RESTResult      `json:"rest_100_ids"`
 	Memory    []MemoryResult  `json:"memory"`
 	Publish   []PublishResult `json:"publishers"`
-	Errors    int             `json:"errors"`
+	// Recovery is the recovery scenario (wspresence only).
+	Recovery *RecoveryResult `json:"recovery,omitempty"`
+	Errors   int             `json:"errors"`
 	// Load is how busy the machine was with other work while this side ran.
 	Load MachineLoad `json:"machine_load"`
 }
@@ -301,6 +307,12 @@ func measure(ctx context.Context, t *Target, p Profile, outDir string, log *slog
 			}
 		}
 		pubs.Close()
+	}
+	if p.RecClients > 0 && !t.baseline && p.runs("recovery") {
+		log.Info("recovery", "target", t.Name, "clients", p.RecClients, "messages", p.RecMessages)
+		r := Recovery(ctx, t, p.RecClients, p.RecMessages, 100)
+		s.Recovery = &r
+		s.Errors += r.Errors
 	}
 	return s, tops, idleHeapTop
 }

@@ -200,10 +200,10 @@ func (s *Store) Dump(ctx context.Context) (View, error) {
 func (s *Store) PendingMessages(ctx context.Context, after int64, limit int) ([]QueuedMessage, error) {
 	return queryAll(ctx, s.r, "read queue", func(r *sql.Rows) (m QueuedMessage, err error) {
 		var at int64
-		err = r.Scan(&m.Seq, &m.MessageID, &m.UserID, &m.Body, &at)
+		err = r.Scan(&m.Seq, &m.MessageID, &m.UserID, &m.Body, &at, &m.Offset, &m.Gen)
 		m.EnqueuedAt = time.Unix(0, at).UTC()
 		return m, err
-	}, `SELECT seq, message_id, user_id, body, enqueued_at FROM messages WHERE done_at IS NULL AND seq > ? ORDER BY seq LIMIT ?`, after, limit)
+	}, `SELECT seq, message_id, user_id, body, enqueued_at, COALESCE(stream_offset, 0), COALESCE(stream_gen, 0) FROM messages WHERE done_at IS NULL AND seq > ? ORDER BY seq LIMIT ?`, after, limit)
 }
 
 // ErrMismatch is returned by Complete when seqs and outcomes differ in length.
@@ -219,10 +219,18 @@ var ErrMismatch = errors.New("one outcome per message")
 // message is remembered (see PruneMessages), so enqueueing the same MessageId for the same
 // user again is ignored.
 func (s *Store) Complete(ctx context.Context, seqs []int64, outcomes []events.Published) (published int, err error) {
-	if len(seqs) != len(outcomes) {
+	return s.CompleteKeeping(ctx, seqs, outcomes, nil)
+}
+
+// CompleteKeeping is Complete, where keep[i] set keeps seqs[i]'s body and stream position
+// for the recovery window (its user recovers; PruneStreams forgets them after it). A
+// message not kept has its body forgotten at once and its position marked gone (a replay
+// from before it is too_old). A nil keep keeps none.
+func (s *Store) CompleteKeeping(ctx context.Context, seqs []int64, outcomes []events.Published, keep []bool) (published int, err error) {
+	if len(seqs) != len(outcomes) || (keep != nil && len(keep) != len(seqs)) {
 		return 0, fmt.Errorf("complete %d messages with %d outcomes: %w", len(seqs), len(outcomes), ErrMismatch)
 	}
-	req := &writeReq{completes: seqs, outcomes: outcomes, done: make(chan error, 1)}
+	req := &writeReq{completes: seqs, outcomes: outcomes, keeps: keep, done: make(chan error, 1)}
 	if err := s.submit(ctx, req); err != nil {
 		return 0, err
 	}
@@ -231,11 +239,15 @@ func (s *Store) Complete(ctx context.Context, seqs []int64, outcomes []events.Pu
 
 // complete marks seqs done and writes the outcomes of those that were pending to the
 // outbox, inside the writer's transaction. It returns how many it published.
-func (s *Store) complete(ctx context.Context, seqs []int64, outcomes []events.Published) (int, error) {
+func (s *Store) complete(ctx context.Context, seqs []int64, outcomes []events.Published, keep []bool) (int, error) {
 	now := s.opts.Now()
 	rows := make([]outboxRow, 0, len(outcomes))
 	for i, seq := range seqs {
-		res, err := s.stmts.done.ExecContext(ctx, now.UnixNano(), seq)
+		done := s.stmts.done
+		if keep != nil && keep[i] {
+			done = s.stmts.doneKeep
+		}
+		res, err := done.ExecContext(ctx, now.UnixNano(), seq)
 		if err != nil {
 			return 0, fmt.Errorf("dequeue %d: %w", seq, err)
 		}

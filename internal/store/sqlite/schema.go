@@ -44,6 +44,11 @@ CREATE TABLE IF NOT EXISTS messages (
 	done_at     INTEGER,
 	UNIQUE (message_id, user_id)
 );
+-- stream_offset and stream_gen are added by migrate (streamColumns).
+CREATE TABLE IF NOT EXISTS recovering (
+	connection_id TEXT PRIMARY KEY,
+	user_id       TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS messages_pending ON messages (seq) WHERE done_at IS NULL;
 CREATE INDEX IF NOT EXISTS messages_done ON messages (done_at) WHERE done_at IS NOT NULL;
 `
@@ -92,9 +97,32 @@ INSERT INTO log (seq, type, data) SELECT seq, type, data FROM events ORDER BY se
 DROP TABLE events;
 `
 
+// streamColumns give a queue row its position in its user's stream (stream.go); the index
+// holds only the rows that keep one (PruneStreams clears them past the recovery window).
+var streamColumns = []string{
+	`ALTER TABLE messages ADD COLUMN stream_offset INTEGER`,
+	`ALTER TABLE messages ADD COLUMN stream_gen INTEGER`,
+}
+
+const streamIndex = `CREATE INDEX IF NOT EXISTS messages_stream ON messages (user_id, stream_offset) WHERE stream_offset IS NOT NULL`
+
 func migrate(ctx context.Context, db *sql.DB) error {
 	if _, err := db.ExecContext(ctx, logSchema); err != nil {
 		return fmt.Errorf("create log tables: %w", err)
+	}
+	var streams int
+	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'stream_offset'`).Scan(&streams); err != nil {
+		return fmt.Errorf("look for stream positions: %w", err)
+	}
+	if streams == 0 {
+		for _, q := range streamColumns {
+			if _, err := db.ExecContext(ctx, q); err != nil {
+				return fmt.Errorf("add stream positions: %w", err)
+			}
+		}
+	}
+	if _, err := db.ExecContext(ctx, streamIndex); err != nil {
+		return fmt.Errorf("index stream positions: %w", err)
 	}
 	var legacy int
 	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'events'`).Scan(&legacy); err != nil {

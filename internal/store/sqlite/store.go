@@ -70,6 +70,10 @@ type Options struct {
 	// messages (their sequence numbers set), in commit order, on the writer's goroutine;
 	// it must not block. The deliverer takes them from memory, not from the queue table.
 	OnQueued func([]QueuedMessage)
+	// RecoveryWindow is how long accepted messages keep their stream positions and bodies
+	// for recovering connections (StreamRange); PruneStreams forgets them after that. Zero
+	// keeps none: positions are handed out, nothing is kept to replay.
+	RecoveryWindow time.Duration
 	// Fault, if set, is called before every group commit; an error it returns fails the
 	// commit as a full or failing disk would (fault-injection tests).
 	Fault func() error
@@ -147,12 +151,18 @@ type Store struct {
 	sinceSnapshot int
 	lastSnapshot  time.Time
 	snapshotSeq   int64
+	// streams is the top of each user's stream; streamsPruned the queue position below
+	// which no row keeps a stream position (the writer's alone).
+	streams       streamTable
+	streamsPruned int64
+	// batchStreams holds the positions the commit being written took (the writer's alone).
+	batchStreams map[string]streamState
 }
 
 // writerStmts are prepared once on the writer's connection: the hot path's inserts and
 // updates, and the snapshot's upserts and deletes.
 type writerStmts struct {
-	log, msg, pub, done            *sql.Stmt
+	log, msg, pub, done, doneKeep  *sql.Stmt
 	saveUser, saveConn, forgetConn *sql.Stmt
 	begin, commit, rollback        *sql.Stmt
 	// getUser and getConn read the rows the image does not hold.
@@ -182,6 +192,9 @@ type QueuedMessage struct {
 	UserID     string
 	Body       string
 	EnqueuedAt time.Time
+	// Gen and Offset are the message's position in its user's stream, set by Enqueue
+	// (Offset 0: none, a message of a store with no recovery window read back at a start).
+	Gen, Offset int64
 }
 
 // Open opens (creating if needed) the store in the SQLite file at path, loads the view's
@@ -242,6 +255,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	s := &Store{path: path, w: w, r: r, ck: ck, opts: opts, syncMode: opts.Sync, id: id, idCreated: idCreated, img: newImage(), reqs: make(chan *writeReq, 4096),
 		stop: make(chan struct{}), done: make(chan struct{}), ckDone: make(chan struct{})}
 	s.epoch.Store(&epoch)
+	s.batchStreams = map[string]streamState{}
 	if err := s.start(ctx); err != nil {
 		errs := []error{err, r.Close(), ck.Close()}
 		if s.wc != nil {
@@ -267,11 +281,14 @@ func (s *Store) start(ctx context.Context) error {
 		query string
 	}{
 		{&s.stmts.log, `INSERT INTO log (type, data) VALUES (?, ?)`},
-		{&s.stmts.msg, `INSERT INTO messages (message_id, user_id, body, enqueued_at) VALUES (?, ?, ?, ?)
+		{&s.stmts.msg, `INSERT INTO messages (message_id, user_id, body, enqueued_at, stream_offset, stream_gen) VALUES (?, ?, ?, ?, ?, ?)
 			ON CONFLICT (message_id, user_id) DO NOTHING`},
 		// OR IGNORE: a file of an earlier version has a unique index on event_id.
 		{&s.stmts.pub, `INSERT OR IGNORE INTO published (event_id, detail_type, envelope) VALUES (?, ?, ?)`},
-		{&s.stmts.done, `UPDATE messages SET done_at = ?, body = '' WHERE seq = ? AND done_at IS NULL`},
+		// A done message's body is forgotten, its stream position marked gone (a negative
+		// generation), unless it is kept for the recovery window (doneKeep; PruneStreams).
+		{&s.stmts.done, `UPDATE messages SET done_at = ?, body = '', stream_gen = -stream_gen WHERE seq = ? AND done_at IS NULL`},
+		{&s.stmts.doneKeep, `UPDATE messages SET done_at = ? WHERE seq = ? AND done_at IS NULL`},
 		{&s.stmts.saveUser, `INSERT INTO view_users (user_id, live, last_activity, announced, offline_since, crc)
 			VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET live = excluded.live, last_activity = excluded.last_activity,
 			announced = excluded.announced, offline_since = excluded.offline_since, crc = excluded.crc`},
@@ -288,6 +305,12 @@ func (s *Store) start(ctx context.Context) error {
 		if *st.dst, err = wc.PrepareContext(ctx, st.query); err != nil {
 			return fmt.Errorf("prepare %q: %w", st.query, err)
 		}
+	}
+	if err := s.loadStreams(ctx); err != nil {
+		// A damaged file is reported (Health), not refused: the streams start again, in
+		// new generations, so clients are told their positions are gone.
+		s.opts.Logger.Error("the stream positions cannot be read: streams start again", "err", s.noteRead(err))
+		s.streams.m = map[string]streamState{}
 	}
 	if err := s.loadSnapshot(ctx); errors.Is(err, ErrSnapshotDamaged) {
 		// Never served: the view is folded again from the log, and its snapshot rewritten.
@@ -329,7 +352,7 @@ func (s *Store) Close() error {
 	}
 	<-s.done
 	<-s.ckDone
-	for _, st := range []*sql.Stmt{s.stmts.log, s.stmts.msg, s.stmts.pub, s.stmts.done, s.stmts.saveUser, s.stmts.saveConn, s.stmts.forgetConn,
+	for _, st := range []*sql.Stmt{s.stmts.log, s.stmts.msg, s.stmts.pub, s.stmts.done, s.stmts.doneKeep, s.stmts.saveUser, s.stmts.saveConn, s.stmts.forgetConn,
 		s.stmts.begin, s.stmts.commit, s.stmts.rollback, s.stmts.getUser, s.stmts.getConn} {
 		_ = st.Close()
 	}

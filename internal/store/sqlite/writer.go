@@ -24,6 +24,7 @@ type writeReq struct {
 	// outcome events (Complete); published counts the outcome events that were new.
 	completes []int64
 	outcomes  []events.Published
+	keeps     []bool
 	published int
 	// grace, if set, is a grace timer's decision to fold, and to log if it decides.
 	grace   *graceDecision
@@ -280,6 +281,7 @@ func (s *Store) commit(batch []*writeReq) {
 	}
 	if err == nil {
 		f.apply(p.Checkpoint)
+		s.applyStreams(s.batchStreams)
 		s.sinceSnapshot += p.Events
 		if s.opts.OnCommit != nil {
 			s.opts.OnCommit(len(batch))
@@ -398,6 +400,8 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 	}
 	defer func() { err = s.end(ctx, err) }()
 	seq := s.img.seq
+	clear(s.batchStreams)
+	streams := s.batchStreams
 	appendRecord := func(typ string, v any) error {
 		data, err := json.Marshal(v)
 		if err != nil {
@@ -426,7 +430,12 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 			req.written[i] = true
 		}
 		for _, m := range req.messages {
-			res, err := s.stmts.msg.ExecContext(ctx, m.MessageID, m.UserID, m.Body, m.EnqueuedAt.UnixNano())
+			st := s.position(streams, &m)
+			var offset, gen any
+			if s.opts.RecoveryWindow > 0 {
+				offset, gen = m.Offset, m.Gen
+			}
+			res, err := s.stmts.msg.ExecContext(ctx, m.MessageID, m.UserID, m.Body, m.EnqueuedAt.UnixNano(), offset, gen)
 			if err != nil {
 				return f, p, fmt.Errorf("enqueue %s: %w", m.MessageID, err)
 			}
@@ -435,10 +444,11 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 					return f, p, fmt.Errorf("enqueue %s: %w", m.MessageID, err)
 				}
 				req.queued = append(req.queued, m)
+				streams[m.UserID] = st
 			}
 		}
 		if len(req.completes) > 0 {
-			n, err := s.complete(ctx, req.completes, req.outcomes)
+			n, err := s.complete(ctx, req.completes, req.outcomes, req.keeps)
 			if err != nil {
 				return f, p, fmt.Errorf("complete: %w", err)
 			}

@@ -209,6 +209,15 @@ export class Client {
             case 'error':
                 this.#events.emit('error', new ProtocolError(`the server refused a frame (${f.code})`, false, { reason: f.message }));
                 return;
+            case 'gateway_error':
+                if (this.#awaitingRecovery) {
+                    // The recover route failed and no answer will come: reconnect with backoff.
+                    this.#abandon(ws);
+                    this.#failed(run, new ConnectionError('the server could not answer recover', { reason: f.message }));
+                    return;
+                }
+                this.#events.emit('error', new ProtocolError('the server failed to handle a frame', false, { reason: f.message }));
+                return;
             case 'invalid':
                 this.#events.emit('error', new ProtocolError(`unreadable frame: ${f.problem}`, false));
                 return;

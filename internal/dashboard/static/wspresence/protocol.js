@@ -45,6 +45,10 @@ export function parseFrame(data) {
                 code: typeof f['code'] === 'string' ? f['code'] : '',
                 message: typeof f['message'] === 'string' ? f['message'] : '',
             };
+        case undefined:
+            if (typeof f['message'] === 'string')
+                return { type: 'gateway_error', message: f['message'] };
+            return { type: 'other' };
         default:
             return { type: 'other' };
     }
