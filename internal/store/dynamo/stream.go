@@ -377,13 +377,13 @@ func (st *Store) Ready(ctx context.Context, userID, connectionID string, at time
 		expr += " REMOVE " + strings.Join(rm, ", ")
 	}
 	out, err := st.db.UpdateItem(ctx, &dynamodb.UpdateItemInput{
-		TableName:                 aws.String(st.tables.View),
-		Key:                       streamKey(userID),
-		UpdateExpression:          aws.String(expr),
-		ExpressionAttributeNames:  names,
+		TableName:                aws.String(st.tables.View),
+		Key:                      streamKey(userID),
+		UpdateExpression:         aws.String(expr),
+		ExpressionAttributeNames: names,
 		ExpressionAttributeValues: map[string]types.AttributeValue{":at": num(max(at.UnixMilli(), 1)), ":ans": num(answered),
 			":ttl": unixSeconds(at.Add(st.RecoveryWindow + MaxConnectionLife))},
-		ReturnValues:              types.ReturnValueAllNew,
+		ReturnValues: types.ReturnValueAllNew,
 	})
 	if err != nil {
 		return Head{}, awsfail.Wrap("mark "+connectionID+" ready", err)
