@@ -157,30 +157,44 @@ func (s *Store) KeptCount(ctx context.Context, userID string, gen, after, upTo i
 
 // PruneStreams forgets the positions of messages accepted before cutoff (their bodies
 // too, once they have an outcome), and drops the stream of every user that kept nothing
-// since cutoff and holds no live connection (the next message starts another generation).
-// It returns the number of messages forgotten.
+// since cutoff and holds no live connection (the next message starts another generation),
+// in chunks of streamPruneChunk rows a transaction. It returns the number of messages
+// forgotten.
 func (s *Store) PruneStreams(ctx context.Context, cutoff time.Time) (int64, error) {
-	var n int64
-	err := s.writeAlone(ctx, func(ctx context.Context) (err error) {
-		if err := s.begin(ctx); err != nil {
-			return err
+	var total int64
+	for {
+		var n int64
+		err := s.writeAlone(ctx, func(ctx context.Context) (err error) {
+			if err := s.begin(ctx); err != nil {
+				return err
+			}
+			res, err := s.wc.ExecContext(ctx, `UPDATE messages SET stream_offset = NULL, stream_gen = NULL,
+				body = CASE WHEN done_at IS NULL THEN body ELSE '' END
+				WHERE seq IN (SELECT seq FROM messages WHERE seq > ? AND stream_offset IS NOT NULL AND enqueued_at < ? ORDER BY seq LIMIT ?)`,
+				s.streamsPruned, cutoff.UnixNano(), streamPruneChunk)
+			if err == nil {
+				n, err = res.RowsAffected()
+			}
+			if err = s.end(ctx, err); err != nil {
+				return fmt.Errorf("prune streams: %w", err)
+			}
+			return nil
+		})
+		if err != nil {
+			return total, err
 		}
-		res, err := s.wc.ExecContext(ctx, `UPDATE messages SET stream_offset = NULL, stream_gen = NULL,
-			body = CASE WHEN done_at IS NULL THEN body ELSE '' END
-			WHERE seq > ? AND stream_offset IS NOT NULL AND enqueued_at < ?`, s.streamsPruned, cutoff.UnixNano())
-		if err == nil {
-			n, err = res.RowsAffected()
+		if total += n; n < streamPruneChunk {
+			break
 		}
-		var last sql.NullInt64
-		if err == nil {
-			err = s.wc.QueryRowContext(ctx, `SELECT MIN(seq) FROM messages WHERE stream_offset IS NOT NULL`).Scan(&last)
-		}
-		if err = s.end(ctx, err); err != nil {
+	}
+	err := s.writeAlone(ctx, func(ctx context.Context) error {
+		// Rows below the oldest kept position hold none any more.
+		var oldest sql.NullInt64
+		if err := s.wc.QueryRowContext(ctx, `SELECT MIN(seq) FROM messages WHERE stream_offset IS NOT NULL`).Scan(&oldest); err != nil {
 			return fmt.Errorf("prune streams: %w", err)
 		}
-		// Rows below the oldest kept position hold none any more.
-		if last.Valid {
-			s.streamsPruned = last.Int64 - 1
+		if oldest.Valid {
+			s.streamsPruned = oldest.Int64 - 1
 		}
 		s.img.mu.RLock()
 		s.streams.mu.Lock()
@@ -193,8 +207,12 @@ func (s *Store) PruneStreams(ctx context.Context, cutoff time.Time) (int64, erro
 		s.img.mu.RUnlock()
 		return nil
 	})
-	return n, err
+	return total, err
 }
+
+// streamPruneChunk is the most positions one transaction of PruneStreams forgets, so the
+// commits of the hot path wait for one chunk at most.
+const streamPruneChunk = 500
 
 // MarkRecovering records that the connection connectionID of userID opted in to recovery
 // (on), or forgets it (its close). The table recovering holds the live opted-in

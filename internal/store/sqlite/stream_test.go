@@ -2,6 +2,7 @@ package sqlite_test
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -131,4 +132,34 @@ func TestStreamPositions(t *testing.T) {
 
 func q0Outcome(m sqlite.QueuedMessage) []events.Published {
 	return []events.Published{events.NewMessageDelivered(m.MessageID, m.UserID, 1, t0)}
+}
+
+// TestPruneStreamsInChunks: a prune forgets every position past the window however many,
+// a chunk of rows a transaction, and keeps those inside it.
+func TestPruneStreamsInChunks(t *testing.T) {
+	ctx := context.Background()
+	clk := &clock{t: t0}
+	s := openStreams(t, filepath.Join(t.TempDir(), "db"), clk)
+	defer s.Close()
+	var msgs []sqlite.QueuedMessage
+	for i := range 1200 {
+		msgs = append(msgs, sqlite.QueuedMessage{MessageID: fmt.Sprint("m", i), UserID: "u", Body: "b", EnqueuedAt: clk.Now()})
+	}
+	if err := s.Enqueue(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(time.Minute)
+	if err := s.Enqueue(ctx, sqlite.QueuedMessage{MessageID: "recent", UserID: "u", Body: "b", EnqueuedAt: clk.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.PruneStreams(ctx, clk.Now().Add(-time.Second)); err != nil || n != 1200 {
+		t.Fatalf("pruned %d, want 1200: %v", n, err)
+	}
+	top, ok := s.Top("u")
+	if !ok || top.Offset != 1201 {
+		t.Fatalf("top %+v %v: a stream with a kept message stays", top, ok)
+	}
+	if got, err := s.StreamRange(ctx, "u", top.Gen, 0, top.Offset, 2000); err != nil || len(got) != 1 || got[0].MessageID != "recent" {
+		t.Fatalf("kept after the prune: %d %v", len(got), err)
+	}
 }
