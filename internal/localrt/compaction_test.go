@@ -43,7 +43,7 @@ func TestRoundsOfVisitorsLeaveNeitherImageNorStoreGrowing(t *testing.T) {
 				c := ts.dial(fmt.Sprintf("round%d-user-%04d", round, i))
 				c.close(t)
 			}
-			waitLong(t, "everyone offline and out of the image, the log, outbox and tombstones pruned", func() bool {
+			waitWithin(t, time.Minute, "everyone offline and out of the image, the log, outbox and tombstones pruned", func() bool {
 				m := ts.metrics()
 				if m["wspresence_online_users"] != 0 || m["wspresence_image_users"] > 0 {
 					return false
@@ -103,16 +103,4 @@ func storeSize(t *testing.T, dir string) int64 {
 		}
 	}
 	return n
-}
-
-// waitLong waits for cond as waitFor does, for up to a minute (retentions to pass).
-func waitLong(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }

@@ -161,56 +161,54 @@ func newFold(im *image, grace time.Duration, rows rowReader) *fold {
 		graces: map[string]time.Time{}, storedUsers: map[string]*presence.User{}, storedConns: map[string]*presence.Conn{}}
 }
 
-// current returns the user's row as of the fold's start: the image's, else the snapshot
-// tables'.
+// currentUser and currentConn return a row as of the fold's start: the image's, else the
+// snapshot tables'.
 func (f *fold) currentUser(id string) (presence.User, bool) {
-	if cur, ok := f.im.users[id]; ok {
-		return *cur, true
-	}
 	if f.rows == nil {
-		return presence.User{}, false
+		return heldRow(f.im.users, id)
 	}
-	if u, ok := f.storedUsers[id]; ok {
-		if u == nil {
-			return presence.User{}, false
-		}
-		return *u, true
-	}
-	u, found, err := f.rows.storedUser(id)
-	if err != nil && f.err == nil {
-		f.err = err
-	}
-	if !found || err != nil {
-		f.storedUsers[id] = nil
-		return presence.User{}, false
-	}
-	f.storedUsers[id] = &u
-	return u, true
+	return currentRow(f, f.im.users, f.storedUsers, id, f.rows.storedUser)
 }
 
 func (f *fold) currentConn(id string) (presence.Conn, bool) {
-	if cur, ok := f.im.conns[id]; ok {
+	if f.rows == nil {
+		return heldRow(f.im.conns, id)
+	}
+	return currentRow(f, f.im.conns, f.storedConns, id, f.rows.storedConn)
+}
+
+func heldRow[T any](held map[string]*T, id string) (T, bool) {
+	if cur, ok := held[id]; ok {
 		return *cur, true
 	}
-	if f.rows == nil {
-		return presence.Conn{}, false
+	var zero T
+	return zero, false
+}
+
+// currentRow reads id's row from held (the image), else from stored (what the fold read
+// already, nil for none), else with read, which it caches in stored; a failed read is the
+// fold's error.
+func currentRow[T any](f *fold, held, stored map[string]*T, id string, read func(string) (T, bool, error)) (T, bool) {
+	if v, ok := heldRow(held, id); ok {
+		return v, true
 	}
-	if c, ok := f.storedConns[id]; ok {
-		if c == nil {
-			return presence.Conn{}, false
+	if v, ok := stored[id]; ok {
+		if v == nil {
+			var zero T
+			return zero, false
 		}
-		return *c, true
+		return *v, true
 	}
-	c, found, err := f.rows.storedConn(id)
+	v, found, err := read(id)
 	if err != nil && f.err == nil {
 		f.err = err
 	}
 	if !found || err != nil {
-		f.storedConns[id] = nil
-		return presence.Conn{}, false
+		stored[id] = nil
+		return v, false
 	}
-	f.storedConns[id] = &c
-	return c, true
+	stored[id] = &v
+	return v, true
 }
 
 func (f *fold) user(id string) *presence.User {
