@@ -52,11 +52,9 @@ type child struct {
 
 var listenRe = regexp.MustCompile(`listening on (127\.0\.0\.1:\d+)`)
 
-func startChild(t *testing.T, dir string) *child {
+func startChild(t *testing.T, dir string, extra ...string) *child {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "WSPRESENCE_RUN_MAIN=1",
-		"WSPRESENCE_MAIN_ARGS=serve --addr 127.0.0.1:0 --data "+dir+" --offline-grace "+crashGrace.String()+" --log-level warn")
+	cmd := childCommand(dir, extra...)
 	stdout, _ := cmd.StdoutPipe()
 	c := &child{cmd: cmd, logs: &strings.Builder{}, mu: &sync.Mutex{}}
 	cmd.Stderr = writerFunc(func(p []byte) (int, error) { c.mu.Lock(); defer c.mu.Unlock(); return c.logs.Write(p) })
@@ -84,6 +82,14 @@ func startChild(t *testing.T, dir string) *child {
 	}
 	c.key = key
 	return c
+}
+
+// childCommand is `wspresence serve` on dir in another process, with extra flags.
+func childCommand(dir string, extra ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "WSPRESENCE_RUN_MAIN=1",
+		"WSPRESENCE_MAIN_ARGS=serve --addr 127.0.0.1:0 --data "+dir+" --offline-grace "+crashGrace.String()+" --log-level warn "+strings.Join(extra, " "))
+	return cmd
 }
 
 type writerFunc func([]byte) (int, error)

@@ -53,6 +53,7 @@ func serveFlags(cfg *localrt.Config, stderr io.Writer, getenv env) *flags {
 	f.String(&cfg.WebhookSecret, "webhook-secret", "WSPRESENCE_WEBHOOK_SECRET", "HMAC-SHA256 key of the webhook signatures (generated into the data dir if empty)")
 	f.String(&cfg.Sync, "sync", "WSPRESENCE_SYNC", "store durability: full (survives power loss) or normal (survives a process crash, fewer fsyncs)")
 	f.Bool(&cfg.Pprof, "pprof", "WSPRESENCE_PPROF", "serve the Go profiler at /debug/pprof/ (behind the API key)")
+	f.Bool(&cfg.AcceptLoss, "accept-loss", "WSPRESENCE_ACCEPT_LOSS", "start on a store whose committed tail was lost after an unclean stop (otherwise refused), under a new event epoch")
 	return f
 }
 

@@ -118,6 +118,10 @@ type Config struct {
 	// Pprof serves the Go profiler at /debug/pprof/ behind the API key (WSPRESENCE_PPROF,
 	// default off); the benchmark uses it.
 	Pprof bool
+	// AcceptLoss starts on a store whose committed tail was lost after an unclean stop (its
+	// WAL deleted, cut or damaged), which is otherwise refused: the loss is logged and a new
+	// event epoch starts (--accept-loss, WSPRESENCE_ACCEPT_LOSS; meant for one start).
+	AcceptLoss bool
 
 	// storeFault is passed to the store as its fault hook (tests only).
 	storeFault func() error

@@ -162,14 +162,28 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		OnFolded:       func(p sqlite.Projection) { s.folded(p) },
 		OnQueued:       func(m []sqlite.QueuedMessage) { s.queued.push(m); s.wake() },
 		RecoveryWindow: cfg.RecoveryWindow,
+		AcceptLoss:     cfg.AcceptLoss,
 		Fault:          cfg.storeFault,
 	})
+	if tl := (*sqlite.TailLost)(nil); errors.As(err, &tl) && tl.Emptied {
+		err = fmt.Errorf("%w: %w", ErrStoreReplaced, err)
+	}
 	if err != nil {
 		return fail(err)
 	}
 	if err := checkStoreIdentity(cfg.DataDir, store); err != nil {
-		store.Close()
-		return fail(err)
+		if !cfg.AcceptLoss || !errors.Is(err, ErrStoreReplaced) {
+			store.Close()
+			return fail(err)
+		}
+		// The loss of the whole file's history (a WAL lost before any checkpoint) was
+		// accepted: the data dir records the store it holds now.
+		log.Error("serving a store that is not the one this data dir held, as asked (--accept-loss)", "err", err)
+		id, _ := store.Identity()
+		if _, err := writeAtomically(cfg.DataDir, StoreIDFile, []byte(id+"\n"), true); err != nil {
+			store.Close()
+			return fail(err)
+		}
 	}
 	s.graces = newGraceTimers(cfg.OfflineGrace, s.expireGrace)
 	s.store = store
@@ -405,7 +419,7 @@ func Restore(ctx context.Context, dir, from string) (Restored, error) {
 		return out, fmt.Errorf("the backup cannot serve: %w", err)
 	}
 	suffix := ".replaced-" + time.Now().UTC().Format("20060102T150405Z")
-	for _, f := range []string{StoreFile, StoreFile + "-wal", StoreFile + "-shm"} {
+	for _, f := range []string{StoreFile, StoreFile + "-wal", StoreFile + "-shm", StoreFile + sqlite.MarkSuffix} {
 		err := os.Rename(filepath.Join(dir, f), filepath.Join(dir, f+suffix))
 		switch {
 		case err == nil:

@@ -74,6 +74,10 @@ type Options struct {
 	// for recovering connections (StreamRange); PruneStreams forgets them after that. Zero
 	// keeps none: positions are handed out, nothing is kept to replay.
 	RecoveryWindow time.Duration
+	// AcceptLoss serves a store found behind its high-water mark (its committed tail lost
+	// after an unclean stop) instead of refusing it (ErrTailLost): the loss is logged and
+	// a new epoch starts.
+	AcceptLoss bool
 	// Fault, if set, is called before every group commit; an error it returns fails the
 	// commit as a full or failing disk would (fault-injection tests).
 	Fault func() error
@@ -146,6 +150,10 @@ type Store struct {
 	gatherTimer *time.Timer
 	// epoch is the store's epoch (Epoch).
 	epoch atomic.Pointer[string]
+	// mark is the high-water mark file; tent the positions the commit being written
+	// reached (the writer's alone).
+	mark *markFile
+	tent positions
 	// sinceSnapshot counts the records folded since the last snapshot; lastSnapshot is
 	// when it was written; snapshotSeq is the log position it holds (the writer's alone).
 	sinceSnapshot int
@@ -239,14 +247,33 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		w.Close()
 		return nil, fmt.Errorf("prepare %s: %w", path, err)
 	}
+	have, renew, damage, err := checkMark(ctx, w, path, idCreated, opts.AcceptLoss, &opts)
+	if err != nil {
+		w.Close()
+		return nil, err
+	}
+	if renew {
+		epoch = newEpoch()
+		if _, err := w.ExecContext(ctx, `UPDATE meta SET value = ? WHERE key = 'epoch'`, epoch); err != nil {
+			w.Close()
+			return nil, fmt.Errorf("renew the store's epoch: %w", err)
+		}
+	}
+	mark, err := openMark(path, have)
+	if err != nil {
+		w.Close()
+		return nil, err
+	}
 	r, err := sql.Open("sqlite", dsn("query_only(1)"))
 	if err != nil {
+		mark.f.Close()
 		w.Close()
 		return nil, fmt.Errorf("open %s for reading: %w", path, err)
 	}
 	r.SetMaxOpenConns(8)
 	ck, err := sql.Open("sqlite", dsn(""))
 	if err != nil {
+		mark.f.Close()
 		w.Close()
 		r.Close()
 		return nil, fmt.Errorf("open %s for checkpoints: %w", path, err)
@@ -256,8 +283,12 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		stop: make(chan struct{}), done: make(chan struct{}), ckDone: make(chan struct{})}
 	s.epoch.Store(&epoch)
 	s.batchStreams = map[string]streamState{}
+	s.mark, s.tent = mark, have
+	if damage != nil {
+		s.damage.Store(&damage)
+	}
 	if err := s.start(ctx); err != nil {
-		errs := []error{err, r.Close(), ck.Close()}
+		errs := []error{err, r.Close(), ck.Close(), mark.f.Close()}
 		if s.wc != nil {
 			errs = append(errs, s.wc.Close())
 		}
@@ -360,7 +391,7 @@ func (s *Store) Close() error {
 	if ckErr != nil {
 		ckErr = fmt.Errorf("checkpoint the WAL: %w", ckErr)
 	}
-	return errors.Join(ckErr, s.r.Close(), s.ck.Close(), s.wc.Close(), s.w.Close())
+	return errors.Join(ckErr, s.r.Close(), s.ck.Close(), s.wc.Close(), s.w.Close(), s.mark.f.Close())
 }
 
 // Append appends evs to the log, skipping any already folded (the natural key: a
@@ -553,6 +584,12 @@ func Check(ctx context.Context, path string) error {
 	return nil
 }
 
+// isDamage reports whether err is SQLite's sign of a damaged file.
+func isDamage(err error) bool {
+	msg := strings.ToLower(err.Error())
+	return strings.Contains(msg, "malformed") || strings.Contains(msg, "corrupt") || strings.Contains(msg, "not a database")
+}
+
 // ErrOutcomesBlocked is wrapped by Enqueue while the outcomes of delivered messages cannot
 // be recorded: a message accepted then could never be finished.
 var ErrOutcomesBlocked = errors.New("the outcomes of delivered messages cannot be recorded")
@@ -576,8 +613,7 @@ func (s *Store) noteRead(err error) error {
 	if err == nil {
 		return nil
 	}
-	msg := strings.ToLower(err.Error())
-	if strings.Contains(msg, "malformed") || strings.Contains(msg, "corrupt") || strings.Contains(msg, "not a database") {
+	if isDamage(err) {
 		damaged := fmt.Errorf("%w: %w", ErrDamaged, err)
 		s.damage.Store(&damaged)
 		s.opts.Logger.Error("the store's file is damaged", "err", err)

@@ -280,6 +280,10 @@ func (s *Store) commit(batch []*writeReq) {
 		}
 	}
 	if err == nil {
+		// The mark follows the commit: never ahead of what is durable.
+		if merr := s.mark.write(s.tent, false); merr != nil {
+			s.opts.Logger.Error("the store's high-water mark", "err", merr)
+		}
 		f.apply(p.Checkpoint)
 		s.applyStreams(s.batchStreams)
 		s.sinceSnapshot += p.Events
@@ -399,6 +403,7 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 		return f, p, err
 	}
 	defer func() { err = s.end(ctx, err) }()
+	s.tent = s.mark.last
 	seq := s.img.seq
 	clear(s.batchStreams)
 	streams := s.batchStreams
@@ -414,6 +419,7 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 		if seq, err = res.LastInsertId(); err != nil {
 			return fmt.Errorf("append %s: %w", typ, err)
 		}
+		s.tent.Log = max(s.tent.Log, seq)
 		return nil
 	}
 	for _, req := range batch {
@@ -443,6 +449,7 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 				if m.Seq, err = res.LastInsertId(); err != nil {
 					return f, p, fmt.Errorf("enqueue %s: %w", m.MessageID, err)
 				}
+				s.tent.Messages = max(s.tent.Messages, m.Seq)
 				req.queued = append(req.queued, m)
 				streams[m.UserID] = st
 			}
@@ -515,5 +522,10 @@ func (s *Store) insertPublished(ctx context.Context, p events.Published, at time
 		return false, fmt.Errorf("publish %s %s: %w", p.DetailType(), p.ID(), err)
 	}
 	n, _ := res.RowsAffected()
+	if n == 1 {
+		if id, err := res.LastInsertId(); err == nil {
+			s.tent.Published = max(s.tent.Published, id)
+		}
+	}
 	return n == 1, nil
 }

@@ -1,0 +1,182 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io/fs"
+	"os"
+	"strings"
+)
+
+// The store's high-water mark: the newest log record, outbox event and queued message
+// committed, kept in a file beside the store (MarkSuffix) that the WAL does not hold. The
+// writer rewrites it after each commit that moved one of them (a write to the page cache,
+// no fsync: a killed process loses nothing of it), so after an unclean stop the mark says
+// how far the store had reached, and a start that finds the store behind it (a WAL
+// deleted, cut or damaged) refuses to serve a history with its committed tail gone.
+
+// MarkSuffix is appended to the store file's path to name its high-water mark file.
+const MarkSuffix = "-mark"
+
+// positions are the newest log record, outbox event and queued message of a store.
+type positions struct {
+	Log, Published, Messages int64
+}
+
+// markSize is the size of the mark file's one record (rewritten in place).
+const markSize = 128
+
+func (p positions) encode() []byte {
+	body := fmt.Sprintf("wspresence-mark 1 log=%d published=%d messages=%d", p.Log, p.Published, p.Messages)
+	line := fmt.Sprintf("%s crc=%08x", body, crc32.ChecksumIEEE([]byte(body)))
+	return []byte(line + strings.Repeat(" ", markSize-1-len(line)) + "\n")
+}
+
+// errMarkUnreadable is returned by readMark for a mark that is not whole (torn by a power
+// loss: it was never fsynced).
+var errMarkUnreadable = errors.New("the high-water mark is unreadable")
+
+// readMark reads the mark file at path (ok false when there is none).
+func readMark(path string) (p positions, ok bool, err error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return p, false, nil
+	}
+	if err != nil {
+		return p, false, err
+	}
+	line := strings.TrimSpace(string(b))
+	body, sum, found := strings.Cut(line, " crc=")
+	var crc uint32
+	if !found || len(b) != markSize {
+		return p, false, errMarkUnreadable
+	}
+	if _, err := fmt.Sscanf(sum, "%08x", &crc); err != nil || crc != crc32.ChecksumIEEE([]byte(body)) {
+		return p, false, errMarkUnreadable
+	}
+	if _, err := fmt.Sscanf(body, "wspresence-mark 1 log=%d published=%d messages=%d", &p.Log, &p.Published, &p.Messages); err != nil {
+		return p, false, errMarkUnreadable
+	}
+	return p, true, nil
+}
+
+// storePositions reads the newest positions the store holds (pruned rows included: the
+// outbox's and the queue's sequences remember them).
+func storePositions(ctx context.Context, db *sql.DB) (positions, error) {
+	var p positions
+	err := db.QueryRowContext(ctx, `SELECT
+		IFNULL((SELECT MAX(seq) FROM log), 0),
+		MAX(IFNULL((SELECT MAX(seq) FROM published), 0), IFNULL((SELECT seq FROM sqlite_sequence WHERE name = 'published'), 0)),
+		MAX(IFNULL((SELECT MAX(seq) FROM messages), 0), IFNULL((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0))`).
+		Scan(&p.Log, &p.Published, &p.Messages)
+	if err != nil {
+		return p, fmt.Errorf("read the store's positions: %w", err)
+	}
+	return p, nil
+}
+
+// ErrTailLost is wrapped by Open when the store is behind its high-water mark: commits
+// acknowledged before an unclean stop are gone (the WAL was deleted, cut or damaged, or an
+// older copy of the file was put in place by hand).
+var ErrTailLost = errors.New("the store's committed tail is lost")
+
+// TailLost says what a store behind its high-water mark lost.
+type TailLost struct {
+	Path       string
+	Mark, Have positions
+	// Emptied says the file held nothing of the store any more (not even its identity).
+	Emptied bool
+}
+
+// Error implements error: what was lost, and the two ways on.
+func (e *TailLost) Error() string {
+	var lost []string
+	if n := e.Mark.Log - e.Have.Log; n > 0 {
+		lost = append(lost, fmt.Sprintf("%d connection log records (positions %d-%d)", n, e.Have.Log+1, e.Mark.Log))
+	}
+	if n := e.Mark.Published - e.Have.Published; n > 0 {
+		lost = append(lost, fmt.Sprintf("%d published events (/events ids %d-%d would be issued again to other events)", n, e.Have.Published+1, e.Mark.Published))
+	}
+	if n := e.Mark.Messages - e.Have.Messages; n > 0 {
+		lost = append(lost, fmt.Sprintf("up to %d accepted messages (queue positions %d-%d), which would never be delivered", n, e.Have.Messages+1, e.Mark.Messages))
+	}
+	return fmt.Sprintf("%v: %s holds less than was committed before the last stop (its write-ahead log %s-wal was deleted, cut or damaged, or an older copy was put in place): lost %s. "+
+		"Restore a backup (wspresence restore), or start with --accept-loss to serve what the file holds under a new event epoch",
+		ErrTailLost, e.Path, e.Path, strings.Join(lost, ", "))
+}
+
+// Unwrap lets errors.Is match ErrTailLost.
+func (e *TailLost) Unwrap() error { return ErrTailLost }
+
+// checkMark compares the store with its mark. A store behind it is refused (*TailLost;
+// emptied says the store's identity was created by this opening: the whole file was
+// lost), unless accept, which logs the loss and starts a new epoch (renew). It returns the
+// positions to start the mark from; a file too damaged to tell is not refused here (damage
+// says why: Health reports it) and keeps its mark.
+func checkMark(ctx context.Context, db *sql.DB, path string, emptied, accept bool, opts *Options) (start positions, renew bool, damage, err error) {
+	mark, ok, err := readMark(path + MarkSuffix)
+	switch {
+	case errors.Is(err, errMarkUnreadable):
+		opts.Logger.Warn("the store's high-water mark is unreadable (a power loss tore it): the store's tail cannot be checked this time", "file", path+MarkSuffix)
+		ok = false
+	case err != nil:
+		return start, false, nil, fmt.Errorf("read the store's high-water mark: %w", err)
+	}
+	have, err := storePositions(ctx, db)
+	if err != nil {
+		if !isDamage(err) {
+			return start, false, nil, err
+		}
+		opts.Logger.Error("the store's file is damaged: its committed tail cannot be checked", "err", err)
+		return mark, false, fmt.Errorf("%w: %w", ErrDamaged, err), nil
+	}
+	if !ok || (have.Log >= mark.Log && have.Published >= mark.Published && have.Messages >= mark.Messages) {
+		return have, false, nil, nil
+	}
+	lost := &TailLost{Path: path, Mark: mark, Have: have, Emptied: emptied}
+	if !accept {
+		return have, false, nil, lost
+	}
+	opts.Logger.Error("serving a store whose committed tail is lost, as asked (--accept-loss): a new event epoch starts", "lost", lost.Error())
+	return have, true, nil, nil
+}
+
+// markFile rewrites the mark in place (the writer's alone).
+type markFile struct {
+	f    *os.File
+	last positions
+}
+
+func openMark(path string, p positions) (*markFile, error) {
+	f, err := os.OpenFile(path+MarkSuffix, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open the store's high-water mark: %w", err)
+	}
+	m := &markFile{f: f}
+	if err := m.write(p, true); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return m, nil
+}
+
+// write records p if it moved past the last one recorded (or always, when force); sync
+// makes it durable (the first write).
+func (m *markFile) write(p positions, force bool) error {
+	if !force && p == m.last {
+		return nil
+	}
+	if _, err := m.f.WriteAt(p.encode(), 0); err != nil {
+		return fmt.Errorf("write the store's high-water mark: %w", err)
+	}
+	if force {
+		if err := m.f.Sync(); err != nil {
+			return fmt.Errorf("write the store's high-water mark: %w", err)
+		}
+	}
+	m.last = p
+	return nil
+}
