@@ -1,9 +1,12 @@
 package costmeter
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"slices"
 	"sort"
@@ -45,14 +48,110 @@ type Meter struct {
 	viewTable   string
 	viewRecords []lambdaevents.DynamoDBEventRecord
 	seq         int64
+	// sparse counts what the same traffic costs when every batched invocation carries
+	// one record: invocations and batched requests.
+	sparseInv    map[string]int
+	sparseCounts map[string]float64
+	// logBytes is what CloudWatch Logs ingests, per function; appLevel and systemLevel
+	// are the functions' log levels (INFO when unset).
+	logBytes           map[string]float64
+	appLevel, sysLevel map[string]string
+	retained           map[string]float64 // table -> months its items are kept
+	storedGBMonths     float64
+	metrics            map[string]bool // custom metrics seen (namespace, name, dimensions)
 }
+
+// PlatformLogBytes is what Lambda writes per invocation at system log level INFO (its
+// START and REPORT lines, JSON); at WARN, nothing.
+const PlatformLogBytes = 400
+
+// logEventOverhead is what CloudWatch Logs counts per log event beside its text.
+const logEventOverhead = 26
 
 // New returns a meter of functions with the given memory (MB), counting index writes of
 // the view table's indexes.
 func New(memoryMB map[string]int, viewTable string, indexes []Index) *Meter {
 	return &Meter{invocations: map[string]int{}, billedMs: map[string][]float64{}, memoryMB: memoryMB,
 		indexWrites: map[string]float64{}, counts: map[string]float64{}, images: map[string]map[string]types.AttributeValue{},
-		indexes: indexes, viewTable: viewTable}
+		indexes: indexes, viewTable: viewTable, sparseInv: map[string]int{}, sparseCounts: map[string]float64{},
+		logBytes: map[string]float64{}, appLevel: map[string]string{}, sysLevel: map[string]string{},
+		retained: map[string]float64{}, metrics: map[string]bool{}}
+}
+
+// LogLevels sets each function's application and system log levels (as the template's
+// LoggingConfig has them).
+func (m *Meter) LogLevels(app, system map[string]string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.appLevel, m.sysLevel = app, system
+}
+
+// Retain bills the storage (and point-in-time recovery) of every item written to table
+// for months; the name "logs" sets how long the log groups keep what they ingest.
+func (m *Meter) Retain(table string, months float64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.retained[table] = months
+}
+
+var levels = map[string]int{"TRACE": 0, "DEBUG": 1, "INFO": 2, "WARN": 3, "WARNING": 3, "ERROR": 4, "FATAL": 5}
+
+func level(s string) int {
+	if l, ok := levels[strings.ToUpper(s)]; ok {
+		return l
+	}
+	return levels["INFO"]
+}
+
+// Logs returns the writer of a function's logs (its stdout and stderr): each JSON line
+// is counted as CloudWatch Logs ingests it (its bytes and the event's overhead) when its
+// level ("level"; INFO when there is none, as Lambda takes it) passes the function's
+// application log level, as Lambda's filter does; the custom metrics of the metric
+// records (EMF) ingested are noted (a metric that receives no data is not billed).
+func (m *Meter) Logs(function string) io.Writer { return logWriter{m: m, fn: function} }
+
+type logWriter struct {
+	m  *Meter
+	fn string
+}
+
+func (w logWriter) Write(p []byte) (int, error) {
+	for _, line := range bytes.Split(bytes.TrimRight(p, "\n"), []byte("\n")) {
+		var rec struct {
+			Level string `json:"level"`
+			AWS   struct {
+				CloudWatchMetrics []struct {
+					Namespace  string
+					Dimensions [][]string
+					Metrics    []struct{ Name string }
+				}
+			} `json:"_aws"`
+		}
+		_ = json.Unmarshal(line, &rec)
+		w.m.mu.Lock()
+		if level(rec.Level) >= level(w.m.appLevel[w.fn]) {
+			w.m.logBytes[w.fn] += float64(len(line) + logEventOverhead)
+			for _, cw := range rec.AWS.CloudWatchMetrics {
+				for _, mt := range cw.Metrics {
+					w.m.metrics[fmt.Sprint(cw.Namespace, mt.Name, cw.Dimensions)] = true
+				}
+			}
+		}
+		w.m.mu.Unlock()
+	}
+	return len(p), nil
+}
+
+// CustomMetrics returns the distinct custom metrics (namespace, name and dimensions) of
+// the metric records ingested.
+func (m *Meter) CustomMetrics() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]string, 0, len(m.metrics))
+	for k := range m.metrics {
+		out = append(out, k)
+	}
+	return out
 }
 
 // Reset forgets everything counted so far (the index state is kept: it is the tables').
@@ -62,6 +161,7 @@ func (m *Meter) Reset() {
 	m.invocations, m.billedMs = map[string]int{}, map[string][]float64{}
 	m.rru, m.wru = 0, 0
 	m.indexWrites, m.counts = map[string]float64{}, map[string]float64{}
+	m.sparseInv, m.sparseCounts, m.logBytes, m.storedGBMonths = map[string]int{}, map[string]float64{}, map[string]float64{}, 0
 	m.viewRecords = nil
 }
 
@@ -69,7 +169,11 @@ func (m *Meter) Reset() {
 // millisecond as Lambda bills it. The bill prices every invocation at the median measured
 // (in-process durations on a shared machine vary by half between runs; the median does
 // not follow the outliers) and prints the spread.
-func (m *Meter) Invoke(function string, run func()) {
+func (m *Meter) Invoke(function string, run func()) { m.InvokeBatch(function, 1, run) }
+
+// InvokeBatch runs one invocation of a function that carries records records (a stream
+// or queue batch): the sparse count has records invocations.
+func (m *Meter) InvokeBatch(function string, records int, run func()) {
 	start := time.Now()
 	run()
 	ms := math.Ceil(float64(time.Since(start).Microseconds()) / 1000)
@@ -79,15 +183,24 @@ func (m *Meter) Invoke(function string, run func()) {
 		panic("costmeter: no memory size for function " + function)
 	}
 	m.invocations[function]++
+	m.sparseInv[function] += max(records, 1)
 	m.billedMs[function] = append(m.billedMs[function], max(ms, 1))
+	if level(m.sysLevel[function]) <= level("INFO") {
+		m.logBytes[function] += PlatformLogBytes + 2*logEventOverhead
+	}
 }
 
 // Add counts n units of a billed item: "eventbridge" (entries), "sqs" (requests),
 // "apigw-messages", "connection-minutes", "express-executions", "express-gb-s".
-func (m *Meter) Add(item string, n float64) {
+func (m *Meter) Add(item string, n float64) { m.AddBatch(item, n, 1) }
+
+// AddBatch counts n units of an item done once per batch of records records (a receive
+// and a delete of a queue batch): the sparse count has n per record.
+func (m *Meter) AddBatch(item string, n float64, records int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.counts[item] += n
+	m.sparseCounts[item] += n * float64(max(records, 1))
 }
 
 // Count returns what Add counted for an item.
@@ -172,6 +285,9 @@ func (m *Meter) account(ctx context.Context, params, result any, err error, newI
 		}
 		if err == nil && aws.ToString(p.TableName) == m.viewTable {
 			m.written(p.Item)
+		}
+		if months, ok := m.retained[aws.ToString(p.TableName)]; ok && err == nil {
+			m.storedGBMonths += float64(itemSize(p.Item)+100) / 1e9 * months // 100 B: DynamoDB's per-item overhead
 		}
 	case *dynamodb.UpdateItemInput:
 		if failed {
@@ -293,8 +409,14 @@ type Line struct {
 	USD      float64
 }
 
-// Bill prices what was counted with p.
-func (m *Meter) Bill(p PriceTable) []Line {
+// Bill prices what was counted with p, batches as they were formed.
+func (m *Meter) Bill(p PriceTable) []Line { return m.bill(p, false) }
+
+// SparseBill prices the same traffic with every batched invocation carrying one record
+// (each at the median measured duration of the batches: an upper bound).
+func (m *Meter) SparseBill(p PriceTable) []Line { return m.bill(p, true) }
+
+func (m *Meter) bill(p PriceTable, sparse bool) []Line {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []Line
@@ -303,8 +425,15 @@ func (m *Meter) Bill(p PriceTable) []Line {
 		fns = append(fns, fn)
 	}
 	sort.Strings(fns)
+	counts := m.counts
+	if sparse {
+		counts = m.sparseCounts
+	}
 	for _, fn := range fns {
 		n := float64(m.invocations[fn])
+		if sparse {
+			n = float64(m.sparseInv[fn])
+		}
 		ms := slices.Sorted(slices.Values(m.billedMs[fn]))
 		median := ms[len(ms)/2]
 		gbs := n * median / 1000 * float64(m.memoryMB[fn]) / 1024
@@ -332,10 +461,24 @@ func (m *Meter) Bill(p PriceTable) []Line {
 		{"express-gb-s", "GB-s", p.ExpressGBSecond},
 		{"apigw-messages", "messages", p.APIGatewayMessage},
 		{"connection-minutes", "minutes", p.APIGatewayConnectionMinute},
+		{"apigw-management-calls", "calls", p.APIGatewayManagementCall},
 	} {
-		if n := m.counts[c.item]; n > 0 {
+		if n := counts[c.item]; n > 0 {
 			out = append(out, Line{c.item, n, c.unit, n * c.price})
 		}
+	}
+	if m.storedGBMonths > 0 {
+		out = append(out, Line{"dynamodb storage and point-in-time recovery of retained items", m.storedGBMonths, "GB-months",
+			m.storedGBMonths * (p.DynamoStorageGBMonth + p.DynamoPITRGBMonth)})
+	}
+	var logs float64
+	for _, b := range m.logBytes {
+		logs += b
+	}
+	if months := m.retained["logs"]; months > 0 {
+		gb := logs / 1e9
+		out = append(out, Line{"cloudwatch logs ingested", gb, "GB", gb * p.LogsIngestGB},
+			Line{fmt.Sprintf("cloudwatch logs stored (%.0f days)", months*HoursPerMonth/24), gb * months, "GB-months", gb * months * p.LogsStoreGBMonth})
 	}
 	return out
 }

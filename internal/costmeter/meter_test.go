@@ -33,6 +33,7 @@ import (
 	"github.com/wspresence/wspresence/internal/costmeter"
 	"github.com/wspresence/wspresence/internal/delivery"
 	"github.com/wspresence/wspresence/internal/deploy"
+	"github.com/wspresence/wspresence/internal/emf"
 	"github.com/wspresence/wspresence/internal/gateway/apigw"
 	"github.com/wspresence/wspresence/internal/grace/sqsdelay"
 	"github.com/wspresence/wspresence/internal/lambda/authorizer"
@@ -59,19 +60,8 @@ var t0 = time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
 
 // memory reads each function's memory size from the template (its own, or the Globals').
 func memory(t *testing.T) map[string]int {
-	root := lambdatest.Root(t)
-	tpl, err := deploy.Load(filepath.Join(root, "template.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	mk, err := os.ReadFile(filepath.Join(root, "Makefile"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	builds := map[string]string{}
-	for _, m := range regexp.MustCompile(`(?m)^build-(\w+):\s*;\s*\$\(call lambda,(\w+)\)`).FindAllStringSubmatch(string(mk), -1) {
-		builds[m[1]] = m[2]
-	}
+	tpl := template(t)
+	builds := builds(t)
 	global, _ := strconv.Atoi(fmt.Sprint(tpl["Globals"].(map[string]any)["Function"].(map[string]any)["MemorySize"]))
 	out := map[string]int{}
 	for id, r := range tpl.Resources() {
@@ -85,6 +75,79 @@ func memory(t *testing.T) map[string]int {
 		out[builds[id]] = mb
 	}
 	return out
+}
+
+func template(t *testing.T) deploy.Template {
+	tpl, err := deploy.Load(filepath.Join(lambdatest.Root(t), "template.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tpl
+}
+
+// parameter is a template parameter's default.
+func parameter(t *testing.T, tpl deploy.Template, name string) int {
+	p, ok := tpl["Parameters"].(map[string]any)[name].(map[string]any)
+	n, err := strconv.Atoi(fmt.Sprint(p["Default"]))
+	if !ok || err != nil {
+		t.Fatalf("parameter %s: %v", name, p)
+	}
+	return n
+}
+
+// logLevels reads each function's application and system log levels from the template
+// (its own LoggingConfig, or the Globals'; a Ref to a parameter is its default).
+func logLevels(t *testing.T, tpl deploy.Template) (app, system map[string]string) {
+	builds := builds(t)
+	resolve := func(v any) string {
+		if m, ok := v.(map[string]any); ok {
+			if ref, ok := m["Ref"].(string); ok {
+				return fmt.Sprint(tpl["Parameters"].(map[string]any)[ref].(map[string]any)["Default"])
+			}
+		}
+		if v == nil {
+			return "INFO"
+		}
+		return fmt.Sprint(v)
+	}
+	global, _ := tpl["Globals"].(map[string]any)["Function"].(map[string]any)["LoggingConfig"].(map[string]any)
+	app, system = map[string]string{}, map[string]string{}
+	for id, r := range tpl.Resources() {
+		if r["Type"] != "AWS::Serverless::Function" {
+			continue
+		}
+		lc := global
+		if own, ok := deploy.Props(r)["LoggingConfig"].(map[string]any); ok {
+			lc = own
+		}
+		app[builds[id]], system[builds[id]] = resolve(lc["ApplicationLogLevel"]), resolve(lc["SystemLogLevel"])
+	}
+	return app, system
+}
+
+// requestID stands for the Lambda request id the functions' logger adds to each line.
+const requestID = "8f5b1c2e-6d3a-4b7e-9c0f-2a1d3e4f5a6b"
+
+// logger is a function's logger, as the runtime writes it (JSON, with the request id),
+// into the meter.
+func (r *rig) logger(fn string) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(r.meter.Logs(fn), &slog.HandlerOptions{Level: slog.LevelDebug})).With("requestId", requestID)
+}
+
+// metrics is a function's embedded-metric writer, into the meter.
+func (r *rig) metrics(fn string) *emf.Logger { return emf.New(r.meter.Logs(fn), "wspresence") }
+
+// builds maps the template's function ids to their services (the Makefile's targets).
+func builds(t *testing.T) map[string]string {
+	mk, err := os.ReadFile(filepath.Join(lambdatest.Root(t), "Makefile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	builds := map[string]string{}
+	for _, m := range regexp.MustCompile(`(?m)^build-(\w+):\s*;\s*\$\(call lambda,(\w+)\)`).FindAllStringSubmatch(string(mk), -1) {
+		builds[m[1]] = m[2]
+	}
+	return builds
 }
 
 // rig is the AWS runtime's handlers wired to dynalite and fakes, every call counted.
@@ -144,6 +207,10 @@ func newRig(t *testing.T) *rig {
 		return out.Item
 	}))
 	r := &rig{t: t, meter: meter, quiet: slog.New(slog.NewTextHandler(io.Discard, nil)), stream: dynamotest.NewStream(raw, tables.Events)}
+	tpl := template(t)
+	meter.LogLevels(logLevels(t, tpl))
+	meter.Retain(tables.Events, float64(parameter(t, tpl, "EventRetentionDays"))*24/costmeter.HoursPerMonth)
+	meter.Retain("logs", float64(parameter(t, tpl, "LogRetentionDays"))*24/costmeter.HoursPerMonth)
 	r.store = dynamo.New(db, tables)
 	r.store.Grace = 5 * time.Second
 	bus := awsfake.New(t, func(req awsfake.Request) awsfake.Response {
@@ -176,8 +243,8 @@ func newRig(t *testing.T) *rig {
 	})
 	// Recovery is on, as the template's default (RecoveryWindowSeconds 120).
 	r.store.RecoveryWindow = recoveryWindow
-	r.authorizer = &authorizer.Handler{Secrets: staticSecret(secret), Policy: auth.DefaultPolicy(), Logger: r.quiet}
-	r.conn = &connection.Handler{Log: r.store, Owners: r.store, View: r.store, MaxConnectionsPerUser: 10, Logger: r.quiet,
+	r.authorizer = &authorizer.Handler{Secrets: staticSecret(secret), Policy: auth.DefaultPolicy(), Logger: r.logger("authorizer"), Metrics: r.metrics("authorizer")}
+	r.conn = &connection.Handler{Log: r.store, Owners: r.store, View: r.store, MaxConnectionsPerUser: 10, Logger: r.logger("connect"), Metrics: r.metrics("connect"),
 		Recovery: &connection.Recovery{Streams: r.store, Connections: r.store, Poster: gateway, Log: r.store, Publisher: pub, Window: recoveryWindow,
 			Now: func() time.Time { return r.now }}}
 	unmetered := dynamo.New(raw, tables)
@@ -185,11 +252,11 @@ func newRig(t *testing.T) *rig {
 	r.reconnect = &connection.Handler{Log: unmetered, Owners: unmetered, View: unmetered, MaxConnectionsPerUser: 10, Logger: r.quiet,
 		Recovery: &connection.Recovery{Streams: unmetered, Connections: unmetered, Poster: gateway, Log: unmetered, Publisher: pub, Window: recoveryWindow,
 			Now: func() time.Time { return r.now }}}
-	r.projector = &projector.Handler{View: r.store, Grace: r, Logger: r.quiet}
-	r.relay = &publisher.Handler{Publisher: pub, Sticker: r.store, Logger: r.quiet}
-	r.grace = &grace.Handler{View: r.store, Logger: r.quiet}
-	r.sender = &sender.Handler{Deliverer: &delivery.Deliverer{Connections: r.store, Poster: gateway, Log: r.store, Logger: r.quiet},
-		Publisher: pub, Receipts: r.store, MaxReceives: 5, Logger: r.quiet, Now: func() time.Time { return r.now },
+	r.projector = &projector.Handler{View: r.store, Grace: r, Logger: r.logger("projector"), Metrics: r.metrics("projector")}
+	r.relay = &publisher.Handler{Publisher: pub, Sticker: r.store, Probes: r.store, Logger: r.logger("publisher"), Metrics: r.metrics("publisher")}
+	r.grace = &grace.Handler{View: r.store, Logger: r.logger("grace")}
+	r.sender = &sender.Handler{Deliverer: &delivery.Deliverer{Connections: r.store, Poster: gateway, Log: r.store, Logger: r.logger("sender")},
+		Publisher: pub, Receipts: r.store, MaxReceives: 5, Logger: r.logger("sender"), Metrics: r.metrics("sender"), Now: func() time.Time { return r.now },
 		Recovery: &sender.Recovery{Streams: r.store, Connections: r.store, Poster: gateway, Log: r.store, Window: recoveryWindow,
 			Timers:        sqshold.New(sqs.NewFromConfig(heldQueue.Config()), "https://sqs.us-east-1.amazonaws.com/123456789012/held", recoveryWindow),
 			TimerQueueARN: heldARN}}
@@ -237,7 +304,7 @@ func (r *rig) streams() {
 		}
 		for start := 0; start < len(recs); start += batchSize {
 			batch := recs[start:min(start+batchSize, len(recs))]
-			r.meter.Invoke("projector", func() {
+			r.meter.InvokeBatch("projector", len(batch), func() {
 				if resp, err := r.projector.Handle(context.Background(), lambdaevents.DynamoDBEvent{Records: batch}); err != nil || len(resp.BatchItemFailures) > 0 {
 					t.Fatalf("projector: %+v %v", resp, err)
 				}
@@ -252,7 +319,7 @@ func (r *rig) streams() {
 		}
 		for start := 0; start < len(view); start += batchSize {
 			batch := view[start:min(start+batchSize, len(view))]
-			r.meter.Invoke("publisher", func() {
+			r.meter.InvokeBatch("publisher", len(batch), func() {
 				if resp, err := r.relay.Handle(context.Background(), lambdaevents.DynamoDBEvent{Records: batch}); err != nil || len(resp.BatchItemFailures) > 0 {
 					t.Fatalf("relay: %+v %v", resp, err)
 				}
@@ -278,8 +345,9 @@ func (r *rig) timersFire() {
 			ev.Records = append(ev.Records, lambdaevents.SQSMessage{MessageId: fmt.Sprintf("timer-%d", start+i), Body: string(body),
 				Attributes: map[string]string{"ApproximateReceiveCount": "1"}})
 		}
-		r.meter.Add("sqs", float64(len(ev.Records))+2) // the sends, one ReceiveMessage, one DeleteMessageBatch
-		r.meter.Invoke("grace", func() {
+		r.meter.Add("sqs", float64(len(ev.Records))) // the sends
+		r.meter.AddBatch("sqs", 2, len(ev.Records))  // one ReceiveMessage, one DeleteMessageBatch
+		r.meter.InvokeBatch("grace", len(ev.Records), func() {
 			if resp, err := r.grace.HandleQueue(context.Background(), ev); err != nil || len(resp.BatchItemFailures) > 0 {
 				r.t.Fatalf("grace: %+v %v", resp, err)
 			}
@@ -287,10 +355,11 @@ func (r *rig) timersFire() {
 	}
 }
 
-// each runs f for every user, a few at once.
+// each runs f for every user, two at once (the meter times each invocation by its wall
+// time: more at once on a 2-core machine would bill the contention).
 func each(users []string, f func(i int, user string)) {
 	var wg sync.WaitGroup
-	sem := make(chan struct{}, 8)
+	sem := make(chan struct{}, 2)
 	for i, u := range users {
 		sem <- struct{}{}
 		wg.Add(1)
@@ -305,7 +374,7 @@ func each(users []string, f func(i int, user string)) {
 // lifecycles drives n 10-minute connections of distinct users (authorize, connect, k
 // frames spread over the lifetime, disconnect, the grace period, offline), every stream
 // and timer run as AWS would run them, and returns the bill per connection.
-func lifecycles(t *testing.T, n, k int) ([]costmeter.Line, float64) {
+func lifecycles(t *testing.T, n, k int) (*costmeter.Meter, float64) {
 	r := newRig(t)
 	ctx := context.Background()
 	users := make([]string, n)
@@ -365,15 +434,15 @@ func lifecycles(t *testing.T, n, k int) ([]costmeter.Line, float64) {
 			t.Fatalf("%s still online", s.UserID)
 		}
 	}
-	bill := r.meter.Bill(costmeter.Prices)
+
 	floor := float64(n) * (lifetime.Minutes()*costmeter.Prices.APIGatewayConnectionMinute + float64(k)*costmeter.Prices.APIGatewayMessage)
-	return bill, floor / float64(n)
+	return r.meter, floor / float64(n)
 }
 
 // messages drives m messages, each to one user holding one connection, sent in batches
 // of ten as a producer does, received and deleted in batches of ten by the sender's
 // mapping, and returns the bill per message.
-func messages(t *testing.T, m int) ([]costmeter.Line, float64) {
+func messages(t *testing.T, m int) (*costmeter.Meter, float64) {
 	r := newRig(t)
 	ctx := context.Background()
 	users := make([]string, m)
@@ -391,8 +460,8 @@ func messages(t *testing.T, m int) ([]costmeter.Line, float64) {
 			ev.Records = append(ev.Records, lambdaevents.SQSMessage{MessageId: fmt.Sprintf("m-%d", i), Body: string(body),
 				Attributes: map[string]string{"ApproximateReceiveCount": "1", "SentTimestamp": strconv.FormatInt(time.Now().UnixMilli(), 10)}})
 		}
-		r.meter.Add("sqs", 3) // SendMessageBatch, ReceiveMessage, DeleteMessageBatch
-		r.meter.Invoke("sender", func() {
+		r.meter.AddBatch("sqs", 3, len(ev.Records)) // SendMessageBatch, ReceiveMessage, DeleteMessageBatch
+		r.meter.InvokeBatch("sender", len(ev.Records), func() {
 			if resp, err := r.sender.Handle(ctx, ev); err != nil || len(resp.BatchItemFailures) > 0 {
 				t.Fatalf("sender: %+v %v", resp, err)
 			}
@@ -402,7 +471,7 @@ func messages(t *testing.T, m int) ([]costmeter.Line, float64) {
 		t.Fatalf("%v posts for %d messages", got, m)
 	}
 	floor := float64(m) * (costmeter.Prices.APIGatewayMessage + costmeter.Prices.EventBridgeEvent)
-	return r.meter.Bill(costmeter.Prices), floor / float64(m)
+	return r.meter, floor / float64(m)
 }
 
 // optIn connects each user with one connection that asks for wspresence.v1 and recovers
@@ -435,8 +504,8 @@ func (r *rig) send(users []string, tag string) {
 			ev.Records = append(ev.Records, lambdaevents.SQSMessage{MessageId: fmt.Sprintf("m-%s-%d", tag, i), Body: string(body),
 				Attributes: map[string]string{"ApproximateReceiveCount": "1", "SentTimestamp": strconv.FormatInt(time.Now().UnixMilli(), 10)}})
 		}
-		r.meter.Add("sqs", 3) // SendMessageBatch, ReceiveMessage, DeleteMessageBatch
-		r.meter.Invoke("sender", func() {
+		r.meter.AddBatch("sqs", 3, len(ev.Records)) // SendMessageBatch, ReceiveMessage, DeleteMessageBatch
+		r.meter.InvokeBatch("sender", len(ev.Records), func() {
 			if resp, err := r.sender.Handle(ctx, ev); err != nil || len(resp.BatchItemFailures) > 0 {
 				r.t.Fatalf("sender: %+v %v", resp, err)
 			}
@@ -450,7 +519,7 @@ func (r *rig) send(users []string, tag string) {
 // its timer started), reconnects inside the window and recovers them (one recover, the
 // replay, MessageDelivered), and the timers fire at the window's end. It returns the bill
 // per message.
-func recovering(t *testing.T, m int, replayed bool) ([]costmeter.Line, float64) {
+func recovering(t *testing.T, m int, replayed bool) (*costmeter.Meter, float64) {
 	r := newRig(t)
 	ctx := context.Background()
 	per := 1
@@ -530,7 +599,7 @@ func recovering(t *testing.T, m int, replayed bool) ([]costmeter.Line, float64) 
 		t.Fatalf("%v outcomes published for %d messages", got, total)
 	}
 	floor := float64(total) * (costmeter.Prices.APIGatewayMessage + costmeter.Prices.EventBridgeEvent)
-	return r.meter.Bill(costmeter.Prices), floor / float64(total)
+	return r.meter, floor / float64(total)
 }
 
 // thresholds are the figures the meter must not exceed (dollars per million), kept in
@@ -559,26 +628,35 @@ func TestCostMeter(t *testing.T) {
 	}
 	n, m := env("COST_LIFECYCLES", 200), env("COST_MESSAGES", 500)
 	type result struct {
-		name        string
-		per         float64
-		bill        []costmeter.Line
-		floor, cost float64
+		name                string
+		per                 float64
+		bill                []costmeter.Line
+		floor, cost, sparse float64
 	}
 	var results []result
+	var meters []*costmeter.Meter
 	for _, sc := range []struct {
 		name string
-		run  func() ([]costmeter.Line, float64)
+		run  func() (*costmeter.Meter, float64)
 		per  int
 	}{
-		{"connections-frames", func() ([]costmeter.Line, float64) { return lifecycles(t, n, 10) }, n},
-		{"connections-idle", func() ([]costmeter.Line, float64) { return lifecycles(t, n, 0) }, n},
-		{"messages", func() ([]costmeter.Line, float64) { return messages(t, m) }, m},
-		{"messages-recovery", func() ([]costmeter.Line, float64) { return recovering(t, m, false) }, m},
-		{"messages-replayed", func() ([]costmeter.Line, float64) { return recovering(t, m, true) }, m / 10 * 10},
+		{"connections-frames", func() (*costmeter.Meter, float64) { return lifecycles(t, n, 10) }, n},
+		{"connections-idle", func() (*costmeter.Meter, float64) { return lifecycles(t, n, 0) }, n},
+		{"messages", func() (*costmeter.Meter, float64) { return messages(t, m) }, m},
+		{"messages-recovery", func() (*costmeter.Meter, float64) { return recovering(t, m, false) }, m},
+		{"messages-replayed", func() (*costmeter.Meter, float64) { return recovering(t, m, true) }, m / 10 * 10},
 	} {
-		bill, floor := sc.run()
-		results = append(results, result{name: sc.name, per: float64(sc.per), bill: bill, floor: floor * 1e6, cost: costmeter.Total(bill) / float64(sc.per) * 1e6})
+		meter, floor := sc.run()
+		meters = append(meters, meter)
+		bill := meter.Bill(costmeter.Prices)
+		results = append(results, result{name: sc.name, per: float64(sc.per), bill: bill, floor: floor * 1e6,
+			cost: costmeter.Total(bill) / float64(sc.per) * 1e6, sparse: costmeter.Total(meter.SparseBill(costmeter.Prices)) / float64(sc.per) * 1e6})
 	}
+	var metrics []string
+	for _, mt := range meters {
+		metrics = append(metrics, mt.CustomMetrics()...)
+	}
+	fixed, online, fixedLines := reconciliation(t, metrics)
 	var out strings.Builder
 	for _, res := range results {
 		fmt.Fprintf(&out, "\n%s, per million (%d driven):\n", res.name, int(res.per))
@@ -586,9 +664,19 @@ func TestCostMeter(t *testing.T) {
 			fmt.Fprintf(&out, "  %-72s %12.3f %-11s $%8.3f\n", l.Item, l.Quantity/res.per, l.Unit, l.USD/res.per*1e6)
 		}
 	}
+	fmt.Fprintf(&out, "\nfixed, per month (whatever the traffic):\n")
+	for _, l := range fixedLines {
+		fmt.Fprintf(&out, "  %-72s %12.0f %-11s $%8.2f\n", l.Item, l.Quantity, l.Unit, l.USD)
+	}
+	fmt.Fprintf(&out, "\nLambda at arm64 prices; durations measured in process on this machine (median billed, the spread above).\n")
 	for _, res := range results {
 		fmt.Fprintf(&out, "cost %s %.2f floor %.2f\n", res.name, res.cost, res.floor)
 	}
+	for _, res := range results {
+		fmt.Fprintf(&out, "cost %s-sparse %.2f\n", res.name, res.sparse)
+	}
+	fmt.Fprintf(&out, "cost fixed-monthly %.2f\n", fixed)
+	fmt.Fprintf(&out, "cost reconcile-per-million-online-month %.2f\n", online)
 	fmt.Print(out.String())
 	for _, res := range results {
 		if max, ok := limit[res.name]; !ok || res.cost > max {

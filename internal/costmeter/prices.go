@@ -1,11 +1,14 @@
 // Package costmeter counts what AWS would bill for traffic driven through the AWS
 // runtime's real handlers against the test peers (dynalite, fakes of EventBridge, SQS and
-// the API Gateway Management API): Lambda invocations and their measured durations,
-// DynamoDB capacity as the table reports it (ReturnConsumedCapacity) plus the index writes
-// the items' changes cause, stream-triggered invocations after event filtering, EventBridge
-// entries, SQS requests and timer executions. It prices them with one table of list
-// prices (Prices) beside the API Gateway floor of the same traffic. The scenarios live in
-// its test (make cost).
+// the API Gateway Management API): Lambda invocations and their measured durations (arm64
+// prices, 1 ms granularity, at the median measured), DynamoDB capacity as the table
+// reports it (ReturnConsumedCapacity) plus the index writes the items' changes cause and
+// the storage of what a table retains, stream-triggered invocations after event
+// filtering, EventBridge entries, SQS requests, CloudWatch Logs ingested at the functions'
+// log levels and their storage. Every batched invocation is counted twice: as the
+// mappings form batches under load (full) and with one record each (sparse). It prices
+// them with one table of list prices (Prices) beside the API Gateway floor of the same
+// traffic. The scenarios live in its test (make cost).
 package costmeter
 
 // PriceTable holds AWS list prices in dollars per unit.
@@ -27,7 +30,20 @@ type PriceTable struct {
 	// Step Functions Express: per execution and per GB-second (64 MB minimum, 100 ms
 	// granularity).
 	ExpressExecution, ExpressGBSecond float64
+	// DynamoDB storage and point-in-time recovery, per GB-month.
+	DynamoStorageGBMonth, DynamoPITRGBMonth float64
+	// CloudWatch Logs: per GB ingested and per GB-month stored.
+	LogsIngestGB, LogsStoreGBMonth float64
+	// CloudWatch: per custom metric-month and per standard alarm-month.
+	MetricMonth, AlarmMonth float64
+	// API Gateway Management API calls other than posts (GetConnection): the pricing page
+	// bills WebSocket messages and connection minutes; a management call is taken as
+	// neither (set it to APIGatewayMessage to price it as a message).
+	APIGatewayManagementCall float64
 }
+
+// HoursPerMonth is the month the monthly figures use (730 hours).
+const HoursPerMonth = 730
 
 // Prices are the list prices used everywhere (us-east-1, on-demand; free tiers ignored).
 var Prices = PriceTable{
@@ -43,4 +59,11 @@ var Prices = PriceTable{
 	EventBridgeEvent:           1.00 / 1e6,
 	ExpressExecution:           1.00 / 1e6,
 	ExpressGBSecond:            0.00001667,
+	DynamoStorageGBMonth:       0.25,
+	DynamoPITRGBMonth:          0.20,
+	LogsIngestGB:               0.50,
+	LogsStoreGBMonth:           0.03,
+	MetricMonth:                0.30,
+	AlarmMonth:                 0.10,
+	APIGatewayManagementCall:   0,
 }

@@ -43,7 +43,20 @@ func New(w io.Writer, namespace string) *Logger {
 
 // Emit writes one record: the metrics under the given dimensions (name to value). Metrics
 // with a zero value are written too, so a figure that stays at zero is still a data point.
+// The record has no level: Lambda's log filter takes it for INFO, and drops it when the
+// function's application log level is above (the hot path's, by default).
 func (l *Logger) Emit(dims map[string]string, metrics ...Metric) error {
+	return l.emit("", dims, metrics)
+}
+
+// Alert writes a record as Emit does, at level WARN, so it reaches CloudWatch whatever
+// the function's log level: the metrics an alarm watches, written when there is
+// something to report.
+func (l *Logger) Alert(dims map[string]string, metrics ...Metric) error {
+	return l.emit("WARN", dims, metrics)
+}
+
+func (l *Logger) emit(level string, dims map[string]string, metrics []Metric) error {
 	if l == nil || len(metrics) == 0 {
 		return nil
 	}
@@ -64,6 +77,9 @@ func (l *Logger) Emit(dims map[string]string, metrics ...Metric) error {
 	for i, m := range metrics {
 		defs[i] = def{Name: m.Name, Unit: m.Unit}
 		rec[m.Name] = m.Value
+	}
+	if level != "" {
+		rec["level"] = level
 	}
 	rec["_aws"] = map[string]any{
 		"Timestamp": l.now().UnixMilli(),

@@ -44,3 +44,20 @@ func TestRecordShape(t *testing.T) {
 		t.Fatal("a nil logger must be a no-op")
 	}
 }
+
+// An alert carries level WARN, so Lambda's log filter keeps it above INFO; a plain record
+// has no level (Lambda takes it for INFO).
+func TestAlertLevel(t *testing.T) {
+	var buf bytes.Buffer
+	l := emf.New(&buf, "wspresence")
+	_ = l.Emit(nil, emf.Metric{Name: "A", Value: 1})
+	_ = l.Alert(nil, emf.Metric{Name: "B", Value: 1})
+	lines := bytes.Split(bytes.TrimSpace(buf.Bytes()), []byte("\n"))
+	var plain, alert map[string]any
+	if len(lines) != 2 || json.Unmarshal(lines[0], &plain) != nil || json.Unmarshal(lines[1], &alert) != nil {
+		t.Fatalf("records %s", buf.Bytes())
+	}
+	if _, ok := plain["level"]; ok || alert["level"] != "WARN" || alert["B"] != 1.0 {
+		t.Fatalf("levels: %v / %v", plain, alert)
+	}
+}

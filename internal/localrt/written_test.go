@@ -26,6 +26,9 @@ func TestDeliveredMeansWritten(t *testing.T) {
 	ts := startServer(t, t.TempDir(), func(c *localrt.Config) {
 		c.SendQueue = 1000
 		c.WriteTimeout = time.Minute
+		// The client reads nothing for a while, pongs included: on a loaded machine that can
+		// outlast the default 30 s ping interval, which would close the connection.
+		c.PingInterval = 5 * time.Minute
 	})
 	sub := ts.subscribe("0")
 	dialer := &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {

@@ -20,7 +20,7 @@ import (
 type Streams interface {
 	Frame(ctx context.Context, userID, connectionID string, at time.Time) error
 	Claim(ctx context.Context, userID, connectionID string) (dynamo.Head, error)
-	Ready(ctx context.Context, userID, connectionID string, at time.Time, stale []string) (dynamo.Head, error)
+	Ready(ctx context.Context, userID, connectionID string, at time.Time, answered int64, stale []string) (dynamo.Head, error)
 	Messages(ctx context.Context, userID, epoch string, after int64, now time.Time) ([]dynamo.StreamMessage, error)
 	SetHeld(ctx context.Context, userID, epoch string, offset int64, to string, from ...string) (string, bool, error)
 }
@@ -160,7 +160,7 @@ func (h *Handler) Recover(ctx context.Context, req lambdaevents.APIGatewayWebsoc
 	if err != nil {
 		return lambdaevents.APIGatewayProxyResponse{}, fmt.Errorf("recover of %s: %w", rc.ConnectionID, err)
 	}
-	ready, err := r.Streams.Ready(ctx, userID, rc.ConnectionID, r.now(), stale(head, live, rc.ConnectionID, r.now()))
+	ready, err := r.Streams.Ready(ctx, userID, rc.ConnectionID, r.now(), plan.Answer.Offset, stale(head, live, rc.ConnectionID, r.now()))
 	if err != nil {
 		return lambdaevents.APIGatewayProxyResponse{}, fmt.Errorf("recover of %s: %w", rc.ConnectionID, err)
 	}

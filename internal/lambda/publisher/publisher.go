@@ -164,7 +164,11 @@ func (h *Handler) Handle(ctx context.Context, ev lambdaevents.DynamoDBEvent) (la
 		}
 		published += len(evs)
 	}
-	_ = h.Metrics.Emit(map[string]string{"Function": "publisher"},
+	emit := h.Metrics.Emit
+	if undecodable > 0 || len(resp.BatchItemFailures) > 0 {
+		emit = h.Metrics.Alert // the alarmed figures reach CloudWatch at any log level
+	}
+	_ = emit(map[string]string{"Function": "publisher"},
 		emf.Metric{Name: "TransitionsPublished", Value: float64(published), Unit: emf.Count},
 		emf.Metric{Name: "RecordsFailed", Value: float64(len(resp.BatchItemFailures)), Unit: emf.Count},
 		emf.Metric{Name: "RecordsUndecodable", Value: float64(undecodable), Unit: emf.Count})

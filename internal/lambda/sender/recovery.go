@@ -20,6 +20,7 @@ type Streams interface {
 	Allocate(ctx context.Context, userID string, at time.Time) (dynamo.Head, error)
 	PutMessage(ctx context.Context, userID string, m dynamo.StreamMessage) error
 	FindMessage(ctx context.Context, userID, epoch, messageID string, now time.Time) (dynamo.StreamMessage, bool, error)
+	Messages(ctx context.Context, userID, epoch string, after int64, now time.Time) ([]dynamo.StreamMessage, error)
 	Message(ctx context.Context, userID, epoch string, offset int64) (dynamo.StreamMessage, bool, error)
 	SetHeld(ctx context.Context, userID, epoch string, offset int64, to string, from ...string) (string, bool, error)
 }
@@ -60,6 +61,13 @@ type Recovery struct {
 	// Concurrency bounds the posts in flight for one message (default 8).
 	Concurrency int
 }
+
+// CatchUpAfterReady is how long after a connection was marked ready a message posted to
+// it comes with every kept message since its recover's answer, in order: longer than a
+// recover can run (the connect function's timeout is 10 s), so the recover's last posts
+// and a live post cannot reach the client out of order and have the client drop the
+// lower offset.
+const CatchUpAfterReady = 30 * time.Second
 
 // deliverRecovering delivers one task through the recovery streams; ok is false for a user
 // without a stream (the caller delivers as before).
@@ -181,13 +189,19 @@ func (h *Handler) postRecovering(ctx context.Context, task delivery.Task, m dyna
 		isLive[c] = true
 	}
 	var posts []delivery.Post
+	var catchUp []string
 	frame := recovery.MessageFrame(m.Epoch, m.Offset, task.MessageID, task.Body)
 	for c := range flags.Ready {
 		// A ready connection missing from the live set read before opened after it, or
 		// closed: post to it only if its flag is recent (a closed one answers 410 anyway).
-		if isLive[c] || now.Sub(flags.Framed[c]) < dynamo.StaleFlag {
-			posts = append(posts, delivery.Post{ConnectionID: c, Data: frame})
+		if !isLive[c] && now.Sub(flags.Framed[c]) >= dynamo.StaleFlag {
+			continue
 		}
+		if r.Window > 0 && flags.Epoch == m.Epoch && now.Sub(flags.ReadySince[c]) < CatchUpAfterReady && flags.Answered[c] < m.Offset-1 {
+			catchUp = append(catchUp, c)
+			continue
+		}
+		posts = append(posts, delivery.Post{ConnectionID: c, Data: frame})
 	}
 	for _, c := range live {
 		if _, framed := flags.Framed[c]; !framed {
@@ -195,7 +209,39 @@ func (h *Handler) postRecovering(ctx context.Context, task delivery.Task, m dyna
 		}
 	}
 	d := delivery.Deliverer{Poster: r.Poster, Concurrency: r.Concurrency, Logger: h.Logger}
-	return d.PostAll(ctx, posts)
+	res := d.PostAll(ctx, posts)
+	for _, c := range catchUp {
+		h.catchUp(ctx, task, m, c, flags.Answered[c], now, &res)
+	}
+	return res
+}
+
+// catchUp posts to a connection made ready moments ago every kept message since its
+// recover's answer up to m, in order (the client drops what it already has).
+func (h *Handler) catchUp(ctx context.Context, task delivery.Task, m dynamo.StreamMessage, conn string, answered int64, now time.Time, res *delivery.Result) {
+	kept, err := h.Recovery.Streams.Messages(ctx, task.UserID, m.Epoch, answered, now)
+	if err != nil {
+		h.Logger.WarnContext(ctx, "catch-up read failed", "connectionId", conn, "err", err)
+		res.Failed++
+		return
+	}
+	for _, k := range kept {
+		if k.Offset > m.Offset {
+			break
+		}
+		err := h.Recovery.Poster.Post(ctx, conn, recovery.MessageFrame(k.Epoch, k.Offset, k.MessageID, k.Body))
+		switch {
+		case errors.Is(err, delivery.ErrConnectionGone):
+			res.Gone = append(res.Gone, conn)
+			return
+		case err != nil:
+			h.Logger.WarnContext(ctx, "post to connection failed", "connectionId", conn, "err", err)
+			res.Failed++
+			return
+		case k.Offset == m.Offset:
+			res.Delivered++
+		}
+	}
 }
 
 // expire handles a held message's timer at the window's end: MessageUndeliverable

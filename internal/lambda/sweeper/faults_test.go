@@ -376,9 +376,18 @@ func TestLoweredShardCount(t *testing.T) {
 	if err != nil || len(page) != users {
 		t.Fatalf("after lowering the shards the list shows %d of %d users (%v)", len(page), users, err)
 	}
-	r.rec.View = lowered
-	if res := r.reconcile(t); res.Scanned != users || res.Checked != users {
+	r.rec.View, r.rec.PassEvery = lowered, 10*time.Minute
+	if res := r.reconcile(t); res.Scanned != users || res.Checked != users || res.Passes != 1 {
 		t.Fatalf("the reconciler saw %+v, want all %d users", res, users)
+	}
+	// The next pass begins 10 minutes after the last one did, not at every run.
+	r.setNow(t0.Add(5 * time.Minute))
+	if res := r.reconcile(t); res.Scanned != 0 || res.GhostAge != 5*time.Minute {
+		t.Fatalf("a run 5 minutes after a pass: %+v", res)
+	}
+	r.setNow(t0.Add(10 * time.Minute))
+	if res := r.reconcile(t); res.Scanned != users {
+		t.Fatalf("a run 10 minutes after a pass: %+v", res)
 	}
 	// A later write re-keys the user under the new count; the list still shows everyone.
 	if _, err := lowered.Admit(ctx, events.Opened("s-07", "again=", t0.Add(time.Minute), "", ""), 10); err != nil {

@@ -129,6 +129,9 @@ const (
 	// DefaultReserve is the time left to an invocation when the reconciler stops taking
 	// work.
 	DefaultReserve = 10 * time.Second
+	// DefaultPassEvery is how often a pass over the online list begins (when the last one
+	// is over): every connection is checked at least this often, and no more.
+	DefaultPassEvery = 10 * time.Minute
 	// DefaultRun is the run's length assumed when its context has no deadline.
 	DefaultRun = 5 * time.Minute
 	// chunk is how many queue messages are taken at a time.
@@ -167,7 +170,10 @@ type Handler struct {
 	// when zero).
 	Workers         int
 	Settle, Reserve time.Duration
-	Now             func() time.Time
+	// PassEvery is how often a pass over the online list begins (DefaultPassEvery when
+	// zero).
+	PassEvery time.Duration
+	Now       func() time.Time
 	// Logger receives a line per repair; Metrics, if set, one EMF record per run.
 	Logger  *slog.Logger
 	Metrics *emf.Logger
@@ -452,6 +458,8 @@ func (r *run) walk() (time.Time, error) {
 	}
 	if covered.IsZero() {
 		covered = began
+	} else if after == "" && r.now.Sub(covered) < or(r.h.PassEvery, DefaultPassEvery) {
+		return covered, nil // the last pass began recently: the next one waits
 	}
 	for !r.outOfTime() {
 		conns, err := r.h.View.OnlineConnections(r.ctx, after, r.h.Limit)

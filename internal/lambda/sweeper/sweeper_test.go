@@ -160,7 +160,7 @@ func newRig(t *testing.T) *rig {
 		Failures:   failures.New(sqs.NewFromConfig(failureQueue.Config()), "https://sqs.us-east-1.amazonaws.com/1/stream-failures"),
 		Streams:    ddbstreams.New(dynamodbstreams.NewFromConfig(streams.Config())), ViewStream: viewStreamARN,
 		Grace: testGrace, GraceMargin: dynamo.DefaultGraceMargin, StaleAfter: dynamo.DefaultStaleAfter,
-		OutboxAge: dynamo.DefaultOutboxAge, Retention: dynamo.DefaultTombstoneRetention, Limit: 100,
+		OutboxAge: dynamo.DefaultOutboxAge, Retention: dynamo.DefaultTombstoneRetention, Limit: 100, PassEvery: time.Nanosecond,
 		Now: r.clock, Logger: r.quiet}
 	return r
 }

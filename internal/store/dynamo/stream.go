@@ -23,7 +23,7 @@ import (
 //	                  is created), top (the last offset given), last (when, Unix ns),
 //	                  f#<connection id> (Unix ms: the connection opted in at $connect) and
 //	                  r#<connection id> (0 while its recover runs, then Unix ms: ready for
-//	                  live frames), ttl.
+//	                  live frames), a#<connection id> (the offset its recover answered), ttl.
 //	pk, sk "#S#<epoch>#<offset, 20 digits>"  one message: mid, body, at (Unix ns), ttl,
 //	                  and h, its held outcome: 1 held (a timer at the window's end
 //	                  decides), d replayed (by a recover), D its MessageDelivered
@@ -69,6 +69,10 @@ type Head struct {
 	// Ready holds the opted-in connections whose recover has answered: they take live
 	// message frames.
 	Ready map[string]bool
+	// ReadySince holds when each ready connection was marked ready, and Answered the
+	// offset its recover answered (the client's position then).
+	ReadySince map[string]time.Time
+	Answered   map[string]int64
 }
 
 // StreamMessage is one message of a user's stream.
@@ -115,15 +119,19 @@ func unixSeconds(t time.Time) types.AttributeValue {
 }
 
 func headOf(item map[string]types.AttributeValue) Head {
-	h := Head{Epoch: str(item, "ep"), Top: integer(item, "top"), Framed: map[string]time.Time{}, Ready: map[string]bool{}}
+	h := Head{Epoch: str(item, "ep"), Top: integer(item, "top"), Framed: map[string]time.Time{}, Ready: map[string]bool{},
+		ReadySince: map[string]time.Time{}, Answered: map[string]int64{}}
 	for name := range item {
 		switch {
 		case strings.HasPrefix(name, "f#"):
 			h.Framed[name[2:]] = time.UnixMilli(integer(item, name))
 		case strings.HasPrefix(name, "r#"):
-			if integer(item, name) > 0 {
+			if ms := integer(item, name); ms > 0 {
 				h.Ready[name[2:]] = true
+				h.ReadySince[name[2:]] = time.UnixMilli(ms)
 			}
+		case strings.HasPrefix(name, "a#"):
+			h.Answered[name[2:]] = integer(item, name)
 		}
 	}
 	return h
@@ -352,28 +360,30 @@ func (st *Store) Claim(ctx context.Context, userID, connectionID string) (Head, 
 	return headOf(out.Attributes), nil
 }
 
-// Ready marks a connection ready for live frames and removes the flags of the stale
-// connections given (closed ones); it returns the head after the write (its top: the
-// offsets a sender may have skipped the connection for are at most that). One UpdateItem.
-func (st *Store) Ready(ctx context.Context, userID, connectionID string, at time.Time, stale []string) (Head, error) {
-	names := map[string]string{"#r": "r#" + connectionID, "#t": "ttl"}
-	expr := "SET #r = :at, #t = :ttl"
+// Ready marks a connection ready for live frames from the offset its recover answered
+// and removes the flags of the stale connections given (closed ones); it returns the head
+// after the write (its top: the offsets a sender may have skipped the connection for are
+// at most that). One UpdateItem.
+func (st *Store) Ready(ctx context.Context, userID, connectionID string, at time.Time, answered int64, stale []string) (Head, error) {
+	names := map[string]string{"#r": "r#" + connectionID, "#a": "a#" + connectionID, "#t": "ttl"}
+	expr := "SET #r = :at, #a = :ans, #t = :ttl"
 	if len(stale) > 0 {
 		var rm []string
 		for i, c := range stale {
 			k := strconv.Itoa(i)
-			names["#sf"+k], names["#sr"+k] = "f#"+c, "r#"+c
-			rm = append(rm, "#sf"+k, "#sr"+k)
+			names["#sf"+k], names["#sr"+k], names["#sa"+k] = "f#"+c, "r#"+c, "a#"+c
+			rm = append(rm, "#sf"+k, "#sr"+k, "#sa"+k)
 		}
 		expr += " REMOVE " + strings.Join(rm, ", ")
 	}
 	out, err := st.db.UpdateItem(ctx, &dynamodb.UpdateItemInput{
-		TableName:                 aws.String(st.tables.View),
-		Key:                       streamKey(userID),
-		UpdateExpression:          aws.String(expr),
-		ExpressionAttributeNames:  names,
-		ExpressionAttributeValues: map[string]types.AttributeValue{":at": num(max(at.UnixMilli(), 1)), ":ttl": unixSeconds(at.Add(st.RecoveryWindow + MaxConnectionLife))},
-		ReturnValues:              types.ReturnValueAllNew,
+		TableName:                aws.String(st.tables.View),
+		Key:                      streamKey(userID),
+		UpdateExpression:         aws.String(expr),
+		ExpressionAttributeNames: names,
+		ExpressionAttributeValues: map[string]types.AttributeValue{":at": num(max(at.UnixMilli(), 1)), ":ans": num(answered),
+			":ttl": unixSeconds(at.Add(st.RecoveryWindow + MaxConnectionLife))},
+		ReturnValues: types.ReturnValueAllNew,
 	})
 	if err != nil {
 		return Head{}, awsfail.Wrap("mark "+connectionID+" ready", err)

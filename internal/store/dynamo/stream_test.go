@@ -65,8 +65,8 @@ func TestStream(t *testing.T) {
 	if _, err := st.Claim(ctx, "u", "c1"); !errors.Is(err, dynamo.ErrRecoverRepeated) {
 		t.Fatalf("second claim: %v", err)
 	}
-	r, err := st.Ready(ctx, "u", "c1", now, []string{"c2"})
-	if err != nil || !r.Ready["c1"] || len(r.Framed) != 1 || r.Top != 5 {
+	r, err := st.Ready(ctx, "u", "c1", now, 4, []string{"c2"})
+	if err != nil || !r.Ready["c1"] || len(r.Framed) != 1 || r.Top != 5 || r.Answered["c1"] != 4 || r.ReadySince["c1"].IsZero() {
 		t.Fatalf("ready %+v %v", r, err)
 	}
 
