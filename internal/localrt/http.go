@@ -82,6 +82,14 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 		httperr.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "damaged", "error": err.Error()})
 		return
 	}
+	if err := s.store.Writable(); err != nil {
+		// Probe: a store that can write again is healthy again without waiting for a write.
+		if perr := s.store.ProbeWrite(r.Context()); perr != nil {
+			// Reads are served; writes answer 503 until the store can write.
+			httperr.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "cannot_write", "error": "the store cannot write (a full disk?): writes answer 503 until it can"})
+			return
+		}
+	}
 	httperr.WriteJSON(w, http.StatusOK, map[string]any{"status": "ok", "connections": s.hub.count()})
 }
 
@@ -218,7 +226,8 @@ func (s *Server) storeUnavailable(w http.ResponseWriter, err error) *httperr.Err
 	case errors.Is(err, sqlite.ErrOutcomesBlocked):
 		return httperr.New(http.StatusServiceUnavailable, httperr.CodeUnavailable, "the store cannot record the outcomes of delivered messages; retry later")
 	}
-	s.log.Error("store write failed", "err", err)
+	// The store logs when it stops and starts writing again, not every refused request.
+	s.log.Debug("store write failed", "err", err)
 	return httperr.New(http.StatusServiceUnavailable, httperr.CodeUnavailable, "the store cannot write for now; retry later")
 }
 

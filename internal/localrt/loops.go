@@ -299,7 +299,9 @@ func (s *Server) record(ctx context.Context, batch []completion, final bool) {
 			s.log.Error("outcomes not recorded: the next start dispatches their messages again", "count", len(batch), "err", err)
 			return
 		}
-		s.log.Error("record outcomes, will retry", "count", len(batch), "err", err)
+		if attempt == 1 {
+			s.log.Warn("record outcomes, will retry", "count", len(batch), "err", err)
+		}
 		time.Sleep(retryDelay)
 	}
 }

@@ -322,3 +322,46 @@ func TestFlippedOutboxRowIsNotServed(t *testing.T) {
 		t.Fatalf("no log line names the damaged row: %s", logs)
 	}
 }
+
+// TestFullDiskIsReported: while the store cannot write (a full disk, simulated by the
+// store's fault hook: this test cannot mount a size-limited filesystem), /healthz answers
+// 503 cannot_write, the failure is logged once (not once per refused request), and once
+// the store can write again /healthz is ok and writes resume, without a restart.
+func TestFullDiskIsReported(t *testing.T) {
+	var full atomic.Bool
+	ts := startServer(t, t.TempDir(), func(c *localrt.Config) {
+		localrt.SetStoreFault(c, func() error {
+			if full.Load() {
+				return errors.New("database or disk is full")
+			}
+			return nil
+		})
+	})
+	full.Store(true)
+	for range 50 {
+		r := ts.do(http.MethodPost, "/messages", testKey, []byte(`{"UserId":"someone","Body":"x"}`))
+		expectError(t, r, http.StatusServiceUnavailable, httperr.CodeUnavailable)
+	}
+	h := ts.do(http.MethodGet, "/healthz", "", nil)
+	if h.status != http.StatusServiceUnavailable || !strings.Contains(string(h.body), "cannot_write") {
+		t.Fatalf("/healthz on a full disk: %d %s", h.status, h.body)
+	}
+	errorLines := 0
+	for _, line := range strings.Split(ts.logs.String(), "\n") {
+		// The periodic prunes log their own failed pass, once a pass.
+		if strings.Contains(line, `"level":"ERROR"`) && !strings.Contains(line, `"msg":"prune"`) {
+			errorLines++
+		}
+	}
+	if errorLines != 1 {
+		t.Fatalf("%d ERROR lines for 50 refused requests, want the one state change: %s", errorLines, ts.logs.String())
+	}
+	full.Store(false)
+	waitFor(t, "/healthz ok once the store writes again", func() bool {
+		return ts.do(http.MethodGet, "/healthz", "", nil).status == http.StatusOK
+	})
+	ts.send(`{"UserId":"someone","Body":"back"}`)
+	if !strings.Contains(ts.logs.String(), "the store writes again") {
+		t.Fatal("the recovery is not logged")
+	}
+}

@@ -406,7 +406,9 @@ func (s *Server) appendClose(ctx context.Context, e events.ConnectionEvent) {
 		if err == nil || errors.Is(err, sqlite.ErrClosed) {
 			return
 		}
-		s.log.Error("record close, will retry", "connectionId", e.ConnectionID, "attempt", attempt, "err", err)
+		if attempt == 1 {
+			s.log.Warn("record close, will retry", "connectionId", e.ConnectionID, "err", err)
+		}
 		// At shutdown the store is closed once its wait for the connections ends, and the
 		// next attempt then returns ErrClosed.
 		time.Sleep(retry.Backoff(100*time.Millisecond, min(attempt, 6)))

@@ -137,6 +137,8 @@ type Store struct {
 	// outcomesFailing holds the error of the last commit that could not record message
 	// outcomes, nil once one could: Enqueue refuses new messages meanwhile.
 	outcomesFailing atomic.Pointer[error]
+	// writeFailing holds the error of the last group commit when it failed (Writable).
+	writeFailing atomic.Pointer[error]
 	// rebuilt is set when Open found the snapshot damaged and folded the whole log.
 	rebuilt bool
 	// id is the store's identity (Identity); idCreated says Open wrote it.

@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -270,6 +271,7 @@ func (s *Store) commit(batch []*writeReq) {
 	if err != nil {
 		s.noteRead(err)
 	}
+	s.noteWrite(err)
 	for _, req := range batch {
 		if len(req.completes) > 0 {
 			if err != nil {
@@ -528,4 +530,41 @@ func (s *Store) insertPublished(ctx context.Context, p events.Published, at time
 		}
 	}
 	return n == 1, nil
+}
+
+// noteWrite records whether the last group commit could write (Writable), and logs the
+// changes of that state only, not every failed request.
+func (s *Store) noteWrite(err error) {
+	if err == nil {
+		if s.writeFailing.Swap(nil) != nil {
+			s.opts.Logger.Info("the store writes again")
+		}
+		return
+	}
+	failing := fmt.Errorf("%w: %w", ErrCannotWrite, err)
+	if s.writeFailing.Swap(&failing) == nil {
+		s.opts.Logger.Error("the store cannot write (a full disk?): writes are refused until it can", "err", err)
+	}
+}
+
+// ErrCannotWrite is wrapped by Writable while the store's commits fail (a full disk).
+var ErrCannotWrite = errors.New("the store cannot write")
+
+// Writable reports whether the last group commit failed (an error wrapping
+// ErrCannotWrite), nil when it succeeded.
+func (s *Store) Writable() error {
+	if p := s.writeFailing.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// ProbeWrite commits a small write (the time of the probe, in the meta table): a store
+// that could not write is found writable again without waiting for a client's write.
+func (s *Store) ProbeWrite(ctx context.Context) error {
+	return s.writeExec(ctx, func(ctx context.Context) error {
+		_, err := s.wc.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES ('write_probe', ?)
+			ON CONFLICT (key) DO UPDATE SET value = excluded.value`, time.Now().UTC().Format(time.RFC3339Nano))
+		return err
+	})
 }
