@@ -187,27 +187,7 @@ func TestDamagedStoreIsNotHealthy(t *testing.T) {
 		return strings.Contains(string(r.body), `wspresence_messages_total{outcome="undeliverable"} 200`)
 	})
 	ts.stop()
-	path := filepath.Join(dir, localrt.StoreFile)
-	db, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var page, size int64
-	if err := db.QueryRow(`SELECT pageno FROM dbstat WHERE name = 'published' AND pagetype = 'leaf' ORDER BY pageno LIMIT 1 OFFSET 1`).Scan(&page); err != nil {
-		t.Fatal(err)
-	}
-	if err := db.QueryRow(`PRAGMA page_size`).Scan(&size); err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt(make([]byte, size), (page-1)*size); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	zeroPage(t, dir, `SELECT pageno FROM dbstat WHERE name = 'published' AND pagetype = 'leaf' ORDER BY pageno LIMIT 1 OFFSET 1`)
 
 	again := startServer(t, dir, nil)
 	waitFor(t, "/healthz to report the damage", func() bool {
