@@ -615,7 +615,8 @@ func env(name string, def int) int {
 
 // TestCostMeter prints the bill per million 10-minute connections (10 frames, and none)
 // and per million messages, beside the API Gateway floor, and fails past the thresholds
-// in thresholds.json. COST_LIFECYCLES and COST_MESSAGES set the traffic (make cost drives
+// in thresholds.json (checked in a run without the race detector, whose instrumentation
+// slows the handlers: their measured durations are not what Lambda bills). COST_LIFECYCLES and COST_MESSAGES set the traffic (make cost drives
 // more than CI).
 func TestCostMeter(t *testing.T) {
 	raw, err := os.ReadFile("thresholds.json")
@@ -678,6 +679,10 @@ func TestCostMeter(t *testing.T) {
 	fmt.Fprintf(&out, "cost fixed-monthly %.2f\n", fixed)
 	fmt.Fprintf(&out, "cost reconcile-per-million-online-month %.2f\n", online)
 	fmt.Print(out.String())
+	if raceDetector {
+		t.Log("thresholds not checked: the race detector's instrumentation inflates the measured durations (CI checks them in a run without it)")
+		return
+	}
 	for _, res := range results {
 		if max, ok := limit[res.name]; !ok || res.cost > max {
 			t.Errorf("cost %s %.2f per million is past its threshold %.2f (thresholds.json)", res.name, res.cost, max)
