@@ -303,6 +303,15 @@ export class Client {
         if (this.#awaitingRecovery) this.#armOpenTimer(run, ws);
         const at = this.#position;
         if (at && at.epoch === f.epoch && f.offset <= at.offset) return; // delivered already
+        if (at && at.epoch === f.epoch && f.offset > at.offset + 1) {
+          // A message ahead of the next one: two deliveries crossed (on AWS, two sender
+          // invocations for one user). Emitting it would skip the one still on its way, so
+          // the connection is dropped and recovered from the position, which replays both
+          // in order.
+          this.#abandon(ws);
+          this.#failed(run, new ConnectionError(`offset ${f.offset} came before ${at.offset + 1}: recovering in order`));
+          return;
+        }
         this.#position = { epoch: f.epoch, offset: f.offset };
         this.#events.emit('message', { body: f.body, epoch: f.epoch, offset: f.offset, messageId: f.messageId });
         return;

@@ -158,6 +158,32 @@ test('messages are emitted in order, once: duplicates are dropped by offset', as
   assert.equal(log.messages.length, 4);
 });
 
+test('a message ahead of the next offset is not emitted: the client recovers from its position, in order', async (t) => {
+  t.mock.method(Math, 'random', () => 0);
+  const { client, ws, log } = setup(t);
+  client.connect();
+  await flush();
+  await connectTo(ws.last(), { recovered: false, reason: 'fresh', epoch: 'E', offset: 0, replayed: 0 });
+  ws.last().receive(message('E', 1));
+  ws.last().receive(message('E', 3)); // 2 is still on its way (two deliveries crossed)
+  assert.deepEqual(log.messages.map((m) => m.offset), [1]);
+  assert.equal(client.state, 'disconnected');
+  assert.ok(log.errors[0] instanceof ConnectionError && !log.errors[0].fatal);
+  assert.deepEqual(client.position, { epoch: 'E', offset: 1 });
+  t.mock.timers.tick(0);
+  await flush();
+  assert.equal(ws.sockets.length, 2);
+  const second = ws.last();
+  second.open();
+  assert.deepEqual(second.sent, [{ action: 'recover', epoch: 'E', offset: 1 }]);
+  second.receive(message('E', 2));
+  second.receive(message('E', 3));
+  second.receive({ type: 'recovered', recovered: true, epoch: 'E', offset: 3, replayed: 2 });
+  assert.deepEqual(log.messages.map((m) => m.offset), [1, 2, 3]);
+  assert.deepEqual(log.discontinuities, []);
+  assert.equal(client.state, 'connected');
+});
+
 test('a dropped connection reconnects after a jittered delay with a fresh token and recovers from its position', async (t) => {
   t.mock.method(Math, 'random', () => 0.5);
   const { client, ws, tokens, log } = setup(t, { backoff: { initialMs: 1000, maxMs: 8000 } });
