@@ -147,7 +147,14 @@ func (s *Server) dispatch(m sqlite.QueuedMessage, conns []string) {
 			if framed == nil {
 				framed = s.messageFrame(m)
 			}
-			err = c.queued(c.offer(frame{data: framed, written: p.receipt}, m.Gen, m.Offset))
+			receipt := p.receipt
+			if s.cfg.RecoveryWindow > 0 && m.Offset > 0 {
+				receipt = p.replayable
+			}
+			if !c.offer(frame{data: framed, written: receipt}, m.Gen, m.Offset) {
+				receipt(c.queued(false))
+			}
+			continue
 		default:
 			err = s.hub.post(c, data, p.receipt)
 		}
@@ -208,6 +215,17 @@ func (p *inFlight) receipt(err error) {
 	default:
 		p.s.undeliverable(m, events.UndeliverableGone)
 	}
+}
+
+// replayable is the receipt of a frame for an opted-in connection when the message has a
+// position kept for the window: a frame that could not be written (the connection closed
+// with it queued, its queue was full) is held for the client's recovery, which replays it,
+// exactly as a message that found the connection not yet recovered.
+func (p *inFlight) replayable(err error) {
+	if err != nil && !errors.Is(err, errHeld) {
+		err = fmt.Errorf("%w: %w", errHeld, err)
+	}
+	p.receipt(err)
 }
 
 // completion is a message's decided outcome, waiting to be recorded.
