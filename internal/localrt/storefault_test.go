@@ -178,15 +178,7 @@ func TestMessageRightAfterTheUpgradeReachesIt(t *testing.T) {
 // "damaged" instead of ok, so an orchestrator stops routing to it.
 func TestDamagedStoreIsNotHealthy(t *testing.T) {
 	dir := t.TempDir()
-	ts := startServer(t, dir, nil)
-	for i := range 200 {
-		ts.send(`{"UserId":"nobody-` + strconv.Itoa(i) + `","Body":"` + strings.Repeat("x", 200) + `"}`)
-	}
-	waitFor(t, "the outcomes published", func() bool {
-		r := ts.do(http.MethodGet, "/metrics", "", nil)
-		return strings.Contains(string(r.body), `wspresence_messages_total{outcome="undeliverable"} 200`)
-	})
-	ts.stop()
+	fillOutbox(t, dir)
 	zeroPage(t, dir, `SELECT pageno FROM dbstat WHERE name = 'published' AND pagetype = 'leaf' ORDER BY pageno LIMIT 1 OFFSET 1`)
 
 	again := startServer(t, dir, nil)
@@ -232,15 +224,7 @@ func zeroPage(t *testing.T, dir, query string) {
 // store cannot finish.
 func TestDamagedStoreRefusesMessages(t *testing.T) {
 	dir := t.TempDir()
-	ts := startServer(t, dir, nil)
-	for i := range 200 {
-		ts.send(`{"UserId":"nobody-` + strconv.Itoa(i) + `","Body":"` + strings.Repeat("x", 200) + `"}`)
-	}
-	waitFor(t, "the outcomes published", func() bool {
-		r := ts.do(http.MethodGet, "/metrics", "", nil)
-		return strings.Contains(string(r.body), `wspresence_messages_total{outcome="undeliverable"} 200`)
-	})
-	ts.stop()
+	fillOutbox(t, dir)
 	zeroPage(t, dir, "")
 
 	again := startServer(t, dir, nil)
@@ -344,4 +328,19 @@ func TestFullDiskIsReported(t *testing.T) {
 	if !strings.Contains(ts.logs.String(), "the store writes again") {
 		t.Fatal("the recovery is not logged")
 	}
+}
+
+// fillOutbox runs a server on dir that accepts 200 messages for users never seen and
+// publishes their 200 outcomes (pages of queue and outbox rows to damage), then stops it.
+func fillOutbox(t *testing.T, dir string) {
+	t.Helper()
+	ts := startServer(t, dir, nil)
+	for i := range 200 {
+		ts.send(`{"UserId":"nobody-` + strconv.Itoa(i) + `","Body":"` + strings.Repeat("x", 200) + `"}`)
+	}
+	waitFor(t, "the outcomes published", func() bool {
+		r := ts.do(http.MethodGet, "/metrics", "", nil)
+		return strings.Contains(string(r.body), `wspresence_messages_total{outcome="undeliverable"} 200`)
+	})
+	ts.stop()
 }
