@@ -2,7 +2,6 @@ package sqlite_test
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"path/filepath"
 	"testing"
@@ -11,22 +10,6 @@ import (
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/store/sqlite"
 )
-
-// execOn runs statements on the store file at path through a connection of its own (a
-// change made on disk behind the store).
-func execOn(t *testing.T, path string, stmts ...string) {
-	t.Helper()
-	db, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	for _, q := range stmts {
-		if _, err := db.Exec(q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
-}
 
 // TestFlippedQueueRowIsNeverRead: a queue row changed on disk (one byte of its body, or its
 // stream offset) is neither handed out pending nor replayed: the reads fail with
