@@ -401,9 +401,10 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		}
 		cursor = head
 	}
-	// A damaged outbox row is never streamed: a store found damaged answers 503 (a row
-	// met later ends the stream, logged with its position by the store).
-	if err := s.store.Health(); err != nil {
+	// A damaged outbox row is never streamed: an outbox found damaged answers 503 (a row
+	// met later ends the stream, logged with its position by the store). Damage elsewhere
+	// (a log or queue row) does not stop the events, whose rows are checked as read.
+	if err := s.store.OutboxHealth(); err != nil {
 		httperr.Write(w, r, s.log, httperr.New(http.StatusServiceUnavailable, httperr.CodeDamaged, "the store is damaged: events are not served until it is repaired (see /healthz)"))
 		return
 	}

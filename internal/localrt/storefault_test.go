@@ -344,3 +344,23 @@ func fillOutbox(t *testing.T, dir string) {
 	})
 	ts.stop()
 }
+
+// TestDamageElsewhereDoesNotStopEvents: /events answers 503 only for damage of what it
+// serves. A store with a damaged page of the queue (its messages table) is reported by
+// /healthz, but /events still streams the outbox's rows, each checked as it is read; a
+// changed outbox row (TestFlippedOutboxRowIsNotServed) stops it.
+func TestDamageElsewhereDoesNotStopEvents(t *testing.T) {
+	dir := t.TempDir()
+	fillOutbox(t, dir)
+	zeroPage(t, dir, `SELECT pageno FROM dbstat WHERE name = 'messages' AND pagetype = 'leaf' ORDER BY pageno LIMIT 1 OFFSET 1`)
+
+	again := startServer(t, dir, nil)
+	waitFor(t, "/healthz to report the damage", func() bool {
+		r := again.do(http.MethodGet, "/healthz", "", nil)
+		return r.status == http.StatusServiceUnavailable && strings.Contains(string(r.body), "damaged")
+	})
+	status, ids := again.eventIDs("", 200)
+	if status != http.StatusOK || len(ids) != 200 {
+		t.Fatalf("/events with a damaged queue page: %d, %d of 200 events", status, len(ids))
+	}
+}

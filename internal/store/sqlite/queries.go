@@ -289,9 +289,9 @@ func (s *Store) PublishedSince(ctx context.Context, seq int64, limit int) ([]Pub
 			return rec, err
 		}
 		rec.Envelope = []byte(env)
-		return rec, s.checkRow("published", rec.Seq, string(rec.DetailType), rec.Envelope, crc)
+		return rec, s.checkRow(outboxTable, rec.Seq, string(rec.DetailType), rec.Envelope, crc)
 	}, `SELECT seq, detail_type, envelope, crc FROM published WHERE seq > ? ORDER BY seq LIMIT ?`, seq, limit)
-	return recs, s.noteRead(err)
+	return recs, s.noteOutboxRead(err)
 }
 
 // LastPublishedSeq is the sequence number of the newest outbox row ever written (0 if

@@ -132,8 +132,10 @@ type Store struct {
 	recovered Projection
 	// path is the store file's.
 	path string
-	// damage is the last sign of a damaged file (Health).
-	damage atomic.Pointer[error]
+	// damage is the last sign of a damaged file (Health); outboxDamage the last sign of
+	// damage found reading the outbox (OutboxHealth).
+	damage       atomic.Pointer[error]
+	outboxDamage atomic.Pointer[error]
 	// outcomesFailing holds the error of the last commit that could not record message
 	// outcomes, nil once one could: Enqueue refuses new messages meanwhile.
 	outcomesFailing atomic.Pointer[error]
@@ -323,9 +325,9 @@ func (s *Store) start(ctx context.Context) error {
 		// generation), unless it is kept for the recovery window (doneKeep; PruneStreams).
 		{&s.stmts.done, `UPDATE messages SET done_at = ?, body = '', stream_gen = -stream_gen WHERE seq = ? AND done_at IS NULL`},
 		{&s.stmts.doneKeep, `UPDATE messages SET done_at = ? WHERE seq = ? AND done_at IS NULL`},
-		{&s.stmts.saveUser, `INSERT INTO view_users (user_id, live, last_activity, announced, offline_since, crc)
+		{&s.stmts.saveUser, `INSERT INTO view_users (user_id, live, last_activity, announced, offline_gap, crc)
 			VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET live = excluded.live, last_activity = excluded.last_activity,
-			announced = excluded.announced, offline_since = excluded.offline_since, crc = excluded.crc`},
+			announced = excluded.announced, offline_gap = excluded.offline_gap, crc = excluded.crc`},
 		{&s.stmts.saveConn, `INSERT INTO view_connections (connection_id, user_id, opened_at, closed_at, reason, last_seen, crc)
 			VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (connection_id) DO UPDATE SET user_id = excluded.user_id, opened_at = excluded.opened_at,
 			closed_at = excluded.closed_at, reason = excluded.reason, last_seen = excluded.last_seen, crc = excluded.crc`},
@@ -603,6 +605,9 @@ func (s *Store) checkRow(table string, seq int64, kind string, text []byte, crc 
 	}
 	err := fmt.Errorf("%w: the %s row at position %d does not match its checksum: restore a backup", ErrDamaged, table, seq)
 	s.damage.Store(&err)
+	if table == outboxTable {
+		s.outboxDamage.Store(&err)
+	}
 	s.opts.Logger.Error("a damaged row of the store", "table", table, "position", seq)
 	return err
 }
@@ -628,6 +633,29 @@ func (s *Store) Health() error {
 		return *p
 	}
 	return nil
+}
+
+// outboxTable is the table of the outbox, the one /events serves.
+const outboxTable = "published"
+
+// OutboxHealth reports damage found in the outbox (a row that does not match its checksum,
+// a damaged page met reading it): what /events serves. Damage elsewhere in the file (a log
+// or queue row) is reported by Health and does not stop the outbox from being served: its
+// rows are checked as they are read.
+func (s *Store) OutboxHealth() error {
+	if p := s.outboxDamage.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// noteOutboxRead is noteRead for a read of the outbox: damage it meets is the outbox's.
+func (s *Store) noteOutboxRead(err error) error {
+	if err != nil && isDamage(err) {
+		damaged := fmt.Errorf("%w: the outbox: %w", ErrDamaged, err)
+		s.outboxDamage.Store(&damaged)
+	}
+	return s.noteRead(err)
 }
 
 // noteRead records err (of a read or a write) if it is the sign of a damaged file, and
