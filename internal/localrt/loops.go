@@ -432,7 +432,14 @@ func (s *Server) expireGrace(g presence.Grace) {
 	eff, err := s.view.ExpireGrace(context.Background(), g.UserID, g.Since, s.now())
 	switch {
 	case err != nil && !errors.Is(err, sqlite.ErrClosed):
-		s.log.Error("grace timer", "userId", g.UserID, "err", err)
+		// While the store cannot write (logged once by the store) the decision is retried
+		// quietly: the user is shown offline already, its UserOffline is published once
+		// the decision is written.
+		if s.store.Writable() != nil {
+			s.log.Debug("grace timer: the store cannot write, will retry", "userId", g.UserID, "err", err)
+		} else {
+			s.log.Error("grace timer", "userId", g.UserID, "err", err)
+		}
 		s.graces.retry(g, s.now().Add(retryDelay))
 	case len(eff.Publish) > 0:
 		s.bus.notify()
