@@ -346,9 +346,9 @@ func (s *Store) start(ctx context.Context) error {
 		// generation), unless it is kept for the recovery window (doneKeep; PruneStreams).
 		{&s.stmts.done, `UPDATE messages SET done_at = ?, body = '', stream_gen = -stream_gen WHERE seq = ? AND done_at IS NULL`},
 		{&s.stmts.doneKeep, `UPDATE messages SET done_at = ? WHERE seq = ? AND done_at IS NULL`},
-		{&s.stmts.saveUser, `INSERT INTO view_users (user_id, live, last_activity, announced, offline_since, crc)
+		{&s.stmts.saveUser, `INSERT INTO view_users (user_id, live, last_activity, announced, offline_gap, crc)
 			VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET live = excluded.live, last_activity = excluded.last_activity,
-			announced = excluded.announced, offline_since = excluded.offline_since, crc = excluded.crc`},
+			announced = excluded.announced, offline_gap = excluded.offline_gap, crc = excluded.crc`},
 		{&s.stmts.saveConn, `INSERT INTO view_connections (connection_id, user_id, opened_at, closed_at, reason, last_seen, crc)
 			VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (connection_id) DO UPDATE SET user_id = excluded.user_id, opened_at = excluded.opened_at,
 			closed_at = excluded.closed_at, reason = excluded.reason, last_seen = excluded.last_seen, crc = excluded.crc`},
