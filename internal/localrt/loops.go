@@ -412,7 +412,12 @@ func (s *Server) prune(ctx context.Context, p retention) {
 	defer t.Stop()
 	for {
 		if n, err := p.run(ctx, s.now().Add(-p.keep)); err != nil {
-			if ctx.Err() == nil {
+			switch {
+			case ctx.Err() != nil:
+			case s.store.Writable() != nil:
+				// A full disk, logged once by the store: the next pass runs again.
+				s.log.Debug("prune: the store cannot write", "what", p.what, "err", err)
+			default:
 				s.log.Error("prune", "what", p.what, "err", err)
 			}
 		} else if n > 0 {
