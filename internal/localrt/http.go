@@ -2,6 +2,7 @@ package localrt
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"net/http/pprof"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -154,13 +156,15 @@ func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
 		httperr.Write(w, r, s.log, methodNotAllowed("POST"))
 		return
 	}
-	release, ok := s.reserveBody(r)
+	reserved, ok := s.reserveBody(r)
 	if !ok {
 		httperr.Write(w, r, s.log, s.overBudget(w))
 		return
 	}
-	defer release()
-	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxRequestBytes))
+	defer s.releaseBody(reserved)
+	buf := bodyBuffers.Get().(*[]byte)
+	defer putBodyBuffer(buf)
+	data, err := readBody(http.MaxBytesReader(w, r.Body, MaxRequestBytes), buf)
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
@@ -171,6 +175,7 @@ func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
 		httperr.Write(w, r, s.log, httperr.BadRequest(httperr.CodeInvalidRequest, "could not read the request body"))
 		return
 	}
+	// The decoded messages copy what they keep: the buffer goes back to the pool.
 	msgs, err := events.DecodeMessages(data, MaxMessagesPerRequest)
 	if err != nil {
 		code := httperr.CodeInvalidMessage
@@ -185,12 +190,87 @@ func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
 		httperr.Write(w, r, s.log, s.storeUnavailable(w, err))
 		return
 	}
-	httperr.WriteJSON(w, http.StatusAccepted, EnqueueReply{MessageIDs: ids})
+	writeEnqueueReply(w, buf, ids)
+}
+
+// bodyBuffers holds the buffers POST /messages reads bodies into; a buffer grown past
+// maxPooledBody by a large body is dropped instead of kept (putBodyBuffer), so the pool
+// holds at most that much per buffer, and the collector empties it.
+var bodyBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+// maxPooledBody is the largest buffer bodyBuffers keeps.
+const maxPooledBody = 64 << 10
+
+func putBodyBuffer(b *[]byte) {
+	if cap(*b) <= maxPooledBody {
+		*b = (*b)[:0]
+		bodyBuffers.Put(b)
+	}
+}
+
+// readBody reads r to its end into *buf (grown as needed) and returns what it read.
+func readBody(r io.Reader, buf *[]byte) ([]byte, error) {
+	b := (*buf)[:0]
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err != nil {
+			*buf = b
+			if err == io.EOF {
+				return b, nil
+			}
+			return b, err
+		}
+	}
+}
+
+// The answer of POST /messages, written as bytes: what json.Encoder writes for an
+// EnqueueReply (HTML characters escaped, a newline at the end), without its reflection.
+var (
+	jsonContentType = []string{"application/json"}
+	noSniff         = []string{"nosniff"}
+)
+
+// writeEnqueueReply answers 202 with ids, built in buf (the request's body buffer, no
+// longer needed).
+func writeEnqueueReply(w http.ResponseWriter, buf *[]byte, ids []string) {
+	b := append((*buf)[:0], `{"messageIds":[`...)
+	for i, id := range ids {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendJSONString(b, id)
+	}
+	b = append(b, "]}\n"...)
+	*buf = b
+	h := w.Header()
+	h["Content-Type"] = jsonContentType
+	h["X-Content-Type-Options"] = noSniff
+	w.WriteHeader(http.StatusAccepted)
+	_, _ = w.Write(b)
+}
+
+// appendJSONString appends s as a JSON string, escaped as encoding/json escapes it. The
+// ids this server generates need no escape; any other string goes through encoding/json.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s)
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // reserveBody takes the request's body size (its Content-Length, or the most a body may
-// be) from the budget of bodies read at once; ok false means the budget is spent.
-func (s *Server) reserveBody(r *http.Request) (release func(), ok bool) {
+// be) from the budget of bodies read at once and returns it, for releaseBody; ok false
+// means the budget is spent.
+func (s *Server) reserveBody(r *http.Request) (reserved int64, ok bool) {
 	n := int64(MaxRequestBytes)
 	if r.ContentLength >= 0 && r.ContentLength < n {
 		n = r.ContentLength
@@ -198,10 +278,13 @@ func (s *Server) reserveBody(r *http.Request) (release func(), ok bool) {
 	if s.bodies.Add(n) > s.cfg.BodyBudget {
 		s.bodies.Add(-n)
 		s.metrics.authFailures.WithLabelValues("body_budget").Inc()
-		return nil, false
+		return 0, false
 	}
-	return func() { s.bodies.Add(-n) }, true
+	return n, true
 }
+
+// releaseBody gives back what reserveBody took.
+func (s *Server) releaseBody(reserved int64) { s.bodies.Add(-reserved) }
 
 // overBudget is the answer to a request refused for the body budget.
 func (s *Server) overBudget(w http.ResponseWriter) *httperr.Error {
@@ -248,9 +331,13 @@ func newMessageID() string {
 func (s *Server) enqueue(ctx context.Context, msgs []events.Message) ([]string, error) {
 	now := s.now()
 	ids := make([]string, len(msgs))
-	var queued []sqlite.QueuedMessage
+	queued := make([]sqlite.QueuedMessage, 0, len(msgs))
 	for i, m := range msgs {
-		tasks := delivery.Plan(m, newMessageID())
+		id := m.MessageID
+		if id == "" {
+			id = newMessageID()
+		}
+		tasks := delivery.Plan(m, id)
 		ids[i] = tasks[0].MessageID
 		for _, d := range tasks {
 			queued = append(queued, sqlite.QueuedMessage{MessageID: d.MessageID, UserID: d.UserID, Body: d.Body, EnqueuedAt: now})

@@ -67,14 +67,14 @@ func (s *Server) handleSQS(w http.ResponseWriter, r *http.Request) {
 		refuse(err)
 		return
 	}
-	release, ok := s.reserveBody(r)
+	reserved, ok := s.reserveBody(r)
 	if !ok {
 		w.Header().Set("Retry-After", "1")
 		s.writeSQS(w, 0, &sqsError{status: http.StatusServiceUnavailable, code: "ServiceUnavailable", queryCode: "ServiceUnavailable",
 			message: "too many request bodies in flight; retry later"})
 		return
 	}
-	defer release()
+	defer s.releaseBody(reserved)
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxRequestBytes))
 	if err != nil {
 		s.writeSQS(w, 0, sqsBadRequest("BatchRequestTooLong", "AWS.SimpleQueueService.BatchRequestTooLong", "the request is too large"))
