@@ -20,6 +20,7 @@ import (
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/httperr"
 	"github.com/wspresence/wspresence/internal/localrt"
+	"github.com/wspresence/wspresence/internal/store/sqlite"
 )
 
 // TestStoreFailureLeavesNoGhost: while the store cannot write (a full disk), new
@@ -359,6 +360,59 @@ func fillOutbox(t *testing.T, dir string) {
 		return strings.Contains(string(r.body), `wspresence_messages_total{outcome="undeliverable"} 200`)
 	})
 	ts.stop()
+}
+
+// TestFlippedQueueRowIsNotDelivered: a pending queue row whose body was changed on disk
+// (one byte) is never dispatched: the start's read of the queue finds it damaged, /healthz
+// answers 503 damaged, the log names the table and the row's position, new messages are
+// refused with 503 damaged, and the row is left as it was, with no outcome recorded.
+func TestFlippedQueueRowIsNotDelivered(t *testing.T) {
+	dir := t.TempDir()
+	startServer(t, dir, nil).stop()
+	path := filepath.Join(dir, localrt.StoreFile)
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, path, sqlite.Options{RecoveryWindow: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		n := strconv.Itoa(i)
+		if err := st.Enqueue(ctx, sqlite.QueuedMessage{MessageID: "m-" + n, UserID: "held-" + n, Body: `"secret-` + n + `"`, EnqueuedAt: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var seq int64
+	if err := db.QueryRow(`UPDATE messages SET body = replace(body, 'secret-1', 'secret-7') WHERE message_id = 'm-1' RETURNING seq`).Scan(&seq); err != nil {
+		t.Fatal(err)
+	}
+
+	again := startServer(t, dir, nil)
+	waitFor(t, "the damaged queue row reported", func() bool {
+		h := again.do(http.MethodGet, "/healthz", "", nil)
+		return h.status == http.StatusServiceUnavailable && strings.Contains(string(h.body), "damaged")
+	})
+	if logs := again.logs.String(); !strings.Contains(logs, `"table":"messages"`) || !strings.Contains(logs, `"position":`+strconv.FormatInt(seq, 10)) {
+		t.Fatalf("no log line names the damaged row: %s", logs)
+	}
+	r := again.do(http.MethodPost, "/messages", testKey, []byte(`{"UserId":"someone","Body":"x"}`))
+	expectError(t, r, http.StatusServiceUnavailable, httperr.CodeDamaged)
+	again.stop()
+	var body string
+	var done sql.NullInt64
+	if err := db.QueryRow(`SELECT body, done_at FROM messages WHERE seq = ?`, seq).Scan(&body, &done); err != nil {
+		t.Fatal(err)
+	}
+	if done.Valid || body != `"secret-7"` {
+		t.Fatalf("the damaged row was completed: body %s, done at %v", body, done)
+	}
 }
 
 // TestDamageElsewhereDoesNotStopEvents: /events answers 503 only for damage of what it

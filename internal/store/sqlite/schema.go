@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS messages (
 	done_at     INTEGER,
 	UNIQUE (message_id, user_id)
 );
+-- crc is added by migrate (messageCRC).
 -- stream_offset and stream_gen are added by migrate (streamColumns).
 CREATE TABLE IF NOT EXISTS recovering (
 	connection_id TEXT PRIMARY KEY,
@@ -154,9 +155,9 @@ func migrate(ctx context.Context, db *sql.DB) error {
 	if _, err := db.ExecContext(ctx, streamIndex); err != nil {
 		return fmt.Errorf("index stream positions: %w", err)
 	}
-	// Rows of the log and the outbox carry a checksum (rowCRC); rows written before it
-	// have none (NULL) and are read unchecked.
-	for _, table := range []string{"log", "published"} {
+	// Rows of the log, the outbox and the queue carry a checksum (rowCRC, messageCRC);
+	// rows written before it have none (NULL) and are read unchecked.
+	for _, table := range []string{"log", "published", "messages"} {
 		var has int
 		if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = 'crc'`, table).Scan(&has); err != nil {
 			return fmt.Errorf("look for the %s checksums: %w", table, err)

@@ -338,13 +338,17 @@ func (s *Store) start(ctx context.Context) error {
 		query string
 	}{
 		{&s.stmts.log, `INSERT INTO log (type, data, crc) VALUES (?, ?, ?)`},
-		{&s.stmts.msg, `INSERT INTO messages (message_id, user_id, body, enqueued_at, stream_offset, stream_gen) VALUES (?, ?, ?, ?, ?, ?)
+		{&s.stmts.msg, `INSERT INTO messages (message_id, user_id, body, enqueued_at, stream_offset, stream_gen, crc) VALUES (?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (message_id, user_id) DO NOTHING`},
 		// OR IGNORE: a file of an earlier version has a unique index on event_id.
 		{&s.stmts.pub, `INSERT OR IGNORE INTO published (event_id, detail_type, envelope, crc) VALUES (?, ?, ?, ?)`},
 		// A done message's body is forgotten, its stream position marked gone (a negative
 		// generation), unless it is kept for the recovery window (doneKeep; PruneStreams).
-		{&s.stmts.done, `UPDATE messages SET done_at = ?, body = '', stream_gen = -stream_gen WHERE seq = ? AND done_at IS NULL`},
+		// Its checksum follows (msgcrc.go).
+		{&s.stmts.done, `UPDATE messages SET done_at = ?, body = '', stream_gen = -stream_gen,
+			crc = CASE WHEN crc = ` + messageCRCFunc + `(message_id, user_id, enqueued_at, stream_offset, stream_gen, body)
+				THEN ` + messageCRCFunc + `(message_id, user_id, enqueued_at, stream_offset, -stream_gen, '') ELSE crc END
+			WHERE seq = ? AND done_at IS NULL`},
 		{&s.stmts.doneKeep, `UPDATE messages SET done_at = ? WHERE seq = ? AND done_at IS NULL`},
 		{&s.stmts.saveUser, `INSERT INTO view_users (user_id, live, last_activity, announced, offline_gap, crc)
 			VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET live = excluded.live, last_activity = excluded.last_activity,
@@ -631,6 +635,12 @@ func (s *Store) checkRow(table string, seq int64, kind string, text []byte, crc 
 	if !crc.Valid || crc.Int64 == rowCRC(kind, text) {
 		return nil
 	}
+	return s.damagedRow(table, seq)
+}
+
+// damagedRow records that the row of table at position seq does not match its checksum
+// (Health), logs the table and position, and returns an error wrapping ErrDamaged.
+func (s *Store) damagedRow(table string, seq int64) error {
 	err := fmt.Errorf("%w: the %s row at position %d does not match its checksum: restore a backup", ErrDamaged, table, seq)
 	s.damage.Store(&err)
 	if table == outboxTable {

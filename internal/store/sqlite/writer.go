@@ -2,6 +2,7 @@ package sqlite
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -471,11 +472,13 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 		}
 		for _, m := range req.messages {
 			st := s.position(streams, &m)
-			var offset, gen any
+			var offset, gen sql.NullInt64
 			if s.opts.RecoveryWindow > 0 {
-				offset, gen = m.Offset, m.Gen
+				offset, gen = sql.NullInt64{Int64: m.Offset, Valid: true}, sql.NullInt64{Int64: m.Gen, Valid: true}
 			}
-			res, err := s.stmts.msg.ExecContext(ctx, m.MessageID, m.UserID, m.Body, m.EnqueuedAt.UnixNano(), offset, gen)
+			at := m.EnqueuedAt.UnixNano()
+			res, err := s.stmts.msg.ExecContext(ctx, m.MessageID, m.UserID, m.Body, at, offset, gen,
+				messageCRC(m.MessageID, m.UserID, at, offset, gen, m.Body))
 			if err != nil {
 				return f, p, fmt.Errorf("enqueue %s: %w", m.MessageID, err)
 			}
