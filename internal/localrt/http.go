@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/pprof"
 	"strconv"
@@ -154,24 +153,22 @@ func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
 		httperr.Write(w, r, s.log, methodNotAllowed("POST"))
 		return
 	}
-	release, ok := s.reserveBody(r)
-	if !ok {
+	body, err := s.readBody(w, r)
+	switch {
+	case errors.Is(err, errBodyOverBudget):
 		httperr.Write(w, r, s.log, s.overBudget(w))
 		return
-	}
-	defer release()
-	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxRequestBytes))
-	if err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			httperr.Write(w, r, s.log, httperr.BadRequest(httperr.CodeRequestTooLarge,
-				fmt.Sprintf("request body larger than %d bytes", MaxRequestBytes)))
-			return
-		}
+	case errors.Is(err, errBodyTooLarge):
+		httperr.Write(w, r, s.log, httperr.BadRequest(httperr.CodeRequestTooLarge,
+			fmt.Sprintf("request body larger than %d bytes", MaxRequestBytes)))
+		return
+	case err != nil:
 		httperr.Write(w, r, s.log, httperr.BadRequest(httperr.CodeInvalidRequest, "could not read the request body"))
 		return
 	}
-	msgs, err := events.DecodeMessages(data, MaxMessagesPerRequest)
+	defer body.close()
+	msgs, err := events.DecodeMessages(body.data, MaxMessagesPerRequest)
+	body.decoded()
 	if err != nil {
 		code := httperr.CodeInvalidMessage
 		if errors.Is(err, events.ErrInvalidUTF8) {
@@ -186,21 +183,6 @@ func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	httperr.WriteJSON(w, http.StatusAccepted, EnqueueReply{MessageIDs: ids})
-}
-
-// reserveBody takes the request's body size (its Content-Length, or the most a body may
-// be) from the budget of bodies read at once; ok false means the budget is spent.
-func (s *Server) reserveBody(r *http.Request) (release func(), ok bool) {
-	n := int64(MaxRequestBytes)
-	if r.ContentLength >= 0 && r.ContentLength < n {
-		n = r.ContentLength
-	}
-	if s.bodies.Add(n) > s.cfg.BodyBudget {
-		s.bodies.Add(-n)
-		s.metrics.authFailures.WithLabelValues("body_budget").Inc()
-		return nil, false
-	}
-	return func() { s.bodies.Add(-n) }, true
 }
 
 // overBudget is the answer to a request refused for the body budget.
