@@ -119,7 +119,15 @@ func DecodeMessages(data []byte, max int) ([]Message, error) {
 	return out, nil
 }
 
-func strictUnmarshal(data []byte, v any) error {
+// strictUnmarshal decodes the one JSON value data holds into v. A value that decodes is
+// read once, by json.Unmarshal (its decoder state is pooled); one that does not is read
+// again by a decoder of its own, from a zero v, for the error's words.
+func strictUnmarshal[T any](data []byte, v *T) error {
+	if json.Unmarshal(data, v) == nil {
+		return nil
+	}
+	var zero T
+	*v = zero
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(v); err != nil {
 		var te *json.UnmarshalTypeError

@@ -26,7 +26,7 @@ var (
 	errBodyRead = errors.New("request body could not be read")
 )
 
-// requestBody is a request body read within the body budget (see Server.readBody).
+// requestBody is a request body read within the body budget (see Server.takeBody).
 type requestBody struct {
 	data     []byte
 	s        *Server
@@ -60,16 +60,16 @@ func (b *requestBody) reserve(n int64) bool {
 	return true
 }
 
-// readBody reads r's body within the body budget. What can be refused without reading is
-// refused at once, before any byte of the body is read and without waiting for anything
-// the other requests hold: a Content-Length over MaxRequestBytes (errBodyTooLarge), or over
-// what is left of the budget (errBodyOverBudget). A body without a length takes its share
-// of the budget as it streams in, and is refused once it does not fit. The body of a
-// refused request is left unread and its connection closed after the answer
-// (closeAfterAnswer), so its client stops sending. At most
-// bodyDecodes() bodies are decoded at once. The caller closes the body once done
-// (and calls decoded once it no longer needs the turn).
-func (s *Server) readBody(w http.ResponseWriter, r *http.Request) (*requestBody, error) {
+// takeBody reads r's body within the body budget, into *buf if buf is not nil (see
+// readBody). What can be refused without reading is refused at once, before any byte of
+// the body is read and without waiting for anything the other requests hold: a
+// Content-Length over MaxRequestBytes (errBodyTooLarge), or over what is left of the
+// budget (errBodyOverBudget). A body without a length takes its share of the budget as it
+// streams in, and is refused once it does not fit. The body of a refused request is left
+// unread and its connection closed after the answer (closeAfterAnswer), so its client
+// stops sending. At most bodyDecodes() bodies are decoded at once. The caller closes the
+// body once done (and calls decoded once it no longer needs the turn).
+func (s *Server) takeBody(w http.ResponseWriter, r *http.Request, buf *[]byte) (*requestBody, error) {
 	b := &requestBody{s: s}
 	refuse := func(err error) (*requestBody, error) {
 		b.close()
@@ -89,7 +89,14 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) (*requestBody,
 	if r.ContentLength < 0 {
 		body = &budgetReader{r: r.Body, b: b}
 	}
-	data, err := io.ReadAll(http.MaxBytesReader(w, io.NopCloser(body), MaxRequestBytes))
+	limited := http.MaxBytesReader(w, io.NopCloser(body), MaxRequestBytes)
+	var data []byte
+	var err error
+	if buf != nil {
+		data, err = readBody(limited, buf)
+	} else {
+		data, err = io.ReadAll(limited)
+	}
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		switch {

@@ -2,12 +2,15 @@ package localrt
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/pprof"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -153,7 +156,9 @@ func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
 		httperr.Write(w, r, s.log, methodNotAllowed("POST"))
 		return
 	}
-	body, err := s.readBody(w, r)
+	buf := bodyBuffers.Get().(*[]byte)
+	defer putBodyBuffer(buf)
+	body, err := s.takeBody(w, r, buf)
 	switch {
 	case errors.Is(err, errBodyOverBudget):
 		httperr.Write(w, r, s.log, s.overBudget(w))
@@ -167,6 +172,7 @@ func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer body.close()
+	// The decoded messages copy what they keep: the buffer goes back to the pool.
 	msgs, err := events.DecodeMessages(body.data, MaxMessagesPerRequest)
 	body.decoded()
 	if err != nil {
@@ -182,7 +188,81 @@ func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
 		httperr.Write(w, r, s.log, s.storeUnavailable(w, err))
 		return
 	}
-	httperr.WriteJSON(w, http.StatusAccepted, EnqueueReply{MessageIDs: ids})
+	writeEnqueueReply(w, buf, ids)
+}
+
+// bodyBuffers holds the buffers POST /messages reads bodies into; a buffer grown past
+// maxPooledBody by a large body is dropped instead of kept (putBodyBuffer), so the pool
+// holds at most that much per buffer, and the collector empties it.
+var bodyBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+// maxPooledBody is the largest buffer bodyBuffers keeps.
+const maxPooledBody = 64 << 10
+
+func putBodyBuffer(b *[]byte) {
+	if cap(*b) <= maxPooledBody {
+		*b = (*b)[:0]
+		bodyBuffers.Put(b)
+	}
+}
+
+// readBody reads r to its end into *buf (grown as needed) and returns what it read.
+func readBody(r io.Reader, buf *[]byte) ([]byte, error) {
+	b := (*buf)[:0]
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err != nil {
+			*buf = b
+			if err == io.EOF {
+				return b, nil
+			}
+			return b, err
+		}
+	}
+}
+
+// The answer of POST /messages, written as bytes: what json.Encoder writes for an
+// EnqueueReply (HTML characters escaped, a newline at the end), without its reflection.
+var (
+	jsonContentType = []string{"application/json"}
+	noSniff         = []string{"nosniff"}
+)
+
+// writeEnqueueReply answers 202 with ids, built in buf (the request's body buffer, no
+// longer needed).
+func writeEnqueueReply(w http.ResponseWriter, buf *[]byte, ids []string) {
+	b := append((*buf)[:0], `{"messageIds":[`...)
+	for i, id := range ids {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendJSONString(b, id)
+	}
+	b = append(b, "]}\n"...)
+	*buf = b
+	h := w.Header()
+	h["Content-Type"] = jsonContentType
+	h["X-Content-Type-Options"] = noSniff
+	w.WriteHeader(http.StatusAccepted)
+	_, _ = w.Write(b)
+}
+
+// appendJSONString appends s as a JSON string, escaped as encoding/json escapes it. The
+// ids this server generates need no escape; any other string goes through encoding/json.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s)
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // overBudget is the answer to a request refused for the body budget.
@@ -230,9 +310,13 @@ func newMessageID() string {
 func (s *Server) enqueue(ctx context.Context, msgs []events.Message) ([]string, error) {
 	now := s.now()
 	ids := make([]string, len(msgs))
-	var queued []sqlite.QueuedMessage
+	queued := make([]sqlite.QueuedMessage, 0, len(msgs))
 	for i, m := range msgs {
-		tasks := delivery.Plan(m, newMessageID())
+		id := m.MessageID
+		if id == "" {
+			id = newMessageID()
+		}
+		tasks := delivery.Plan(m, id)
 		ids[i] = tasks[0].MessageID
 		for _, d := range tasks {
 			queued = append(queued, sqlite.QueuedMessage{MessageID: d.MessageID, UserID: d.UserID, Body: d.Body, EnqueuedAt: now})
@@ -296,9 +380,10 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		}
 		cursor = head
 	}
-	// A damaged outbox row is never streamed: a store found damaged answers 503 (a row
-	// met later ends the stream, logged with its position by the store).
-	if err := s.store.Health(); err != nil {
+	// A damaged outbox row is never streamed: an outbox found damaged answers 503 (a row
+	// met later ends the stream, logged with its position by the store). Damage elsewhere
+	// (a log or queue row) does not stop the events, whose rows are checked as read.
+	if err := s.store.OutboxHealth(); err != nil {
 		httperr.Write(w, r, s.log, httperr.New(http.StatusServiceUnavailable, httperr.CodeDamaged, "the store is damaged: events are not served until it is repaired (see /healthz)"))
 		return
 	}

@@ -3,6 +3,7 @@ package localrt
 import (
 	"context"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 
@@ -121,6 +122,9 @@ type frame struct {
 type wsConn struct {
 	id, userID string
 	ws         *websocket.Conn
+	// conn is the socket under ws (nil if the handshake did not hand it over); only the
+	// writer uses it, for its write deadline.
+	conn net.Conn
 	// drop ends the connection at once, without waiting for a close handshake.
 	drop context.CancelFunc
 	// max bounds the frames waiting to be written (the send queue).
@@ -165,9 +169,9 @@ func (c *wsConn) enqueue(f frame) bool {
 
 // activate attaches the upgraded socket to a pending connection and starts writing what
 // was queued meanwhile.
-func (c *wsConn) activate(ws *websocket.Conn) {
+func (c *wsConn) activate(ws *websocket.Conn, conn net.Conn) {
 	c.mu.Lock()
-	c.ws, c.pending = ws, false
+	c.ws, c.conn, c.pending = ws, conn, false
 	c.startWriterLocked()
 }
 

@@ -66,7 +66,7 @@ func (s *Server) handleSQS(w http.ResponseWriter, r *http.Request) {
 		refuse(err)
 		return
 	}
-	read, err := s.readBody(w, r)
+	read, err := s.takeBody(w, r, nil)
 	switch {
 	case errors.Is(err, errBodyOverBudget):
 		w.Header().Set("Retry-After", "1")

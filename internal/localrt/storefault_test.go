@@ -20,12 +20,14 @@ import (
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/httperr"
 	"github.com/wspresence/wspresence/internal/localrt"
+	"github.com/wspresence/wspresence/internal/store/sqlite"
 )
 
 // TestStoreFailureLeavesNoGhost: while the store cannot write (a full disk), new
-// connections and POST /messages get 503 with Retry-After and nothing is accepted; the
-// close of a connection that ends meanwhile is kept and retried, so once the store writes
-// again the user goes offline (no ghost), and the server takes connections again.
+// connections and POST /messages get 503 with Retry-After and nothing is accepted; a
+// connection that ends meanwhile is shown closed at once (its user offline in every read),
+// its close kept pending and written once the store writes again, when its UserOffline is
+// published, once; and the server takes connections again.
 func TestStoreFailureLeavesNoGhost(t *testing.T) {
 	var full atomic.Bool
 	errFull := errors.New("no space left on device")
@@ -57,15 +59,30 @@ func TestStoreFailureLeavesNoGhost(t *testing.T) {
 		t.Fatal("503 without Retry-After")
 	}
 	// The user's only connection closes while the close cannot be written.
+	// It is shown closed at once (no ghost), its close kept pending: nothing is published
+	// while it cannot be written.
 	c.close(t)
-	time.Sleep(500 * time.Millisecond)
-	if s, _ := ts.online("userIds=ghost"); !s[0].IsOnline {
-		t.Fatal("the close was recorded although the store could not write")
+	waitFor(t, "the close pending", func() bool { return ts.metrics()["wspresence_closes_pending"] == 1 })
+	if s, _ := ts.online("userIds=ghost"); s[0].IsOnline {
+		t.Fatal("a user whose close could not be written is shown online")
+	}
+	if list, _ := ts.online(""); len(list) != 0 {
+		t.Fatalf("the list shows %v online", list)
+	}
+	if n := ts.metrics()["wspresence_online_users"]; n != 0 {
+		t.Fatalf("wspresence_online_users %v", n)
+	}
+	time.Sleep(500 * time.Millisecond) // past the grace period
+	if n := len(sub.of(events.DetailUserOffline, "ghost")); n != 0 {
+		t.Fatalf("%d UserOffline published although the close was not written", n)
 	}
 
-	full.Store(false) // space is freed
-	waitFor(t, "ghost offline after the store recovers", func() bool { s, _ := ts.online("userIds=ghost"); return !s[0].IsOnline })
+	full.Store(false) // space is freed: the close is written, and published once
 	waitFor(t, "UserOffline", func() bool { return len(sub.of(events.DetailUserOffline, "ghost")) == 1 })
+	waitFor(t, "no close pending", func() bool { return ts.metrics()["wspresence_closes_pending"] == 0 })
+	if s, _ := ts.online("userIds=ghost"); s[0].IsOnline {
+		t.Fatal("ghost online once the close is written")
+	}
 	// And the server works again.
 	again := ts.dial("ghost")
 	ts.send(`{"UserId":"ghost","Body":"back"}`)
@@ -343,4 +360,77 @@ func fillOutbox(t *testing.T, dir string) {
 		return strings.Contains(string(r.body), `wspresence_messages_total{outcome="undeliverable"} 200`)
 	})
 	ts.stop()
+}
+
+// TestFlippedQueueRowIsNotDelivered: a pending queue row whose body was changed on disk
+// (one byte) is never dispatched: the start's read of the queue finds it damaged, /healthz
+// answers 503 damaged, the log names the table and the row's position, new messages are
+// refused with 503 damaged, and the row is left as it was, with no outcome recorded.
+func TestFlippedQueueRowIsNotDelivered(t *testing.T) {
+	dir := t.TempDir()
+	startServer(t, dir, nil).stop()
+	path := filepath.Join(dir, localrt.StoreFile)
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, path, sqlite.Options{RecoveryWindow: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		n := strconv.Itoa(i)
+		if err := st.Enqueue(ctx, sqlite.QueuedMessage{MessageID: "m-" + n, UserID: "held-" + n, Body: `"secret-` + n + `"`, EnqueuedAt: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var seq int64
+	if err := db.QueryRow(`UPDATE messages SET body = replace(body, 'secret-1', 'secret-7') WHERE message_id = 'm-1' RETURNING seq`).Scan(&seq); err != nil {
+		t.Fatal(err)
+	}
+
+	again := startServer(t, dir, nil)
+	waitFor(t, "the damaged queue row reported", func() bool {
+		h := again.do(http.MethodGet, "/healthz", "", nil)
+		return h.status == http.StatusServiceUnavailable && strings.Contains(string(h.body), "damaged")
+	})
+	if logs := again.logs.String(); !strings.Contains(logs, `"table":"messages"`) || !strings.Contains(logs, `"position":`+strconv.FormatInt(seq, 10)) {
+		t.Fatalf("no log line names the damaged row: %s", logs)
+	}
+	r := again.do(http.MethodPost, "/messages", testKey, []byte(`{"UserId":"someone","Body":"x"}`))
+	expectError(t, r, http.StatusServiceUnavailable, httperr.CodeDamaged)
+	again.stop()
+	var body string
+	var done sql.NullInt64
+	if err := db.QueryRow(`SELECT body, done_at FROM messages WHERE seq = ?`, seq).Scan(&body, &done); err != nil {
+		t.Fatal(err)
+	}
+	if done.Valid || body != `"secret-7"` {
+		t.Fatalf("the damaged row was completed: body %s, done at %v", body, done)
+	}
+}
+
+// TestDamageElsewhereDoesNotStopEvents: /events answers 503 only for damage of what it
+// serves. A store with a damaged page of the queue (its messages table) is reported by
+// /healthz, but /events still streams the outbox's rows, each checked as it is read; a
+// changed outbox row (TestFlippedOutboxRowIsNotServed) stops it.
+func TestDamageElsewhereDoesNotStopEvents(t *testing.T) {
+	dir := t.TempDir()
+	fillOutbox(t, dir)
+	zeroPage(t, dir, `SELECT pageno FROM dbstat WHERE name = 'messages' AND pagetype = 'leaf' ORDER BY pageno LIMIT 1 OFFSET 1`)
+
+	again := startServer(t, dir, nil)
+	waitFor(t, "/healthz to report the damage", func() bool {
+		r := again.do(http.MethodGet, "/healthz", "", nil)
+		return r.status == http.StatusServiceUnavailable && strings.Contains(string(r.body), "damaged")
+	})
+	status, ids := again.eventIDs("", 200)
+	if status != http.StatusOK || len(ids) != 200 {
+		t.Fatalf("/events with a damaged queue page: %d, %d of 200 events", status, len(ids))
+	}
 }

@@ -22,7 +22,6 @@ import (
 	"github.com/wspresence/wspresence/internal/delivery"
 	"github.com/wspresence/wspresence/internal/httperr"
 	"github.com/wspresence/wspresence/internal/recovery"
-	"github.com/wspresence/wspresence/internal/retry"
 	"github.com/wspresence/wspresence/internal/store/sqlite"
 	"golang.org/x/time/rate"
 )
@@ -104,7 +103,7 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 	ctx := context.WithoutCancel(r.Context())
 	readCtx, cancelRead := context.WithCancel(ctx)
 	c := &wsConn{id: id, userID: userID, drop: cancelRead, max: s.cfg.SendQueue, pending: true, optIn: optIn}
-	c.write = func() { s.writeQueued(ctx, c) }
+	c.write = func() { s.writeQueued(c) }
 	// The open is appended once the library has accepted the handshake and before the 101
 	// leaves, and the connection joins the hub then, pending (its frames queue until the
 	// socket is attached): a message accepted after the upgrade reaches it
@@ -150,7 +149,7 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 	// lets go of the request and its buffers (only the hijacked socket lives on).
 	ws.SetReadLimit(maxFrameBytes)
 	c.lastRead.Store(s.now().UnixNano())
-	c.activate(ws)
+	c.activate(ws, sw.hijacked)
 	handedOver = true
 	go func() {
 		defer s.conns.Done()
@@ -230,6 +229,16 @@ type switching struct {
 	upgradeAnyway bool
 	opened        bool
 	err           error
+	// hijacked is the socket the library took over (the writer bounds its writes with
+	// the socket's write deadline).
+	hijacked net.Conn
+}
+
+// Hijack implements http.Hijacker, keeping the socket.
+func (w *switching) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := w.smallBuffers.Hijack()
+	w.hijacked = conn
+	return conn, brw, err
 }
 
 // WriteHeader implements http.ResponseWriter.
@@ -320,16 +329,15 @@ func (s *Server) readLoop(ctx, readCtx context.Context, c *wsConn) {
 // writeQueued writes the queued frames, oldest first, until the queue is empty, and
 // returns: the next frame starts a writer again. A failed or too slow write ends the
 // connection as expired; the frames it leaves unwritten are reported gone.
-func (s *Server) writeQueued(ctx context.Context, c *wsConn) {
+func (s *Server) writeQueued(c *wsConn) {
+	defer c.clearWriteDeadline()
 	for {
 		q := c.next()
 		if len(q) == 0 {
 			return
 		}
 		for i, f := range q {
-			wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
-			err := c.ws.Write(wctx, websocket.MessageText, f.data)
-			cancel()
+			err := c.writeText(s.cfg.WriteTimeout, f.data)
 			if err == nil {
 				f.written(nil)
 				continue
@@ -343,6 +351,30 @@ func (s *Server) writeQueued(ctx context.Context, c *wsConn) {
 			c.end()
 			return
 		}
+	}
+}
+
+// writeText writes data as one text frame, within timeout. The bound is the socket's
+// write deadline, not a context: a context with a deadline costs the library a callback
+// registration (and this writer a timer) per frame. Only the writer sets the deadline,
+// and it clears it when the queue is empty (clearWriteDeadline), so the pings and closes
+// written between its runs are not cut short by a deadline that has passed.
+func (c *wsConn) writeText(timeout time.Duration, data []byte) error {
+	if c.conn == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		return c.ws.Write(ctx, websocket.MessageText, data)
+	}
+	if err := c.conn.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
+		return err
+	}
+	return c.ws.Write(context.Background(), websocket.MessageText, data)
+}
+
+// clearWriteDeadline lifts the deadline writeText set.
+func (c *wsConn) clearWriteDeadline() {
+	if c.conn != nil {
+		_ = c.conn.SetWriteDeadline(time.Time{})
 	}
 }
 
@@ -394,25 +426,6 @@ func ParseClientFrame(data []byte) ClientFrame {
 		return ClientFrame{}
 	}
 	return ClientFrame{Action: action}
-}
-
-// appendClose records a connection's close and does not give up: while the store cannot
-// write (a full disk, say) it retries with backoff, so a user whose last connection closed
-// never stays online once the store recovers. Only a closed store (shutdown) ends it: the
-// next start closes the connections the log still holds open.
-func (s *Server) appendClose(ctx context.Context, e events.ConnectionEvent) {
-	for attempt := 1; ; attempt++ {
-		_, err := s.events.Append(ctx, e)
-		if err == nil || errors.Is(err, sqlite.ErrClosed) {
-			return
-		}
-		if attempt == 1 {
-			s.log.Warn("record close, will retry", "connectionId", e.ConnectionID, "err", err)
-		}
-		// At shutdown the store is closed once its wait for the connections ends, and the
-		// next attempt then returns ErrClosed.
-		time.Sleep(retry.Backoff(100*time.Millisecond, min(attempt, 6)))
-	}
 }
 
 func sourceIP(r *http.Request) string {

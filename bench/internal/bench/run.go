@@ -40,9 +40,6 @@ type Profile struct {
 	// recovering clients reconnecting at once, RecMessages messages each.
 	RecClients  int `json:"recovery_clients"`
 	RecMessages int `json:"recovery_messages"`
-	// Only, if set, names the scenarios to run (memory, connect, lag, rest, delivery,
-	// publishers, recovery, flood, users, churn) and the others are skipped; Targets, if set, names the sides to measure
-	// (baseline, wspresence). Partial runs are for profiling one scenario, not for reports.
 	// The users scenario (wspresence only, a server of its own, unpinned): UsersN distinct
 	// users in all at each point (ascending), visiting once each from UsersConcurrency
 	// clients at once.
@@ -62,11 +59,16 @@ type Profile struct {
 	FloodRequests int           `json:"flood_requests,omitempty"`
 	FloodBytes    []int         `json:"flood_bytes,omitempty"`
 	FloodIdle     time.Duration `json:"flood_idle_ns,omitempty"`
-	Only          []string      `json:"only,omitempty"`
+	// Only, if set, names the scenarios to run (memory, connect, lag, rest, delivery,
+	// publishers, recovery, flood, users, churn) and the others are skipped; Targets, if
+	// set, names the sides to measure (baseline, wspresence). Partial runs are for
+	// profiling one scenario, not for reports.
+	Only    []string `json:"only,omitempty"`
 	Targets []string `json:"targets,omitempty"`
 	// ProfileScenario is the scenario the server's CPU and heap profiles cover: publishers
 	// (default: one more pass at its highest rate, profiled and not reported, so the
-	// profiler's own cost stays out of the measured points) or delivery (its middle rate).
+	// profiler's own cost stays out of the measured points), delivery (its middle rate) or
+	// flood (a pass of its own at its first size).
 	ProfileScenario string `json:"profile_scenario,omitempty"`
 }
 
@@ -111,10 +113,10 @@ type Side struct {
 	Recovery *RecoveryResult `json:"recovery,omitempty"`
 	// Flood, Users and Churn are the flood, users and churn scenarios (wspresence only;
 	// users and churn on servers of their own).
-	Flood []FloodResult `json:"flood,omitempty"`
-	Users *UsersResult `json:"users,omitempty"`
-	Churn *ChurnResult `json:"churn,omitempty"`
-	Errors   int             `json:"errors"`
+	Flood  []FloodResult `json:"flood,omitempty"`
+	Users  *UsersResult  `json:"users,omitempty"`
+	Churn  *ChurnResult  `json:"churn,omitempty"`
+	Errors int           `json:"errors"`
 	// Load is how busy the machine was with other work while this side ran.
 	Load MachineLoad `json:"machine_load"`
 }
@@ -374,7 +376,7 @@ func measure(ctx context.Context, t *Target, p Profile, outDir string, log *slog
 			f, _ := Flood(ctx, t, p.FloodRequests, size, p.FloodIdle, clientCPUs(t), "")
 			s.Flood = append(s.Flood, f)
 			s.Errors += f.Other + f.ProbeErrors // a refused request reset before its answer is read is no error
-			time.Sleep(2 * time.Second) // the accepted bodies written
+			time.Sleep(2 * time.Second)         // the accepted bodies written
 		}
 		if p.ProfileScenario == "flood" && outDir != "" && len(p.FloodBytes) > 0 {
 			if _, cpu := Flood(ctx, t, p.FloodRequests, p.FloodBytes[0], p.FloodIdle, clientCPUs(t), outDir); cpu != "" {

@@ -196,14 +196,21 @@ func (s *Store) Dump(ctx context.Context) (View, error) {
 }
 
 // PendingMessages returns up to limit queued messages not done yet whose sequence number is
-// above after, oldest first (at a start, the messages a previous run left).
+// above after, oldest first (at a start, the messages a previous run left). A row that does
+// not match its checksum is never returned: the read fails with an error wrapping
+// ErrDamaged (and Health reports it).
 func (s *Store) PendingMessages(ctx context.Context, after int64, limit int) ([]QueuedMessage, error) {
-	return queryAll(ctx, s.r, "read queue", func(r *sql.Rows) (m QueuedMessage, err error) {
+	msgs, err := queryAll(ctx, s.r, "read queue", func(r *sql.Rows) (m QueuedMessage, err error) {
 		var at int64
-		err = r.Scan(&m.Seq, &m.MessageID, &m.UserID, &m.Body, &at, &m.Offset, &m.Gen)
+		var offset, gen, crc sql.NullInt64
+		if err = r.Scan(&m.Seq, &m.MessageID, &m.UserID, &m.Body, &at, &offset, &gen, &crc); err != nil {
+			return m, err
+		}
 		m.EnqueuedAt = time.Unix(0, at).UTC()
-		return m, err
-	}, `SELECT seq, message_id, user_id, body, enqueued_at, COALESCE(stream_offset, 0), COALESCE(stream_gen, 0) FROM messages WHERE done_at IS NULL AND seq > ? ORDER BY seq LIMIT ?`, after, limit)
+		m.Offset, m.Gen = offset.Int64, gen.Int64
+		return m, s.checkMessage(m.Seq, m.MessageID, m.UserID, at, offset, gen, m.Body, crc)
+	}, `SELECT seq, message_id, user_id, body, enqueued_at, stream_offset, stream_gen, crc FROM messages WHERE done_at IS NULL AND seq > ? ORDER BY seq LIMIT ?`, after, limit)
+	return msgs, s.noteRead(err)
 }
 
 // ErrMismatch is returned by Complete when seqs and outcomes differ in length.
@@ -289,9 +296,9 @@ func (s *Store) PublishedSince(ctx context.Context, seq int64, limit int) ([]Pub
 			return rec, err
 		}
 		rec.Envelope = []byte(env)
-		return rec, s.checkRow("published", rec.Seq, string(rec.DetailType), rec.Envelope, crc)
+		return rec, s.checkRow(outboxTable, rec.Seq, string(rec.DetailType), rec.Envelope, crc)
 	}, `SELECT seq, detail_type, envelope, crc FROM published WHERE seq > ? ORDER BY seq LIMIT ?`, seq, limit)
-	return recs, s.noteRead(err)
+	return recs, s.noteOutboxRead(err)
 }
 
 // LastPublishedSeq is the sequence number of the newest outbox row ever written (0 if

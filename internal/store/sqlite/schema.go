@@ -5,11 +5,30 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"hash/crc32"
+	"strconv"
 )
 
-// viewVersion changes whenever the snapshot tables change shape: a store whose snapshot
-// has another version (or none) drops it and folds the whole log again when opened.
-const viewVersion = "4"
+// viewVersion is the shape of the snapshot tables. A store whose snapshot has an earlier
+// version is migrated in place when opened, a step per version (snapshotSteps), each in
+// one transaction: once the log is compacted, the snapshot is the only record of the users
+// the log no longer holds, so it is never dropped. A version with no step (written before
+// the log was compacted) is folded again from the log when the log is whole; a newer or
+// unknown version is refused (ErrSnapshotVersion).
+const viewVersion = 5
+
+// firstStep is the oldest version snapshotSteps migrates.
+const firstStep = 4
+
+// snapshotSteps migrates a snapshot of version v (the key) to v+1 inside tx.
+var snapshotSteps = map[int]func(ctx context.Context, tx *sql.Tx) error{
+	4: compactUserRows,
+}
+
+// ErrSnapshotVersion is wrapped by Open for a store whose snapshot this build cannot
+// read: written by a newer version (or of an unknown one), or too old to migrate once
+// its log was compacted. Run the version that wrote it, or restore a backup.
+var ErrSnapshotVersion = errors.New("the view's snapshot is of a version this build cannot read")
 
 // logSchema is what is durable on the hot path: the log (one row per connection event or
 // grace decision, no secondary index), the queue (one row per accepted message), and the
@@ -46,6 +65,7 @@ CREATE TABLE IF NOT EXISTS messages (
 	done_at     INTEGER,
 	UNIQUE (message_id, user_id)
 );
+-- crc is added by migrate (messageCRC).
 -- stream_offset and stream_gen are added by migrate (streamColumns).
 CREATE TABLE IF NOT EXISTS recovering (
 	connection_id TEXT PRIMARY KEY,
@@ -58,8 +78,17 @@ CREATE INDEX IF NOT EXISTS messages_done ON messages (done_at) WHERE done_at IS 
 // snapshotSchema holds the view's last snapshot: its rows as of the checkpoint, the log
 // position it folded up to. A start reads the rows of the active users and the live
 // connections (the memory image); the fold and the reads read the others on demand. A
-// user's row stays (its last activity answers GET /user/online); what removes a
-// connection's row is the tombstone retention (PruneTombstones, by view_connections_closed).
+// user's row stays while the user is active and then for the user retention past its last
+// activity (its last activity answers GET /user/online; PruneUsers removes it); what
+// removes a connection's row is the tombstone retention (PruneTombstones, by
+// view_connections_closed).
+//
+// A user's row is what a visit leaves for a year, so it is kept small: the announced state
+// is 1 (online) or 0 (offline), which like a live count of 0 or 1 takes no byte past its
+// type in the record; offline_gap is how long before its last activity the user went
+// offline (last_activity - offline_since, in ns: 0, no byte, for a user whose last event
+// was its last close; NULL while not offline); crc is a signed 32-bit checksum (4 bytes).
+// The active users' index holds the online users and those in their grace period only.
 const snapshotSchema = `
 CREATE TABLE IF NOT EXISTS checkpoints (
 	name TEXT PRIMARY KEY,
@@ -69,8 +98,8 @@ CREATE TABLE IF NOT EXISTS view_users (
 	user_id       TEXT    PRIMARY KEY,
 	live          INTEGER NOT NULL,
 	last_activity INTEGER,
-	announced     TEXT    NOT NULL,
-	offline_since INTEGER,
+	announced     INTEGER NOT NULL,
+	offline_gap   INTEGER,
 	crc           INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS view_connections (
@@ -82,7 +111,7 @@ CREATE TABLE IF NOT EXISTS view_connections (
 	last_seen     INTEGER,
 	crc           INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS view_users_active ON view_users (user_id) WHERE live > 0 OR announced = 'online';
+CREATE INDEX IF NOT EXISTS view_users_active ON view_users (user_id) WHERE live > 0 OR announced = 1;
 CREATE INDEX IF NOT EXISTS view_connections_closed ON view_connections (closed_at);
 `
 
@@ -126,9 +155,9 @@ func migrate(ctx context.Context, db *sql.DB) error {
 	if _, err := db.ExecContext(ctx, streamIndex); err != nil {
 		return fmt.Errorf("index stream positions: %w", err)
 	}
-	// Rows of the log and the outbox carry a checksum (rowCRC); rows written before it
-	// have none (NULL) and are read unchecked.
-	for _, table := range []string{"log", "published"} {
+	// Rows of the log, the outbox and the queue carry a checksum (rowCRC, messageCRC);
+	// rows written before it have none (NULL) and are read unchecked.
+	for _, table := range []string{"log", "published", "messages"} {
 		var has int
 		if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = 'crc'`, table).Scan(&has); err != nil {
 			return fmt.Errorf("look for the %s checksums: %w", table, err)
@@ -143,11 +172,6 @@ func migrate(ctx context.Context, db *sql.DB) error {
 	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'events'`).Scan(&legacy); err != nil {
 		return fmt.Errorf("look for an earlier log: %w", err)
 	}
-	var version string
-	err := db.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'view_version'`).Scan(&version)
-	if err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return fmt.Errorf("read view version: %w", err)
-	}
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("migrate: %w", err)
@@ -158,17 +182,147 @@ func migrate(ctx context.Context, db *sql.DB) error {
 			return fmt.Errorf("move the earlier log: %w", err)
 		}
 	}
-	if version != viewVersion {
+	version, err := snapshotVersion(ctx, tx)
+	if err != nil {
+		return err
+	}
+	switch {
+	case version > viewVersion:
+		return fmt.Errorf("%w: it is of version %d, this build reads up to %d: run the version that wrote it, or restore a backup",
+			ErrSnapshotVersion, version, viewVersion)
+	case version < firstStep:
+		// Written before the log was compacted: folded again from the whole log.
+		var first sql.NullInt64
+		if err := tx.QueryRowContext(ctx, `SELECT MIN(seq) FROM log`).Scan(&first); err != nil {
+			return fmt.Errorf("read the log's first position: %w", err)
+		}
+		if first.Valid && first.Int64 != 1 {
+			return fmt.Errorf("%w: it is of version %d, which cannot be migrated, and the log before position %d is gone: restore a backup",
+				ErrSnapshotVersion, version, first.Int64)
+		}
 		if _, err := tx.ExecContext(ctx, dropSnapshot); err != nil {
 			return fmt.Errorf("drop old snapshot: %w", err)
 		}
+		version = viewVersion
 	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	for ; version < viewVersion; version++ {
+		if err := migrateStep(ctx, db, version); err != nil {
+			return fmt.Errorf("migrate the view's snapshot from version %d to %d: %w", version, version+1, err)
+		}
+	}
+	tx, err = db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
 	if _, err := tx.ExecContext(ctx, snapshotSchema); err != nil {
 		return fmt.Errorf("create snapshot tables: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES ('view_version', ?)
-		ON CONFLICT (key) DO UPDATE SET value = excluded.value`, viewVersion); err != nil {
-		return fmt.Errorf("write view version: %w", err)
+	if err := setSnapshotVersion(ctx, tx, viewVersion); err != nil {
+		return err
 	}
 	return tx.Commit()
+}
+
+// snapshotVersion reads the snapshot's version: 0 when none is recorded (a new store, or
+// one written before the version was).
+func snapshotVersion(ctx context.Context, tx *sql.Tx) (int, error) {
+	var v string
+	err := tx.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'view_version'`).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read view version: %w", err)
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%w: its version %q is unknown: restore a backup", ErrSnapshotVersion, v)
+	}
+	return n, nil
+}
+
+func setSnapshotVersion(ctx context.Context, tx *sql.Tx, v int) error {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES ('view_version', ?)
+		ON CONFLICT (key) DO UPDATE SET value = excluded.value`, strconv.Itoa(v)); err != nil {
+		return fmt.Errorf("write view version: %w", err)
+	}
+	return nil
+}
+
+// migrateStep runs the step from version v to v+1 and records v+1, in one transaction.
+func migrateStep(ctx context.Context, db *sql.DB, v int) error {
+	step := snapshotSteps[v]
+	if step == nil {
+		return fmt.Errorf("%w: no step from version %d", ErrSnapshotVersion, v)
+	}
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback() }()
+	if err := step(ctx, tx); err != nil {
+		return err
+	}
+	if err := setSnapshotVersion(ctx, tx, v+1); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// compactUserRows takes view_users from version 4 (announced as TEXT, offline_since) to 5
+// (announced as 0 or 1, offline_gap, a signed 32-bit checksum). Each row is checked against
+// its version-4 checksum; a row that fails it is written with a checksum that fails too,
+// so its damage stays detected as before.
+func compactUserRows(ctx context.Context, tx *sql.Tx) error {
+	if _, err := tx.ExecContext(ctx, `ALTER TABLE view_users RENAME TO view_users_v4;
+		DROP INDEX IF EXISTS view_users_active;`+snapshotSchema); err != nil {
+		return fmt.Errorf("create the new user rows: %w", err)
+	}
+	ins, err := tx.PrepareContext(ctx, `INSERT INTO view_users (user_id, live, last_activity, announced, offline_gap, crc) VALUES (?, ?, ?, ?, ?, ?)`)
+	if err != nil {
+		return err
+	}
+	defer ins.Close()
+	rows, err := tx.QueryContext(ctx, `SELECT user_id, live, last_activity, announced, offline_since, crc FROM view_users_v4`)
+	if err != nil {
+		return fmt.Errorf("read the user rows: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, announced string
+		var live int
+		var last, since sql.NullInt64
+		var crc int64
+		if err := rows.Scan(&id, &live, &last, &announced, &since, &crc); err != nil {
+			return fmt.Errorf("read the user rows: %w", err)
+		}
+		online := 0
+		if announced == "online" {
+			online = 1
+		}
+		gap := offlineGap(last, since)
+		sum := userCRC(id, live, last, gap, online)
+		if crc != userCRCv4(id, live, last, since, announced) {
+			sum ^= 1
+		}
+		if _, err := ins.ExecContext(ctx, id, live, last, online, gap, sum); err != nil {
+			return fmt.Errorf("write the row of user %q: %w", id, err)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read the user rows: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, `DROP TABLE view_users_v4`); err != nil {
+		return fmt.Errorf("drop the earlier user rows: %w", err)
+	}
+	return nil
+}
+
+// userCRCv4 is the checksum of a version-4 user row.
+func userCRCv4(id string, live int, last, since sql.NullInt64, announced string) int64 {
+	return int64(crc32.ChecksumIEEE([]byte(fmt.Sprintf("%s\x00%d\x00%v\x00%v\x00%s", id, live, last, since, announced))))
 }

@@ -23,8 +23,33 @@ const replayPage = 10_000
 var ErrSnapshotDamaged = errors.New("snapshot damaged")
 
 // userCRC and connCRC are the checksums a snapshot row carries, over its fields.
-func userCRC(id string, live int, last, since sql.NullInt64, announced string) int64 {
-	return int64(crc32.ChecksumIEEE([]byte(fmt.Sprintf("%s\x00%d\x00%v\x00%v\x00%s", id, live, last, since, announced))))
+// A user row's checksum is stored as a signed 32-bit integer (4 bytes in the record).
+func userCRC(id string, live int, last, gap sql.NullInt64, announced int) int64 {
+	return int64(int32(crc32.ChecksumIEEE([]byte(fmt.Sprintf("%s\x00%d\x00%v\x00%v\x00%d", id, live, last, gap, announced)))))
+}
+
+// offlineGap encodes a user's offline_since as its distance before last_activity (NULL
+// when not offline); offlineSince decodes it.
+func offlineGap(last, since sql.NullInt64) sql.NullInt64 {
+	if !since.Valid {
+		return sql.NullInt64{}
+	}
+	return sql.NullInt64{Int64: last.Int64 - since.Int64, Valid: true}
+}
+
+func offlineSince(last, gap sql.NullInt64) sql.NullInt64 {
+	if !gap.Valid {
+		return sql.NullInt64{}
+	}
+	return sql.NullInt64{Int64: last.Int64 - gap.Int64, Valid: true}
+}
+
+// announcedCode is how a user row stores the announced state: 1 online, 0 offline.
+func announcedCode(a presence.Announced) int {
+	if a == presence.AnnouncedOnline {
+		return 1
+	}
+	return 0
 }
 
 func connCRC(id, userID string, opened, closed sql.NullInt64, reason sql.NullString, seen sql.NullInt64) int64 {
@@ -34,7 +59,7 @@ func connCRC(id, userID string, opened, closed sql.NullInt64, reason sql.NullStr
 // selectUser and selectConn read snapshot rows; scanUser and scanConn decode them, each
 // checked against its checksum (ErrSnapshotDamaged on a mismatch).
 const (
-	selectUser = `SELECT user_id, live, last_activity, announced, offline_since, crc FROM view_users`
+	selectUser = `SELECT user_id, live, last_activity, announced, offline_gap, crc FROM view_users`
 	selectConn = `SELECT connection_id, user_id, opened_at, closed_at, reason, last_seen, crc FROM view_connections`
 )
 
@@ -43,16 +68,19 @@ type rowScanner interface{ Scan(dest ...any) error }
 
 func scanUser(r rowScanner) (presence.User, error) {
 	var u presence.User
-	var last, since sql.NullInt64
-	var announced string
+	var last, gap sql.NullInt64
+	var announced int
 	var crc int64
-	if err := r.Scan(&u.ID, &u.Live, &last, &announced, &since, &crc); err != nil {
+	if err := r.Scan(&u.ID, &u.Live, &last, &announced, &gap, &crc); err != nil {
 		return u, err
 	}
-	if userCRC(u.ID, u.Live, last, since, announced) != crc {
+	if userCRC(u.ID, u.Live, last, gap, announced) != crc {
 		return u, fmt.Errorf("%w: the row of user %q", ErrSnapshotDamaged, u.ID)
 	}
-	u.LastActivity, u.OfflineSince, u.Announced = fromNanos(last), fromNanos(since), presence.Announced(announced)
+	u.LastActivity, u.OfflineSince, u.Announced = fromNanos(last), fromNanos(offlineSince(last, gap)), presence.AnnouncedOffline
+	if announced == 1 {
+		u.Announced = presence.AnnouncedOnline
+	}
 	return u, nil
 }
 
@@ -102,7 +130,7 @@ func storedRow[T any](s *Store, v T, err error) (T, bool, error) {
 
 // activeUsers is the condition of a user row the image holds: online, or in its grace
 // period (the view_users_active index holds them).
-const activeUsers = `live > 0 OR announced = 'online'`
+const activeUsers = `live > 0 OR announced = 1`
 
 // loadSnapshot reads into the image the rows of the view's last snapshot it holds (users
 // online or in their grace period, live connections: a start reads those, not every row),
@@ -274,13 +302,11 @@ func (s *Store) writeSnapshot(ctx context.Context) error {
 	im := s.img
 	for uid, conns := range im.dirty {
 		if u := im.users[uid]; u != nil {
-			announced := u.Announced
-			if announced == "" {
-				announced = presence.AnnouncedOffline
-			}
-			last, since := toNanos(u.LastActivity), toNanos(u.OfflineSince)
-			if _, err := s.stmts.saveUser.ExecContext(ctx, u.ID, u.Live, last, string(announced), since,
-				userCRC(u.ID, u.Live, last, since, string(announced))); err != nil {
+			announced := announcedCode(u.Announced)
+			last := toNanos(u.LastActivity)
+			gap := offlineGap(last, toNanos(u.OfflineSince))
+			if _, err := s.stmts.saveUser.ExecContext(ctx, u.ID, u.Live, last, announced, gap,
+				userCRC(u.ID, u.Live, last, gap, announced)); err != nil {
 				return fmt.Errorf("snapshot user %s: %w", uid, err)
 			}
 		}

@@ -13,6 +13,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -47,8 +48,18 @@ type Options struct {
 	// truncates the log runs between two group commits (writes wait for it), so the log
 	// cannot outgrow it under sustained load, when the background checkpoints never catch
 	// up. OnWAL, if set, is given the log's size after each checkpoint (a metric).
+	// The bound in force is the smaller of WALLimit and a quarter of the filesystem's free
+	// space (the WAL's own bytes counted as free), never under 1 MiB (Space).
 	WALLimit int64
 	OnWAL    func(bytes int64)
+	// Reserve is the size of the reserve file kept beside the store (path + ReserveSuffix):
+	// when the filesystem runs short of space (less than a quarter of the reserve free, or a
+	// write that finds it full) writes are refused (ErrNoSpace, ErrCannotWrite) and the
+	// reserve is given back, so the store can still checkpoint its WAL and a restart can
+	// open it and serve reads; once the free space holds the reserve and half of it again,
+	// the reserve is retaken and writes resume. Zero means a 32nd of the filesystem, between
+	// 1 MiB and 16 MiB; negative, none.
+	Reserve int64
 	// Logger receives the store's logs (default slog.Default()).
 	Logger *slog.Logger
 	// Sync is SQLite's synchronous mode: "full" (default) makes every commit durable
@@ -132,8 +143,17 @@ type Store struct {
 	recovered Projection
 	// path is the store file's.
 	path string
-	// damage is the last sign of a damaged file (Health).
-	damage atomic.Pointer[error]
+	// room is the store's account of its filesystem's space and its reserve.
+	room *room
+	// ckMu serializes the checkpoints of the checkpointer and of the writer (boundWAL);
+	// walBusy is set while a checkpoint that should truncate the WAL could not (the
+	// writer's alone).
+	ckMu    sync.Mutex
+	walBusy bool
+	// damage is the last sign of a damaged file (Health); outboxDamage the last sign of
+	// damage found reading the outbox (OutboxHealth).
+	damage       atomic.Pointer[error]
+	outboxDamage atomic.Pointer[error]
 	// outcomesFailing holds the error of the last commit that could not record message
 	// outcomes, nil once one could: Enqueue refuses new messages meanwhile.
 	outcomesFailing atomic.Pointer[error]
@@ -213,6 +233,9 @@ type QueuedMessage struct {
 // the whole log), and starts the writer.
 func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	opts.setDefaults()
+	// First: on a full filesystem the reserve is given back, so the opening's own writes
+	// (the WAL index, a few pages) find room.
+	room := newRoom(path, opts.Reserve, opts.Logger)
 	dsn := func(extra string) string {
 		q := url.Values{}
 		q.Add("_pragma", "busy_timeout(10000)")
@@ -282,7 +305,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open %s for checkpoints: %w", path, err)
 	}
 	ck.SetMaxOpenConns(1)
-	s := &Store{path: path, w: w, r: r, ck: ck, opts: opts, syncMode: opts.Sync, id: id, idCreated: idCreated, img: newImage(), reqs: make(chan *writeReq, 4096),
+	s := &Store{path: path, room: room, w: w, r: r, ck: ck, opts: opts, syncMode: opts.Sync, id: id, idCreated: idCreated, img: newImage(), reqs: make(chan *writeReq, 4096),
 		stop: make(chan struct{}), done: make(chan struct{}), ckDone: make(chan struct{})}
 	s.epoch.Store(&epoch)
 	s.batchStreams = map[string]streamState{}
@@ -315,17 +338,21 @@ func (s *Store) start(ctx context.Context) error {
 		query string
 	}{
 		{&s.stmts.log, `INSERT INTO log (type, data, crc) VALUES (?, ?, ?)`},
-		{&s.stmts.msg, `INSERT INTO messages (message_id, user_id, body, enqueued_at, stream_offset, stream_gen) VALUES (?, ?, ?, ?, ?, ?)
+		{&s.stmts.msg, `INSERT INTO messages (message_id, user_id, body, enqueued_at, stream_offset, stream_gen, crc) VALUES (?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (message_id, user_id) DO NOTHING`},
 		// OR IGNORE: a file of an earlier version has a unique index on event_id.
 		{&s.stmts.pub, `INSERT OR IGNORE INTO published (event_id, detail_type, envelope, crc) VALUES (?, ?, ?, ?)`},
 		// A done message's body is forgotten, its stream position marked gone (a negative
 		// generation), unless it is kept for the recovery window (doneKeep; PruneStreams).
-		{&s.stmts.done, `UPDATE messages SET done_at = ?, body = '', stream_gen = -stream_gen WHERE seq = ? AND done_at IS NULL`},
+		// Its checksum follows (msgcrc.go).
+		{&s.stmts.done, `UPDATE messages SET done_at = ?, body = '', stream_gen = -stream_gen,
+			crc = CASE WHEN crc = ` + messageCRCFunc + `(message_id, user_id, enqueued_at, stream_offset, stream_gen, body)
+				THEN ` + messageCRCFunc + `(message_id, user_id, enqueued_at, stream_offset, -stream_gen, '') ELSE crc END
+			WHERE seq = ? AND done_at IS NULL`},
 		{&s.stmts.doneKeep, `UPDATE messages SET done_at = ? WHERE seq = ? AND done_at IS NULL`},
-		{&s.stmts.saveUser, `INSERT INTO view_users (user_id, live, last_activity, announced, offline_since, crc)
+		{&s.stmts.saveUser, `INSERT INTO view_users (user_id, live, last_activity, announced, offline_gap, crc)
 			VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET live = excluded.live, last_activity = excluded.last_activity,
-			announced = excluded.announced, offline_since = excluded.offline_since, crc = excluded.crc`},
+			announced = excluded.announced, offline_gap = excluded.offline_gap, crc = excluded.crc`},
 		{&s.stmts.saveConn, `INSERT INTO view_connections (connection_id, user_id, opened_at, closed_at, reason, last_seen, crc)
 			VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (connection_id) DO UPDATE SET user_id = excluded.user_id, opened_at = excluded.opened_at,
 			closed_at = excluded.closed_at, reason = excluded.reason, last_seen = excluded.last_seen, crc = excluded.crc`},
@@ -364,7 +391,13 @@ func (s *Store) start(ctx context.Context) error {
 	s.recovered = p
 	if p.Events > 0 || s.rebuilt {
 		if err := s.snapshot(ctx); err != nil {
-			return err
+			if !s.room.full.Load() && !isNoSpace(err) {
+				return err
+			}
+			// On a full disk the store opens without it: the log holds what was folded,
+			// and the snapshot is written once writes resume.
+			s.room.failed(err)
+			s.opts.Logger.Warn("the view's snapshot is not written at start: the disk is full", "err", err)
 		}
 	}
 	s.lastSnapshot = time.Now()
@@ -452,8 +485,9 @@ const DefaultGrace = 5 * time.Second
 // store's meta table for the next opening), else the one recorded, else DefaultGrace.
 func recordGrace(ctx context.Context, db *sql.DB, grace time.Duration) (time.Duration, error) {
 	if grace > 0 {
+		// Written only when it changes: a start on a full disk writes nothing here.
 		_, err := db.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES ('offline_grace', ?)
-			ON CONFLICT (key) DO UPDATE SET value = excluded.value`, strconv.FormatInt(int64(grace), 10))
+			ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE value <> excluded.value`, strconv.FormatInt(int64(grace), 10))
 		return grace, err
 	}
 	var v string
@@ -601,8 +635,17 @@ func (s *Store) checkRow(table string, seq int64, kind string, text []byte, crc 
 	if !crc.Valid || crc.Int64 == rowCRC(kind, text) {
 		return nil
 	}
+	return s.damagedRow(table, seq)
+}
+
+// damagedRow records that the row of table at position seq does not match its checksum
+// (Health), logs the table and position, and returns an error wrapping ErrDamaged.
+func (s *Store) damagedRow(table string, seq int64) error {
 	err := fmt.Errorf("%w: the %s row at position %d does not match its checksum: restore a backup", ErrDamaged, table, seq)
 	s.damage.Store(&err)
+	if table == outboxTable {
+		s.outboxDamage.Store(&err)
+	}
 	s.opts.Logger.Error("a damaged row of the store", "table", table, "position", seq)
 	return err
 }
@@ -628,6 +671,29 @@ func (s *Store) Health() error {
 		return *p
 	}
 	return nil
+}
+
+// outboxTable is the table of the outbox, the one /events serves.
+const outboxTable = "published"
+
+// OutboxHealth reports damage found in the outbox (a row that does not match its checksum,
+// a damaged page met reading it): what /events serves. Damage elsewhere in the file (a log
+// or queue row) is reported by Health and does not stop the outbox from being served: its
+// rows are checked as they are read.
+func (s *Store) OutboxHealth() error {
+	if p := s.outboxDamage.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// noteOutboxRead is noteRead for a read of the outbox: damage it meets is the outbox's.
+func (s *Store) noteOutboxRead(err error) error {
+	if err != nil && isDamage(err) {
+		damaged := fmt.Errorf("%w: the outbox: %w", ErrDamaged, err)
+		s.outboxDamage.Store(&damaged)
+	}
+	return s.noteRead(err)
 }
 
 // noteRead records err (of a read or a write) if it is the sign of a damaged file, and

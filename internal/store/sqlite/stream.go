@@ -131,16 +131,21 @@ type StreamEntry struct {
 }
 
 // StreamRange returns, oldest first, up to limit kept messages of userID's stream
-// generation gen with offsets in (after, upTo].
+// generation gen with offsets in (after, upTo]. A row that does not match its checksum is
+// never returned: the read fails with an error wrapping ErrDamaged.
 func (s *Store) StreamRange(ctx context.Context, userID string, gen, after, upTo int64, limit int) ([]StreamEntry, error) {
-	return queryAll(ctx, s.r, "read stream", func(r *sql.Rows) (e StreamEntry, err error) {
+	entries, err := queryAll(ctx, s.r, "read stream", func(r *sql.Rows) (e StreamEntry, err error) {
 		var at int64
-		err = r.Scan(&e.Seq, &e.MessageID, &e.Body, &e.Offset, &at, &e.Pending)
+		var crc sql.NullInt64
+		if err = r.Scan(&e.Seq, &e.MessageID, &e.Body, &e.Offset, &at, &e.Pending, &crc); err != nil {
+			return e, err
+		}
 		e.EnqueuedAt = time.Unix(0, at).UTC()
-		return e, err
-	}, `SELECT seq, message_id, body, stream_offset, enqueued_at, done_at IS NULL FROM messages
+		return e, s.checkMessage(e.Seq, e.MessageID, userID, at, sql.NullInt64{Int64: e.Offset, Valid: true}, sql.NullInt64{Int64: gen, Valid: true}, e.Body, crc)
+	}, `SELECT seq, message_id, body, stream_offset, enqueued_at, done_at IS NULL, crc FROM messages
 		WHERE user_id = ? AND stream_offset > ? AND stream_offset <= ? AND stream_gen = ?
 		ORDER BY stream_offset LIMIT ?`, userID, after, upTo, gen, limit)
+	return entries, s.noteRead(err)
 }
 
 // KeptCount returns how many messages of userID's stream generation gen with offsets in
@@ -169,7 +174,10 @@ func (s *Store) PruneStreams(ctx context.Context, cutoff time.Time) (int64, erro
 				return err
 			}
 			res, err := s.wc.ExecContext(ctx, `UPDATE messages SET stream_offset = NULL, stream_gen = NULL,
-				body = CASE WHEN done_at IS NULL THEN body ELSE '' END
+				body = CASE WHEN done_at IS NULL THEN body ELSE '' END,
+				crc = CASE WHEN crc = `+messageCRCFunc+`(message_id, user_id, enqueued_at, stream_offset, stream_gen, body)
+					THEN `+messageCRCFunc+`(message_id, user_id, enqueued_at, NULL, NULL, CASE WHEN done_at IS NULL THEN body ELSE '' END)
+					ELSE crc END
 				WHERE seq IN (SELECT seq FROM messages WHERE seq > ? AND stream_offset IS NOT NULL AND enqueued_at < ? ORDER BY seq LIMIT ?)`,
 				s.streamsPruned, cutoff.UnixNano(), streamPruneChunk)
 			if err == nil {

@@ -1,0 +1,124 @@
+package sqlite_test
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/store/sqlite"
+)
+
+// TestFlippedQueueRowIsNeverRead: a queue row changed on disk (one byte of its body, or its
+// stream offset) is neither handed out pending nor replayed: the reads fail with
+// ErrDamaged and Health reports it. Rows changed by the store itself (an outcome that
+// forgets the body, one that keeps it, a prune of stream positions) keep matching their
+// checksums.
+func TestFlippedQueueRowIsNeverRead(t *testing.T) {
+	ctx := context.Background()
+	clk := &clock{t: t0}
+	path := filepath.Join(t.TempDir(), "db")
+	s := openStreams(t, path, clk)
+	defer s.Close()
+	msg := func(id string) sqlite.QueuedMessage {
+		return sqlite.QueuedMessage{MessageID: id, UserID: "u", Body: "body of " + id, EnqueuedAt: clk.Now()}
+	}
+	if err := s.Enqueue(ctx, msg("a"), msg("b"), msg("c"), msg("d")); err != nil {
+		t.Fatal(err)
+	}
+	q, err := s.PendingMessages(ctx, 0, 10)
+	if err != nil || len(q) != 4 {
+		t.Fatalf("queue %+v %v", q, err)
+	}
+	// a done and forgotten, b done and kept: both rewritten by the store.
+	outcomes := []events.Published{events.NewMessageDelivered("a", "u", 1, t0), events.NewMessageDelivered("b", "u", 1, t0)}
+	if _, err := s.CompleteKeeping(ctx, []int64{q[0].Seq, q[1].Seq}, outcomes, []bool{false, true}); err != nil {
+		t.Fatal(err)
+	}
+	top, _ := s.Top("u")
+	if got, err := s.StreamRange(ctx, "u", top.Gen, 1, top.Offset, 10); err != nil || len(got) != 3 || got[0].Pending {
+		t.Fatalf("stream after the outcomes: %+v %v", got, err)
+	}
+	if err := s.Health(); err != nil {
+		t.Fatalf("a row the store changed reads as damaged: %v", err)
+	}
+
+	execOn(t, path, `UPDATE messages SET body = replace(body, 'of c', 'of C') WHERE message_id = 'c'`)
+	if got, err := s.PendingMessages(ctx, 0, 10); !errors.Is(err, sqlite.ErrDamaged) {
+		t.Fatalf("pending with a flipped row: %+v %v", got, err)
+	}
+	if got, err := s.StreamRange(ctx, "u", top.Gen, 0, top.Offset, 10); !errors.Is(err, sqlite.ErrDamaged) {
+		t.Fatalf("replay through a flipped row: %+v %v", got, err)
+	}
+	if err := s.Health(); !errors.Is(err, sqlite.ErrDamaged) {
+		t.Fatalf("health after a flipped queue row: %v", err)
+	}
+	// A changed position is damage too.
+	execOn(t, path, `UPDATE messages SET body = replace(body, 'of C', 'of c') WHERE message_id = 'c'`,
+		`UPDATE messages SET stream_offset = 9 WHERE message_id = 'd'`)
+	if got, err := s.StreamRange(ctx, "u", top.Gen, 0, 10, 10); !errors.Is(err, sqlite.ErrDamaged) {
+		t.Fatalf("replay of a row with a changed offset: %+v %v", got, err)
+	}
+	execOn(t, path, `UPDATE messages SET stream_offset = 4 WHERE message_id = 'd'`)
+	if got, err := s.StreamRange(ctx, "u", top.Gen, 0, top.Offset, 10); err != nil || len(got) != 3 {
+		t.Fatalf("stream once restored: %+v %v", got, err)
+	}
+
+	// A prune of the positions rewrites the pending rows' checksums.
+	clk.Add(time.Hour)
+	if _, err := s.PruneStreams(ctx, clk.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.PendingMessages(ctx, 0, 10); err != nil || len(got) != 2 || got[0].Offset != 0 {
+		t.Fatalf("pending after the prune: %+v %v", got, err)
+	}
+}
+
+// TestAQueueOfTheLayoutWithoutChecksumsIsDelivered: a store whose queue rows have no
+// checksum column (an earlier version) opens with its pending messages readable, unchecked,
+// and completes them; messages queued after carry a checksum.
+func TestAQueueOfTheLayoutWithoutChecksumsIsDelivered(t *testing.T) {
+	ctx := context.Background()
+	clk := &clock{t: t0}
+	path := filepath.Join(t.TempDir(), "db")
+	s := openStreams(t, path, clk)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	execOn(t, path, `ALTER TABLE messages DROP COLUMN crc`,
+		`INSERT INTO messages (message_id, user_id, body, enqueued_at, stream_offset, stream_gen) VALUES
+			('old-1', 'u', 'first', 1, 1, 7), ('old-2', 'u', 'second', 2, 2, 7)`)
+
+	s = openStreams(t, path, clk)
+	defer s.Close()
+	q, err := s.PendingMessages(ctx, 0, 10)
+	if err != nil || len(q) != 2 || q[0].Body != "first" || q[1].Offset != 2 {
+		t.Fatalf("pending of the earlier layout: %+v %v", q, err)
+	}
+	if got, err := s.StreamRange(ctx, "u", 7, 0, 2, 10); err != nil || len(got) != 2 {
+		t.Fatalf("replay of the earlier layout: %+v %v", got, err)
+	}
+	n, err := s.CompleteKeeping(ctx, []int64{q[0].Seq, q[1].Seq},
+		[]events.Published{events.NewMessageDelivered("old-1", "u", 1, t0), events.NewMessageDelivered("old-2", "u", 1, t0)}, []bool{false, true})
+	if err != nil || n != 2 {
+		t.Fatalf("complete the earlier layout's messages: %d %v", n, err)
+	}
+	if err := s.Enqueue(ctx, sqlite.QueuedMessage{MessageID: "new", UserID: "u", Body: "third", EnqueuedAt: clk.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if q, err := s.PendingMessages(ctx, 0, 10); err != nil || len(q) != 1 || q[0].MessageID != "new" {
+		t.Fatalf("pending after: %+v %v", q, err)
+	}
+	if got, err := s.StreamRange(ctx, "u", 7, 0, 3, 10); err != nil || len(got) != 2 || got[1].MessageID != "new" {
+		t.Fatalf("stream after: %+v %v", got, err)
+	}
+	if err := s.Health(); err != nil {
+		t.Fatal(err)
+	}
+	execOn(t, path, `UPDATE messages SET body = 'thirD' WHERE message_id = 'new'`)
+	if _, err := s.PendingMessages(ctx, 0, 10); !errors.Is(err, sqlite.ErrDamaged) {
+		t.Fatalf("a flipped row queued after the migration is read: %v", err)
+	}
+}
