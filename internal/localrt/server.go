@@ -95,8 +95,10 @@ type Server struct {
 	metrics *metrics
 	// bodies is the bytes of request bodies being read (Config.BodyBudget bounds it).
 	bodies atomic.Int64
-	lock   *os.File
-	now    func() time.Time
+	// bodyReads holds a token per request body being decoded (bodyDecodes).
+	bodyReads chan struct{}
+	lock      *os.File
+	now       func() time.Time
 
 	httpSrv  *http.Server
 	ln       net.Listener
@@ -147,7 +149,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return fail(err)
 	}
 	s := &Server{cfg: cfg, log: log, verifier: verifier, hub: newHub(cfg.MaxConnectionsPerUser),
-		bus: newBroadcaster(), lock: lock, now: time.Now, stopping: make(chan struct{}), kick: make(chan struct{}, 1)}
+		bus: newBroadcaster(), lock: lock, now: time.Now, stopping: make(chan struct{}), kick: make(chan struct{}, 1),
+		bodyReads: make(chan struct{}, bodyDecodes())}
 	s.held = newHeldMessages()
 	s.closing = newPendingCloses()
 	s.metrics = newMetrics(s.hub.count, storeCounter{s}, func() int {
