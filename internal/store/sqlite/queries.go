@@ -278,17 +278,7 @@ func (s *Store) PruneMessages(ctx context.Context, retention time.Duration) (int
 func (s *Store) pruneChunks(ctx context.Context, what, del string, args ...any) (int64, error) {
 	var total int64
 	for {
-		var n int64
-		err := s.pruneStep(ctx, func(ctx context.Context) error {
-			if err := s.begin(ctx); err != nil {
-				return err
-			}
-			res, err := s.wc.ExecContext(ctx, del, append(args, pruneChunk)...)
-			if err == nil {
-				n, err = res.RowsAffected()
-			}
-			return s.end(ctx, err)
-		})
+		n, err := s.deleteStep(ctx, del, append(args, pruneChunk)...)
 		total += n
 		if err != nil {
 			return total, fmt.Errorf("%s: %w", what, err)

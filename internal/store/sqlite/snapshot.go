@@ -393,6 +393,22 @@ func (s *Store) pruneStep(ctx context.Context, chunk func(ctx context.Context) e
 	}
 }
 
+// deleteStep runs del with args in a transaction of its own, a pruneStep, and returns how
+// many rows it deleted.
+func (s *Store) deleteStep(ctx context.Context, del string, args ...any) (n int64, err error) {
+	err = s.pruneStep(ctx, func(ctx context.Context) error {
+		if err := s.begin(ctx); err != nil {
+			return err
+		}
+		res, err := s.wc.ExecContext(ctx, del, args...)
+		if err == nil {
+			n, err = res.RowsAffected()
+		}
+		return s.end(ctx, err)
+	})
+	return n, err
+}
+
 // PruneTombstones forgets connections closed before cutoff, in the image and the snapshot
 // tables, a chunk per transaction, and returns how many.
 func (s *Store) PruneTombstones(ctx context.Context, cutoff time.Time) (int, error) {
@@ -426,17 +442,8 @@ func (s *Store) PruneTombstones(ctx context.Context, cutoff time.Time) (int, err
 	})
 	for err == nil {
 		var deleted int64
-		err = s.pruneStep(ctx, func(ctx context.Context) error {
-			if err := s.begin(ctx); err != nil {
-				return err
-			}
-			res, err := s.wc.ExecContext(ctx, `DELETE FROM view_connections WHERE connection_id IN
-				(SELECT connection_id FROM view_connections WHERE closed_at < ? LIMIT ?)`, cutoff.UnixNano(), pruneChunk)
-			if err == nil {
-				deleted, err = res.RowsAffected()
-			}
-			return s.end(ctx, err)
-		})
+		deleted, err = s.deleteStep(ctx, `DELETE FROM view_connections WHERE connection_id IN
+			(SELECT connection_id FROM view_connections WHERE closed_at < ? LIMIT ?)`, cutoff.UnixNano(), pruneChunk)
 		n += int(deleted)
 		if deleted < pruneChunk {
 			break
@@ -462,17 +469,7 @@ func (s *Store) CompactLog(ctx context.Context, cutoff time.Time) (int64, error)
 			}
 			return total, err
 		}
-		var n int64
-		err = s.pruneStep(ctx, func(ctx context.Context) error {
-			if err := s.begin(ctx); err != nil {
-				return err
-			}
-			res, err := s.wc.ExecContext(ctx, `DELETE FROM log WHERE seq < ?`, bound)
-			if err == nil {
-				n, err = res.RowsAffected()
-			}
-			return s.end(ctx, err)
-		})
+		n, err := s.deleteStep(ctx, `DELETE FROM log WHERE seq < ?`, bound)
 		total += n
 		if err != nil {
 			return total, fmt.Errorf("compact the log: %w", err)
@@ -558,31 +555,22 @@ func (s *Store) PruneUsers(ctx context.Context, cutoff time.Time) (int64, error)
 			return total, nil
 		}
 		after = ids[len(ids)-1]
-		var n int64
-		err = s.pruneStep(ctx, func(ctx context.Context) error {
-			gone := ids[:0:0]
-			for _, id := range ids {
-				if _, held := s.img.users[id]; !held { // changed since the last snapshot
-					gone = append(gone, id)
-				}
+		// A user the image holds changed since the last snapshot, which writes its row
+		// again (had it gone meanwhile, the snapshot would still write it).
+		gone := ids[:0:0]
+		s.img.mu.RLock()
+		for _, id := range ids {
+			if _, held := s.img.users[id]; !held {
+				gone = append(gone, id)
 			}
-			if len(gone) == 0 {
-				return nil
-			}
-			list, err := json.Marshal(gone)
-			if err != nil {
-				return err
-			}
-			if err := s.begin(ctx); err != nil {
-				return err
-			}
-			res, err := s.wc.ExecContext(ctx, `DELETE FROM view_users WHERE user_id IN (SELECT value FROM json_each(?))
-				AND live = 0 AND announced = 0 AND last_activity < ?`, string(list), cutoff.UnixNano())
-			if err == nil {
-				n, err = res.RowsAffected()
-			}
-			return s.end(ctx, err)
-		})
+		}
+		s.img.mu.RUnlock()
+		list, err := json.Marshal(gone)
+		if err != nil {
+			return total, err
+		}
+		n, err := s.deleteStep(ctx, `DELETE FROM view_users WHERE user_id IN (SELECT value FROM json_each(?))
+			AND live = 0 AND announced = 0 AND last_activity < ?`, string(list), cutoff.UnixNano())
 		total += n
 		if err != nil {
 			return total, fmt.Errorf("prune users: %w", err)
