@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/wspresence/wspresence/events"
@@ -200,6 +201,7 @@ func (s *Store) Dump(ctx context.Context) (View, error) {
 // not match its checksum is never returned: the read fails with an error wrapping
 // ErrDamaged (and Health reports it).
 func (s *Store) PendingMessages(ctx context.Context, after int64, limit int) ([]QueuedMessage, error) {
+	after = max(after, s.queueFloor.Load())
 	msgs, err := queryAll(ctx, s.r, "read queue", func(r *sql.Rows) (m QueuedMessage, err error) {
 		var at int64
 		var offset, gen, crc sql.NullInt64
@@ -266,18 +268,55 @@ func (s *Store) complete(ctx context.Context, seqs []int64, outcomes []events.Pu
 }
 
 // PruneMessages forgets delivered messages done more than retention ago: after that, their
-// MessageId may be enqueued again.
+// MessageId may be enqueued again. It reads the queue in order up to the first message
+// accepted since the cutoff (rows are in acceptance order), so it needs no index of the
+// done rows; the newest row is kept, so a position is never handed out twice. It then
+// moves the queue floor up to the oldest pending message.
 func (s *Store) PruneMessages(ctx context.Context, retention time.Duration) (int64, error) {
 	var n int64
 	err := s.writeExec(ctx, func(ctx context.Context) error {
-		res, err := s.wc.ExecContext(ctx, `DELETE FROM messages WHERE done_at IS NOT NULL AND done_at < ?`, s.opts.Now().Add(-retention).UnixNano())
+		cutoff := s.opts.Now().Add(-retention).UnixNano()
+		res, err := s.wc.ExecContext(ctx, `DELETE FROM messages WHERE done_at < ? AND seq < IFNULL(
+			(SELECT seq FROM messages WHERE enqueued_at >= ? ORDER BY seq LIMIT 1), (SELECT MAX(seq) FROM messages))`, cutoff, cutoff)
 		if err != nil {
 			return fmt.Errorf("prune messages: %w", err)
 		}
-		n, err = res.RowsAffected()
-		return err
+		if n, err = res.RowsAffected(); err != nil {
+			return err
+		}
+		return s.raiseQueueFloor(ctx)
 	})
 	return n, err
+}
+
+// queueFloorKey is the meta row holding the queue floor: no message at or below it is
+// pending, so a start reads the pending messages from there on instead of reading every
+// row the retention keeps.
+const queueFloorKey = "queue_floor"
+
+// raiseQueueFloor moves the queue floor up to just below the oldest pending message (to
+// the newest message when none is pending), inside the writer's transaction: it reads
+// the queue from the floor on, the rows accepted since the last prune.
+func (s *Store) raiseQueueFloor(ctx context.Context) error {
+	floor := s.queueFloor.Load()
+	var first, newest sql.NullInt64
+	err := s.wc.QueryRowContext(ctx, `SELECT (SELECT seq FROM messages WHERE seq > ? AND done_at IS NULL ORDER BY seq LIMIT 1),
+		(SELECT MAX(seq) FROM messages)`, floor).Scan(&first, &newest)
+	if err != nil {
+		return fmt.Errorf("find the oldest pending message: %w", err)
+	}
+	switch {
+	case first.Valid:
+		floor = max(floor, first.Int64-1)
+	case newest.Valid:
+		floor = max(floor, newest.Int64)
+	}
+	if _, err := s.wc.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES (?, ?)
+		ON CONFLICT (key) DO UPDATE SET value = excluded.value`, queueFloorKey, strconv.FormatInt(floor, 10)); err != nil {
+		return fmt.Errorf("write the queue floor: %w", err)
+	}
+	s.queueFloor.Store(floor)
+	return nil
 }
 
 // PublishedRecord is one outbox row: its sequence number and EventBridge envelope JSON.
