@@ -393,7 +393,7 @@ type retention struct {
 
 // retentions lists the prunes of the local runtime, each with its own retention.
 func (s *Server) retentions() []retention {
-	return []retention{
+	prunes := []retention{
 		{"tombstones", s.cfg.TombstoneRetention, func(ctx context.Context, cutoff time.Time) (int64, error) {
 			n, err := s.view.PruneTombstones(ctx, cutoff)
 			return int64(n), err
@@ -404,6 +404,10 @@ func (s *Server) retentions() []retention {
 		{"outbox", s.cfg.OutboxRetention, s.store.PrunePublished},
 		{"log", s.cfg.LogRetention, s.store.CompactLog},
 	}
+	if s.cfg.UserRetention > 0 { // 0 keeps users forever
+		prunes = append(prunes, retention{"users", s.cfg.UserRetention, s.store.PruneUsers})
+	}
+	return prunes
 }
 
 // prune runs p at once, then every pruneEvery(p.keep), until ctx ends.
@@ -412,7 +416,12 @@ func (s *Server) prune(ctx context.Context, p retention) {
 	defer t.Stop()
 	for {
 		if n, err := p.run(ctx, s.now().Add(-p.keep)); err != nil {
-			if ctx.Err() == nil {
+			switch {
+			case ctx.Err() != nil:
+			case s.store.Writable() != nil:
+				// A full disk, logged once by the store: the next pass runs again.
+				s.log.Debug("prune: the store cannot write", "what", p.what, "err", err)
+			default:
 				s.log.Error("prune", "what", p.what, "err", err)
 			}
 		} else if n > 0 {
@@ -432,7 +441,14 @@ func (s *Server) expireGrace(g presence.Grace) {
 	eff, err := s.view.ExpireGrace(context.Background(), g.UserID, g.Since, s.now())
 	switch {
 	case err != nil && !errors.Is(err, sqlite.ErrClosed):
-		s.log.Error("grace timer", "userId", g.UserID, "err", err)
+		// While the store cannot write (logged once by the store) the decision is retried
+		// quietly: the user is shown offline already, its UserOffline is published once
+		// the decision is written.
+		if s.store.Writable() != nil {
+			s.log.Debug("grace timer: the store cannot write, will retry", "userId", g.UserID, "err", err)
+		} else {
+			s.log.Error("grace timer", "userId", g.UserID, "err", err)
+		}
 		s.graces.retry(g, s.now().Add(retryDelay))
 	case len(eff.Publish) > 0:
 		s.bus.notify()

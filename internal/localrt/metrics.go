@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/wspresence/wspresence/events"
+	"github.com/wspresence/wspresence/internal/store/sqlite"
 )
 
 // metrics are the local runtime's Prometheus metrics, on a registry of their own.
@@ -32,7 +33,13 @@ type onlineCounter interface {
 	OnlineCount(ctx context.Context) (int, error)
 }
 
-func newMetrics(connections func() int, view onlineCounter, imageUsers, held func() int) *metrics {
+// storeState is what the metrics read of the store's room and of the closes waiting for it.
+type storeState interface {
+	storeSpace() sqlite.Space
+	closesPending() int
+}
+
+func newMetrics(connections func() int, view onlineCounter, imageUsers, held func() int, st storeState) *metrics {
 	reg := prometheus.NewRegistry()
 	m := &metrics{
 		registry: reg,
@@ -51,13 +58,13 @@ func newMetrics(connections func() int, view onlineCounter, imageUsers, held fun
 		webhookMissed: prometheus.NewCounter(prometheus.CounterOpts{Name: "wspresence_webhook_events_missed_total",
 			Help: "Published events webhooks skipped because the outbox pruned them before they were taken."}),
 		pruned: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wspresence_pruned_total",
-			Help: "Rows forgotten past their retention, by what (tombstones, messages, outbox, log)."}, []string{"what"}),
+			Help: "Rows forgotten past their retention, by what (tombstones, messages, outbox, log, users)."}, []string{"what"}),
 		recoveries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wspresence_recoveries_total",
 			Help: "Recover requests answered, by outcome (recovered, or the reason it did not)."}, []string{"outcome"}),
 		replayed: prometheus.NewCounter(prometheus.CounterOpts{Name: "wspresence_messages_replayed_total",
 			Help: "Message frames replayed to recovering connections."}),
 		walBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "wspresence_store_wal_bytes",
-			Help: "Size of the store's write-ahead log (bounded by its limit, 64 MiB)."}),
+			Help: "Size of the store's write-ahead log (bounded by wspresence_store_wal_limit_bytes)."}),
 	}
 	reg.MustRegister(m.appended, m.projectorLag, m.messages, m.deliveryLatency, m.authFailures, m.commitBatch, m.walBytes, m.webhookMissed, m.pruned,
 		m.recoveries, m.replayed,
@@ -78,13 +85,33 @@ func newMetrics(connections func() int, view onlineCounter, imageUsers, held fun
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_image_users",
 			Help: "Users the store's memory image holds: online, in their grace period, or changed since the last snapshot."},
 			func() float64 { return float64(imageUsers()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_store_wal_limit_bytes",
+			Help: "The WAL's bound: 64 MiB, or a quarter of the free space when that is less (at least 1 MiB)."},
+			func() float64 { return float64(st.storeSpace().WALLimit) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_store_free_bytes",
+			Help: "Free space of the store's filesystem, as last read (-1: unknown)."},
+			func() float64 { return float64(st.storeSpace().Free) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_store_reserve_bytes",
+			Help: "Size of the store's reserve file (given back while the disk is full)."},
+			func() float64 { return float64(st.storeSpace().Reserve) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_store_full",
+			Help: "1 while the store refuses writes for want of space, else 0."},
+			func() float64 {
+				if st.storeSpace().Full {
+					return 1
+				}
+				return 0
+			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_closes_pending",
+			Help: "Connection closes not yet written (the store cannot write): shown closed, written once it can."},
+			func() float64 { return float64(st.closesPending()) }),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	for _, t := range []events.Type{events.TypeConnectionOpened, events.TypeConnectionClosed, events.TypeActivityRecorded} {
 		m.appended.WithLabelValues(string(t))
 	}
-	for _, w := range []string{"tombstones", "messages", "outbox", "log"} {
+	for _, w := range []string{"tombstones", "messages", "outbox", "log", "users"} {
 		m.pruned.WithLabelValues(w)
 	}
 	for _, o := range []string{"delivered", "undeliverable"} {

@@ -88,11 +88,15 @@ type Server struct {
 	// for their reconnect.
 	streams streamReader
 	held    *heldMessages
+	// closing holds the closes the store could not write yet (closes.go).
+	closing *pendingCloses
 	metrics *metrics
 	// bodies is the bytes of request bodies being read (Config.BodyBudget bounds it).
 	bodies atomic.Int64
-	lock   *os.File
-	now    func() time.Time
+	// bodyReads holds a token per request body being decoded (bodyDecodes).
+	bodyReads chan struct{}
+	lock      *os.File
+	now       func() time.Time
 
 	httpSrv  *http.Server
 	ln       net.Listener
@@ -143,14 +147,16 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return fail(err)
 	}
 	s := &Server{cfg: cfg, log: log, verifier: verifier, hub: newHub(cfg.MaxConnectionsPerUser),
-		bus: newBroadcaster(), lock: lock, now: time.Now, stopping: make(chan struct{}), kick: make(chan struct{}, 1)}
+		bus: newBroadcaster(), lock: lock, now: time.Now, stopping: make(chan struct{}), kick: make(chan struct{}, 1),
+		bodyReads: make(chan struct{}, bodyDecodes())}
 	s.held = newHeldMessages()
+	s.closing = newPendingCloses()
 	s.metrics = newMetrics(s.hub.count, storeCounter{s}, func() int {
 		if s.store == nil {
 			return 0
 		}
 		return s.store.ImageUsers()
-	}, s.held.count)
+	}, s.held.count, storeState(s))
 	store, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, StoreFile), sqlite.Options{
 		Grace:          cfg.OfflineGrace,
 		Sync:           cfg.Sync,
@@ -187,10 +193,22 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s.graces = newGraceTimers(cfg.OfflineGrace, s.expireGrace)
 	s.store = store
-	s.events, s.queue, s.outbox, s.view, s.streams = store, store, store, store, store
+	s.events, s.queue, s.outbox, s.streams = store, store, store, store
+	s.view = closingView{presenceView: store, pending: s.closing}
 	s.completions = make(chan completion, 4*deliverBatch)
 	return s, nil
 }
+
+// storeSpace reports the store's filesystem space (zero before it opens).
+func (s *Server) storeSpace() sqlite.Space {
+	if s.store == nil {
+		return sqlite.Space{}
+	}
+	return s.store.Space()
+}
+
+// closesPending counts the closes not written yet.
+func (s *Server) closesPending() int { return s.closing.count() }
 
 // storeCounter counts online users in the server's store, once it is open.
 type storeCounter struct{ s *Server }
@@ -232,7 +250,8 @@ func (s *Server) Start(ctx context.Context) error {
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.loopStop = cancel
 	prunes := s.retentions()
-	s.loops.Add(3 + len(prunes) + len(s.cfg.Webhooks))
+	s.loops.Add(4 + len(prunes) + len(s.cfg.Webhooks))
+	go func() { defer s.loops.Done(); s.writeCloses(loopCtx) }()
 	go func() { defer s.loops.Done(); s.keepStreams(loopCtx) }()
 	go func() { defer s.loops.Done(); s.pump(loopCtx) }()
 	go func() { defer s.loops.Done(); s.reconcile(loopCtx) }()
@@ -266,15 +285,26 @@ func (s *Server) recover(ctx context.Context) error {
 			closed[i] = events.Closed(c.UserID, c.ID, at, events.ReasonExpired)
 		}
 		if _, err := s.events.Append(ctx, closed...); err != nil {
-			return err
+			if errors.Is(err, sqlite.ErrClosed) {
+				return err
+			}
+			// A start on a full disk: they are shown closed at once and written once the
+			// store can write.
+			s.keepCloses(err, closed...)
+		} else {
+			s.log.Info("closed connections left by the previous run", "count", len(dangling))
 		}
-		s.log.Info("closed connections left by the previous run", "count", len(dangling))
 	}
 	// The users of opted-in connections that died with the previous process get their
 	// messages held as if those had just closed.
 	recovering, err := s.streams.TakeRecovering(ctx)
 	if err != nil {
-		return err
+		if errors.Is(err, sqlite.ErrClosed) || s.store.Writable() == nil {
+			return err
+		}
+		// A start on a full disk: the records stay for the next start, and these users'
+		// messages are not held meanwhile.
+		s.log.Warn("the recovering connections of the previous run are not taken: the store cannot write", "err", err)
 	}
 	for _, u := range recovering {
 		s.held.optedInClosed(u, s.now())
@@ -345,6 +375,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		// outcomes left before the store closes.
 		s.completerStop()
 		<-s.completerDone
+		if !s.flushCloses(ctx) {
+			s.log.Error("closes not written before the stop: the next start closes those connections", "count", s.closing.count())
+		}
 		errs = append(errs, s.store.Close(), s.lock.Close())
 	})
 	return errors.Join(errs...)

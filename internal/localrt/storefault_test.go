@@ -24,9 +24,10 @@ import (
 )
 
 // TestStoreFailureLeavesNoGhost: while the store cannot write (a full disk), new
-// connections and POST /messages get 503 with Retry-After and nothing is accepted; the
-// close of a connection that ends meanwhile is kept and retried, so once the store writes
-// again the user goes offline (no ghost), and the server takes connections again.
+// connections and POST /messages get 503 with Retry-After and nothing is accepted; a
+// connection that ends meanwhile is shown closed at once (its user offline in every read),
+// its close kept pending and written once the store writes again, when its UserOffline is
+// published, once; and the server takes connections again.
 func TestStoreFailureLeavesNoGhost(t *testing.T) {
 	var full atomic.Bool
 	errFull := errors.New("no space left on device")
@@ -58,15 +59,30 @@ func TestStoreFailureLeavesNoGhost(t *testing.T) {
 		t.Fatal("503 without Retry-After")
 	}
 	// The user's only connection closes while the close cannot be written.
+	// It is shown closed at once (no ghost), its close kept pending: nothing is published
+	// while it cannot be written.
 	c.close(t)
-	time.Sleep(500 * time.Millisecond)
-	if s, _ := ts.online("userIds=ghost"); !s[0].IsOnline {
-		t.Fatal("the close was recorded although the store could not write")
+	waitFor(t, "the close pending", func() bool { return ts.metrics()["wspresence_closes_pending"] == 1 })
+	if s, _ := ts.online("userIds=ghost"); s[0].IsOnline {
+		t.Fatal("a user whose close could not be written is shown online")
+	}
+	if list, _ := ts.online(""); len(list) != 0 {
+		t.Fatalf("the list shows %v online", list)
+	}
+	if n := ts.metrics()["wspresence_online_users"]; n != 0 {
+		t.Fatalf("wspresence_online_users %v", n)
+	}
+	time.Sleep(500 * time.Millisecond) // past the grace period
+	if n := len(sub.of(events.DetailUserOffline, "ghost")); n != 0 {
+		t.Fatalf("%d UserOffline published although the close was not written", n)
 	}
 
-	full.Store(false) // space is freed
-	waitFor(t, "ghost offline after the store recovers", func() bool { s, _ := ts.online("userIds=ghost"); return !s[0].IsOnline })
+	full.Store(false) // space is freed: the close is written, and published once
 	waitFor(t, "UserOffline", func() bool { return len(sub.of(events.DetailUserOffline, "ghost")) == 1 })
+	waitFor(t, "no close pending", func() bool { return ts.metrics()["wspresence_closes_pending"] == 0 })
+	if s, _ := ts.online("userIds=ghost"); s[0].IsOnline {
+		t.Fatal("ghost online once the close is written")
+	}
 	// And the server works again.
 	again := ts.dial("ghost")
 	ts.send(`{"UserId":"ghost","Body":"back"}`)

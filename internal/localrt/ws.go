@@ -22,7 +22,6 @@ import (
 	"github.com/wspresence/wspresence/internal/delivery"
 	"github.com/wspresence/wspresence/internal/httperr"
 	"github.com/wspresence/wspresence/internal/recovery"
-	"github.com/wspresence/wspresence/internal/retry"
 	"github.com/wspresence/wspresence/internal/store/sqlite"
 	"golang.org/x/time/rate"
 )
@@ -427,25 +426,6 @@ func ParseClientFrame(data []byte) ClientFrame {
 		return ClientFrame{}
 	}
 	return ClientFrame{Action: action}
-}
-
-// appendClose records a connection's close and does not give up: while the store cannot
-// write (a full disk, say) it retries with backoff, so a user whose last connection closed
-// never stays online once the store recovers. Only a closed store (shutdown) ends it: the
-// next start closes the connections the log still holds open.
-func (s *Server) appendClose(ctx context.Context, e events.ConnectionEvent) {
-	for attempt := 1; ; attempt++ {
-		_, err := s.events.Append(ctx, e)
-		if err == nil || errors.Is(err, sqlite.ErrClosed) {
-			return
-		}
-		if attempt == 1 {
-			s.log.Warn("record close, will retry", "connectionId", e.ConnectionID, "err", err)
-		}
-		// At shutdown the store is closed once its wait for the connections ends, and the
-		// next attempt then returns ErrClosed.
-		time.Sleep(retry.Backoff(100*time.Millisecond, min(attempt, 6)))
-	}
 }
 
 func sourceIP(r *http.Request) string {

@@ -268,25 +268,53 @@ func (s *Store) complete(ctx context.Context, seqs []int64, outcomes []events.Pu
 }
 
 // PruneMessages forgets delivered messages done more than retention ago: after that, their
-// MessageId may be enqueued again. It reads the queue in order up to the first message
-// accepted since the cutoff (rows are in acceptance order), so it needs no index of the
-// done rows; the newest row is kept, so a position is never handed out twice. It then
-// moves the queue floor up to the oldest pending message.
+// MessageId may be enqueued again. It deletes a chunk per transaction (pruneStep), of the
+// messages before the first one accepted since the cutoff (rows are in acceptance order,
+// so no index of the done rows is needed; the newest row is kept, so a position is never
+// handed out twice), then moves the queue floor up to the oldest pending message.
 func (s *Store) PruneMessages(ctx context.Context, retention time.Duration) (int64, error) {
+	cutoff := s.opts.Now().Add(-retention).UnixNano()
+	var bound sql.NullInt64
+	if err := s.r.QueryRowContext(ctx, `SELECT IFNULL((SELECT seq FROM messages WHERE enqueued_at >= ? ORDER BY seq LIMIT 1),
+		(SELECT MAX(seq) FROM messages))`, cutoff).Scan(&bound); err != nil {
+		return 0, fmt.Errorf("prune messages: %w", err)
+	}
 	var n int64
-	err := s.writeExec(ctx, func(ctx context.Context) error {
-		cutoff := s.opts.Now().Add(-retention).UnixNano()
-		res, err := s.wc.ExecContext(ctx, `DELETE FROM messages WHERE done_at < ? AND seq < IFNULL(
-			(SELECT seq FROM messages WHERE enqueued_at >= ? ORDER BY seq LIMIT 1), (SELECT MAX(seq) FROM messages))`, cutoff, cutoff)
+	if bound.Valid {
+		var err error
+		n, err = s.pruneChunks(ctx, "prune messages", `DELETE FROM messages WHERE seq IN
+			(SELECT seq FROM messages WHERE seq < ? AND done_at < ? ORDER BY seq LIMIT ?)`, bound.Int64, cutoff)
 		if err != nil {
-			return fmt.Errorf("prune messages: %w", err)
+			return n, err
 		}
-		if n, err = res.RowsAffected(); err != nil {
-			return err
+	}
+	return n, s.raiseQueueFloor(ctx)
+}
+
+// pruneChunks runs del (a DELETE of at most pruneChunk rows, its last argument the chunk)
+// with args, a pruneStep each, until it deletes fewer, and returns how many it deleted.
+func (s *Store) pruneChunks(ctx context.Context, what, del string, args ...any) (int64, error) {
+	var total int64
+	for {
+		var n int64
+		err := s.pruneStep(ctx, func(ctx context.Context) error {
+			if err := s.begin(ctx); err != nil {
+				return err
+			}
+			res, err := s.wc.ExecContext(ctx, del, append(args, pruneChunk)...)
+			if err == nil {
+				n, err = res.RowsAffected()
+			}
+			return s.end(ctx, err)
+		})
+		total += n
+		if err != nil {
+			return total, fmt.Errorf("%s: %w", what, err)
 		}
-		return s.raiseQueueFloor(ctx)
-	})
-	return n, err
+		if n < pruneChunk {
+			return total, nil
+		}
+	}
 }
 
 // queueFloorKey is the meta row holding the queue floor: no message at or below it is
@@ -295,12 +323,13 @@ func (s *Store) PruneMessages(ctx context.Context, retention time.Duration) (int
 const queueFloorKey = "queue_floor"
 
 // raiseQueueFloor moves the queue floor up to just below the oldest pending message (to
-// the newest message when none is pending), inside the writer's transaction: it reads
-// the queue from the floor on, the rows accepted since the last prune.
+// the newest message when none is pending). It finds it on a reader, off the writer, reading
+// the queue from the floor on (the rows accepted since the last prune): a message pending
+// then can only be done since, and one accepted since comes after every row it read.
 func (s *Store) raiseQueueFloor(ctx context.Context) error {
 	floor := s.queueFloor.Load()
 	var first, newest sql.NullInt64
-	err := s.wc.QueryRowContext(ctx, `SELECT (SELECT seq FROM messages WHERE seq > ? AND done_at IS NULL ORDER BY seq LIMIT 1),
+	err := s.r.QueryRowContext(ctx, `SELECT (SELECT seq FROM messages WHERE seq > ? AND done_at IS NULL ORDER BY seq LIMIT 1),
 		(SELECT MAX(seq) FROM messages)`, floor).Scan(&first, &newest)
 	if err != nil {
 		return fmt.Errorf("find the oldest pending message: %w", err)
@@ -310,13 +339,17 @@ func (s *Store) raiseQueueFloor(ctx context.Context) error {
 		floor = max(floor, first.Int64-1)
 	case newest.Valid:
 		floor = max(floor, newest.Int64)
+	default:
+		return nil
 	}
-	if _, err := s.wc.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES (?, ?)
-		ON CONFLICT (key) DO UPDATE SET value = excluded.value`, queueFloorKey, strconv.FormatInt(floor, 10)); err != nil {
-		return fmt.Errorf("write the queue floor: %w", err)
-	}
-	s.queueFloor.Store(floor)
-	return nil
+	return s.writeExec(ctx, func(ctx context.Context) error {
+		if _, err := s.wc.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES (?, ?)
+			ON CONFLICT (key) DO UPDATE SET value = excluded.value`, queueFloorKey, strconv.FormatInt(floor, 10)); err != nil {
+			return fmt.Errorf("write the queue floor: %w", err)
+		}
+		s.queueFloor.Store(max(s.queueFloor.Load(), floor))
+		return nil
+	})
 }
 
 // PublishedRecord is one outbox row: its sequence number and EventBridge envelope JSON.
@@ -364,22 +397,18 @@ func (s *Store) PublishedRange(ctx context.Context) (oldest, newest int64, err e
 }
 
 // PrunePublished forgets the outbox rows published before cutoff (their envelope's time),
-// whatever reads them (a webhook lagging that far skips them) and returns how many.
+// whatever reads them (a webhook lagging that far skips them) and returns how many. What
+// goes is found on a reader's connection and deleted a chunk per transaction (pruneStep).
 func (s *Store) PrunePublished(ctx context.Context, cutoff time.Time) (int64, error) {
-	var n int64
-	err := s.writeExec(ctx, func(ctx context.Context) error {
-		bound, err := s.firstPublishedAfter(ctx, cutoff)
-		if err != nil || bound == 0 {
-			return err
-		}
-		res, err := s.wc.ExecContext(ctx, `DELETE FROM published WHERE seq < ?`, bound)
+	bound, err := s.firstPublishedAfter(ctx, cutoff)
+	if err != nil || bound == 0 {
 		if err != nil {
-			return fmt.Errorf("prune outbox: %w", err)
+			err = fmt.Errorf("prune outbox: %w", s.noteRead(err))
 		}
-		n, err = res.RowsAffected()
-		return err
-	})
-	return n, err
+		return 0, err
+	}
+	return s.pruneChunks(ctx, "prune outbox", `DELETE FROM published WHERE seq IN
+		(SELECT seq FROM published WHERE seq < ? ORDER BY seq LIMIT ?)`, bound)
 }
 
 // firstPublishedAfter is the sequence number of the oldest outbox row published at or
@@ -388,7 +417,7 @@ func (s *Store) PrunePublished(ctx context.Context, cutoff time.Time) (int64, er
 func (s *Store) firstPublishedAfter(ctx context.Context, cutoff time.Time) (int64, error) {
 	after := int64(0)
 	for {
-		rows, err := s.wc.QueryContext(ctx, `SELECT seq, envelope FROM published WHERE seq > ? ORDER BY seq LIMIT 500`, after)
+		rows, err := s.r.QueryContext(ctx, `SELECT seq, envelope FROM published WHERE seq > ? ORDER BY seq LIMIT 500`, after)
 		if err != nil {
 			return 0, fmt.Errorf("read outbox: %w", err)
 		}

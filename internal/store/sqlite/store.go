@@ -13,6 +13,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -47,8 +48,18 @@ type Options struct {
 	// truncates the log runs between two group commits (writes wait for it), so the log
 	// cannot outgrow it under sustained load, when the background checkpoints never catch
 	// up. OnWAL, if set, is given the log's size after each checkpoint (a metric).
+	// The bound in force is the smaller of WALLimit and a quarter of the filesystem's free
+	// space (the WAL's own bytes counted as free), never under 1 MiB (Space).
 	WALLimit int64
 	OnWAL    func(bytes int64)
+	// Reserve is the size of the reserve file kept beside the store (path + ReserveSuffix):
+	// when the filesystem runs short of space (less than a quarter of the reserve free, or a
+	// write that finds it full) writes are refused (ErrNoSpace, ErrCannotWrite) and the
+	// reserve is given back, so the store can still checkpoint its WAL and a restart can
+	// open it and serve reads; once the free space holds the reserve and half of it again,
+	// the reserve is retaken and writes resume. Zero means a 32nd of the filesystem, between
+	// 1 MiB and 16 MiB; negative, none.
+	Reserve int64
 	// Logger receives the store's logs (default slog.Default()).
 	Logger *slog.Logger
 	// Sync is SQLite's synchronous mode: "full" (default) makes every commit durable
@@ -132,6 +143,13 @@ type Store struct {
 	recovered Projection
 	// path is the store file's.
 	path string
+	// room is the store's account of its filesystem's space and its reserve.
+	room *room
+	// ckMu serializes the checkpoints of the checkpointer and of the writer (boundWAL);
+	// walBusy is set while a checkpoint that should truncate the WAL could not (the
+	// writer's alone).
+	ckMu    sync.Mutex
+	walBusy bool
 	// damage is the last sign of a damaged file (Health); outboxDamage the last sign of
 	// damage found reading the outbox (OutboxHealth).
 	damage       atomic.Pointer[error]
@@ -160,10 +178,9 @@ type Store struct {
 	mark *markFile
 	tent positions
 	// sinceSnapshot counts the records folded since the last snapshot; lastSnapshot is
-	// when it was written; snapshotSeq is the log position it holds (the writer's alone).
+	// when it was written (the writer's alone).
 	sinceSnapshot int
 	lastSnapshot  time.Time
-	snapshotSeq   int64
 	// streams is the top of each user's stream; streamsPruned the queue position below
 	// which no row keeps a stream position (the writer's alone).
 	streams       streamTable
@@ -218,6 +235,9 @@ type QueuedMessage struct {
 // the whole log), and starts the writer.
 func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	opts.setDefaults()
+	// First: on a full filesystem the reserve is given back, so the opening's own writes
+	// (the WAL index, a few pages) find room.
+	room := newRoom(path, opts.Reserve, opts.Logger)
 	dsn := func(extra string) string {
 		q := url.Values{}
 		q.Add("_pragma", "busy_timeout(10000)")
@@ -287,7 +307,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open %s for checkpoints: %w", path, err)
 	}
 	ck.SetMaxOpenConns(1)
-	s := &Store{path: path, w: w, r: r, ck: ck, opts: opts, syncMode: opts.Sync, id: id, idCreated: idCreated, img: newImage(), reqs: make(chan *writeReq, 4096),
+	s := &Store{path: path, room: room, w: w, r: r, ck: ck, opts: opts, syncMode: opts.Sync, id: id, idCreated: idCreated, img: newImage(), reqs: make(chan *writeReq, 4096),
 		stop: make(chan struct{}), done: make(chan struct{}), ckDone: make(chan struct{})}
 	s.epoch.Store(&epoch)
 	s.batchStreams = map[string]streamState{}
@@ -384,7 +404,13 @@ func (s *Store) start(ctx context.Context) error {
 	s.recovered = p
 	if p.Events > 0 || s.rebuilt {
 		if err := s.snapshot(ctx); err != nil {
-			return err
+			if !s.room.full.Load() && !isNoSpace(err) {
+				return err
+			}
+			// On a full disk the store opens without it: the log holds what was folded,
+			// and the snapshot is written once writes resume.
+			s.room.failed(err)
+			s.opts.Logger.Warn("the view's snapshot is not written at start: the disk is full", "err", err)
 		}
 	}
 	s.lastSnapshot = time.Now()
@@ -472,8 +498,9 @@ const DefaultGrace = 5 * time.Second
 // store's meta table for the next opening), else the one recorded, else DefaultGrace.
 func recordGrace(ctx context.Context, db *sql.DB, grace time.Duration) (time.Duration, error) {
 	if grace > 0 {
+		// Written only when it changes: a start on a full disk writes nothing here.
 		_, err := db.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES ('offline_grace', ?)
-			ON CONFLICT (key) DO UPDATE SET value = excluded.value`, strconv.FormatInt(int64(grace), 10))
+			ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE value <> excluded.value`, strconv.FormatInt(int64(grace), 10))
 		return grace, err
 	}
 	var v string

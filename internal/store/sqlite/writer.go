@@ -80,12 +80,25 @@ func (s *Store) checkpointer() {
 		if tick%integrityEvery == 0 {
 			s.checkIntegrity()
 		}
-		if _, err := s.ck.Exec(`PRAGMA wal_checkpoint(PASSIVE)`); err != nil {
-			s.opts.Logger.Error("checkpoint the WAL", "err", err)
-		}
+		s.checkpoint()
 		if s.opts.OnWAL != nil {
 			s.opts.OnWAL(s.walSize())
 		}
+	}
+}
+
+// checkpoint runs the checkpointer's checkpoint: passive while the store writes; while it
+// is refused for want of space, one that truncates the WAL, to give its space back.
+func (s *Store) checkpoint() {
+	s.ckMu.Lock()
+	defer s.ckMu.Unlock()
+	mode := "PASSIVE"
+	if s.room.full.Load() {
+		mode = "TRUNCATE"
+	}
+	var busy, logPages, done int
+	if err := s.ck.QueryRow(`PRAGMA wal_checkpoint(`+mode+`)`).Scan(&busy, &logPages, &done); err != nil && !s.room.full.Load() {
+		s.opts.Logger.Error("checkpoint the WAL", "err", err)
 	}
 }
 
@@ -154,7 +167,9 @@ func (s *Store) writer() {
 		select {
 		case first = <-s.reqs:
 		case <-tick.C:
-			s.maybeSnapshot(false)
+			if !s.room.full.Load() {
+				s.maybeSnapshot(false)
+			}
 			continue
 		case <-s.stop:
 			// Drain what was queued before the stop, then write the snapshot.
@@ -188,7 +203,9 @@ func (s *Store) writer() {
 			s.lastCommit, s.lastBatch = time.Now(), len(batch)
 		}
 		s.run(batch)
-		s.maybeSnapshot(false)
+		if !s.room.full.Load() {
+			s.maybeSnapshot(false)
+		}
 		s.boundWAL()
 	}
 }
@@ -232,21 +249,32 @@ func (s *Store) gather(batch []*writeReq) []*writeReq {
 }
 
 // boundWAL runs, between two commits, a checkpoint that truncates the write-ahead log once
-// it has passed its limit: the background checkpoints do not catch up under sustained
-// writes, and the log would grow without end. The log outgrows the limit by at most one
-// group commit.
+// it has passed its limit (Options.WALLimit, or a share of the free space: room.walLimit):
+// the background checkpoints do not catch up under sustained writes, and the log would
+// grow without end. The log outgrows the limit by at most one group commit. It waits for
+// a checkpoint of the checkpointer in progress (one at a time); a checkpoint that readers
+// keep from truncating (busy) is a state, logged when it begins and ends, and retried
+// after the next commit.
 func (s *Store) boundWAL() {
 	size := s.walSize()
-	if size <= s.opts.WALLimit {
+	if size <= s.room.walLimit(s.opts.WALLimit, size) {
 		return
 	}
+	s.ckMu.Lock()
 	var busy, logPages, done int
 	err := s.wc.QueryRowContext(context.Background(), `PRAGMA wal_checkpoint(TRUNCATE)`).Scan(&busy, &logPages, &done)
-	if err == nil && busy != 0 {
-		err = fmt.Errorf("checkpoint busy: %d of %d pages copied", done, logPages)
-	}
-	if err != nil {
+	s.ckMu.Unlock()
+	switch {
+	case err != nil && !s.room.full.Load():
 		s.opts.Logger.Error("truncate the WAL", "bytes", size, "err", err)
+	case err == nil && busy != 0:
+		if !s.walBusy {
+			s.walBusy = true
+			s.opts.Logger.Warn("the WAL is not truncated yet: readers hold its pages; retried after the next commits", "bytes", size, "copiedPages", done, "pages", logPages)
+		}
+	case err == nil && s.walBusy:
+		s.walBusy = false
+		s.opts.Logger.Info("the WAL is truncated again", "bytes", size)
 	}
 }
 
@@ -271,6 +299,7 @@ func (s *Store) commit(batch []*writeReq) {
 	}
 	if err != nil {
 		s.noteRead(err)
+		s.room.failed(err)
 	}
 	s.noteWrite(err)
 	for _, req := range batch {
@@ -398,6 +427,9 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 		if err := s.opts.Fault(); err != nil {
 			return f, p, fmt.Errorf("commit: %w", err)
 		}
+	}
+	if err := s.room.admit(); err != nil {
+		return f, p, err
 	}
 	if err := s.setSync(ctx, onlyOutcomes(batch)); err != nil {
 		return f, p, err
@@ -553,11 +585,14 @@ func (s *Store) noteWrite(err error) {
 // ErrCannotWrite is wrapped by Writable while the store's commits fail (a full disk).
 var ErrCannotWrite = errors.New("the store cannot write")
 
-// Writable reports whether the last group commit failed (an error wrapping
-// ErrCannotWrite), nil when it succeeded.
+// Writable reports whether the last group commit failed, or writes are refused for want
+// of space (an error wrapping ErrCannotWrite), nil when the store writes.
 func (s *Store) Writable() error {
 	if p := s.writeFailing.Load(); p != nil {
 		return *p
+	}
+	if s.room.full.Load() {
+		return s.room.refusal()
 	}
 	return nil
 }
