@@ -67,24 +67,22 @@ func TestRoundsOfVisitorsLeaveNeitherImageNorStoreGrowing(t *testing.T) {
 			perUser := float64(sizes[1]-sizes[0]) / float64(users)
 			t.Logf("%s, %d users a round: store after round 1: %d bytes, after round 2: %d bytes (%.2f times; %.1f bytes per round-2 user)",
 				v.name, users, sizes[0], sizes[1], ratio, perUser)
-			// A visit by a user whose row is there (or gone with the user retention)
-			// leaves nothing: the store grows by at most two pages and 10 bytes a visit
-			// (the peak of what a burst of visits writes before its prunes varies a
-			// little from round to round), far less than a new user's row (about 45
-			// bytes) at 20,000 users a round; at the default size it bounds the growth
-			// to a few pages.
-			switch {
-			case v.sameUsers || v.userRetention > 0:
-				if perUser > 10+2*4096.0/float64(users) {
-					t.Fatalf("the store grew from %d to %d bytes over the second round of %d visits (%.1f bytes a visit): it must not grow with visits",
-						sizes[0], sizes[1], users, perUser)
-				}
-			// What a new user's visit leaves is its row (about 45 bytes: the last activity
-			// stays answerable), not its log records, events and connection rows (about
-			// 1.4 KB).
-			case perUser > 100:
-				t.Fatalf("the store grew from %d to %d bytes over the second round of %d visits: %.0f bytes per new user, want at most 100 (its row)",
-					sizes[0], sizes[1], users, perUser)
+			// What a burst of visits writes before its prunes pass (its peak: the pages
+			// the next round reuses) varies from round to round by a few pages: slack.
+			// Past it, a visit by a user whose row is there (or gone with the user
+			// retention) leaves at most 10 bytes, far less than a new user's row (about
+			// 45 bytes), and what a new user's visit leaves is its row, at most 100 bytes,
+			// not its log records, events and connection rows (about 1.4 KB). At the
+			// default size the slack is most of the bound; at 20,000 users a round it is
+			// not (bench/findings.md).
+			const slack = 8 * 4096
+			perVisit := 100
+			if v.sameUsers || v.userRetention > 0 {
+				perVisit = 10
+			}
+			if grown := sizes[1] - sizes[0]; grown > slack+int64(perVisit*users) {
+				t.Fatalf("the store grew from %d to %d bytes over the second round of %d visits: %.1f bytes a visit, want at most %d past %d bytes",
+					sizes[0], sizes[1], users, perUser, perVisit, slack)
 			}
 		})
 	}
