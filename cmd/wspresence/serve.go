@@ -48,6 +48,7 @@ func serveFlags(cfg *localrt.Config, stderr io.Writer, getenv env) *flags {
 	f.Duration(&cfg.RecoveryWindow, "recovery-window", "WSPRESENCE_RECOVERY_WINDOW", "how long messages are kept for recovering clients (wspresence.v1) to replay after a reconnect; 0 keeps none")
 	f.Duration(&cfg.OutboxRetention, "outbox-retention", "WSPRESENCE_OUTBOX_RETENTION", "how long published events stay readable by /events and webhooks")
 	f.Duration(&cfg.LogRetention, "log-retention", "WSPRESENCE_LOG_RETENTION", "how long the connection log keeps what the view's snapshot holds")
+	f.Duration(&cfg.UserRetention, "user-retention", "WSPRESENCE_USER_RETENTION", "how long an offline user's row (its last activity) is kept past that activity; 0 keeps it forever")
 	f.List(&cfg.AllowedOrigins, "allowed-origins", "WSPRESENCE_ALLOWED_ORIGINS", "browser origins allowed to connect (host patterns, * for any)")
 	f.String(&cfg.LogLevel, "log-level", "WSPRESENCE_LOG_LEVEL", "debug, info, warn or error")
 	f.List(&cfg.Webhooks, "webhooks", "WSPRESENCE_WEBHOOKS", "URLs every published event is POSTed to (comma-separated), signed with the webhook secret")

@@ -79,6 +79,12 @@ type Config struct {
 	// user's state and last activity), so `wspresence rebuild` folds from the snapshot and
 	// the log kept after it.
 	LogRetention time.Duration
+	// UserRetention is how long the view keeps the row of a user offline since (its last
+	// activity, answered by GET /user/online) past that activity (WSPRESENCE_USER_RETENTION,
+	// default 8760h, a year: a "last seen" a year old still answers, and the rows kept are
+	// those of the users seen in the past year; 0 keeps them forever). A user past it is
+	// answered as one never seen: offline, no last activity.
+	UserRetention time.Duration
 	// OutboxRetention is how long published events stay readable by /events and webhooks
 	// (WSPRESENCE_OUTBOX_RETENTION, default 168h): older ones are pruned whatever reads
 	// them; a webhook lagging further skips them (counted), an /events reader asking for
@@ -157,6 +163,7 @@ func DefaultConfig() Config {
 		OutboxRetention:       7 * 24 * time.Hour,
 		RecoveryWindow:        2 * time.Minute,
 		LogRetention:          30 * 24 * time.Hour,
+		UserRetention:         365 * 24 * time.Hour,
 		AllowedOrigins:        []string{"*"},
 		LogLevel:              "info",
 		Sync:                  "full",
@@ -210,6 +217,9 @@ func (c Config) Validate() error {
 		if p.d <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive, got %s", p.name, p.d))
 		}
+	}
+	if c.UserRetention < 0 {
+		errs = append(errs, fmt.Errorf("user retention must not be negative (0 keeps users forever), got %s", c.UserRetention))
 	}
 	if c.RecoveryWindow < 0 {
 		errs = append(errs, fmt.Errorf("recovery window must not be negative, got %s", c.RecoveryWindow))

@@ -393,7 +393,7 @@ type retention struct {
 
 // retentions lists the prunes of the local runtime, each with its own retention.
 func (s *Server) retentions() []retention {
-	return []retention{
+	prunes := []retention{
 		{"tombstones", s.cfg.TombstoneRetention, func(ctx context.Context, cutoff time.Time) (int64, error) {
 			n, err := s.view.PruneTombstones(ctx, cutoff)
 			return int64(n), err
@@ -404,6 +404,10 @@ func (s *Server) retentions() []retention {
 		{"outbox", s.cfg.OutboxRetention, s.store.PrunePublished},
 		{"log", s.cfg.LogRetention, s.store.CompactLog},
 	}
+	if s.cfg.UserRetention > 0 { // 0 keeps users forever
+		prunes = append(prunes, retention{"users", s.cfg.UserRetention, s.store.PruneUsers})
+	}
+	return prunes
 }
 
 // prune runs p at once, then every pruneEvery(p.keep), until ctx ends.

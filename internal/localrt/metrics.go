@@ -58,7 +58,7 @@ func newMetrics(connections func() int, view onlineCounter, imageUsers, held fun
 		webhookMissed: prometheus.NewCounter(prometheus.CounterOpts{Name: "wspresence_webhook_events_missed_total",
 			Help: "Published events webhooks skipped because the outbox pruned them before they were taken."}),
 		pruned: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wspresence_pruned_total",
-			Help: "Rows forgotten past their retention, by what (tombstones, messages, outbox, log)."}, []string{"what"}),
+			Help: "Rows forgotten past their retention, by what (tombstones, messages, outbox, log, users)."}, []string{"what"}),
 		recoveries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wspresence_recoveries_total",
 			Help: "Recover requests answered, by outcome (recovered, or the reason it did not)."}, []string{"outcome"}),
 		replayed: prometheus.NewCounter(prometheus.CounterOpts{Name: "wspresence_messages_replayed_total",
@@ -111,7 +111,7 @@ func newMetrics(connections func() int, view onlineCounter, imageUsers, held fun
 	for _, t := range []events.Type{events.TypeConnectionOpened, events.TypeConnectionClosed, events.TypeActivityRecorded} {
 		m.appended.WithLabelValues(string(t))
 	}
-	for _, w := range []string{"tombstones", "messages", "outbox", "log"} {
+	for _, w := range []string{"tombstones", "messages", "outbox", "log", "users"} {
 		m.pruned.WithLabelValues(w)
 	}
 	for _, o := range []string{"delivered", "undeliverable"} {

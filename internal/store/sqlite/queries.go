@@ -266,18 +266,37 @@ func (s *Store) complete(ctx context.Context, seqs []int64, outcomes []events.Pu
 }
 
 // PruneMessages forgets delivered messages done more than retention ago: after that, their
-// MessageId may be enqueued again.
+// MessageId may be enqueued again. It deletes a chunk per transaction (pruneStep).
 func (s *Store) PruneMessages(ctx context.Context, retention time.Duration) (int64, error) {
-	var n int64
-	err := s.writeExec(ctx, func(ctx context.Context) error {
-		res, err := s.wc.ExecContext(ctx, `DELETE FROM messages WHERE done_at IS NOT NULL AND done_at < ?`, s.opts.Now().Add(-retention).UnixNano())
+	cutoff := s.opts.Now().Add(-retention).UnixNano()
+	return s.pruneChunks(ctx, "prune messages", `DELETE FROM messages WHERE seq IN
+		(SELECT seq FROM messages WHERE done_at IS NOT NULL AND done_at < ? LIMIT ?)`, cutoff)
+}
+
+// pruneChunks runs del (a DELETE of at most pruneChunk rows, its last argument the chunk)
+// with args, a pruneStep each, until it deletes fewer, and returns how many it deleted.
+func (s *Store) pruneChunks(ctx context.Context, what, del string, args ...any) (int64, error) {
+	var total int64
+	for {
+		var n int64
+		err := s.pruneStep(ctx, func(ctx context.Context) error {
+			if err := s.begin(ctx); err != nil {
+				return err
+			}
+			res, err := s.wc.ExecContext(ctx, del, append(args, pruneChunk)...)
+			if err == nil {
+				n, err = res.RowsAffected()
+			}
+			return s.end(ctx, err)
+		})
+		total += n
 		if err != nil {
-			return fmt.Errorf("prune messages: %w", err)
+			return total, fmt.Errorf("%s: %w", what, err)
 		}
-		n, err = res.RowsAffected()
-		return err
-	})
-	return n, err
+		if n < pruneChunk {
+			return total, nil
+		}
+	}
 }
 
 // PublishedRecord is one outbox row: its sequence number and EventBridge envelope JSON.
@@ -325,22 +344,18 @@ func (s *Store) PublishedRange(ctx context.Context) (oldest, newest int64, err e
 }
 
 // PrunePublished forgets the outbox rows published before cutoff (their envelope's time),
-// whatever reads them (a webhook lagging that far skips them) and returns how many.
+// whatever reads them (a webhook lagging that far skips them) and returns how many. What
+// goes is found on a reader's connection and deleted a chunk per transaction (pruneStep).
 func (s *Store) PrunePublished(ctx context.Context, cutoff time.Time) (int64, error) {
-	var n int64
-	err := s.writeExec(ctx, func(ctx context.Context) error {
-		bound, err := s.firstPublishedAfter(ctx, cutoff)
-		if err != nil || bound == 0 {
-			return err
-		}
-		res, err := s.wc.ExecContext(ctx, `DELETE FROM published WHERE seq < ?`, bound)
+	bound, err := s.firstPublishedAfter(ctx, cutoff)
+	if err != nil || bound == 0 {
 		if err != nil {
-			return fmt.Errorf("prune outbox: %w", err)
+			err = fmt.Errorf("prune outbox: %w", s.noteRead(err))
 		}
-		n, err = res.RowsAffected()
-		return err
-	})
-	return n, err
+		return 0, err
+	}
+	return s.pruneChunks(ctx, "prune outbox", `DELETE FROM published WHERE seq IN
+		(SELECT seq FROM published WHERE seq < ? ORDER BY seq LIMIT ?)`, bound)
 }
 
 // firstPublishedAfter is the sequence number of the oldest outbox row published at or
@@ -349,7 +364,7 @@ func (s *Store) PrunePublished(ctx context.Context, cutoff time.Time) (int64, er
 func (s *Store) firstPublishedAfter(ctx context.Context, cutoff time.Time) (int64, error) {
 	after := int64(0)
 	for {
-		rows, err := s.wc.QueryContext(ctx, `SELECT seq, envelope FROM published WHERE seq > ? ORDER BY seq LIMIT 500`, after)
+		rows, err := s.r.QueryContext(ctx, `SELECT seq, envelope FROM published WHERE seq > ? ORDER BY seq LIMIT 500`, after)
 		if err != nil {
 			return 0, fmt.Errorf("read outbox: %w", err)
 		}

@@ -162,7 +162,6 @@ func (s *Store) loadSnapshot(ctx context.Context) error {
 		return fmt.Errorf("load snapshot connections: %w", err)
 	}
 	im.seq = cp.Int64
-	s.snapshotSeq = cp.Int64
 	return nil
 }
 
@@ -293,7 +292,6 @@ func (s *Store) snapshot(ctx context.Context) error {
 	im.dirty = map[string]map[string]struct{}{}
 	im.mu.Unlock()
 	s.sinceSnapshot = 0
-	s.snapshotSeq = im.seq
 	return nil
 }
 
@@ -369,9 +367,31 @@ func (s *Store) Rebuild(ctx context.Context) (Projection, error) {
 	return p, err
 }
 
-// pruneChunk is how many rows one pruning transaction deletes: the writer's other commits
-// wait for one chunk at most.
-const pruneChunk = 500
+// pruneChunk is how many rows one pruning transaction deletes, and pruneRest the least
+// pause after it (pruneStep): the writer's other commits wait for one small chunk at most,
+// and those that queued behind it go before the next.
+const (
+	pruneChunk = 100
+	pruneRest  = time.Millisecond
+)
+
+// pruneStep runs one chunk of a prune on the writer, between commits, then rests as long
+// as the chunk took (at least pruneRest): a prune takes at most about half the writer's
+// time, and what it finds to delete it finds on a reader's connection, off the writer.
+func (s *Store) pruneStep(ctx context.Context, chunk func(ctx context.Context) error) error {
+	start := time.Now()
+	if err := s.writeAlone(ctx, chunk); err != nil {
+		return err
+	}
+	rest := time.NewTimer(max(time.Since(start), pruneRest))
+	defer rest.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-rest.C:
+		return nil
+	}
+}
 
 // PruneTombstones forgets connections closed before cutoff, in the image and the snapshot
 // tables, a chunk per transaction, and returns how many.
@@ -406,7 +426,7 @@ func (s *Store) PruneTombstones(ctx context.Context, cutoff time.Time) (int, err
 	})
 	for err == nil {
 		var deleted int64
-		err = s.writeAlone(ctx, func(ctx context.Context) error {
+		err = s.pruneStep(ctx, func(ctx context.Context) error {
 			if err := s.begin(ctx); err != nil {
 				return err
 			}
@@ -429,18 +449,29 @@ func (s *Store) PruneTombstones(ctx context.Context, cutoff time.Time) (int, err
 }
 
 // CompactLog deletes the log records the view's snapshot holds (at or before its
-// checkpoint) that are older than cutoff (their time), a chunk per transaction, and
-// returns how many; their pages are reused by the records to come. The record at the
-// checkpoint is kept: the log's positions go on after it.
+// checkpoint) that are older than cutoff (their time), a chunk per transaction
+// (pruneStep), and returns how many; their pages are reused by the records to come. The
+// record at the checkpoint is kept: the log's positions go on after it.
 func (s *Store) CompactLog(ctx context.Context, cutoff time.Time) (int64, error) {
 	var total int64
 	for {
+		bound, more, err := s.compactBound(ctx, cutoff)
+		if err != nil || bound == 0 {
+			if err != nil {
+				err = fmt.Errorf("compact the log: %w", s.noteRead(err))
+			}
+			return total, err
+		}
 		var n int64
-		var more bool
-		err := s.writeAlone(ctx, func(ctx context.Context) error {
-			var err error
-			n, more, err = s.compactChunk(ctx, cutoff)
-			return err
+		err = s.pruneStep(ctx, func(ctx context.Context) error {
+			if err := s.begin(ctx); err != nil {
+				return err
+			}
+			res, err := s.wc.ExecContext(ctx, `DELETE FROM log WHERE seq < ?`, bound)
+			if err == nil {
+				n, err = res.RowsAffected()
+			}
+			return s.end(ctx, err)
 		})
 		total += n
 		if err != nil {
@@ -452,12 +483,13 @@ func (s *Store) CompactLog(ctx context.Context, cutoff time.Time) (int64, error)
 	}
 }
 
-// compactChunk deletes up to pruneChunk of the oldest records CompactLog deletes; more
-// says there may be others.
-func (s *Store) compactChunk(ctx context.Context, cutoff time.Time) (n int64, more bool, err error) {
-	var bound int64 // the records before it go
+// compactBound finds, on a reader's connection, the next chunk of CompactLog: the log
+// position before which up to pruneChunk of the oldest records go (0: none), the
+// checkpoint being the one committed (it only moves on); more says there may be others.
+func (s *Store) compactBound(ctx context.Context, cutoff time.Time) (bound int64, more bool, err error) {
 	scanned, stopped := 0, false
-	err = scanEach(ctx, s.wc, `SELECT seq, data FROM log WHERE seq < ? ORDER BY seq LIMIT ?`, func(r *sql.Rows) error {
+	err = scanEach(ctx, s.r, `SELECT seq, data FROM log WHERE seq < (SELECT COALESCE(MAX(seq), 0) FROM checkpoints WHERE name = ?)
+		ORDER BY seq LIMIT ?`, func(r *sql.Rows) error {
 		var seq int64
 		var data string
 		if err := r.Scan(&seq, &data); err != nil {
@@ -476,21 +508,8 @@ func (s *Store) compactChunk(ctx context.Context, cutoff time.Time) (n int64, mo
 		}
 		bound = seq + 1
 		return nil
-	}, s.snapshotSeq, pruneChunk)
-	if err != nil || bound == 0 {
-		return 0, false, err
-	}
-	if err := s.begin(ctx); err != nil {
-		return 0, false, err
-	}
-	res, err := s.wc.ExecContext(ctx, `DELETE FROM log WHERE seq < ?`, bound)
-	if err == nil {
-		n, err = res.RowsAffected()
-	}
-	if err := s.end(ctx, err); err != nil {
-		return 0, false, err
-	}
-	return n, !stopped && scanned == pruneChunk, nil
+	}, checkpointName, pruneChunk)
+	return bound, !stopped && scanned == pruneChunk, err
 }
 
 func (s *Store) deleteConns(ctx context.Context, ids []string) error {
@@ -517,3 +536,59 @@ func fromNanos(n sql.NullInt64) time.Time {
 }
 
 func nullString(s string) sql.NullString { return sql.NullString{String: s, Valid: s != ""} }
+
+// PruneUsers forgets the users offline (announced offline, no live connection) whose last
+// activity is before cutoff: their rows leave the snapshot (the image does not hold them)
+// and GET /user/online answers them as it answers a user never seen. The rows are found on
+// a reader's connection, a page at a time in id order, and deleted on the writer a chunk
+// per transaction, each row checked again as it is deleted. It returns how many.
+func (s *Store) PruneUsers(ctx context.Context, cutoff time.Time) (int64, error) {
+	var total int64
+	after := ""
+	for {
+		ids, err := queryAll(ctx, s.r, "find users to prune", func(r *sql.Rows) (id string, err error) {
+			err = r.Scan(&id)
+			return id, err
+		}, `SELECT user_id FROM view_users WHERE user_id > ? AND live = 0 AND announced = 0 AND last_activity < ?
+			ORDER BY user_id LIMIT ?`, after, cutoff.UnixNano(), pruneChunk)
+		if err != nil {
+			return total, fmt.Errorf("prune users: %w", s.noteRead(err))
+		}
+		if len(ids) == 0 {
+			return total, nil
+		}
+		after = ids[len(ids)-1]
+		var n int64
+		err = s.pruneStep(ctx, func(ctx context.Context) error {
+			gone := ids[:0:0]
+			for _, id := range ids {
+				if _, held := s.img.users[id]; !held { // changed since the last snapshot
+					gone = append(gone, id)
+				}
+			}
+			if len(gone) == 0 {
+				return nil
+			}
+			list, err := json.Marshal(gone)
+			if err != nil {
+				return err
+			}
+			if err := s.begin(ctx); err != nil {
+				return err
+			}
+			res, err := s.wc.ExecContext(ctx, `DELETE FROM view_users WHERE user_id IN (SELECT value FROM json_each(?))
+				AND live = 0 AND announced = 0 AND last_activity < ?`, string(list), cutoff.UnixNano())
+			if err == nil {
+				n, err = res.RowsAffected()
+			}
+			return s.end(ctx, err)
+		})
+		total += n
+		if err != nil {
+			return total, fmt.Errorf("prune users: %w", err)
+		}
+		if len(ids) < pruneChunk {
+			return total, nil
+		}
+	}
+}

@@ -87,7 +87,7 @@ func rewindCheckpoint(b *testing.B, path string, tail int) {
 
 // BenchmarkAppendsBesideCompaction measures what the log's compaction costs the hot path:
 // the latency of single appends (each its own commit, synchronous=NORMAL) alone, then
-// while CompactLog deletes 200,000 records behind the snapshot (500 per transaction).
+// while CompactLog deletes 200,000 records behind the snapshot (pruneStep's chunks).
 //
 //	go test -run '^$' -bench AppendsBesideCompaction -benchtime 1x ./internal/store/sqlite/
 func BenchmarkAppendsBesideCompaction(b *testing.B) {

@@ -181,10 +181,9 @@ type Store struct {
 	mark *markFile
 	tent positions
 	// sinceSnapshot counts the records folded since the last snapshot; lastSnapshot is
-	// when it was written; snapshotSeq is the log position it holds (the writer's alone).
+	// when it was written (the writer's alone).
 	sinceSnapshot int
 	lastSnapshot  time.Time
-	snapshotSeq   int64
 	// streams is the top of each user's stream; streamsPruned the queue position below
 	// which no row keeps a stream position (the writer's alone).
 	streams       streamTable

@@ -61,3 +61,65 @@ func TestAUserRowHoldsLittleMoreThanItsIdAndLastActivity(t *testing.T) {
 		t.Fatalf("a user's row takes %.1f bytes, want at most %.1f (its id and last activity, %.1f, and 24)", perUser, floor+24, floor)
 	}
 }
+
+// TestPruneUsersForgetsOnlyUsersOfflinePastTheCutoff: PruneUsers deletes the rows of the
+// users announced offline whose last activity is before the cutoff, and keeps the users
+// online, in their grace period, or active since; a forgotten user is answered as one
+// never seen, and its next visit starts a new row.
+func TestPruneUsersForgetsOnlyUsersOfflinePastTheCutoff(t *testing.T) {
+	clk := &clock{t: t0}
+	path := filepath.Join(t.TempDir(), "db")
+	ctx := context.Background()
+	s := open(t, path, clk, nil)
+	defer func() { s.Close() }()
+	const old = 1200 // more than two chunks
+	var evs []events.ConnectionEvent
+	for i := range old {
+		uid, cid, at := fmt.Sprintf("old-%04d", i), fmt.Sprintf("oc%d", i), t0.Add(time.Duration(i)*time.Millisecond)
+		evs = append(evs, events.Opened(uid, cid, at, "", ""), events.Closed(uid, cid, at.Add(time.Millisecond), events.ReasonClient))
+	}
+	mustAppend(t, s, evs...)
+	mustAppend(t, s, events.Opened("online", "on1", t0, "", ""))
+	clk.Set(t0.Add(time.Hour))
+	graces, _ := s.PendingGraces(ctx)
+	for _, g := range graces {
+		if _, err := s.ExpireGrace(ctx, g.UserID, g.Since, clk.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	at := clk.Now()
+	mustAppend(t, s, events.Opened("recent", "r1", at, "", ""), events.Closed("recent", "r1", at, events.ReasonClient),
+		events.Opened("grace", "g1", t0, "", ""), events.Closed("grace", "g1", t0.Add(time.Second), events.ReasonClient),
+		events.Opened("old-0007", "oc7b", at, "", ""), events.Closed("old-0007", "oc7b", at, events.ReasonClient))
+	if err := s.Close(); err != nil { // the snapshot holds every row
+		t.Fatal(err)
+	}
+	s = open(t, path, clk, nil)
+	n, err := s.PruneUsers(ctx, at)
+	if err != nil || n != old-1 {
+		t.Fatalf("pruned %d users, %v; want the %d offline since before the cutoff", n, err, old-1)
+	}
+	st, err := s.Users(ctx, []string{"old-0003", "old-0007", "online", "grace", "recent"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st[0].Online() || !st[0].LastActivity.IsZero() {
+		t.Fatalf("a pruned user: %+v, want it answered as never seen", st[0])
+	}
+	for _, u := range st[1:] {
+		if u.LastActivity.IsZero() {
+			t.Fatalf("%s was pruned: %+v", u.UserID, st)
+		}
+	}
+	v, _ := s.Dump(ctx)
+	if len(v.Users) != 4 {
+		t.Fatalf("the view holds %d users after the prune, want 4", len(v.Users))
+	}
+	if n, err := s.PruneUsers(ctx, at); err != nil || n != 0 {
+		t.Fatalf("a second pass pruned %d, %v", n, err)
+	}
+	mustAppend(t, s, events.Opened("old-0003", "oc3b", at.Add(time.Second), "", ""))
+	if st, _ := s.Users(ctx, []string{"old-0003"}); !st[0].Online() || !st[0].LastActivity.Equal(at.Add(time.Second)) {
+		t.Fatalf("a pruned user's return: %+v", st)
+	}
+}
