@@ -156,27 +156,25 @@ func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
 		httperr.Write(w, r, s.log, methodNotAllowed("POST"))
 		return
 	}
-	reserved, ok := s.reserveBody(r)
-	if !ok {
-		httperr.Write(w, r, s.log, s.overBudget(w))
-		return
-	}
-	defer s.releaseBody(reserved)
 	buf := bodyBuffers.Get().(*[]byte)
 	defer putBodyBuffer(buf)
-	data, err := readBody(http.MaxBytesReader(w, r.Body, MaxRequestBytes), buf)
-	if err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			httperr.Write(w, r, s.log, httperr.BadRequest(httperr.CodeRequestTooLarge,
-				fmt.Sprintf("request body larger than %d bytes", MaxRequestBytes)))
-			return
-		}
+	body, err := s.takeBody(w, r, buf)
+	switch {
+	case errors.Is(err, errBodyOverBudget):
+		httperr.Write(w, r, s.log, s.overBudget(w))
+		return
+	case errors.Is(err, errBodyTooLarge):
+		httperr.Write(w, r, s.log, httperr.BadRequest(httperr.CodeRequestTooLarge,
+			fmt.Sprintf("request body larger than %d bytes", MaxRequestBytes)))
+		return
+	case err != nil:
 		httperr.Write(w, r, s.log, httperr.BadRequest(httperr.CodeInvalidRequest, "could not read the request body"))
 		return
 	}
+	defer body.close()
 	// The decoded messages copy what they keep: the buffer goes back to the pool.
-	msgs, err := events.DecodeMessages(data, MaxMessagesPerRequest)
+	msgs, err := events.DecodeMessages(body.data, MaxMessagesPerRequest)
+	body.decoded()
 	if err != nil {
 		code := httperr.CodeInvalidMessage
 		if errors.Is(err, events.ErrInvalidUTF8) {
@@ -267,25 +265,6 @@ func appendJSONString(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
-// reserveBody takes the request's body size (its Content-Length, or the most a body may
-// be) from the budget of bodies read at once and returns it, for releaseBody; ok false
-// means the budget is spent.
-func (s *Server) reserveBody(r *http.Request) (reserved int64, ok bool) {
-	n := int64(MaxRequestBytes)
-	if r.ContentLength >= 0 && r.ContentLength < n {
-		n = r.ContentLength
-	}
-	if s.bodies.Add(n) > s.cfg.BodyBudget {
-		s.bodies.Add(-n)
-		s.metrics.authFailures.WithLabelValues("body_budget").Inc()
-		return 0, false
-	}
-	return n, true
-}
-
-// releaseBody gives back what reserveBody took.
-func (s *Server) releaseBody(reserved int64) { s.bodies.Add(-reserved) }
-
 // overBudget is the answer to a request refused for the body budget.
 func (s *Server) overBudget(w http.ResponseWriter) *httperr.Error {
 	w.Header().Set("Retry-After", "1")
@@ -346,6 +325,7 @@ func (s *Server) enqueue(ctx context.Context, msgs []events.Message) ([]string, 
 	if err := s.queue.Enqueue(ctx, queued...); err != nil {
 		return nil, fmt.Errorf("enqueue: %w", err)
 	}
+	s.accepted.Add(int64(len(queued)))
 	return ids, nil
 }
 

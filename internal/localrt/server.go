@@ -78,6 +78,8 @@ type Server struct {
 	view     presenceView
 	verifier *auth.Verifier
 	hub      *hub
+	// accepted counts the messages accepted since start (MessagesAccepted).
+	accepted atomic.Int64
 	bus      *broadcaster
 	graces   *graceTimers
 	// completions carries the decided outcomes of dispatched messages to the completer.
@@ -93,8 +95,10 @@ type Server struct {
 	metrics *metrics
 	// bodies is the bytes of request bodies being read (Config.BodyBudget bounds it).
 	bodies atomic.Int64
-	lock   *os.File
-	now    func() time.Time
+	// bodyReads holds a token per request body being decoded (bodyDecodes).
+	bodyReads chan struct{}
+	lock      *os.File
+	now       func() time.Time
 
 	httpSrv  *http.Server
 	ln       net.Listener
@@ -145,7 +149,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return fail(err)
 	}
 	s := &Server{cfg: cfg, log: log, verifier: verifier, hub: newHub(cfg.MaxConnectionsPerUser),
-		bus: newBroadcaster(), lock: lock, now: time.Now, stopping: make(chan struct{}), kick: make(chan struct{}, 1)}
+		bus: newBroadcaster(), lock: lock, now: time.Now, stopping: make(chan struct{}), kick: make(chan struct{}, 1),
+		bodyReads: make(chan struct{}, bodyDecodes())}
 	s.held = newHeldMessages()
 	s.closing = newPendingCloses()
 	s.metrics = newMetrics(s.hub.count, storeCounter{s}, func() int {
@@ -223,6 +228,10 @@ func (s *Server) APIKey() string { return s.cfg.APIKey }
 
 // Store returns the server's store (for tools and tests).
 func (s *Server) Store() *sqlite.Store { return s.store }
+
+// MessagesAccepted returns how many messages (one per recipient) were made durable since
+// the server started: the load signal of the collector's settings.
+func (s *Server) MessagesAccepted() int64 { return s.accepted.Load() }
 
 // Addr returns the address the server listens on (after Start).
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"regexp"
 	"strings"
@@ -67,20 +66,22 @@ func (s *Server) handleSQS(w http.ResponseWriter, r *http.Request) {
 		refuse(err)
 		return
 	}
-	reserved, ok := s.reserveBody(r)
-	if !ok {
+	read, err := s.takeBody(w, r, nil)
+	switch {
+	case errors.Is(err, errBodyOverBudget):
 		w.Header().Set("Retry-After", "1")
 		s.writeSQS(w, 0, &sqsError{status: http.StatusServiceUnavailable, code: "ServiceUnavailable", queryCode: "ServiceUnavailable",
 			message: "too many request bodies in flight; retry later"})
 		return
-	}
-	defer s.releaseBody(reserved)
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxRequestBytes))
-	if err != nil {
+	case err != nil:
 		s.writeSQS(w, 0, sqsBadRequest("BatchRequestTooLong", "AWS.SimpleQueueService.BatchRequestTooLong", "the request is too large"))
 		return
 	}
-	if err := sig.verify(r, body, s.cfg.APIKey); err != nil {
+	defer read.close()
+	body := read.data
+	err = sig.verify(r, body, s.cfg.APIKey)
+	read.decoded()
+	if err != nil {
 		refuse(err)
 		return
 	}

@@ -39,7 +39,7 @@ func run() error {
 		fmt.Printf("baseline listening on %s\n", ln.Addr())
 		return bench.ServeBaseline(ctx, ln)
 	}
-	profile := flag.String("profile", "short", "smoke (seconds, CI), short (under 5 minutes) or long")
+	profile := flag.String("profile", "short", "smoke (a minute or two, CI), short (about 20 minutes) or long")
 	server := flag.String("server", "", "path of the wspresence binary (required)")
 	reference := flag.String("reference", "", "path of an earlier wspresence binary to measure on the publishers scenario too (the before of a change)")
 	referenceName := flag.String("reference-name", "", "what the reference binary was built from (a git revision), for the report")
@@ -48,9 +48,11 @@ func run() error {
 	plotPath := flag.String("plot", "docs/benchmarks.png", "PNG plot to write (empty: none)")
 	findings := flag.String("findings", "bench/findings.md", "Markdown appended to the report (the profile findings), if it exists")
 	render := flag.String("render", "", "render the report and plot of a saved results file instead of running")
-	only := flag.String("only", "", "run only these scenarios (comma-separated: memory,connect,lag,rest,delivery,publishers,recovery; for profiling, not reports)")
+	only := flag.String("only", "", "run only these scenarios (comma-separated: memory,connect,lag,rest,delivery,publishers,recovery,flood,users,churn)")
 	targets := flag.String("targets", "", "measure only these sides (comma-separated: baseline,wspresence)")
-	profileScenario := flag.String("profile-scenario", "publishers", "scenario the server's CPU and heap profiles cover: publishers or delivery")
+	profileScenario := flag.String("profile-scenario", "publishers", "scenario the server's CPU and heap profiles cover: publishers, delivery or flood")
+	floodRequests := flag.Int("flood-requests", 0, "concurrent requests of the flood scenario (0: the profile's)")
+	floodBytes := flag.Int("flood-bytes", 0, "body size of the flood scenario's requests (0: the profile's sizes)")
 	flag.Parse()
 	if *render != "" {
 		res, err := bench.Load(*render)
@@ -70,6 +72,12 @@ func run() error {
 		p.Targets = strings.Split(*targets, ",")
 	}
 	p.ProfileScenario = *profileScenario
+	if *floodRequests > 0 {
+		p.FloodRequests = *floodRequests
+	}
+	if *floodBytes > 0 {
+		p.FloodBytes = []int{*floodBytes}
+	}
 	if *server == "" {
 		return errors.New("--server is required")
 	}

@@ -145,6 +145,7 @@ func (r *Results) Markdown(plotFile, resultsFile string) string {
 		bm := pick(r.Baseline.Memory, i)
 		fmt.Fprintf(&b, "| memory | %d idle | %.1f KB/conn (RSS %.0f → %.0f MiB) | %.1f KB/conn |\n", m.N, m.BytesPerConn/1024, m.RSSBeforeMiB, m.RSSAfterMiB, bm.BytesPerConn/1024)
 	}
+	r.scaleMarkdown(&b)
 	if ref := r.Reference; ref != nil {
 		fmt.Fprintf(&b, "\n## Against the build before (`%s`), same run\n\n", r.ReferenceName)
 		fmt.Fprintf(&b, "The publishers scenario of an earlier build (`make bench BENCH_REFERENCE=<rev>`), measured the same way right after\n")
@@ -221,9 +222,20 @@ func (r *Results) Plot(path string) error {
 	}
 	p50 := func(l Latency) float64 { return l.P50 }
 	p99 := func(l Latency) float64 { return l.P99 }
-	if err := plotutil.AddLinePoints(p,
-		"wspresence p50", series(r.Wspresence, p50), "wspresence p99", series(r.Wspresence, p99),
-		"baseline p50", series(r.Baseline, p50), "baseline p99", series(r.Baseline, p99)); err != nil {
+	var lines []any // name, points: only the series with points (a run without the delivery scenario has none)
+	for _, l := range []struct {
+		name string
+		xy   plotter.XYs
+	}{{"wspresence p50", series(r.Wspresence, p50)}, {"wspresence p99", series(r.Wspresence, p99)},
+		{"baseline p50", series(r.Baseline, p50)}, {"baseline p99", series(r.Baseline, p99)}} {
+		if len(l.xy) > 0 {
+			lines = append(lines, l.name, l.xy)
+		}
+	}
+	if len(lines) == 0 {
+		return nil
+	}
+	if err := plotutil.AddLinePoints(p, lines...); err != nil {
 		return err
 	}
 	p.Legend.Top = true

@@ -40,14 +40,35 @@ type Profile struct {
 	// recovering clients reconnecting at once, RecMessages messages each.
 	RecClients  int `json:"recovery_clients"`
 	RecMessages int `json:"recovery_messages"`
+	// The users scenario (wspresence only, a server of its own, unpinned): UsersN distinct
+	// users in all at each point (ascending), visiting once each from UsersConcurrency
+	// clients at once.
+	UsersN           []int `json:"users_n,omitempty"`
+	UsersConcurrency int   `json:"users_concurrency,omitempty"`
+	// The churn scenario (wspresence only, a server of its own, unpinned): ChurnRate new
+	// visitors a second, each staying ChurnStay, for ChurnDuration, every retention at
+	// ChurnRetention, the footprint sampled every ChurnSample.
+	ChurnRate      float64       `json:"churn_rate,omitempty"`
+	ChurnStay      time.Duration `json:"churn_stay_ns,omitempty"`
+	ChurnDuration  time.Duration `json:"churn_duration_ns,omitempty"`
+	ChurnRetention time.Duration `json:"churn_retention_ns,omitempty"`
+	ChurnSample    time.Duration `json:"churn_sample_ns,omitempty"`
+	// The flood scenario (wspresence only): FloodRequests concurrent POST /messages of
+	// each of FloodBytes (one flood per size), /healthz and connects probed for FloodIdle
+	// before it and during it.
+	FloodRequests int           `json:"flood_requests,omitempty"`
+	FloodBytes    []int         `json:"flood_bytes,omitempty"`
+	FloodIdle     time.Duration `json:"flood_idle_ns,omitempty"`
 	// Only, if set, names the scenarios to run (memory, connect, lag, rest, delivery,
-	// publishers, recovery) and the others are skipped; Targets, if set, names the sides to measure
-	// (baseline, wspresence). Partial runs are for profiling one scenario, not for reports.
+	// publishers, recovery, flood, users, churn) and the others are skipped; Targets, if
+	// set, names the sides to measure (baseline, wspresence). Partial runs are for
+	// profiling one scenario, not for reports.
 	Only    []string `json:"only,omitempty"`
 	Targets []string `json:"targets,omitempty"`
 	// ProfileScenario is the scenario the server's CPU and heap profiles cover: publishers
 	// (default: one more pass at its highest rate, profiled and not reported, so the
-	// profiler's own cost stays out of the measured points) or delivery (its middle rate).
+	// profiler's own cost stays out of the measured points), delivery (its middle rate) or
+	// flood (a pass of its own at its first size).
 	ProfileScenario string `json:"profile_scenario,omitempty"`
 }
 
@@ -56,19 +77,26 @@ func (p Profile) runs(scenario string) bool {
 	return len(p.Only) == 0 || slices.Contains(p.Only, scenario)
 }
 
-// Profiles: smoke (CI, seconds), short (make bench, under 5 minutes), long.
+// Profiles: smoke (CI, seconds), short (make bench, about 20 minutes: the users scenario's
+// million visits take most of it), long.
 var Profiles = map[string]Profile{
 	"smoke": {Name: "smoke", ConnectN: 50, ConnectRates: []float64{500}, Users: 20, Conns: 40, DeliveryRates: []float64{500},
 		PhaseDuration: time.Second, Batch: 10, LagSamples: 5, RESTDuration: time.Second, RESTRate1: 100, RESTRate100: 50, MemoryN: []int{100},
-		PubRates: []float64{200}, Publishers: 16, PubConns: 100, RecClients: 20, RecMessages: 5},
+		PubRates: []float64{200}, Publishers: 16, PubConns: 100, RecClients: 20, RecMessages: 5,
+		UsersN: []int{200, 400}, UsersConcurrency: 16, ChurnRate: 50, ChurnStay: time.Second, ChurnDuration: 8 * time.Second,
+		ChurnRetention: time.Second, ChurnSample: time.Second, FloodRequests: 100, FloodBytes: []int{1 << 20, 5 << 20}, FloodIdle: time.Second},
 	"short": {Name: "short", ConnectN: 3000, ConnectRates: []float64{1000, 3000, 6000}, Users: 1000, Conns: 2000,
 		DeliveryRates: []float64{2000, 5000, 10000, 20000, 40000}, PhaseDuration: 3 * time.Second, Batch: 50, LagSamples: 100,
 		RESTDuration: 3 * time.Second, RESTRate1: 2000, RESTRate100: 500, MemoryN: []int{2000, 10000},
-		PubRates: []float64{1000, 4000}, Publishers: 128, PubConns: 4000, RecClients: 1000, RecMessages: 20},
+		PubRates: []float64{1000, 4000}, Publishers: 128, PubConns: 4000, RecClients: 1000, RecMessages: 20,
+		UsersN: []int{100_000, 1_000_000}, UsersConcurrency: 64, ChurnRate: 200, ChurnStay: time.Second, ChurnDuration: time.Minute,
+		ChurnRetention: time.Second, ChurnSample: 5 * time.Second, FloodRequests: 1000, FloodBytes: []int{1 << 20, 5 << 20}, FloodIdle: 2 * time.Second},
 	"long": {Name: "long", ConnectN: 10000, ConnectRates: []float64{2000, 5000, 10000, 15000}, Users: 5000, Conns: 10000,
 		DeliveryRates: []float64{5000, 10000, 20000, 40000, 60000, 80000}, PhaseDuration: 10 * time.Second, Batch: 100, LagSamples: 500,
 		RESTDuration: 10 * time.Second, RESTRate1: 5000, RESTRate100: 1000, MemoryN: []int{1000, 5000, 10000},
-		PubRates: []float64{1000, 4000}, Publishers: 128, PubConns: 4000, RecClients: 1000, RecMessages: 50},
+		PubRates: []float64{1000, 4000}, Publishers: 128, PubConns: 4000, RecClients: 1000, RecMessages: 50,
+		UsersN: []int{100_000, 1_000_000}, UsersConcurrency: 64, ChurnRate: 200, ChurnStay: time.Second, ChurnDuration: 5 * time.Minute,
+		ChurnRetention: time.Second, ChurnSample: 10 * time.Second, FloodRequests: 1000, FloodBytes: []int{1 << 20, 5 << 20}, FloodIdle: 2 * time.Second},
 }
 
 // Side is one target's figures.
@@ -83,7 +111,12 @@ type Side struct {
 	Publish   []PublishResult `json:"publishers"`
 	// Recovery is the recovery scenario (wspresence only).
 	Recovery *RecoveryResult `json:"recovery,omitempty"`
-	Errors   int             `json:"errors"`
+	// Flood, Users and Churn are the flood, users and churn scenarios (wspresence only;
+	// users and churn on servers of their own).
+	Flood  []FloodResult `json:"flood,omitempty"`
+	Users  *UsersResult  `json:"users,omitempty"`
+	Churn  *ChurnResult  `json:"churn,omitempty"`
+	Errors int           `json:"errors"`
 	// Load is how busy the machine was with other work while this side ran.
 	Load MachineLoad `json:"machine_load"`
 }
@@ -189,6 +222,29 @@ func Run(ctx context.Context, p Profile, serverBin string, ref Reference, self, 
 			res.Wspresence, res.IdleHeapTop = side, idleHeapTop
 			res.CPUTop, res.CPUCumTop, res.HeapTop = tops.cpu, tops.cpuCum, tops.heap
 		}
+	}
+	if len(p.Targets) > 0 && !slices.Contains(p.Targets, "wspresence") {
+		return res, nil
+	}
+	// The scenarios on servers of their own, unpinned: they drive many clients at once.
+	w := &res.Wspresence
+	if len(p.UsersN) > 0 && p.runs("users") {
+		u, err := Users(ctx, serverBin, p.UsersN, p.UsersConcurrency, p, log)
+		if err != nil {
+			return nil, fmt.Errorf("users scenario: %w", err)
+		}
+		w.Users = &u
+		for _, pt := range u.Points {
+			w.Errors += pt.Errors
+		}
+	}
+	if p.ChurnRate > 0 && p.runs("churn") {
+		c, err := Churn(ctx, serverBin, p.ChurnRate, p.ChurnStay, p.ChurnDuration, p.ChurnRetention, p.ChurnSample, log)
+		if err != nil {
+			return nil, fmt.Errorf("churn scenario: %w", err)
+		}
+		w.Churn = &c
+		w.Errors += c.Errors
 	}
 	return res, nil
 }
@@ -314,7 +370,30 @@ func measure(ctx context.Context, t *Target, p Profile, outDir string, log *slog
 		s.Recovery = &r
 		s.Errors += r.Errors
 	}
+	if p.FloodRequests > 0 && !t.baseline && p.runs("flood") {
+		for _, size := range p.FloodBytes {
+			log.Info("flood", "target", t.Name, "requests", p.FloodRequests, "bytes", size)
+			f, _ := Flood(ctx, t, p.FloodRequests, size, p.FloodIdle, clientCPUs(t), "")
+			s.Flood = append(s.Flood, f)
+			s.Errors += f.Other + f.ProbeErrors // a refused request reset before its answer is read is no error
+			time.Sleep(2 * time.Second)         // the accepted bodies written
+		}
+		if p.ProfileScenario == "flood" && outDir != "" && len(p.FloodBytes) > 0 {
+			if _, cpu := Flood(ctx, t, p.FloodRequests, p.FloodBytes[0], p.FloodIdle, clientCPUs(t), outDir); cpu != "" {
+				tops = profileTops{cpu: top(cpu), cpuCum: top(cpu, "-cum", "-nodecount=30")}
+			}
+		}
+	}
 	return s, tops, idleHeapTop
+}
+
+// clientCPUs are the CPUs the load generator keeps to while t's server is pinned to one
+// (every other; empty when the server is not pinned).
+func clientCPUs(t *Target) string {
+	if t.cpu == "" || runtime.NumCPU() < 2 {
+		return ""
+	}
+	return fmt.Sprintf("1-%d", runtime.NumCPU()-1)
 }
 
 // MachineLoad is the machine's CPU time spent outside the server under test and this program

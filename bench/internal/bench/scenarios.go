@@ -23,6 +23,7 @@ type Latency struct {
 	P50  float64 `json:"p50_ms"`
 	P99  float64 `json:"p99_ms"`
 	P999 float64 `json:"p999_ms"`
+	Max  float64 `json:"max_ms,omitempty"`
 }
 
 func summarize(samples []time.Duration) Latency {
@@ -34,7 +35,7 @@ func summarize(samples []time.Duration) Latency {
 		i := int(q * float64(len(samples)-1))
 		return float64(samples[i].Microseconds()) / 1000
 	}
-	return Latency{N: len(samples), P50: at(0.50), P99: at(0.99), P999: at(0.999)}
+	return Latency{N: len(samples), P50: at(0.50), P99: at(0.99), P999: at(0.999), Max: at(1)}
 }
 
 // recorder collects latencies from many goroutines.

@@ -31,6 +31,14 @@ type Target struct {
 	tokens map[string]string
 	// baseline targets use ?user=, push to /push and read /online.
 	baseline bool
+	// Dir is a wspresence target's data directory (its store); bin, cpu and args start it
+	// again on it (Restart).
+	Dir       string
+	bin, cpu  string
+	extraArgs []string
+	// Started is when the process started; Ready how long it took to serve (/healthz 200).
+	Started time.Time
+	Ready   time.Duration
 }
 
 var listenRe = regexp.MustCompile(`listening on (\S+)`)
@@ -52,19 +60,55 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// StartWspresence starts `bin serve` on a fresh data dir, pinned to cpu, with a JWT secret
-// and an API key of the benchmark's own.
-func StartWspresence(bin, dir, cpu string) (*Target, error) {
-	t := &Target{Name: "wspresence", tokens: map[string]string{}, key: randomHex(24)}
+// StartWspresence starts `bin serve` on data dir dir, pinned to cpu (unpinned if empty),
+// with a JWT secret and an API key of the benchmark's own; extra are more serve flags.
+func StartWspresence(bin, dir, cpu string, extra ...string) (*Target, error) {
+	t := &Target{Name: "wspresence", tokens: map[string]string{}, key: randomHex(24), Dir: dir, bin: bin, cpu: cpu, extraArgs: extra}
 	t.secret = []byte(randomHex(32))
-	t.cmd = pinned(cpu, bin, "serve", "--addr", "127.0.0.1:0", "--data", dir, "--offline-grace", "1s",
-		"--jwt-secret", string(t.secret), "--api-key", t.key,
-		"--log-level", "error", "--pprof", "--max-connections-per-user", "100", "--inbound-rate", "1000", "--inbound-burst", "1000")
-	if err := t.start(func(line string) bool { return strings.Contains(line, "Sample token") }); err != nil {
-		return nil, err
-	}
-	return t, nil
+	return t, t.startServe()
 }
+
+func (t *Target) startServe() error {
+	t.cmd = pinned(t.cpu, t.bin, append([]string{"serve", "--addr", "127.0.0.1:0", "--data", t.Dir, "--offline-grace", "1s",
+		"--jwt-secret", string(t.secret), "--api-key", t.key,
+		"--log-level", "error", "--pprof", "--max-connections-per-user", "100", "--inbound-rate", "1000", "--inbound-burst", "1000"},
+		t.extraArgs...)...)
+	t.Base = ""
+	if err := t.start(func(line string) bool { return strings.Contains(line, "Sample token") }); err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		resp, err := http.Get(t.Base + "/healthz")
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				t.Ready = time.Since(t.Started)
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("%s: /healthz did not answer 200 within a minute", t.Name)
+}
+
+// Restart stops the server and starts it again on the same store; t.Ready is then how
+// long the new process took from its start until it served.
+func (t *Target) Restart() error {
+	t.Stop()
+	return t.startServe()
+}
+
+// ServeFlags returns the flags `bin serve -h` lists (a build may predate some).
+func ServeFlags(bin string) map[string]bool {
+	out, _ := exec.Command(bin, "serve", "-h").CombinedOutput()
+	flags := map[string]bool{}
+	for _, m := range flagRe.FindAllStringSubmatch(string(out), -1) {
+		flags[m[1]] = true
+	}
+	return flags
+}
+
+var flagRe = regexp.MustCompile(`(?m)^\s+--([a-z0-9-]+)`)
 
 // StartBaseline starts `self baseline-server`, pinned to cpu.
 func StartBaseline(self, cpu string) (*Target, error) {
@@ -79,6 +123,7 @@ func (t *Target) start(ready func(string) bool) error {
 		return err
 	}
 	t.cmd.Stderr = os.Stderr
+	t.Started = time.Now()
 	if err := t.cmd.Start(); err != nil {
 		return err
 	}
@@ -119,12 +164,26 @@ func (t *Target) WebSocketURL(user string) string {
 	defer t.mu.Unlock()
 	tok, ok := t.tokens[user]
 	if !ok {
-		now := time.Now()
-		tok, _ = jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
-			"userId": user, "iat": now.Unix(), "exp": now.Add(24 * time.Hour).Unix()}).SignedString(t.secret)
+		tok = t.token(user)
 		t.tokens[user] = tok
 	}
 	return ws + "/?Authorization=" + tok
+}
+
+// VisitURL is WebSocketURL with a token signed for this connect alone, not kept (a user
+// who visits once).
+func (t *Target) VisitURL(user string) string {
+	if t.baseline {
+		return t.WebSocketURL(user)
+	}
+	return "ws" + strings.TrimPrefix(t.Base, "http") + "/?Authorization=" + t.token(user)
+}
+
+func (t *Target) token(user string) string {
+	now := time.Now()
+	tok, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
+		"userId": user, "iat": now.Unix(), "exp": now.Add(24 * time.Hour).Unix()}).SignedString(t.secret)
+	return tok
 }
 
 // PushRequest builds the request that enqueues body (a JSON array of messages).
@@ -249,21 +308,42 @@ func (t *Target) Commits(ctx context.Context) float64 {
 	if t.baseline {
 		return 0
 	}
+	v, _ := t.Metric(ctx, "wspresence_store_commit_batch_size_count")
+	return v
+}
+
+// Metric returns the value of an unlabelled series of the server's /metrics (ok false
+// when it is absent or the server did not answer).
+func (t *Target) Metric(ctx context.Context, name string) (float64, bool) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, t.Base+"/metrics", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0
+		return 0, false
 	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "wspresence_store_commit_batch_size_count "); ok {
-			n, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			return n
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			n, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return n, err == nil
 		}
 	}
-	return 0
+	return 0, false
+}
+
+// StoreBytes is the size of the store's files in the data directory: the database and
+// its write-ahead log (and the WAL alone).
+func (t *Target) StoreBytes() (total, wal int64) {
+	for _, f := range []string{"wspresence.db", "wspresence.db-wal"} {
+		if fi, err := os.Stat(filepath.Join(t.Dir, f)); err == nil {
+			total += fi.Size()
+			if strings.HasSuffix(f, "-wal") {
+				wal = fi.Size()
+			}
+		}
+	}
+	return total, wal
 }
 
 // save writes what the server answers at path (a pprof endpoint) to dir/file.
