@@ -54,6 +54,7 @@ func serveFlags(cfg *localrt.Config, stderr io.Writer, getenv env) *flags {
 	f.String(&cfg.WebhookSecret, "webhook-secret", "WSPRESENCE_WEBHOOK_SECRET", "HMAC-SHA256 key of the webhook signatures (generated into the data dir if empty)")
 	f.String(&cfg.Sync, "sync", "WSPRESENCE_SYNC", "store durability: full (survives power loss) or normal (survives a process crash, fewer fsyncs)")
 	f.Bool(&cfg.Pprof, "pprof", "WSPRESENCE_PPROF", "serve the Go profiler at /debug/pprof/ (behind the API key)")
+	f.Int(&cfg.GCPercentUnderLoad, "gc-percent-under-load", "WSPRESENCE_GC_PERCENT_UNDER_LOAD", "the collector's GOGC while messages are accepted at load (0: the runtime's always; a GOGC variable wins)")
 	f.Bool(&cfg.AcceptLoss, "accept-loss", "WSPRESENCE_ACCEPT_LOSS", "start on a store whose committed tail was lost after an unclean stop (otherwise refused), under a new event epoch")
 	return f
 }
@@ -78,6 +79,11 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 	if err := srv.Start(ctx); err != nil {
 		_ = srv.Shutdown(context.Background())
 		return err
+	}
+	if cfg.GCPercentUnderLoad > 0 && getenv("GOGC") == "" {
+		gctx, stopGC := context.WithCancel(ctx)
+		defer stopGC()
+		go governCollector(gctx, srv.MessagesAccepted, cfg.GCPercentUnderLoad, log)
 	}
 	tok, err := auth.Mint([]byte(srv.JWTSecret()), sampleUser, time.Hour, time.Now())
 	if err != nil {

@@ -128,6 +128,11 @@ type Config struct {
 	// WAL deleted, cut or damaged), which is otherwise refused: the loss is logged and a new
 	// event epoch starts (--accept-loss, WSPRESENCE_ACCEPT_LOSS; meant for one start).
 	AcceptLoss bool
+	// GCPercentUnderLoad is the collector's GOGC while messages are accepted at load
+	// (--gc-percent-under-load, WSPRESENCE_GC_PERCENT_UNDER_LOAD): `serve` applies it and
+	// sets the runtime's own back once the load has passed; 0 leaves the collector alone,
+	// and so does a GOGC set in the environment.
+	GCPercentUnderLoad int
 
 	// storeFault is passed to the store as its fault hook (tests only).
 	storeFault func() error
@@ -165,6 +170,7 @@ func DefaultConfig() Config {
 		ReadHeaderTimeout:     10 * time.Second,
 		ReadTimeout:           30 * time.Second,
 		KeepAliveTimeout:      60 * time.Second,
+		GCPercentUnderLoad:    400,
 		EventsHeartbeat:       15 * time.Second,
 	}
 }
@@ -224,6 +230,9 @@ func (c Config) Validate() error {
 	}
 	if c.BodyBudget < MaxRequestBytes {
 		errs = append(errs, fmt.Errorf("body budget must hold at least one request of %d bytes, got %d", MaxRequestBytes, c.BodyBudget))
+	}
+	if c.GCPercentUnderLoad < 0 {
+		errs = append(errs, fmt.Errorf("gc percent under load must be 0 (off) or more, got %d", c.GCPercentUnderLoad))
 	}
 	if c.SendQueue < 1 {
 		errs = append(errs, fmt.Errorf("send queue must be at least 1 frame, got %d", c.SendQueue))

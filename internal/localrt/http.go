@@ -325,6 +325,7 @@ func (s *Server) enqueue(ctx context.Context, msgs []events.Message) ([]string, 
 	if err := s.queue.Enqueue(ctx, queued...); err != nil {
 		return nil, fmt.Errorf("enqueue: %w", err)
 	}
+	s.accepted.Add(int64(len(queued)))
 	return ids, nil
 }
 

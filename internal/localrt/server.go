@@ -78,6 +78,8 @@ type Server struct {
 	view     presenceView
 	verifier *auth.Verifier
 	hub      *hub
+	// accepted counts the messages accepted since start (MessagesAccepted).
+	accepted atomic.Int64
 	bus      *broadcaster
 	graces   *graceTimers
 	// completions carries the decided outcomes of dispatched messages to the completer.
@@ -225,6 +227,10 @@ func (s *Server) APIKey() string { return s.cfg.APIKey }
 
 // Store returns the server's store (for tools and tests).
 func (s *Server) Store() *sqlite.Store { return s.store }
+
+// MessagesAccepted returns how many messages (one per recipient) were made durable since
+// the server started: the load signal of the collector's settings.
+func (s *Server) MessagesAccepted() int64 { return s.accepted.Load() }
 
 // Addr returns the address the server listens on (after Start).
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }

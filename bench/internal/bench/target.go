@@ -142,6 +142,9 @@ func (t *Target) start(ready func(string) bool) error {
 	return fmt.Errorf("%s did not start", t.Name)
 }
 
+// Pid is the server process's id.
+func (t *Target) Pid() int { return t.cmd.Process.Pid }
+
 // Stop ends the process.
 func (t *Target) Stop() {
 	_ = t.cmd.Process.Signal(os.Interrupt)

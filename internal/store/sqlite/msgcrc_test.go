@@ -2,8 +2,10 @@ package sqlite_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"path/filepath"
+	"reflect"
 	"testing"
 	"time"
 
@@ -77,8 +79,9 @@ func TestFlippedQueueRowIsNeverRead(t *testing.T) {
 }
 
 // TestAQueueOfTheLayoutWithoutChecksumsIsDelivered: a store whose queue rows have no
-// checksum column (an earlier version) opens with its pending messages readable, unchecked,
-// and completes them; messages queued after carry a checksum.
+// checksum column and whose queue has the indexes of pending and done rows (an earlier
+// version) opens with its pending messages readable, unchecked, and completes them;
+// messages queued after carry a checksum, and the indexes are gone.
 func TestAQueueOfTheLayoutWithoutChecksumsIsDelivered(t *testing.T) {
 	ctx := context.Background()
 	clk := &clock{t: t0}
@@ -88,6 +91,8 @@ func TestAQueueOfTheLayoutWithoutChecksumsIsDelivered(t *testing.T) {
 		t.Fatal(err)
 	}
 	execOn(t, path, `ALTER TABLE messages DROP COLUMN crc`,
+		`CREATE INDEX messages_pending ON messages (seq) WHERE done_at IS NULL`,
+		`CREATE INDEX messages_done ON messages (done_at) WHERE done_at IS NOT NULL`,
 		`INSERT INTO messages (message_id, user_id, body, enqueued_at, stream_offset, stream_gen) VALUES
 			('old-1', 'u', 'first', 1, 1, 7), ('old-2', 'u', 'second', 2, 2, 7)`)
 
@@ -117,8 +122,81 @@ func TestAQueueOfTheLayoutWithoutChecksumsIsDelivered(t *testing.T) {
 	if err := s.Health(); err != nil {
 		t.Fatal(err)
 	}
+	var indexes int
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.QueryRow(`SELECT COUNT(*) FROM sqlite_master WHERE name IN ('messages_pending', 'messages_done')`).Scan(&indexes); err != nil || indexes != 0 {
+		t.Fatalf("%d indexes of the queue's state left: %v", indexes, err)
+	}
 	execOn(t, path, `UPDATE messages SET body = 'thirD' WHERE message_id = 'new'`)
 	if _, err := s.PendingMessages(ctx, 0, 10); !errors.Is(err, sqlite.ErrDamaged) {
 		t.Fatalf("a flipped row queued after the migration is read: %v", err)
+	}
+}
+
+// TestPruneMessagesKeepsWhatIsPending: the prune forgets the messages done before the
+// cutoff (their ids may be queued again) and keeps those pending or done since; a start
+// after it reads every pending message, from the queue floor the prune recorded.
+func TestPruneMessagesKeepsWhatIsPending(t *testing.T) {
+	ctx := context.Background()
+	clk := &clock{t: t0}
+	path := filepath.Join(t.TempDir(), "db")
+	s := openStreams(t, path, clk)
+	msg := func(id string) sqlite.QueuedMessage {
+		return sqlite.QueuedMessage{MessageID: id, UserID: "u", Body: "body of " + id, EnqueuedAt: clk.Now()}
+	}
+	done := func(m sqlite.QueuedMessage) {
+		t.Helper()
+		if n, err := s.Complete(ctx, []int64{m.Seq}, q0Outcome(m)); err != nil || n != 1 {
+			t.Fatalf("complete %s: %d %v", m.MessageID, n, err)
+		}
+	}
+	if err := s.Enqueue(ctx, msg("a"), msg("b"), msg("c"), msg("d")); err != nil {
+		t.Fatal(err)
+	}
+	q, err := s.PendingMessages(ctx, 0, 10)
+	if err != nil || len(q) != 4 {
+		t.Fatalf("queue %+v %v", q, err)
+	}
+	done(q[0]) // a and b done before the cutoff
+	done(q[1])
+	clk.Add(2 * time.Hour)
+	done(q[2]) // c done since: kept; d pending: kept
+	if err := s.Enqueue(ctx, msg("e")); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.PruneMessages(ctx, time.Hour); err != nil || n != 2 {
+		t.Fatalf("pruned %d, want 2: %v", n, err)
+	}
+	// a was forgotten: it may be queued again; c was not: it is still a duplicate.
+	if err := s.Enqueue(ctx, msg("a"), msg("c")); err != nil {
+		t.Fatal(err)
+	}
+	ids := func(s *sqlite.Store) []string {
+		t.Helper()
+		q, err := s.PendingMessages(ctx, 0, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, m := range q {
+			out = append(out, m.MessageID)
+		}
+		return out
+	}
+	want := []string{"d", "e", "a"}
+	if got := ids(s); !reflect.DeepEqual(got, want) {
+		t.Fatalf("pending after the prune: %v, want %v", got, want)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openStreams(t, path, clk)
+	defer s.Close()
+	if got := ids(s); !reflect.DeepEqual(got, want) {
+		t.Fatalf("pending after a restart: %v, want %v", got, want)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/wspresence/wspresence/events"
@@ -200,6 +201,7 @@ func (s *Store) Dump(ctx context.Context) (View, error) {
 // not match its checksum is never returned: the read fails with an error wrapping
 // ErrDamaged (and Health reports it).
 func (s *Store) PendingMessages(ctx context.Context, after int64, limit int) ([]QueuedMessage, error) {
+	after = max(after, s.queueFloor.Load())
 	msgs, err := queryAll(ctx, s.r, "read queue", func(r *sql.Rows) (m QueuedMessage, err error) {
 		var at int64
 		var offset, gen, crc sql.NullInt64
@@ -266,11 +268,27 @@ func (s *Store) complete(ctx context.Context, seqs []int64, outcomes []events.Pu
 }
 
 // PruneMessages forgets delivered messages done more than retention ago: after that, their
-// MessageId may be enqueued again. It deletes a chunk per transaction (pruneStep).
+// MessageId may be enqueued again. It deletes a chunk per transaction (pruneStep), of the
+// messages before the first one accepted since the cutoff (rows are in acceptance order,
+// so no index of the done rows is needed; the newest row is kept, so a position is never
+// handed out twice), then moves the queue floor up to the oldest pending message.
 func (s *Store) PruneMessages(ctx context.Context, retention time.Duration) (int64, error) {
 	cutoff := s.opts.Now().Add(-retention).UnixNano()
-	return s.pruneChunks(ctx, "prune messages", `DELETE FROM messages WHERE seq IN
-		(SELECT seq FROM messages WHERE done_at IS NOT NULL AND done_at < ? LIMIT ?)`, cutoff)
+	var bound sql.NullInt64
+	if err := s.r.QueryRowContext(ctx, `SELECT IFNULL((SELECT seq FROM messages WHERE enqueued_at >= ? ORDER BY seq LIMIT 1),
+		(SELECT MAX(seq) FROM messages))`, cutoff).Scan(&bound); err != nil {
+		return 0, fmt.Errorf("prune messages: %w", err)
+	}
+	var n int64
+	if bound.Valid {
+		var err error
+		n, err = s.pruneChunks(ctx, "prune messages", `DELETE FROM messages WHERE seq IN
+			(SELECT seq FROM messages WHERE seq < ? AND done_at < ? ORDER BY seq LIMIT ?)`, bound.Int64, cutoff)
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, s.raiseQueueFloor(ctx)
 }
 
 // pruneChunks runs del (a DELETE of at most pruneChunk rows, its last argument the chunk)
@@ -297,6 +315,41 @@ func (s *Store) pruneChunks(ctx context.Context, what, del string, args ...any) 
 			return total, nil
 		}
 	}
+}
+
+// queueFloorKey is the meta row holding the queue floor: no message at or below it is
+// pending, so a start reads the pending messages from there on instead of reading every
+// row the retention keeps.
+const queueFloorKey = "queue_floor"
+
+// raiseQueueFloor moves the queue floor up to just below the oldest pending message (to
+// the newest message when none is pending). It finds it on a reader, off the writer, reading
+// the queue from the floor on (the rows accepted since the last prune): a message pending
+// then can only be done since, and one accepted since comes after every row it read.
+func (s *Store) raiseQueueFloor(ctx context.Context) error {
+	floor := s.queueFloor.Load()
+	var first, newest sql.NullInt64
+	err := s.r.QueryRowContext(ctx, `SELECT (SELECT seq FROM messages WHERE seq > ? AND done_at IS NULL ORDER BY seq LIMIT 1),
+		(SELECT MAX(seq) FROM messages)`, floor).Scan(&first, &newest)
+	if err != nil {
+		return fmt.Errorf("find the oldest pending message: %w", err)
+	}
+	switch {
+	case first.Valid:
+		floor = max(floor, first.Int64-1)
+	case newest.Valid:
+		floor = max(floor, newest.Int64)
+	default:
+		return nil
+	}
+	return s.writeExec(ctx, func(ctx context.Context) error {
+		if _, err := s.wc.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES (?, ?)
+			ON CONFLICT (key) DO UPDATE SET value = excluded.value`, queueFloorKey, strconv.FormatInt(floor, 10)); err != nil {
+			return fmt.Errorf("write the queue floor: %w", err)
+		}
+		s.queueFloor.Store(max(s.queueFloor.Load(), floor))
+		return nil
+	})
 }
 
 // PublishedRecord is one outbox row: its sequence number and EventBridge envelope JSON.

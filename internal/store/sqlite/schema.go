@@ -31,7 +31,8 @@ var snapshotSteps = map[int]func(ctx context.Context, tx *sql.Tx) error{
 var ErrSnapshotVersion = errors.New("the view's snapshot is of a version this build cannot read")
 
 // logSchema is what is durable on the hot path: the log (one row per connection event or
-// grace decision, no secondary index), the queue (one row per accepted message), and the
+// grace decision, no secondary index), the queue (one row per accepted message, indexed by
+// its id and user for idempotency and by stream position; see queueFloorKey), and the
 // outbox (one row per published event, written in the commit of what decided it, so it
 // needs no index to be published once).
 const logSchema = `
@@ -71,8 +72,6 @@ CREATE TABLE IF NOT EXISTS recovering (
 	connection_id TEXT PRIMARY KEY,
 	user_id       TEXT NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS messages_pending ON messages (seq) WHERE done_at IS NULL;
-CREATE INDEX IF NOT EXISTS messages_done ON messages (done_at) WHERE done_at IS NOT NULL;
 `
 
 // snapshotSchema holds the view's last snapshot: its rows as of the checkpoint, the log
@@ -154,6 +153,12 @@ func migrate(ctx context.Context, db *sql.DB) error {
 	}
 	if _, err := db.ExecContext(ctx, streamIndex); err != nil {
 		return fmt.Errorf("index stream positions: %w", err)
+	}
+	// The queue's pending and done rows are not indexed: a start reads the pending ones
+	// from the queue floor on (PendingMessages), the prune the done ones in queue order
+	// (PruneMessages). Indexes of earlier versions cost a page write per commit each.
+	if _, err := db.ExecContext(ctx, `DROP INDEX IF EXISTS messages_pending; DROP INDEX IF EXISTS messages_done`); err != nil {
+		return fmt.Errorf("drop the queue's state indexes: %w", err)
 	}
 	// Rows of the log, the outbox and the queue carry a checksum (rowCRC, messageCRC);
 	// rows written before it have none (NULL) and are read unchecked.

@@ -185,6 +185,9 @@ type Store struct {
 	// which no row keeps a stream position (the writer's alone).
 	streams       streamTable
 	streamsPruned int64
+	// queueFloor is the queue position at or below which no message is pending
+	// (raiseQueueFloor).
+	queueFloor atomic.Int64
 	// batchStreams holds the positions the commit being written took (the writer's alone).
 	batchStreams map[string]streamState
 }
@@ -365,6 +368,17 @@ func (s *Store) start(ctx context.Context) error {
 		if *st.dst, err = wc.PrepareContext(ctx, st.query); err != nil {
 			return fmt.Errorf("prepare %q: %w", st.query, err)
 		}
+	}
+	var floor string
+	switch err := s.wc.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = ?`, queueFloorKey).Scan(&floor); {
+	case err == nil:
+		n, perr := strconv.ParseInt(floor, 10, 64)
+		if perr != nil {
+			return fmt.Errorf("the queue floor %q is not a position", floor)
+		}
+		s.queueFloor.Store(n)
+	case !errors.Is(err, sql.ErrNoRows):
+		return fmt.Errorf("read the queue floor: %w", err)
 	}
 	if err := s.loadStreams(ctx); err != nil {
 		// A damaged file is reported (Health), not refused: the streams start again, in
