@@ -35,6 +35,7 @@ func serveFlags(cfg *localrt.Config, stderr io.Writer, getenv env) *flags {
 	f.Duration(&cfg.ActivityInterval, "activity-interval", "WSPRESENCE_ACTIVITY_INTERVAL", "record client activity at most once per connection per interval")
 	f.Int(&cfg.SendQueue, "send-queue", "WSPRESENCE_SEND_QUEUE", "frames that may wait for a slow reader before it is closed (1013)")
 	f.Int64(&cfg.BodyBudget, "body-budget", "WSPRESENCE_BODY_BUDGET", "bytes of request bodies read at once (POST /messages, the queue); past it 503")
+	f.Int64(&cfg.StoreReserve, "store-reserve", "WSPRESENCE_STORE_RESERVE", "bytes of the reserve file kept beside the store for a full disk (0: a 32nd of the filesystem, 1 to 16 MiB; negative: none)")
 	f.Duration(&cfg.WriteTimeout, "write-timeout", "WSPRESENCE_WRITE_TIMEOUT", "bound of one frame's write")
 	f.Duration(&cfg.ReadHeaderTimeout, "read-header-timeout", "WSPRESENCE_READ_HEADER_TIMEOUT", "bound of reading an HTTP request's headers (WebSocket handshake included)")
 	f.Duration(&cfg.ReadTimeout, "read-timeout", "WSPRESENCE_READ_TIMEOUT", "bound of reading a whole HTTP request (not applied to WebSockets and /events once open)")

@@ -57,6 +57,11 @@ type Config struct {
 	// it gets 503 with Retry-After before its body is read, so hostile volume cannot
 	// exhaust the memory.
 	BodyBudget int64
+	// StoreReserve is the size of the reserve file kept beside the store, given back when
+	// its filesystem is full so the store can checkpoint and start, retaken when space
+	// returns (sqlite.Options.Reserve): 0 for a 32nd of the filesystem (1 to 16 MiB),
+	// negative for none.
+	StoreReserve int64
 	// WriteTimeout bounds one frame's write (WSPRESENCE_WRITE_TIMEOUT, default 10s).
 	WriteTimeout time.Duration
 	// InboundRate and InboundBurst limit the frames a client may send per second; past

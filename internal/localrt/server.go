@@ -171,6 +171,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		OnQueued:       func(m []sqlite.QueuedMessage) { s.queued.push(m); s.wake() },
 		RecoveryWindow: cfg.RecoveryWindow,
 		AcceptLoss:     cfg.AcceptLoss,
+		Reserve:        cfg.StoreReserve,
 		Fault:          cfg.storeFault,
 	})
 	if tl := (*sqlite.TailLost)(nil); errors.As(err, &tl) && tl.Emptied {

@@ -22,6 +22,9 @@ import (
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 )
 
+// busyTimeout is how long a connection of the store waits for a lock another holds.
+const busyTimeout = 10 * time.Second
+
 // ErrClosed is returned by writes after Close.
 var ErrClosed = errors.New("store closed")
 
@@ -53,12 +56,12 @@ type Options struct {
 	WALLimit int64
 	OnWAL    func(bytes int64)
 	// Reserve is the size of the reserve file kept beside the store (path + ReserveSuffix):
-	// when the filesystem runs short of space (less than a quarter of the reserve free, or a
-	// write that finds it full) writes are refused (ErrNoSpace, ErrCannotWrite) and the
-	// reserve is given back, so the store can still checkpoint its WAL and a restart can
-	// open it and serve reads; once the free space holds the reserve and half of it again,
-	// the reserve is retaken and writes resume. Zero means a 32nd of the filesystem, between
-	// 1 MiB and 16 MiB; negative, none.
+	// when the filesystem runs short of space (less than a quarter of the reserve free, at
+	// least 256 KiB, or a write that finds it full) writes are refused (ErrNoSpace,
+	// ErrCannotWrite) and the reserve is given back, so the store can still checkpoint its
+	// WAL and a restart can open it and serve reads; once the free space holds the reserve
+	// and twice that quarter again, the reserve is retaken and writes resume. Zero means a
+	// 32nd of the filesystem, between 1 MiB and 16 MiB; negative, none.
 	Reserve int64
 	// Logger receives the store's logs (default slog.Default()).
 	Logger *slog.Logger
@@ -240,7 +243,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	room := newRoom(path, opts.Reserve, opts.Logger)
 	dsn := func(extra string) string {
 		q := url.Values{}
-		q.Add("_pragma", "busy_timeout(10000)")
+		q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeout.Milliseconds()))
 		q.Add("_pragma", "journal_mode(WAL)")
 		q.Add("_pragma", "synchronous("+strings.ToUpper(opts.Sync)+")")
 		if extra != "" {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -492,4 +493,67 @@ func TestWALStaysBounded(t *testing.T) {
 		t.Fatal("the WAL's size was never reported")
 	}
 	t.Logf("WAL peak %.1f MiB with a 2 MiB limit, after 48 MiB of writes", float64(peak.Load())/(1<<20))
+}
+
+// TestWALTruncateHeldByAReader: a reader on an older snapshot keeps the WAL's bound from
+// truncating it: that is a state, logged once (a warning, not an error per commit), the
+// writes go on, and the WAL is truncated once the reader is done.
+func TestWALTruncateHeldByAReader(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "db")
+	ctx := context.Background()
+	logs := &syncBuilder{}
+	logger := slog.New(slog.NewJSONHandler(logs, nil))
+	s, err := sqlite.Open(ctx, path, sqlite.Options{Grace: 5 * time.Second, WALLimit: 1, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	reader, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	tx, err := reader.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := tx.QueryRow(`SELECT COUNT(*) FROM log`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if _, err := s.Append(ctx, events.Opened("u", fmt.Sprintf("c%d", i), t0, "", "")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Append(ctx, events.Opened("u", "after", t0, "", "")); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Count(logs.String(), "the WAL is not truncated yet"); got != 1 {
+		t.Fatalf("%d warnings for a held WAL, want 1: %s", got, logs.String())
+	}
+	if strings.Contains(logs.String(), `"level":"ERROR"`) || !strings.Contains(logs.String(), "the WAL is truncated again") {
+		t.Fatalf("the WAL is not truncated once the reader is done: %s", logs.String())
+	}
+}
+
+// syncBuilder is a strings.Builder safe for concurrent use (a logger's output).
+type syncBuilder struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (w *syncBuilder) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *syncBuilder) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
 }

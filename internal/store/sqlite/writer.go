@@ -260,9 +260,17 @@ func (s *Store) boundWAL() {
 	if size <= s.room.walLimit(s.opts.WALLimit, size) {
 		return
 	}
+	ctx := context.Background()
 	s.ckMu.Lock()
+	// A reader on an older snapshot holds the truncation back: the writer waits for it
+	// briefly (walBusyWait), not the connection's 10 s, and tries again after the next
+	// commits.
 	var busy, logPages, done int
-	err := s.wc.QueryRowContext(context.Background(), `PRAGMA wal_checkpoint(TRUNCATE)`).Scan(&busy, &logPages, &done)
+	_, err := s.wc.ExecContext(ctx, fmt.Sprintf(`PRAGMA busy_timeout = %d`, walBusyWait.Milliseconds()))
+	if err == nil {
+		err = s.wc.QueryRowContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`).Scan(&busy, &logPages, &done)
+		_, _ = s.wc.ExecContext(ctx, fmt.Sprintf(`PRAGMA busy_timeout = %d`, busyTimeout.Milliseconds()))
+	}
 	s.ckMu.Unlock()
 	switch {
 	case err != nil && !s.room.full.Load():
@@ -277,6 +285,9 @@ func (s *Store) boundWAL() {
 		s.opts.Logger.Info("the WAL is truncated again", "bytes", size)
 	}
 }
+
+// walBusyWait is how long boundWAL's checkpoint waits for the readers that hold the WAL.
+const walBusyWait = 200 * time.Millisecond
 
 // run commits batch (or runs its one alone request) and answers its callers.
 func (s *Store) run(batch []*writeReq) {
