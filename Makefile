@@ -28,10 +28,10 @@ lint:
 	go mod tidy -diff
 	cd bench && go vet ./... && $(GOBIN)/staticcheck ./... && go mod tidy -diff
 
-## bench: the short benchmark profile (about 20 minutes on 2 cores, 15 of them the users
+## bench: the short benchmark profile, about 20 minutes on 2 cores (15 of them the users
 ## scenario's million visits): bench/results/<date>.json, docs/benchmarks.md and
-## docs/benchmarks.png; bench-long is the long profile. The load
-## generator is its own module (bench/go.mod), so its libraries stay out of the service's.
+## docs/benchmarks.png; bench-long is the long profile. The load generator is its own
+## module (bench/go.mod), so its libraries stay out of the service's.
 ## BENCH_REFERENCE=<git revision> also measures that build on the publishers scenario,
 ## in the same run (the before of a change).
 BENCH_PROFILE ?= short

@@ -364,6 +364,14 @@ func TestSlowReaderCannotStallOthers(t *testing.T) {
 		c.SendQueue = 4
 		c.WriteTimeout = 30 * time.Second // the queue, not the write timeout, must catch it
 	})
+	stallReader(t, ts)
+}
+
+// stallReader connects "slow", which never reads, and "fast"; sends both far more than
+// the kernel's socket buffers hold; checks that "fast" gets every frame meanwhile, and
+// waits for "slow" closed as expired.
+func stallReader(t *testing.T, ts *testServer) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	slow, _, err := websocket.Dial(ctx, ts.ws+"/?Authorization="+ts.token("slow"), nil) // never reads
@@ -381,15 +389,7 @@ func TestSlowReaderCannotStallOthers(t *testing.T) {
 	for i := range 200 {
 		fast.expectFrame(t, fmt.Sprintf("m%d", i))
 	}
-	waitFor(t, "the slow reader closed as expired", func() bool {
-		log, _ := ts.srv.Store().Log(context.Background())
-		for _, e := range log {
-			if e.Type == events.TypeConnectionClosed && e.UserID == "slow" && e.Reason == events.ReasonExpired {
-				return true
-			}
-		}
-		return false
-	})
+	waitFor(t, "the slow reader closed as expired", func() bool { return closedAs(ts, "slow", events.ReasonExpired) })
 }
 
 // TestInboundRateLimit: a client sending faster than allowed is closed with 1008.

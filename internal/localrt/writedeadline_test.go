@@ -2,12 +2,9 @@ package localrt_test
 
 import (
 	"context"
-	"fmt"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/localrt"
 )
@@ -31,24 +28,7 @@ func TestStalledWriteEndsAtTheWriteTimeout(t *testing.T) {
 		c.SendQueue = 10000 // the write timeout, not the queue, must catch it
 		c.WriteTimeout = 300 * time.Millisecond
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	slow, _, err := websocket.Dial(ctx, ts.ws+"/?Authorization="+ts.token("slow"), nil) // never reads
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer slow.CloseNow()
-	fast := ts.dial("fast")
-	waitFor(t, "both online", func() bool { l, _ := ts.online(""); return len(l) == 2 })
-	// Far more than the kernel's socket buffers hold: 200 frames of 120 KB.
-	big := strings.Repeat("x", 120*1024)
-	for i := range 200 {
-		ts.send(fmt.Sprintf(`[{"UserId":"slow","Body":%q},{"UserId":"fast","Body":"m%d"}]`, big, i))
-	}
-	for i := range 200 {
-		fast.expectFrame(t, fmt.Sprintf("m%d", i))
-	}
-	waitFor(t, "the stalled reader closed as expired", func() bool { return closedAs(ts, "slow", events.ReasonExpired) })
+	stallReader(t, ts)
 }
 
 // TestWriteDeadlineDoesNotOutliveTheWrites: once its queue is written, a connection's
