@@ -194,15 +194,24 @@ func TestMessageRightAfterTheUpgradeReachesIt(t *testing.T) {
 // does not stop the start, but the store's integrity check finds it: /healthz answers 503
 // "damaged" instead of ok, so an orchestrator stops routing to it.
 func TestDamagedStoreIsNotHealthy(t *testing.T) {
+	startWithADamagedPage(t, "published")
+}
+
+// startWithADamagedPage fills a store's outbox, zeroes the second leaf page of table on disk
+// (the server stopped), starts the server again on it and waits for /healthz to answer 503
+// "damaged".
+func startWithADamagedPage(t *testing.T, table string) *testServer {
+	t.Helper()
 	dir := t.TempDir()
 	fillOutbox(t, dir)
-	zeroPage(t, dir, `SELECT pageno FROM dbstat WHERE name = 'published' AND pagetype = 'leaf' ORDER BY pageno LIMIT 1 OFFSET 1`)
+	zeroPage(t, dir, `SELECT pageno FROM dbstat WHERE name = '`+table+`' AND pagetype = 'leaf' ORDER BY pageno LIMIT 1 OFFSET 1`)
 
 	again := startServer(t, dir, nil)
 	waitFor(t, "/healthz to report the damage", func() bool {
 		r := again.do(http.MethodGet, "/healthz", "", nil)
 		return r.status == http.StatusServiceUnavailable && strings.Contains(string(r.body), "damaged")
 	})
+	return again
 }
 
 // zeroPage overwrites the page of the stopped store in dir that query (on dbstat) picks,
@@ -420,15 +429,7 @@ func TestFlippedQueueRowIsNotDelivered(t *testing.T) {
 // /healthz, but /events still streams the outbox's rows, each checked as it is read; a
 // changed outbox row (TestFlippedOutboxRowIsNotServed) stops it.
 func TestDamageElsewhereDoesNotStopEvents(t *testing.T) {
-	dir := t.TempDir()
-	fillOutbox(t, dir)
-	zeroPage(t, dir, `SELECT pageno FROM dbstat WHERE name = 'messages' AND pagetype = 'leaf' ORDER BY pageno LIMIT 1 OFFSET 1`)
-
-	again := startServer(t, dir, nil)
-	waitFor(t, "/healthz to report the damage", func() bool {
-		r := again.do(http.MethodGet, "/healthz", "", nil)
-		return r.status == http.StatusServiceUnavailable && strings.Contains(string(r.body), "damaged")
-	})
+	again := startWithADamagedPage(t, "messages")
 	status, ids := again.eventIDs("", 200)
 	if status != http.StatusOK || len(ids) != 200 {
 		t.Fatalf("/events with a damaged queue page: %d, %d of 200 events", status, len(ids))
