@@ -322,7 +322,15 @@ func (s *Server) enqueue(ctx context.Context, msgs []events.Message) ([]string, 
 			queued = append(queued, sqlite.QueuedMessage{MessageID: d.MessageID, UserID: d.UserID, Body: d.Body, EnqueuedAt: now})
 		}
 	}
-	if err := s.queue.Enqueue(ctx, queued...); err != nil {
+	weight := storeWeight(queued)
+	if err := s.storeBytes.Acquire(ctx, weight); err != nil {
+		return nil, fmt.Errorf("enqueue: wait for the store: %w", err)
+	}
+	s.metrics.storeQueued.Add(float64(weight))
+	err := s.queue.Enqueue(ctx, queued...)
+	s.metrics.storeQueued.Sub(float64(weight))
+	s.storeBytes.Release(weight)
+	if err != nil {
 		return nil, fmt.Errorf("enqueue: %w", err)
 	}
 	s.accepted.Add(int64(len(queued)))
