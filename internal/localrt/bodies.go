@@ -18,11 +18,11 @@ import (
 func bodyDecodes() int { return max(1, runtime.GOMAXPROCS(0)) }
 
 // storeQueueBytes bounds the bytes of accepted messages handed to the store and not yet
-// committed (two of the largest requests): the bodies past it wait for their turn in
+// committed (one of the largest requests): the bodies past it wait for their turn in
 // memory, holding their share of the body budget, instead of in the writer's queue, where
 // a WebSocket connect's record would wait behind them. A connect then waits for at most
 // this much of the messages before it, whatever the budget holds.
-const storeQueueBytes = 2 * MaxRequestBytes
+const storeQueueBytes = MaxRequestBytes
 
 // storeWeight is what msgs take of storeQueueBytes: the bytes of their bodies, at most all
 // of it (one request always fits).
