@@ -178,7 +178,7 @@ func (s *Server) replayStream(ctx context.Context, c *wsConn, req recovery.Reque
 			if e.Pending {
 				s.held.take(e.Seq)
 				now := s.now()
-				s.complete(completion{seq: e.Seq, enqueuedAt: e.EnqueuedAt, decidedAt: now, keep: true,
+				s.complete(completion{msg: sqlite.QueuedMessage{Seq: e.Seq, EnqueuedAt: e.EnqueuedAt}, decidedAt: now, keep: true,
 					outcome: events.NewMessageDelivered(e.MessageID, c.userID, 1, now)})
 			}
 		}
@@ -316,7 +316,7 @@ func (s *Server) keepStreams(ctx context.Context) {
 		}
 		now := s.now()
 		for _, m := range s.held.expire(now.Add(-s.cfg.RecoveryWindow), now.Add(-max(s.cfg.OfflineGrace, s.cfg.RecoveryWindow))) {
-			s.complete(completion{seq: m.Seq, enqueuedAt: m.EnqueuedAt, decidedAt: now,
+			s.complete(completion{msg: m, decidedAt: now,
 				outcome: events.NewMessageUndeliverable(m.MessageID, m.UserID, events.UndeliverableOffline, now)})
 		}
 		if now.Sub(lastPrune) < s.streamPruneEvery() {
