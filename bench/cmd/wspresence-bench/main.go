@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/wspresence/wspresence/bench/internal/bench"
@@ -53,6 +54,7 @@ func run() error {
 	profileScenario := flag.String("profile-scenario", "publishers", "scenario the server's CPU and heap profiles cover: publishers, delivery or flood")
 	floodRequests := flag.Int("flood-requests", 0, "concurrent requests of the flood scenario (0: the profile's)")
 	floodBytes := flag.Int("flood-bytes", 0, "body size of the flood scenario's requests (0: the profile's sizes)")
+	users := flag.String("users", "", "distinct users at each point of the users scenario (comma-separated, ascending; empty: the profile's)")
 	flag.Parse()
 	if *render != "" {
 		res, err := bench.Load(*render)
@@ -77,6 +79,16 @@ func run() error {
 	}
 	if *floodBytes > 0 {
 		p.FloodBytes = []int{*floodBytes}
+	}
+	if *users != "" {
+		p.UsersN = nil
+		for _, f := range strings.Split(*users, ",") {
+			n, err := strconv.Atoi(f)
+			if err != nil || n <= 0 {
+				return fmt.Errorf("--users: %q is not a number of users", f)
+			}
+			p.UsersN = append(p.UsersN, n)
+		}
 	}
 	if *server == "" {
 		return errors.New("--server is required")
