@@ -338,7 +338,8 @@ func (s *Server) keepStreams(ctx context.Context) {
 		}
 		now := s.now()
 		for _, m := range s.held.expire(now.Add(-s.cfg.RecoveryWindow), now.Add(-max(s.cfg.OfflineGrace, s.cfg.RecoveryWindow))) {
-			s.complete(completion{msg: m, decidedAt: now,
+			// A held message keeps no body: its row is rewritten as stored.
+			s.complete(completion{msg: sqlite.QueuedMessage{Seq: m.Seq, EnqueuedAt: m.EnqueuedAt}, decidedAt: now,
 				outcome: events.NewMessageUndeliverable(m.MessageID, m.UserID, events.UndeliverableOffline, now)})
 		}
 		if now.Sub(lastPrune) < s.streamPruneEvery() {
