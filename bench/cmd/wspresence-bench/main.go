@@ -40,6 +40,14 @@ func run() error {
 		fmt.Printf("baseline listening on %s\n", ln.Addr())
 		return bench.ServeBaseline(ctx, ln)
 	}
+	if len(os.Args) > 1 && os.Args[1] == "probe" {
+		fs := flag.NewFlagSet("probe", flag.ExitOnError)
+		base := fs.String("base", "", "the server's base URL")
+		secret := fs.String("secret", "", "the server's JWT secret (connect tokens)")
+		prefix := fs.String("prefix", "probe", "the probing users' name prefix")
+		_ = fs.Parse(os.Args[2:])
+		return bench.ProbeMain(ctx, *base, *secret, *prefix, os.Stdin, os.Stdout)
+	}
 	profile := flag.String("profile", "short", "smoke (a minute or two, CI), short (about 20 minutes) or long")
 	server := flag.String("server", "", "path of the wspresence binary (required)")
 	reference := flag.String("reference", "", "path of an earlier wspresence binary to measure on the publishers scenario too (the before of a change)")
