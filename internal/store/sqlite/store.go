@@ -153,6 +153,10 @@ type Store struct {
 	// writer's alone).
 	ckMu    sync.Mutex
 	walBusy bool
+	// commits counts the writer's transactions (the checkpointer reads it to tell whether
+	// one landed while it copied); walTail is set when one did (finishCheckpoint).
+	commits atomic.Uint64
+	walTail atomic.Bool
 	// damage is the last sign of a damaged file (Health); outboxDamage the last sign of
 	// damage found reading the outbox (OutboxHealth).
 	damage       atomic.Pointer[error]
