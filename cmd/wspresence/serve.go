@@ -46,6 +46,7 @@ func serveFlags(cfg *localrt.Config, stderr io.Writer, getenv env) *flags {
 	f.Duration(&cfg.ShutdownTimeout, "shutdown-timeout", "WSPRESENCE_SHUTDOWN_TIMEOUT", "bound of the graceful shutdown")
 	f.Duration(&cfg.TombstoneRetention, "tombstone-retention", "WSPRESENCE_TOMBSTONE_RETENTION", "how long closed connections stay in the view")
 	f.Duration(&cfg.RecoveryWindow, "recovery-window", "WSPRESENCE_RECOVERY_WINDOW", "how long messages are kept for recovering clients (wspresence.v1) to replay after a reconnect; 0 keeps none")
+	f.Int(&cfg.MaxHeldMessages, "max-held-messages", "WSPRESENCE_MAX_HELD_MESSAGES", "messages held in memory for recovering clients' reconnects; at the bound new messages get 503 messages_held_full")
 	f.Duration(&cfg.OutboxRetention, "outbox-retention", "WSPRESENCE_OUTBOX_RETENTION", "how long published events stay readable by /events and webhooks")
 	f.Duration(&cfg.LogRetention, "log-retention", "WSPRESENCE_LOG_RETENTION", "how long the connection log keeps what the view's snapshot holds")
 	f.Duration(&cfg.UserRetention, "user-retention", "WSPRESENCE_USER_RETENTION", "how long an offline user's row (its last activity) is kept past that activity; 0 keeps it forever")

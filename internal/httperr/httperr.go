@@ -30,6 +30,7 @@ const (
 	CodeGone            = "events_pruned"
 	CodeDamaged         = "damaged"
 	CodeEpochChanged    = "events_epoch_changed"
+	CodeHeldFull        = "messages_held_full"
 )
 
 // Error is an error fit for the client: its Message is shown as is.

@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	"github.com/wspresence/wspresence/internal/store/sqlite"
 )
 
 // bodyDecodes bounds the request bodies (POST /messages, the queue) decoded at once: one
@@ -14,6 +16,23 @@ import (
 // budget. Decoding a large body is the CPU-heavy part of a request: bounded, it leaves
 // the CPU to /healthz, connects and the other requests. Refusals never wait for a turn.
 func bodyDecodes() int { return max(1, runtime.GOMAXPROCS(0)) }
+
+// storeQueueBytes bounds the bytes of accepted messages handed to the store and not yet
+// committed (one of the largest requests): the bodies past it wait for their turn in
+// memory, holding their share of the body budget, instead of in the writer's queue, where
+// a WebSocket connect's record would wait behind them. A connect then waits for at most
+// this much of the messages before it, whatever the budget holds.
+const storeQueueBytes = MaxRequestBytes
+
+// storeWeight is what msgs take of storeQueueBytes: the bytes of their bodies, at most all
+// of it (one request always fits).
+func storeWeight(msgs []sqlite.QueuedMessage) int64 {
+	var n int64
+	for _, m := range msgs {
+		n += int64(len(m.Body))
+	}
+	return min(max(n, 1), storeQueueBytes)
+}
 
 // Why a request body was not read.
 var (

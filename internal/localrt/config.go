@@ -96,6 +96,12 @@ type Config struct {
 	// MessageUndeliverable (WSPRESENCE_RECOVERY_WINDOW, default 2m; 0 keeps nothing: every
 	// recover is answered too_old and today's outcomes stay).
 	RecoveryWindow time.Duration
+	// MaxHeldMessages bounds the messages held in memory for recovering users' reconnects
+	// (WSPRESENCE_MAX_HELD_MESSAGES, default 100,000; about 200 bytes each, the body not
+	// among them: the replay reads it from the store). At the bound, POST /messages and the
+	// queue answer 503 messages_held_full with Retry-After before accepting anything, until
+	// replays or the window's end bring it below; a message accepted before is still held.
+	MaxHeldMessages int
 	// AllowedOrigins lists the browser origins (host patterns) allowed to open a WebSocket
 	// (WSPRESENCE_ALLOWED_ORIGINS, comma-separated, default "*": tokens, not cookies,
 	// authenticate connections).
@@ -167,6 +173,7 @@ func DefaultConfig() Config {
 		TombstoneRetention:    24 * time.Hour,
 		OutboxRetention:       7 * 24 * time.Hour,
 		RecoveryWindow:        2 * time.Minute,
+		MaxHeldMessages:       100_000,
 		LogRetention:          30 * 24 * time.Hour,
 		UserRetention:         365 * 24 * time.Hour,
 		AllowedOrigins:        []string{"*"},
@@ -232,6 +239,9 @@ func (c Config) Validate() error {
 	}
 	if c.OfflineGrace < 0 {
 		errs = append(errs, fmt.Errorf("offline grace must not be negative, got %s", c.OfflineGrace))
+	}
+	if c.MaxHeldMessages < 1 {
+		errs = append(errs, fmt.Errorf("max held messages must be at least 1, got %d", c.MaxHeldMessages))
 	}
 	if c.BodyBudget < MaxRequestBytes {
 		errs = append(errs, fmt.Errorf("body budget must hold at least one request of %d bytes, got %d", MaxRequestBytes, c.BodyBudget))

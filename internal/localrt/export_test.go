@@ -8,3 +8,6 @@ func SetStoreFault(c *Config, fault func() error) { c.storeFault = fault }
 
 // SetReconcileInterval spaces the reconciliation passes.
 func SetReconcileInterval(c *Config, d time.Duration) { c.reconcileInterval = d }
+
+// StoreQueueBytes is the bound of the message bytes handed to the store at once.
+const StoreQueueBytes = storeQueueBytes

@@ -274,9 +274,10 @@ func (s *Server) overBudget(w http.ResponseWriter) *httperr.Error {
 // errStoreClosed is what enqueue returns once the store is closed (shutting down).
 var errStoreClosed = sqlite.ErrClosed
 
-// storeUnavailable turns a store write error into the client's answer: 503 with
-// Retry-After, whether the server is shutting down or the store cannot write for now (a
-// full disk); the cause is logged. Nothing was accepted: the client retries.
+// storeUnavailable turns an enqueue error into the client's answer: 503 with Retry-After,
+// whether the server is shutting down, the store cannot write for now (a full disk) or
+// the held messages are at their bound (messages_held_full); the cause is logged. Nothing
+// was accepted: the client retries.
 func (s *Server) storeUnavailable(w http.ResponseWriter, err error) *httperr.Error {
 	w.Header().Set("Retry-After", "1")
 	switch {
@@ -285,6 +286,9 @@ func (s *Server) storeUnavailable(w http.ResponseWriter, err error) *httperr.Err
 	case errors.Is(err, sqlite.ErrDamaged):
 		w.Header().Del("Retry-After")
 		return httperr.New(http.StatusServiceUnavailable, httperr.CodeDamaged, "the store is damaged: nothing is accepted until it is repaired (see /healthz)")
+	case errors.Is(err, errHeldFull):
+		return httperr.New(http.StatusServiceUnavailable, httperr.CodeHeldFull,
+			fmt.Sprintf("%d messages are held for recovering users' reconnects, the bound; retry later", s.cfg.MaxHeldMessages))
 	case errors.Is(err, sqlite.ErrOutcomesBlocked):
 		return httperr.New(http.StatusServiceUnavailable, httperr.CodeUnavailable, "the store cannot record the outcomes of delivered messages; retry later")
 	}
@@ -308,6 +312,9 @@ func newMessageID() string {
 // id (generated when absent). It is the one way into the local queue: POST /messages and
 // the SQS protocol both use it.
 func (s *Server) enqueue(ctx context.Context, msgs []events.Message) ([]string, error) {
+	if s.held.full(s.cfg.MaxHeldMessages) {
+		return nil, errHeldFull
+	}
 	now := s.now()
 	ids := make([]string, len(msgs))
 	queued := make([]sqlite.QueuedMessage, 0, len(msgs))
@@ -322,7 +329,15 @@ func (s *Server) enqueue(ctx context.Context, msgs []events.Message) ([]string, 
 			queued = append(queued, sqlite.QueuedMessage{MessageID: d.MessageID, UserID: d.UserID, Body: d.Body, EnqueuedAt: now})
 		}
 	}
-	if err := s.queue.Enqueue(ctx, queued...); err != nil {
+	weight := storeWeight(queued)
+	if err := s.storeBytes.Acquire(ctx, weight); err != nil {
+		return nil, fmt.Errorf("enqueue: wait for the store: %w", err)
+	}
+	s.metrics.storeQueued.Add(float64(weight))
+	err := s.queue.Enqueue(ctx, queued...)
+	s.metrics.storeQueued.Sub(float64(weight))
+	s.storeBytes.Release(weight)
+	if err != nil {
 		return nil, fmt.Errorf("enqueue: %w", err)
 	}
 	s.accepted.Add(int64(len(queued)))

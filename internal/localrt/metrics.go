@@ -22,6 +22,7 @@ type metrics struct {
 	authFailures    *prometheus.CounterVec
 	commitBatch     prometheus.Histogram
 	walBytes        prometheus.Gauge
+	storeQueued     prometheus.Gauge
 	webhookMissed   prometheus.Counter
 	recoveries      *prometheus.CounterVec
 	replayed        prometheus.Counter
@@ -65,11 +66,13 @@ func newMetrics(connections func() int, view onlineCounter, imageUsers, held fun
 			Help: "Message frames replayed to recovering connections."}),
 		walBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "wspresence_store_wal_bytes",
 			Help: "Size of the store's write-ahead log (bounded by wspresence_store_wal_limit_bytes)."}),
+		storeQueued: prometheus.NewGauge(prometheus.GaugeOpts{Name: "wspresence_store_queued_message_bytes",
+			Help: "Bytes of accepted messages handed to the store and not yet committed (at most 4 MiB; the others wait within the body budget)."}),
 	}
-	reg.MustRegister(m.appended, m.projectorLag, m.messages, m.deliveryLatency, m.authFailures, m.commitBatch, m.walBytes, m.webhookMissed, m.pruned,
+	reg.MustRegister(m.appended, m.projectorLag, m.messages, m.deliveryLatency, m.authFailures, m.commitBatch, m.walBytes, m.storeQueued, m.webhookMissed, m.pruned,
 		m.recoveries, m.replayed,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_messages_held",
-			Help: "Messages held for a recovering user's reconnect (bounded by the recovery window)."}, func() float64 { return float64(held()) }),
+			Help: "Messages held for a recovering user's reconnect (their window, and at most --max-held-messages: past it new messages get 503)."}, func() float64 { return float64(held()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_connections",
 			Help: "Live WebSocket connections held by this process."}, func() float64 { return float64(connections()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_online_users",

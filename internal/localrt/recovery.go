@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -220,25 +221,41 @@ func (s *Server) keeps(userID string) bool {
 // heldMessages are the messages reached by no connection that wait, for the recovery
 // window after they were accepted, for a replay to deliver them. Entries are removed by
 // the replay that delivers them or by expire once the window passed (their outcome then
-// MessageUndeliverable); a restart holds again what is still pending. closed remembers
-// when each user's last opted-in connection closed, for the recovery window and the grace
-// period, whichever is longer (expire forgets older ones).
+// MessageUndeliverable); a restart holds again what is still pending. Their count is
+// bounded by Config.MaxHeldMessages, at acceptance (errHeldFull): a message accepted is
+// always held, so the count passes the bound by at most the messages accepted before it
+// was reached and not yet dispatched. An entry keeps no body (the replay reads it from the
+// store). closed remembers when each user's last opted-in connection closed, for the
+// recovery window and the grace period, whichever is longer (expire forgets older ones).
 type heldMessages struct {
 	mu     sync.Mutex
-	bySeq  map[int64]sqlite.QueuedMessage
+	bySeq  map[int64]heldMessage
 	order  []int64
 	closed map[string]time.Time
+	// n is len(bySeq), read without the lock by full.
+	n atomic.Int64
 }
 
+// heldMessage is what a held message keeps: enough to expire it.
+type heldMessage struct {
+	Seq               int64
+	MessageID, UserID string
+	EnqueuedAt        time.Time
+}
+
+// errHeldFull refuses a message while the held messages are at Config.MaxHeldMessages.
+var errHeldFull = errors.New("the messages held for recovering users are at their bound")
+
 func newHeldMessages() *heldMessages {
-	return &heldMessages{bySeq: map[int64]sqlite.QueuedMessage{}, closed: map[string]time.Time{}}
+	return &heldMessages{bySeq: map[int64]heldMessage{}, closed: map[string]time.Time{}}
 }
 
 func (h *heldMessages) add(m sqlite.QueuedMessage) {
 	h.mu.Lock()
 	if _, ok := h.bySeq[m.Seq]; !ok {
-		h.bySeq[m.Seq] = m
+		h.bySeq[m.Seq] = heldMessage{Seq: m.Seq, MessageID: m.MessageID, UserID: m.UserID, EnqueuedAt: m.EnqueuedAt}
 		h.order = append(h.order, m.Seq)
+		h.n.Store(int64(len(h.bySeq)))
 	}
 	h.mu.Unlock()
 }
@@ -246,8 +263,12 @@ func (h *heldMessages) add(m sqlite.QueuedMessage) {
 func (h *heldMessages) take(seq int64) {
 	h.mu.Lock()
 	delete(h.bySeq, seq)
+	h.n.Store(int64(len(h.bySeq)))
 	h.mu.Unlock()
 }
+
+// full reports whether bound or more messages are held.
+func (h *heldMessages) full(bound int) bool { return h.n.Load() >= int64(bound) }
 
 // optedInClosed records that an opted-in connection of userID closed at at.
 func (h *heldMessages) optedInClosed(userID string, at time.Time) {
@@ -266,10 +287,11 @@ func (h *heldMessages) recent(userID string, since time.Time) bool {
 
 // expire removes and returns the messages accepted before cutoff, and forgets the
 // closes before closedCutoff.
-func (h *heldMessages) expire(cutoff, closedCutoff time.Time) []sqlite.QueuedMessage {
+func (h *heldMessages) expire(cutoff, closedCutoff time.Time) []heldMessage {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	var out []sqlite.QueuedMessage
+	defer func() { h.n.Store(int64(len(h.bySeq))) }()
+	var out []heldMessage
 	i := 0
 	for ; i < len(h.order); i++ {
 		m, ok := h.bySeq[h.order[i]]

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -91,4 +93,64 @@ func TestRefusedBeforeItsBody(t *testing.T) {
 		return ts.do(http.MethodPost, "/messages", testKey, []byte(`{"UserId":"budget-user","Body":"taken again"}`)).status == http.StatusAccepted
 	})
 	c.expectFrame(t, "taken again")
+}
+
+// bigBody is a valid POST /messages body to user of n messages of 100,000 characters.
+func bigBody(user string, n int) []byte {
+	msg := `{"UserId":"` + user + `","Body":"` + strings.Repeat("x", 100_000) + `"}`
+	return []byte("[" + strings.Repeat(msg+",", n-1) + msg + "]")
+}
+
+// TestStoreQueueBounded: accepted bodies reach the store's writer within a bound of their
+// own. While the writer is stalled with twice that bound of accepted bodies, at most the
+// bound is handed to it (the others wait within the body budget, so a connect's record
+// queues behind no more than the bound) and /healthz answers; once the writer goes on,
+// every accepted body is answered 202.
+func TestStoreQueueBounded(t *testing.T) {
+	var stalled atomic.Bool
+	release := make(chan struct{})
+	var once sync.Once
+	resume := func() { once.Do(func() { close(release) }) }
+	ts := startServer(t, t.TempDir(), func(c *localrt.Config) {
+		c.BodyBudget = 3 * localrt.StoreQueueBytes
+		localrt.SetStoreFault(c, func() error {
+			if stalled.Load() {
+				<-release
+			}
+			return nil
+		})
+	})
+	t.Cleanup(resume) // before the server stops
+	const queued = "wspresence_store_queued_message_bytes"
+	body := bigBody("queued-user", 10) // about 1 MB
+	n := 2 * localrt.StoreQueueBytes / len(body)
+	stalled.Store(true)
+	answers := make(chan int, n)
+	for range n {
+		go func() {
+			r := ts.do(http.MethodPost, "/messages", testKey, body)
+			answers <- r.status
+		}()
+	}
+	waitFor(t, "the store's queue at its bound", func() bool {
+		return ts.metrics()[queued] > float64(localrt.StoreQueueBytes-len(body))
+	})
+	if r := ts.do(http.MethodGet, "/healthz", "", nil); r.status != http.StatusOK {
+		t.Fatalf("/healthz while accepted bodies wait for the store: %d %s", r.status, r.body)
+	}
+	for range 10 {
+		if got := ts.metrics()[queued]; got > localrt.StoreQueueBytes {
+			t.Fatalf("%s = %.0f while the writer is stalled, bound %d", queued, got, localrt.StoreQueueBytes)
+		}
+	}
+	stalled.Store(false)
+	resume()
+	for range n {
+		if status := <-answers; status != http.StatusAccepted {
+			t.Fatalf("an accepted body answered %d once the writer went on, want 202", status)
+		}
+	}
+	if got := ts.metrics()[queued]; got != 0 {
+		t.Fatalf("%s = %.0f with every request answered, want 0", queued, got)
+	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/auth"
 	"github.com/wspresence/wspresence/internal/store/sqlite"
+	"golang.org/x/sync/semaphore"
 )
 
 // StoreFile is the name of the SQLite file in the data dir.
@@ -97,8 +98,11 @@ type Server struct {
 	bodies atomic.Int64
 	// bodyReads holds a token per request body being decoded (bodyDecodes).
 	bodyReads chan struct{}
-	lock      *os.File
-	now       func() time.Time
+	// storeBytes bounds the message bytes handed to the store and not yet committed
+	// (storeQueueBytes).
+	storeBytes *semaphore.Weighted
+	lock       *os.File
+	now        func() time.Time
 
 	httpSrv  *http.Server
 	ln       net.Listener
@@ -150,7 +154,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: log, verifier: verifier, hub: newHub(cfg.MaxConnectionsPerUser),
 		bus: newBroadcaster(), lock: lock, now: time.Now, stopping: make(chan struct{}), kick: make(chan struct{}, 1),
-		bodyReads: make(chan struct{}, bodyDecodes())}
+		bodyReads: make(chan struct{}, bodyDecodes()), storeBytes: semaphore.NewWeighted(storeQueueBytes)}
 	s.held = newHeldMessages()
 	s.closing = newPendingCloses()
 	s.metrics = newMetrics(s.hub.count, storeCounter{s}, func() int {

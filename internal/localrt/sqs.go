@@ -107,12 +107,18 @@ func (s *Server) writeSQS(w http.ResponseWriter, status int, err error, out ...a
 		var se *sqsError
 		if !errors.As(err, &se) {
 			// Only the durable enqueue fails this way: the store is closed or cannot write for
-			// now. Nothing was accepted; the SDK retries a 503.
-			s.log.Error("queue request failed", "err", err)
+			// now, or the held messages are at their bound. Nothing was accepted; the SDK
+			// retries a 503.
+			if !errors.Is(err, errHeldFull) {
+				s.log.Error("queue request failed", "err", err)
+			}
 			w.Header().Set("Retry-After", "1")
 			se = &sqsError{status: http.StatusServiceUnavailable, code: "ServiceUnavailable", queryCode: "ServiceUnavailable", message: "the store cannot write for now; retry later"}
-			if errors.Is(err, errStoreClosed) {
+			switch {
+			case errors.Is(err, errStoreClosed):
 				se.message = "server is shutting down"
+			case errors.Is(err, errHeldFull):
+				se.message = "the messages held for recovering users are at their bound; retry later"
 			}
 		}
 		fault := "Sender"

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/wspresence/wspresence/bench/internal/bench"
@@ -39,6 +40,14 @@ func run() error {
 		fmt.Printf("baseline listening on %s\n", ln.Addr())
 		return bench.ServeBaseline(ctx, ln)
 	}
+	if len(os.Args) > 1 && os.Args[1] == "probe" {
+		fs := flag.NewFlagSet("probe", flag.ExitOnError)
+		base := fs.String("base", "", "the server's base URL")
+		secret := fs.String("secret", "", "the server's JWT secret (connect tokens)")
+		prefix := fs.String("prefix", "probe", "the probing users' name prefix")
+		_ = fs.Parse(os.Args[2:])
+		return bench.ProbeMain(ctx, *base, *secret, *prefix, os.Stdin, os.Stdout)
+	}
 	profile := flag.String("profile", "short", "smoke (a minute or two, CI), short (about 20 minutes) or long")
 	server := flag.String("server", "", "path of the wspresence binary (required)")
 	reference := flag.String("reference", "", "path of an earlier wspresence binary to measure on the publishers scenario too (the before of a change)")
@@ -53,6 +62,7 @@ func run() error {
 	profileScenario := flag.String("profile-scenario", "publishers", "scenario the server's CPU and heap profiles cover: publishers, delivery or flood")
 	floodRequests := flag.Int("flood-requests", 0, "concurrent requests of the flood scenario (0: the profile's)")
 	floodBytes := flag.Int("flood-bytes", 0, "body size of the flood scenario's requests (0: the profile's sizes)")
+	users := flag.String("users", "", "distinct users at each point of the users scenario (comma-separated, ascending; empty: the profile's)")
 	flag.Parse()
 	if *render != "" {
 		res, err := bench.Load(*render)
@@ -77,6 +87,16 @@ func run() error {
 	}
 	if *floodBytes > 0 {
 		p.FloodBytes = []int{*floodBytes}
+	}
+	if *users != "" {
+		p.UsersN = nil
+		for _, f := range strings.Split(*users, ",") {
+			n, err := strconv.Atoi(f)
+			if err != nil || n <= 0 {
+				return fmt.Errorf("--users: %q is not a number of users", f)
+			}
+			p.UsersN = append(p.UsersN, n)
+		}
 	}
 	if *server == "" {
 		return errors.New("--server is required")

@@ -136,6 +136,53 @@ func probe(ctx context.Context, t *Target, prefix string) func() (health, connec
 	}
 }
 
+// probeSamples is what a probe process writes when told to stop (see ProbeMain).
+type probeSamples struct {
+	Health  []time.Duration `json:"health"`
+	Connect []time.Duration `json:"connect"`
+	Errors  int             `json:"errors"`
+}
+
+// ProbeMain is `wspresence-bench probe`: it runs probe against the server at base (its
+// connect tokens signed with secret, users named after prefix) until in is closed, then
+// writes the samples to out as JSON. A process of its own, the probes share neither CPU
+// time nor connections with the load generator's goroutines.
+func ProbeMain(ctx context.Context, base, secret, prefix string, in io.Reader, out io.Writer) error {
+	t := &Target{Name: "wspresence", Base: base, secret: []byte(secret), tokens: map[string]string{}}
+	stop := probe(ctx, t, prefix)
+	_, _ = io.Copy(io.Discard, in)
+	h, c, errs := stop()
+	return json.NewEncoder(out).Encode(probeSamples{Health: h, Connect: c, Errors: errs})
+}
+
+// probeProcess starts `self probe` against t, pinned to cpus (all if empty), and returns
+// the function that stops it and reads its samples (where the process cannot be started,
+// the probes run in this one).
+func probeProcess(ctx context.Context, t *Target, prefix, cpus string) func() (health, connect []time.Duration, errs int) {
+	self, err := os.Executable()
+	if err != nil {
+		return probe(ctx, t, prefix)
+	}
+	cmd := pinned(cpus, self, "probe", "--base", t.Base, "--secret", string(t.secret), "--prefix", prefix)
+	stdin, err1 := cmd.StdinPipe()
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, os.Stderr
+	if err1 != nil || cmd.Start() != nil {
+		return probe(ctx, t, prefix)
+	}
+	return func() ([]time.Duration, []time.Duration, int) {
+		_ = stdin.Close()
+		if err := cmd.Wait(); err != nil {
+			return nil, nil, 1
+		}
+		var s probeSamples
+		if err := json.Unmarshal(out.Bytes(), &s); err != nil {
+			return nil, nil, 1
+		}
+		return s.Health, s.Connect, s.Errors
+	}
+}
+
 // countingReader counts the bytes read from it.
 type countingReader struct {
 	r *bytes.Reader
@@ -169,7 +216,7 @@ func floodBody(user string, size int) []byte {
 func Flood(ctx context.Context, t *Target, requests, bodyBytes int, idle time.Duration, clientCPUs, profileDir string) (FloodResult, string) {
 	res := FloodResult{Requests: requests, BodyBytes: bodyBytes, ClientCPU: clientCPUs}
 	defer confineSelf(clientCPUs)()
-	stopProbe := probe(ctx, t, "probe-idle")
+	stopProbe := probeProcess(ctx, t, "probe-idle", clientCPUs)
 	time.Sleep(idle)
 	h, c, e := stopProbe()
 	res.HealthIdle, res.ConnectIdle, res.ProbeErrors = summarize(h), summarize(c), e
@@ -208,7 +255,7 @@ func Flood(ctx context.Context, t *Target, requests, bodyBytes int, idle time.Du
 	}
 	cpu := t.meterCPU()
 	self, _ := selfCPU()
-	stopProbe = probe(ctx, t, "probe-flood")
+	stopProbe = probeProcess(ctx, t, "probe-flood", clientCPUs)
 	var mu sync.Mutex
 	var refused recorder
 	var sentShare float64

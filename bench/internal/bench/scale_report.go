@@ -40,8 +40,10 @@ func (r *Results) scaleMarkdown(b *strings.Builder) {
 		b.WriteString("\n## Flood: concurrent request bodies over the budget\n\n")
 		b.WriteString("Concurrent `POST /messages` with valid bodies, far over the body budget together (or each over the\n")
 		b.WriteString("largest request), from one Go client; `/healthz` (a new connection each) and a WebSocket connect of a new\n")
-		b.WriteString("user are started every 50 ms, first without the flood, then during it (same server, same run). The load\n")
-		b.WriteString("generator keeps to the CPUs the server is not pinned to while it floods.\n\n")
+		b.WriteString("user are started every 50 ms by a probe process of their own (no CPU time, goroutine or connection shared\n")
+		b.WriteString("with the flood's), first without the flood, then during it (same server, same run). The load generator\n")
+		b.WriteString("and the probes keep to the CPUs the server is not pinned to; server CPU over the flood's time is its share\n")
+		b.WriteString("of its one core.\n\n")
 		b.WriteString("| requests × body | 202 / 400 too large / 503 / no answer | flood time | refused: answer p50, p99 | /healthz p50, p99, max: idle → flood | connect p50, p99, max: idle → flood | server peak RSS | server CPU | client CPU |\n")
 		b.WriteString("|---|---|---|---|---|---|---|---|---|\n")
 		lat := func(l Latency) string { return fmt.Sprintf("%.0f, %.0f, %.0f ms", l.P50, l.P99, l.Max) }

@@ -291,17 +291,18 @@ func (s *Store) PruneMessages(ctx context.Context, retention time.Duration) (int
 	return n, s.raiseQueueFloor(ctx)
 }
 
-// pruneChunks runs del (a DELETE of at most pruneChunk rows, its last argument the chunk)
-// with args, a pruneStep each, until it deletes fewer, and returns how many it deleted.
+// pruneChunks runs del (a DELETE of at most a chunk of rows, its last argument the chunk)
+// with args, a pruneStep each at the pace of its backlog, until it deletes fewer, and
+// returns how many it deleted.
 func (s *Store) pruneChunks(ctx context.Context, what, del string, args ...any) (int64, error) {
 	var total int64
-	for {
-		n, err := s.deleteStep(ctx, del, append(args, pruneChunk)...)
+	for p := newPace(); ; {
+		n, limit, err := s.deleteStep(ctx, p, del, args...)
 		total += n
 		if err != nil {
 			return total, fmt.Errorf("%s: %w", what, err)
 		}
-		if n < pruneChunk {
+		if n < int64(limit) {
 			return total, nil
 		}
 	}

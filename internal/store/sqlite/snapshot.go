@@ -367,46 +367,93 @@ func (s *Store) Rebuild(ctx context.Context) (Projection, error) {
 	return p, err
 }
 
-// pruneChunk is how many rows one pruning transaction deletes, and pruneRest the least
-// pause after it (pruneStep): the writer's other commits wait for one small chunk at most,
-// and those that queued behind it go before the next.
+// A prune deletes in chunks, each a transaction of its own run on the writer between group
+// commits (pruneStep), so the hot path waits for one chunk at most. A prune's pace follows
+// its backlog: its first chunk holds pruneChunk rows, and the next one twice as many while
+// the chunks come full and each took under half of pruneTarget on the writer (up to
+// pruneChunkMax), half as many once one took over pruneTarget. After a chunk it rests as
+// long as the chunk took, but only while the hot path is busy (write requests were queued
+// when the chunk ended): it then takes at most about half of the writer's time, and an idle
+// store is compacted at once.
 const (
-	pruneChunk = 100
-	pruneRest  = time.Millisecond
+	pruneChunk    = 100
+	pruneChunkMax = 8192
+	pruneTarget   = 10 * time.Millisecond
+	pruneRest     = time.Millisecond
 )
 
-// pruneStep runs one chunk of a prune on the writer, between commits, then rests as long
-// as the chunk took (at least pruneRest): a prune takes at most about half the writer's
-// time, and what it finds to delete it finds on a reader's connection, off the writer.
-func (s *Store) pruneStep(ctx context.Context, chunk func(ctx context.Context) error) error {
-	start := time.Now()
-	if err := s.writeAlone(ctx, chunk); err != nil {
-		return err
-	}
-	rest := time.NewTimer(max(time.Since(start), pruneRest))
-	defer rest.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-rest.C:
-		return nil
+// pace is one prune pass's chunk size (the rows its next chunk may delete).
+type pace struct{ chunk int }
+
+func newPace() *pace { return &pace{chunk: pruneChunk} }
+
+// next sets the size of the chunk after one that deleted n rows of at most p.chunk in took.
+func (p *pace) next(n int64, took time.Duration) {
+	switch {
+	case took > pruneTarget:
+		p.chunk = max(p.chunk/2, pruneChunk)
+	case n >= int64(p.chunk) && took < pruneTarget/2:
+		p.chunk = min(p.chunk*2, pruneChunkMax)
 	}
 }
 
-// deleteStep runs del with args in a transaction of its own, a pruneStep, and returns how
-// many rows it deleted.
-func (s *Store) deleteStep(ctx context.Context, del string, args ...any) (n int64, err error) {
-	err = s.pruneStep(ctx, func(ctx context.Context) error {
-		if err := s.begin(ctx); err != nil {
+// pruneStep runs one chunk of a prune on the writer, between commits, and returns how many
+// rows it deleted; then it adjusts p's chunk and, if write requests queued meanwhile, rests
+// as long as the chunk took (at least pruneRest). What a prune deletes it finds on a reader's
+// connection, off the writer. The chunk's commit is not synced to disk by itself: a power
+// loss may only bring back rows that the next pass deletes again, and the next synced
+// commit syncs it (the WAL keeps whole transactions, in order).
+func (s *Store) pruneStep(ctx context.Context, p *pace, chunk func(ctx context.Context, limit int) (int64, error)) (int64, error) {
+	var n int64
+	var took time.Duration
+	busy := false
+	err := s.writeAlone(ctx, func(ctx context.Context) (err error) {
+		start := time.Now()
+		if err := s.setSync(ctx, true); err != nil {
 			return err
 		}
-		res, err := s.wc.ExecContext(ctx, del, args...)
-		if err == nil {
-			n, err = res.RowsAffected()
-		}
-		return s.end(ctx, err)
+		n, err = chunk(ctx, p.chunk)
+		took, busy = time.Since(start), len(s.reqs) > 0
+		return err
 	})
-	return n, err
+	if err != nil {
+		return n, err
+	}
+	p.next(n, took)
+	if !busy {
+		return n, nil
+	}
+	rest := time.NewTimer(max(took, pruneRest))
+	defer rest.Stop()
+	select {
+	case <-ctx.Done():
+		return n, ctx.Err()
+	case <-rest.C:
+		return n, nil
+	}
+}
+
+// deleteStep runs del with args and, last, the chunk's limit, a pruneStep, and returns how
+// many rows it deleted and the limit it had.
+func (s *Store) deleteStep(ctx context.Context, p *pace, del string, args ...any) (n int64, limit int, err error) {
+	limit = p.chunk
+	n, err = s.pruneStep(ctx, p, func(ctx context.Context, limit int) (int64, error) {
+		return s.deleteIn(ctx, del, append(args, limit)...)
+	})
+	return n, limit, err
+}
+
+// deleteIn runs del with args in a transaction of its own and returns how many rows it
+// deleted.
+func (s *Store) deleteIn(ctx context.Context, del string, args ...any) (n int64, err error) {
+	if err := s.begin(ctx); err != nil {
+		return 0, err
+	}
+	res, err := s.wc.ExecContext(ctx, del, args...)
+	if err == nil {
+		n, err = res.RowsAffected()
+	}
+	return n, s.end(ctx, err)
 }
 
 // PruneTombstones forgets connections closed before cutoff, in the image and the snapshot
@@ -440,12 +487,11 @@ func (s *Store) PruneTombstones(ctx context.Context, cutoff time.Time) (int, err
 		n = len(gone)
 		return nil
 	})
-	for err == nil {
-		var deleted int64
-		deleted, err = s.deleteStep(ctx, `DELETE FROM view_connections WHERE connection_id IN
-			(SELECT connection_id FROM view_connections WHERE closed_at < ? LIMIT ?)`, cutoff.UnixNano(), pruneChunk)
-		n += int(deleted)
-		if deleted < pruneChunk {
+	for p := newPace(); err == nil; {
+		deleted, limit, derr := s.deleteStep(ctx, p, `DELETE FROM view_connections WHERE connection_id IN
+			(SELECT connection_id FROM view_connections WHERE closed_at < ? LIMIT ?)`, cutoff.UnixNano())
+		n, err = n+int(deleted), derr
+		if deleted < int64(limit) {
 			break
 		}
 	}
@@ -461,15 +507,17 @@ func (s *Store) PruneTombstones(ctx context.Context, cutoff time.Time) (int, err
 // record at the checkpoint is kept: the log's positions go on after it.
 func (s *Store) CompactLog(ctx context.Context, cutoff time.Time) (int64, error) {
 	var total int64
-	for {
-		bound, more, err := s.compactBound(ctx, cutoff)
+	for p := newPace(); ; {
+		bound, more, err := s.compactBound(ctx, cutoff, p.chunk)
 		if err != nil || bound == 0 {
 			if err != nil {
 				err = fmt.Errorf("compact the log: %w", s.noteRead(err))
 			}
 			return total, err
 		}
-		n, err := s.deleteStep(ctx, `DELETE FROM log WHERE seq < ?`, bound)
+		n, err := s.pruneStep(ctx, p, func(ctx context.Context, _ int) (int64, error) {
+			return s.deleteIn(ctx, `DELETE FROM log WHERE seq < ?`, bound)
+		})
 		total += n
 		if err != nil {
 			return total, fmt.Errorf("compact the log: %w", err)
@@ -481,9 +529,9 @@ func (s *Store) CompactLog(ctx context.Context, cutoff time.Time) (int64, error)
 }
 
 // compactBound finds, on a reader's connection, the next chunk of CompactLog: the log
-// position before which up to pruneChunk of the oldest records go (0: none), the
-// checkpoint being the one committed (it only moves on); more says there may be others.
-func (s *Store) compactBound(ctx context.Context, cutoff time.Time) (bound int64, more bool, err error) {
+// position before which up to chunk of the oldest records go (0: none), the checkpoint
+// being the one committed (it only moves on); more says there may be others.
+func (s *Store) compactBound(ctx context.Context, cutoff time.Time, chunk int) (bound int64, more bool, err error) {
 	scanned, stopped := 0, false
 	err = scanEach(ctx, s.r, `SELECT seq, data FROM log WHERE seq < (SELECT COALESCE(MAX(seq), 0) FROM checkpoints WHERE name = ?)
 		ORDER BY seq LIMIT ?`, func(r *sql.Rows) error {
@@ -505,8 +553,8 @@ func (s *Store) compactBound(ctx context.Context, cutoff time.Time) (bound int64
 		}
 		bound = seq + 1
 		return nil
-	}, checkpointName, pruneChunk)
-	return bound, !stopped && scanned == pruneChunk, err
+	}, checkpointName, chunk)
+	return bound, !stopped && scanned == chunk, err
 }
 
 func (s *Store) deleteConns(ctx context.Context, ids []string) error {
@@ -542,12 +590,13 @@ func nullString(s string) sql.NullString { return sql.NullString{String: s, Vali
 func (s *Store) PruneUsers(ctx context.Context, cutoff time.Time) (int64, error) {
 	var total int64
 	after := ""
-	for {
+	for p := newPace(); ; {
+		limit := p.chunk
 		ids, err := queryAll(ctx, s.r, "find users to prune", func(r *sql.Rows) (id string, err error) {
 			err = r.Scan(&id)
 			return id, err
 		}, `SELECT user_id FROM view_users WHERE user_id > ? AND live = 0 AND announced = 0 AND last_activity < ?
-			ORDER BY user_id LIMIT ?`, after, cutoff.UnixNano(), pruneChunk)
+			ORDER BY user_id LIMIT ?`, after, cutoff.UnixNano(), limit)
 		if err != nil {
 			return total, fmt.Errorf("prune users: %w", s.noteRead(err))
 		}
@@ -569,13 +618,15 @@ func (s *Store) PruneUsers(ctx context.Context, cutoff time.Time) (int64, error)
 		if err != nil {
 			return total, err
 		}
-		n, err := s.deleteStep(ctx, `DELETE FROM view_users WHERE user_id IN (SELECT value FROM json_each(?))
-			AND live = 0 AND announced = 0 AND last_activity < ?`, string(list), cutoff.UnixNano())
+		n, err := s.pruneStep(ctx, p, func(ctx context.Context, _ int) (int64, error) {
+			return s.deleteIn(ctx, `DELETE FROM view_users WHERE user_id IN (SELECT value FROM json_each(?))
+				AND live = 0 AND announced = 0 AND last_activity < ?`, string(list), cutoff.UnixNano())
+		})
 		total += n
 		if err != nil {
 			return total, fmt.Errorf("prune users: %w", err)
 		}
-		if len(ids) < pruneChunk {
+		if len(ids) < limit {
 			return total, nil
 		}
 	}

@@ -1,0 +1,71 @@
+package localrt_test
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/wspresence/wspresence/internal/httperr"
+	"github.com/wspresence/wspresence/internal/localrt"
+)
+
+// TestHeldMessagesBounded: the messages held for a recovering user's reconnect stop at
+// MaxHeldMessages. At the bound, POST /messages answers 503 messages_held_full with
+// Retry-After and the queue 503, before accepting anything; every message accepted before
+// is kept and replayed at the reconnect, which brings the count down, and sending works
+// again.
+func TestHeldMessagesBounded(t *testing.T) {
+	const bound = 3
+	ts := startServer(t, t.TempDir(), func(c *localrt.Config) {
+		c.RecoveryWindow = time.Minute
+		c.MaxHeldMessages = bound
+	})
+	const held = "wspresence_messages_held"
+	rc := newRecoveringClient(ts, "hana")
+	rc.connect()
+	ts.send(`{"userId":"hana","body":"before"}`)
+	rc.waitReceived(t, 1)
+	rc.conn.Close(websocket.StatusNormalClosure, "")
+	<-rc.ended
+
+	want := []string{"before"}
+	for i := range bound {
+		body := fmt.Sprintf("missed %d", i)
+		ts.send(fmt.Sprintf(`{"userId":"hana","body":%q}`, body))
+		want = append(want, body)
+	}
+	waitFor(t, "the missed messages held", func() bool { return ts.metrics()[held] == bound })
+
+	r := ts.do(http.MethodPost, "/messages", testKey, []byte(`{"userId":"hana","body":"one too many"}`))
+	expectError(t, r, http.StatusServiceUnavailable, httperr.CodeHeldFull)
+	if r.header.Get("Retry-After") == "" {
+		t.Fatal("503 messages_held_full without Retry-After")
+	}
+	// Any user: the bound is the process's memory, not one user's.
+	expectError(t, ts.do(http.MethodPost, "/messages", testKey, []byte(`{"userId":"other","body":"x"}`)),
+		http.StatusServiceUnavailable, httperr.CodeHeldFull)
+	url := localrt.QueueURL(strings.TrimPrefix(ts.base, "http://"))
+	if status, resp := signedSQS(t, ts, "AmazonSQS.SendMessage", []byte(`{"QueueUrl":"`+url+`","MessageBody":"{\"UserId\":\"hana\",\"Body\":\"queued\"}"}`)); status != http.StatusServiceUnavailable {
+		t.Fatalf("queue SendMessage at the bound: %d %s, want 503", status, resp)
+	}
+	if got := ts.metrics()[held]; got != bound {
+		t.Fatalf("%s = %.0f after the refusals, want %d", held, got, bound)
+	}
+
+	// The reconnect replays every message accepted, and the count falls.
+	rc.connect()
+	rc.waitReceived(t, len(want))
+	if a := rc.lastAnswer(); !a.Recovered || a.Replayed != bound {
+		t.Fatalf("recover answer %+v, want %d replayed", a, bound)
+	}
+	waitFor(t, "the held messages replayed", func() bool { return ts.metrics()[held] == 0 })
+	ts.send(`{"userId":"hana","body":"after"}`)
+	want = append(want, "after")
+	rc.waitReceived(t, len(want))
+	if got := rc.received(); strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Fatalf("received %q, want %q (nothing refused, nothing accepted lost)", got, want)
+	}
+}
