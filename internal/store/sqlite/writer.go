@@ -2,7 +2,6 @@ package sqlite
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,7 +23,7 @@ type writeReq struct {
 	messages []QueuedMessage
 	// completes and outcomes, if set, are delivered messages to mark done and their
 	// outcome events (Complete); published counts the outcome events that were new.
-	completes []int64
+	completes []QueuedMessage
 	outcomes  []events.Published
 	keeps     []bool
 	published int
@@ -515,10 +514,7 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 		}
 		for _, m := range req.messages {
 			st := s.position(streams, &m)
-			var offset, gen sql.NullInt64
-			if s.opts.RecoveryWindow > 0 {
-				offset, gen = sql.NullInt64{Int64: m.Offset, Valid: true}, sql.NullInt64{Int64: m.Gen, Valid: true}
-			}
+			offset, gen := m.positions(s.opts.RecoveryWindow > 0)
 			at := m.EnqueuedAt.UnixNano()
 			res, err := s.stmts.msg.ExecContext(ctx, m.MessageID, m.UserID, m.Body, at, offset, gen,
 				messageCRC(m.MessageID, m.UserID, at, offset, gen, m.Body))
