@@ -172,7 +172,7 @@ func (s *Server) undeliverable(m sqlite.QueuedMessage, reason events.Undeliverab
 		return
 	}
 	now := s.now()
-	s.complete(completion{seq: m.Seq, enqueuedAt: m.EnqueuedAt, decidedAt: now, keep: s.keeps(m.UserID),
+	s.complete(completion{msg: m, decidedAt: now, keep: s.keeps(m.UserID),
 		outcome: events.NewMessageUndeliverable(m.MessageID, m.UserID, reason, now)})
 }
 
@@ -208,7 +208,7 @@ func (p *inFlight) receipt(err error) {
 	switch {
 	case written > 0:
 		now := p.s.now()
-		p.s.complete(completion{seq: m.Seq, enqueuedAt: m.EnqueuedAt, decidedAt: now, keep: p.optIn || p.s.keeps(m.UserID),
+		p.s.complete(completion{msg: m, decidedAt: now, keep: p.optIn || p.s.keeps(m.UserID),
 			outcome: events.NewMessageDelivered(m.MessageID, m.UserID, written, now)})
 	case held > 0:
 		p.s.held.add(m)
@@ -230,10 +230,10 @@ func (p *inFlight) replayable(err error) {
 
 // completion is a message's decided outcome, waiting to be recorded.
 type completion struct {
-	seq        int64
-	enqueuedAt time.Time
-	decidedAt  time.Time
-	outcome    events.Published
+	// msg is the message as queued: the store rewrites its row from it (Complete).
+	msg       sqlite.QueuedMessage
+	decidedAt time.Time
+	outcome   events.Published
 	// keep keeps the message for the recovery window (its user recovers).
 	keep bool
 }
@@ -295,21 +295,21 @@ func (s *Server) record(ctx context.Context, batch []completion, final bool) {
 	if len(batch) == 0 {
 		return
 	}
-	seqs, keeps := make([]int64, len(batch)), make([]bool, len(batch))
+	msgs, keeps := make([]sqlite.QueuedMessage, len(batch)), make([]bool, len(batch))
 	outcomes := make([]events.Published, len(batch))
 	for i, c := range batch {
-		seqs[i], outcomes[i], keeps[i] = c.seq, c.outcome, c.keep
+		msgs[i], outcomes[i], keeps[i] = c.msg, c.outcome, c.keep
 	}
 	for attempt := 1; ; attempt++ {
 		// A write that must land is not cancelled with the completer: at shutdown the
 		// attempts are only bounded.
-		n, err := s.queue.CompleteKeeping(context.WithoutCancel(ctx), seqs, outcomes, keeps)
+		n, err := s.queue.CompleteKeeping(context.WithoutCancel(ctx), msgs, outcomes, keeps)
 		if err == nil {
 			if n > 0 {
 				s.bus.notify()
 			}
 			for _, c := range batch {
-				s.metrics.outcome(c.outcome, c.enqueuedAt, c.decidedAt)
+				s.metrics.outcome(c.outcome, c.msg.EnqueuedAt, c.decidedAt)
 			}
 			return
 		}

@@ -25,7 +25,7 @@ type connectionLog interface {
 type messageQueue interface {
 	Enqueue(ctx context.Context, msgs ...sqlite.QueuedMessage) error
 	PendingMessages(ctx context.Context, after int64, limit int) ([]sqlite.QueuedMessage, error)
-	CompleteKeeping(ctx context.Context, seqs []int64, outcomes []events.Published, keep []bool) (int, error)
+	CompleteKeeping(ctx context.Context, msgs []sqlite.QueuedMessage, outcomes []events.Published, keep []bool) (int, error)
 	PruneMessages(ctx context.Context, retention time.Duration) (int64, error)
 }
 

@@ -179,7 +179,7 @@ func (s *Server) replayStream(ctx context.Context, c *wsConn, req recovery.Reque
 			if e.Pending {
 				s.held.take(e.Seq)
 				now := s.now()
-				s.complete(completion{seq: e.Seq, enqueuedAt: e.EnqueuedAt, decidedAt: now, keep: true,
+				s.complete(completion{msg: sqlite.QueuedMessage{Seq: e.Seq, EnqueuedAt: e.EnqueuedAt}, decidedAt: now, keep: true,
 					outcome: events.NewMessageDelivered(e.MessageID, c.userID, 1, now)})
 			}
 		}
@@ -338,7 +338,8 @@ func (s *Server) keepStreams(ctx context.Context) {
 		}
 		now := s.now()
 		for _, m := range s.held.expire(now.Add(-s.cfg.RecoveryWindow), now.Add(-max(s.cfg.OfflineGrace, s.cfg.RecoveryWindow))) {
-			s.complete(completion{seq: m.Seq, enqueuedAt: m.EnqueuedAt, decidedAt: now,
+			// A held message keeps no body: its row is rewritten as stored.
+			s.complete(completion{msg: sqlite.QueuedMessage{Seq: m.Seq, EnqueuedAt: m.EnqueuedAt}, decidedAt: now,
 				outcome: events.NewMessageUndeliverable(m.MessageID, m.UserID, events.UndeliverableOffline, now)})
 		}
 		if now.Sub(lastPrune) < s.streamPruneEvery() {

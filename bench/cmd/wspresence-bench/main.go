@@ -63,11 +63,19 @@ func run() error {
 	floodRequests := flag.Int("flood-requests", 0, "concurrent requests of the flood scenario (0: the profile's)")
 	floodBytes := flag.Int("flood-bytes", 0, "body size of the flood scenario's requests (0: the profile's sizes)")
 	users := flag.String("users", "", "distinct users at each point of the users scenario (comma-separated, ascending; empty: the profile's)")
+	floodFrom := flag.String("flood-from", "", "with --render: take the flood scenario's figures from this results file (a run of --only flood)")
 	flag.Parse()
 	if *render != "" {
 		res, err := bench.Load(*render)
 		if err != nil {
 			return err
+		}
+		if *floodFrom != "" {
+			flood, err := bench.Load(*floodFrom)
+			if err != nil {
+				return err
+			}
+			res.Wspresence.Flood, res.FloodRun = flood.Wspresence.Flood, filepath.Base(*floodFrom)
 		}
 		return write(res, *render, *report, *plotPath, *findings)
 	}

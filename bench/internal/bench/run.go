@@ -132,9 +132,12 @@ type Results struct {
 	// which), measured right after wspresence's.
 	Reference     *Side  `json:"reference,omitempty"`
 	ReferenceName string `json:"reference_name,omitempty"`
-	CPUTop        string `json:"cpu_profile_top"`
-	CPUCumTop     string `json:"cpu_profile_cum_top,omitempty"`
-	HeapTop       string `json:"heap_profile_top"`
+	// FloodRun, if set, names the results file the flood scenario's figures were taken
+	// from: a run of that scenario alone, rendered into this one's report (--flood-from).
+	FloodRun  string `json:"flood_run,omitempty"`
+	CPUTop    string `json:"cpu_profile_top"`
+	CPUCumTop string `json:"cpu_profile_cum_top,omitempty"`
+	HeapTop   string `json:"heap_profile_top"`
 	// IdleHeapTop is the heap profile's top list with the memory scenario's largest number
 	// of idle connections open.
 	IdleHeapTop string `json:"idle_heap_profile_top,omitempty"`

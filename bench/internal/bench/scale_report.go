@@ -44,6 +44,9 @@ func (r *Results) scaleMarkdown(b *strings.Builder) {
 		b.WriteString("with the flood's), first without the flood, then during it (same server, same run). The load generator\n")
 		b.WriteString("and the probes keep to the CPUs the server is not pinned to; server CPU over the flood's time is its share\n")
 		b.WriteString("of its one core.\n\n")
+		if r.FloodRun != "" {
+			fmt.Fprintf(b, "These figures come from a run of the flood scenario alone on the same machine, `bench/results/%s`.\n\n", r.FloodRun)
+		}
 		b.WriteString("| requests × body | 202 / 400 too large / 503 / no answer | flood time | refused: answer p50, p99 | /healthz p50, p99, max: idle → flood | connect p50, p99, max: idle → flood | server peak RSS | server CPU | client CPU |\n")
 		b.WriteString("|---|---|---|---|---|---|---|---|---|\n")
 		lat := func(l Latency) string { return fmt.Sprintf("%.0f, %.0f, %.0f ms", l.P50, l.P99, l.Max) }

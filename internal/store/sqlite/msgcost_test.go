@@ -59,13 +59,11 @@ func benchMessageCost(b *testing.B, writers int) {
 		batch := queued
 		queued = nil
 		mu.Unlock()
-		seqs := make([]int64, len(batch))
 		outs := make([]events.Published, len(batch))
 		for i, m := range batch {
-			seqs[i] = m.Seq
 			outs[i] = events.NewMessageDelivered(m.MessageID, m.UserID, 1, time.Now())
 		}
-		if _, err := s.Complete(ctx, seqs, outs); err != nil {
+		if _, err := s.Complete(ctx, batch, outs); err != nil {
 			b.Error(err)
 		}
 	}

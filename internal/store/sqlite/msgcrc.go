@@ -48,6 +48,16 @@ func nullable(v driver.Value) sql.NullInt64 {
 	return sql.NullInt64{Int64: n, Valid: ok}
 }
 
+// positions are the stream columns of m's row: its position when the store keeps them
+// (kept: a recovery window) and m has one (a row read back without one has Offset 0),
+// else NULL.
+func (m *QueuedMessage) positions(kept bool) (offset, gen sql.NullInt64) {
+	if !kept || m.Offset == 0 {
+		return offset, gen
+	}
+	return sql.NullInt64{Int64: m.Offset, Valid: true}, sql.NullInt64{Int64: m.Gen, Valid: true}
+}
+
 // messageCRC is the checksum of a queue row.
 func messageCRC(id, user string, enqueuedAt int64, offset, gen sql.NullInt64, body string) int64 {
 	b := make([]byte, 0, len(id)+len(user)+len(body)+64)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -36,7 +37,7 @@ func TestFlippedQueueRowIsNeverRead(t *testing.T) {
 	}
 	// a done and forgotten, b done and kept: both rewritten by the store.
 	outcomes := []events.Published{events.NewMessageDelivered("a", "u", 1, t0), events.NewMessageDelivered("b", "u", 1, t0)}
-	if _, err := s.CompleteKeeping(ctx, []int64{q[0].Seq, q[1].Seq}, outcomes, []bool{false, true}); err != nil {
+	if _, err := s.CompleteKeeping(ctx, q[:2], outcomes, []bool{false, true}); err != nil {
 		t.Fatal(err)
 	}
 	top, _ := s.Top("u")
@@ -105,7 +106,7 @@ func TestAQueueOfTheLayoutWithoutChecksumsIsDelivered(t *testing.T) {
 	if got, err := s.StreamRange(ctx, "u", 7, 0, 2, 10); err != nil || len(got) != 2 {
 		t.Fatalf("replay of the earlier layout: %+v %v", got, err)
 	}
-	n, err := s.CompleteKeeping(ctx, []int64{q[0].Seq, q[1].Seq},
+	n, err := s.CompleteKeeping(ctx, q[:2],
 		[]events.Published{events.NewMessageDelivered("old-1", "u", 1, t0), events.NewMessageDelivered("old-2", "u", 1, t0)}, []bool{false, true})
 	if err != nil || n != 2 {
 		t.Fatalf("complete the earlier layout's messages: %d %v", n, err)
@@ -150,7 +151,7 @@ func TestPruneMessagesKeepsWhatIsPending(t *testing.T) {
 	}
 	done := func(m sqlite.QueuedMessage) {
 		t.Helper()
-		if n, err := s.Complete(ctx, []int64{m.Seq}, q0Outcome(m)); err != nil || n != 1 {
+		if n, err := s.Complete(ctx, []sqlite.QueuedMessage{m}, q0Outcome(m)); err != nil || n != 1 {
 			t.Fatalf("complete %s: %d %v", m.MessageID, n, err)
 		}
 	}
@@ -198,5 +199,80 @@ func TestPruneMessagesKeepsWhatIsPending(t *testing.T) {
 	defer s.Close()
 	if got := ids(s); !reflect.DeepEqual(got, want) {
 		t.Fatalf("pending after a restart: %v, want %v", got, want)
+	}
+}
+
+// TestOutcomesKeepTheQueueRowsChecksummed: an outcome rewrites its row's checksum from the
+// message as the deliverer holds it (with or without a recovery window), from the row as
+// stored when the message is given by its sequence number alone or its row changed since
+// (positions pruned), and never makes a row changed on disk match again: every row the
+// store rewrote matches its checksum, the damaged one still does not.
+func TestOutcomesKeepTheQueueRowsChecksummed(t *testing.T) {
+	for _, window := range []time.Duration{0, time.Minute} {
+		t.Run(fmt.Sprint("window=", window), func(t *testing.T) {
+			ctx := context.Background()
+			clk := &clock{t: t0}
+			path := filepath.Join(t.TempDir(), "db")
+			var queued []sqlite.QueuedMessage
+			s, err := sqlite.Open(ctx, path, sqlite.Options{Now: clk.Now, RecoveryWindow: window,
+				OnQueued: func(m []sqlite.QueuedMessage) { queued = append(queued, m...) }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			var msgs []sqlite.QueuedMessage
+			for _, id := range []string{"fresh", "by-seq", "pruned", "damaged", "twice"} {
+				msgs = append(msgs, sqlite.QueuedMessage{MessageID: id, UserID: "u", Body: "body of " + id, EnqueuedAt: clk.Now()})
+			}
+			if err := s.Enqueue(ctx, msgs...); err != nil {
+				t.Fatal(err)
+			}
+			if len(queued) != len(msgs) || (window > 0 && queued[0].Offset != 1) {
+				t.Fatalf("queued %+v", queued)
+			}
+			complete := func(m sqlite.QueuedMessage, want int) {
+				t.Helper()
+				if n, err := s.Complete(ctx, []sqlite.QueuedMessage{m}, q0Outcome(m)); err != nil || n != want {
+					t.Fatalf("complete %s: %d %v, want %d", m.MessageID, n, err, want)
+				}
+			}
+			complete(queued[0], 1)
+			complete(sqlite.QueuedMessage{Seq: queued[1].Seq}, 1)
+			clk.Add(time.Hour)
+			if _, err := s.PruneStreams(ctx, clk.Now()); err != nil {
+				t.Fatal(err)
+			}
+			complete(queued[2], 1) // its copy still has the positions the prune forgot
+			execOn(t, path, `UPDATE messages SET enqueued_at = enqueued_at + 1 WHERE message_id = 'damaged'`)
+			complete(queued[3], 1)
+			complete(queued[4], 1)
+			complete(queued[4], 0)
+
+			db, err := sql.Open("sqlite", path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			var bad []string
+			rows, err := db.Query(`SELECT message_id FROM messages WHERE done_at IS NULL OR body <> ''
+				OR crc IS NOT wsp_message_crc(message_id, user_id, enqueued_at, stream_offset, stream_gen, body) ORDER BY seq`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rows.Close()
+			for rows.Next() {
+				var id string
+				if err := rows.Scan(&id); err != nil {
+					t.Fatal(err)
+				}
+				bad = append(bad, id)
+			}
+			if err := rows.Err(); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(bad, []string{"damaged"}) {
+				t.Fatalf("rows not done or not matching their checksums: %v, want only the damaged one", bad)
+			}
+		})
 	}
 }

@@ -218,8 +218,8 @@ func (s *Store) PendingMessages(ctx context.Context, after int64, limit int) ([]
 // ErrMismatch is returned by Complete when seqs and outcomes differ in length.
 var ErrMismatch = errors.New("one outcome per message")
 
-// Complete marks the queued messages seqs done and writes their outcomes (outcomes[i] is
-// seqs[i]'s) to the outbox, in the writer's group commit, shared with the appends and
+// Complete marks the queued messages msgs done and writes their outcomes (outcomes[i] is
+// msgs[i]'s) to the outbox, in the writer's group commit, shared with the appends and
 // enqueues waiting with it. It returns once that commit is done, with the number of
 // outcomes published: a message already done is not completed (or published) twice. A
 // commit of outcomes alone is not synced to disk by itself (setSync): it survives a crash
@@ -227,44 +227,82 @@ var ErrMismatch = errors.New("one outcome per message")
 // the machine leaves its messages pending, delivered again by the next start. A done
 // message is remembered (see PruneMessages), so enqueueing the same MessageId for the same
 // user again is ignored.
-func (s *Store) Complete(ctx context.Context, seqs []int64, outcomes []events.Published) (published int, err error) {
-	return s.CompleteKeeping(ctx, seqs, outcomes, nil)
+//
+// A message is named by its Seq; its other fields, as Enqueue's OnQueued or
+// PendingMessages handed them over, let the store rewrite the row's checksum without
+// reading the row (a message given with its Seq alone costs the store a checksum of the
+// row as stored).
+func (s *Store) Complete(ctx context.Context, msgs []QueuedMessage, outcomes []events.Published) (published int, err error) {
+	return s.CompleteKeeping(ctx, msgs, outcomes, nil)
 }
 
-// CompleteKeeping is Complete, where keep[i] set keeps seqs[i]'s body and stream position
+// CompleteKeeping is Complete, where keep[i] set keeps msgs[i]'s body and stream position
 // for the recovery window (its user recovers; PruneStreams forgets them after it). A
 // message not kept has its body forgotten at once and its position marked gone (a replay
 // from before it is too_old). A nil keep keeps none.
-func (s *Store) CompleteKeeping(ctx context.Context, seqs []int64, outcomes []events.Published, keep []bool) (published int, err error) {
-	if len(seqs) != len(outcomes) || (keep != nil && len(keep) != len(seqs)) {
-		return 0, fmt.Errorf("complete %d messages with %d outcomes: %w", len(seqs), len(outcomes), ErrMismatch)
+func (s *Store) CompleteKeeping(ctx context.Context, msgs []QueuedMessage, outcomes []events.Published, keep []bool) (published int, err error) {
+	if len(msgs) != len(outcomes) || (keep != nil && len(keep) != len(msgs)) {
+		return 0, fmt.Errorf("complete %d messages with %d outcomes: %w", len(msgs), len(outcomes), ErrMismatch)
 	}
-	req := &writeReq{completes: seqs, outcomes: outcomes, keeps: keep, done: make(chan error, 1)}
+	req := &writeReq{completes: msgs, outcomes: outcomes, keeps: keep, done: make(chan error, 1)}
 	if err := s.submit(ctx, req); err != nil {
 		return 0, err
 	}
 	return req.published, nil
 }
 
-// complete marks seqs done and writes the outcomes of those that were pending to the
+// complete marks msgs done and writes the outcomes of those that were pending to the
 // outbox, inside the writer's transaction. It returns how many it published.
-func (s *Store) complete(ctx context.Context, seqs []int64, outcomes []events.Published, keep []bool) (int, error) {
-	now := s.opts.Now()
+func (s *Store) complete(ctx context.Context, msgs []QueuedMessage, outcomes []events.Published, keep []bool) (int, error) {
+	now := s.opts.Now().UnixNano()
 	rows := make([]outboxRow, 0, len(outcomes))
-	for i, seq := range seqs {
-		done := s.stmts.done
+	at := time.Unix(0, now)
+	for i := range msgs {
+		var n int64
+		var err error
 		if keep != nil && keep[i] {
-			done = s.stmts.doneKeep
+			n, err = execAffected(ctx, s.stmts.doneKeep, now, msgs[i].Seq)
+		} else {
+			n, err = s.forget(ctx, &msgs[i], now)
 		}
-		res, err := done.ExecContext(ctx, now.UnixNano(), seq)
 		if err != nil {
-			return 0, fmt.Errorf("dequeue %d: %w", seq, err)
+			return 0, fmt.Errorf("dequeue %d: %w", msgs[i].Seq, err)
 		}
-		if n, _ := res.RowsAffected(); n == 1 {
-			rows = append(rows, outboxRow{p: outcomes[i], at: now})
+		if n == 1 {
+			rows = append(rows, outboxRow{p: outcomes[i], at: at})
 		}
 	}
 	return s.publish(ctx, rows)
+}
+
+// forget marks m done, forgetting its body and marking its stream position gone, and
+// returns the rows it changed (0 for a message already done). The row's new checksum is
+// computed here from m when the row's checksum is m's (the row is the one m was read or
+// written as: its body is forgotten, any other column changed on disk still fails the new
+// checksum); any other row (its positions pruned since, of a layout without checksums,
+// damaged, or m given by its Seq alone) is rewritten by the statement that checks the row
+// as stored in SQL (msgcrc.go).
+func (s *Store) forget(ctx context.Context, m *QueuedMessage, now int64) (int64, error) {
+	offset, gen := m.positions(s.opts.RecoveryWindow > 0)
+	if m.MessageID != "" {
+		at := m.EnqueuedAt.UnixNano()
+		was := messageCRC(m.MessageID, m.UserID, at, offset, gen, m.Body)
+		gen.Int64 = -gen.Int64
+		n, err := execAffected(ctx, s.stmts.doneKnown, now, messageCRC(m.MessageID, m.UserID, at, offset, gen, ""), m.Seq, was)
+		if n != 0 || err != nil {
+			return n, err
+		}
+	}
+	return execAffected(ctx, s.stmts.done, now, m.Seq)
+}
+
+// execAffected runs st with args and returns the rows it changed.
+func execAffected(ctx context.Context, st *sql.Stmt, args ...any) (int64, error) {
+	res, err := st.ExecContext(ctx, args...)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
 }
 
 // PruneMessages forgets delivered messages done more than retention ago: after that, their

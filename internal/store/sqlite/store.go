@@ -154,6 +154,10 @@ type Store struct {
 	// writer's alone).
 	ckMu    sync.Mutex
 	walBusy bool
+	// commits counts the writer's transactions (the checkpointer reads it to tell whether
+	// one landed while it copied); walTail is set when one did (finishCheckpoint).
+	commits atomic.Uint64
+	walTail atomic.Bool
 	// damage is the last sign of a damaged file (Health); outboxDamage the last sign of
 	// damage found reading the outbox (OutboxHealth).
 	damage       atomic.Pointer[error]
@@ -200,6 +204,7 @@ type Store struct {
 // updates, and the snapshot's upserts and deletes.
 type writerStmts struct {
 	log, msg, pub, done, doneKeep  *sql.Stmt
+	doneKnown                      *sql.Stmt
 	saveUser, saveConn, forgetConn *sql.Stmt
 	begin, commit, rollback        *sql.Stmt
 	// getUser and getConn read the rows the image does not hold.
@@ -355,6 +360,10 @@ func (s *Store) start(ctx context.Context) error {
 			crc = CASE WHEN crc = ` + messageCRCFunc + `(message_id, user_id, enqueued_at, stream_offset, stream_gen, body)
 				THEN ` + messageCRCFunc + `(message_id, user_id, enqueued_at, stream_offset, -stream_gen, '') ELSE crc END
 			WHERE seq = ? AND done_at IS NULL`},
+		// doneKnown is done for a row whose checksum is the one given (the caller computed the
+		// row's new checksum from what it holds of the row: forget).
+		{&s.stmts.doneKnown, `UPDATE messages SET done_at = ?, body = '', stream_gen = -stream_gen, crc = ?
+			WHERE seq = ? AND done_at IS NULL AND crc = ?`},
 		{&s.stmts.doneKeep, `UPDATE messages SET done_at = ? WHERE seq = ? AND done_at IS NULL`},
 		{&s.stmts.saveUser, `INSERT INTO view_users (user_id, live, last_activity, announced, offline_gap, crc)
 			VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET live = excluded.live, last_activity = excluded.last_activity,
@@ -436,7 +445,7 @@ func (s *Store) Close() error {
 	}
 	<-s.done
 	<-s.ckDone
-	for _, st := range []*sql.Stmt{s.stmts.log, s.stmts.msg, s.stmts.pub, s.stmts.done, s.stmts.doneKeep, s.stmts.saveUser, s.stmts.saveConn, s.stmts.forgetConn,
+	for _, st := range []*sql.Stmt{s.stmts.log, s.stmts.msg, s.stmts.pub, s.stmts.done, s.stmts.doneKnown, s.stmts.doneKeep, s.stmts.saveUser, s.stmts.saveConn, s.stmts.forgetConn,
 		s.stmts.begin, s.stmts.commit, s.stmts.rollback, s.stmts.getUser, s.stmts.getConn} {
 		_ = st.Close()
 	}

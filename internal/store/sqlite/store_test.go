@@ -291,13 +291,13 @@ func TestQueueAndOutbox(t *testing.T) {
 		t.Fatalf("queue = %+v, %v", q, err)
 	}
 	out := []events.Published{events.NewMessageDelivered("m1", "u", 1, t0), events.NewMessageUndeliverable("m1", "v", events.UndeliverableOffline, t0)}
-	if n, err := s.Complete(ctx, []int64{q[0].Seq, q[1].Seq}, out); err != nil || n != 2 {
+	if n, err := s.Complete(ctx, q[:2], out); err != nil || n != 2 {
 		t.Fatalf("Complete = %d, %v", n, err)
 	}
-	if n, err := s.Complete(ctx, []int64{q[0].Seq, q[1].Seq}, out); err != nil || n != 0 {
+	if n, err := s.Complete(ctx, q[:2], out); err != nil || n != 0 {
 		t.Fatalf("completing the same messages again published %d (%v)", n, err)
 	}
-	if _, err := s.Complete(ctx, []int64{q[0].Seq}, out); !errors.Is(err, sqlite.ErrMismatch) {
+	if _, err := s.Complete(ctx, q[:1], out); !errors.Is(err, sqlite.ErrMismatch) {
 		t.Fatalf("two outcomes for one message: %v", err)
 	}
 	if q, _ := s.PendingMessages(ctx, 0, 10); len(q) != 0 {

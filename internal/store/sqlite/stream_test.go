@@ -61,7 +61,7 @@ func TestStreamPositions(t *testing.T) {
 			bv = m
 		}
 	}
-	if _, err := s.CompleteKeeping(ctx, []int64{q[0].Seq, bv.Seq}, append(q0Outcome(q[0]), q0Outcome(bv)...), []bool{true, false}); err != nil {
+	if _, err := s.CompleteKeeping(ctx, []sqlite.QueuedMessage{q[0], bv}, append(q0Outcome(q[0]), q0Outcome(bv)...), []bool{true, false}); err != nil {
 		t.Fatal(err)
 	}
 	vTop, _ := s.Top("v")

@@ -39,7 +39,7 @@ func TestOnlyOutcomeCommitsSkipTheSync(t *testing.T) {
 	if err != nil || len(msgs) != 1 {
 		t.Fatalf("pending: %v %v", msgs, err)
 	}
-	n, err := s.Complete(ctx, []int64{msgs[0].Seq}, []events.Published{events.NewMessageDelivered("m1", "u", 1, now)})
+	n, err := s.Complete(ctx, msgs[:1], []events.Published{events.NewMessageDelivered("m1", "u", 1, now)})
 	if err != nil || n != 1 {
 		t.Fatalf("complete: %d %v", n, err)
 	}
