@@ -63,9 +63,11 @@ const checkpointInterval = time.Second
 
 // checkpointer copies the WAL's committed pages into the database every
 // checkpointInterval (a passive checkpoint: it never blocks the writer or the readers),
-// and reports the WAL's size; the writer restarts the WAL from its start once it has all
-// been copied. Under sustained writes these checkpoints do not catch up: the writer bounds
-// the WAL itself (boundWAL).
+// and reports the WAL's size. The WAL is written from its start again once it has all been
+// copied: under sustained writes a commit lands while the checkpointer copies, so the
+// writer then copies what the commits added (finishCheckpoint), and its next commit
+// restarts the WAL. A WAL that still outgrows its limit (readers holding it) is bounded by
+// the writer (boundWAL).
 func (s *Store) checkpointer() {
 	defer close(s.ckDone)
 	t := time.NewTicker(checkpointInterval)
@@ -87,17 +89,45 @@ func (s *Store) checkpointer() {
 }
 
 // checkpoint runs the checkpointer's checkpoint: passive while the store writes; while it
-// is refused for want of space, one that truncates the WAL, to give its space back.
+// is refused for want of space, one that truncates the WAL, to give its space back. A
+// passive checkpoint that left frames behind (those a reader held back, or those of a
+// commit that landed while it copied) sets walTail, for the writer to finish it.
 func (s *Store) checkpoint() {
 	s.ckMu.Lock()
 	defer s.ckMu.Unlock()
+	before := s.commits.Load()
 	mode := "PASSIVE"
 	if s.room.full.Load() {
 		mode = "TRUNCATE"
 	}
 	var busy, logPages, done int
-	if err := s.ck.QueryRow(`PRAGMA wal_checkpoint(`+mode+`)`).Scan(&busy, &logPages, &done); err != nil && !s.room.full.Load() {
-		s.opts.Logger.Error("checkpoint the WAL", "err", err)
+	if err := s.ck.QueryRow(`PRAGMA wal_checkpoint(`+mode+`)`).Scan(&busy, &logPages, &done); err != nil {
+		if !s.room.full.Load() {
+			s.opts.Logger.Error("checkpoint the WAL", "err", err)
+		}
+		return
+	}
+	if mode == "PASSIVE" && busy == 0 && (done < logPages || s.commits.Load() != before) {
+		s.walTail.Store(true)
+	}
+}
+
+// finishCheckpoint copies, between two commits, the frames that commits added while the
+// checkpointer copied (a few pages; no commit lands meanwhile): the WAL is then wholly in
+// the database, and the next commit writes it from its start again instead of appending.
+// Without it, under sustained commits the WAL only grows, until boundWAL copies and
+// truncates it between two commits, a stall of every write queued behind it. A
+// checkpoint of the checkpointer in progress is not waited for: the copy is tried again
+// after the next commit.
+func (s *Store) finishCheckpoint() {
+	if !s.walTail.Load() || s.room.full.Load() || !s.ckMu.TryLock() {
+		return
+	}
+	defer s.ckMu.Unlock()
+	s.walTail.Store(false)
+	var busy, logPages, done int
+	if err := s.wc.QueryRowContext(context.Background(), `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &logPages, &done); err != nil {
+		s.opts.Logger.Error("checkpoint the WAL's tail", "err", err)
 	}
 }
 
@@ -205,6 +235,7 @@ func (s *Store) writer() {
 		if !s.room.full.Load() {
 			s.maybeSnapshot(false)
 		}
+		s.finishCheckpoint()
 		s.boundWAL()
 	}
 }
@@ -389,6 +420,7 @@ func (s *Store) end(ctx context.Context, err error) error {
 		_, _ = s.stmts.rollback.ExecContext(context.WithoutCancel(ctx))
 		return fmt.Errorf("commit: %w", err)
 	}
+	s.commits.Add(1)
 	return nil
 }
 
