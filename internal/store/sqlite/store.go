@@ -201,6 +201,8 @@ type Store struct {
 	queueFloor atomic.Int64
 	// batchStreams holds the positions the commit being written took (the writer's alone).
 	batchStreams map[string]streamState
+	// envBuf is the writer's buffer for the outbox rows' envelopes (insertPublished).
+	envBuf []byte
 }
 
 // writerStmts are prepared once on the writer's connection: the hot path's inserts and
