@@ -18,11 +18,12 @@ import (
 func bodyDecodes() int { return max(1, runtime.GOMAXPROCS(0)) }
 
 // storeQueueBytes bounds the bytes of accepted messages handed to the store and not yet
-// committed (one of the largest requests): the bodies past it wait for their turn in
-// memory, holding their share of the body budget, instead of in the writer's queue, where
-// a WebSocket connect's record would wait behind them. A connect then waits for at most
-// this much of the messages before it, whatever the budget holds.
-const storeQueueBytes = MaxRequestBytes
+// committed (1 MiB; a larger request takes it whole): the bodies past it wait for their
+// turn in memory, holding their share of the body budget, instead of in the writer's
+// queue, where a WebSocket connect's record would wait behind them. A connect then waits
+// for at most this much of the messages before it (or one larger request), whatever the
+// budget holds. Small messages, thousands to the MiB, are not held back by it.
+const storeQueueBytes = 1 << 20
 
 // storeWeight is what msgs take of storeQueueBytes: the bytes of their bodies, at most all
 // of it (one request always fits).

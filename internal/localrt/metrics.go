@@ -67,7 +67,7 @@ func newMetrics(connections func() int, view onlineCounter, imageUsers, held fun
 		walBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "wspresence_store_wal_bytes",
 			Help: "Size of the store's write-ahead log (bounded by wspresence_store_wal_limit_bytes)."}),
 		storeQueued: prometheus.NewGauge(prometheus.GaugeOpts{Name: "wspresence_store_queued_message_bytes",
-			Help: "Bytes of accepted messages handed to the store and not yet committed (at most 4 MiB; the others wait within the body budget)."}),
+			Help: "Bytes of accepted messages handed to the store and not yet committed (at most 1 MiB, or one larger request; the others wait within the body budget)."}),
 	}
 	reg.MustRegister(m.appended, m.projectorLag, m.messages, m.deliveryLatency, m.authFailures, m.commitBatch, m.walBytes, m.storeQueued, m.webhookMissed, m.pruned,
 		m.recoveries, m.replayed,

@@ -112,7 +112,7 @@ func TestStoreQueueBounded(t *testing.T) {
 	var once sync.Once
 	resume := func() { once.Do(func() { close(release) }) }
 	ts := startServer(t, t.TempDir(), func(c *localrt.Config) {
-		c.BodyBudget = 3 * localrt.StoreQueueBytes
+		c.BodyBudget = localrt.MaxRequestBytes // room for every body of the test
 		localrt.SetStoreFault(c, func() error {
 			if stalled.Load() {
 				<-release
@@ -122,7 +122,7 @@ func TestStoreQueueBounded(t *testing.T) {
 	})
 	t.Cleanup(resume) // before the server stops
 	const queued = "wspresence_store_queued_message_bytes"
-	body := bigBody("queued-user", 10) // about 1 MB
+	body := bigBody("queued-user", 2) // about 200 KB
 	n := 2 * localrt.StoreQueueBytes / len(body)
 	stalled.Store(true)
 	answers := make(chan int, n)

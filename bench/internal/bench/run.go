@@ -46,8 +46,8 @@ type Profile struct {
 	UsersN           []int `json:"users_n,omitempty"`
 	UsersConcurrency int   `json:"users_concurrency,omitempty"`
 	// The churn scenario (wspresence only, a server of its own, unpinned): ChurnRate new
-	// visitors a second, each staying ChurnStay, for ChurnDuration, every retention at
-	// ChurnRetention, the footprint sampled every ChurnSample.
+	// visitors a second, each staying ChurnStay, for ChurnDuration, every retention (the
+	// offline users' too) at ChurnRetention, the footprint sampled every ChurnSample.
 	ChurnRate      float64       `json:"churn_rate,omitempty"`
 	ChurnStay      time.Duration `json:"churn_stay_ns,omitempty"`
 	ChurnDuration  time.Duration `json:"churn_duration_ns,omitempty"`

@@ -26,7 +26,7 @@ func (r *Results) scaleMarkdown(b *strings.Builder) {
 	}
 	if c := w.Churn; c != nil && len(c.Samples) > 0 {
 		fmt.Fprintf(b, "\n## Churn: steady visitors, short retentions\n\n")
-		fmt.Fprintf(b, "A server of its own (unpinned), every retention at %s, the offline grace at 1 s: %.0f new users a second\n", c.Retention, c.Rate)
+		fmt.Fprintf(b, "A server of its own (unpinned), every retention (the offline users' too) at %s, the offline grace at 1 s: %.0f new users a second\n", c.Retention, c.Rate)
 		fmt.Fprintf(b, "connect, stay %s and leave, for %s (%d visits, %d errors). The footprint is sampled through the run;\n", c.Stay, c.Duration, c.Visits, c.Errors)
 		fmt.Fprintf(b, "the retentions have passed from %.0f s on, and the slopes are fitted over the samples from then.\n\n", c.Settled)
 		b.WriteString("| at | heap | RSS | store (WAL) | image users |\n|---|---|---|---|---|\n")

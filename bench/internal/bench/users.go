@@ -13,11 +13,17 @@ import (
 )
 
 // retentionFlags are the serve flags that set every retention to d, among those bin
-// knows (an older build may lack some).
-func retentionFlags(bin string, d time.Duration) []string {
+// knows (an older build may lack some): the log's, the outbox's and the closed
+// connections', and the offline users' too if users is set (otherwise users are kept, as
+// by default, for a year).
+func retentionFlags(bin string, d time.Duration, users bool) []string {
 	known := ServeFlags(bin)
 	var args []string
-	for _, f := range []string{"log-retention", "outbox-retention", "tombstone-retention"} {
+	flags := []string{"log-retention", "outbox-retention", "tombstone-retention"}
+	if users {
+		flags = append(flags, "user-retention")
+	}
+	for _, f := range flags {
 		if known[f] {
 			args = append(args, "--"+f, d.String())
 		}
@@ -137,7 +143,7 @@ func Users(ctx context.Context, bin string, sizes []int, concurrency int, p Prof
 		return res, err
 	}
 	defer os.RemoveAll(dir)
-	t, err := StartWspresence(bin, dir, "", retentionFlags(bin, res.Retention)...)
+	t, err := StartWspresence(bin, dir, "", retentionFlags(bin, res.Retention, false)...)
 	if err != nil {
 		return res, err
 	}
@@ -207,7 +213,8 @@ type ChurnSample struct {
 }
 
 // ChurnResult is the churn scenario: distinct visitors arrive at Rate per second, each
-// staying Stay, for Duration, on a server with every retention at Retention.
+// staying Stay, for Duration, on a server with every retention at Retention, the offline
+// users' included (so what each visit leaves, its user's row too, goes once they pass).
 type ChurnResult struct {
 	Rate      float64       `json:"visitors_per_s"`
 	Stay      time.Duration `json:"stay_ns"`
@@ -225,7 +232,7 @@ type ChurnResult struct {
 }
 
 // Churn runs the churn scenario on a fresh server (unpinned) with every retention at
-// retention, sampling its footprint every sample.
+// retention (the offline users' too), sampling its footprint every sample.
 func Churn(ctx context.Context, bin string, rate float64, stay, dur, retention, sample time.Duration, log *slog.Logger) (ChurnResult, error) {
 	res := ChurnResult{Rate: rate, Stay: stay, Duration: dur, Retention: retention}
 	dir, err := os.MkdirTemp("", "wspresence-bench-churn-")
@@ -233,7 +240,7 @@ func Churn(ctx context.Context, bin string, rate float64, stay, dur, retention, 
 		return res, err
 	}
 	defer os.RemoveAll(dir)
-	t, err := StartWspresence(bin, dir, "", retentionFlags(bin, retention)...)
+	t, err := StartWspresence(bin, dir, "", retentionFlags(bin, retention, true)...)
 	if err != nil {
 		return res, err
 	}

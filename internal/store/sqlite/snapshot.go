@@ -372,20 +372,25 @@ func (s *Store) Rebuild(ctx context.Context) (Projection, error) {
 // its backlog: its first chunk holds pruneChunk rows, and the next one twice as many while
 // the chunks come full and each took under half of pruneTarget on the writer (up to
 // pruneChunkMax), half as many once one took over pruneTarget. After a chunk it rests as
-// long as the chunk took, but only while the hot path is busy (write requests were queued
-// when the chunk ended): it then takes at most about half of the writer's time, and an idle
+// long as the step took (finding the chunk's rows on a reader, then deleting them on the
+// writer), but only while the hot path is busy (write requests were queued when the chunk
+// ended): it then takes at most about half of the writer's time and of a CPU, and an idle
 // store is compacted at once.
 const (
 	pruneChunk    = 100
 	pruneChunkMax = 8192
-	pruneTarget   = 10 * time.Millisecond
+	pruneTarget   = 4 * time.Millisecond
 	pruneRest     = time.Millisecond
 )
 
-// pace is one prune pass's chunk size (the rows its next chunk may delete).
-type pace struct{ chunk int }
+// pace is one prune pass's chunk size (the rows its next chunk may delete) and when its
+// current step began (when the previous one ended).
+type pace struct {
+	chunk int
+	step  time.Time
+}
 
-func newPace() *pace { return &pace{chunk: pruneChunk} }
+func newPace() *pace { return &pace{chunk: pruneChunk, step: time.Now()} }
 
 // next sets the size of the chunk after one that deleted n rows of at most p.chunk in took.
 func (p *pace) next(n int64, took time.Duration) {
@@ -399,7 +404,7 @@ func (p *pace) next(n int64, took time.Duration) {
 
 // pruneStep runs one chunk of a prune on the writer, between commits, and returns how many
 // rows it deleted; then it adjusts p's chunk and, if write requests queued meanwhile, rests
-// as long as the chunk took (at least pruneRest). What a prune deletes it finds on a reader's
+// as long as the step took since the previous one ended (at least pruneRest). What a prune deletes it finds on a reader's
 // connection, off the writer. The chunk's commit is not synced to disk by itself: a power
 // loss may only bring back rows that the next pass deletes again, and the next synced
 // commit syncs it (the WAL keeps whole transactions, in order).
@@ -420,10 +425,11 @@ func (s *Store) pruneStep(ctx context.Context, p *pace, chunk func(ctx context.C
 		return n, err
 	}
 	p.next(n, took)
+	defer func() { p.step = time.Now() }()
 	if !busy {
 		return n, nil
 	}
-	rest := time.NewTimer(max(took, pruneRest))
+	rest := time.NewTimer(max(time.Since(p.step), pruneRest))
 	defer rest.Stop()
 	select {
 	case <-ctx.Done():

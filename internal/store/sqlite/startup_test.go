@@ -19,7 +19,7 @@ import (
 // replay of the log past it) on a log of 1,010,000 events: 505,000 connections of 10,000
 // users opened and closed, all within the tombstones' retention, so the snapshot holds
 // every one of them. tail is how many records the start replays: 0 after a clean Close,
-// up to Options.SnapshotEvents (100,000) after a crash, the whole log when there is no
+// up to Options.SnapshotEvents (2,048) after a crash, the whole log when there is no
 // snapshot (the first start on a file of the earlier layout; what rebuild folds).
 //
 //	go test -run '^$' -bench StartWithAMillionEvents -benchtime 3x ./internal/store/sqlite/

@@ -42,7 +42,8 @@ type Options struct {
 	CommitSpacing time.Duration
 	// SnapshotInterval is how often the view's changed rows are written to the snapshot
 	// (default 1s); SnapshotEvents the most log records folded between two snapshots
-	// (default 100,000), which bounds what a start replays.
+	// (default 2,048), which bounds what a start replays and how long one snapshot holds
+	// the writer (the rows of about a thousand visits, tens of milliseconds).
 	SnapshotInterval time.Duration
 	SnapshotEvents   int
 	// Now is the clock (default time.Now).
@@ -112,7 +113,7 @@ func (o *Options) setDefaults() {
 		o.SnapshotInterval = time.Second
 	}
 	if o.SnapshotEvents <= 0 {
-		o.SnapshotEvents = 100_000
+		o.SnapshotEvents = 2048
 	}
 	if o.Now == nil {
 		o.Now = time.Now
