@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -228,13 +229,20 @@ func (s *Server) keeps(userID string) bool {
 // store). closed remembers when each user's last opted-in connection closed, for the
 // recovery window and the grace period, whichever is longer (expire forgets older ones).
 type heldMessages struct {
-	mu     sync.Mutex
-	bySeq  map[int64]heldMessage
+	mu    sync.Mutex
+	bySeq map[int64]heldMessage
+	// order is the held messages' sequence numbers in acceptance order, for expire; the
+	// ones a replay took stay in it until expire passes them, or until they outnumber the
+	// held ones (add drops them then): it holds at most twice the held ones, plus 1,024.
 	order  []int64
 	closed map[string]time.Time
 	// n is len(bySeq), read without the lock by full.
 	n atomic.Int64
 }
+
+// heldOrderSlack is how many taken sequence numbers heldMessages.order may keep beyond
+// twice the held messages before add drops them.
+const heldOrderSlack = 1024
 
 // heldMessage is what a held message keeps: enough to expire it.
 type heldMessage struct {
@@ -254,6 +262,9 @@ func (h *heldMessages) add(m sqlite.QueuedMessage) {
 	h.mu.Lock()
 	if _, ok := h.bySeq[m.Seq]; !ok {
 		h.bySeq[m.Seq] = heldMessage{Seq: m.Seq, MessageID: m.MessageID, UserID: m.UserID, EnqueuedAt: m.EnqueuedAt}
+		if len(h.order) >= 2*len(h.bySeq)+heldOrderSlack {
+			h.order = slices.DeleteFunc(h.order, func(seq int64) bool { _, ok := h.bySeq[seq]; return !ok })
+		}
 		h.order = append(h.order, m.Seq)
 		h.n.Store(int64(len(h.bySeq)))
 	}

@@ -99,6 +99,9 @@ type Options struct {
 	Fault func() error
 }
 
+// walKept is what the WAL file is cut to when the writer writes it from its start again.
+const walKept = 4 << 20
+
 func (o *Options) setDefaults() {
 	if o.WALLimit <= 0 {
 		o.WALLimit = 64 << 20
@@ -198,6 +201,8 @@ type Store struct {
 	queueFloor atomic.Int64
 	// batchStreams holds the positions the commit being written took (the writer's alone).
 	batchStreams map[string]streamState
+	// envBuf is the writer's buffer for the outbox rows' envelopes (insertPublished).
+	envBuf []byte
 }
 
 // writerStmts are prepared once on the writer's connection: the hot path's inserts and
@@ -247,20 +252,22 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	// First: on a full filesystem the reserve is given back, so the opening's own writes
 	// (the WAL index, a few pages) find room.
 	room := newRoom(path, opts.Reserve, opts.Logger)
-	dsn := func(extra string) string {
+	dsn := func(extra ...string) string {
 		q := url.Values{}
 		q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeout.Milliseconds()))
 		q.Add("_pragma", "journal_mode(WAL)")
 		q.Add("_pragma", "synchronous("+strings.ToUpper(opts.Sync)+")")
-		if extra != "" {
-			q.Add("_pragma", extra)
+		for _, e := range extra {
+			q.Add("_pragma", e)
 		}
 		return "file:" + path + "?" + q.Encode()
 	}
 	// The writer never checkpoints the WAL itself (a checkpoint copies pages to the
 	// database and fsyncs it, which would stall the commits queued behind it): the
-	// checkpointer does, on its own connection, beside the writer.
-	w, err := sql.Open("sqlite", dsn("wal_autocheckpoint(0)"))
+	// checkpointer does, on its own connection, beside the writer. When the writer writes
+	// the WAL from its start again, it cuts the file to walKept: what a burst grew it to
+	// is given back at the next restart instead of staying the file's size.
+	w, err := sql.Open("sqlite", dsn("wal_autocheckpoint(0)", fmt.Sprintf("journal_size_limit(%d)", walKept)))
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
@@ -308,7 +315,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open %s for reading: %w", path, err)
 	}
 	r.SetMaxOpenConns(8)
-	ck, err := sql.Open("sqlite", dsn(""))
+	ck, err := sql.Open("sqlite", dsn())
 	if err != nil {
 		mark.f.Close()
 		w.Close()

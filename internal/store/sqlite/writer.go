@@ -607,14 +607,11 @@ const (
 
 // insertPublished writes p to the outbox.
 func (s *Store) insertPublished(ctx context.Context, p events.Published, at time.Time) (bool, error) {
-	env, err := events.NewEnvelope(p, LocalAccount, LocalRegion, at)
-	if err != nil {
-		return false, err
-	}
-	data, err := json.Marshal(env)
+	data, err := events.AppendEnvelope(s.envBuf[:0], p, LocalAccount, LocalRegion, at)
 	if err != nil {
 		return false, fmt.Errorf("encode %s envelope: %w", p.DetailType(), err)
 	}
+	s.envBuf = data
 	res, err := s.stmts.pub.ExecContext(ctx, p.ID(), string(p.DetailType()), string(data), rowCRC(string(p.DetailType()), data))
 	if err != nil {
 		return false, fmt.Errorf("publish %s %s: %w", p.DetailType(), p.ID(), err)
