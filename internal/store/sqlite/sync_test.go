@@ -80,7 +80,7 @@ func TestOutcomesCommitAfterTheWritesGroupedWithThem(t *testing.T) {
 	s, err := Open(ctx, filepath.Join(t.TempDir(), "s.db"), Options{OnCommit: func(n int) {
 		mu.Lock()
 		defer mu.Unlock()
-		commits = append(commits, commit{n, st.syncMode, watched != nil && len(watched) > 0})
+		commits = append(commits, commit{n, st.syncMode, len(watched) > 0})
 	}})
 	if err != nil {
 		t.Fatal(err)
