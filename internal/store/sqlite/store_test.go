@@ -509,27 +509,13 @@ func TestWALTruncateHeldByAReader(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	reader, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer reader.Close()
-	tx, err := reader.Begin()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n int
-	if err := tx.QueryRow(`SELECT COUNT(*) FROM log`).Scan(&n); err != nil {
-		t.Fatal(err)
-	}
+	release := sqlite.HoldSnapshot(t, path)
 	for i := range 5 {
 		if _, err := s.Append(ctx, events.Opened("u", fmt.Sprintf("c%d", i), t0, "", "")); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := tx.Rollback(); err != nil {
-		t.Fatal(err)
-	}
+	release()
 	if _, err := s.Append(ctx, events.Opened("u", "after", t0, "", "")); err != nil {
 		t.Fatal(err)
 	}

@@ -320,10 +320,27 @@ func (s *Store) boundWAL() {
 // walBusyWait is how long boundWAL's checkpoint waits for the readers that hold the WAL.
 const walBusyWait = 200 * time.Millisecond
 
-// run commits batch (or runs its one alone request) and answers its callers.
+// run commits batch (or runs its one alone request) and answers its callers. A batch that
+// holds message outcomes beside other writes commits the others first and the outcomes
+// next, in a commit of their own: a caller that waits for its write (a POST /messages, a
+// connection's open) does not wait for the outcomes' rows, which nobody waits for, and
+// the outcomes' commit is not synced by itself (setSync).
 func (s *Store) run(batch []*writeReq) {
 	if len(batch) == 1 && batch[0].alone != nil {
 		batch[0].done <- batch[0].alone(context.Background())
+		return
+	}
+	var others, outcomes []*writeReq
+	for _, req := range batch {
+		if outcomesOnly(req) {
+			outcomes = append(outcomes, req)
+		} else {
+			others = append(others, req)
+		}
+	}
+	if len(others) > 0 && len(outcomes) > 0 {
+		s.commit(others)
+		s.commit(outcomes)
 		return
 	}
 	s.commit(batch)
@@ -428,11 +445,16 @@ func (s *Store) end(ctx context.Context, err error) error {
 // onlyOutcomes reports whether batch records message outcomes and nothing else.
 func onlyOutcomes(batch []*writeReq) bool {
 	for _, req := range batch {
-		if len(req.completes) == 0 || len(req.events) > 0 || len(req.messages) > 0 || req.grace != nil || req.exec != nil {
+		if !outcomesOnly(req) {
 			return false
 		}
 	}
 	return true
+}
+
+// outcomesOnly reports whether req records message outcomes and nothing else (Complete).
+func outcomesOnly(req *writeReq) bool {
+	return len(req.completes) > 0 && len(req.events) == 0 && len(req.messages) == 0 && req.grace == nil && req.exec == nil && req.alone == nil
 }
 
 // setSync sets the writer connection's synchronous mode for its next commit: the store's
