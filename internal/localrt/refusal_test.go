@@ -54,6 +54,27 @@ func readAnswer(t *testing.T, conn net.Conn, br *bufio.Reader) (status int, clos
 	return resp.StatusCode, err != nil
 }
 
+// expectChunkRefused sends chunk as the first chunk of a body without a length and
+// expects 503: the budget is counted as the body streams in.
+func expectChunkRefused(t *testing.T, ts *testServer, chunk []byte) {
+	t.Helper()
+	conn, br := rawPost(t, ts.base, -1)
+	if _, err := fmt.Fprintf(conn, "%x\r\n%s\r\n", len(chunk), chunk); err != nil {
+		t.Fatal(err)
+	}
+	if status, _ := readAnswer(t, conn, br); status != http.StatusServiceUnavailable {
+		t.Fatalf("a body without a length over what is left of the budget: %d, want 503", status)
+	}
+}
+
+// expectHealthy expects /healthz to answer 200.
+func expectHealthy(t *testing.T, ts *testServer, when string) {
+	t.Helper()
+	if r := ts.do(http.MethodGet, "/healthz", "", nil); r.status != http.StatusOK {
+		t.Fatalf("/healthz %s: %d %s", when, r.status, r.body)
+	}
+}
+
 // TestRefusedBeforeItsBody: a request whose body cannot be taken is answered before its
 // client sends a byte of it, and its connection is closed; /healthz and connects answer
 // while the budget is spent.
@@ -80,17 +101,9 @@ func TestRefusedBeforeItsBody(t *testing.T) {
 		t.Fatalf("body over what is left of the budget: %d, connection closed %v; want 503 and closed", status, closed)
 	}
 	// A body without a length is counted as it streams: refused at its first chunk.
-	conn, br = rawPost(t, ts.base, -1)
-	if _, err := io.WriteString(conn, "20\r\n[{\"UserId\":\"u\",\"Body\":\"chunked\r\n"); err != nil {
-		t.Fatal(err)
-	}
-	if status, _ := readAnswer(t, conn, br); status != http.StatusServiceUnavailable {
-		t.Fatalf("chunked body over the budget: %d, want 503", status)
-	}
+	expectChunkRefused(t, ts, []byte(`[{"UserId":"u","Body":"chunked`))
 	// Meanwhile /healthz and a connect answer.
-	if r := ts.do(http.MethodGet, "/healthz", "", nil); r.status != http.StatusOK {
-		t.Fatalf("/healthz while the budget is spent: %d %s", r.status, r.body)
-	}
+	expectHealthy(t, ts, "while the budget is spent")
 	c := ts.dial("budget-user")
 	slow.Close() // the slow client gives up: its share comes back
 	waitFor(t, "the budget back", func() bool {
@@ -196,18 +209,8 @@ func TestFloodLeavesHealthAndConnects(t *testing.T) {
 			t.Fatalf("refused request %d: %d, connection closed %v; want 503 and closed before its body", i, status, closed)
 		}
 	}
-	conn, br := rawPost(t, ts.base, -1)
-	chunk := body[:128<<10]
-	if _, err := fmt.Fprintf(conn, "%x\r\n%s\r\n", len(chunk), chunk); err != nil {
-		t.Fatal(err)
-	}
-	if status, _ := readAnswer(t, conn, br); status != http.StatusServiceUnavailable {
-		t.Fatalf("a body without a length over the rest of the budget: %d, want 503", status)
-	}
-
-	if r := ts.do(http.MethodGet, "/healthz", "", nil); r.status != http.StatusOK {
-		t.Fatalf("/healthz during the flood: %d %s", r.status, r.body)
-	}
+	expectChunkRefused(t, ts, body[:128<<10])
+	expectHealthy(t, ts, "during the flood")
 	c := ts.dial("flood-watcher")
 	ts.send(`{"userId":"flood-watcher","body":"small enough"}`)
 	c.expectFrame(t, "small enough")
