@@ -47,6 +47,7 @@ func serveFlags(cfg *localrt.Config, stderr io.Writer, getenv env) *flags {
 	f.Duration(&cfg.TombstoneRetention, "tombstone-retention", "WSPRESENCE_TOMBSTONE_RETENTION", "how long closed connections stay in the view")
 	f.Duration(&cfg.RecoveryWindow, "recovery-window", "WSPRESENCE_RECOVERY_WINDOW", "how long messages are kept for recovering clients (wspresence.v1) to replay after a reconnect; 0 keeps none")
 	f.Int(&cfg.MaxHeldMessages, "max-held-messages", "WSPRESENCE_MAX_HELD_MESSAGES", "messages held in memory for recovering clients' reconnects; at the bound new messages get 503 messages_held_full")
+	f.Int(&cfg.MaxHeldMessagesPerUser, "max-held-messages-per-user", "WSPRESENCE_MAX_HELD_MESSAGES_PER_USER", "messages held in memory for one recovering client's reconnect; at the bound new messages to that user get 503 messages_held_full, others are still held")
 	f.Duration(&cfg.OutboxRetention, "outbox-retention", "WSPRESENCE_OUTBOX_RETENTION", "how long published events stay readable by /events and webhooks")
 	f.Duration(&cfg.LogRetention, "log-retention", "WSPRESENCE_LOG_RETENTION", "how long the connection log keeps what the view's snapshot holds")
 	f.Duration(&cfg.UserRetention, "user-retention", "WSPRESENCE_USER_RETENTION", "how long an offline user's row (its last activity) is kept past that activity; 0 keeps it forever")

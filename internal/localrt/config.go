@@ -102,6 +102,14 @@ type Config struct {
 	// queue answer 503 messages_held_full with Retry-After before accepting anything, until
 	// replays or the window's end bring it below; a message accepted before is still held.
 	MaxHeldMessages int
+	// MaxHeldMessagesPerUser bounds the messages held for one user's reconnect
+	// (WSPRESENCE_MAX_HELD_MESSAGES_PER_USER, default 1,000): a message to a user at it is
+	// refused like one at MaxHeldMessages (503 messages_held_full, before anything of the
+	// request is accepted) while messages to other users are still accepted and held, so
+	// one user who stays away cannot fill MaxHeldMessages for everyone. The default is
+	// about 8 messages a second to one user for the default 2-minute window, a replay of
+	// four store reads (replayPage), and a hundredth of MaxHeldMessages' default.
+	MaxHeldMessagesPerUser int
 	// AllowedOrigins lists the browser origins (host patterns) allowed to open a WebSocket
 	// (WSPRESENCE_ALLOWED_ORIGINS, comma-separated, default "*": tokens, not cookies,
 	// authenticate connections).
@@ -155,35 +163,36 @@ type Config struct {
 // DefaultConfig returns the documented defaults.
 func DefaultConfig() Config {
 	return Config{
-		Addr:                  "127.0.0.1:8080",
-		DataDir:               "./wspresence-data",
-		OfflineGrace:          5 * time.Second,
-		JWTAlgorithms:         []string{"HS256"},
-		JWTRequireExpiry:      true,
-		MaxConnectionsPerUser: 10,
-		PingInterval:          30 * time.Second,
-		IdleTimeout:           10 * time.Minute,
-		ActivityInterval:      30 * time.Second,
-		SendQueue:             256,
-		BodyBudget:            64 << 20,
-		WriteTimeout:          10 * time.Second,
-		InboundRate:           20,
-		InboundBurst:          40,
-		ShutdownTimeout:       10 * time.Second,
-		TombstoneRetention:    24 * time.Hour,
-		OutboxRetention:       7 * 24 * time.Hour,
-		RecoveryWindow:        2 * time.Minute,
-		MaxHeldMessages:       100_000,
-		LogRetention:          30 * 24 * time.Hour,
-		UserRetention:         365 * 24 * time.Hour,
-		AllowedOrigins:        []string{"*"},
-		LogLevel:              "info",
-		Sync:                  "full",
-		ReadHeaderTimeout:     10 * time.Second,
-		ReadTimeout:           30 * time.Second,
-		KeepAliveTimeout:      60 * time.Second,
-		GCPercentUnderLoad:    400,
-		EventsHeartbeat:       15 * time.Second,
+		Addr:                   "127.0.0.1:8080",
+		DataDir:                "./wspresence-data",
+		OfflineGrace:           5 * time.Second,
+		JWTAlgorithms:          []string{"HS256"},
+		JWTRequireExpiry:       true,
+		MaxConnectionsPerUser:  10,
+		PingInterval:           30 * time.Second,
+		IdleTimeout:            10 * time.Minute,
+		ActivityInterval:       30 * time.Second,
+		SendQueue:              256,
+		BodyBudget:             64 << 20,
+		WriteTimeout:           10 * time.Second,
+		InboundRate:            20,
+		InboundBurst:           40,
+		ShutdownTimeout:        10 * time.Second,
+		TombstoneRetention:     24 * time.Hour,
+		OutboxRetention:        7 * 24 * time.Hour,
+		RecoveryWindow:         2 * time.Minute,
+		MaxHeldMessages:        100_000,
+		MaxHeldMessagesPerUser: 1_000,
+		LogRetention:           30 * 24 * time.Hour,
+		UserRetention:          365 * 24 * time.Hour,
+		AllowedOrigins:         []string{"*"},
+		LogLevel:               "info",
+		Sync:                   "full",
+		ReadHeaderTimeout:      10 * time.Second,
+		ReadTimeout:            30 * time.Second,
+		KeepAliveTimeout:       60 * time.Second,
+		GCPercentUnderLoad:     400,
+		EventsHeartbeat:        15 * time.Second,
 	}
 }
 
@@ -242,6 +251,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxHeldMessages < 1 {
 		errs = append(errs, fmt.Errorf("max held messages must be at least 1, got %d", c.MaxHeldMessages))
+	}
+	if c.MaxHeldMessagesPerUser < 1 {
+		errs = append(errs, fmt.Errorf("max held messages per user must be at least 1, got %d", c.MaxHeldMessagesPerUser))
 	}
 	if c.BodyBudget < MaxRequestBytes {
 		errs = append(errs, fmt.Errorf("body budget must hold at least one request of %d bytes, got %d", MaxRequestBytes, c.BodyBudget))

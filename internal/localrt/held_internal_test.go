@@ -34,3 +34,40 @@ func TestHeldOrderStaysBounded(t *testing.T) {
 		t.Fatalf("%d held after expire, want %d", got, want)
 	}
 }
+
+// TestHeldPerUserCounts: each user's count of held messages follows adds, replays and
+// expiries, a user at its bound is full while another is not, and a user whose count
+// reaches zero leaves the counts (they hold users with held messages only).
+func TestHeldPerUserCounts(t *testing.T) {
+	h := newHeldMessages()
+	at := time.Unix(1_700_000_000, 0)
+	msg := func(user string) []sqlite.QueuedMessage { return []sqlite.QueuedMessage{{UserID: user}} }
+	var seq int64
+	for _, u := range []string{"a", "a", "a", "b", "c", "c"} {
+		seq++
+		h.add(sqlite.QueuedMessage{Seq: seq, MessageID: "m", UserID: u, EnqueuedAt: at.Add(time.Duration(seq) * time.Second)})
+	}
+	h.add(sqlite.QueuedMessage{Seq: 1, MessageID: "m", UserID: "a", EnqueuedAt: at}) // held again: counted once
+	if !h.userFull(msg("a"), 3) || h.userFull(msg("b"), 3) || h.userFull(msg("c"), 3) || h.userFull(msg("new"), 1) {
+		t.Fatalf("per-user counts %v: want only a at a bound of 3", h.perUser)
+	}
+	if !h.userFull(append(msg("b"), msg("c")...), 2) {
+		t.Fatalf("per-user counts %v: a request to b and c, c at a bound of 2, is not full", h.perUser)
+	}
+	h.take(4)  // b's only message, replayed
+	h.take(4)  // a take of one no longer held changes nothing
+	h.take(99) // nor does one never held
+	if _, ok := h.perUser["b"]; ok || h.perUser["a"] != 3 || h.perUser["c"] != 2 {
+		t.Fatalf("per-user counts %v after b's replay, want a:3 c:2", h.perUser)
+	}
+	h.take(2)
+	if h.userFull(msg("a"), 3) {
+		t.Fatalf("per-user counts %v: a still full after a replay", h.perUser)
+	}
+	if out := h.expire(at.Add(time.Hour), at.Add(time.Hour)); len(out) != 4 {
+		t.Fatalf("expire returned %d messages, want the 4 held", len(out))
+	}
+	if len(h.perUser) != 0 || h.count() != 0 {
+		t.Fatalf("after expiry: %d held, per-user counts %v, want none", h.count(), h.perUser)
+	}
+}

@@ -69,3 +69,73 @@ func TestHeldMessagesBounded(t *testing.T) {
 		t.Fatalf("received %q, want %q (nothing refused, nothing accepted lost)", got, want)
 	}
 }
+
+// TestHeldMessagesBoundedPerUser: one user who stays away fills its own bound,
+// MaxHeldMessagesPerUser, and only messages to it are refused (503 messages_held_full with
+// Retry-After, the queue 503, a message to it and another user refused whole) while
+// another recovering user's message is still accepted, held and replayed at its
+// reconnect; both replays bring the count back to zero, and the first user is sent to
+// again.
+func TestHeldMessagesBoundedPerUser(t *testing.T) {
+	const perUser = 2
+	ts := startServer(t, t.TempDir(), func(c *localrt.Config) {
+		c.RecoveryWindow = time.Minute
+		c.MaxHeldMessagesPerUser = perUser
+	})
+	const held = "wspresence_messages_held"
+	away, other := newRecoveringClient(ts, "hana"), newRecoveringClient(ts, "ivo")
+	for _, rc := range []*recoveringClient{away, other} {
+		rc.connect()
+		ts.send(fmt.Sprintf(`{"userId":%q,"body":"before"}`, rc.user))
+		rc.waitReceived(t, 1)
+		rc.conn.Close(websocket.StatusNormalClosure, "")
+		<-rc.ended
+	}
+
+	wantAway := []string{"before"}
+	for i := range perUser {
+		body := fmt.Sprintf("missed %d", i)
+		ts.send(fmt.Sprintf(`{"userId":"hana","body":%q}`, body))
+		wantAway = append(wantAway, body)
+	}
+	waitFor(t, "the missed messages held", func() bool { return ts.metrics()[held] == perUser })
+
+	r := ts.do(http.MethodPost, "/messages", testKey, []byte(`{"userId":"hana","body":"one too many"}`))
+	expectError(t, r, http.StatusServiceUnavailable, httperr.CodeHeldFull)
+	if r.header.Get("Retry-After") == "" {
+		t.Fatal("503 messages_held_full without Retry-After")
+	}
+	expectError(t, ts.do(http.MethodPost, "/messages", testKey, []byte(`{"userIds":["ivo","hana"],"body":"both"}`)),
+		http.StatusServiceUnavailable, httperr.CodeHeldFull)
+	url := localrt.QueueURL(strings.TrimPrefix(ts.base, "http://"))
+	if status, resp := signedSQS(t, ts, "AmazonSQS.SendMessage", []byte(`{"QueueUrl":"`+url+`","MessageBody":"{\"UserId\":\"hana\",\"Body\":\"queued\"}"}`)); status != http.StatusServiceUnavailable {
+		t.Fatalf("queue SendMessage to a user at its bound: %d %s, want 503", status, resp)
+	}
+
+	// Another user is still accepted and held, beside the full one.
+	ts.send(`{"userId":"ivo","body":"for ivo"}`)
+	waitFor(t, "the other user's message held", func() bool { return ts.metrics()[held] == perUser+1 })
+
+	other.connect()
+	other.waitReceived(t, 2)
+	if a := other.lastAnswer(); !a.Recovered || a.Replayed != 1 {
+		t.Fatalf("other user's recover answer %+v, want 1 replayed", a)
+	}
+	if got := other.received(); strings.Join(got, "|") != "before|for ivo" {
+		t.Fatalf("other user received %q, want its own messages only (the refused one is not among them)", got)
+	}
+	waitFor(t, "the other user's message replayed", func() bool { return ts.metrics()[held] == perUser })
+
+	away.connect()
+	away.waitReceived(t, len(wantAway))
+	if a := away.lastAnswer(); !a.Recovered || a.Replayed != perUser {
+		t.Fatalf("recover answer %+v, want %d replayed", a, perUser)
+	}
+	waitFor(t, "the held messages replayed", func() bool { return ts.metrics()[held] == 0 })
+	ts.send(`{"userId":"hana","body":"after"}`)
+	wantAway = append(wantAway, "after")
+	away.waitReceived(t, len(wantAway))
+	if got := away.received(); strings.Join(got, "|") != strings.Join(wantAway, "|") {
+		t.Fatalf("received %q, want %q (nothing refused, nothing accepted lost)", got, wantAway)
+	}
+}

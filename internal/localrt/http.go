@@ -286,6 +286,9 @@ func (s *Server) storeUnavailable(w http.ResponseWriter, err error) *httperr.Err
 	case errors.Is(err, sqlite.ErrDamaged):
 		w.Header().Del("Retry-After")
 		return httperr.New(http.StatusServiceUnavailable, httperr.CodeDamaged, "the store is damaged: nothing is accepted until it is repaired (see /healthz)")
+	case errors.Is(err, errUserHeldFull):
+		return httperr.New(http.StatusServiceUnavailable, httperr.CodeHeldFull,
+			fmt.Sprintf("a recipient has %d messages held for its reconnect, its bound; retry later", s.cfg.MaxHeldMessagesPerUser))
 	case errors.Is(err, errHeldFull):
 		return httperr.New(http.StatusServiceUnavailable, httperr.CodeHeldFull,
 			fmt.Sprintf("%d messages are held for recovering users' reconnects, the bound; retry later", s.cfg.MaxHeldMessages))
@@ -328,6 +331,9 @@ func (s *Server) enqueue(ctx context.Context, msgs []events.Message) ([]string, 
 		for _, d := range tasks {
 			queued = append(queued, sqlite.QueuedMessage{MessageID: d.MessageID, UserID: d.UserID, Body: d.Body, EnqueuedAt: now})
 		}
+	}
+	if s.held.userFull(queued, s.cfg.MaxHeldMessagesPerUser) {
+		return nil, errUserHeldFull
 	}
 	weight := storeWeight(queued)
 	if err := s.storeBytes.Acquire(ctx, weight); err != nil {

@@ -72,7 +72,7 @@ func newMetrics(connections func() int, view onlineCounter, imageUsers, held fun
 	reg.MustRegister(m.appended, m.projectorLag, m.messages, m.deliveryLatency, m.authFailures, m.commitBatch, m.walBytes, m.storeQueued, m.webhookMissed, m.pruned,
 		m.recoveries, m.replayed,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_messages_held",
-			Help: "Messages held for a recovering user's reconnect (their window, and at most --max-held-messages: past it new messages get 503)."}, func() float64 { return float64(held()) }),
+			Help: "Messages held for a recovering user's reconnect (their window, at most --max-held-messages-per-user per user and --max-held-messages in all: past them new messages get 503)."}, func() float64 { return float64(held()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_connections",
 			Help: "Live WebSocket connections held by this process."}, func() float64 { return float64(connections()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_online_users",

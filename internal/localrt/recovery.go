@@ -225,8 +225,10 @@ func (s *Server) keeps(userID string) bool {
 // MessageUndeliverable); a restart holds again what is still pending. Their count is
 // bounded by Config.MaxHeldMessages, at acceptance (errHeldFull): a message accepted is
 // always held, so the count passes the bound by at most the messages accepted before it
-// was reached and not yet dispatched. An entry keeps no body (the replay reads it from the
-// store). closed remembers when each user's last opted-in connection closed, for the
+// was reached and not yet dispatched. Each user's count is bounded too, by
+// Config.MaxHeldMessagesPerUser (errUserHeldFull, for the messages to that user only, the
+// same way), so one user who stays away cannot take the whole bound from the others. An
+// entry keeps no body (the replay reads it from the store). closed remembers when each user's last opted-in connection closed, for the
 // recovery window and the grace period, whichever is longer (expire forgets older ones).
 type heldMessages struct {
 	mu    sync.Mutex
@@ -236,6 +238,9 @@ type heldMessages struct {
 	// held ones (add drops them then): it holds at most twice the held ones, plus 1,024.
 	order  []int64
 	closed map[string]time.Time
+	// perUser counts the held messages of each user: an entry per user with at least one
+	// held, removed when take or expire brings its count to zero.
+	perUser map[string]int
 	// n is len(bySeq), read without the lock by full.
 	n atomic.Int64
 }
@@ -254,8 +259,12 @@ type heldMessage struct {
 // errHeldFull refuses a message while the held messages are at Config.MaxHeldMessages.
 var errHeldFull = errors.New("the messages held for recovering users are at their bound")
 
+// errUserHeldFull refuses a message while one of its users has Config.MaxHeldMessagesPerUser
+// messages held; it is an errHeldFull.
+var errUserHeldFull = fmt.Errorf("%w for one of its users", errHeldFull)
+
 func newHeldMessages() *heldMessages {
-	return &heldMessages{bySeq: map[int64]heldMessage{}, closed: map[string]time.Time{}}
+	return &heldMessages{bySeq: map[int64]heldMessage{}, closed: map[string]time.Time{}, perUser: map[string]int{}}
 }
 
 func (h *heldMessages) add(m sqlite.QueuedMessage) {
@@ -266,6 +275,7 @@ func (h *heldMessages) add(m sqlite.QueuedMessage) {
 			h.order = slices.DeleteFunc(h.order, func(seq int64) bool { _, ok := h.bySeq[seq]; return !ok })
 		}
 		h.order = append(h.order, m.Seq)
+		h.perUser[m.UserID]++
 		h.n.Store(int64(len(h.bySeq)))
 	}
 	h.mu.Unlock()
@@ -273,13 +283,41 @@ func (h *heldMessages) add(m sqlite.QueuedMessage) {
 
 func (h *heldMessages) take(seq int64) {
 	h.mu.Lock()
-	delete(h.bySeq, seq)
-	h.n.Store(int64(len(h.bySeq)))
+	if m, ok := h.bySeq[seq]; ok {
+		delete(h.bySeq, seq)
+		h.uncount(m.UserID)
+		h.n.Store(int64(len(h.bySeq)))
+	}
 	h.mu.Unlock()
+}
+
+// uncount takes one held message off userID's count, forgetting the user at zero (with
+// mu held).
+func (h *heldMessages) uncount(userID string) {
+	if n := h.perUser[userID] - 1; n > 0 {
+		h.perUser[userID] = n
+	} else {
+		delete(h.perUser, userID)
+	}
 }
 
 // full reports whether bound or more messages are held.
 func (h *heldMessages) full(bound int) bool { return h.n.Load() >= int64(bound) }
+
+// userFull reports whether one of msgs' users has perUser or more messages held.
+func (h *heldMessages) userFull(msgs []sqlite.QueuedMessage, perUser int) bool {
+	if h.n.Load() == 0 {
+		return false
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, m := range msgs {
+		if h.perUser[m.UserID] >= perUser {
+			return true
+		}
+	}
+	return false
+}
 
 // optedInClosed records that an opted-in connection of userID closed at at.
 func (h *heldMessages) optedInClosed(userID string, at time.Time) {
@@ -313,6 +351,7 @@ func (h *heldMessages) expire(cutoff, closedCutoff time.Time) []heldMessage {
 			break
 		}
 		delete(h.bySeq, m.Seq)
+		h.uncount(m.UserID)
 		out = append(out, m)
 	}
 	h.order = h.order[i:]

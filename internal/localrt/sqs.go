@@ -117,6 +117,8 @@ func (s *Server) writeSQS(w http.ResponseWriter, status int, err error, out ...a
 			switch {
 			case errors.Is(err, errStoreClosed):
 				se.message = "server is shutting down"
+			case errors.Is(err, errUserHeldFull):
+				se.message = "a recipient's messages held for its reconnect are at their bound; retry later"
 			case errors.Is(err, errHeldFull):
 				se.message = "the messages held for recovering users are at their bound; retry later"
 			}
