@@ -16,8 +16,8 @@ import (
 )
 
 // rawPost opens a connection and sends the head of a POST /messages (no body): its
-// Content-Length if length >= 0, else chunked.
-func rawPost(t *testing.T, base string, length int64) (net.Conn, *bufio.Reader) {
+// Content-Length if length >= 0, else chunked; extra are more header lines.
+func rawPost(t *testing.T, base string, length int64, extra ...string) (net.Conn, *bufio.Reader) {
 	t.Helper()
 	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
 	if err != nil {
@@ -28,7 +28,11 @@ func rawPost(t *testing.T, base string, length int64) (net.Conn, *bufio.Reader) 
 	if length >= 0 {
 		framing = fmt.Sprintf("Content-Length: %d", length)
 	}
-	head := "POST /messages HTTP/1.1\r\nHost: x\r\nX-Api-Key: " + testKey + "\r\nContent-Type: application/json\r\n" + framing + "\r\n\r\n"
+	head := "POST /messages HTTP/1.1\r\nHost: x\r\nX-Api-Key: " + testKey + "\r\nContent-Type: application/json\r\n" + framing + "\r\n"
+	for _, h := range extra {
+		head += h + "\r\n"
+	}
+	head += "\r\n"
 	if _, err := io.WriteString(conn, head); err != nil {
 		t.Fatal(err)
 	}
@@ -48,6 +52,27 @@ func readAnswer(t *testing.T, conn net.Conn, br *bufio.Reader) (status int, clos
 	resp.Body.Close()
 	_, err = br.ReadByte()
 	return resp.StatusCode, err != nil
+}
+
+// expectChunkRefused sends chunk as the first chunk of a body without a length and
+// expects 503: the budget is counted as the body streams in.
+func expectChunkRefused(t *testing.T, ts *testServer, chunk []byte) {
+	t.Helper()
+	conn, br := rawPost(t, ts.base, -1)
+	if _, err := fmt.Fprintf(conn, "%x\r\n%s\r\n", len(chunk), chunk); err != nil {
+		t.Fatal(err)
+	}
+	if status, _ := readAnswer(t, conn, br); status != http.StatusServiceUnavailable {
+		t.Fatalf("a body without a length over what is left of the budget: %d, want 503", status)
+	}
+}
+
+// expectHealthy expects /healthz to answer 200.
+func expectHealthy(t *testing.T, ts *testServer, when string) {
+	t.Helper()
+	if r := ts.do(http.MethodGet, "/healthz", "", nil); r.status != http.StatusOK {
+		t.Fatalf("/healthz %s: %d %s", when, r.status, r.body)
+	}
 }
 
 // TestRefusedBeforeItsBody: a request whose body cannot be taken is answered before its
@@ -76,17 +101,9 @@ func TestRefusedBeforeItsBody(t *testing.T) {
 		t.Fatalf("body over what is left of the budget: %d, connection closed %v; want 503 and closed", status, closed)
 	}
 	// A body without a length is counted as it streams: refused at its first chunk.
-	conn, br = rawPost(t, ts.base, -1)
-	if _, err := io.WriteString(conn, "20\r\n[{\"UserId\":\"u\",\"Body\":\"chunked\r\n"); err != nil {
-		t.Fatal(err)
-	}
-	if status, _ := readAnswer(t, conn, br); status != http.StatusServiceUnavailable {
-		t.Fatalf("chunked body over the budget: %d, want 503", status)
-	}
+	expectChunkRefused(t, ts, []byte(`[{"UserId":"u","Body":"chunked`))
 	// Meanwhile /healthz and a connect answer.
-	if r := ts.do(http.MethodGet, "/healthz", "", nil); r.status != http.StatusOK {
-		t.Fatalf("/healthz while the budget is spent: %d %s", r.status, r.body)
-	}
+	expectHealthy(t, ts, "while the budget is spent")
 	c := ts.dial("budget-user")
 	slow.Close() // the slow client gives up: its share comes back
 	waitFor(t, "the budget back", func() bool {
@@ -152,5 +169,66 @@ func TestStoreQueueBounded(t *testing.T) {
 	}
 	if got := ts.metrics()[queued]; got != 0 {
 		t.Fatalf("%s = %.0f with every request answered, want 0", queued, got)
+	}
+}
+
+// TestFloodLeavesHealthAndConnects: while bodies that took the whole budget are held open
+// mid-body by their clients, and more requests are refused, by their Content-Length or as
+// they stream without one, /healthz answers, a WebSocket connect is accepted and a small
+// message still fits and is delivered; the held bodies, once sent, are all accepted.
+func TestFloodLeavesHealthAndConnects(t *testing.T) {
+	body := bigBody("flood-user", 10) // about 1 MB
+	const held = 6
+	ts := startServer(t, t.TempDir(), func(c *localrt.Config) {
+		c.BodyBudget = max(localrt.MaxRequestBytes, int64(held*len(body))) + 64<<10
+	})
+	type slow struct {
+		conn net.Conn
+		br   *bufio.Reader
+	}
+	var slows []slow
+	for range held {
+		// "100 Continue" comes once the server took the body's share of the budget.
+		conn, br := rawPost(t, ts.base, int64(len(body)), "Expect: 100-continue")
+		_ = conn.SetReadDeadline(time.Now().Add(time.Minute))
+		if line, err := br.ReadString('\n'); err != nil || !strings.Contains(line, " 100 ") {
+			t.Fatalf("a held body's head answered %q (%v), want 100 Continue", line, err)
+		}
+		if _, err := br.ReadString('\n'); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Write(body[:len(body)/2]); err != nil {
+			t.Fatal(err)
+		}
+		slows = append(slows, slow{conn, br})
+	}
+
+	for i := range 20 {
+		conn, br := rawPost(t, ts.base, int64(len(body)))
+		if status, closed := readAnswer(t, conn, br); status != http.StatusServiceUnavailable || !closed {
+			t.Fatalf("refused request %d: %d, connection closed %v; want 503 and closed before its body", i, status, closed)
+		}
+	}
+	expectChunkRefused(t, ts, body[:128<<10])
+	expectHealthy(t, ts, "during the flood")
+	c := ts.dial("flood-watcher")
+	ts.send(`{"userId":"flood-watcher","body":"small enough"}`)
+	c.expectFrame(t, "small enough")
+
+	for _, s := range slows {
+		if _, err := s.conn.Write(body[len(body)/2:]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, s := range slows {
+		_ = s.conn.SetReadDeadline(time.Now().Add(time.Minute))
+		resp, err := http.ReadResponse(s.br, nil)
+		if err != nil {
+			t.Fatalf("held body %d, once sent: no answer: %v", i, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("held body %d, once sent: %d, want 202", i, resp.StatusCode)
+		}
 	}
 }

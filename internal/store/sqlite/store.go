@@ -201,15 +201,18 @@ type Store struct {
 	queueFloor atomic.Int64
 	// batchStreams holds the positions the commit being written took (the writer's alone).
 	batchStreams map[string]streamState
-	// envBuf is the writer's buffer for the outbox rows' envelopes (insertPublished).
-	envBuf []byte
+	// envBuf and pubArgs are the writer's buffers for the outbox rows (publish).
+	envBuf  []byte
+	pubArgs []any
 }
 
 // writerStmts are prepared once on the writer's connection: the hot path's inserts and
 // updates, and the snapshot's upserts and deletes.
 type writerStmts struct {
-	log, msg, pub, done, doneKeep  *sql.Stmt
-	doneKnown                      *sql.Stmt
+	log, msg, done, doneKeep *sql.Stmt
+	doneKnown                *sql.Stmt
+	// pub[n-1] writes n outbox rows (pubStmt).
+	pub                            [pubRows]*sql.Stmt
 	saveUser, saveConn, forgetConn *sql.Stmt
 	begin, commit, rollback        *sql.Stmt
 	// getUser and getConn read the rows the image does not hold.
@@ -358,8 +361,6 @@ func (s *Store) start(ctx context.Context) error {
 		{&s.stmts.log, `INSERT INTO log (type, data, crc) VALUES (?, ?, ?)`},
 		{&s.stmts.msg, `INSERT INTO messages (message_id, user_id, body, enqueued_at, stream_offset, stream_gen, crc) VALUES (?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (message_id, user_id) DO NOTHING`},
-		// OR IGNORE: a file of an earlier version has a unique index on event_id.
-		{&s.stmts.pub, `INSERT OR IGNORE INTO published (event_id, detail_type, envelope, crc) VALUES (?, ?, ?, ?)`},
 		// A done message's body is forgotten, its stream position marked gone (a negative
 		// generation), unless it is kept for the recovery window (doneKeep; PruneStreams).
 		// Its checksum follows (msgcrc.go).
@@ -452,9 +453,11 @@ func (s *Store) Close() error {
 	}
 	<-s.done
 	<-s.ckDone
-	for _, st := range []*sql.Stmt{s.stmts.log, s.stmts.msg, s.stmts.pub, s.stmts.done, s.stmts.doneKnown, s.stmts.doneKeep, s.stmts.saveUser, s.stmts.saveConn, s.stmts.forgetConn,
-		s.stmts.begin, s.stmts.commit, s.stmts.rollback, s.stmts.getUser, s.stmts.getConn} {
-		_ = st.Close()
+	for _, st := range append(s.stmts.pub[:], s.stmts.log, s.stmts.msg, s.stmts.done, s.stmts.doneKnown, s.stmts.doneKeep, s.stmts.saveUser, s.stmts.saveConn, s.stmts.forgetConn,
+		s.stmts.begin, s.stmts.commit, s.stmts.rollback, s.stmts.getUser, s.stmts.getConn) {
+		if st != nil {
+			_ = st.Close()
+		}
 	}
 	_, ckErr := s.ck.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`)
 	if ckErr != nil {

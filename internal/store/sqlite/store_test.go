@@ -1,6 +1,7 @@
 package sqlite_test
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -508,27 +509,13 @@ func TestWALTruncateHeldByAReader(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	reader, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer reader.Close()
-	tx, err := reader.Begin()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n int
-	if err := tx.QueryRow(`SELECT COUNT(*) FROM log`).Scan(&n); err != nil {
-		t.Fatal(err)
-	}
+	release := sqlite.HoldSnapshot(t, path)
 	for i := range 5 {
 		if _, err := s.Append(ctx, events.Opened("u", fmt.Sprintf("c%d", i), t0, "", "")); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := tx.Rollback(); err != nil {
-		t.Fatal(err)
-	}
+	release()
 	if _, err := s.Append(ctx, events.Opened("u", "after", t0, "", "")); err != nil {
 		t.Fatal(err)
 	}
@@ -556,4 +543,68 @@ func (w *syncBuilder) String() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.b.String()
+}
+
+// TestOutcomesArePublishedInOrder: the outcomes of one Complete, more than one INSERT
+// holds, reach the outbox in the order given, at increasing positions, each the envelope
+// json.Marshal writes; those of messages already done are not published again, nor is an
+// event a file of an earlier version (its unique index on event ids) already holds.
+func TestOutcomesArePublishedInOrder(t *testing.T) {
+	ctx := context.Background()
+	clk := &clock{t: t0}
+	path := filepath.Join(t.TempDir(), "db")
+	s := open(t, path, clk, nil)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dup := events.NewMessageDelivered("m20", "u", 1, t0)
+	execOn(t, path, `CREATE UNIQUE INDEX published_event ON published (event_id)`,
+		`INSERT INTO published (event_id, detail_type, envelope) VALUES ('`+dup.ID()+`', 'MessageDelivered', '{}')`)
+	s = open(t, path, clk, nil)
+	defer s.Close()
+	var msgs []sqlite.QueuedMessage
+	for i := range 40 {
+		msgs = append(msgs, sqlite.QueuedMessage{MessageID: fmt.Sprint("m", i), UserID: "u", Body: "b", EnqueuedAt: t0})
+	}
+	if err := s.Enqueue(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	q, err := s.PendingMessages(ctx, 0, 100)
+	if err != nil || len(q) != 40 {
+		t.Fatalf("queue %d %v", len(q), err)
+	}
+	var outs []events.Published
+	for _, m := range q {
+		outs = append(outs, events.NewMessageDelivered(m.MessageID, m.UserID, 1, t0))
+	}
+	if n, err := s.Complete(ctx, q[:5], outs[:5]); err != nil || n != 5 {
+		t.Fatalf("complete the first 5: %d %v", n, err)
+	}
+	if n, err := s.Complete(ctx, q, outs); err != nil || n != 34 {
+		t.Fatalf("complete all 40: published %d, want 34 (%v)", n, err)
+	}
+	recs, err := s.PublishedSince(ctx, 0, 100)
+	if err != nil || len(recs) != 40 {
+		t.Fatalf("outbox %d rows, want 40: %v", len(recs), err)
+	}
+	want := append(append([]events.Published{nil}, outs[:20]...), outs[21:]...)
+	for i, r := range recs {
+		if i > 0 && r.Seq <= recs[i-1].Seq {
+			t.Fatalf("row %d at position %d, after %d", i, r.Seq, recs[i-1].Seq)
+		}
+		if want[i] == nil {
+			continue // the earlier version's row
+		}
+		env, err := events.NewEnvelope(want[i], sqlite.LocalAccount, sqlite.LocalRegion, t0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := json.Marshal(env)
+		if !bytes.Equal(r.Envelope, b) {
+			t.Fatalf("row %d: %s, want %s", i, r.Envelope, b)
+		}
+	}
+	if head, err := s.LastPublishedSeq(ctx); err != nil || head != recs[39].Seq {
+		t.Fatalf("last position %d %v", head, err)
+	}
 }

@@ -3,6 +3,8 @@ package sqlite
 import (
 	"context"
 	"path/filepath"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -54,5 +56,68 @@ func TestOnlyOutcomeCommitsSkipTheSync(t *testing.T) {
 	}
 	if pending, _ := s.PendingMessages(ctx, 0, 10); len(pending) != 0 {
 		t.Fatalf("a completed message is pending: %v", pending)
+	}
+}
+
+// TestOutcomesCommitAfterTheWritesGroupedWithThem: a group commit that holds message
+// outcomes beside a message to enqueue commits the message first, synced, and answers it,
+// then the outcomes in a commit of their own, not synced by itself: the enqueue's caller
+// does not wait for the outcomes' rows.
+func TestOutcomesCommitAfterTheWritesGroupedWithThem(t *testing.T) {
+	ctx := context.Background()
+	type commit struct {
+		requests int
+		mode     string
+		// answered says whether the enqueue had its answer when the commit ended.
+		answered bool
+	}
+	var (
+		mu      sync.Mutex
+		commits []commit
+		st      *Store
+		watched chan error
+	)
+	s, err := Open(ctx, filepath.Join(t.TempDir(), "s.db"), Options{OnCommit: func(n int) {
+		mu.Lock()
+		defer mu.Unlock()
+		commits = append(commits, commit{n, st.syncMode, len(watched) > 0})
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	st = s
+	now := time.Now()
+	if err := s.Enqueue(ctx, QueuedMessage{MessageID: "m1", UserID: "u", Body: "x", EnqueuedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	pending, err := s.PendingMessages(ctx, 0, 10)
+	if err != nil || len(pending) != 1 {
+		t.Fatalf("pending: %v %v", pending, err)
+	}
+	outcome := &writeReq{completes: pending, outcomes: []events.Published{events.NewMessageDelivered("m1", "u", 1, now)}, done: make(chan error, 1)}
+	enqueue := &writeReq{messages: []QueuedMessage{{MessageID: "m2", UserID: "u", Body: "y", EnqueuedAt: now}}, done: make(chan error, 1)}
+	mu.Lock()
+	commits, watched = nil, enqueue.done
+	mu.Unlock()
+	if err := s.writeAlone(ctx, func(context.Context) error {
+		s.run([]*writeReq{outcome, enqueue}) // one group, the outcomes first
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-enqueue.done; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-outcome.done; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []commit{{1, "full", false}, {1, "normal", true}}; !slices.Equal(commits, want) {
+		t.Fatalf("commits %v, want %v: the enqueue alone and synced, answered, then the outcome alone", commits, want)
+	}
+	if left, _ := s.PendingMessages(ctx, 0, 10); len(left) != 1 || left[0].MessageID != "m2" {
+		t.Fatalf("pending after the group: %v, want m2 only", left)
 	}
 }

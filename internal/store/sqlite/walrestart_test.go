@@ -25,6 +25,32 @@ func walHeader(t *testing.T, path string) (seq uint32, size int64) {
 	return binary.BigEndian.Uint32(b[12:16]), int64(len(b))
 }
 
+// holdSnapshot opens a reader of the store file at path and reads in a transaction it
+// keeps open until release: its snapshot holds the WAL's later frames back from
+// checkpoints.
+func holdSnapshot(t *testing.T, path string) (release func()) {
+	t.Helper()
+	reader, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reader.Close() })
+	tx, err := reader.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := tx.QueryRow(`SELECT COUNT(*) FROM log`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		t.Helper()
+		if err := tx.Rollback(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestWALRestartsAfterACheckpointLeftATail: a checkpoint of the checkpointer that leaves
 // frames behind (a reader held them here; under load, the commits that land while it
 // copies) is finished by the writer after its next commit, and the commit after that
@@ -49,27 +75,13 @@ func TestWALRestartsAfterACheckpointLeftATail(t *testing.T) {
 		}
 	}
 	enqueue(20)
-	reader, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer reader.Close()
-	tx, err := reader.Begin()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rows int
-	if err := tx.QueryRow(`SELECT COUNT(*) FROM messages`).Scan(&rows); err != nil {
-		t.Fatal(err)
-	}
+	release := holdSnapshot(t, path)
 	enqueue(20) // past the reader's snapshot: the checkpoint cannot copy these yet
 	s.checkpoint()
 	if !s.walTail.Load() {
 		t.Fatal("a checkpoint held back by a reader leaves no tail for the writer")
 	}
-	if err := tx.Rollback(); err != nil {
-		t.Fatal(err)
-	}
+	release()
 	enqueue(1) // its commit is appended; the writer then copies the tail
 	seq, size := walHeader(t, path)
 	enqueue(1) // written from the WAL's start

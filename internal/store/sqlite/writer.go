@@ -2,6 +2,7 @@ package sqlite
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -319,10 +320,27 @@ func (s *Store) boundWAL() {
 // walBusyWait is how long boundWAL's checkpoint waits for the readers that hold the WAL.
 const walBusyWait = 200 * time.Millisecond
 
-// run commits batch (or runs its one alone request) and answers its callers.
+// run commits batch (or runs its one alone request) and answers its callers. A batch that
+// holds message outcomes beside other writes commits the others first and the outcomes
+// next, in a commit of their own: a caller that waits for its write (a POST /messages, a
+// connection's open) does not wait for the outcomes' rows, which nobody waits for, and
+// the outcomes' commit is not synced by itself (setSync).
 func (s *Store) run(batch []*writeReq) {
 	if len(batch) == 1 && batch[0].alone != nil {
 		batch[0].done <- batch[0].alone(context.Background())
+		return
+	}
+	var others, outcomes []*writeReq
+	for _, req := range batch {
+		if outcomesOnly(req) {
+			outcomes = append(outcomes, req)
+		} else {
+			others = append(others, req)
+		}
+	}
+	if len(others) > 0 && len(outcomes) > 0 {
+		s.commit(others)
+		s.commit(outcomes)
 		return
 	}
 	s.commit(batch)
@@ -427,11 +445,16 @@ func (s *Store) end(ctx context.Context, err error) error {
 // onlyOutcomes reports whether batch records message outcomes and nothing else.
 func onlyOutcomes(batch []*writeReq) bool {
 	for _, req := range batch {
-		if len(req.completes) == 0 || len(req.events) > 0 || len(req.messages) > 0 || req.grace != nil || req.exec != nil {
+		if !outcomesOnly(req) {
 			return false
 		}
 	}
 	return true
+}
+
+// outcomesOnly reports whether req records message outcomes and nothing else (Complete).
+func outcomesOnly(req *writeReq) bool {
+	return len(req.completes) > 0 && len(req.events) == 0 && len(req.messages) == 0 && req.grace == nil && req.exec == nil && req.alone == nil
 }
 
 // setSync sets the writer connection's synchronous mode for its next commit: the store's
@@ -562,19 +585,60 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 }
 
 // publish writes rows to the outbox and returns how many it wrote. Each is decided once:
-// by the fold of a new record, or by the completion of a pending message.
+// by the fold of a new record, or by the completion of a pending message. The rows are
+// written pubRows to an INSERT, in order (their positions follow it).
 func (s *Store) publish(ctx context.Context, rows []outboxRow) (int, error) {
 	n := 0
-	for _, r := range rows {
-		ok, err := s.insertPublished(ctx, r.p, r.at)
+	for len(rows) > 0 {
+		k := min(len(rows), pubRows)
+		args := s.pubArgs[:0]
+		for _, r := range rows[:k] {
+			data, err := events.AppendEnvelope(s.envBuf[:0], r.p, LocalAccount, LocalRegion, r.at)
+			if err != nil {
+				return n, fmt.Errorf("encode %s envelope: %w", r.p.DetailType(), err)
+			}
+			s.envBuf = data
+			args = append(args, r.p.ID(), string(r.p.DetailType()), string(data), rowCRC(string(r.p.DetailType()), data))
+		}
+		s.pubArgs = args
+		st, err := s.pubStmt(ctx, k)
 		if err != nil {
 			return n, err
 		}
-		if ok {
-			n++
+		res, err := st.ExecContext(ctx, args...)
+		clear(args)
+		if err != nil {
+			return n, fmt.Errorf("publish %s %s and %d more: %w", rows[0].p.DetailType(), rows[0].p.ID(), k-1, err)
 		}
+		// OR IGNORE skips a row a file of an earlier version already holds: the rows written
+		// are counted, the last one's position is the highest.
+		if c, _ := res.RowsAffected(); c > 0 {
+			n += int(c)
+			if id, err := res.LastInsertId(); err == nil {
+				s.tent.Published = max(s.tent.Published, id)
+			}
+		}
+		rows = rows[k:]
 	}
 	return n, nil
+}
+
+// pubRows is the most outbox rows one INSERT writes (publish).
+const pubRows = 16
+
+// pubStmt is the writer's INSERT of n outbox rows, prepared the first time it is needed.
+// OR IGNORE: a file of an earlier version has a unique index on event_id.
+func (s *Store) pubStmt(ctx context.Context, n int) (*sql.Stmt, error) {
+	if st := s.stmts.pub[n-1]; st != nil {
+		return st, nil
+	}
+	q := `INSERT OR IGNORE INTO published (event_id, detail_type, envelope, crc) VALUES (?, ?, ?, ?)` + strings.Repeat(`, (?, ?, ?, ?)`, n-1)
+	st, err := s.wc.PrepareContext(ctx, q)
+	if err != nil {
+		return nil, fmt.Errorf("prepare the outbox's insert of %d rows: %w", n, err)
+	}
+	s.stmts.pub[n-1] = st
+	return st, nil
 }
 
 // Local values of the EventBridge envelope fields that name an AWS account and region.
@@ -582,26 +646,6 @@ const (
 	LocalAccount = "000000000000"
 	LocalRegion  = "local"
 )
-
-// insertPublished writes p to the outbox.
-func (s *Store) insertPublished(ctx context.Context, p events.Published, at time.Time) (bool, error) {
-	data, err := events.AppendEnvelope(s.envBuf[:0], p, LocalAccount, LocalRegion, at)
-	if err != nil {
-		return false, fmt.Errorf("encode %s envelope: %w", p.DetailType(), err)
-	}
-	s.envBuf = data
-	res, err := s.stmts.pub.ExecContext(ctx, p.ID(), string(p.DetailType()), string(data), rowCRC(string(p.DetailType()), data))
-	if err != nil {
-		return false, fmt.Errorf("publish %s %s: %w", p.DetailType(), p.ID(), err)
-	}
-	n, _ := res.RowsAffected()
-	if n == 1 {
-		if id, err := res.LastInsertId(); err == nil {
-			s.tent.Published = max(s.tent.Published, id)
-		}
-	}
-	return n == 1, nil
-}
 
 // noteWrite records whether the last group commit could write (Writable), and logs the
 // changes of that state only, not every failed request.
