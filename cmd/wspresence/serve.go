@@ -58,6 +58,7 @@ func serveFlags(cfg *localrt.Config, stderr io.Writer, getenv env) *flags {
 	f.String(&cfg.Sync, "sync", "WSPRESENCE_SYNC", "store durability: full (survives power loss) or normal (survives a process crash, fewer fsyncs)")
 	f.Bool(&cfg.Pprof, "pprof", "WSPRESENCE_PPROF", "serve the Go profiler at /debug/pprof/ (behind the API key)")
 	f.Int(&cfg.GCPercentUnderLoad, "gc-percent-under-load", "WSPRESENCE_GC_PERCENT_UNDER_LOAD", "the collector's GOGC while messages are accepted at load (0: the runtime's always; a GOGC variable wins)")
+	f.Int64(&cfg.MemoryUnderLoad, "memory-under-load", "WSPRESENCE_MEMORY_UNDER_LOAD", "bytes the collector lets the process reach while messages are accepted at load, unless the live heap at --gc-percent-under-load asks more (never above GOMEMLIMIT)")
 	f.Bool(&cfg.AcceptLoss, "accept-loss", "WSPRESENCE_ACCEPT_LOSS", "start on a store whose committed tail was lost after an unclean stop (otherwise refused), under a new event epoch")
 	return f
 }
@@ -86,7 +87,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 	if cfg.GCPercentUnderLoad > 0 && getenv("GOGC") == "" {
 		gctx, stopGC := context.WithCancel(ctx)
 		defer stopGC()
-		go governCollector(gctx, srv.MessagesAccepted, cfg.GCPercentUnderLoad, log)
+		go governCollector(gctx, srv.MessagesAccepted, cfg.GCPercentUnderLoad, cfg.MemoryUnderLoad, log)
 	}
 	tok, err := auth.Mint([]byte(srv.JWTSecret()), sampleUser, time.Hour, time.Now())
 	if err != nil {

@@ -152,6 +152,11 @@ type Config struct {
 	// sets the runtime's own back once the load has passed; 0 leaves the collector alone,
 	// and so does a GOGC set in the environment.
 	GCPercentUnderLoad int
+	// MemoryUnderLoad is the memory limit in bytes that drives the collector while messages
+	// are accepted at load (--memory-under-load, WSPRESENCE_MEMORY_UNDER_LOAD), GOGC off
+	// meanwhile: `serve` raises it to the heap goal GCPercentUnderLoad gives when the live
+	// heap asks more, keeps it under GOMEMLIMIT, and removes it once the load has passed.
+	MemoryUnderLoad int64
 
 	// storeFault is passed to the store as its fault hook (tests only).
 	storeFault func() error
@@ -192,6 +197,7 @@ func DefaultConfig() Config {
 		ReadTimeout:            30 * time.Second,
 		KeepAliveTimeout:       60 * time.Second,
 		GCPercentUnderLoad:     400,
+		MemoryUnderLoad:        512 << 20,
 		EventsHeartbeat:        15 * time.Second,
 	}
 }
@@ -257,6 +263,9 @@ func (c Config) Validate() error {
 	}
 	if c.BodyBudget < MaxRequestBytes {
 		errs = append(errs, fmt.Errorf("body budget must hold at least one request of %d bytes, got %d", MaxRequestBytes, c.BodyBudget))
+	}
+	if c.MemoryUnderLoad < 0 {
+		errs = append(errs, fmt.Errorf("memory under load must be 0 or more bytes, got %d", c.MemoryUnderLoad))
 	}
 	if c.GCPercentUnderLoad < 0 {
 		errs = append(errs, fmt.Errorf("gc percent under load must be 0 (off) or more, got %d", c.GCPercentUnderLoad))
