@@ -39,18 +39,10 @@ func TestHeldMessagesBounded(t *testing.T) {
 	}
 	waitFor(t, "the missed messages held", func() bool { return ts.metrics()[held] == bound })
 
-	r := ts.do(http.MethodPost, "/messages", testKey, []byte(`{"userId":"hana","body":"one too many"}`))
-	expectError(t, r, http.StatusServiceUnavailable, httperr.CodeHeldFull)
-	if r.header.Get("Retry-After") == "" {
-		t.Fatal("503 messages_held_full without Retry-After")
-	}
+	expectHeldFull(t, ts, "hana")
 	// Any user: the bound is the process's memory, not one user's.
 	expectError(t, ts.do(http.MethodPost, "/messages", testKey, []byte(`{"userId":"other","body":"x"}`)),
 		http.StatusServiceUnavailable, httperr.CodeHeldFull)
-	url := localrt.QueueURL(strings.TrimPrefix(ts.base, "http://"))
-	if status, resp := signedSQS(t, ts, "AmazonSQS.SendMessage", []byte(`{"QueueUrl":"`+url+`","MessageBody":"{\"UserId\":\"hana\",\"Body\":\"queued\"}"}`)); status != http.StatusServiceUnavailable {
-		t.Fatalf("queue SendMessage at the bound: %d %s, want 503", status, resp)
-	}
 	if got := ts.metrics()[held]; got != bound {
 		t.Fatalf("%s = %.0f after the refusals, want %d", held, got, bound)
 	}
@@ -100,17 +92,9 @@ func TestHeldMessagesBoundedPerUser(t *testing.T) {
 	}
 	waitFor(t, "the missed messages held", func() bool { return ts.metrics()[held] == perUser })
 
-	r := ts.do(http.MethodPost, "/messages", testKey, []byte(`{"userId":"hana","body":"one too many"}`))
-	expectError(t, r, http.StatusServiceUnavailable, httperr.CodeHeldFull)
-	if r.header.Get("Retry-After") == "" {
-		t.Fatal("503 messages_held_full without Retry-After")
-	}
+	expectHeldFull(t, ts, "hana")
 	expectError(t, ts.do(http.MethodPost, "/messages", testKey, []byte(`{"userIds":["ivo","hana"],"body":"both"}`)),
 		http.StatusServiceUnavailable, httperr.CodeHeldFull)
-	url := localrt.QueueURL(strings.TrimPrefix(ts.base, "http://"))
-	if status, resp := signedSQS(t, ts, "AmazonSQS.SendMessage", []byte(`{"QueueUrl":"`+url+`","MessageBody":"{\"UserId\":\"hana\",\"Body\":\"queued\"}"}`)); status != http.StatusServiceUnavailable {
-		t.Fatalf("queue SendMessage to a user at its bound: %d %s, want 503", status, resp)
-	}
 
 	// Another user is still accepted and held, beside the full one.
 	ts.send(`{"userId":"ivo","body":"for ivo"}`)
@@ -137,5 +121,21 @@ func TestHeldMessagesBoundedPerUser(t *testing.T) {
 	away.waitReceived(t, len(wantAway))
 	if got := away.received(); strings.Join(got, "|") != strings.Join(wantAway, "|") {
 		t.Fatalf("received %q, want %q (nothing refused, nothing accepted lost)", got, wantAway)
+	}
+}
+
+// expectHeldFull checks that a message to user is refused for the held messages' bound:
+// POST /messages with 503 messages_held_full and Retry-After, the queue with 503.
+func expectHeldFull(t *testing.T, ts *testServer, user string) {
+	t.Helper()
+	r := ts.do(http.MethodPost, "/messages", testKey, []byte(fmt.Sprintf(`{"userId":%q,"body":"one too many"}`, user)))
+	expectError(t, r, http.StatusServiceUnavailable, httperr.CodeHeldFull)
+	if r.header.Get("Retry-After") == "" {
+		t.Fatal("503 messages_held_full without Retry-After")
+	}
+	url := localrt.QueueURL(strings.TrimPrefix(ts.base, "http://"))
+	body := fmt.Sprintf(`{"QueueUrl":%q,"MessageBody":%q}`, url, fmt.Sprintf(`{"UserId":%q,"Body":"queued"}`, user))
+	if status, resp := signedSQS(t, ts, "AmazonSQS.SendMessage", []byte(body)); status != http.StatusServiceUnavailable {
+		t.Fatalf("queue SendMessage to %s at the bound: %d %s, want 503", user, status, resp)
 	}
 }
