@@ -407,8 +407,18 @@ func (p *pace) next(n int64, took time.Duration) {
 // as long as the step took since the previous one ended (at least pruneRest). What a prune deletes it finds on a reader's
 // connection, off the writer. The chunk's commit is not synced to disk by itself: a power
 // loss may only bring back rows that the next pass deletes again, and the next synced
-// commit syncs it (the WAL keeps whole transactions, in order).
+// commit syncs it (the WAL keeps whole transactions, in order). A chunk waits for the
+// integrity check that runs, if one does: the check reads the whole file in one snapshot,
+// which keeps the checkpoints from copying the WAL meanwhile, and a prune's deletes would
+// grow the WAL to its bound, whose truncation then stalls the hot path.
 func (s *Store) pruneStep(ctx context.Context, p *pace, chunk func(ctx context.Context, limit int) (int64, error)) (int64, error) {
+	if c := s.checking.Load(); c != nil {
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-*c:
+		}
+	}
 	var n int64
 	var took time.Duration
 	busy := false
@@ -510,19 +520,28 @@ func (s *Store) PruneTombstones(ctx context.Context, cutoff time.Time) (int, err
 // CompactLog deletes the log records the view's snapshot holds (at or before its
 // checkpoint) that are older than cutoff (their time), a chunk per transaction
 // (pruneStep), and returns how many; their pages are reused by the records to come. The
-// record at the checkpoint is kept: the log's positions go on after it.
+// record at the checkpoint is kept: the log's positions go on after it. Each chunk's
+// records are found on the writer, in the transaction that deletes them: a reader's
+// snapshot held across the compaction would keep the checkpoints from copying the whole
+// WAL, which then could not be written from its start again and would grow to its bound.
 func (s *Store) CompactLog(ctx context.Context, cutoff time.Time) (int64, error) {
 	var total int64
 	for p := newPace(); ; {
-		bound, more, err := s.compactBound(ctx, cutoff, p.chunk)
-		if err != nil || bound == 0 {
-			if err != nil {
-				err = fmt.Errorf("compact the log: %w", s.noteRead(err))
+		more := false
+		n, err := s.pruneStep(ctx, p, func(ctx context.Context, limit int) (n int64, err error) {
+			if err := s.begin(ctx); err != nil {
+				return 0, err
 			}
-			return total, err
-		}
-		n, err := s.pruneStep(ctx, p, func(ctx context.Context, _ int) (int64, error) {
-			return s.deleteIn(ctx, `DELETE FROM log WHERE seq < ?`, bound)
+			var bound int64
+			if bound, more, err = s.compactBound(ctx, cutoff, limit); err != nil {
+				err = s.noteRead(err)
+			} else if bound > 0 {
+				var res sql.Result
+				if res, err = s.wc.ExecContext(ctx, `DELETE FROM log WHERE seq < ?`, bound); err == nil {
+					n, err = res.RowsAffected()
+				}
+			}
+			return n, s.end(ctx, err)
 		})
 		total += n
 		if err != nil {
@@ -534,12 +553,12 @@ func (s *Store) CompactLog(ctx context.Context, cutoff time.Time) (int64, error)
 	}
 }
 
-// compactBound finds, on a reader's connection, the next chunk of CompactLog: the log
+// compactBound finds, in the writer's transaction, the next chunk of CompactLog: the log
 // position before which up to chunk of the oldest records go (0: none), the checkpoint
 // being the one committed (it only moves on); more says there may be others.
 func (s *Store) compactBound(ctx context.Context, cutoff time.Time, chunk int) (bound int64, more bool, err error) {
 	scanned, stopped := 0, false
-	err = scanEach(ctx, s.r, `SELECT seq, data FROM log WHERE seq < (SELECT COALESCE(MAX(seq), 0) FROM checkpoints WHERE name = ?)
+	err = scanEach(ctx, s.wc, `SELECT seq, data FROM log WHERE seq < (SELECT COALESCE(MAX(seq), 0) FROM checkpoints WHERE name = ?)
 		ORDER BY seq LIMIT ?`, func(r *sql.Rows) error {
 		var seq int64
 		var data string

@@ -161,6 +161,14 @@ type Store struct {
 	// one landed while it copied); walTail is set when one did (finishCheckpoint).
 	commits atomic.Uint64
 	walTail atomic.Bool
+	// ckNow asks the checkpointer for a checkpoint before its next tick: the writer sends
+	// when the WAL has grown by another walNudge (walStep, the writer's alone, is how many
+	// it had grown by at the last send).
+	ckNow   chan struct{}
+	walStep int64
+	// checking is closed when the running integrity check ends (nil while none runs): the
+	// prunes wait for it (pruneStep).
+	checking atomic.Pointer[chan struct{}]
 	// damage is the last sign of a damaged file (Health); outboxDamage the last sign of
 	// damage found reading the outbox (OutboxHealth).
 	damage       atomic.Pointer[error]
@@ -327,7 +335,8 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	}
 	ck.SetMaxOpenConns(1)
 	s := &Store{path: path, room: room, w: w, r: r, ck: ck, opts: opts, syncMode: opts.Sync, id: id, idCreated: idCreated, img: newImage(), reqs: make(chan *writeReq, 4096),
-		stop: make(chan struct{}), done: make(chan struct{}), ckDone: make(chan struct{})}
+		stop: make(chan struct{}), done: make(chan struct{}), ckDone: make(chan struct{}),
+		ckNow: make(chan struct{}, 1)}
 	s.epoch.Store(&epoch)
 	s.batchStreams = map[string]streamState{}
 	s.mark, s.tent = mark, have

@@ -67,7 +67,8 @@ const checkpointInterval = time.Second
 // and reports the WAL's size. The WAL is written from its start again once it has all been
 // copied: under sustained writes a commit lands while the checkpointer copies, so the
 // writer then copies what the commits added (finishCheckpoint), and its next commit
-// restarts the WAL. A WAL that still outgrows its limit (readers holding it) is bounded by
+// restarts the WAL. The writer asks for a checkpoint between two ticks when the WAL grows
+// fast (ckNow, boundWAL). A WAL that still outgrows its limit (readers holding it) is bounded by
 // the writer (boundWAL).
 func (s *Store) checkpointer() {
 	defer close(s.ckDone)
@@ -77,6 +78,10 @@ func (s *Store) checkpointer() {
 		select {
 		case <-s.stop:
 			return
+		case <-s.ckNow:
+			tick-- // not a tick: no integrity check, no WAL report
+			s.checkpoint()
+			continue
 		case <-t.C:
 		}
 		if tick%integrityEvery == 0 {
@@ -139,6 +144,12 @@ const integrityEvery = 600
 // checkIntegrity runs SQLite's quick check of the whole file and records what it finds
 // (Health).
 func (s *Store) checkIntegrity() {
+	done := make(chan struct{})
+	s.checking.Store(&done)
+	defer func() {
+		s.checking.Store(nil)
+		close(done)
+	}()
 	var res string
 	err := s.ck.QueryRow(`PRAGMA quick_check(1)`).Scan(&res)
 	switch {
@@ -285,9 +296,16 @@ func (s *Store) gather(batch []*writeReq) []*writeReq {
 // grow without end. The log outgrows the limit by at most one group commit. It waits for
 // a checkpoint of the checkpointer in progress (one at a time); a checkpoint that readers
 // keep from truncating (busy) is a state, logged when it begins and ends, and retried
-// after the next commit.
+// after the next commit. Each time the WAL has grown by another walNudge it asks the
+// checkpointer for a checkpoint at once (ckNow).
 func (s *Store) boundWAL() {
 	size := s.walSize()
+	if s.walGrew(size) {
+		select {
+		case s.ckNow <- struct{}{}:
+		default:
+		}
+	}
 	if size <= s.room.walLimit(s.opts.WALLimit, size) {
 		return
 	}
@@ -316,6 +334,21 @@ func (s *Store) boundWAL() {
 		s.opts.Logger.Info("the WAL is truncated again", "bytes", size)
 	}
 }
+
+// walGrew reports whether the WAL, now size bytes, has grown by another walNudge since it
+// last did (a WAL written from its start again, and cut, grows anew).
+func (s *Store) walGrew(size int64) bool {
+	step := size / walNudge
+	grew := step > s.walStep
+	s.walStep = step
+	return grew
+}
+
+// walNudge is how much the WAL grows between two checkpoints the writer asks for ahead of
+// the checkpointer's tick: under a burst of writes (a prune's chunks) the WAL is copied and
+// written from its start again at a few times walNudge, instead of growing for a whole
+// checkpointInterval, to its limit, whose truncation stalls every write queued behind it.
+const walNudge = 8 << 20
 
 // walBusyWait is how long boundWAL's checkpoint waits for the readers that hold the WAL.
 const walBusyWait = 200 * time.Millisecond
