@@ -28,22 +28,30 @@ func (s *Server) pump(ctx context.Context) {
 	if !ok {
 		return
 	}
+	var spare []sqlite.QueuedMessage
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.kick:
 		}
-		msgs := s.queued.take()
+		taken := s.queued.take(spare)
 		// Messages the table pass already dispatched are skipped.
 		i := 0
-		for i < len(msgs) && msgs[i].Seq <= after {
+		for i < len(taken) && taken[i].Seq <= after {
 			i++
 		}
-		for msgs = msgs[i:]; len(msgs) > 0; {
+		for msgs := taken[i:]; len(msgs) > 0; {
 			n := min(len(msgs), deliverBatch)
 			s.cycle(msgs[:n])
 			msgs = msgs[n:]
+		}
+		// dispatch copies what it keeps: the slice is the feed's next one, unless a
+		// burst grew it past deliverBatch.
+		spare = nil
+		if cap(taken) <= deliverBatch {
+			clear(taken)
+			spare = taken[:0]
 		}
 	}
 }
@@ -73,7 +81,8 @@ func (s *Server) drainTable(ctx context.Context) (after int64, ok bool) {
 	return after, false
 }
 
-// queuedFeed holds the messages committed since the pump last took them.
+// queuedFeed holds the messages committed since the pump last took them; take empties it.
+// Its slice is the pump's previous one, emptied, when that held at most deliverBatch.
 type queuedFeed struct {
 	mu   sync.Mutex
 	msgs []sqlite.QueuedMessage
@@ -86,11 +95,13 @@ func (q *queuedFeed) push(msgs []sqlite.QueuedMessage) {
 	q.mu.Unlock()
 }
 
-func (q *queuedFeed) take() []sqlite.QueuedMessage {
+// take returns what was pushed since the last take, and gives the feed spare (empty,
+// or nil) to fill next: two slices serve pump and store in turn.
+func (q *queuedFeed) take(spare []sqlite.QueuedMessage) []sqlite.QueuedMessage {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	out := q.msgs
-	q.msgs = nil
+	q.msgs = spare
 	return out
 }
 
