@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/schematest"
 	"github.com/wspresence/wspresence/schemas"
@@ -65,6 +66,25 @@ func TestEventIDsAreStable(t *testing.T) {
 	d, u := events.NewMessageDelivered("m", "u", 1, at), events.NewMessageUndeliverable("m", "u", events.UndeliverableGone, at)
 	if d.EventID == u.EventID || d.EventID != events.NewMessageDelivered("m", "u", 3, at.Add(time.Second)).EventID {
 		t.Fatal("message outcome ids are not stable per kind, message and user")
+	}
+}
+
+// TestEventIDsAreVersion5UUIDs pins how an event id is derived: the SHA-1 UUID of the kind
+// and the parts joined by NUL in the events' namespace, so that an outcome recorded again
+// after an upgrade carries the id subscribers saw before it.
+func TestEventIDsAreVersion5UUIDs(t *testing.T) {
+	namespace := uuid.MustParse("6f1b7a54-3c1e-4d8a-9e55-0c8f3b6a2d91")
+	long := strings.Repeat("x", 300) // past the stack buffer the id is hashed from
+	for _, parts := range [][]string{nil, {""}, {"m-1", "u-1"}, {"u", "c"}, {long, "u"}, {"a\x00b", "é"}} {
+		for _, kind := range []events.DetailType{events.DetailUserOnline, events.DetailMessageDelivered} {
+			want := uuid.NewSHA1(namespace, []byte(string(kind)+"\x00"+strings.Join(parts, "\x00"))).String()
+			if got := events.EventID(kind, parts...); got != want {
+				t.Errorf("EventID(%s, %q) = %s, want %s", kind, parts, got, want)
+			}
+		}
+	}
+	if got := events.EventID(events.DetailMessageDelivered, "m-1", "u-1"); got != "2d3e8928-2341-563d-a4ff-a068fa934681" {
+		t.Errorf("the MessageDelivered id of m-1 to u-1 changed: %s", got)
 	}
 }
 

@@ -1,9 +1,9 @@
 package events
 
 import (
+	"crypto/sha1"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -37,8 +37,26 @@ var eventNamespace = uuid.MustParse("6f1b7a54-3c1e-4d8a-9e55-0c8f3b6a2d91")
 
 // EventID derives a stable event id from the facts that identify an event: the same parts
 // always give the same id, so a retried publication carries the id of the first.
+// The id is the version-5 (SHA-1) UUID in eventNamespace of the name kind, NUL, and the
+// parts joined by NUL, hashed from a buffer on the stack: the id's text is its one
+// allocation.
 func EventID(kind DetailType, parts ...string) string {
-	return uuid.NewSHA1(eventNamespace, []byte(string(kind)+"\x00"+strings.Join(parts, "\x00"))).String()
+	var stack [256]byte
+	name := append(stack[:0], eventNamespace[:]...)
+	name = append(name, kind...)
+	name = append(name, 0)
+	for i, p := range parts {
+		if i > 0 {
+			name = append(name, 0)
+		}
+		name = append(name, p...)
+	}
+	sum := sha1.Sum(name)
+	var id uuid.UUID
+	copy(id[:], sum[:])
+	id[6] = id[6]&0x0f | 0x50 // version 5
+	id[8] = id[8]&0x3f | 0x80 // RFC 4122 variant
+	return id.String()
 }
 
 // UserOnline is published when a user's first connection opens while subscribers were

@@ -28,22 +28,30 @@ func (s *Server) pump(ctx context.Context) {
 	if !ok {
 		return
 	}
+	var spare []sqlite.QueuedMessage
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.kick:
 		}
-		msgs := s.queued.take()
+		taken := s.queued.take(spare)
 		// Messages the table pass already dispatched are skipped.
 		i := 0
-		for i < len(msgs) && msgs[i].Seq <= after {
+		for i < len(taken) && taken[i].Seq <= after {
 			i++
 		}
-		for msgs = msgs[i:]; len(msgs) > 0; {
+		for msgs := taken[i:]; len(msgs) > 0; {
 			n := min(len(msgs), deliverBatch)
 			s.cycle(msgs[:n])
 			msgs = msgs[n:]
+		}
+		// dispatch copies what it keeps: the slice is the feed's next one, unless a
+		// burst grew it past deliverBatch.
+		spare = nil
+		if cap(taken) <= deliverBatch {
+			clear(taken)
+			spare = taken[:0]
 		}
 	}
 }
@@ -73,7 +81,8 @@ func (s *Server) drainTable(ctx context.Context) (after int64, ok bool) {
 	return after, false
 }
 
-// queuedFeed holds the messages committed since the pump last took them.
+// queuedFeed holds the messages committed since the pump last took them; take empties it.
+// Its slice is the pump's previous one, emptied, when that held at most deliverBatch.
 type queuedFeed struct {
 	mu   sync.Mutex
 	msgs []sqlite.QueuedMessage
@@ -86,11 +95,13 @@ func (q *queuedFeed) push(msgs []sqlite.QueuedMessage) {
 	q.mu.Unlock()
 }
 
-func (q *queuedFeed) take() []sqlite.QueuedMessage {
+// take returns what was pushed since the last take, and gives the feed spare (empty,
+// or nil) to fill next: two slices serve pump and store in turn.
+func (q *queuedFeed) take(spare []sqlite.QueuedMessage) []sqlite.QueuedMessage {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	out := q.msgs
-	q.msgs = nil
+	q.msgs = spare
 	return out
 }
 
@@ -255,8 +266,11 @@ const completionWindow = 10 * time.Millisecond
 func (s *Server) completer(ctx context.Context) {
 	window := time.NewTimer(completionWindow)
 	window.Stop()
+	// batch and rec are reused from one batch to the next (at most deliverBatch
+	// entries each), emptied after each record so that no message outlives its batch.
+	var batch []completion
+	var rec recordBuffers
 	for {
-		var batch []completion
 		select {
 		case c := <-s.completions:
 			batch = append(batch, c)
@@ -266,7 +280,7 @@ func (s *Server) completer(ctx context.Context) {
 				case c := <-s.completions:
 					batch = append(batch, c)
 				default:
-					s.record(context.WithoutCancel(ctx), batch, true)
+					s.record(context.WithoutCancel(ctx), batch, &rec, true)
 					return
 				}
 			}
@@ -284,22 +298,34 @@ func (s *Server) completer(ctx context.Context) {
 			}
 		}
 		window.Stop()
-		s.record(ctx, batch, false)
+		s.record(ctx, batch, &rec, false)
+		clear(batch)
+		batch = batch[:0]
 	}
+}
+
+// recordBuffers are the slices record hands the store, kept by the completer from one
+// batch to the next: the store is done with them once CompleteKeeping returns.
+type recordBuffers struct {
+	msgs     []sqlite.QueuedMessage
+	outcomes []events.Published
+	keeps    []bool
 }
 
 // record writes batch's outcomes, retrying while the store cannot write. The last flush at
 // shutdown (final) tries a few times only: what it cannot write stays pending, and the next
-// start dispatches those messages again (never reported delivered without a record).
-func (s *Server) record(ctx context.Context, batch []completion, final bool) {
+// start dispatches those messages again (never reported delivered without a record). The
+// slices handed to the store are rec's, reused by the next batch.
+func (s *Server) record(ctx context.Context, batch []completion, rec *recordBuffers, final bool) {
 	if len(batch) == 0 {
 		return
 	}
-	msgs, keeps := make([]sqlite.QueuedMessage, len(batch)), make([]bool, len(batch))
-	outcomes := make([]events.Published, len(batch))
-	for i, c := range batch {
-		msgs[i], outcomes[i], keeps[i] = c.msg, c.outcome, c.keep
+	msgs, outcomes, keeps := rec.msgs[:0], rec.outcomes[:0], rec.keeps[:0]
+	for _, c := range batch {
+		msgs, outcomes, keeps = append(msgs, c.msg), append(outcomes, c.outcome), append(keeps, c.keep)
 	}
+	rec.msgs, rec.outcomes, rec.keeps = msgs, outcomes, keeps
+	defer func() { clear(msgs); clear(outcomes) }()
 	for attempt := 1; ; attempt++ {
 		// A write that must land is not cancelled with the completer: at shutdown the
 		// attempts are only bounded.
