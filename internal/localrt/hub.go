@@ -211,15 +211,32 @@ func (c *wsConn) socket() *websocket.Conn {
 	return c.ws
 }
 
+// maxSpareFrames is the largest slice of frames a connection keeps, empty, for its next
+// frames: a connection written to one or two frames at a time queues them without
+// allocating, and an idle one keeps at most that much (80 bytes).
+const maxSpareFrames = 2
+
 // next returns the queued frames, oldest first, and empties the queue; when there are none
-// the writer is done (the next frame starts another).
-func (c *wsConn) next() []frame {
+// the writer is done (the next frame starts another). done is the slice the writer
+// finished writing: emptied, it becomes the queue when small (maxSpareFrames).
+func (c *wsConn) next(done []frame) []frame {
+	clear(done)
+	if cap(done) > maxSpareFrames {
+		done = nil
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	q := c.queue
-	c.queue = nil
 	if len(q) == 0 {
 		c.writing = false
+		if cap(q) == 0 && done != nil {
+			c.queue = done[:0]
+		}
+		return nil
+	}
+	c.queue = nil
+	if done != nil {
+		c.queue = done[:0]
 	}
 	return q
 }
