@@ -89,13 +89,13 @@ func (h *hub) count() int {
 // errGone is what a frame's receipt says when its connection ended before writing it.
 var errGone = fmt.Errorf("connection ended before the frame was written: %w", delivery.ErrConnectionGone)
 
-// post queues data as one text frame for c; written is called once, from the
-// connection's writer, with nil once the frame has been written to the socket, or with an
-// error wrapping delivery.ErrConnectionGone if the connection ended first. A connection
-// whose send queue is full (a reader too slow to keep up) is gone at once, closed with
-// 1013 as expired.
-func (h *hub) post(c *wsConn, data []byte, written func(error)) error {
-	return c.queued(c.enqueue(frame{data: data, written: written}))
+// post queues data as one text frame of p's message for c; p's receipt is called once,
+// from the connection's writer, with nil once the frame has been written to the socket,
+// or with an error wrapping delivery.ErrConnectionGone if the connection ended first. A
+// connection whose send queue is full (a reader too slow to keep up) is gone at once,
+// closed with 1013 as expired.
+func (h *hub) post(c *wsConn, data []byte, p *inFlight) error {
+	return c.queued(c.enqueue(frame{data: data, p: p}))
 }
 
 // queued turns enqueue's answer into post's.
@@ -110,10 +110,22 @@ func (c *wsConn) queued(ok bool) error {
 	return &delivery.GoneError{Reason: events.ReasonExpired, Err: fmt.Errorf("post to %s: send queue full", c.id)}
 }
 
-// frame is one queued text frame and the receipt of its write.
+// frame is one queued text frame and the message it carries, whose receipt its write
+// calls (the message's in flight, not a function value: no closure per frame).
 type frame struct {
-	data    []byte
-	written func(error)
+	data []byte
+	p    *inFlight
+	// replayable makes the receipt p.replayable instead of p.receipt.
+	replayable bool
+}
+
+// written is the frame's receipt: err nil once it was written, else why it was not.
+func (f frame) written(err error) {
+	if f.replayable {
+		f.p.replayable(err)
+		return
+	}
+	f.p.receipt(err)
 }
 
 // wsConn is one live WebSocket connection. An idle one runs no goroutine of its own
@@ -199,15 +211,32 @@ func (c *wsConn) socket() *websocket.Conn {
 	return c.ws
 }
 
+// maxSpareFrames is the largest slice of frames a connection keeps, empty, for its next
+// frames: a connection written to one or two frames at a time queues them without
+// allocating, and an idle one keeps at most that much (80 bytes).
+const maxSpareFrames = 2
+
 // next returns the queued frames, oldest first, and empties the queue; when there are none
-// the writer is done (the next frame starts another).
-func (c *wsConn) next() []frame {
+// the writer is done (the next frame starts another). done is the slice the writer
+// finished writing: emptied, it becomes the queue when small (maxSpareFrames).
+func (c *wsConn) next(done []frame) []frame {
+	clear(done)
+	if cap(done) > maxSpareFrames {
+		done = nil
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	q := c.queue
-	c.queue = nil
 	if len(q) == 0 {
 		c.writing = false
+		if cap(q) == 0 && done != nil {
+			c.queue = done[:0]
+		}
+		return nil
+	}
+	c.queue = nil
+	if done != nil {
+		c.queue = done[:0]
 	}
 	return q
 }

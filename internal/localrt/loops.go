@@ -158,16 +158,13 @@ func (s *Server) dispatch(m sqlite.QueuedMessage, conns []string) {
 			if framed == nil {
 				framed = s.messageFrame(m)
 			}
-			receipt := p.receipt
-			if s.cfg.RecoveryWindow > 0 && m.Offset > 0 {
-				receipt = p.replayable
-			}
-			if !c.offer(frame{data: framed, written: receipt}, m.Gen, m.Offset) {
-				receipt(c.queued(false))
+			f := frame{data: framed, p: p, replayable: s.cfg.RecoveryWindow > 0 && m.Offset > 0}
+			if !c.offer(f, m.Gen, m.Offset) {
+				f.written(c.queued(false))
 			}
 			continue
 		default:
-			err = s.hub.post(c, data, p.receipt)
+			err = s.hub.post(c, data, p)
 		}
 		if err != nil {
 			p.receipt(err)

@@ -331,8 +331,9 @@ func (s *Server) readLoop(ctx, readCtx context.Context, c *wsConn) {
 // connection as expired; the frames it leaves unwritten are reported gone.
 func (s *Server) writeQueued(c *wsConn) {
 	defer c.clearWriteDeadline()
+	var q []frame
 	for {
-		q := c.next()
+		q = c.next(q)
 		if len(q) == 0 {
 			return
 		}
