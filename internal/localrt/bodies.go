@@ -105,11 +105,12 @@ func (s *Server) takeBody(w http.ResponseWriter, r *http.Request, buf *[]byte) (
 	if r.ContentLength >= 0 && !b.reserve(r.ContentLength) {
 		return refuse(errBodyOverBudget)
 	}
-	var body io.Reader = r.Body
+	// A body with a Content-Length (at most MaxRequestBytes, checked above) ends there:
+	// net/http reads no further. Only one without a length is bounded as it streams.
+	var limited io.Reader = r.Body
 	if r.ContentLength < 0 {
-		body = &budgetReader{r: r.Body, b: b}
+		limited = http.MaxBytesReader(w, io.NopCloser(&budgetReader{r: r.Body, b: b}), MaxRequestBytes)
 	}
-	limited := http.MaxBytesReader(w, io.NopCloser(body), MaxRequestBytes)
 	var data []byte
 	var err error
 	if buf != nil {
