@@ -25,18 +25,8 @@ func TestHeldMessagesBounded(t *testing.T) {
 	})
 	const held = "wspresence_messages_held"
 	rc := newRecoveringClient(ts, "hana")
-	rc.connect()
-	ts.send(`{"userId":"hana","body":"before"}`)
-	rc.waitReceived(t, 1)
-	rc.conn.Close(websocket.StatusNormalClosure, "")
-	<-rc.ended
-
-	want := []string{"before"}
-	for i := range bound {
-		body := fmt.Sprintf("missed %d", i)
-		ts.send(fmt.Sprintf(`{"userId":"hana","body":%q}`, body))
-		want = append(want, body)
-	}
+	away(t, ts, rc)
+	want := append([]string{"before"}, sendMissed(ts, "hana", bound)...)
 	waitFor(t, "the missed messages held", func() bool { return ts.metrics()[held] == bound })
 
 	expectHeldFull(t, ts, "hana")
@@ -48,18 +38,7 @@ func TestHeldMessagesBounded(t *testing.T) {
 	}
 
 	// The reconnect replays every message accepted, and the count falls.
-	rc.connect()
-	rc.waitReceived(t, len(want))
-	if a := rc.lastAnswer(); !a.Recovered || a.Replayed != bound {
-		t.Fatalf("recover answer %+v, want %d replayed", a, bound)
-	}
-	waitFor(t, "the held messages replayed", func() bool { return ts.metrics()[held] == 0 })
-	ts.send(`{"userId":"hana","body":"after"}`)
-	want = append(want, "after")
-	rc.waitReceived(t, len(want))
-	if got := rc.received(); strings.Join(got, "|") != strings.Join(want, "|") {
-		t.Fatalf("received %q, want %q (nothing refused, nothing accepted lost)", got, want)
-	}
+	replaysThenReceives(t, ts, rc, want, bound)
 }
 
 // TestHeldMessagesBoundedPerUser: one user who stays away fills its own bound,
@@ -75,21 +54,10 @@ func TestHeldMessagesBoundedPerUser(t *testing.T) {
 		c.MaxHeldMessagesPerUser = perUser
 	})
 	const held = "wspresence_messages_held"
-	away, other := newRecoveringClient(ts, "hana"), newRecoveringClient(ts, "ivo")
-	for _, rc := range []*recoveringClient{away, other} {
-		rc.connect()
-		ts.send(fmt.Sprintf(`{"userId":%q,"body":"before"}`, rc.user))
-		rc.waitReceived(t, 1)
-		rc.conn.Close(websocket.StatusNormalClosure, "")
-		<-rc.ended
-	}
-
-	wantAway := []string{"before"}
-	for i := range perUser {
-		body := fmt.Sprintf("missed %d", i)
-		ts.send(fmt.Sprintf(`{"userId":"hana","body":%q}`, body))
-		wantAway = append(wantAway, body)
-	}
+	gone, other := newRecoveringClient(ts, "hana"), newRecoveringClient(ts, "ivo")
+	away(t, ts, gone)
+	away(t, ts, other)
+	wantAway := append([]string{"before"}, sendMissed(ts, "hana", perUser)...)
 	waitFor(t, "the missed messages held", func() bool { return ts.metrics()[held] == perUser })
 
 	expectHeldFull(t, ts, "hana")
@@ -110,17 +78,48 @@ func TestHeldMessagesBoundedPerUser(t *testing.T) {
 	}
 	waitFor(t, "the other user's message replayed", func() bool { return ts.metrics()[held] == perUser })
 
-	away.connect()
-	away.waitReceived(t, len(wantAway))
-	if a := away.lastAnswer(); !a.Recovered || a.Replayed != perUser {
-		t.Fatalf("recover answer %+v, want %d replayed", a, perUser)
+	replaysThenReceives(t, ts, gone, wantAway, perUser)
+}
+
+// away connects rc, has it receive a first message ("before") and closes it: what is sent
+// to its user next is held for its reconnect.
+func away(t *testing.T, ts *testServer, rc *recoveringClient) {
+	t.Helper()
+	rc.connect()
+	ts.send(fmt.Sprintf(`{"userId":%q,"body":"before"}`, rc.user))
+	rc.waitReceived(t, 1)
+	rc.conn.Close(websocket.StatusNormalClosure, "")
+	<-rc.ended
+}
+
+// sendMissed sends n messages to user and returns their bodies.
+func sendMissed(ts *testServer, user string, n int) []string {
+	var bodies []string
+	for i := range n {
+		body := fmt.Sprintf("missed %d", i)
+		ts.send(fmt.Sprintf(`{"userId":%q,"body":%q}`, user, body))
+		bodies = append(bodies, body)
 	}
-	waitFor(t, "the held messages replayed", func() bool { return ts.metrics()[held] == 0 })
-	ts.send(`{"userId":"hana","body":"after"}`)
-	wantAway = append(wantAway, "after")
-	away.waitReceived(t, len(wantAway))
-	if got := away.received(); strings.Join(got, "|") != strings.Join(wantAway, "|") {
-		t.Fatalf("received %q, want %q (nothing refused, nothing accepted lost)", got, wantAway)
+	return bodies
+}
+
+// replaysThenReceives reconnects rc and checks that the reconnect replays the replayed
+// messages held for it, that no message is held any more, and that a message sent after
+// is received: rc then holds want and "after", in order (nothing refused, nothing
+// accepted lost).
+func replaysThenReceives(t *testing.T, ts *testServer, rc *recoveringClient, want []string, replayed int) {
+	t.Helper()
+	rc.connect()
+	rc.waitReceived(t, len(want))
+	if a := rc.lastAnswer(); !a.Recovered || a.Replayed != replayed {
+		t.Fatalf("recover answer %+v, want %d replayed", a, replayed)
+	}
+	waitFor(t, "the held messages replayed", func() bool { return ts.metrics()["wspresence_messages_held"] == 0 })
+	ts.send(fmt.Sprintf(`{"userId":%q,"body":"after"}`, rc.user))
+	want = append(want, "after")
+	rc.waitReceived(t, len(want))
+	if got := rc.received(); strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Fatalf("received %q, want %q (nothing refused, nothing accepted lost)", got, want)
 	}
 }
 

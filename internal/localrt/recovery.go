@@ -228,8 +228,9 @@ func (s *Server) keeps(userID string) bool {
 // was reached and not yet dispatched. Each user's count is bounded too, by
 // Config.MaxHeldMessagesPerUser (errUserHeldFull, for the messages to that user only, the
 // same way), so one user who stays away cannot take the whole bound from the others. An
-// entry keeps no body (the replay reads it from the store). closed remembers when each user's last opted-in connection closed, for the
-// recovery window and the grace period, whichever is longer (expire forgets older ones).
+// entry keeps no body (the replay reads it from the store). closed remembers when each
+// user's last opted-in connection closed, for the recovery window and the grace period,
+// whichever is longer (expire forgets older ones).
 type heldMessages struct {
 	mu    sync.Mutex
 	bySeq map[int64]heldMessage
