@@ -200,15 +200,16 @@ type Store struct {
 	// when it was written (the writer's alone).
 	sinceSnapshot int
 	lastSnapshot  time.Time
-	// streams is the top of each user's stream; streamsPruned the queue position below
-	// which no row keeps a stream position (the writer's alone).
+	// streams is each user's stream in memory; streamsPruned the stream floor, the queue
+	// position at or below which no row holds a stream position (streamFloorKey).
 	streams       streamTable
-	streamsPruned int64
+	streamsPruned atomic.Int64
 	// queueFloor is the queue position at or below which no message is pending
 	// (raiseQueueFloor).
 	queueFloor atomic.Int64
-	// batchStreams holds the positions the commit being written took (the writer's alone).
-	batchStreams map[string]streamState
+	// batchStreams holds what the commit being written did to the streams (the writer's
+	// alone).
+	batchStreams *streamBatch
 	// unpacked holds the users the writer's folds read from their packed entries since the
 	// last snapshot, which deletes the entries of those whose hot rows it writes (the
 	// writer's alone).
@@ -343,7 +344,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		stop: make(chan struct{}), done: make(chan struct{}), ckDone: make(chan struct{}),
 		ckNow: make(chan struct{}, 1)}
 	s.epoch.Store(&epoch)
-	s.batchStreams = map[string]streamState{}
+	s.batchStreams = &streamBatch{tops: map[string]streamState{}}
 	s.unpacked = map[string]struct{}{}
 	s.mark, s.tent = mark, have
 	if damage != nil {
@@ -382,7 +383,7 @@ func (s *Store) start(ctx context.Context) error {
 		{&s.stmts.done, `UPDATE messages SET done_at = ?, body = '', stream_gen = -stream_gen,
 			crc = CASE WHEN crc = ` + messageCRCFunc + `(message_id, user_id, enqueued_at, stream_offset, stream_gen, body)
 				THEN ` + messageCRCFunc + `(message_id, user_id, enqueued_at, stream_offset, -stream_gen, '') ELSE crc END
-			WHERE seq = ? AND done_at IS NULL`},
+			WHERE seq = ? AND done_at IS NULL RETURNING user_id, stream_offset`},
 		// doneKnown is done for a row whose checksum is the one given (the caller computed the
 		// row's new checksum from what it holds of the row: forget).
 		{&s.stmts.doneKnown, `UPDATE messages SET done_at = ?, body = '', stream_gen = -stream_gen, crc = ?
@@ -421,7 +422,7 @@ func (s *Store) start(ctx context.Context) error {
 		// A damaged file is reported (Health), not refused: the streams start again, in
 		// new generations, so clients are told their positions are gone.
 		s.opts.Logger.Error("the stream positions cannot be read: streams start again", "err", s.noteRead(err))
-		s.streams.m = map[string]streamState{}
+		s.streams.m = map[string]*userStream{}
 	}
 	if err := s.loadSnapshot(ctx); errors.Is(err, ErrSnapshotDamaged) {
 		// Never served: the view is folded again from the log, and its snapshot rewritten.
