@@ -110,6 +110,7 @@ func run() error {
 		}
 		row("total", func(p phase) float64 { return p.total / float64(p.messages) })
 		row("context switches", func(p phase) float64 { return p.switches / float64(p.messages) })
+		row("store commits", func(p phase) float64 { return p.commits / float64(p.messages) })
 		row("CPU us/message", func(p phase) float64 { return p.cpu / float64(p.messages) * 1e6 })
 		row("messages", func(p phase) float64 { return float64(p.messages) })
 	}
@@ -117,12 +118,15 @@ func run() error {
 }
 
 // phase is one measured rate: the system calls counted by name, their total, the server's
-// CPU seconds and the messages delivered.
+// context switches, CPU seconds and store commits (group commits, /metrics), and the
+// messages delivered. The counts include the two /metrics scrapes of the phase (its
+// commits).
 type phase struct {
 	counts   map[string]float64
 	total    float64
 	cpu      float64
 	switches float64
+	commits  float64
 	messages int64
 }
 
@@ -180,12 +184,14 @@ func measure(bin string, rates []float64, dur time.Duration, conns, publishers i
 		if err != nil {
 			return nil, err
 		}
-		p := phase{counts: counts, cpu: after - before, switches: switches, messages: r.Received}
+		p := phase{counts: counts, cpu: after - before, switches: switches, commits: r.CPU.CommitsPerMessage * float64(r.Received), messages: r.Received}
 		p.total = counts["all"]
 		delete(counts, "all")
 		named := 0.0
-		for _, n := range counts {
-			named += n
+		for name, n := range counts {
+			if !strings.Contains(name, "(") { // the store's files are counted in their call's total
+				named += n
+			}
 		}
 		if other := p.total - named; other > 0 {
 			counts["other"] = other
@@ -219,6 +225,34 @@ func contextSwitches(pid int) float64 {
 	return n
 }
 
+// storeFile is one of the store's files and the tracepoint filter matching its descriptors.
+type storeFile struct{ name, filter string }
+
+// storeFiles lists the store's files pid holds open (the database, its WAL, its shared
+// memory and its high-water mark), each with the filter matching every descriptor of it.
+func storeFiles(pid int) []storeFile {
+	fds := map[string][]string{}
+	links, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", pid))
+	for _, l := range links {
+		target, err := os.Readlink(l)
+		if err != nil {
+			continue
+		}
+		for _, suffix := range []string{".db", ".db-wal", ".db-shm", ".db-mark"} {
+			if strings.HasSuffix(target, suffix) {
+				fds[suffix] = append(fds[suffix], "fd == "+filepath.Base(l))
+			}
+		}
+	}
+	var out []storeFile
+	for _, suffix := range []string{".db", ".db-wal", ".db-shm", ".db-mark"} {
+		if len(fds[suffix]) > 0 {
+			out = append(out, storeFile{name: suffix, filter: strings.Join(fds[suffix], " || ")})
+		}
+	}
+	return out
+}
+
 // traced are the system calls counted by name (the others are counted together): those a
 // server's phase makes, each tracepoint being a cost of its own on every call.
 var traced = []string{"read", "write", "pread64", "pwrite64", "fsync", "fdatasync", "fcntl", "futex",
@@ -234,7 +268,16 @@ func countSyscalls(pid int, out string) (stop func() (map[string]float64, error)
 		events = append(events, "syscalls:sys_enter_"+name)
 	}
 	events = append(events, "raw_syscalls:sys_enter")
-	cmd := exec.Command("perf", "stat", "-x", ",", "-o", out, "-e", strings.Join(events, ","), "-p", strconv.Itoa(pid))
+	args := []string{"stat", "-x", ",", "-o", out, "-e", strings.Join(events, ",")}
+	// The store's files, each counted apart: which file a write or a lock is for.
+	var labels []string
+	for _, file := range storeFiles(pid) {
+		for _, call := range []string{"pwrite64", "pread64", "fcntl", "fsync"} {
+			args = append(args, "-e", "syscalls:sys_enter_"+call, "--filter", file.filter)
+			labels = append(labels, call+" ("+file.name+")")
+		}
+	}
+	cmd := exec.Command("perf", append(args, "-p", strconv.Itoa(pid))...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -253,10 +296,21 @@ func countSyscalls(pid int, out string) (stop func() (map[string]float64, error)
 		defer f.Close()
 		counts := map[string]float64{}
 		sc := bufio.NewScanner(f)
+		line := 0
 		for sc.Scan() {
-			// value,unit,event,...
+			// value,unit,event,...: the named events first, in the order given, then the
+			// filtered ones.
 			fields := strings.Split(sc.Text(), ",")
-			if len(fields) < 3 {
+			if len(fields) < 3 || !strings.Contains(fields[2], "sys_enter") {
+				continue
+			}
+			line++
+			if i := line - len(events) - 1; i >= 0 {
+				if i < len(labels) {
+					if v, err := strconv.ParseFloat(fields[0], 64); err == nil && v > 0 {
+						counts[labels[i]] += v
+					}
+				}
 				continue
 			}
 			name, ok := strings.CutPrefix(fields[2], "syscalls:sys_enter_")

@@ -327,14 +327,14 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	}
 	r, err := sql.Open("sqlite", dsn("query_only(1)"))
 	if err != nil {
-		mark.f.Close()
+		mark.close()
 		w.Close()
 		return nil, fmt.Errorf("open %s for reading: %w", path, err)
 	}
 	r.SetMaxOpenConns(8)
 	ck, err := sql.Open("sqlite", dsn())
 	if err != nil {
-		mark.f.Close()
+		mark.close()
 		w.Close()
 		r.Close()
 		return nil, fmt.Errorf("open %s for checkpoints: %w", path, err)
@@ -351,7 +351,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		s.damage.Store(&damage)
 	}
 	if err := s.start(ctx); err != nil {
-		errs := []error{err, r.Close(), ck.Close(), mark.f.Close()}
+		errs := []error{err, r.Close(), ck.Close(), mark.close()}
 		if s.wc != nil {
 			errs = append(errs, s.wc.Close())
 		}
@@ -480,7 +480,7 @@ func (s *Store) Close() error {
 	if ckErr != nil {
 		ckErr = fmt.Errorf("checkpoint the WAL: %w", ckErr)
 	}
-	return errors.Join(ckErr, s.r.Close(), s.ck.Close(), s.wc.Close(), s.w.Close(), s.mark.f.Close())
+	return errors.Join(ckErr, s.r.Close(), s.ck.Close(), s.wc.Close(), s.w.Close(), s.mark.close())
 }
 
 // Append appends evs to the log, skipping any already folded (the natural key: a
