@@ -8,6 +8,8 @@ import (
 	"hash/crc32"
 	"io/fs"
 	"os"
+	"runtime/debug"
+	"strconv"
 	"strings"
 )
 
@@ -17,6 +19,12 @@ import (
 // no fsync: a killed process loses nothing of it), so after an unclean stop the mark says
 // how far the store had reached, and a start that finds the store behind it (a WAL
 // deleted, cut or damaged) refuses to serve a history with its committed tail gone.
+//
+// The file holds two records, written in turn, each checked by its CRC; the mark is the
+// further of the whole ones. Where the platform allows, the file is mapped into memory and a
+// record is written by a copy into the mapping (the same page cache, without a system call
+// per commit); a copy cut short by a kill leaves the other record, the previous commit's,
+// as a write not yet made did before.
 
 // MarkSuffix is appended to the store file's path to name its high-water mark file.
 const MarkSuffix = "-mark"
@@ -26,20 +34,43 @@ type positions struct {
 	Log, Published, Messages int64
 }
 
-// markSize is the size of the mark file's one record (rewritten in place).
-const markSize = 128
+// markSize is the size of one record of the mark file; the file holds markRecords of them
+// (a file of one record, an earlier layout, is read as well).
+const (
+	markSize    = 128
+	markRecords = 2
+)
 
-func (p positions) encode() []byte {
-	body := fmt.Sprintf("wspresence-mark 1 log=%d published=%d messages=%d", p.Log, p.Published, p.Messages)
-	line := fmt.Sprintf("%s crc=%08x", body, crc32.ChecksumIEEE([]byte(body)))
-	return []byte(line + strings.Repeat(" ", markSize-1-len(line)) + "\n")
+// markPrefix begins every record.
+const markPrefix = "wspresence-mark 1 log="
+
+// appendRecord writes p's record (markSize bytes) into rec, without allocating.
+func (p positions) appendRecord(rec *[markSize]byte) {
+	b := append(rec[:0], markPrefix...)
+	b = strconv.AppendInt(b, p.Log, 10)
+	b = append(b, " published="...)
+	b = strconv.AppendInt(b, p.Published, 10)
+	b = append(b, " messages="...)
+	b = strconv.AppendInt(b, p.Messages, 10)
+	sum := crc32.ChecksumIEEE(b)
+	b = append(b, " crc="...)
+	const hex = "0123456789abcdef"
+	for shift := 28; shift >= 0; shift -= 4 {
+		b = append(b, hex[sum>>uint(shift)&0xf])
+	}
+	for len(b) < markSize-1 {
+		b = append(b, ' ')
+	}
+	b = append(b, '\n')
+	_ = b[markSize-1] // the record fits: three int64s take at most 60 bytes
 }
 
-// errMarkUnreadable is returned by readMark for a mark that is not whole (torn by a power
-// loss: it was never fsynced).
+// errMarkUnreadable is returned by readMark for a mark of which no record is whole (torn by
+// a power loss: it was never fsynced).
 var errMarkUnreadable = errors.New("the high-water mark is unreadable")
 
-// readMark reads the mark file at path (ok false when there is none).
+// readMark reads the mark file at path (ok false when there is none): the further of its
+// whole records.
 func readMark(path string) (p positions, ok bool, err error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -48,19 +79,36 @@ func readMark(path string) (p positions, ok bool, err error) {
 	if err != nil {
 		return p, false, err
 	}
-	line := strings.TrimSpace(string(b))
-	body, sum, found := strings.Cut(line, " crc=")
-	var crc uint32
-	if !found || len(b) != markSize {
+	if len(b) != markSize && len(b) != markSize*markRecords {
 		return p, false, errMarkUnreadable
 	}
-	if _, err := fmt.Sscanf(sum, "%08x", &crc); err != nil || crc != crc32.ChecksumIEEE([]byte(body)) {
-		return p, false, errMarkUnreadable
+	for off := 0; off < len(b); off += markSize {
+		r, whole := parseRecord(b[off : off+markSize])
+		if whole && (!ok || r.Log+r.Published+r.Messages > p.Log+p.Published+p.Messages) {
+			p, ok = r, true
+		}
 	}
-	if _, err := fmt.Sscanf(body, "wspresence-mark 1 log=%d published=%d messages=%d", &p.Log, &p.Published, &p.Messages); err != nil {
+	if !ok {
 		return p, false, errMarkUnreadable
 	}
 	return p, true, nil
+}
+
+// parseRecord reads one record (whole false when it is not: torn, or not a record).
+func parseRecord(rec []byte) (p positions, whole bool) {
+	line := strings.TrimSpace(string(rec))
+	body, sum, found := strings.Cut(line, " crc=")
+	var crc uint32
+	if !found {
+		return p, false
+	}
+	if _, err := fmt.Sscanf(sum, "%08x", &crc); err != nil || crc != crc32.ChecksumIEEE([]byte(body)) {
+		return p, false
+	}
+	if _, err := fmt.Sscanf(body, "wspresence-mark 1 log=%d published=%d messages=%d", &p.Log, &p.Published, &p.Messages); err != nil {
+		return p, false
+	}
+	return p, true
 }
 
 // storePositions reads the newest positions the store holds (pruned rows included: the
@@ -144,9 +192,12 @@ func checkMark(ctx context.Context, db *sql.DB, path string, emptied, accept boo
 	return have, true, nil, nil
 }
 
-// markFile rewrites the mark in place (the writer's alone).
+// markFile rewrites the mark in place (the writer's alone): its records in turn, through
+// the mapping when there is one.
 type markFile struct {
 	f    *os.File
+	mem  []byte // the file mapped (markSize*markRecords bytes), nil: written by WriteAt
+	next int    // the record the next write replaces
 	last positions
 }
 
@@ -156,27 +207,69 @@ func openMark(path string, p positions) (*markFile, error) {
 		return nil, fmt.Errorf("open the store's high-water mark: %w", err)
 	}
 	m := &markFile{f: f}
+	// Both records are p, synced, before the mapping is made.
 	if err := m.write(p, true); err != nil {
 		f.Close()
 		return nil, err
 	}
+	m.mem = mapMark(f, markSize*markRecords)
 	return m, nil
 }
 
-// write records p if it moved past the last one recorded (or always, when force); sync
-// makes it durable (the first write).
+// write records p if it moved past the last one recorded (or always, when force: both
+// records are written and synced, the first write).
 func (m *markFile) write(p positions, force bool) error {
 	if !force && p == m.last {
 		return nil
 	}
-	if _, err := m.f.WriteAt(p.encode(), 0); err != nil {
-		return fmt.Errorf("write the store's high-water mark: %w", err)
-	}
-	if force {
+	var rec [markSize]byte
+	p.appendRecord(&rec)
+	switch {
+	case force:
+		all := make([]byte, 0, markSize*markRecords)
+		for range markRecords {
+			all = append(all, rec[:]...)
+		}
+		if _, err := m.f.WriteAt(all, 0); err != nil {
+			return fmt.Errorf("write the store's high-water mark: %w", err)
+		}
+		if err := m.f.Truncate(int64(len(all))); err != nil {
+			return fmt.Errorf("write the store's high-water mark: %w", err)
+		}
 		if err := m.f.Sync(); err != nil {
 			return fmt.Errorf("write the store's high-water mark: %w", err)
 		}
+	case m.mem != nil && m.copyInto(rec[:]):
+	default:
+		if _, err := m.f.WriteAt(rec[:], int64(m.next*markSize)); err != nil {
+			return fmt.Errorf("write the store's high-water mark: %w", err)
+		}
 	}
+	m.next = (m.next + 1) % markRecords
 	m.last = p
 	return nil
+}
+
+// copyInto copies rec over the next record through the mapping. A mapping that faults (the
+// file was cut short behind the store's back) is dropped, and ok false says the record is
+// to be written by WriteAt, which extends the file again.
+func (m *markFile) copyInto(rec []byte) (ok bool) {
+	defer func() {
+		if recover() != nil {
+			unmapMark(m.mem)
+			m.mem, ok = nil, false
+		}
+	}()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	copy(m.mem[m.next*markSize:], rec)
+	return true
+}
+
+// close unmaps the file and closes it.
+func (m *markFile) close() error {
+	if m.mem != nil {
+		unmapMark(m.mem)
+		m.mem = nil
+	}
+	return m.f.Close()
 }

@@ -289,11 +289,25 @@ func (s *Store) forget(ctx context.Context, m *QueuedMessage, now int64) (int64,
 		was := messageCRC(m.MessageID, m.UserID, at, offset, gen, m.Body)
 		gen.Int64 = -gen.Int64
 		n, err := execAffected(ctx, s.stmts.doneKnown, now, messageCRC(m.MessageID, m.UserID, at, offset, gen, ""), m.Seq, was)
+		if n == 1 && offset.Valid {
+			s.batchStreams.gone = append(s.batchStreams.gone, keptPos{userID: m.UserID, offset: offset.Int64, seq: m.Seq})
+		}
 		if n != 0 || err != nil {
 			return n, err
 		}
 	}
-	return execAffected(ctx, s.stmts.done, now, m.Seq)
+	var uid string
+	var at sql.NullInt64
+	switch err := s.stmts.done.QueryRowContext(ctx, now, m.Seq).Scan(&uid, &at); {
+	case errors.Is(err, sql.ErrNoRows):
+		return 0, nil
+	case err != nil:
+		return 0, err
+	}
+	if at.Valid {
+		s.batchStreams.gone = append(s.batchStreams.gone, keptPos{userID: uid, offset: at.Int64, seq: m.Seq})
+	}
+	return 1, nil
 }
 
 // execAffected runs st with args and returns the rows it changed.
@@ -318,15 +332,50 @@ func (s *Store) PruneMessages(ctx context.Context, retention time.Duration) (int
 		return 0, fmt.Errorf("prune messages: %w", err)
 	}
 	var n int64
-	if bound.Valid {
-		var err error
-		n, err = s.pruneChunks(ctx, "prune messages", `DELETE FROM messages WHERE seq IN
-			(SELECT seq FROM messages WHERE seq < ? AND done_at < ? ORDER BY seq LIMIT ?)`, bound.Int64, cutoff)
-		if err != nil {
-			return n, err
+	for p := newPace(); bound.Valid; {
+		limit := p.chunk
+		k, err := s.pruneStep(ctx, p, func(ctx context.Context, limit int) (int64, error) {
+			return s.deleteMessages(ctx, bound.Int64, cutoff, limit)
+		})
+		if n += k; err != nil {
+			return n, fmt.Errorf("prune messages: %w", err)
+		}
+		if k < int64(limit) {
+			break
 		}
 	}
 	return n, s.raiseQueueFloor(ctx)
+}
+
+// deleteMessages deletes up to limit done messages before the queue position bound done
+// before cutoff, in a transaction of its own, and forgets the stream positions they held.
+func (s *Store) deleteMessages(ctx context.Context, bound, cutoff int64, limit int) (int64, error) {
+	if err := s.begin(ctx); err != nil {
+		return 0, err
+	}
+	var n int64
+	var held []keptPos
+	err := scanEach(ctx, s.wc, `DELETE FROM messages WHERE seq IN
+		(SELECT seq FROM messages WHERE seq < ? AND done_at < ? ORDER BY seq LIMIT ?)
+		RETURNING seq, user_id, stream_offset`, func(r *sql.Rows) error {
+		var p keptPos
+		var offset sql.NullInt64
+		if err := r.Scan(&p.seq, &p.userID, &offset); err != nil {
+			return err
+		}
+		if n++; offset.Valid {
+			p.offset = offset.Int64
+			held = append(held, p)
+		}
+		return nil
+	}, bound, cutoff, limit)
+	if err := s.end(ctx, err); err != nil {
+		return 0, err
+	}
+	s.streams.mu.Lock()
+	s.streams.forget(held, true)
+	s.streams.mu.Unlock()
+	return n, nil
 }
 
 // pruneChunks runs del (a DELETE of at most a chunk of rows, its last argument the chunk)

@@ -32,7 +32,7 @@ var ErrSnapshotVersion = errors.New("the view's snapshot is of a version this bu
 
 // logSchema is what is durable on the hot path: the log (one row per connection event or
 // grace decision, no secondary index), the queue (one row per accepted message, indexed by
-// its id and user for idempotency and by stream position; see queueFloorKey), and the
+// its id and user for idempotency; see queueFloorKey and streamFloorKey), and the
 // outbox (one row per published event, written in the commit of what decided it, so it
 // needs no index to be published once).
 const logSchema = `
@@ -127,14 +127,46 @@ INSERT INTO log (seq, type, data) SELECT seq, type, data FROM events ORDER BY se
 DROP TABLE events;
 `
 
-// streamColumns give a queue row its position in its user's stream (stream.go); the index
-// holds only the rows that keep one (PruneStreams clears them past the recovery window).
+// streamColumns give a queue row its position in its user's stream (stream.go;
+// PruneStreams clears them past the recovery window). The positions are indexed in memory
+// (streamTable), not in SQLite.
 var streamColumns = []string{
 	`ALTER TABLE messages ADD COLUMN stream_offset INTEGER`,
 	`ALTER TABLE messages ADD COLUMN stream_gen INTEGER`,
 }
 
-const streamIndex = `CREATE INDEX IF NOT EXISTS messages_stream ON messages (user_id, stream_offset) WHERE stream_offset IS NOT NULL`
+// dropStreamIndex drops the index of stream positions of an earlier version (a page write
+// per user a commit), first recording through it the stream floor (streamFloorKey), so the
+// first start without it reads only the rows that hold positions.
+func dropStreamIndex(ctx context.Context, db *sql.DB) error {
+	var has int
+	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'messages_stream'`).Scan(&has); err != nil || has == 0 {
+		return err
+	}
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback() }()
+	floor, err := readFloor(ctx, tx, streamFloorKey)
+	if err != nil {
+		return err
+	}
+	var oldest int64
+	if err := tx.QueryRowContext(ctx, `SELECT IFNULL((SELECT MIN(seq) FROM messages WHERE stream_offset IS NOT NULL),
+		(SELECT IFNULL(MAX(seq), 0) + 1 FROM messages))`).Scan(&oldest); err != nil {
+		return err
+	}
+	if oldest-1 > floor {
+		if err := writeFloor(ctx, tx, streamFloorKey, oldest-1); err != nil {
+			return err
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `DROP INDEX messages_stream`); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
 
 func migrate(ctx context.Context, db *sql.DB) error {
 	if _, err := db.ExecContext(ctx, logSchema); err != nil {
@@ -151,8 +183,8 @@ func migrate(ctx context.Context, db *sql.DB) error {
 			}
 		}
 	}
-	if _, err := db.ExecContext(ctx, streamIndex); err != nil {
-		return fmt.Errorf("index stream positions: %w", err)
+	if err := dropStreamIndex(ctx, db); err != nil {
+		return fmt.Errorf("drop the index of stream positions: %w", err)
 	}
 	// The queue's pending and done rows are not indexed: a start reads the pending ones
 	// from the queue floor on (PendingMessages), the prune the done ones in queue order

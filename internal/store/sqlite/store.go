@@ -212,15 +212,16 @@ type Store struct {
 	// when it was written (the writer's alone).
 	sinceSnapshot int
 	lastSnapshot  time.Time
-	// streams is the top of each user's stream; streamsPruned the queue position below
-	// which no row keeps a stream position (the writer's alone).
+	// streams is each user's stream in memory; streamsPruned the stream floor, the queue
+	// position at or below which no row holds a stream position (streamFloorKey).
 	streams       streamTable
-	streamsPruned int64
+	streamsPruned atomic.Int64
 	// queueFloor is the queue position at or below which no message is pending
 	// (raiseQueueFloor).
 	queueFloor atomic.Int64
-	// batchStreams holds the positions the commit being written took (the writer's alone).
-	batchStreams map[string]streamState
+	// batchStreams holds what the commit being written did to the streams (the writer's
+	// alone).
+	batchStreams *streamBatch
 	// envBuf and pubArgs are the writer's buffers for the outbox rows (publish).
 	envBuf  []byte
 	pubArgs []any
@@ -333,14 +334,14 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	}
 	r, err := sql.Open("sqlite", dsn("query_only(1)"))
 	if err != nil {
-		mark.f.Close()
+		mark.close()
 		w.Close()
 		return nil, fmt.Errorf("open %s for reading: %w", path, err)
 	}
 	r.SetMaxOpenConns(8)
 	ck, err := sql.Open("sqlite", dsn())
 	if err != nil {
-		mark.f.Close()
+		mark.close()
 		w.Close()
 		r.Close()
 		return nil, fmt.Errorf("open %s for checkpoints: %w", path, err)
@@ -350,13 +351,13 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		stop: make(chan struct{}), done: make(chan struct{}), ckDone: make(chan struct{}),
 		ckNow: make(chan struct{}, 1)}
 	s.epoch.Store(&epoch)
-	s.batchStreams = map[string]streamState{}
+	s.batchStreams = &streamBatch{tops: map[string]streamState{}}
 	s.mark, s.tent = mark, have
 	if damage != nil {
 		s.damage.Store(&damage)
 	}
 	if err := s.start(ctx); err != nil {
-		errs := []error{err, r.Close(), ck.Close(), mark.f.Close()}
+		errs := []error{err, r.Close(), ck.Close(), mark.close()}
 		if s.wc != nil {
 			errs = append(errs, s.wc.Close())
 		}
@@ -388,7 +389,7 @@ func (s *Store) start(ctx context.Context) error {
 		{&s.stmts.done, `UPDATE messages SET done_at = ?, body = '', stream_gen = -stream_gen,
 			crc = CASE WHEN crc = ` + messageCRCFunc + `(message_id, user_id, enqueued_at, stream_offset, stream_gen, body)
 				THEN ` + messageCRCFunc + `(message_id, user_id, enqueued_at, stream_offset, -stream_gen, '') ELSE crc END
-			WHERE seq = ? AND done_at IS NULL`},
+			WHERE seq = ? AND done_at IS NULL RETURNING user_id, stream_offset`},
 		// doneKnown is done for a row whose checksum is the one given (the caller computed the
 		// row's new checksum from what it holds of the row: forget).
 		{&s.stmts.doneKnown, `UPDATE messages SET done_at = ?, body = '', stream_gen = -stream_gen, crc = ?
@@ -426,7 +427,7 @@ func (s *Store) start(ctx context.Context) error {
 		// A damaged file is reported (Health), not refused: the streams start again, in
 		// new generations, so clients are told their positions are gone.
 		s.opts.Logger.Error("the stream positions cannot be read: streams start again", "err", s.noteRead(err))
-		s.streams.m = map[string]streamState{}
+		s.streams.m = map[string]*userStream{}
 	}
 	if err := s.loadSnapshot(ctx); errors.Is(err, ErrSnapshotDamaged) {
 		// Never served: the view is folded again from the log, and its snapshot rewritten.
@@ -484,7 +485,7 @@ func (s *Store) Close() error {
 	if ckErr != nil {
 		ckErr = fmt.Errorf("checkpoint the WAL: %w", ckErr)
 	}
-	return errors.Join(ckErr, s.r.Close(), s.ck.Close(), s.wc.Close(), s.w.Close(), s.mark.f.Close())
+	return errors.Join(ckErr, s.r.Close(), s.ck.Close(), s.wc.Close(), s.w.Close(), s.mark.close())
 }
 
 // Append appends evs to the log, skipping any already folded (the natural key: a

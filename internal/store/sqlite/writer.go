@@ -611,7 +611,7 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 	defer func() { err = s.end(ctx, err) }()
 	s.tent = s.mark.last
 	seq := s.img.seq
-	clear(s.batchStreams)
+	s.batchStreams.reset()
 	streams := s.batchStreams
 	appendRecord := func(typ string, v any) error {
 		data, err := json.Marshal(v)
@@ -656,7 +656,7 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 				}
 				s.tent.Messages = max(s.tent.Messages, m.Seq)
 				req.queued = append(req.queued, m)
-				streams[m.UserID] = st
+				streams.took(st, &m)
 			}
 		}
 		if len(req.completes) > 0 {

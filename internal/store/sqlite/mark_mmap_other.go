@@ -1,0 +1,11 @@
+//go:build !linux && !darwin
+
+package sqlite
+
+import "os"
+
+// mapMark maps nothing here: the records are written by WriteAt.
+func mapMark(*os.File, int) []byte { return nil }
+
+// unmapMark undoes mapMark.
+func unmapMark([]byte) {}
