@@ -58,8 +58,24 @@ func (s *Store) Users(ctx context.Context, ids []string) ([]presence.Status, err
 		}
 	}
 	im.mu.RUnlock()
+	if len(misses) == 0 {
+		return out, nil
+	}
+	// A user's hot row and its packed entry are read in one transaction: a user returning
+	// meanwhile has one or the other.
+	tx, err := s.r.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, s.noteRead(err)
+	}
+	defer func() { _ = tx.Rollback() }()
 	for _, i := range misses {
-		u, err := scanUser(s.r.QueryRowContext(ctx, selectUser+` WHERE user_id = ?`, ids[i]))
+		u, err := scanUser(tx.QueryRowContext(ctx, selectUser+` WHERE user_id = ?`, ids[i]))
+		if errors.Is(err, sql.ErrNoRows) {
+			var found bool
+			if u, found, err = packedUser(tx.QueryRowContext(ctx, selectBlock, ids[i]), ids[i]); err == nil && !found {
+				err = sql.ErrNoRows
+			}
+		}
 		u, found, err := storedRow(s, u, err)
 		if err != nil {
 			return nil, err
@@ -159,7 +175,8 @@ func (v View) Live() []presence.Conn {
 	return out
 }
 
-// Dump copies the whole view, the image's rows and the snapshot's others, ordered by id.
+// Dump copies the whole view, the image's rows and the snapshot's others (packed users
+// included), ordered by id.
 // It reads on the writer, between commits.
 func (s *Store) Dump(ctx context.Context) (View, error) {
 	var v View
@@ -171,14 +188,23 @@ func (s *Store) Dump(ctx context.Context) (View, error) {
 		for _, c := range im.conns {
 			v.Connections = append(v.Connections, *c)
 		}
+		hot := map[string]bool{}
 		if err := scanEach(ctx, s.wc, selectUser, func(r *sql.Rows) error {
 			u, err := scanUser(r)
+			hot[u.ID] = true
 			if _, held := im.users[u.ID]; err == nil && !held {
 				v.Users = append(v.Users, u)
 			}
 			return err
 		}); err != nil {
 			return fmt.Errorf("dump users: %w", err)
+		}
+		if err := eachPacked(ctx, s.wc, func(p packed) {
+			if _, held := im.users[p.id]; !held && !hot[p.id] {
+				v.Users = append(v.Users, p.user())
+			}
+		}); err != nil {
+			return fmt.Errorf("dump packed users: %w", err)
 		}
 		return scanEach(ctx, s.wc, selectConn, func(r *sql.Rows) error {
 			c, err := scanConn(r)

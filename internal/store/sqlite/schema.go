@@ -15,7 +15,7 @@ import (
 // the log no longer holds, so it is never dropped. A version with no step (written before
 // the log was compacted) is folded again from the log when the log is whole; a newer or
 // unknown version is refused (ErrSnapshotVersion).
-const viewVersion = 5
+const viewVersion = 6
 
 // firstStep is the oldest version snapshotSteps migrates.
 const firstStep = 4
@@ -23,6 +23,9 @@ const firstStep = 4
 // snapshotSteps migrates a snapshot of version v (the key) to v+1 inside tx.
 var snapshotSteps = map[int]func(ctx context.Context, tx *sql.Tx) error{
 	4: compactUserRows,
+	// 5 to 6 adds the packed users' table (packedSchema, created with the snapshot's):
+	// a build that cannot read it must not open the store and answer its users as unseen.
+	5: func(context.Context, *sql.Tx) error { return nil },
 }
 
 // ErrSnapshotVersion is wrapped by Open for a store whose snapshot this build cannot
@@ -88,6 +91,7 @@ CREATE TABLE IF NOT EXISTS recovering (
 // offline (last_activity - offline_since, in ns: 0, no byte, for a user whose last event
 // was its last close; NULL while not offline); crc is a signed 32-bit checksum (4 bytes).
 // The active users' index holds the online users and those in their grace period only.
+// Users offline for long leave view_users for view_users_packed (packed.go).
 const snapshotSchema = `
 CREATE TABLE IF NOT EXISTS checkpoints (
 	name TEXT PRIMARY KEY,
@@ -112,12 +116,13 @@ CREATE TABLE IF NOT EXISTS view_connections (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS view_users_active ON view_users (user_id) WHERE live > 0 OR announced = 1;
 CREATE INDEX IF NOT EXISTS view_connections_closed ON view_connections (closed_at);
-`
+` + packedSchema
 
 const dropSnapshot = `
 DROP TABLE IF EXISTS checkpoints;
 DROP TABLE IF EXISTS view_users;
 DROP TABLE IF EXISTS view_connections;
+DROP TABLE IF EXISTS view_users_packed;
 `
 
 // legacyLog moves the log of a store written by an earlier version (the events table,

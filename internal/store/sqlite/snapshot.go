@@ -104,6 +104,16 @@ func scanConn(r rowScanner) (presence.Conn, error) {
 // writer's folds read the rows the image does not hold.
 func (s *Store) storedUser(id string) (presence.User, bool, error) {
 	u, err := scanUser(s.stmts.getUser.QueryRowContext(context.Background(), id))
+	if !errors.Is(err, sql.ErrNoRows) {
+		return storedRow(s, u, err)
+	}
+	u, found, err := packedUser(s.stmts.getPacked.QueryRowContext(context.Background(), id), id)
+	if found {
+		// Its hot row, once the snapshot writes it, replaces the packed entry (unpack).
+		s.unpacked[id] = struct{}{}
+	} else if err == nil {
+		err = sql.ErrNoRows
+	}
 	return storedRow(s, u, err)
 }
 
@@ -286,6 +296,7 @@ func (s *Store) snapshot(ctx context.Context) error {
 	if err := s.end(ctx, s.writeSnapshot(ctx)); err != nil {
 		return err
 	}
+	clear(s.unpacked)
 	im := s.img
 	im.mu.Lock()
 	im.evict(im.dirty)
@@ -319,6 +330,16 @@ func (s *Store) writeSnapshot(ctx context.Context) error {
 				return fmt.Errorf("snapshot connection %s: %w", cid, err)
 			}
 		}
+	}
+	// The users read from their packed entries whose hot rows were just written.
+	var back []string
+	for uid := range s.unpacked {
+		if _, changed := im.dirty[uid]; changed && im.users[uid] != nil {
+			back = append(back, uid)
+		}
+	}
+	if err := s.unpack(ctx, back); err != nil {
+		return fmt.Errorf("snapshot: unpack returning users: %w", err)
 	}
 	if _, err := s.wc.ExecContext(ctx, `INSERT INTO checkpoints (name, seq) VALUES (?, ?)
 		ON CONFLICT (name) DO UPDATE SET seq = excluded.seq`, checkpointName, im.seq); err != nil {
@@ -611,7 +632,8 @@ func nullString(s string) sql.NullString { return sql.NullString{String: s, Vali
 // activity is before cutoff: their rows leave the snapshot (the image does not hold them)
 // and GET /user/online answers them as it answers a user never seen. The rows are found on
 // a reader's connection, a page at a time in id order, and deleted on the writer a chunk
-// per transaction, each row checked again as it is deleted. It returns how many.
+// per transaction, each row checked again as it is deleted; then the packed users past the
+// cutoff leave their blocks (prunePacked). It returns how many.
 func (s *Store) PruneUsers(ctx context.Context, cutoff time.Time) (int64, error) {
 	var total int64
 	after := ""
@@ -626,7 +648,7 @@ func (s *Store) PruneUsers(ctx context.Context, cutoff time.Time) (int64, error)
 			return total, fmt.Errorf("prune users: %w", s.noteRead(err))
 		}
 		if len(ids) == 0 {
-			return total, nil
+			break
 		}
 		after = ids[len(ids)-1]
 		// A user the image holds changed since the last snapshot, which writes its row
@@ -652,7 +674,9 @@ func (s *Store) PruneUsers(ctx context.Context, cutoff time.Time) (int64, error)
 			return total, fmt.Errorf("prune users: %w", err)
 		}
 		if len(ids) < limit {
-			return total, nil
+			break
 		}
 	}
+	n, err := s.prunePacked(ctx, cutoff)
+	return total + n, err
 }

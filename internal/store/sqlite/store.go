@@ -222,6 +222,10 @@ type Store struct {
 	// batchStreams holds what the commit being written did to the streams (the writer's
 	// alone).
 	batchStreams *streamBatch
+	// unpacked holds the users the writer's folds read from their packed entries since the
+	// last snapshot, which deletes the entries of those whose hot rows it writes (the
+	// writer's alone).
+	unpacked map[string]struct{}
 	// envBuf and pubArgs are the writer's buffers for the outbox rows (publish).
 	envBuf  []byte
 	pubArgs []any
@@ -236,8 +240,9 @@ type writerStmts struct {
 	pub                            [pubRows]*sql.Stmt
 	saveUser, saveConn, forgetConn *sql.Stmt
 	begin, commit, rollback        *sql.Stmt
-	// getUser and getConn read the rows the image does not hold.
-	getUser, getConn *sql.Stmt
+	// getUser and getConn read the rows the image does not hold; getPacked the block that
+	// would hold a packed user.
+	getUser, getConn, getPacked *sql.Stmt
 }
 
 // Projection reports what a fold did.
@@ -352,6 +357,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		ckNow: make(chan struct{}, 1)}
 	s.epoch.Store(&epoch)
 	s.batchStreams = &streamBatch{tops: map[string]streamState{}}
+	s.unpacked = map[string]struct{}{}
 	s.mark, s.tent = mark, have
 	if damage != nil {
 		s.damage.Store(&damage)
@@ -407,6 +413,7 @@ func (s *Store) start(ctx context.Context) error {
 		{&s.stmts.rollback, `ROLLBACK`},
 		{&s.stmts.getUser, selectUser + ` WHERE user_id = ?`},
 		{&s.stmts.getConn, selectConn + ` WHERE connection_id = ?`},
+		{&s.stmts.getPacked, selectBlock},
 	} {
 		if *st.dst, err = wc.PrepareContext(ctx, st.query); err != nil {
 			return fmt.Errorf("prepare %q: %w", st.query, err)
@@ -476,7 +483,7 @@ func (s *Store) Close() error {
 	<-s.done
 	<-s.ckDone
 	for _, st := range append(s.stmts.pub[:], s.stmts.log, s.stmts.msg, s.stmts.done, s.stmts.doneKnown, s.stmts.doneKeep, s.stmts.saveUser, s.stmts.saveConn, s.stmts.forgetConn,
-		s.stmts.begin, s.stmts.commit, s.stmts.rollback, s.stmts.getUser, s.stmts.getConn) {
+		s.stmts.begin, s.stmts.commit, s.stmts.rollback, s.stmts.getUser, s.stmts.getConn, s.stmts.getPacked) {
 		if st != nil {
 			_ = st.Close()
 		}
@@ -657,8 +664,9 @@ func TakeCarried(ctx context.Context, path string) (map[string]string, error) {
 	return out, nil
 }
 
-// Check opens the store file at path read-only and runs SQLite's integrity check and a
-// read of every log record: nil means the file can serve.
+// Check opens the store file at path read-only and runs SQLite's integrity check, a read
+// of every log record and of every block of packed users (each against its checksum): nil
+// means the file can serve.
 func Check(ctx context.Context, path string) error {
 	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro&_pragma=busy_timeout(10000)")
 	if err != nil {
@@ -675,6 +683,15 @@ func Check(ctx context.Context, path string) error {
 	var n int64
 	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM log`).Scan(&n); err != nil {
 		return fmt.Errorf("check %s: the log cannot be read: %w", path, err)
+	}
+	var packedTable int
+	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'view_users_packed'`).Scan(&packedTable); err != nil {
+		return fmt.Errorf("check %s: %w", path, err)
+	}
+	if packedTable > 0 {
+		if err := eachPacked(ctx, db, func(packed) {}); err != nil {
+			return fmt.Errorf("check %s: the packed users cannot be read: %w", path, err)
+		}
 	}
 	return nil
 }

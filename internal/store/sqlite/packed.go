@@ -1,0 +1,561 @@
+package sqlite
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"slices"
+	"time"
+
+	"github.com/wspresence/wspresence/internal/presence"
+)
+
+// Packed users. A user offline for longer than the packing age (PackUsers' cutoff) leaves
+// view_users for view_users_packed, where it takes about a third of a row's bytes: blocks
+// of many users, each block a row holding its users sorted by id, ids front-coded (the
+// length of the prefix shared with the previous id, then the rest), last activities as
+// varints past the block's earliest, the offline gap (0, none, or its value), and a
+// checksum over the block. A block is at most packBlockBytes, under SQLite's threshold of
+// a table cell's overflow (about 4,060 bytes at 4 KiB pages), so one block fills a page.
+//
+// A packed user is offline (no live connection, announced offline) with a last activity:
+// the only users packed. Every read of a user's row reads its hot row first and then its
+// packed entry, in one read transaction; a user is never in both: the snapshot that writes
+// the hot row of a user read from its packed entry (a return) deletes the entry in the same
+// transaction (unpack), and the packing deletes the hot row of each user it packs.
+//
+// What removes a packed entry: its user's return (unpack), the user retention (PruneUsers).
+
+// packedSchema is the packed users' table and the index that finds a user's block: each
+// block's key is its greatest user id.
+const packedSchema = `
+CREATE TABLE IF NOT EXISTS view_users_packed (
+	id      INTEGER PRIMARY KEY,
+	last_id TEXT NOT NULL,
+	block   BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS view_users_packed_last ON view_users_packed (last_id);
+`
+
+// packBlockBytes bounds a block's row (its key, its block and their record header): a
+// table's cell spills to an overflow page past about 4,061 bytes of payload at 4 KiB pages.
+const packBlockBytes = 4000
+
+// packFormat is the first byte of a block: its encoding's version.
+const packFormat = 1
+
+// selectBlock reads the block that would hold a user id: the first whose key is at or past it.
+const selectBlock = `SELECT id, last_id, block FROM view_users_packed WHERE last_id >= ? ORDER BY last_id LIMIT 1`
+
+// packed is one packed user: its id, last activity (ns) and offline gap (ns, NULL: none).
+type packed struct {
+	id   string
+	last int64
+	gap  sql.NullInt64
+}
+
+func (p packed) user() presence.User {
+	last := sql.NullInt64{Int64: p.last, Valid: true}
+	return presence.User{ID: p.id, LastActivity: fromNanos(last), OfflineSince: fromNanos(offlineSince(last, p.gap)),
+		Announced: presence.AnnouncedOffline}
+}
+
+// packable reports whether u may be packed: offline, not in its grace, with a last activity.
+func packable(u presence.User) bool {
+	return u.Live == 0 && u.Announced == presence.AnnouncedOffline && !u.LastActivity.IsZero()
+}
+
+func packedOf(u presence.User) packed {
+	last := toNanos(u.LastActivity)
+	return packed{id: u.ID, last: last.Int64, gap: offlineGap(last, toNanos(u.OfflineSince))}
+}
+
+// Entry flags, in the low bits of an entry's first varint (the shared prefix's length
+// above them).
+const (
+	flagGap     = 1 // an offline gap is recorded
+	flagGapSize = 2 // and it is not 0: its value follows
+	flagBits    = 2
+)
+
+// blockCRC is a block's checksum: over its key and its bytes before the checksum.
+func blockCRC(key string, body []byte) uint32 {
+	h := crc32.Update(0, crc32.IEEETable, []byte(key))
+	h = crc32.Update(h, crc32.IEEETable, []byte{0})
+	return crc32.Update(h, crc32.IEEETable, body)
+}
+
+// entrySize is about what appending p after prev takes in a block (an upper bound).
+func entrySize(prev string, p packed) int {
+	shared := sharedPrefix(prev, p.id)
+	return 3*binary.MaxVarintLen64 + len(p.id) - shared
+}
+
+func sharedPrefix(a, b string) int {
+	n := min(len(a), len(b))
+	for i := 0; i < n; i++ {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return n
+}
+
+// encodeBlocks packs users (sorted by id, distinct) into blocks, each with its key (its
+// last id) and bytes, each at most packBlockBytes with its key.
+func encodeBlocks(users []packed) (keys []string, blocks [][]byte) {
+	for len(users) > 0 {
+		// The users that fit: ids and times bounded from above, then encoded exactly.
+		n, size, prev := 0, 16+binary.MaxVarintLen64, ""
+		for n < len(users) {
+			u := users[n]
+			s := entrySize(prev, u)
+			if n > 0 && size+s+len(u.id)+16 > packBlockBytes {
+				break
+			}
+			size += s
+			prev = u.id
+			n++
+		}
+		key, block := encodeBlock(users[:n])
+		keys, blocks = append(keys, key), append(blocks, block)
+		users = users[n:]
+	}
+	return keys, blocks
+}
+
+// encodeBlock writes one block of users (sorted by id) and returns its key.
+func encodeBlock(users []packed) (string, []byte) {
+	base := users[0].last
+	for _, u := range users {
+		base = min(base, u.last)
+	}
+	b := []byte{packFormat}
+	b = binary.AppendUvarint(b, uint64(len(users)))
+	b = binary.AppendVarint(b, base)
+	prev := ""
+	for _, u := range users {
+		shared := sharedPrefix(prev, u.id)
+		flags := 0
+		if u.gap.Valid {
+			flags |= flagGap
+			if u.gap.Int64 != 0 {
+				flags |= flagGapSize
+			}
+		}
+		b = binary.AppendUvarint(b, uint64(shared)<<flagBits|uint64(flags))
+		b = binary.AppendUvarint(b, uint64(len(u.id)-shared))
+		b = append(b, u.id[shared:]...)
+		b = binary.AppendUvarint(b, uint64(u.last-base))
+		if flags&flagGapSize != 0 {
+			b = binary.AppendVarint(b, u.gap.Int64)
+		}
+		prev = u.id
+	}
+	key := users[len(users)-1].id
+	return key, binary.LittleEndian.AppendUint32(b, blockCRC(key, b))
+}
+
+// errBlock is a block that does not decode or does not match its checksum.
+var errBlock = errors.New("a block of packed users does not match its checksum")
+
+// decodeBlock reads a block whose key is key, checked against its checksum and its key.
+func decodeBlock(key string, b []byte) ([]packed, error) {
+	if len(b) < 5 || binary.LittleEndian.Uint32(b[len(b)-4:]) != blockCRC(key, b[:len(b)-4]) || b[0] != packFormat {
+		return nil, fmt.Errorf("%w: the block ending at user %q", errBlock, key)
+	}
+	r := bytes.NewReader(b[1 : len(b)-4])
+	fail := func() ([]packed, error) {
+		return nil, fmt.Errorf("%w: the block ending at user %q does not decode", errBlock, key)
+	}
+	count, err := binary.ReadUvarint(r)
+	if err != nil || count > uint64(len(b)) {
+		return fail()
+	}
+	base, err := binary.ReadVarint(r)
+	if err != nil {
+		return fail()
+	}
+	out := make([]packed, 0, count)
+	prev := ""
+	for range count {
+		head, err := binary.ReadUvarint(r)
+		if err != nil {
+			return fail()
+		}
+		shared, flags := int(head>>flagBits), head&(1<<flagBits-1)
+		rest, err := binary.ReadUvarint(r)
+		if err != nil || shared > len(prev) || rest > uint64(r.Len()) {
+			return fail()
+		}
+		suffix := make([]byte, rest)
+		if _, err := r.Read(suffix); err != nil && rest > 0 {
+			return fail()
+		}
+		p := packed{id: prev[:shared] + string(suffix)}
+		d, err := binary.ReadUvarint(r)
+		if err != nil {
+			return fail()
+		}
+		p.last = base + int64(d)
+		if flags&flagGap != 0 {
+			p.gap.Valid = true
+			if flags&flagGapSize != 0 {
+				if p.gap.Int64, err = binary.ReadVarint(r); err != nil {
+					return fail()
+				}
+			}
+		}
+		if len(out) > 0 && p.id <= prev {
+			return fail()
+		}
+		out = append(out, p)
+		prev = p.id
+	}
+	if r.Len() != 0 || prev != key {
+		return fail()
+	}
+	return out, nil
+}
+
+// findPacked returns id's entry in the block read (its key and bytes): found false when
+// the block does not hold it.
+func findPacked(id, key string, block []byte) (packed, bool, error) {
+	users, err := decodeBlock(key, block)
+	if err != nil {
+		return packed{}, false, err
+	}
+	i, ok := slices.BinarySearchFunc(users, id, func(p packed, id string) int {
+		switch {
+		case p.id < id:
+			return -1
+		case p.id > id:
+			return 1
+		}
+		return 0
+	})
+	if !ok {
+		return packed{}, false, nil
+	}
+	return users[i], true, nil
+}
+
+// packedUser reads id's packed entry from row, the result of selectBlock for id: found
+// false when there is none.
+func packedUser(row *sql.Row, id string) (presence.User, bool, error) {
+	var rowid int64
+	var key string
+	var block []byte
+	switch err := row.Scan(&rowid, &key, &block); {
+	case errors.Is(err, sql.ErrNoRows):
+		return presence.User{}, false, nil
+	case err != nil:
+		return presence.User{}, false, err
+	}
+	p, found, err := findPacked(id, key, block)
+	if err != nil {
+		return presence.User{}, false, fmt.Errorf("%w: %w", ErrSnapshotDamaged, err)
+	}
+	if !found {
+		return presence.User{}, false, nil
+	}
+	return p.user(), true, nil
+}
+
+// storedBlock is a block read for a rewrite: its row id, key and users.
+type storedBlock struct {
+	rowid int64
+	key   string
+	users []packed
+}
+
+// readBlocks reads, with the writer's connection, the blocks the query (id, last_id,
+// block) returns, stopping once stop says so of a block (after including it).
+func (s *Store) readBlocks(ctx context.Context, query string, stop func(key string) bool, args ...any) ([]storedBlock, error) {
+	var out []storedBlock
+	rows, err := s.wc.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, s.noteRead(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var b storedBlock
+		var data []byte
+		if err := rows.Scan(&b.rowid, &b.key, &data); err != nil {
+			return nil, s.noteRead(err)
+		}
+		if b.users, err = decodeBlock(b.key, data); err != nil {
+			return nil, s.damagedBlock(err)
+		}
+		out = append(out, b)
+		if stop != nil && stop(b.key) {
+			break
+		}
+	}
+	return out, s.noteRead(rows.Err())
+}
+
+// damagedBlock records a block that fails its checksum (Health) and returns the error.
+func (s *Store) damagedBlock(err error) error {
+	damaged := fmt.Errorf("%w: %w: restore a backup, or run rebuild while the log is whole", ErrDamaged, err)
+	s.damage.Store(&damaged)
+	s.opts.Logger.Error("the store's file is damaged", "err", err)
+	return damaged
+}
+
+// replaceBlocks deletes the blocks old and writes users (sorted, distinct) in their place,
+// in the writer's open transaction.
+func (s *Store) replaceBlocks(ctx context.Context, old []storedBlock, users []packed) error {
+	for _, b := range old {
+		if _, err := s.wc.ExecContext(ctx, `DELETE FROM view_users_packed WHERE id = ?`, b.rowid); err != nil {
+			return fmt.Errorf("delete a block of packed users: %w", err)
+		}
+	}
+	keys, blocks := encodeBlocks(users)
+	for i := range keys {
+		if _, err := s.wc.ExecContext(ctx, `INSERT INTO view_users_packed (last_id, block) VALUES (?, ?)`, keys[i], blocks[i]); err != nil {
+			return fmt.Errorf("write a block of packed users: %w", err)
+		}
+	}
+	return nil
+}
+
+// packScan is how many hot rows a packing step reads per user it may pack.
+const packScan = 4
+
+// PackUsers moves the users offline whose last activity is before cutoff (and whom the
+// memory image does not hold) from their hot rows to the packed blocks, a chunk per
+// transaction on the writer (pruneStep, paced as the prunes are), in user id order, each
+// chunk merged with the blocks its ids fall among. It returns how many it packed.
+func (s *Store) PackUsers(ctx context.Context, cutoff time.Time) (int64, error) {
+	var total int64
+	after := ""
+	for p := newPace(); ; {
+		more := false
+		n, err := s.pruneStep(ctx, p, func(ctx context.Context, limit int) (n int64, err error) {
+			if err := s.begin(ctx); err != nil {
+				return 0, err
+			}
+			n, after, more, err = s.packChunk(ctx, after, cutoff, limit)
+			return n, s.end(ctx, err)
+		})
+		total += n
+		if err != nil {
+			return total, fmt.Errorf("pack users: %w", err)
+		}
+		if !more {
+			return total, nil
+		}
+	}
+}
+
+// packChunk is one step of PackUsers inside the writer's transaction: it reads up to
+// packScan*limit hot rows past after, packs those due, and returns how many, the last id
+// read, and whether there may be more.
+func (s *Store) packChunk(ctx context.Context, after string, cutoff time.Time, limit int) (n int64, last string, more bool, err error) {
+	rows, err := queryAll(ctx, s.wc, "read the users to pack", func(r *sql.Rows) (presence.User, error) { return scanUser(r) },
+		selectUser+` WHERE user_id > ? ORDER BY user_id LIMIT ?`, after, packScan*limit)
+	if errors.Is(err, ErrSnapshotDamaged) {
+		return 0, after, false, s.damagedBlock(err)
+	} else if err != nil {
+		return 0, after, false, s.noteRead(err)
+	}
+	var due []packed
+	last, more = after, len(rows) == packScan*limit
+	for _, u := range rows {
+		if len(due) == limit {
+			more = true
+			break
+		}
+		last = u.ID
+		if _, held := s.img.users[u.ID]; !held && packable(u) && u.LastActivity.Before(cutoff) {
+			due = append(due, packedOf(u))
+		}
+	}
+	if len(due) == 0 {
+		return 0, last, more, nil
+	}
+	first, final := due[0].id, due[len(due)-1].id
+	// The blocks the chunk's ids fall among: from the one before the first id (when it has
+	// room left: the previous chunk's last block) to the one that would hold the last.
+	blocks, err := s.readBlocks(ctx, `SELECT id, last_id, block FROM view_users_packed WHERE last_id < ? ORDER BY last_id DESC LIMIT 1`, nil, first)
+	if err != nil {
+		return 0, last, false, err
+	}
+	if len(blocks) == 1 && blockBytes(blocks[0].users) > packBlockBytes*3/4 {
+		blocks = nil
+	}
+	more2, err := s.readBlocks(ctx, `SELECT id, last_id, block FROM view_users_packed WHERE last_id >= ? ORDER BY last_id`,
+		func(key string) bool { return key >= final }, first)
+	if err != nil {
+		return 0, last, false, err
+	}
+	blocks = append(blocks, more2...)
+	merged := map[string]packed{}
+	for _, b := range blocks {
+		for _, u := range b.users {
+			merged[u.id] = u
+		}
+	}
+	for _, u := range due {
+		merged[u.id] = u // the hot row is the user's latest
+	}
+	users := make([]packed, 0, len(merged))
+	for _, u := range merged {
+		users = append(users, u)
+	}
+	slices.SortFunc(users, func(a, b packed) int { return cmpID(a.id, b.id) })
+	if err := s.replaceBlocks(ctx, blocks, users); err != nil {
+		return 0, last, false, err
+	}
+	for _, u := range due {
+		if _, err := s.wc.ExecContext(ctx, `DELETE FROM view_users WHERE user_id = ?`, u.id); err != nil {
+			return 0, last, false, fmt.Errorf("delete the hot row of user %q: %w", u.id, err)
+		}
+	}
+	return int64(len(due)), last, more, nil
+}
+
+func cmpID(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// blockBytes is about what a block of users takes encoded.
+func blockBytes(users []packed) int {
+	if len(users) == 0 {
+		return 0
+	}
+	_, b := encodeBlock(users)
+	return len(b) + len(users[len(users)-1].id)
+}
+
+// unpack deletes, in the writer's open transaction (a snapshot's), the packed entries of
+// ids, whose hot rows the snapshot writes.
+func (s *Store) unpack(ctx context.Context, ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	slices.Sort(ids)
+	for len(ids) > 0 {
+		blocks, err := s.readBlocks(ctx, selectBlock, nil, ids[0])
+		if err != nil {
+			return err
+		}
+		if len(blocks) == 0 {
+			return nil
+		}
+		b := blocks[0]
+		gone := map[string]bool{}
+		for len(ids) > 0 && ids[0] <= b.key {
+			gone[ids[0]] = true
+			ids = ids[1:]
+		}
+		if !anyIn(b.users, gone) {
+			continue
+		}
+		kept := slices.DeleteFunc(slices.Clone(b.users), func(p packed) bool { return gone[p.id] })
+		if err := s.replaceBlocks(ctx, []storedBlock{b}, kept); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func anyIn(users []packed, ids map[string]bool) bool {
+	for _, u := range users {
+		if ids[u.id] {
+			return true
+		}
+	}
+	return false
+}
+
+// prunePacked deletes the packed users whose last activity is before cutoff, a chunk of
+// blocks per transaction (pruneStep), and returns how many.
+func (s *Store) prunePacked(ctx context.Context, cutoff time.Time) (int64, error) {
+	var total int64
+	after, bound := "", cutoff.UnixNano()
+	for p := newPace(); ; {
+		more := false
+		n, err := s.pruneStep(ctx, p, func(ctx context.Context, limit int) (n int64, err error) {
+			if err := s.begin(ctx); err != nil {
+				return 0, err
+			}
+			// A chunk of blocks: about a hundred users each.
+			blocks, err := s.readBlocks(ctx, `SELECT id, last_id, block FROM view_users_packed WHERE last_id > ? ORDER BY last_id LIMIT ?`,
+				nil, after, max(limit/100, 1))
+			more = err == nil && len(blocks) == max(limit/100, 1)
+			for _, b := range blocks {
+				if err != nil {
+					break
+				}
+				after = b.key
+				kept := make([]packed, 0, len(b.users))
+				for _, u := range b.users {
+					if u.last >= bound {
+						kept = append(kept, u)
+					}
+				}
+				if len(kept) < len(b.users) {
+					n += int64(len(b.users) - len(kept))
+					err = s.replaceBlocks(ctx, []storedBlock{b}, kept)
+				}
+			}
+			return n, s.end(ctx, err)
+		})
+		total += n
+		if err != nil {
+			return total, fmt.Errorf("prune packed users: %w", err)
+		}
+		if !more {
+			return total, nil
+		}
+	}
+}
+
+// PackedUsers counts the users the view holds packed and those it holds in hot rows (a
+// full read of both tables, for tests and diagnostics), each packed block checked.
+func (s *Store) PackedUsers(ctx context.Context) (packedUsers, hot int64, err error) {
+	tx, err := s.r.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return 0, 0, err
+	}
+	defer func() { _ = tx.Rollback() }()
+	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM view_users`).Scan(&hot); err != nil {
+		return 0, 0, s.noteRead(err)
+	}
+	err = eachPacked(ctx, tx, func(packed) { packedUsers++ })
+	if errors.Is(err, errBlock) {
+		return packedUsers, hot, s.damagedBlock(err)
+	}
+	return packedUsers, hot, s.noteRead(err)
+}
+
+// eachPacked calls fn for each packed user, in id order, each block checked (errBlock).
+func eachPacked(ctx context.Context, q queryer, fn func(packed)) error {
+	return scanEach(ctx, q, `SELECT last_id, block FROM view_users_packed ORDER BY last_id`, func(r *sql.Rows) error {
+		var key string
+		var block []byte
+		if err := r.Scan(&key, &block); err != nil {
+			return err
+		}
+		users, err := decodeBlock(key, block)
+		if err != nil {
+			return err
+		}
+		for _, u := range users {
+			fn(u)
+		}
+		return nil
+	})
+}
