@@ -56,6 +56,7 @@ func serveFlags(cfg *localrt.Config, stderr io.Writer, getenv env) *flags {
 	f.List(&cfg.Webhooks, "webhooks", "WSPRESENCE_WEBHOOKS", "URLs every published event is POSTed to (comma-separated), signed with the webhook secret")
 	f.String(&cfg.WebhookSecret, "webhook-secret", "WSPRESENCE_WEBHOOK_SECRET", "HMAC-SHA256 key of the webhook signatures (generated into the data dir if empty)")
 	f.String(&cfg.Sync, "sync", "WSPRESENCE_SYNC", "store durability: full (survives power loss) or normal (survives a process crash, fewer fsyncs)")
+	f.Duration(&cfg.CommitDelay, "commit-delay", "WSPRESENCE_COMMIT_DELAY", "most a store commit is held for the requests the arrival rate says are coming, while writers are concurrent (0: never past the 2ms pacing)")
 	f.Bool(&cfg.Pprof, "pprof", "WSPRESENCE_PPROF", "serve the Go profiler at /debug/pprof/ (behind the API key)")
 	f.Int(&cfg.GCPercentUnderLoad, "gc-percent-under-load", "WSPRESENCE_GC_PERCENT_UNDER_LOAD", "the collector's GOGC while messages are accepted at load (0: the runtime's always; a GOGC variable wins)")
 	f.Int64(&cfg.MemoryUnderLoad, "memory-under-load", "WSPRESENCE_MEMORY_UNDER_LOAD", "bytes the collector lets the process reach while messages are accepted at load, unless the live heap at --gc-percent-under-load asks more (never above GOMEMLIMIT)")

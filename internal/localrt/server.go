@@ -119,6 +119,15 @@ type Server struct {
 	completerDone chan struct{}
 }
 
+// storeCommitDelay is the store's CommitDelay for Config.CommitDelay: 0 (none) is the
+// store's negative, its zero being its default.
+func storeCommitDelay(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
+}
+
 // New validates cfg, takes the data dir, loads or generates the secrets and opens the
 // store. Nothing listens until Start.
 func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
@@ -166,6 +175,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	store, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, StoreFile), sqlite.Options{
 		Grace:          cfg.OfflineGrace,
 		Sync:           cfg.Sync,
+		CommitDelay:    storeCommitDelay(cfg.CommitDelay),
 		Logger:         log,
 		OnCommit:       func(n int) { s.metrics.commitBatch.Observe(float64(n)) },
 		OnWAL:          func(n int64) { s.metrics.walBytes.Set(float64(n)) },

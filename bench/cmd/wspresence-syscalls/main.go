@@ -19,6 +19,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -48,6 +50,7 @@ func run() error {
 	publishers := flag.Int("publishers", 128, "concurrent publishers")
 	record := flag.String("record", "", "folder to write, per rate, a perf record of each system call with its stack (perf script reads it)")
 	recordEvent := flag.String("record-event", "raw_syscalls:sys_enter", "event --record samples (cpu-clock: where the CPU time goes, the kernel's included)")
+	traceDir := flag.String("trace", "", "folder to write, per rate, a runtime trace of the phase's first seconds (/debug/pprof/trace)")
 	count := flag.Bool("count", true, "count the system calls (false: the CPU time alone, without perf's own cost)")
 	flag.Parse()
 	if *server == "" {
@@ -71,7 +74,7 @@ func run() error {
 		if bin == "" {
 			continue
 		}
-		ph, err := measure(bin, rs, dur, *conns, *publishers, *count, *record, *recordEvent)
+		ph, err := measure(bin, rs, dur, *conns, *publishers, *count, *record, *recordEvent, *traceDir)
 		if err != nil {
 			return fmt.Errorf("%s: %w", bin, err)
 		}
@@ -131,7 +134,7 @@ type phase struct {
 }
 
 // measure starts bin, opens the connections, warms up, and counts each rate's phase.
-func measure(bin string, rates []float64, dur time.Duration, conns, publishers int, count bool, record, recordEvent string) ([]phase, error) {
+func measure(bin string, rates []float64, dur time.Duration, conns, publishers int, count bool, record, recordEvent, traceDir string) ([]phase, error) {
 	dir, err := os.MkdirTemp("", "wspresence-syscalls-")
 	if err != nil {
 		return nil, err
@@ -172,7 +175,18 @@ func measure(bin string, rates []float64, dur time.Duration, conns, publishers i
 		}
 		before, _ := t.CPUSeconds()
 		switches := contextSwitches(t.Pid())
+		traced := make(chan error, 1)
+		if traceDir != "" {
+			go func() {
+				traced <- saveTrace(ctx, t, dur/2, filepath.Join(traceDir, fmt.Sprintf("%s-%.0f.trace", filepath.Base(bin), rate)))
+			}()
+		} else {
+			traced <- nil
+		}
 		r := fleet.Publish(ctx, t, rate, dur, publishers)
+		if err := <-traced; err != nil {
+			return nil, err
+		}
 		time.Sleep(200 * time.Millisecond) // the outcomes' commit
 		after, _ := t.CPUSeconds()
 		switches = contextSwitches(t.Pid()) - switches
@@ -223,6 +237,32 @@ func contextSwitches(pid int) float64 {
 		}
 	}
 	return n
+}
+
+// saveTrace writes a runtime trace of the server's next d to path.
+func saveTrace(ctx context.Context, t *bench.Target, d time.Duration, path string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/debug/pprof/trace?seconds=%d", t.Base, max(1, int(d.Seconds()))), nil)
+	if err != nil {
+		return err
+	}
+	req.Header = t.Header()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("trace: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("trace: %s", resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // storeFile is one of the store's files and the tracepoint filter matching its descriptors.

@@ -40,6 +40,13 @@ type Options struct {
 	// are concurrent (the last commit held several requests): requests arriving within it
 	// share the next commit (default 2ms). A writer alone never waits for it.
 	CommitSpacing time.Duration
+	// CommitDelay bounds how long a group commit is held for the requests the arrival rate
+	// says are coming (default 5ms; negative: never, only CommitSpacing's pacing): while
+	// requests arrive during the commits and waits of others at a gap under CommitDelay, a
+	// commit starts commitTarget gaps after the previous one, no sooner than
+	// CommitSpacing and no later than CommitDelay, and takes every request that arrived
+	// meanwhile. A writer alone, or one whose requests come one after another, never waits.
+	CommitDelay time.Duration
 	// SnapshotInterval is how often the view's changed rows are written to the snapshot
 	// (default 1s); SnapshotEvents the most log records folded between two snapshots
 	// (default 2,048), which bounds what a start replays and how long one snapshot holds
@@ -111,6 +118,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.CommitSpacing <= 0 {
 		o.CommitSpacing = 2 * time.Millisecond
+	}
+	if o.CommitDelay == 0 {
+		o.CommitDelay = 5 * time.Millisecond
 	}
 	if o.SnapshotInterval <= 0 {
 		o.SnapshotInterval = time.Second
@@ -186,9 +196,11 @@ type Store struct {
 	// syncMode is the synchronous mode the writer's connection is in (setSync).
 	syncMode string
 	// lastCommit and lastBatch are when the last group commit started and how many
-	// requests it held; gatherTimer is gather's (the writer's alone).
+	// requests it held that a caller waits for; company counts the requests that found
+	// the writer committing or waiting; gatherTimer is gather's (the writer's alone).
 	lastCommit  time.Time
 	lastBatch   int
+	company     arrivals
 	gatherTimer *time.Timer
 	// epoch is the store's epoch (Epoch).
 	epoch atomic.Pointer[string]
