@@ -434,7 +434,9 @@ func (s *Store) start(ctx context.Context) error {
 		return fmt.Errorf("read the queue floor: %w", err)
 	}
 	if err := s.checkOutboxFloor(ctx); err != nil {
-		return err
+		// A damaged file is reported (Health), not refused: the next event is written above
+		// the floor whatever the outbox holds, or fails with the damage.
+		s.opts.Logger.Error("the outbox floor cannot be read", "err", s.noteRead(err))
 	}
 	if err := s.loadStreams(ctx); err != nil {
 		// A damaged file is reported (Health), not refused: the streams start again, in
