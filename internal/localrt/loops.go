@@ -249,22 +249,30 @@ type completion struct {
 func (s *Server) complete(c completion) { s.completions <- c }
 
 // completionWindow is how long the completer gathers outcomes after the first of a batch
-// before recording them: one commit records the outcomes of a window's messages instead of
-// one commit each. Nothing waits for it (a message's 202 was answered at its enqueue, its
-// frame written before its outcome was decided); the outcome events reach /events and the
-// webhooks that much later.
-const completionWindow = 10 * time.Millisecond
+// before recording them, and completionBatch the most it gathers: one commit records the
+// outcomes of a window's messages instead of one commit each, about 20 commits a second at
+// moderate rates, and at high rates a commit of at most completionBatch outcomes, which
+// holds the writer (and the enqueues queued behind it) about a millisecond. Nothing waits
+// for it (a message's 202 was answered at its enqueue, its frame written before its
+// outcome was decided); the outcome events reach /events and the webhooks up to that much
+// later, and a crash leaves the outcomes not yet recorded (a window's at most) pending:
+// their messages are delivered again by the next start.
+const (
+	completionWindow = 50 * time.Millisecond
+	completionBatch  = 64
+)
 
 // completer records the decided outcomes in batches, those decided within a
-// completionWindow (or deliverBatch of them): each batch marks its messages done and
+// completionWindow (or completionBatch of them): each batch marks its messages done and
 // writes their outcome events to the outbox in one transaction. A batch that cannot be
 // written is retried until it is. At shutdown it records what is left, once every
 // connection has ended (and so every frame has its receipt).
 func (s *Server) completer(ctx context.Context) {
 	window := time.NewTimer(completionWindow)
 	window.Stop()
-	// batch and rec are reused from one batch to the next (at most deliverBatch
-	// entries each), emptied after each record so that no message outlives its batch.
+	// batch and rec are reused from one batch to the next (at most completionBatch
+	// entries each, but the last at shutdown), emptied after each record so that no
+	// message outlives its batch.
 	var batch []completion
 	var rec recordBuffers
 	for {
@@ -284,7 +292,7 @@ func (s *Server) completer(ctx context.Context) {
 		}
 		window.Reset(completionWindow)
 	fill:
-		for len(batch) < deliverBatch {
+		for len(batch) < completionBatch {
 			select {
 			case c := <-s.completions:
 				batch = append(batch, c)

@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"sort"
 	"strconv"
@@ -50,7 +51,7 @@ func run() error {
 	publishers := flag.Int("publishers", 128, "concurrent publishers")
 	record := flag.String("record", "", "folder to write, per rate, a perf record of each system call with its stack (perf script reads it)")
 	recordEvent := flag.String("record-event", "raw_syscalls:sys_enter", "event --record samples (cpu-clock: where the CPU time goes, the kernel's included)")
-	traceDir := flag.String("trace", "", "folder to write, per rate, a runtime trace of the phase's first seconds (/debug/pprof/trace)")
+	traceDir := flag.String("trace", "", "folder to write, per rate, a runtime trace of the phase's first seconds (/debug/pprof/trace), whose goroutines started and woken are counted")
 	count := flag.Bool("count", true, "count the system calls (false: the CPU time alone, without perf's own cost)")
 	flag.Parse()
 	if *server == "" {
@@ -116,6 +117,24 @@ func run() error {
 		row("store commits", func(p phase) float64 { return p.commits / float64(p.messages) })
 		row("CPU us/message", func(p phase) float64 { return p.cpu / float64(p.messages) * 1e6 })
 		row("messages", func(p phase) float64 { return float64(p.messages) })
+		if all[0][i].wakes == nil {
+			continue
+		}
+		row("goroutines started", func(p phase) float64 { return p.wakes.started })
+		row("goroutines woken", func(p phase) float64 { return p.wakes.woken })
+		for j, side := range all {
+			fmt.Printf("%s, %.0f msg/s: goroutines started or woken per message, by the code that did it\n", filepath.Base(names[j]), rate)
+			var sites []string
+			for site := range side[i].wakes.by {
+				sites = append(sites, site)
+			}
+			sort.Slice(sites, func(a, b int) bool { return side[i].wakes.by[sites[a]] > side[i].wakes.by[sites[b]] })
+			for _, site := range sites {
+				if n := side[i].wakes.by[site]; n >= 0.01 {
+					fmt.Printf("  %7.3f %s\n", n, site)
+				}
+			}
+		}
 	}
 	return nil
 }
@@ -130,6 +149,7 @@ type phase struct {
 	cpu      float64
 	switches float64
 	commits  float64
+	wakes    *goroutineWakes // from the runtime trace (--trace), per message
 	messages int64
 }
 
@@ -176,10 +196,10 @@ func measure(bin string, rates []float64, dur time.Duration, conns, publishers i
 		before, _ := t.CPUSeconds()
 		switches := contextSwitches(t.Pid())
 		traced := make(chan error, 1)
+		tracePath := filepath.Join(traceDir, fmt.Sprintf("%s-%.0f.trace", filepath.Base(bin), rate))
+		traceFor := max(time.Second, dur/2).Truncate(time.Second)
 		if traceDir != "" {
-			go func() {
-				traced <- saveTrace(ctx, t, dur/2, filepath.Join(traceDir, fmt.Sprintf("%s-%.0f.trace", filepath.Base(bin), rate)))
-			}()
+			go func() { traced <- saveTrace(ctx, t, traceFor, tracePath) }()
 		} else {
 			traced <- nil
 		}
@@ -198,7 +218,13 @@ func measure(bin string, rates []float64, dur time.Duration, conns, publishers i
 		if err != nil {
 			return nil, err
 		}
-		p := phase{counts: counts, cpu: after - before, switches: switches, commits: r.CPU.CommitsPerMessage * float64(r.Received), messages: r.Received}
+		var wakes *goroutineWakes
+		if traceDir != "" {
+			if wakes, err = countWakes(tracePath, rate*traceFor.Seconds()); err != nil {
+				return nil, err
+			}
+		}
+		p := phase{wakes: wakes, counts: counts, cpu: after - before, switches: switches, commits: r.CPU.CommitsPerMessage * float64(r.Received), messages: r.Received}
 		p.total = counts["all"]
 		delete(counts, "all")
 		named := 0.0
@@ -263,6 +289,78 @@ func saveTrace(ctx context.Context, t *bench.Target, d time.Duration, path strin
 		return err
 	}
 	return f.Close()
+}
+
+// goroutineWakes counts, per message, the goroutines started and woken (made runnable
+// from waiting) in a runtime trace, by the first frames of the code that did it outside
+// the runtime and the standard library's plumbing ("(poller)" when the runtime's network
+// poller or a timer did).
+type goroutineWakes struct {
+	started, woken float64
+	by             map[string]float64
+}
+
+var transitionRe = regexp.MustCompile(`StateTransition .*GoID=\d+ (\S+) Reason=`)
+
+// plumbing are the frames a waker's site skips: the runtime's and the standard library's
+// (net/http's are kept: its own goroutines are part of what a request costs).
+var plumbing = regexp.MustCompile(`^(runtime\.|internal/|sync\.|context\.|time\.|net\.|os\.|syscall\.)`)
+
+// countWakes reads the trace at path (go tool trace -d=parsed) and divides by messages.
+func countWakes(path string, messages float64) (*goroutineWakes, error) {
+	out, err := exec.Command("go", "tool", "trace", "-d=parsed", path).Output()
+	if err != nil {
+		return nil, fmt.Errorf("go tool trace: %w", err)
+	}
+	w := &goroutineWakes{by: map[string]float64{}}
+	var kind string
+	var site []string
+	inStack := false
+	flush := func() {
+		if kind == "" {
+			return
+		}
+		label := strings.Join(site, " < ")
+		if label == "" {
+			label = "(poller)"
+		}
+		if kind == "NotExist->Runnable" {
+			w.started++
+			label = "start: " + label
+		} else {
+			w.woken++
+		}
+		w.by[label]++
+		kind, site = "", nil
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(line, "M=") {
+			flush()
+			inStack = false
+			if m := transitionRe.FindStringSubmatch(line); m != nil && (m[1] == "Waiting->Runnable" || m[1] == "NotExist->Runnable") {
+				kind = m[1]
+			}
+			continue
+		}
+		trimmed := strings.TrimSpace(line)
+		switch {
+		case strings.HasPrefix(trimmed, "Stack="):
+			inStack = true
+		case strings.HasPrefix(trimmed, "TransitionStack="):
+			inStack = false
+		case inStack && kind != "" && len(site) < 2:
+			if fn, _, ok := strings.Cut(trimmed, " @ 0x"); ok && !plumbing.MatchString(fn) {
+				site = append(site, fn)
+			}
+		}
+	}
+	flush()
+	w.started /= messages
+	w.woken /= messages
+	for k := range w.by {
+		w.by[k] /= messages
+	}
+	return w, nil
 }
 
 // storeFile is one of the store's files and the tracepoint filter matching its descriptors.

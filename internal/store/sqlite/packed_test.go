@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"reflect"
-	"slices"
-	"strconv"
 	"testing"
 	"time"
 
@@ -17,12 +15,11 @@ import (
 	"github.com/wspresence/wspresence/internal/store/sqlite"
 )
 
-// visitOnce has users ids each open a connection and close it (some twice, the second
-// close later than their last activity's connection, so their offline gap is not 0), at
-// times with nanoseconds, and runs their grace timers out: they are offline.
+// visitOnce has users ids each open a connection and close it (a third of them with a
+// second connection, closed first), at times with nanoseconds, and runs their grace timers
+// out: they are offline.
 func visitOnce(t *testing.T, s *sqlite.Store, clk *clock, ids []string) {
 	t.Helper()
-	ctx := context.Background()
 	for i := 0; i < len(ids); i += 500 {
 		var evs []events.ConnectionEvent
 		for j := i; j < min(i+500, len(ids)); j++ {
@@ -37,11 +34,17 @@ func visitOnce(t *testing.T, s *sqlite.Store, clk *clock, ids []string) {
 		}
 		mustAppend(t, s, evs...)
 	}
-	clk.Set(t0.Add(time.Hour))
-	graces, _ := s.PendingGraces(ctx)
+	expireGraces(t, s, clk, t0.Add(time.Hour))
+}
+
+// expireGraces sets the clock to at and runs out every pending grace period.
+func expireGraces(tb testing.TB, s *sqlite.Store, clk *clock, at time.Time) {
+	tb.Helper()
+	clk.Set(at)
+	graces, _ := s.PendingGraces(context.Background())
 	for _, g := range graces {
-		if _, err := s.ExpireGrace(ctx, g.UserID, g.Since, clk.Now()); err != nil {
-			t.Fatal(err)
+		if _, err := s.ExpireGrace(context.Background(), g.UserID, g.Since, clk.Now()); err != nil {
+			tb.Fatal(err)
 		}
 	}
 }
@@ -176,13 +179,7 @@ func TestAPackedUserReturns(t *testing.T) {
 		t.Fatalf("a packed user back: %+v, want online since %s", st, at)
 	}
 	mustAppend(t, s, events.Closed(back, "again", at.Add(time.Second), events.ReasonClient))
-	clk.Set(at.Add(time.Hour))
-	graces, _ := s.PendingGraces(ctx)
-	for _, g := range graces {
-		if _, err := s.ExpireGrace(ctx, g.UserID, g.Since, clk.Now()); err != nil {
-			t.Fatal(err)
-		}
-	}
+	expireGraces(t, s, clk, at.Add(time.Hour))
 	check := func(when string) {
 		t.Helper()
 		st := mustUsers(t, s, ids)
@@ -352,58 +349,25 @@ func BenchmarkAppendsBesidePacking(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		clk.Set(t0.Add(time.Hour))
-		graces, _ := s.PendingGraces(ctx)
-		for _, g := range graces {
-			if _, err := s.ExpireGrace(ctx, g.UserID, g.Since, clk.Now()); err != nil {
-				b.Fatal(err)
-			}
-		}
+		expireGraces(b, s, clk, t0.Add(time.Hour))
 		if err := s.Close(); err != nil {
 			b.Fatal(err)
 		}
 		if s, err = sqlite.Open(ctx, path, opts); err != nil {
 			b.Fatal(err)
 		}
-		appends := func(prefix string, stop <-chan struct{}, n int) []time.Duration {
-			var lat []time.Duration
-			for i := 0; ; i++ {
-				if stop == nil && i == n {
-					return lat
-				}
-				select {
-				case <-stop:
-					return lat
-				default:
-				}
-				at := t0.Add(time.Hour + time.Duration(i)*time.Millisecond)
-				start := time.Now()
-				if _, err := s.Append(ctx, events.Opened(prefix+strconv.Itoa(i), prefix+"c"+strconv.Itoa(i), at, "", "")); err != nil {
-					b.Fatal(err)
-				}
-				lat = append(lat, time.Since(start))
-			}
-		}
-		alone := appends("alone-", nil, 2000)
-		stop := make(chan struct{})
 		var packed int64
 		var took time.Duration
-		go func() {
-			defer close(stop)
+		alone, beside := appendsBeside(b, s, func() {
 			start := time.Now()
 			n, err := s.PackUsers(ctx, t0.Add(time.Hour))
 			if err != nil {
 				b.Error(err)
 			}
 			packed, took = n, time.Since(start)
-		}()
-		beside := appends("beside-", stop, 0)
+		})
 		if err := s.Close(); err != nil {
 			b.Fatal(err)
-		}
-		pct := func(lat []time.Duration, p float64) float64 {
-			slices.Sort(lat)
-			return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000
 		}
 		b.ReportMetric(pct(alone, 0.99), "p99-ms-alone")
 		b.ReportMetric(pct(alone, 1), "max-ms-alone")

@@ -117,45 +117,18 @@ func BenchmarkAppendsBesideCompaction(b *testing.B) {
 		if s, err = sqlite.Open(ctx, path, sqlite.Options{Now: clk.Now, Sync: "normal"}); err != nil {
 			b.Fatal(err)
 		}
-		appends := func(prefix string, stop <-chan struct{}, n int) []time.Duration {
-			var lat []time.Duration
-			for i := 0; ; i++ {
-				if stop == nil && i == n {
-					return lat
-				}
-				select {
-				case <-stop:
-					return lat
-				default:
-				}
-				at := t0.Add(time.Hour + time.Duration(i)*time.Millisecond)
-				start := time.Now()
-				if _, err := s.Append(ctx, events.Opened(prefix+strconv.Itoa(i), prefix+"c"+strconv.Itoa(i), at, "", "")); err != nil {
-					b.Fatal(err)
-				}
-				lat = append(lat, time.Since(start))
-			}
-		}
-		alone := appends("alone-", nil, 2000)
-		stop := make(chan struct{})
 		var compacted int64
 		var took time.Duration
-		go func() {
-			defer close(stop)
+		alone, beside := appendsBeside(b, s, func() {
 			start := time.Now()
 			n, err := s.CompactLog(ctx, t0.Add(time.Hour))
 			if err != nil {
 				b.Error(err)
 			}
 			compacted, took = n, time.Since(start)
-		}()
-		beside := appends("beside-", stop, 0)
+		})
 		if err := s.Close(); err != nil {
 			b.Fatal(err)
-		}
-		pct := func(lat []time.Duration, p float64) float64 {
-			slices.Sort(lat)
-			return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000
 		}
 		slow := 0
 		for _, d := range beside {
@@ -172,6 +145,44 @@ func BenchmarkAppendsBesideCompaction(b *testing.B) {
 		b.ReportMetric(took.Seconds(), "compaction-s")
 		b.ReportMetric(float64(len(beside)), "appends-beside")
 	}
+}
+
+// appendsBeside times 2,000 single appends (each its own commit) alone, then those that
+// run while work does, and returns both latencies.
+func appendsBeside(b *testing.B, s *sqlite.Store, work func()) (alone, beside []time.Duration) {
+	ctx := context.Background()
+	appends := func(prefix string, stop <-chan struct{}, n int) []time.Duration {
+		var lat []time.Duration
+		for i := 0; ; i++ {
+			if stop == nil && i == n {
+				return lat
+			}
+			select {
+			case <-stop:
+				return lat
+			default:
+			}
+			at := t0.Add(time.Hour + time.Duration(i)*time.Millisecond)
+			start := time.Now()
+			if _, err := s.Append(ctx, events.Opened(prefix+strconv.Itoa(i), prefix+"c"+strconv.Itoa(i), at, "", "")); err != nil {
+				b.Fatal(err)
+			}
+			lat = append(lat, time.Since(start))
+		}
+	}
+	alone = appends("alone-", nil, 2000)
+	stop := make(chan struct{})
+	go func() {
+		defer close(stop)
+		work()
+	}()
+	return alone, appends("beside-", stop, 0)
+}
+
+// pct is the p-quantile of lat, in milliseconds (it sorts lat).
+func pct(lat []time.Duration, p float64) float64 {
+	slices.Sort(lat)
+	return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000
 }
 
 func walOf(path string) int64 {

@@ -19,7 +19,6 @@ func TestAUserRowHoldsLittleMoreThanItsIdAndLastActivity(t *testing.T) {
 	const users = 5000
 	clk := &clock{t: t0}
 	path := filepath.Join(t.TempDir(), "db")
-	ctx := context.Background()
 	s := open(t, path, clk, nil)
 	idBytes := 0
 	for i := 0; i < users; i += 500 {
@@ -31,13 +30,7 @@ func TestAUserRowHoldsLittleMoreThanItsIdAndLastActivity(t *testing.T) {
 		}
 		mustAppend(t, s, evs...)
 	}
-	clk.Set(t0.Add(time.Hour))
-	graces, _ := s.PendingGraces(ctx)
-	for _, g := range graces {
-		if _, err := s.ExpireGrace(ctx, g.UserID, g.Since, clk.Now()); err != nil {
-			t.Fatal(err)
-		}
-	}
+	expireGraces(t, s, clk, t0.Add(time.Hour))
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -80,13 +73,7 @@ func TestPruneUsersForgetsOnlyUsersOfflinePastTheCutoff(t *testing.T) {
 	}
 	mustAppend(t, s, evs...)
 	mustAppend(t, s, events.Opened("online", "on1", t0, "", ""))
-	clk.Set(t0.Add(time.Hour))
-	graces, _ := s.PendingGraces(ctx)
-	for _, g := range graces {
-		if _, err := s.ExpireGrace(ctx, g.UserID, g.Since, clk.Now()); err != nil {
-			t.Fatal(err)
-		}
-	}
+	expireGraces(t, s, clk, t0.Add(time.Hour))
 	at := clk.Now()
 	mustAppend(t, s, events.Opened("recent", "r1", at, "", ""), events.Closed("recent", "r1", at, events.ReasonClient),
 		events.Opened("grace", "g1", t0, "", ""), events.Closed("grace", "g1", t0.Add(time.Second), events.ReasonClient),
