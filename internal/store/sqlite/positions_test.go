@@ -2,7 +2,6 @@ package sqlite_test
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -109,15 +108,8 @@ func TestPositionsAreNeverHandedOutTwice(t *testing.T) {
 
 func tableSQL(t *testing.T, path, name string) string {
 	t.Helper()
-	db, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
 	var q string
-	if err := db.QueryRow(`SELECT sql FROM sqlite_master WHERE name = ?`, name).Scan(&q); err != nil {
-		t.Fatalf("%s: %v", name, err)
-	}
+	scanOn(t, path, `SELECT sql FROM sqlite_master WHERE name = ?`, []any{name}, &q)
 	return q
 }
 
