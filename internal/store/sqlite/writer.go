@@ -423,6 +423,10 @@ func (s *Store) walGrew(size int64) bool {
 // checkpointInterval, to its limit, whose truncation stalls every write queued behind it.
 const walNudge = 8 << 20
 
+// queuedBufCap is the largest slice the writer keeps for OnQueued from one commit to the
+// next.
+const queuedBufCap = 4096
+
 // walBusyWait is how long boundWAL's checkpoint waits for the readers that hold the WAL.
 const walBusyWait = 200 * time.Millisecond
 
@@ -501,13 +505,20 @@ func (s *Store) commit(batch []*writeReq) {
 			s.opts.OnFolded(p)
 		}
 		if s.opts.OnQueued != nil {
-			var queued []QueuedMessage
+			queued := s.queuedBuf[:0]
 			for _, req := range batch {
 				queued = append(queued, req.queued...)
 			}
 			if len(queued) > 0 {
 				s.opts.OnQueued(queued)
 			}
+			// The slice serves the next commit: emptied, so that no message outlives its
+			// commit in it, and dropped when a burst made it larger than a batch's worth.
+			clear(queued)
+			if cap(queued) > queuedBufCap {
+				queued = nil
+			}
+			s.queuedBuf = queued[:0]
 		}
 	}
 	for _, req := range batch {
