@@ -177,6 +177,8 @@ type Store struct {
 	// it had grown by at the last send).
 	ckNow   chan struct{}
 	walStep int64
+	// walIdx reads the WAL's committed end from the wal-index (the writer's alone).
+	walIdx walIndex
 	// queuedBuf is the writer's slice for OnQueued, emptied after each commit
 	// (queuedBufCap bounds what it keeps).
 	queuedBuf []QueuedMessage
@@ -486,6 +488,7 @@ func (s *Store) Close() error {
 	}
 	<-s.done
 	<-s.ckDone
+	s.walIdx.close()
 	for _, st := range append(s.stmts.pub[:], s.stmts.log, s.stmts.msg, s.stmts.done, s.stmts.doneKnown, s.stmts.doneKeep, s.stmts.saveUser, s.stmts.saveConn, s.stmts.forgetConn,
 		s.stmts.begin, s.stmts.commit, s.stmts.rollback, s.stmts.getUser, s.stmts.getConn, s.stmts.getPacked) {
 		if st != nil {
