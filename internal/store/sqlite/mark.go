@@ -112,13 +112,13 @@ func parseRecord(rec []byte) (p positions, whole bool) {
 }
 
 // storePositions reads the newest positions the store holds (pruned rows included: the
-// outbox's and the queue's sequences remember them).
+// outbox's floor remembers them, and the queue's newest row is never pruned).
 func storePositions(ctx context.Context, db *sql.DB) (positions, error) {
 	var p positions
 	err := db.QueryRowContext(ctx, `SELECT
 		IFNULL((SELECT MAX(seq) FROM log), 0),
-		MAX(IFNULL((SELECT MAX(seq) FROM published), 0), IFNULL((SELECT seq FROM sqlite_sequence WHERE name = 'published'), 0)),
-		MAX(IFNULL((SELECT MAX(seq) FROM messages), 0), IFNULL((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0))`).
+		MAX(IFNULL((SELECT MAX(seq) FROM published), 0), IFNULL((SELECT CAST(value AS INTEGER) FROM meta WHERE key = '`+outboxFloorKey+`'), 0)),
+		IFNULL((SELECT MAX(seq) FROM messages), 0)`).
 		Scan(&p.Log, &p.Published, &p.Messages)
 	if err != nil {
 		return p, fmt.Errorf("read the store's positions: %w", err)

@@ -489,7 +489,7 @@ func (s *Store) LastPublishedSeq(ctx context.Context) (int64, error) {
 // kept; 1 and 0 for an outbox never written).
 func (s *Store) PublishedRange(ctx context.Context) (oldest, newest int64, err error) {
 	var lo, hi, assigned sql.NullInt64
-	if err := s.r.QueryRowContext(ctx, `SELECT MIN(seq), MAX(seq), (SELECT seq FROM sqlite_sequence WHERE name = 'published') FROM published`).
+	if err := s.r.QueryRowContext(ctx, `SELECT MIN(seq), MAX(seq), (SELECT CAST(value AS INTEGER) FROM meta WHERE key = '`+outboxFloorKey+`') FROM published`).
 		Scan(&lo, &hi, &assigned); err != nil {
 		return 0, 0, fmt.Errorf("read outbox range: %w", err)
 	}
@@ -503,6 +503,11 @@ func (s *Store) PublishedRange(ctx context.Context) (oldest, newest int64, err e
 // PrunePublished forgets the outbox rows published before cutoff (their envelope's time),
 // whatever reads them (a webhook lagging that far skips them) and returns how many. What
 // goes is found on a reader's connection and deleted a chunk per transaction (pruneStep).
+//
+// The outbox's newest row may go too: its position is recorded as the outbox floor in the
+// delete's transaction (outboxFloorTrigger), and while the prune runs, and after it until
+// a row is written above the floor, the writer writes its first row of a commit above the
+// floor (publishAboveFloor).
 func (s *Store) PrunePublished(ctx context.Context, cutoff time.Time) (int64, error) {
 	bound, err := s.firstPublishedAfter(ctx, cutoff)
 	if err != nil || bound == 0 {
@@ -511,8 +516,53 @@ func (s *Store) PrunePublished(ctx context.Context, cutoff time.Time) (int64, er
 		}
 		return 0, err
 	}
-	return s.pruneChunks(ctx, "prune outbox", `DELETE FROM published WHERE seq IN
+	s.outboxLow.Store(true)
+	n, err := s.pruneChunks(ctx, "prune outbox", `DELETE FROM published WHERE seq IN
 		(SELECT seq FROM published WHERE seq < ? ORDER BY seq LIMIT ?)`, bound)
+	return n, errors.Join(err, s.writeAlone(ctx, s.checkOutboxFloor))
+}
+
+// checkOutboxFloor tells the writer whether the outbox holds a row above its floor (the
+// writer's own goroutine, between commits): if not, the next row is written above the
+// floor (publishAboveFloor).
+func (s *Store) checkOutboxFloor(ctx context.Context) error {
+	var low bool
+	if err := s.wc.QueryRowContext(ctx, `SELECT IFNULL((SELECT MAX(seq) FROM published), 0) <
+		IFNULL((SELECT CAST(value AS INTEGER) FROM meta WHERE key = '`+outboxFloorKey+`'), 0)`).Scan(&low); err != nil {
+		s.outboxLow.Store(true)
+		return fmt.Errorf("read the outbox floor: %w", err)
+	}
+	s.outboxLow.Store(low)
+	return nil
+}
+
+// publishAboveFloor writes the first of rows at the position after the outbox floor and the
+// newest row, when the outbox may hold no row above its floor (outboxLow: SQLite would hand
+// out the position after the newest row kept, at or below the floor), and returns the rows
+// left to write and how many it wrote (0 or 1).
+func (s *Store) publishAboveFloor(ctx context.Context, rows []outboxRow) (int, []outboxRow, error) {
+	if len(rows) == 0 || !s.outboxLow.Load() {
+		return 0, rows, nil
+	}
+	r := rows[0]
+	data, err := events.AppendEnvelope(s.envBuf[:0], r.p, LocalAccount, LocalRegion, r.at)
+	if err != nil {
+		return 0, rows, fmt.Errorf("encode %s envelope: %w", r.p.DetailType(), err)
+	}
+	s.envBuf = data
+	res, err := s.wc.ExecContext(ctx, `INSERT OR IGNORE INTO published (seq, event_id, detail_type, envelope, crc)
+		VALUES (MAX(IFNULL((SELECT MAX(seq) FROM published), 0), IFNULL((SELECT CAST(value AS INTEGER) FROM meta WHERE key = '`+outboxFloorKey+`'), 0)) + 1, ?, ?, ?, ?)`,
+		r.p.ID(), string(r.p.DetailType()), string(data), rowCRC(string(r.p.DetailType()), data))
+	if err != nil {
+		return 0, rows, fmt.Errorf("publish %s %s: %w", r.p.DetailType(), r.p.ID(), err)
+	}
+	if c, _ := res.RowsAffected(); c == 0 {
+		return 0, rows[1:], nil
+	}
+	if id, err := res.LastInsertId(); err == nil {
+		s.tent.Published = max(s.tent.Published, id)
+	}
+	return 1, rows[1:], nil
 }
 
 // firstPublishedAfter is the sequence number of the oldest outbox row published at or

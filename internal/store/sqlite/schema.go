@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"strconv"
+	"strings"
 )
 
 // viewVersion is the shape of the snapshot tables. A store whose snapshot has an earlier
@@ -37,7 +38,11 @@ var ErrSnapshotVersion = errors.New("the view's snapshot is of a version this bu
 // grace decision, no secondary index), the queue (one row per accepted message, indexed by
 // its id and user for idempotency; see queueFloorKey and streamFloorKey), and the
 // outbox (one row per published event, written in the commit of what decided it, so it
-// needs no index to be published once).
+// needs no index to be published once). Neither the queue nor the outbox is AUTOINCREMENT
+// (a page of sqlite_sequence written by every commit): a position is never handed out
+// twice because the message prune keeps the queue's newest row, and the outbox's newest
+// pruned position is recorded (outboxFloorTrigger) and the next row written above it
+// (publishAboveFloor).
 const logSchema = `
 CREATE TABLE IF NOT EXISTS meta (
 	key   TEXT PRIMARY KEY,
@@ -50,7 +55,7 @@ CREATE TABLE IF NOT EXISTS log (
 	crc  INTEGER
 );
 CREATE TABLE IF NOT EXISTS published (
-	seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+	seq         INTEGER PRIMARY KEY,
 	event_id    TEXT    NOT NULL,
 	detail_type TEXT    NOT NULL,
 	envelope    TEXT    NOT NULL,
@@ -61,7 +66,7 @@ CREATE TABLE IF NOT EXISTS cursors (
 	seq  INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS messages (
-	seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+	seq         INTEGER PRIMARY KEY,
 	message_id  TEXT    NOT NULL,
 	user_id     TEXT    NOT NULL,
 	body        TEXT    NOT NULL,
@@ -173,6 +178,93 @@ func dropStreamIndex(ctx context.Context, db *sql.DB) error {
 	return tx.Commit()
 }
 
+// outboxFloorKey is the meta row holding the outbox floor: the newest outbox position
+// the prune deleted while it was the newest row, kept so the next row is written above it.
+const outboxFloorKey = "outbox_floor"
+
+// outboxFloorTrigger records the outbox floor in the transaction of the delete that
+// removes the outbox's newest row (whatever deletes it).
+const outboxFloorTrigger = `CREATE TRIGGER IF NOT EXISTS published_floor AFTER DELETE ON published
+WHEN old.seq > IFNULL((SELECT MAX(seq) FROM published), 0)
+BEGIN
+	INSERT OR REPLACE INTO meta (key, value) VALUES ('` + outboxFloorKey + `',
+		CAST(MAX(old.seq, IFNULL((SELECT CAST(value AS INTEGER) FROM meta WHERE key = '` + outboxFloorKey + `'), 0)) AS TEXT));
+END`
+
+// dropAutoincrement rebuilds table, of an earlier layout declared AUTOINCREMENT, without
+// it (its columns, rows and indexes as they were), in one transaction. The newest position
+// the table handed out (its sqlite_sequence row) is kept: the outbox's as the outbox
+// floor, the queue's as a done row without id or body at that position (read by nothing,
+// deleted by the message prune once newer rows exist).
+func dropAutoincrement(ctx context.Context, db *sql.DB, table string) error {
+	var create string
+	if err := db.QueryRowContext(ctx, `SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?`, table).Scan(&create); err != nil {
+		return err
+	}
+	if !strings.Contains(strings.ToUpper(create), "AUTOINCREMENT") {
+		return nil
+	}
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback() }()
+	var cols []string
+	if err := scanEach(ctx, tx, `SELECT name FROM pragma_table_info(?) ORDER BY cid`, func(r *sql.Rows) error {
+		var c string
+		err := r.Scan(&c)
+		cols = append(cols, `"`+c+`"`)
+		return err
+	}, table); err != nil {
+		return err
+	}
+	var indexes []string
+	if err := scanEach(ctx, tx, `SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL`, func(r *sql.Rows) error {
+		var q string
+		err := r.Scan(&q)
+		indexes = append(indexes, q)
+		return err
+	}, table); err != nil {
+		return err
+	}
+	var assigned, newest int64
+	if err := tx.QueryRowContext(ctx, `SELECT IFNULL((SELECT seq FROM sqlite_sequence WHERE name = ?), 0), IFNULL((SELECT MAX(seq) FROM `+table+`), 0)`,
+		table).Scan(&assigned, &newest); err != nil {
+		return err
+	}
+	rebuilt := table + "_rebuilt"
+	i := strings.Index(create, "(")
+	list := strings.Join(cols, ", ")
+	for _, q := range []string{
+		`CREATE TABLE ` + rebuilt + ` ` + strings.Replace(strings.Replace(create[i:], "AUTOINCREMENT", "", 1), "autoincrement", "", 1),
+		`INSERT INTO ` + rebuilt + ` (` + list + `) SELECT ` + list + ` FROM ` + table + ` ORDER BY seq`,
+		`DROP TABLE ` + table,
+		`ALTER TABLE ` + rebuilt + ` RENAME TO ` + table,
+	} {
+		if _, err := tx.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("%s: %w", q, err)
+		}
+	}
+	for _, q := range indexes {
+		if _, err := tx.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("%s: %w", q, err)
+		}
+	}
+	if assigned > newest {
+		switch table {
+		case outboxTable:
+			if err := writeFloor(ctx, tx, outboxFloorKey, assigned); err != nil {
+				return err
+			}
+		default:
+			if _, err := tx.ExecContext(ctx, `INSERT INTO messages (seq, message_id, user_id, body, enqueued_at, done_at) VALUES (?, '', '', '', 0, 0)`, assigned); err != nil {
+				return err
+			}
+		}
+	}
+	return tx.Commit()
+}
+
 func migrate(ctx context.Context, db *sql.DB) error {
 	if _, err := db.ExecContext(ctx, logSchema); err != nil {
 		return fmt.Errorf("create log tables: %w", err)
@@ -209,6 +301,14 @@ func migrate(ctx context.Context, db *sql.DB) error {
 				return fmt.Errorf("add the %s checksums: %w", table, err)
 			}
 		}
+	}
+	for _, table := range []string{"messages", outboxTable} {
+		if err := dropAutoincrement(ctx, db, table); err != nil {
+			return fmt.Errorf("rebuild %s without AUTOINCREMENT: %w", table, err)
+		}
+	}
+	if _, err := db.ExecContext(ctx, outboxFloorTrigger); err != nil {
+		return fmt.Errorf("create the outbox floor's trigger: %w", err)
 	}
 	var legacy int
 	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'events'`).Scan(&legacy); err != nil {

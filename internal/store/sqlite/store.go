@@ -225,6 +225,9 @@ type Store struct {
 	// queueFloor is the queue position at or below which no message is pending
 	// (raiseQueueFloor).
 	queueFloor atomic.Int64
+	// outboxLow is set while the outbox may hold no row above its floor (PrunePublished):
+	// the writer writes its next row above the floor (publishAboveFloor).
+	outboxLow atomic.Bool
 	// batchStreams holds what the commit being written did to the streams (the writer's
 	// alone).
 	batchStreams *streamBatch
@@ -435,6 +438,11 @@ func (s *Store) start(ctx context.Context) error {
 		s.queueFloor.Store(n)
 	case !errors.Is(err, sql.ErrNoRows):
 		return fmt.Errorf("read the queue floor: %w", err)
+	}
+	if err := s.checkOutboxFloor(ctx); err != nil {
+		// A damaged file is reported (Health), not refused: the next event is written above
+		// the floor whatever the outbox holds, or fails with the damage.
+		s.opts.Logger.Error("the outbox floor cannot be read", "err", s.noteRead(err))
 	}
 	if err := s.loadStreams(ctx); err != nil {
 		// A damaged file is reported (Health), not refused: the streams start again, in

@@ -142,13 +142,8 @@ func TestReplayAfterARestartFromTheRebuiltIndex(t *testing.T) {
 		t.Fatalf("the next message of cid: %v (top %+v)", got, top)
 	}
 	var indexes int
-	db, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if err := db.QueryRow(`SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'messages' AND sql LIKE '%stream_offset%'`).Scan(&indexes); err != nil || indexes != 0 {
-		t.Fatalf("indexes of stream positions: %d %v", indexes, err)
+	if scanOn(t, path, `SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'messages' AND sql LIKE '%stream_offset%'`, nil, &indexes); indexes != 0 {
+		t.Fatalf("%d indexes of stream positions", indexes)
 	}
 }
 
@@ -231,16 +226,22 @@ func TestPrunesRemoveTheIndexEntries(t *testing.T) {
 
 func metaValue(t *testing.T, path, key string) string {
 	t.Helper()
+	var v string
+	scanOn(t, path, `SELECT value FROM meta WHERE key = ?`, []any{key}, &v)
+	return v
+}
+
+// scanOn reads the one row query (with args) selects in the store file at path into dest.
+func scanOn(t *testing.T, path, query string, args []any, dest ...any) {
+	t.Helper()
 	db, err := sql.Open("sqlite", path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	var v string
-	if err := db.QueryRow(`SELECT value FROM meta WHERE key = ?`, key).Scan(&v); err != nil {
-		t.Fatalf("meta %s: %v", key, err)
+	if err := db.QueryRow(query, args...).Scan(dest...); err != nil {
+		t.Fatalf("%s: %v", query, err)
 	}
-	return v
 }
 
 // TestAStoreWithTheIndexOfStreamPositionsMigrates: a store of the layout that indexed
@@ -291,13 +292,8 @@ func TestAStoreWithTheIndexOfStreamPositionsMigrates(t *testing.T) {
 	if err := s.Health(); err != nil {
 		t.Fatal(err)
 	}
-	db, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
 	var indexes int
-	if err := db.QueryRow(`SELECT COUNT(*) FROM sqlite_master WHERE name = 'messages_stream'`).Scan(&indexes); err != nil || indexes != 0 {
-		t.Fatalf("the index is still there: %d %v", indexes, err)
+	if scanOn(t, path, `SELECT COUNT(*) FROM sqlite_master WHERE name = 'messages_stream'`, nil, &indexes); indexes != 0 {
+		t.Fatal("the index of stream positions is still there")
 	}
 }

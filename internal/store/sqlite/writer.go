@@ -727,7 +727,10 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 // by the fold of a new record, or by the completion of a pending message. The rows are
 // written pubRows to an INSERT, in order (their positions follow it).
 func (s *Store) publish(ctx context.Context, rows []outboxRow) (int, error) {
-	n := 0
+	n, rows, err := s.publishAboveFloor(ctx, rows)
+	if err != nil {
+		return n, err
+	}
 	for len(rows) > 0 {
 		k := min(len(rows), pubRows)
 		args := s.pubArgs[:0]
