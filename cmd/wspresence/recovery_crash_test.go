@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"reflect"
 	"strings"
 	"sync"
 	"syscall"
@@ -19,7 +20,9 @@ import (
 
 // streamClient follows a user's stream over connections as the client library does.
 type streamClient struct {
-	mu     sync.Mutex
+	mu sync.Mutex
+	// conn is the connection follow opened last.
+	conn   *websocket.Conn
 	epoch  string
 	offset int64
 	bodies []string
@@ -39,6 +42,7 @@ func (sc *streamClient) follow(t *testing.T, addr, token string) (answered chan 
 	}
 	t.Cleanup(func() { conn.CloseNow() })
 	sc.mu.Lock()
+	sc.conn = conn
 	req := `{"action":"recover"}`
 	if sc.epoch != "" {
 		req = fmt.Sprintf(`{"action":"recover","epoch":%q,"offset":%d}`, sc.epoch, sc.offset)
@@ -207,4 +211,82 @@ func containsInOrder(got, want []string) bool {
 		}
 	}
 	return i == len(want)
+}
+
+// TestRecoveryReplaysAcrossAKill: a recovering client goes away, messages are acknowledged
+// for its user, and the server is killed (SIGKILL); restarted on the same data dir, it
+// rebuilds its streams from the store, and the client, recovering from its position, is
+// replayed every acknowledged message once, in order, then gets the live ones.
+func TestRecoveryReplaysAcrossAKill(t *testing.T) {
+	dir := t.TempDir()
+	c := startChild(t, dir)
+	first := c
+	t.Cleanup(func() { _ = first.cmd.Process.Kill() })
+	secret, err := localrt.ReadSecret(dir, localrt.JWTSecretFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := auth.Mint([]byte(secret), "vera", time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := &streamClient{}
+	answered, ended := sc.follow(t, c.addr, tok)
+	if a := awaitAnswer(t, answered); a["reason"] != "fresh" {
+		t.Fatalf("first answer %v", a)
+	}
+	post := func(c *child, body string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, "http://"+c.addr+"/messages", strings.NewReader(fmt.Sprintf(`{"userId":"vera","body":%q}`, body)))
+		req.Header.Set("X-Api-Key", c.key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("POST %s: %d", body, resp.StatusCode)
+		}
+	}
+	post(c, "live")
+	deadline := time.Now().Add(10 * time.Second)
+	for len(sc.received()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The client goes away (its connection cut by a proxy, say): what follows is held.
+	sc.mu.Lock()
+	conn := sc.conn
+	sc.mu.Unlock()
+	conn.CloseNow()
+	<-ended
+	var missed []string
+	for i := range 20 {
+		missed = append(missed, fmt.Sprintf("missed-%d", i))
+		post(c, missed[i])
+	}
+	c.stop(t, syscall.SIGKILL)
+
+	c = startChild(t, dir)
+	second := c
+	t.Cleanup(func() { _ = second.cmd.Process.Kill() })
+	defer c.stop(t, syscall.SIGTERM)
+	answered, _ = sc.follow(t, c.addr, tok)
+	a := awaitAnswer(t, answered)
+	if a["recovered"] != true || a["replayed"] != float64(len(missed)) {
+		t.Fatalf("answer after the kill %v, want recovered with %d replayed", a, len(missed))
+	}
+	post(c, "after")
+	want := append(append([]string{"live"}, missed...), "after")
+	deadline = time.Now().Add(10 * time.Second)
+	for len(sc.received()) < len(want) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := sc.received(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("received %v, want %v", got, want)
+	}
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if len(sc.errs) > 0 {
+		t.Fatalf("gaps: %v", sc.errs)
+	}
 }
