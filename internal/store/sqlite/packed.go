@@ -89,10 +89,22 @@ func blockCRC(key string, body []byte) uint32 {
 	return crc32.Update(h, crc32.IEEETable, body)
 }
 
-// entrySize is about what appending p after prev takes in a block (an upper bound).
-func entrySize(prev string, p packed) int {
+// entryBytes is what appending p after prev takes in a block but its time.
+func entryBytes(prev string, p packed) int {
 	shared := sharedPrefix(prev, p.id)
-	return 3*binary.MaxVarintLen64 + len(p.id) - shared
+	n := uvarintLen(uint64(shared)<<flagBits) + uvarintLen(uint64(len(p.id)-shared)) + len(p.id) - shared
+	if p.gap.Valid && p.gap.Int64 != 0 {
+		n += uvarintLen(uint64(p.gap.Int64<<1 ^ p.gap.Int64>>63))
+	}
+	return n
+}
+
+func uvarintLen(v uint64) int {
+	n := 1
+	for ; v >= 0x80; v >>= 7 {
+		n++
+	}
+	return n
 }
 
 func sharedPrefix(a, b string) int {
@@ -109,16 +121,19 @@ func sharedPrefix(a, b string) int {
 // last id) and bytes, each at most packBlockBytes with its key.
 func encodeBlocks(users []packed) (keys []string, blocks [][]byte) {
 	for len(users) > 0 {
-		// The users that fit: ids and times bounded from above, then encoded exactly.
-		n, size, prev := 0, 16+binary.MaxVarintLen64, ""
+		// The users that fit: each entry's bytes but its time, and each time taken as long
+		// as the block's widest (from its earliest to its latest: an upper bound).
+		n, fixed, prev := 0, 0, ""
+		lo, hi := users[0].last, users[0].last
 		for n < len(users) {
 			u := users[n]
-			s := entrySize(prev, u)
-			if n > 0 && size+s+len(u.id)+16 > packBlockBytes {
+			e := entryBytes(prev, u)
+			l, h := min(lo, u.last), max(hi, u.last)
+			size := 1 + binary.MaxVarintLen64 + binary.MaxVarintLen64 + fixed + e + (n+1)*uvarintLen(uint64(h-l)) + 4 + len(u.id) + 8
+			if n > 0 && size > packBlockBytes {
 				break
 			}
-			size += s
-			prev = u.id
+			fixed, prev, lo, hi = fixed+e, u.id, l, h
 			n++
 		}
 		key, block := encodeBlock(users[:n])
@@ -381,13 +396,13 @@ func (s *Store) packChunk(ctx context.Context, after string, cutoff time.Time, l
 	}
 	first, final := due[0].id, due[len(due)-1].id
 	// The blocks the chunk's ids fall among: from the one before the first id (when it has
-	// room left: the previous chunk's last block) to the one that would hold the last.
+	// room left, as the previous chunk's last block has) to the one that would hold the last.
 	blocks, err := s.readBlocks(ctx, `SELECT id, last_id, block FROM view_users_packed WHERE last_id < ? ORDER BY last_id DESC LIMIT 1`, nil, first)
 	if err != nil {
 		return 0, last, false, err
 	}
-	if len(blocks) == 1 && blockBytes(blocks[0].users) > packBlockBytes*3/4 {
-		blocks = nil
+	if len(blocks) == 1 && blockBytes(blocks[0].users) > packBlockBytes-64 {
+		blocks = nil // full: the chunk starts a block of its own
 	}
 	more2, err := s.readBlocks(ctx, `SELECT id, last_id, block FROM view_users_packed WHERE last_id >= ? ORDER BY last_id`,
 		func(key string) bool { return key >= final }, first)

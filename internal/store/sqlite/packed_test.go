@@ -316,8 +316,13 @@ func TestAPackedUserTakesAThirdOfARow(t *testing.T) {
 		t.Fatal(err)
 	}
 	perUser := float64(pages) / users
-	t.Logf("%d users packed: %d bytes in pages (%d of payload): %.1f bytes per user (%.1f of payload)",
-		users, pages, payload, perUser, float64(payload)/users)
+	var each string
+	if err := db.QueryRow(`SELECT group_concat(name || ' ' || n || ' pages', ', ') FROM (SELECT name, COUNT(*) AS n FROM dbstat
+		WHERE name IN ('view_users', 'view_users_active', 'view_users_packed', 'view_users_packed_last') GROUP BY name)`).Scan(&each); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d users packed: %d bytes in pages (%d of payload; %s): %.1f bytes per user (%.1f of payload)",
+		users, pages, payload, each, perUser, float64(payload)/users)
 	if perUser > 16 {
 		t.Fatalf("a packed user takes %.1f bytes, want at most 16", perUser)
 	}
