@@ -246,7 +246,7 @@ type completion struct {
 	keep bool
 }
 
-func (s *Server) complete(c completion) { s.completions <- c }
+func (s *Server) complete(c completion) { s.outcomes.add(c) }
 
 // completionWindow is how long the completer gathers outcomes after the first of a batch
 // before recording them, and completionBatch the most it gathers: one commit records the
@@ -270,32 +270,30 @@ const (
 func (s *Server) completer(ctx context.Context) {
 	window := time.NewTimer(completionWindow)
 	window.Stop()
+	q := s.outcomes
 	// batch and rec are reused from one batch to the next (at most completionBatch
 	// entries each, but the last at shutdown), emptied after each record so that no
 	// message outlives its batch.
 	var batch []completion
 	var rec recordBuffers
 	for {
-		select {
-		case c := <-s.completions:
-			batch = append(batch, c)
-		case <-ctx.Done():
-			for {
-				select {
-				case c := <-s.completions:
-					batch = append(batch, c)
-				default:
-					s.record(context.WithoutCancel(ctx), batch, &rec, true)
-					return
-				}
+		// The queue wakes the completer at the first outcome of a window and when a
+		// batch is full, and the window's timer at its end: not at every outcome.
+		for q.len() == 0 && ctx.Err() == nil {
+			select {
+			case <-q.wake:
+			case <-ctx.Done():
 			}
+		}
+		if ctx.Err() != nil {
+			s.record(context.WithoutCancel(ctx), q.take(batch, 0), &rec, true)
+			return
 		}
 		window.Reset(completionWindow)
 	fill:
-		for len(batch) < completionBatch {
+		for q.len() < completionBatch {
 			select {
-			case c := <-s.completions:
-				batch = append(batch, c)
+			case <-q.wake:
 			case <-window.C:
 				break fill
 			case <-ctx.Done():
@@ -303,6 +301,7 @@ func (s *Server) completer(ctx context.Context) {
 			}
 		}
 		window.Stop()
+		batch = q.take(batch, completionBatch)
 		s.record(ctx, batch, &rec, false)
 		clear(batch)
 		batch = batch[:0]

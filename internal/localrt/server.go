@@ -83,8 +83,8 @@ type Server struct {
 	accepted atomic.Int64
 	bus      *broadcaster
 	graces   *graceTimers
-	// completions carries the decided outcomes of dispatched messages to the completer.
-	completions chan completion
+	// outcomes carries the decided outcomes of dispatched messages to the completer.
+	outcomes *outcomeQueue
 	// queued holds the messages committed and not yet dispatched.
 	queued queuedFeed
 	// streams reads the users' streams for recovering connections; held is what waits
@@ -212,7 +212,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s.store = store
 	s.events, s.queue, s.outbox, s.streams = store, store, store, store
 	s.view = closingView{presenceView: store, pending: s.closing}
-	s.completions = make(chan completion, 4*deliverBatch)
+	s.outcomes = newOutcomeQueue()
 	return s, nil
 }
 

@@ -19,3 +19,13 @@ func mapMark(f *os.File, size int) []byte {
 
 // unmapMark undoes mapMark.
 func unmapMark(mem []byte) { _ = syscall.Munmap(mem) }
+
+// mapReadOnly maps the first size bytes of f, shared, for reading (nil when the platform
+// refuses).
+func mapReadOnly(f *os.File, size int) []byte {
+	mem, err := syscall.Mmap(int(f.Fd()), 0, size, syscall.PROT_READ, syscall.MAP_SHARED)
+	if err != nil {
+		return nil
+	}
+	return mem
+}

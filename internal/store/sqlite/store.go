@@ -92,6 +92,7 @@ type Options struct {
 	// OnQueued, if set, is called after each commit that enqueued messages, with those
 	// messages (their sequence numbers set), in commit order, on the writer's goroutine;
 	// it must not block. The deliverer takes them from memory, not from the queue table.
+	// The slice is the writer's, reused by the next commit: OnQueued copies what it keeps.
 	OnQueued func([]QueuedMessage)
 	// RecoveryWindow is how long accepted messages keep their stream positions and bodies
 	// for recovering connections (StreamRange); PruneStreams forgets them after that. Zero
@@ -176,6 +177,11 @@ type Store struct {
 	// it had grown by at the last send).
 	ckNow   chan struct{}
 	walStep int64
+	// walIdx reads the WAL's committed end from the wal-index (the writer's alone).
+	walIdx walIndex
+	// queuedBuf is the writer's slice for OnQueued, emptied after each commit
+	// (queuedBufCap bounds what it keeps).
+	queuedBuf []QueuedMessage
 	// checking is closed when the running integrity check ends (nil while none runs): the
 	// prunes wait for it (pruneStep).
 	checking atomic.Pointer[chan struct{}]
@@ -490,6 +496,7 @@ func (s *Store) Close() error {
 	}
 	<-s.done
 	<-s.ckDone
+	s.walIdx.close()
 	for _, st := range append(s.stmts.pub[:], s.stmts.log, s.stmts.msg, s.stmts.done, s.stmts.doneKnown, s.stmts.doneKeep, s.stmts.saveUser, s.stmts.saveConn, s.stmts.forgetConn,
 		s.stmts.begin, s.stmts.commit, s.stmts.rollback, s.stmts.getUser, s.stmts.getConn, s.stmts.getPacked) {
 		if st != nil {

@@ -371,13 +371,23 @@ func (a *arrivals) gap(now time.Time) time.Duration {
 // keep from truncating (busy) is a state, logged when it begins and ends, and retried
 // after the next commit. Each time the WAL has grown by another walNudge it asks the
 // checkpointer for a checkpoint at once (ckNow).
+//
+// The WAL file's size is read (a system call) only when it may be past the limit: the
+// file ends where its last committed frame does (the wal-index tells, walIndex) or, below
+// walKept, where a restart of the log cut it, so the larger of the two bounds it from above
+// and has the same count of walNudge steps (walKept is below walNudge).
 func (s *Store) boundWAL() {
+	if end, ok := s.walIdx.end(s.path); ok {
+		if b := max(end, walKept); b <= s.room.walLimit(s.opts.WALLimit, b) {
+			if s.walGrew(b) {
+				s.nudgeCheckpoint()
+			}
+			return
+		}
+	}
 	size := s.walSize()
 	if s.walGrew(size) {
-		select {
-		case s.ckNow <- struct{}{}:
-		default:
-		}
+		s.nudgeCheckpoint()
 	}
 	if size <= s.room.walLimit(s.opts.WALLimit, size) {
 		return
@@ -408,6 +418,14 @@ func (s *Store) boundWAL() {
 	}
 }
 
+// nudgeCheckpoint asks the checkpointer for a checkpoint before its next tick.
+func (s *Store) nudgeCheckpoint() {
+	select {
+	case s.ckNow <- struct{}{}:
+	default:
+	}
+}
+
 // walGrew reports whether the WAL, now size bytes, has grown by another walNudge since it
 // last did (a WAL written from its start again, and cut, grows anew).
 func (s *Store) walGrew(size int64) bool {
@@ -422,6 +440,14 @@ func (s *Store) walGrew(size int64) bool {
 // written from its start again at a few times walNudge, instead of growing for a whole
 // checkpointInterval, to its limit, whose truncation stalls every write queued behind it.
 const walNudge = 8 << 20
+
+// boundWAL counts the steps of walNudge on a bound of the WAL's size that is at least
+// walKept: the same count as the size's only while walKept is below walNudge.
+const _ uint = walNudge - walKept - 1
+
+// queuedBufCap is the largest slice the writer keeps for OnQueued from one commit to the
+// next.
+const queuedBufCap = 4096
 
 // walBusyWait is how long boundWAL's checkpoint waits for the readers that hold the WAL.
 const walBusyWait = 200 * time.Millisecond
@@ -501,13 +527,20 @@ func (s *Store) commit(batch []*writeReq) {
 			s.opts.OnFolded(p)
 		}
 		if s.opts.OnQueued != nil {
-			var queued []QueuedMessage
+			queued := s.queuedBuf[:0]
 			for _, req := range batch {
 				queued = append(queued, req.queued...)
 			}
 			if len(queued) > 0 {
 				s.opts.OnQueued(queued)
 			}
+			// The slice serves the next commit: emptied, so that no message outlives its
+			// commit in it, and dropped when a burst made it larger than a batch's worth.
+			clear(queued)
+			if cap(queued) > queuedBufCap {
+				queued = nil
+			}
+			s.queuedBuf = queued[:0]
 		}
 	}
 	for _, req := range batch {
