@@ -415,8 +415,8 @@ func pruneEvery(retention time.Duration) time.Duration {
 
 // retention is one prune: what it forgets (the label of wspresence_pruned_total), the
 // retention it keeps, and the pass, which forgets what is older than cutoff. A pass that
-// forgets nothing (packs: it packs the users offline past the cutoff) is not counted as
-// pruned.
+// forgets nothing (packs: it packs the users offline past the cutoff) is counted in
+// wspresence_users_packed_total instead.
 type retention struct {
 	what  string
 	keep  time.Duration
@@ -452,7 +452,11 @@ func (s *Server) prune(ctx context.Context, p retention) {
 	t := time.NewTicker(pruneEvery(p.keep))
 	defer t.Stop()
 	for {
-		if n, err := p.run(ctx, s.now().Add(-p.keep)); err != nil {
+		n, err := p.run(ctx, s.now().Add(-p.keep))
+		if p.packs && n > 0 { // a pass cut short has still packed its committed chunks
+			s.metrics.packed.Add(float64(n))
+		}
+		if err != nil {
 			switch {
 			case ctx.Err() != nil:
 			case s.store.Writable() != nil:

@@ -27,6 +27,7 @@ type metrics struct {
 	recoveries      *prometheus.CounterVec
 	replayed        prometheus.Counter
 	pruned          *prometheus.CounterVec
+	packed          prometheus.Counter
 }
 
 // onlineCounter counts online users (the view).
@@ -60,6 +61,8 @@ func newMetrics(connections func() int, view onlineCounter, imageUsers, held fun
 			Help: "Published events webhooks skipped because the outbox pruned them before they were taken."}),
 		pruned: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wspresence_pruned_total",
 			Help: "Rows forgotten past their retention, by what (tombstones, messages, outbox, log, users)."}, []string{"what"}),
+		packed: prometheus.NewCounter(prometheus.CounterOpts{Name: "wspresence_users_packed_total",
+			Help: "Users offline past the tombstone retention moved from their rows to blocks of packed users (a user who returns and leaves again is counted again)."}),
 		recoveries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wspresence_recoveries_total",
 			Help: "Recover requests answered, by outcome (recovered, or the reason it did not)."}, []string{"outcome"}),
 		replayed: prometheus.NewCounter(prometheus.CounterOpts{Name: "wspresence_messages_replayed_total",
@@ -69,7 +72,7 @@ func newMetrics(connections func() int, view onlineCounter, imageUsers, held fun
 		storeQueued: prometheus.NewGauge(prometheus.GaugeOpts{Name: "wspresence_store_queued_message_bytes",
 			Help: "Bytes of accepted messages handed to the store and not yet committed (at most 1 MiB, or one larger request; the others wait within the body budget)."}),
 	}
-	reg.MustRegister(m.appended, m.projectorLag, m.messages, m.deliveryLatency, m.authFailures, m.commitBatch, m.walBytes, m.storeQueued, m.webhookMissed, m.pruned,
+	reg.MustRegister(m.appended, m.projectorLag, m.messages, m.deliveryLatency, m.authFailures, m.commitBatch, m.walBytes, m.storeQueued, m.webhookMissed, m.pruned, m.packed,
 		m.recoveries, m.replayed,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_messages_held",
 			Help: "Messages held for a recovering user's reconnect (their window, at most --max-held-messages-per-user per user and --max-held-messages in all: past them new messages get 503)."}, func() float64 { return float64(held()) }),

@@ -345,20 +345,25 @@ const packScan = 4
 // PackUsers moves the users offline whose last activity is before cutoff (and whom the
 // memory image does not hold) from their hot rows to the packed blocks, a chunk per
 // transaction on the writer (pruneStep, paced as the prunes are), in user id order, each
-// chunk merged with the blocks its ids fall among. It returns how many it packed.
+// chunk merged with the blocks its ids fall among. It returns how many it packed, in the
+// chunks committed (also when it returns an error).
 func (s *Store) PackUsers(ctx context.Context, cutoff time.Time) (int64, error) {
 	var total int64
 	after := ""
 	for p := newPace(); ; {
 		more := false
-		n, err := s.pruneStep(ctx, p, func(ctx context.Context, limit int) (n int64, err error) {
+		var committed int64
+		_, err := s.pruneStep(ctx, p, func(ctx context.Context, limit int) (n int64, err error) {
 			if err := s.begin(ctx); err != nil {
 				return 0, err
 			}
 			n, after, more, err = s.packChunk(ctx, after, cutoff, limit)
-			return n, s.end(ctx, err)
+			if err = s.end(ctx, err); err == nil {
+				committed = n
+			}
+			return n, err
 		})
-		total += n
+		total += committed
 		if err != nil {
 			return total, fmt.Errorf("pack users: %w", err)
 		}
@@ -372,24 +377,9 @@ func (s *Store) PackUsers(ctx context.Context, cutoff time.Time) (int64, error) 
 // packScan*limit hot rows past after, packs those due, and returns how many, the last id
 // read, and whether there may be more.
 func (s *Store) packChunk(ctx context.Context, after string, cutoff time.Time, limit int) (n int64, last string, more bool, err error) {
-	rows, err := queryAll(ctx, s.wc, "read the users to pack", func(r *sql.Rows) (presence.User, error) { return scanUser(r) },
-		selectUser+` WHERE user_id > ? ORDER BY user_id LIMIT ?`, after, packScan*limit)
-	if errors.Is(err, ErrSnapshotDamaged) {
-		return 0, after, false, s.damagedBlock(err)
-	} else if err != nil {
-		return 0, after, false, s.noteRead(err)
-	}
-	var due []packed
-	last, more = after, len(rows) == packScan*limit
-	for _, u := range rows {
-		if len(due) == limit {
-			more = true
-			break
-		}
-		last = u.ID
-		if _, held := s.img.users[u.ID]; !held && packable(u) && u.LastActivity.Before(cutoff) {
-			due = append(due, packedOf(u))
-		}
+	due, last, more, err := s.dueUsers(ctx, after, cutoff, limit)
+	if err != nil {
+		return 0, after, false, err
 	}
 	if len(due) == 0 {
 		return 0, last, more, nil
@@ -427,12 +417,45 @@ func (s *Store) packChunk(ctx context.Context, after string, cutoff time.Time, l
 	if err := s.replaceBlocks(ctx, blocks, users); err != nil {
 		return 0, last, false, err
 	}
+	del, err := s.wc.PrepareContext(ctx, `DELETE FROM view_users WHERE user_id = ?`)
+	if err != nil {
+		return 0, last, false, fmt.Errorf("delete the hot rows of packed users: %w", err)
+	}
+	defer del.Close()
 	for _, u := range due {
-		if _, err := s.wc.ExecContext(ctx, `DELETE FROM view_users WHERE user_id = ?`, u.id); err != nil {
+		if _, err := del.ExecContext(ctx, u.id); err != nil {
 			return 0, last, false, fmt.Errorf("delete the hot row of user %q: %w", u.id, err)
 		}
 	}
 	return int64(len(due)), last, more, nil
+}
+
+// dueUsers reads, in the writer's open transaction, the hot rows past after in id order,
+// up to packScan*limit of them, and stops as soon as limit of them are due for packing:
+// it returns those, the last id read and whether there may be more.
+func (s *Store) dueUsers(ctx context.Context, after string, cutoff time.Time, limit int) (due []packed, last string, more bool, err error) {
+	rows, err := s.wc.QueryContext(ctx, selectUser+` WHERE user_id > ? ORDER BY user_id LIMIT ?`, after, packScan*limit)
+	if err != nil {
+		return nil, after, false, s.noteRead(fmt.Errorf("read the users to pack: %w", err))
+	}
+	defer rows.Close()
+	last, read := after, 0
+	for len(due) < limit && rows.Next() {
+		u, err := scanUser(rows)
+		if errors.Is(err, ErrSnapshotDamaged) {
+			return nil, after, false, s.damagedBlock(err)
+		} else if err != nil {
+			return nil, after, false, s.noteRead(fmt.Errorf("read the users to pack: %w", err))
+		}
+		last, read = u.ID, read+1
+		if _, held := s.img.users[u.ID]; !held && packable(u) && u.LastActivity.Before(cutoff) {
+			due = append(due, packedOf(u))
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, after, false, s.noteRead(fmt.Errorf("read the users to pack: %w", err))
+	}
+	return due, last, len(due) == limit || read == packScan*limit, nil
 }
 
 func cmpID(a, b string) int {
