@@ -2,7 +2,6 @@ package sqlite_test
 
 import (
 	"context"
-	"database/sql"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -92,15 +91,7 @@ func TestRecentClosesOutliveAKill(t *testing.T) {
 			if err := s.Close(); err != nil {
 				t.Fatal(err)
 			}
-			db, err := sql.Open("sqlite", path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer db.Close()
-			var n int
-			if err := db.QueryRow(`SELECT COUNT(*) FROM recovering`).Scan(&n); err != nil {
-				t.Fatal(err)
-			}
+			n := countOn(t, path, `SELECT COUNT(*) FROM recovering`)
 			if n != 0 {
 				t.Fatalf("%d rows left in recovering past the window", n)
 			}
