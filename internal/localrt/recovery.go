@@ -68,7 +68,7 @@ type streamReader interface {
 	KeptCount(ctx context.Context, userID string, gen, after, upTo int64) (int64, error)
 	PruneStreams(ctx context.Context, cutoff time.Time) (int64, error)
 	MarkRecovering(ctx context.Context, connectionID, userID string, on bool) error
-	TakeRecovering(ctx context.Context) ([]string, error)
+	TakeRecovering(ctx context.Context) ([]sqlite.RecoveringUser, error)
 }
 
 var _ streamReader = (*sqlite.Store)(nil)

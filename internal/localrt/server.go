@@ -317,7 +317,8 @@ func (s *Server) recover(ctx context.Context) error {
 		}
 	}
 	// The users of opted-in connections that died with the previous process get their
-	// messages held as if those had just closed.
+	// messages held as if those had just closed, and those whose opted-in connection
+	// closed within the recovery window before it as of that close.
 	recovering, err := s.streams.TakeRecovering(ctx)
 	if err != nil {
 		if errors.Is(err, sqlite.ErrClosed) || s.store.Writable() == nil {
@@ -328,7 +329,7 @@ func (s *Server) recover(ctx context.Context) error {
 		s.log.Warn("the recovering connections of the previous run are not taken: the store cannot write", "err", err)
 	}
 	for _, u := range recovering {
-		s.held.optedInClosed(u, s.now())
+		s.held.optedInClosed(u.UserID, u.ClosedAt)
 	}
 	graces, err := s.view.PendingGraces(ctx)
 	if err != nil {

@@ -43,6 +43,22 @@ func copyFixture(t *testing.T, from string) string {
 	return path
 }
 
+// countOn returns the count query q answers on the store file at path, read by a
+// connection of its own.
+func countOn(t *testing.T, path, q string) int {
+	t.Helper()
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var n int
+	if err := db.QueryRow(q).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+	return n
+}
+
 func execOn(t *testing.T, path string, qs ...string) {
 	t.Helper()
 	db, err := sql.Open("sqlite", path)

@@ -80,7 +80,17 @@ CREATE TABLE IF NOT EXISTS recovering (
 	connection_id TEXT PRIMARY KEY,
 	user_id       TEXT NOT NULL
 ) WITHOUT ROWID;
+-- closed_at and its index are added by migrate (recoveringClosed).
 `
+
+// recoveringClosed gives a row of recovering the time its connection closed (NULL while it
+// is live), so that a start after a kill knows which users closed an opted-in connection
+// within the recovery window; the index finds the rows past it (MarkRecovering,
+// TakeRecovering remove them).
+var recoveringClosed = []string{
+	`ALTER TABLE recovering ADD COLUMN closed_at INTEGER`,
+	`CREATE INDEX IF NOT EXISTS recovering_closed ON recovering (closed_at) WHERE closed_at IS NOT NULL`,
+}
 
 // snapshotSchema holds the view's last snapshot: its rows as of the checkpoint, the log
 // position it folded up to. A start reads the rows of the active users and the live
@@ -277,6 +287,17 @@ func migrate(ctx context.Context, db *sql.DB) error {
 		for _, q := range streamColumns {
 			if _, err := db.ExecContext(ctx, q); err != nil {
 				return fmt.Errorf("add stream positions: %w", err)
+			}
+		}
+	}
+	var closedAt int
+	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM pragma_table_info('recovering') WHERE name = 'closed_at'`).Scan(&closedAt); err != nil {
+		return fmt.Errorf("look for the recovering connections' close times: %w", err)
+	}
+	if closedAt == 0 {
+		for _, q := range recoveringClosed {
+			if _, err := db.ExecContext(ctx, q); err != nil {
+				return fmt.Errorf("add the recovering connections' close times: %w", err)
 			}
 		}
 	}

@@ -522,16 +522,24 @@ func (s *Store) PruneStreams(ctx context.Context, cutoff time.Time) (int64, erro
 const streamPruneChunk = 500
 
 // MarkRecovering records that the connection connectionID of userID opted in to recovery
-// (on), or forgets it (its close). The table recovering holds the live opted-in
-// connections; TakeRecovering empties it at a start, when every connection it names died
-// with the previous process.
+// (on), or that it closed (off). The table recovering holds the live opted-in connections
+// and those closed within the recovery window (a connection closed without a window is
+// forgotten at once): a start after a kill, which loses the memory of recent closes, takes
+// them with TakeRecovering. Its rows are removed by a later close or a start once past the
+// window.
 func (s *Store) MarkRecovering(ctx context.Context, connectionID, userID string, on bool) error {
 	return s.writeExec(ctx, func(ctx context.Context) error {
 		var err error
-		if on {
+		switch now := s.opts.Now().UnixNano(); {
+		case on:
 			_, err = s.wc.ExecContext(ctx, `INSERT OR IGNORE INTO recovering (connection_id, user_id) VALUES (?, ?)`, connectionID, userID)
-		} else {
+		case s.opts.RecoveryWindow <= 0:
 			_, err = s.wc.ExecContext(ctx, `DELETE FROM recovering WHERE connection_id = ?`, connectionID)
+		default:
+			if _, err = s.wc.ExecContext(ctx, `UPDATE recovering SET closed_at = ? WHERE connection_id = ?`, now, connectionID); err == nil {
+				_, err = s.wc.ExecContext(ctx, `DELETE FROM recovering WHERE closed_at IS NOT NULL AND closed_at < ?`,
+					now-s.opts.RecoveryWindow.Nanoseconds())
+			}
 		}
 		if err != nil {
 			return fmt.Errorf("record recovering connection %s: %w", connectionID, err)
@@ -540,23 +548,44 @@ func (s *Store) MarkRecovering(ctx context.Context, connectionID, userID string,
 	})
 }
 
-// TakeRecovering returns the users of the opted-in connections recorded live, and forgets
-// them (a start: they died with the previous process).
-func (s *Store) TakeRecovering(ctx context.Context) ([]string, error) {
-	var users []string
+// RecoveringUser is a user whose opted-in connection was live when the previous process
+// stopped, or closed within the recovery window before that.
+type RecoveringUser struct {
+	// UserID names the user.
+	UserID string
+	// ClosedAt is when the user's last opted-in connection closed: the start, for a
+	// connection that was live when the previous process stopped.
+	ClosedAt time.Time
+}
+
+// TakeRecovering returns the users of the opted-in connections recorded live (they died
+// with the previous process: closed as of now) or closed within the recovery window, and
+// records the live ones closed as of now, so that another start within the window finds
+// them again; rows past the window are removed.
+func (s *Store) TakeRecovering(ctx context.Context) ([]RecoveringUser, error) {
+	var users []RecoveringUser
 	err := s.writeExec(ctx, func(ctx context.Context) error {
-		err := scanEach(ctx, s.wc, `SELECT DISTINCT user_id FROM recovering`, func(r *sql.Rows) error {
-			var u string
-			if err := r.Scan(&u); err != nil {
+		users = users[:0]
+		now := s.opts.Now().UnixNano()
+		cutoff := now - max(s.opts.RecoveryWindow.Nanoseconds(), 0)
+		err := scanEach(ctx, s.wc, `SELECT user_id, MAX(IFNULL(closed_at, ?)) FROM recovering
+			WHERE closed_at IS NULL OR closed_at >= ? GROUP BY user_id ORDER BY user_id`, func(r *sql.Rows) error {
+			var u RecoveringUser
+			var at int64
+			if err := r.Scan(&u.UserID, &at); err != nil {
 				return err
 			}
+			u.ClosedAt = time.Unix(0, at).UTC()
 			users = append(users, u)
 			return nil
-		})
+		}, now, cutoff)
 		if err != nil {
 			return fmt.Errorf("read recovering connections: %w", err)
 		}
-		_, err = s.wc.ExecContext(ctx, `DELETE FROM recovering`)
+		if _, err := s.wc.ExecContext(ctx, `UPDATE recovering SET closed_at = ? WHERE closed_at IS NULL`, now); err != nil {
+			return err
+		}
+		_, err = s.wc.ExecContext(ctx, `DELETE FROM recovering WHERE closed_at IS NOT NULL AND closed_at < ?`, cutoff)
 		return err
 	})
 	return users, err
