@@ -141,6 +141,16 @@ func (c *child) metric(t *testing.T, name string) int64 {
 	return 0
 }
 
+// logsOnFailure logs the child's logs when the test failed.
+func logsOnFailure(t *testing.T, which string, c *child) {
+	if !t.Failed() {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t.Logf("logs of %s:\n%s", which, c.logs.String())
+}
+
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
@@ -165,6 +175,7 @@ func TestFullDiskOnASmallFilesystem(t *testing.T) {
 	filler := filepath.Join(fs, "filler")
 	a := startChild(t, dir)
 	t.Cleanup(func() { _ = a.cmd.Process.Kill(); _ = a.cmd.Wait() })
+	t.Cleanup(func() { logsOnFailure(t, "the first server", a) })
 	secret, err := localrt.ReadSecret(dir, localrt.JWTSecretFile)
 	if err != nil {
 		t.Fatal(err)
@@ -268,6 +279,7 @@ func TestFullDiskOnASmallFilesystem(t *testing.T) {
 	// A restart on the full disk: reads served, writes refused, /healthz says why.
 	b := startChild(t, dir)
 	t.Cleanup(func() { _ = b.cmd.Process.Kill(); _ = b.cmd.Wait() })
+	t.Cleanup(func() { logsOnFailure(t, "the restarted server", b) })
 	if !healthz(b) {
 		t.Fatal("/healthz does not report cannot_write after a restart on a full disk")
 	}
@@ -336,4 +348,37 @@ func TestFullDiskOnASmallFilesystem(t *testing.T) {
 		t.Errorf("%d ERROR lines after the restart, want the one change of state: %s", n, logs)
 	}
 	b.stop(t, syscall.SIGTERM)
+}
+
+// TestHealthzFindsADiskFilledWhileIdle fills the server's filesystem while it writes
+// nothing: /healthz reports cannot_write without waiting for a write to find out, a write
+// is refused, and once space is freed /healthz is ok again.
+func TestHealthzFindsADiskFilledWhileIdle(t *testing.T) {
+	fs := smallFS(t)
+	dir := filepath.Join(fs, "data")
+	filler := filepath.Join(fs, "filler")
+	a := startChild(t, dir)
+	t.Cleanup(func() { _ = a.cmd.Process.Kill(); _ = a.cmd.Wait() })
+	t.Cleanup(func() { logsOnFailure(t, "the server", a) })
+	healthz := func() (int, string) { return a.get(t, "/healthz") }
+	if status, body := healthz(); status != http.StatusOK {
+		t.Fatalf("/healthz before the disk is full: %d %s", status, body)
+	}
+	// Another process takes all but 256 KB, under what the store writes with.
+	waitUntil(t, "/healthz cannot_write on a disk filled by another process", func() bool {
+		grow(t, filler, freeBytes(t, fs)-256<<10)
+		status, body := healthz()
+		return status == http.StatusServiceUnavailable && strings.Contains(body, "cannot_write")
+	})
+	if status := a.post(t, "u1", "refused", 10); status != http.StatusServiceUnavailable {
+		t.Fatalf("POST /messages on a full disk: %d", status)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "/healthz ok once space is freed", func() bool { s, _ := healthz(); return s == http.StatusOK })
+	if status := a.post(t, "u1", "accepted", 10); status != http.StatusAccepted {
+		t.Fatalf("POST /messages once space is freed: %d", status)
+	}
+	a.stop(t, syscall.SIGTERM)
 }

@@ -164,6 +164,24 @@ func (r *room) admit() error {
 	return nil
 }
 
+// watch reads the free space from outside the writer (the checkpointer's tick, Writable):
+// a store whose writer is idle still finds its filesystem full, gives its reserve back and
+// truncates its WAL, instead of reporting that it writes until its next commit finds out.
+// Only the atomics are touched; resuming stays the writer's (admit).
+func (r *room) watch() {
+	if (r.size == 0 && r.free.Load() < 0) || r.full.Load() {
+		return
+	}
+	free, _, err := diskSpace(r.path)
+	if err != nil {
+		return
+	}
+	r.free.Store(free)
+	if free < r.minFree {
+		r.enterFull(fmt.Sprintf("%d bytes free, under %d", free, r.minFree))
+	}
+}
+
 // refusal is the error of a write refused for want of space.
 func (r *room) refusal() error {
 	return fmt.Errorf("%w: %w (free %d bytes; writes resume at %d)", ErrCannotWrite, ErrNoSpace, r.free.Load(), r.resumeAt)

@@ -88,6 +88,7 @@ func (s *Store) checkpointer() {
 		if tick%integrityEvery == 0 {
 			s.checkIntegrity()
 		}
+		s.room.watch()
 		s.checkpoint()
 		if s.opts.OnWAL != nil {
 			s.opts.OnWAL(s.walSize())
@@ -808,11 +809,13 @@ func (s *Store) noteWrite(err error) {
 var ErrCannotWrite = errors.New("the store cannot write")
 
 // Writable reports whether the last group commit failed, or writes are refused for want
-// of space (an error wrapping ErrCannotWrite), nil when the store writes.
+// of space (an error wrapping ErrCannotWrite), nil when the store writes. It reads the
+// free space now: a filesystem filled while nothing was written is found full.
 func (s *Store) Writable() error {
 	if p := s.writeFailing.Load(); p != nil {
 		return *p
 	}
+	s.room.watch()
 	if s.room.full.Load() {
 		return s.room.refusal()
 	}
