@@ -275,31 +275,33 @@ func dropAutoincrement(ctx context.Context, db *sql.DB, table string) error {
 	return tx.Commit()
 }
 
+// addColumn runs stmts (adding column to table, and what goes with it) unless table already
+// has column; what names the addition in errors.
+func addColumn(ctx context.Context, db *sql.DB, table, column, what string, stmts ...string) error {
+	var has int
+	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = ?`, table, column).Scan(&has); err != nil {
+		return fmt.Errorf("look for %s: %w", what, err)
+	}
+	if has > 0 {
+		return nil
+	}
+	for _, q := range stmts {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("add %s: %w", what, err)
+		}
+	}
+	return nil
+}
+
 func migrate(ctx context.Context, db *sql.DB) error {
 	if _, err := db.ExecContext(ctx, logSchema); err != nil {
 		return fmt.Errorf("create log tables: %w", err)
 	}
-	var streams int
-	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'stream_offset'`).Scan(&streams); err != nil {
-		return fmt.Errorf("look for stream positions: %w", err)
+	if err := addColumn(ctx, db, "messages", "stream_offset", "stream positions", streamColumns...); err != nil {
+		return err
 	}
-	if streams == 0 {
-		for _, q := range streamColumns {
-			if _, err := db.ExecContext(ctx, q); err != nil {
-				return fmt.Errorf("add stream positions: %w", err)
-			}
-		}
-	}
-	var closedAt int
-	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM pragma_table_info('recovering') WHERE name = 'closed_at'`).Scan(&closedAt); err != nil {
-		return fmt.Errorf("look for the recovering connections' close times: %w", err)
-	}
-	if closedAt == 0 {
-		for _, q := range recoveringClosed {
-			if _, err := db.ExecContext(ctx, q); err != nil {
-				return fmt.Errorf("add the recovering connections' close times: %w", err)
-			}
-		}
+	if err := addColumn(ctx, db, "recovering", "closed_at", "the recovering connections' close times", recoveringClosed...); err != nil {
+		return err
 	}
 	if err := dropStreamIndex(ctx, db); err != nil {
 		return fmt.Errorf("drop the index of stream positions: %w", err)
@@ -313,14 +315,8 @@ func migrate(ctx context.Context, db *sql.DB) error {
 	// Rows of the log, the outbox and the queue carry a checksum (rowCRC, messageCRC);
 	// rows written before it have none (NULL) and are read unchecked.
 	for _, table := range []string{"log", "published", "messages"} {
-		var has int
-		if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = 'crc'`, table).Scan(&has); err != nil {
-			return fmt.Errorf("look for the %s checksums: %w", table, err)
-		}
-		if has == 0 {
-			if _, err := db.ExecContext(ctx, `ALTER TABLE `+table+` ADD COLUMN crc INTEGER`); err != nil {
-				return fmt.Errorf("add the %s checksums: %w", table, err)
-			}
+		if err := addColumn(ctx, db, table, "crc", "the "+table+" checksums", `ALTER TABLE `+table+` ADD COLUMN crc INTEGER`); err != nil {
+			return err
 		}
 	}
 	for _, table := range []string{"messages", outboxTable} {
