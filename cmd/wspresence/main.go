@@ -11,6 +11,7 @@ import (
 )
 
 func main() {
+	execSteadyMonitor(os.Args)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
 	stop()

@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/pprof"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -156,6 +158,10 @@ func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
 		httperr.Write(w, r, s.log, methodNotAllowed("POST"))
 		return
 	}
+	if qc, ok := r.Context().Value(quietConnKey{}).(*quietConn); ok {
+		qc.quiet.Store(true)
+		defer qc.quiet.Store(false)
+	}
 	buf := bodyBuffers.Get().(*[]byte)
 	defer putBodyBuffer(buf)
 	body, err := s.takeBody(w, r, buf)
@@ -189,6 +195,58 @@ func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeEnqueueReply(w, buf, ids)
+}
+
+// quietListener hands the HTTP server its connections as quietConns.
+type quietListener struct{ net.Listener }
+
+// Accept implements net.Listener.
+func (l quietListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &quietConn{Conn: c}, nil
+}
+
+// quietConn is a connection of the HTTP server. Once a request's body is read, net/http
+// starts a goroutine reading one byte from the socket, to notice a client that hangs up
+// while the handler runs, and ends it when the handler returns: three goroutine hand-offs
+// and a read per request. While quiet is set (POST /messages, whose handler waits for its
+// commit and answers whether or not its client is still there), that read finds nothing
+// at once instead of waiting on the socket: net/http's own reads, into its 4 KB buffer,
+// are never one byte, and a pipelined request's bytes stay in the socket for the next read.
+type quietConn struct {
+	net.Conn
+	quiet atomic.Bool
+}
+
+// Read implements net.Conn.
+func (c *quietConn) Read(p []byte) (int, error) {
+	if len(p) == 1 && c.quiet.Load() {
+		return 0, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// CloseWrite half-closes a TCP connection (net/http does before closing one it refused).
+func (c *quietConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// quietConnKey is the context key of a request's quietConn.
+type quietConnKey struct{}
+
+// withQuietConn is the HTTP server's ConnContext: a request's handler finds its
+// connection under quietConnKey.
+func withQuietConn(ctx context.Context, c net.Conn) context.Context {
+	if qc, ok := c.(*quietConn); ok {
+		return context.WithValue(ctx, quietConnKey{}, qc)
+	}
+	return ctx
 }
 
 // bodyBuffers holds the buffers POST /messages reads bodies into; a buffer grown past

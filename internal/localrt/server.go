@@ -262,12 +262,13 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	s.ln = ln
 	s.httpSrv = &http.Server{Handler: s.routes(),
+		ConnContext:       withQuietConn,
 		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
 		ReadTimeout:       s.cfg.ReadTimeout, // lifted by net/http once a request is read
 		IdleTimeout:       s.cfg.KeepAliveTimeout,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	s.served = make(chan error, 1)
-	go func() { s.served <- s.httpSrv.Serve(ln) }()
+	go func() { s.served <- s.httpSrv.Serve(quietListener{ln}) }()
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.loopStop = cancel
 	prunes := s.retentions()
