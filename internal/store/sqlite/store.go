@@ -235,9 +235,16 @@ type Store struct {
 	// last snapshot, which deletes the entries of those whose hot rows it writes (the
 	// writer's alone).
 	unpacked map[string]struct{}
-	// envBuf and pubArgs are the writer's buffers for the outbox rows (publish).
-	envBuf  []byte
-	pubArgs []any
+	// envBuf and pubArgs are the writer's buffers for the outbox rows (publish), queueArgs
+	// for the queue rows (enqueue).
+	envBuf    []byte
+	pubArgs   []any
+	queueArgs []any
+	// queueTop is the newest queue position committed, queueTent the newest the commit
+	// being written took (the writer hands the positions out: enqueue); queueInserts
+	// counts the INSERTs that wrote queue rows (the writer's alone).
+	queueTop, queueTent int64
+	queueInserts        int
 }
 
 // writerStmts are prepared once on the writer's connection: the hot path's inserts and
@@ -245,8 +252,9 @@ type Store struct {
 type writerStmts struct {
 	log, msg, done, doneKeep *sql.Stmt
 	doneKnown                *sql.Stmt
-	// pub[n-1] writes n outbox rows (pubStmt).
+	// pub[n-1] writes n outbox rows (pubStmt), queue[n-1] n queue rows (queueStmt).
 	pub                            [pubRows]*sql.Stmt
+	queue                          [queueRows]*sql.Stmt
 	saveUser, saveConn, forgetConn *sql.Stmt
 	begin, commit, rollback        *sql.Stmt
 	// getUser and getConn read the rows the image does not hold; getPacked the block that
@@ -396,7 +404,7 @@ func (s *Store) start(ctx context.Context) error {
 		query string
 	}{
 		{&s.stmts.log, `INSERT INTO log (type, data, crc) VALUES (?, ?, ?)`},
-		{&s.stmts.msg, `INSERT INTO messages (message_id, user_id, body, enqueued_at, stream_offset, stream_gen, crc) VALUES (?, ?, ?, ?, ?, ?, ?)
+		{&s.stmts.msg, `INSERT INTO messages (seq, message_id, user_id, body, enqueued_at, stream_offset, stream_gen, crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (message_id, user_id) DO NOTHING`},
 		// A done message's body is forgotten, its stream position marked gone (a negative
 		// generation), unless it is kept for the recovery window (doneKeep; PruneStreams).
@@ -438,6 +446,9 @@ func (s *Store) start(ctx context.Context) error {
 		s.queueFloor.Store(n)
 	case !errors.Is(err, sql.ErrNoRows):
 		return fmt.Errorf("read the queue floor: %w", err)
+	}
+	if err := s.wc.QueryRowContext(ctx, `SELECT IFNULL(MAX(seq), 0) FROM messages`).Scan(&s.queueTop); err != nil {
+		return fmt.Errorf("read the queue's newest position: %w", err)
 	}
 	if err := s.checkOutboxFloor(ctx); err != nil {
 		// A damaged file is reported (Health), not refused: the next event is written above
@@ -497,7 +508,7 @@ func (s *Store) Close() error {
 	<-s.done
 	<-s.ckDone
 	s.walIdx.close()
-	for _, st := range append(s.stmts.pub[:], s.stmts.log, s.stmts.msg, s.stmts.done, s.stmts.doneKnown, s.stmts.doneKeep, s.stmts.saveUser, s.stmts.saveConn, s.stmts.forgetConn,
+	for _, st := range append(append(s.stmts.pub[:], s.stmts.queue[:]...), s.stmts.log, s.stmts.msg, s.stmts.done, s.stmts.doneKnown, s.stmts.doneKeep, s.stmts.saveUser, s.stmts.saveConn, s.stmts.forgetConn,
 		s.stmts.begin, s.stmts.commit, s.stmts.rollback, s.stmts.getUser, s.stmts.getConn, s.stmts.getPacked) {
 		if st != nil {
 			_ = st.Close()

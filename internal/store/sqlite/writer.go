@@ -504,6 +504,7 @@ func (s *Store) commit(batch []*writeReq) {
 		}
 	}
 	if err == nil {
+		s.queueTop = max(s.queueTop, s.queueTent)
 		// The mark follows the commit: never ahead of what is durable.
 		if merr := s.mark.write(s.tent, false); merr != nil {
 			s.opts.Logger.Error("the store's high-water mark", "err", merr)
@@ -646,7 +647,9 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 	s.tent = s.mark.last
 	seq := s.img.seq
 	s.batchStreams.reset()
-	streams := s.batchStreams
+	if err := s.enqueue(ctx, batch); err != nil {
+		return f, p, err
+	}
 	appendRecord := func(typ string, v any) error {
 		data, err := json.Marshal(v)
 		if err != nil {
@@ -674,24 +677,6 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 			f.event(e)
 			req.appended++
 			req.written[i] = true
-		}
-		for _, m := range req.messages {
-			st := s.position(streams, &m)
-			offset, gen := m.positions(s.opts.RecoveryWindow > 0)
-			at := m.EnqueuedAt.UnixNano()
-			res, err := s.stmts.msg.ExecContext(ctx, m.MessageID, m.UserID, m.Body, at, offset, gen,
-				messageCRC(m.MessageID, m.UserID, at, offset, gen, m.Body))
-			if err != nil {
-				return f, p, fmt.Errorf("enqueue %s: %w", m.MessageID, err)
-			}
-			if n, _ := res.RowsAffected(); n == 1 {
-				if m.Seq, err = res.LastInsertId(); err != nil {
-					return f, p, fmt.Errorf("enqueue %s: %w", m.MessageID, err)
-				}
-				s.tent.Messages = max(s.tent.Messages, m.Seq)
-				req.queued = append(req.queued, m)
-				streams.took(st, &m)
-			}
 		}
 		if len(req.completes) > 0 {
 			n, err := s.complete(ctx, req.completes, req.outcomes, req.keeps)
@@ -722,6 +707,119 @@ func (s *Store) writeBatch(batch []*writeReq) (f *fold, p Projection, err error)
 		return f, p, err
 	}
 	return f, f.projection(published, seq), nil
+}
+
+// enqueue writes the queue rows of batch's messages, in the order of batch, each at the
+// next queue position (the writer hands them out: queueTop) and the next position of its
+// user's stream, queueRows to an INSERT. A message already queued (its MessageID for its
+// user, in the queue or earlier in batch) fails its INSERT as a whole: the batch's rows are
+// then written one at a time instead (enqueueEach), those already queued skipped.
+func (s *Store) enqueue(ctx context.Context, batch []*writeReq) error {
+	streams := s.batchStreams
+	top := s.queueTop
+	args := s.queueArgs[:0]
+	n := 0
+	flush := func() error {
+		if n == 0 {
+			return nil
+		}
+		st, err := s.queueStmt(ctx, n)
+		if err != nil {
+			return err
+		}
+		s.queueInserts++
+		_, err = st.ExecContext(ctx, args...)
+		clear(args)
+		args, n = args[:0], 0
+		return err
+	}
+	var err error
+	for _, req := range batch {
+		for _, m := range req.messages {
+			st := s.position(streams, &m)
+			offset, gen := m.positions(s.opts.RecoveryWindow > 0)
+			at := m.EnqueuedAt.UnixNano()
+			top++
+			m.Seq = top
+			args = append(args, m.Seq, m.MessageID, m.UserID, m.Body, at, offset, gen,
+				messageCRC(m.MessageID, m.UserID, at, offset, gen, m.Body))
+			req.queued = append(req.queued, m)
+			streams.took(st, &m)
+			if n++; n == queueRows {
+				if err = flush(); err != nil {
+					break
+				}
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	if err == nil {
+		err = flush()
+	}
+	s.queueArgs = args[:0]
+	if err == nil {
+		s.tent.Messages = max(s.tent.Messages, top)
+		s.queueTent = top
+		return nil
+	}
+	// The statements written so far are undone with the rest (a savepoint's cost is not
+	// worth it for a duplicate, which is rare): the rows are written again one at a time.
+	if _, rerr := s.wc.ExecContext(ctx, `DELETE FROM messages WHERE seq > ?`, s.queueTop); rerr != nil {
+		return fmt.Errorf("enqueue: %w", errors.Join(err, rerr))
+	}
+	streams.reset()
+	for _, req := range batch {
+		req.queued = req.queued[:0]
+	}
+	return s.enqueueEach(ctx, batch)
+}
+
+// enqueueEach writes the queue rows of batch's messages one at a time, skipping a message
+// already queued (enqueue).
+func (s *Store) enqueueEach(ctx context.Context, batch []*writeReq) error {
+	streams := s.batchStreams
+	top := s.queueTop
+	for _, req := range batch {
+		for _, m := range req.messages {
+			st := s.position(streams, &m)
+			offset, gen := m.positions(s.opts.RecoveryWindow > 0)
+			at := m.EnqueuedAt.UnixNano()
+			res, err := s.stmts.msg.ExecContext(ctx, top+1, m.MessageID, m.UserID, m.Body, at, offset, gen,
+				messageCRC(m.MessageID, m.UserID, at, offset, gen, m.Body))
+			if err != nil {
+				return fmt.Errorf("enqueue %s: %w", m.MessageID, err)
+			}
+			if n, _ := res.RowsAffected(); n == 1 {
+				top++
+				m.Seq = top
+				req.queued = append(req.queued, m)
+				streams.took(st, &m)
+			}
+		}
+	}
+	s.tent.Messages = max(s.tent.Messages, top)
+	s.queueTent = top
+	return nil
+}
+
+// queueRows is the most queue rows one INSERT writes (enqueue).
+const queueRows = 64
+
+// queueStmt is the writer's INSERT of n queue rows, prepared the first time it is needed.
+func (s *Store) queueStmt(ctx context.Context, n int) (*sql.Stmt, error) {
+	if st := s.stmts.queue[n-1]; st != nil {
+		return st, nil
+	}
+	q := `INSERT INTO messages (seq, message_id, user_id, body, enqueued_at, stream_offset, stream_gen, crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)` +
+		strings.Repeat(`, (?, ?, ?, ?, ?, ?, ?, ?)`, n-1)
+	st, err := s.wc.PrepareContext(ctx, q)
+	if err != nil {
+		return nil, fmt.Errorf("prepare the queue's insert of %d rows: %w", n, err)
+	}
+	s.stmts.queue[n-1] = st
+	return st, nil
 }
 
 // publish writes rows to the outbox and returns how many it wrote. Each is decided once:
