@@ -129,19 +129,23 @@ func (f frame) written(err error) {
 }
 
 // wsConn is one live WebSocket connection. An idle one runs no goroutine of its own
-// beside its reader: a writer goroutine runs while frames are queued, and the ping timer's
-// callback when it fires.
+// beside its reader: its frames are written by the goroutine that queues them (its
+// sockWriter's flusher runs while the socket does not take them), and the ping timer's
+// callback runs when it fires.
 type wsConn struct {
 	id, userID string
 	ws         *websocket.Conn
 	// conn is the socket under ws (nil if the handshake did not hand it over); only the
 	// writer uses it, for its write deadline.
 	conn net.Conn
+	// sock is what the library writes to (nil when conn offers no raw socket: the writes
+	// then wait on the socket, from a writer goroutine); set at the hijack, under mu.
+	sock *sockWriter
 	// drop ends the connection at once, without waiting for a close handshake.
 	drop context.CancelFunc
 	// max bounds the frames waiting to be written (the send queue).
 	max int
-	// write drains the queue; enqueue starts it in a goroutine when none runs.
+	// write drains the queue; enqueue runs it when none runs (see startWriterLocked).
 	write func()
 	// mu guards queue, writing and ended; the queue is allocated on the first frame, so an
 	// idle connection holds none.
@@ -170,7 +174,7 @@ type wsConn struct {
 // full or the connection ended.
 func (c *wsConn) enqueue(f frame) bool {
 	c.mu.Lock()
-	if c.ended || len(c.queue) >= c.max {
+	if c.ended || len(c.queue)+c.sock.backlog() >= c.max {
 		c.mu.Unlock()
 		return false
 	}
@@ -188,15 +192,24 @@ func (c *wsConn) activate(ws *websocket.Conn, conn net.Conn) {
 }
 
 // startWriterLocked starts the writer if frames wait, none runs, and the socket is
-// attached; it is called with mu held and unlocks it.
+// attached; it is called with mu held and unlocks it. With a sockWriter, whose writes
+// never wait on the socket, the writer runs in the calling goroutine (the dispatcher's,
+// mostly): no goroutine started and woken per frame. Without one it runs in a goroutine
+// of its own.
 func (c *wsConn) startWriterLocked() {
 	start := len(c.queue) > 0 && !c.writing && !c.pending && !c.ended && c.stream.state != streamReplaying
 	if start {
 		c.writing = true
 		c.busy.Add(1)
 	}
+	inline := c.sock != nil
 	c.mu.Unlock()
-	if start {
+	switch {
+	case !start:
+	case inline:
+		defer c.busy.Done()
+		c.write()
+	default:
 		go func() {
 			defer c.busy.Done()
 			c.write()

@@ -197,6 +197,9 @@ func (s *Server) writeFrame(ctx context.Context, c *wsConn, data []byte) error {
 	if err := c.ws.Write(wctx, websocket.MessageText, data); err != nil {
 		return fmt.Errorf("write: %w: %w", err, delivery.ErrConnectionGone)
 	}
+	if err := c.sock.waitSent(wctx); err != nil { // on the socket, not merely accepted
+		return fmt.Errorf("write: %w: %w", err, delivery.ErrConnectionGone)
+	}
 	return nil
 }
 

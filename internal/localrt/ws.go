@@ -108,7 +108,7 @@ func (s *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 	// leaves, and the connection joins the hub then, pending (its frames queue until the
 	// socket is attached): a message accepted after the upgrade reaches it
 	// (read-your-connect). A handshake the library refuses leaves nothing in the log.
-	sw := &switching{smallBuffers: smallBuffers{w}, open: func() error {
+	sw := &switching{smallBuffers: smallBuffers{w}, c: c, writeTimeout: s.cfg.WriteTimeout, open: func() error {
 		if optIn {
 			// Recorded first: a restart holds the messages of a user whose opted-in
 			// connections died with the process.
@@ -196,8 +196,10 @@ func (s *Server) serveConnection(ctx, readCtx context.Context, c *wsConn) {
 	}
 	s.hub.remove(c)
 	c.end() // frames never written are reported gone, never delivered
+	c.sock.close()
 	ws.CloseNow()
 	c.busy.Wait() // the writer and a ping in flight see the socket closed and return
+	c.sock.stop() // frames still on their way to the socket are reported gone
 	reason := c.closeReason()
 	s.appendClose(ctx, events.Closed(userID, id, s.now(), reason))
 	// At shutdown the record stays: the next start holds the user's messages for its
@@ -232,12 +234,24 @@ type switching struct {
 	// hijacked is the socket the library took over (the writer bounds its writes with
 	// the socket's write deadline).
 	hijacked net.Conn
+	// c is the connection being opened: the library writes to its sockWriter, made at
+	// the hijack, whose flusher bounds each write with writeTimeout.
+	c            *wsConn
+	writeTimeout time.Duration
 }
 
 // Hijack implements http.Hijacker, keeping the socket.
 func (w *switching) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	conn, brw, err := w.smallBuffers.Hijack()
 	w.hijacked = conn
+	if err == nil && w.c != nil {
+		if sock := newSockWriter(conn, w.writeTimeout, failExpired(w.c)); sock != nil {
+			brw.Writer.Reset(sock)
+			w.c.mu.Lock()
+			w.c.sock = sock
+			w.c.mu.Unlock()
+		}
+	}
 	return conn, brw, err
 }
 
@@ -327,10 +341,14 @@ func (s *Server) readLoop(ctx, readCtx context.Context, c *wsConn) {
 }
 
 // writeQueued writes the queued frames, oldest first, until the queue is empty, and
-// returns: the next frame starts a writer again. A failed or too slow write ends the
+// returns: the next frame starts a writer again. With a sockWriter it runs in the
+// goroutine that queued the frame, and each frame is reported written once on the socket
+// (sockWriter.after). A failed or too slow write ends the
 // connection as expired; the frames it leaves unwritten are reported gone.
 func (s *Server) writeQueued(c *wsConn) {
-	defer c.clearWriteDeadline()
+	if c.sock == nil {
+		defer c.clearWriteDeadline()
+	}
 	var q []frame
 	for {
 		q = c.next(q)
@@ -340,7 +358,11 @@ func (s *Server) writeQueued(c *wsConn) {
 		for i, f := range q {
 			err := c.writeText(s.cfg.WriteTimeout, f.data)
 			if err == nil {
-				f.written(nil)
+				if c.sock != nil {
+					c.sock.after(f)
+				} else {
+					f.written(nil)
+				}
 				continue
 			}
 			f.written(fmt.Errorf("write: %w: %w", err, delivery.ErrConnectionGone))
@@ -348,7 +370,13 @@ func (s *Server) writeQueued(c *wsConn) {
 				rest.written(errGone)
 			}
 			c.setReason(events.ReasonExpired)
-			c.ws.CloseNow()
+			if c.sock != nil {
+				// Written from the dispatcher: CloseNow waits for a close handshake
+				// another goroutine may have begun (seconds), which must not hold it.
+				go c.ws.CloseNow()
+			} else {
+				c.ws.CloseNow()
+			}
 			c.end()
 			return
 		}
@@ -361,6 +389,10 @@ func (s *Server) writeQueued(c *wsConn) {
 // and it clears it when the queue is empty (clearWriteDeadline), so the pings and closes
 // written between its runs are not cut short by a deadline that has passed.
 func (c *wsConn) writeText(timeout time.Duration, data []byte) error {
+	if c.sock != nil {
+		// The sockWriter does not wait on the socket; its flusher bounds its writes.
+		return c.ws.Write(context.Background(), websocket.MessageText, data)
+	}
 	if c.conn == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()

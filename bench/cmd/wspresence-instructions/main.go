@@ -84,7 +84,7 @@ func count(bin string, users, messages, inFlight int) (float64, error) {
 	defer os.RemoveAll(tmp)
 	out := filepath.Join(tmp, "callgrind.out")
 	wrapper := filepath.Join(tmp, "serve-under-callgrind")
-	script := fmt.Sprintf("#!/bin/sh\nGODEBUG=asyncpreemptoff=1 exec valgrind --tool=callgrind --instr-atstart=no --log-file=%s --callgrind-out-file=%s %s \"$@\"\n",
+	script := fmt.Sprintf("#!/bin/sh\nGODEBUG=asyncpreemptoff=1,schedtrace=0 exec valgrind --tool=callgrind --instr-atstart=no --log-file=%s --callgrind-out-file=%s %s \"$@\"\n",
 		filepath.Join(tmp, "valgrind.log"), out, strconv.Quote(abs))
 	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
 		return 0, err
