@@ -8,6 +8,9 @@
 // phase runs, then for each rate `perf stat` counts the server's system calls (every thread,
 // tracepoints syscalls:sys_enter_*) from the first request until every frame has arrived
 // and the outcomes are recorded, and the counts are divided by the messages delivered.
+// With --trace, a runtime trace of each phase's first seconds counts the goroutines started
+// and woken a message and times its POST /messages on the server: the whole, the part
+// blocked for the group commit, and the wait for the CPU once answered (p50, p99).
 //
 //	wspresence-syscalls --server ./wspresence [--reference ./wspresence-before] [--rates 1000,4000] [--seconds 3]
 package main
@@ -51,7 +54,7 @@ func run() error {
 	publishers := flag.Int("publishers", 128, "concurrent publishers")
 	record := flag.String("record", "", "folder to write, per rate, a perf record of each system call with its stack (perf script reads it)")
 	recordEvent := flag.String("record-event", "raw_syscalls:sys_enter", "event --record samples (cpu-clock: where the CPU time goes, the kernel's included)")
-	traceDir := flag.String("trace", "", "folder to write, per rate, a runtime trace of the phase's first seconds (/debug/pprof/trace), whose goroutines started and woken are counted")
+	traceDir := flag.String("trace", "", "folder to write, per rate, a runtime trace of the phase's first seconds (/debug/pprof/trace), whose goroutines started and woken are counted and whose POST /messages are timed on the server")
 	count := flag.Bool("count", true, "count the system calls (false: the CPU time alone, without perf's own cost)")
 	flag.Parse()
 	if *server == "" {
@@ -122,6 +125,13 @@ func run() error {
 		}
 		row("goroutines started", func(p phase) float64 { return p.wakes.started })
 		row("goroutines woken", func(p phase) float64 { return p.wakes.woken })
+		fmt.Printf("POST /messages in the trace, on the server (ms): the whole, blocked for the group commit, waiting for the CPU once answered\n")
+		row("POSTs traced", func(p phase) float64 { return float64(len(p.wakes.posts.total)) })
+		for _, q := range []float64{0.5, 0.99} {
+			row(fmt.Sprintf("whole p%.0f", q*100), func(p phase) float64 { return quantile(p.wakes.posts.total, q) })
+			row(fmt.Sprintf("store p%.0f", q*100), func(p phase) float64 { return quantile(p.wakes.posts.store, q) })
+			row(fmt.Sprintf("CPU wait p%.0f", q*100), func(p phase) float64 { return quantile(p.wakes.posts.cpu, q) })
+		}
 		for j, side := range all {
 			fmt.Printf("%s, %.0f msg/s: goroutines started or woken per message, by the code that did it\n", filepath.Base(names[j]), rate)
 			var sites []string
@@ -294,13 +304,80 @@ func saveTrace(ctx context.Context, t *bench.Target, d time.Duration, path strin
 // goroutineWakes counts, per message, the goroutines started and woken (made runnable
 // from waiting) in a runtime trace, by the first frames of the code that did it outside
 // the runtime and the standard library's plumbing ("(poller)" when the runtime's network
-// poller or a timer did).
+// poller or a timer did); and where the trace's POST /messages spent their time on the
+// server (posts).
 type goroutineWakes struct {
 	started, woken float64
 	by             map[string]float64
+	posts          postTimes
 }
 
-var transitionRe = regexp.MustCompile(`StateTransition .*GoID=\d+ (\S+) Reason=`)
+// postTimes are the POST /messages of a trace, each from its request's arrival (its
+// connection's goroutine made runnable by the read) to the connection's next read: the
+// whole (total), the part blocked for its group commit (store), and the wait for the CPU
+// once answered (cpu); sorted, in ms.
+type postTimes struct{ total, store, cpu []float64 }
+
+// quantile is q of sorted (0 when empty).
+func quantile(sorted []float64, q float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return sorted[int(q*float64(len(sorted)-1))]
+}
+
+// postClock follows one connection's goroutine through a POST /messages (trace times, ns):
+// arrived, blocked for the store, answered by it, running again; waiting is what its
+// last wait was ("read", "submit" or "").
+type postClock struct {
+	arrived, blocked, answered, resumed int64
+	waiting                             string
+}
+
+// waitKind names a goroutine's wait by the stack that entered it: a connection's read of
+// its next request, or a POST /messages blocked for its group commit.
+func waitKind(stack []string) string {
+	joined := strings.Join(stack, " < ")
+	switch {
+	case strings.Contains(joined, "bufio.(*Reader).Peek < net/http.(*conn).serve"):
+		return "read"
+	case strings.Contains(joined, "(*Store).submit < ") && strings.Contains(joined, "(*Store).Enqueue"):
+		return "submit"
+	}
+	return ""
+}
+
+// add follows a transition of the goroutine at time at, whose stack (when it starts to wait)
+// is stack, and records a POST in p when its connection reads again.
+func (c *postClock) add(p *postTimes, from, to string, at int64, stack []string) {
+	ms := func(d int64) float64 { return float64(d) / 1e6 }
+	if to == "Waiting" {
+		kind := waitKind(stack)
+		switch {
+		case kind == "read" && c.resumed > 0:
+			p.total = append(p.total, ms(at-c.arrived))
+			p.store = append(p.store, ms(c.answered-c.blocked))
+			p.cpu = append(p.cpu, ms(c.resumed-c.answered))
+			*c = postClock{}
+		case kind == "submit" && c.arrived > 0 && c.blocked == 0:
+			c.blocked = at
+		}
+		c.waiting = kind
+	}
+	if from == "Waiting" && to == "Runnable" {
+		switch {
+		case c.waiting == "read":
+			*c = postClock{arrived: at}
+		case c.waiting == "submit" && c.blocked > 0 && c.answered == 0:
+			c.answered = at
+		}
+	}
+	if to == "Running" && c.answered > 0 && c.resumed == 0 {
+		c.resumed = at
+	}
+}
+
+var transitionRe = regexp.MustCompile(`StateTransition Time=(\d+) GoID=(\d+) (\S+)->(\S+) Reason=`)
 
 // plumbing are the frames a waker's site skips: the runtime's and the standard library's
 // (net/http's are kept: its own goroutines are part of what a request costs).
@@ -314,9 +391,21 @@ func countWakes(path string, messages float64) (*goroutineWakes, error) {
 	}
 	w := &goroutineWakes{by: map[string]float64{}}
 	var kind string
-	var site []string
-	inStack := false
+	var site, moved []string
+	var at, goID int64
+	var from, to string
+	clocks := map[int64]*postClock{}
+	inStack, inMoved := false, false
 	flush := func() {
+		if from != "" {
+			c := clocks[goID]
+			if c == nil {
+				c = &postClock{}
+				clocks[goID] = c
+			}
+			c.add(&w.posts, from, to, at, moved)
+			from, moved = "", moved[:0]
+		}
 		if kind == "" {
 			return
 		}
@@ -336,18 +425,27 @@ func countWakes(path string, messages float64) (*goroutineWakes, error) {
 	for _, line := range strings.Split(string(out), "\n") {
 		if strings.HasPrefix(line, "M=") {
 			flush()
-			inStack = false
-			if m := transitionRe.FindStringSubmatch(line); m != nil && (m[1] == "Waiting->Runnable" || m[1] == "NotExist->Runnable") {
-				kind = m[1]
+			inStack, inMoved = false, false
+			if m := transitionRe.FindStringSubmatch(line); m != nil {
+				at, _ = strconv.ParseInt(m[1], 10, 64)
+				goID, _ = strconv.ParseInt(m[2], 10, 64)
+				from, to = m[3], m[4]
+				if t := m[3] + "->" + m[4]; t == "Waiting->Runnable" || t == "NotExist->Runnable" {
+					kind = t
+				}
 			}
 			continue
 		}
 		trimmed := strings.TrimSpace(line)
 		switch {
 		case strings.HasPrefix(trimmed, "Stack="):
-			inStack = true
+			inStack, inMoved = true, false
 		case strings.HasPrefix(trimmed, "TransitionStack="):
-			inStack = false
+			inStack, inMoved = false, true
+		case inMoved && from != "":
+			if fn, _, ok := strings.Cut(trimmed, " @ 0x"); ok {
+				moved = append(moved, fn)
+			}
 		case inStack && kind != "" && len(site) < 2:
 			if fn, _, ok := strings.Cut(trimmed, " @ 0x"); ok && !plumbing.MatchString(fn) {
 				site = append(site, fn)
@@ -355,6 +453,9 @@ func countWakes(path string, messages float64) (*goroutineWakes, error) {
 		}
 	}
 	flush()
+	for _, d := range [][]float64{w.posts.total, w.posts.store, w.posts.cpu} {
+		sort.Float64s(d)
+	}
 	w.started /= messages
 	w.woken /= messages
 	for k := range w.by {
