@@ -163,6 +163,9 @@ func (w *sockWriter) flush() {
 	for {
 		w.mu.Lock()
 		if len(w.spill) == 0 || w.err != nil {
+			// The deadline is lifted before a write may go straight to the socket again:
+			// a deadline past would fail it.
+			_ = w.conn.SetWriteDeadline(time.Time{})
 			w.flushing = false
 			w.mu.Unlock()
 			return
