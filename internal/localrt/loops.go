@@ -140,9 +140,15 @@ func (s *Server) dispatch(m sqlite.QueuedMessage, conns []string) {
 		return
 	}
 	p := &inFlight{msg: m, remaining: len(conns), s: s}
-	held := make([]*wsConn, len(conns))
-	for i, id := range conns {
-		if held[i] = s.hub.get(id); held[i] != nil && held[i].optIn {
+	var few [4]*wsConn // a user's connections, mostly: no allocation for them
+	held := few[:0]
+	if len(conns) > len(few) {
+		held = make([]*wsConn, 0, len(conns))
+	}
+	for _, id := range conns {
+		c := s.hub.get(id)
+		held = append(held, c)
+		if c != nil && c.optIn {
 			p.optIn = true
 		}
 	}

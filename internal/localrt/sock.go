@@ -40,6 +40,9 @@ type sockWriter struct {
 	err      error
 	closed   bool
 	flusher  sync.WaitGroup
+	// now is the write under way in tryWrite (under mu), writeNow its raw write.
+	now      nowWrite
+	writeNow func(fd uintptr) bool
 }
 
 // sentFrame is a frame whose receipt waits for the socket to have taken end bytes: f's,
@@ -64,7 +67,9 @@ func newSockWriter(conn net.Conn, timeout time.Duration, fail func()) *sockWrite
 	if err != nil {
 		return nil
 	}
-	return &sockWriter{conn: conn, raw: raw, timeout: timeout, fail: fail}
+	w := &sockWriter{conn: conn, raw: raw, timeout: timeout, fail: fail}
+	w.writeNow = w.writeNowOn
+	return w
 }
 
 // errSockClosed is what a write answers once the connection ended.
@@ -103,36 +108,50 @@ func (w *sockWriter) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// tryWrite writes what the socket takes of p now, without waiting.
+// tryWrite writes what the socket takes of p now, without waiting. It is called with mu
+// held: the raw write's function (writeNow, bound once) reads p and leaves its results in
+// the writer, so that a write allocates nothing.
 func (w *sockWriter) tryWrite(p []byte) (int, error) {
-	var n int
-	var werr error
-	err := w.raw.Write(func(fd uintptr) bool {
-		for len(p) > 0 {
-			k, err := syscall.Write(int(fd), p)
-			if k > 0 {
-				n += k
-				p = p[k:]
-			}
-			switch {
-			case errors.Is(err, syscall.EINTR):
-				continue
-			case errors.Is(err, syscall.EAGAIN):
-				return true
-			case err != nil:
-				werr = err
-				return true
-			case k <= 0:
-				werr = errors.New("socket write wrote nothing")
-				return true
-			}
-		}
-		return true
-	})
+	w.now = nowWrite{p: p}
+	err := w.raw.Write(w.writeNow)
+	n, werr := w.now.n, w.now.err
+	w.now = nowWrite{}
 	if werr == nil {
 		werr = err
 	}
 	return n, werr
+}
+
+// nowWrite is one tryWrite's bytes and results.
+type nowWrite struct {
+	p   []byte
+	n   int
+	err error
+}
+
+// writeNowOn is the raw write of w.now.p on the socket fd: as much as it takes, without
+// waiting (it reports done whatever happened).
+func (w *sockWriter) writeNowOn(fd uintptr) bool {
+	for len(w.now.p) > 0 {
+		k, err := syscall.Write(int(fd), w.now.p)
+		if k > 0 {
+			w.now.n += k
+			w.now.p = w.now.p[k:]
+		}
+		switch {
+		case errors.Is(err, syscall.EINTR):
+			continue
+		case errors.Is(err, syscall.EAGAIN):
+			return true
+		case err != nil:
+			w.now.err = err
+			return true
+		case k <= 0:
+			w.now.err = errors.New("socket write wrote nothing")
+			return true
+		}
+	}
+	return true
 }
 
 // flush writes spill until it is empty, waiting on the socket, and reports the frames
@@ -144,6 +163,9 @@ func (w *sockWriter) flush() {
 	for {
 		w.mu.Lock()
 		if len(w.spill) == 0 || w.err != nil {
+			// The deadline is lifted before a write may go straight to the socket again:
+			// a deadline past would fail it.
+			_ = w.conn.SetWriteDeadline(time.Time{})
 			w.flushing = false
 			w.mu.Unlock()
 			return

@@ -156,3 +156,37 @@ func TestSockWriterStopReportsWaitingFramesGone(t *testing.T) {
 		t.Fatalf("waitSent after the end: %v", errs)
 	}
 }
+
+// TestSockWriterDeadlineDoesNotOutliveTheFlusher: once the flusher has written what waited,
+// a write made after its deadline would have passed goes to the socket as before.
+func TestSockWriterDeadlineDoesNotOutliveTheFlusher(t *testing.T) {
+	server, client := socketPair(t)
+	w := newSockWriter(server, 500*time.Millisecond, func() { t.Error("failed") })
+	data := bytes.Repeat([]byte("x"), 64<<10)
+	f, _ := counted()
+	total := 0
+	for w.backlog() == 0 { // until the socket is full and the flusher runs
+		if _, err := w.Write(data); err != nil {
+			t.Fatal(err)
+		}
+		total += len(data)
+		w.after(f)
+	}
+	// The client reads everything, the flusher ends within its deadline.
+	_ = client.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.ReadFull(client, make([]byte, total)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.waitSent(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(700 * time.Millisecond) // past the flusher's last deadline
+	if _, err := w.Write([]byte("after")); err != nil {
+		t.Fatalf("a write after the flusher's deadline: %v", err)
+	}
+	got := make([]byte, 5)
+	if _, err := io.ReadFull(client, got); err != nil || string(got) != "after" {
+		t.Fatalf("read %q, %v", got, err)
+	}
+	w.stop()
+}
