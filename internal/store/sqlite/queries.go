@@ -466,14 +466,15 @@ type PublishedRecord struct {
 // PublishedSince returns up to limit outbox rows after seq, in order.
 func (s *Store) PublishedSince(ctx context.Context, seq int64, limit int) ([]PublishedRecord, error) {
 	recs, err := queryAll(ctx, s.r, "read outbox", func(r *sql.Rows) (rec PublishedRecord, err error) {
-		var env string
-		var crc sql.NullInt64
-		if err = r.Scan(&rec.Seq, &rec.DetailType, &env, &crc); err != nil {
+		var id string
+		var env []byte
+		var sec, crc sql.NullInt64
+		if err = r.Scan(&rec.Seq, &id, &rec.DetailType, &env, &sec, &crc); err != nil {
 			return rec, err
 		}
-		rec.Envelope = []byte(env)
+		rec.Envelope = envelopeOf(id, string(rec.DetailType), env, sec)
 		return rec, s.checkRow(outboxTable, rec.Seq, string(rec.DetailType), rec.Envelope, crc)
-	}, `SELECT seq, detail_type, envelope, crc FROM published WHERE seq > ? ORDER BY seq LIMIT ?`, seq, limit)
+	}, `SELECT seq, event_id, detail_type, envelope, at, crc FROM published WHERE seq > ? ORDER BY seq LIMIT ?`, seq, limit)
 	return recs, s.noteOutboxRead(err)
 }
 
@@ -550,9 +551,11 @@ func (s *Store) publishAboveFloor(ctx context.Context, rows []outboxRow) (int, [
 		return 0, rows, fmt.Errorf("encode %s envelope: %w", r.p.DetailType(), err)
 	}
 	s.envBuf = data
-	res, err := s.wc.ExecContext(ctx, `INSERT OR IGNORE INTO published (seq, event_id, detail_type, envelope, crc)
-		VALUES (MAX(IFNULL((SELECT MAX(seq) FROM published), 0), IFNULL((SELECT CAST(value AS INTEGER) FROM meta WHERE key = '`+outboxFloorKey+`'), 0)) + 1, ?, ?, ?, ?)`,
-		r.p.ID(), string(r.p.DetailType()), string(data), rowCRC(string(r.p.DetailType()), data))
+	stored, sec, prefix := compact(s.prefixBuf, data, r.p.ID(), string(r.p.DetailType()), r.at)
+	s.prefixBuf = prefix
+	res, err := s.wc.ExecContext(ctx, `INSERT OR IGNORE INTO published (seq, event_id, detail_type, envelope, at, crc)
+		VALUES (MAX(IFNULL((SELECT MAX(seq) FROM published), 0), IFNULL((SELECT CAST(value AS INTEGER) FROM meta WHERE key = '`+outboxFloorKey+`'), 0)) + 1, ?, ?, ?, ?, ?)`,
+		r.p.ID(), string(r.p.DetailType()), string(stored), sec, rowCRC(string(r.p.DetailType()), data))
 	if err != nil {
 		return 0, rows, fmt.Errorf("publish %s %s: %w", r.p.DetailType(), r.p.ID(), err)
 	}
@@ -571,7 +574,7 @@ func (s *Store) publishAboveFloor(ctx context.Context, rows []outboxRow) (int, [
 func (s *Store) firstPublishedAfter(ctx context.Context, cutoff time.Time) (int64, error) {
 	after := int64(0)
 	for {
-		rows, err := s.r.QueryContext(ctx, `SELECT seq, envelope FROM published WHERE seq > ? ORDER BY seq LIMIT 500`, after)
+		rows, err := s.r.QueryContext(ctx, `SELECT seq, envelope, at FROM published WHERE seq > ? ORDER BY seq LIMIT 500`, after)
 		if err != nil {
 			return 0, fmt.Errorf("read outbox: %w", err)
 		}
@@ -579,7 +582,8 @@ func (s *Store) firstPublishedAfter(ctx context.Context, cutoff time.Time) (int6
 		for rows.Next() {
 			var seq int64
 			var env string
-			if err := rows.Scan(&seq, &env); err != nil {
+			var sec sql.NullInt64
+			if err := rows.Scan(&seq, &env, &sec); err != nil {
 				rows.Close()
 				return 0, err
 			}
@@ -587,7 +591,12 @@ func (s *Store) firstPublishedAfter(ctx context.Context, cutoff time.Time) (int6
 			var e struct {
 				Time time.Time `json:"time"`
 			}
-			if json.Unmarshal([]byte(env), &e) == nil && !e.Time.Before(cutoff) {
+			if sec.Valid {
+				e.Time = time.Unix(sec.Int64, 0)
+			} else if json.Unmarshal([]byte(env), &e) != nil {
+				e.Time = time.Time{}
+			}
+			if !e.Time.IsZero() && !e.Time.Before(cutoff) {
 				rows.Close()
 				return seq, nil
 			}

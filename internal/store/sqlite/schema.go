@@ -35,10 +35,13 @@ var snapshotSteps = map[int]func(ctx context.Context, tx *sql.Tx) error{
 var ErrSnapshotVersion = errors.New("the view's snapshot is of a version this build cannot read")
 
 // logSchema is what is durable on the hot path: the log (one row per connection event or
-// grace decision, no secondary index), the queue (one row per accepted message, indexed by
-// its id and user for idempotency; see queueFloorKey and streamFloorKey), and the
-// outbox (one row per published event, written in the commit of what decided it, so it
-// needs no index to be published once). Neither the queue nor the outbox is AUTOINCREMENT
+// grace decision, no secondary index; compaction removes its rows), the queue (one row per
+// accepted message, indexed by its id and user for idempotency, its position handed out by
+// the writer, queueTop; see queueFloorKey and streamFloorKey; PruneMessages removes its
+// rows past the retention), and the outbox (one row per published event, written in the
+// commit of what decided it, so it needs no index to be published once; a row holds its
+// envelope or, most, only the envelope's detail and its time, envelope.go; PrunePublished
+// removes its rows past the retention). Neither the queue nor the outbox is AUTOINCREMENT
 // (a page of sqlite_sequence written by every commit): a position is never handed out
 // twice because the message prune keeps the queue's newest row, and the outbox's newest
 // pruned position is recorded (outboxFloorTrigger) and the next row written above it
@@ -74,7 +77,7 @@ CREATE TABLE IF NOT EXISTS messages (
 	done_at     INTEGER,
 	UNIQUE (message_id, user_id)
 );
--- crc is added by migrate (messageCRC).
+-- crc is added by migrate (messageCRC); published's at by migrate (outboxCompact).
 -- stream_offset and stream_gen are added by migrate (streamColumns).
 CREATE TABLE IF NOT EXISTS recovering (
 	connection_id TEXT PRIMARY KEY,
@@ -82,6 +85,11 @@ CREATE TABLE IF NOT EXISTS recovering (
 ) WITHOUT ROWID;
 -- closed_at and its index are added by migrate (recoveringClosed).
 `
+
+// outboxCompact gives an outbox row the time of its event, in seconds, for a row that
+// holds only its envelope's detail (envelope.go); NULL for a row that holds its whole
+// envelope (every row of an earlier layout).
+const outboxCompact = `ALTER TABLE published ADD COLUMN at INTEGER`
 
 // recoveringClosed gives a row of recovering the time its connection closed (NULL while it
 // is live), so that a start after a kill knows which users closed an opted-in connection
@@ -298,6 +306,9 @@ func migrate(ctx context.Context, db *sql.DB) error {
 		return fmt.Errorf("create log tables: %w", err)
 	}
 	if err := addColumn(ctx, db, "messages", "stream_offset", "stream positions", streamColumns...); err != nil {
+		return err
+	}
+	if err := addColumn(ctx, db, outboxTable, "at", "the outbox's compact rows", outboxCompact); err != nil {
 		return err
 	}
 	if err := addColumn(ctx, db, "recovering", "closed_at", "the recovering connections' close times", recoveringClosed...); err != nil {

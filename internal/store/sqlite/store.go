@@ -235,9 +235,11 @@ type Store struct {
 	// last snapshot, which deletes the entries of those whose hot rows it writes (the
 	// writer's alone).
 	unpacked map[string]struct{}
-	// envBuf and pubArgs are the writer's buffers for the outbox rows (publish), queueArgs
+	// envBuf, prefixBuf and pubArgs are the writer's buffers for the outbox rows (publish,
+	// compact), queueArgs
 	// for the queue rows (enqueue).
 	envBuf    []byte
+	prefixBuf []byte
 	pubArgs   []any
 	queueArgs []any
 	// queueTop is the newest queue position committed, queueTent the newest the commit

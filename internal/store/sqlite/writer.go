@@ -839,7 +839,9 @@ func (s *Store) publish(ctx context.Context, rows []outboxRow) (int, error) {
 				return n, fmt.Errorf("encode %s envelope: %w", r.p.DetailType(), err)
 			}
 			s.envBuf = data
-			args = append(args, r.p.ID(), string(r.p.DetailType()), string(data), rowCRC(string(r.p.DetailType()), data))
+			stored, sec, prefix := compact(s.prefixBuf, data, r.p.ID(), string(r.p.DetailType()), r.at)
+			s.prefixBuf = prefix
+			args = append(args, r.p.ID(), string(r.p.DetailType()), string(stored), sec, rowCRC(string(r.p.DetailType()), data))
 		}
 		s.pubArgs = args
 		st, err := s.pubStmt(ctx, k)
@@ -873,7 +875,7 @@ func (s *Store) pubStmt(ctx context.Context, n int) (*sql.Stmt, error) {
 	if st := s.stmts.pub[n-1]; st != nil {
 		return st, nil
 	}
-	q := `INSERT OR IGNORE INTO published (event_id, detail_type, envelope, crc) VALUES (?, ?, ?, ?)` + strings.Repeat(`, (?, ?, ?, ?)`, n-1)
+	q := `INSERT OR IGNORE INTO published (event_id, detail_type, envelope, at, crc) VALUES (?, ?, ?, ?, ?)` + strings.Repeat(`, (?, ?, ?, ?, ?)`, n-1)
 	st, err := s.wc.PrepareContext(ctx, q)
 	if err != nil {
 		return nil, fmt.Errorf("prepare the outbox's insert of %d rows: %w", n, err)
