@@ -29,9 +29,10 @@ type sockWriter struct {
 	fail func()
 
 	mu sync.Mutex
-	// spill holds the bytes accepted and not yet on the socket, oldest first; the
-	// frames waiting for them are in waiting (their count bounded by the send queue's
-	// length, see wsConn.enqueue), each removed once written or the socket failed.
+	// spill holds the bytes accepted and not yet on the socket, oldest first, dropped
+	// once the flusher is done; the frames waiting for them are in waiting (their count
+	// bounded by the send queue's length, see wsConn.enqueue), each removed once written
+	// or the socket failed.
 	spill    []byte
 	waiting  []sentFrame
 	accepted int64 // bytes accepted since the connection began
@@ -167,6 +168,10 @@ func (w *sockWriter) flush() {
 			// a deadline past would fail it.
 			_ = w.conn.SetWriteDeadline(time.Time{})
 			w.flushing = false
+			w.spill = nil // its buffers go with the flusher: an idle connection keeps none
+			if len(w.waiting) == 0 {
+				w.waiting = nil
+			}
 			w.mu.Unlock()
 			return
 		}

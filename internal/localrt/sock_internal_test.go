@@ -90,6 +90,13 @@ func TestSockWriterNeverWaitsOnTheSocket(t *testing.T) {
 	if written, gone := receipts(p); written != frames || gone != 0 {
 		t.Fatalf("%d written, %d gone; want %d written", written, gone, frames)
 	}
+	w.flusher.Wait()
+	w.mu.Lock()
+	kept := cap(w.spill)
+	w.mu.Unlock()
+	if kept != 0 {
+		t.Fatalf("the writer keeps %d bytes of buffer once the flusher is done", kept)
+	}
 	w.stop()
 }
 
