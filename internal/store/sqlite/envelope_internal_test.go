@@ -29,8 +29,9 @@ func execDB(t *testing.T, path string, qs ...string) {
 }
 
 // TestAnOutboxOfTheWholeEnvelopeLayoutIsMigrated: a store whose outbox rows hold whole
-// envelopes (the layout before compact rows: no at column) opens with its rows served as
-// they were; the rows written since hold their envelope's detail alone, far smaller, and
+// envelopes (the layout before compact rows: no at column, version 6) opens with its rows
+// served as they were and its version raised to 7 (which a build before compact rows
+// refuses); the rows written since hold their envelope's detail alone, far smaller, and
 // are served as the whole envelope json.Marshal writes; the prune by time takes the rows
 // of both layouts by their time; a compact row changed on disk (its detail, its time, its
 // event id) is never served.
@@ -59,7 +60,7 @@ func TestAnOutboxOfTheWholeEnvelopeLayoutIsMigrated(t *testing.T) {
 		old = append(old, fmt.Sprintf(`INSERT INTO published (event_id, detail_type, envelope, crc) VALUES ('%s', '%s', '%s', %d)`,
 			p.ID(), p.DetailType(), env, rowCRC(string(p.DetailType()), env)))
 	}
-	execDB(t, path, append([]string{`ALTER TABLE published DROP COLUMN at`}, old...)...)
+	execDB(t, path, append([]string{`ALTER TABLE published DROP COLUMN at`, `UPDATE meta SET value = '6' WHERE key = 'view_version'`}, old...)...)
 
 	now = t0.Add(3 * time.Hour)
 	s, err = Open(ctx, path, Options{Now: clock})
@@ -67,6 +68,10 @@ func TestAnOutboxOfTheWholeEnvelopeLayoutIsMigrated(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	var version string
+	if err := s.r.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'view_version'`).Scan(&version); err != nil || version != "7" {
+		t.Fatalf("the store's version %q %v, want 7: a build before compact rows refuses it", version, err)
+	}
 	var queued []QueuedMessage
 	for i := range 4 {
 		queued = append(queued, QueuedMessage{MessageID: fmt.Sprint("new-", i), UserID: fmt.Sprint("user-", i), Body: "b", EnqueuedAt: now})

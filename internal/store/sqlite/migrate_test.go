@@ -131,7 +131,7 @@ func TestASnapshotOfThePreviousVersionIsMigratedInPlace(t *testing.T) {
 	if err := db.QueryRow(`SELECT COUNT(*) FROM sqlite_master WHERE name = 'view_users_packed'`).Scan(&packedTable); err != nil {
 		t.Fatal(err)
 	}
-	if version != "6" || textRows != 0 || packedTable != 1 {
+	if version != "7" || textRows != 0 || packedTable != 1 {
 		t.Fatalf("after the migration: version %q, %d rows with a text announced state, packed users' table %d", version, textRows, packedTable)
 	}
 }
@@ -140,7 +140,7 @@ func TestASnapshotOfThePreviousVersionIsMigratedInPlace(t *testing.T) {
 // one, or of one too old to migrate once the log is compacted is refused when opened
 // (ErrSnapshotVersion), the file left as it was.
 func TestASnapshotThisBuildCannotReadIsRefused(t *testing.T) {
-	for _, version := range []string{"7", "new", "3"} {
+	for _, version := range []string{"8", "new", "3"} {
 		t.Run(version, func(t *testing.T) {
 			path := copyFixture(t, snapshotV4)
 			execOn(t, path, fmt.Sprintf(`UPDATE meta SET value = '%s' WHERE key = 'view_version'`, version))
