@@ -248,6 +248,9 @@ func (w *sockWriter) after(f frame) {
 		w.mu.Unlock()
 		f.written(fmt.Errorf("write: %w: %w", err, delivery.ErrConnectionGone))
 	default:
+		// Its receipt needs no bytes: those not on the socket are in spill already, and
+		// the body shared with the user's other connections is let go here.
+		f.data = nil
 		w.waiting = append(w.waiting, sentFrame{end: w.accepted, f: f})
 		w.mu.Unlock()
 	}

@@ -197,3 +197,33 @@ func TestSockWriterDeadlineDoesNotOutliveTheFlusher(t *testing.T) {
 	}
 	w.stop()
 }
+
+// TestSockWriterKeepsNoBodyOfAWaitingFrame: a frame waiting for the flusher keeps its
+// receipt only; its bytes are in the spill, and the body (shared with the user's other
+// connections) is not held a second time by a slow reader.
+func TestSockWriterKeepsNoBodyOfAWaitingFrame(t *testing.T) {
+	server, _ := socketPair(t)
+	w := newSockWriter(&quietConn{Conn: server}, time.Minute, func() {})
+	if w == nil {
+		t.Fatal("no raw socket")
+	}
+	defer func() { w.close(); server.Close(); w.stop() }() // the flusher's write fails at once
+	p := &inFlight{remaining: 1 << 30}
+	for range 200 { // 12.8 MB to a client reading nothing
+		data := bytes.Repeat([]byte{'x'}, 64<<10)
+		if _, err := w.Write(data); err != nil {
+			t.Fatal(err)
+		}
+		w.after(frame{data: data, p: p})
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.waiting) == 0 {
+		t.Fatal("no frame waits for the socket")
+	}
+	for i, sf := range w.waiting {
+		if sf.f.data != nil {
+			t.Fatalf("waiting frame %d holds its %d-byte body", i, len(sf.f.data))
+		}
+	}
+}
