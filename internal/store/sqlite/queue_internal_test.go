@@ -2,6 +2,7 @@ package sqlite
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"path/filepath"
 	"sort"
@@ -113,4 +114,39 @@ func TestQueueRowsOfAGroupCommitInOneInsert(t *testing.T) {
 		t.Fatal(err)
 	}
 	check(18)
+}
+
+// TestOnlyAConstraintIsADuplicate: the queue's INSERT is retried a row at a time only when
+// SQLite refused a row for a constraint; any other error (here a missing table) fails the
+// batch, wrapped or not.
+func TestOnlyAConstraintIsADuplicate(t *testing.T) {
+	db, err := sql.Open("sqlite", filepath.Join(t.TempDir(), "c.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(`CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT UNIQUE)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`INSERT INTO t (a, b) VALUES (1, 'x')`); err != nil {
+		t.Fatal(err)
+	}
+	_, dupKey := db.Exec(`INSERT INTO t (a, b) VALUES (1, 'y')`)
+	_, dupUnique := db.Exec(`INSERT INTO t (a, b) VALUES (2, 'y'), (3, 'x')`)
+	_, missing := db.Exec(`INSERT INTO nowhere (a) VALUES (1)`)
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"primary key", dupKey, true},
+		{"unique index, multi-row", dupUnique, true},
+		{"wrapped", fmt.Errorf("enqueue: %w", dupUnique), true},
+		{"missing table", missing, false},
+		{"nil", nil, false},
+	} {
+		if got := isConstraint(tc.err); got != tc.want {
+			t.Errorf("%s: isConstraint(%v) = %v, want %v", tc.name, tc.err, got, tc.want)
+		}
+	}
 }

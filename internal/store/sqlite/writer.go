@@ -11,6 +11,9 @@ import (
 	"strings"
 	"time"
 
+	sqlitedriver "modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
 	"github.com/wspresence/wspresence/events"
 	"github.com/wspresence/wspresence/internal/presence"
 )
@@ -764,6 +767,11 @@ func (s *Store) enqueue(ctx context.Context, batch []*writeReq) error {
 		s.queueTent = top
 		return nil
 	}
+	if !isConstraint(err) {
+		// Anything but a duplicate (a full disk, an I/O error) may have ended the
+		// transaction: nothing more is written, the batch fails as a whole.
+		return fmt.Errorf("enqueue: %w", err)
+	}
 	// The statements written so far are undone with the rest (a savepoint's cost is not
 	// worth it for a duplicate, which is rare): the rows are written again one at a time.
 	if _, rerr := s.wc.ExecContext(ctx, `DELETE FROM messages WHERE seq > ?`, s.queueTop); rerr != nil {
@@ -802,6 +810,14 @@ func (s *Store) enqueueEach(ctx context.Context, batch []*writeReq) error {
 	s.tent.Messages = max(s.tent.Messages, top)
 	s.queueTent = top
 	return nil
+}
+
+// isConstraint reports whether err is SQLite's refusal of a row that breaks a constraint
+// (a message already queued, for the queue's INSERT): the statement alone is undone, the
+// transaction goes on.
+func isConstraint(err error) bool {
+	var se *sqlitedriver.Error
+	return errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_CONSTRAINT
 }
 
 // queueRows is the most queue rows one INSERT writes (enqueue).
