@@ -92,7 +92,9 @@ func TestRefusedBeforeItsBody(t *testing.T) {
 	if _, err := io.WriteString(slow, `[{"UserId":"u","Body":"`); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the budget spent", func() bool {
+	// Bounded generously: on a loaded machine under -race the slow request's headers can
+	// take seconds to reach its handler.
+	waitWithin(t, 30*time.Second, "the budget spent", func() bool {
 		return ts.do(http.MethodPost, "/messages", testKey, []byte(`{"UserId":"u","Body":"x"}`)).status == http.StatusServiceUnavailable
 	})
 	// Over what is left of it: 503 before a byte of the body, connection closed.
@@ -106,7 +108,7 @@ func TestRefusedBeforeItsBody(t *testing.T) {
 	expectHealthy(t, ts, "while the budget is spent")
 	c := ts.dial("budget-user")
 	slow.Close() // the slow client gives up: its share comes back
-	waitFor(t, "the budget back", func() bool {
+	waitWithin(t, 30*time.Second, "the budget back", func() bool {
 		return ts.do(http.MethodPost, "/messages", testKey, []byte(`{"UserId":"budget-user","Body":"taken again"}`)).status == http.StatusAccepted
 	})
 	c.expectFrame(t, "taken again")
