@@ -14,3 +14,6 @@ func (s *Store) StreamIndexLen() int {
 	}
 	return n
 }
+
+// ExecDB runs statements on a store file on a connection of its own (execDB).
+var ExecDB = execDB

@@ -59,19 +59,8 @@ func countOn(t *testing.T, path, q string) int {
 	return n
 }
 
-func execOn(t *testing.T, path string, qs ...string) {
-	t.Helper()
-	db, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	for _, q := range qs {
-		if _, err := db.Exec(q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
-}
+// execOn runs qs on the store file at path, on a connection of its own.
+var execOn = sqlite.ExecDB
 
 // TestASnapshotOfThePreviousVersionIsMigratedInPlace: a store whose snapshot is of the
 // previous version, its log compacted, is migrated in place when opened: a user whose
