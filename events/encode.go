@@ -14,17 +14,7 @@ func AppendEnvelope(b []byte, p Published, account, region string, at time.Time)
 	start := len(b)
 	t := at.UTC().Truncate(time.Second)
 	if plain(p.ID()) && plain(string(p.DetailType())) && plain(account) && plain(region) && jsonTime(t) {
-		b = append(b, `{"version":"0","id":"`...)
-		b = append(b, p.ID()...)
-		b = append(b, `","detail-type":"`...)
-		b = append(b, p.DetailType()...)
-		b = append(b, `","source":"`+Source+`","account":"`...)
-		b = append(b, account...)
-		b = append(b, `","time":`...)
-		b = appendTime(b, t)
-		b = append(b, `,"region":"`...)
-		b = append(b, region...)
-		b = append(b, `","resources":[],"detail":`...)
+		b = AppendEnvelopeHead(b, p.ID(), string(p.DetailType()), account, region, t)
 		if d, ok := appendDetail(b, p); ok {
 			return append(d, '}'), nil
 		}
@@ -98,6 +88,24 @@ func plain(s string) bool {
 func jsonTime(t time.Time) bool {
 	y := t.Year()
 	return y >= 0 && y <= 9999
+}
+
+// AppendEnvelopeHead appends what AppendEnvelope writes of the envelope of the event id of
+// type detailType at t (UTC, whole seconds) before its detail, up to `"detail":`: the
+// envelope is that, the detail's JSON and a closing brace. Its texts must need no JSON
+// escape (plain ASCII, no quote, backslash or HTML character), as AppendEnvelope checks.
+func AppendEnvelopeHead(b []byte, id, detailType, account, region string, t time.Time) []byte {
+	b = append(b, `{"version":"0","id":"`...)
+	b = append(b, id...)
+	b = append(b, `","detail-type":"`...)
+	b = append(b, detailType...)
+	b = append(b, `","source":"`+Source+`","account":"`...)
+	b = append(b, account...)
+	b = append(b, `","time":`...)
+	b = appendTime(b, t)
+	b = append(b, `,"region":"`...)
+	b = append(b, region...)
+	return append(b, `","resources":[],"detail":`...)
 }
 
 // appendTime appends t as time.Time.MarshalJSON writes it.

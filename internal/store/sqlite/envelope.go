@@ -17,15 +17,9 @@ import (
 // (at NULL) hold their whole envelope.
 
 // envelopePrefix appends the envelope of the event id of type detailType at at, up to its
-// detail: what events.AppendEnvelope writes before it, for the local account and region.
+// detail, for the local account and region (events.AppendEnvelopeHead).
 func envelopePrefix(b []byte, id, detailType string, at time.Time) []byte {
-	b = append(b, `{"version":"0","id":"`...)
-	b = append(b, id...)
-	b = append(b, `","detail-type":"`...)
-	b = append(b, detailType...)
-	b = append(b, `","source":"`+events.Source+`","account":"`+LocalAccount+`","time":"`...)
-	b = at.UTC().AppendFormat(b, time.RFC3339Nano)
-	return append(b, `","region":"`+LocalRegion+`","resources":[],"detail":`...)
+	return events.AppendEnvelopeHead(b, id, detailType, LocalAccount, LocalRegion, at.UTC())
 }
 
 // compact returns what an outbox row stores of env, the envelope of the event id of type
