@@ -162,6 +162,20 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// startOnSmallFS starts the server on a data dir of its own in a small tmpfs (smallFS),
+// killed at the test's end, its logs shown (as what) if the test failed: fs is the
+// filesystem's root, filler a path beside the data dir for the file that fills it.
+func startOnSmallFS(t *testing.T, what string) (a *child, fs, dir, filler string) {
+	t.Helper()
+	fs = smallFS(t)
+	dir = filepath.Join(fs, "data")
+	filler = filepath.Join(fs, "filler")
+	a = startChild(t, dir)
+	t.Cleanup(func() { _ = a.cmd.Process.Kill(); _ = a.cmd.Wait() })
+	t.Cleanup(func() { logsOnFailure(t, what, a) })
+	return a, fs, dir, filler
+}
+
 // TestFullDiskOnASmallFilesystem runs the real server on a 40 MB tmpfs: with clients
 // connected and messages accepted, the disk is filled (by a filler file and the server's
 // own writes) until POST /messages is refused; then /healthz reports cannot_write, clients
@@ -170,12 +184,7 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 // restart, every close is written and published once (one UserOffline per user), and every
 // message answered 202 has its outcome.
 func TestFullDiskOnASmallFilesystem(t *testing.T) {
-	fs := smallFS(t)
-	dir := filepath.Join(fs, "data")
-	filler := filepath.Join(fs, "filler")
-	a := startChild(t, dir)
-	t.Cleanup(func() { _ = a.cmd.Process.Kill(); _ = a.cmd.Wait() })
-	t.Cleanup(func() { logsOnFailure(t, "the first server", a) })
+	a, fs, dir, filler := startOnSmallFS(t, "the first server")
 	secret, err := localrt.ReadSecret(dir, localrt.JWTSecretFile)
 	if err != nil {
 		t.Fatal(err)
@@ -354,12 +363,7 @@ func TestFullDiskOnASmallFilesystem(t *testing.T) {
 // nothing: /healthz reports cannot_write without waiting for a write to find out, a write
 // is refused, and once space is freed /healthz is ok again.
 func TestHealthzFindsADiskFilledWhileIdle(t *testing.T) {
-	fs := smallFS(t)
-	dir := filepath.Join(fs, "data")
-	filler := filepath.Join(fs, "filler")
-	a := startChild(t, dir)
-	t.Cleanup(func() { _ = a.cmd.Process.Kill(); _ = a.cmd.Wait() })
-	t.Cleanup(func() { logsOnFailure(t, "the server", a) })
+	a, fs, _, filler := startOnSmallFS(t, "the server")
 	healthz := func() (int, string) { return a.get(t, "/healthz") }
 	if status, body := healthz(); status != http.StatusOK {
 		t.Fatalf("/healthz before the disk is full: %d %s", status, body)
