@@ -212,10 +212,10 @@ func floodBody(user string, size int) []byte {
 
 // Flood runs the flood scenario: idle probes for idle, then requests concurrent POSTs of
 // bodyBytes each with the probes running. If profileDir is set the server's CPU is
-// profiled over the flood (a pass not to report: the profiler costs CPU).
+// profiled over the flood (a pass not to report: the profiler costs CPU). The caller keeps
+// this program to clientCPUs (Run does, for the whole side); the probe process is pinned there.
 func Flood(ctx context.Context, t *Target, requests, bodyBytes int, idle time.Duration, clientCPUs, profileDir string) (FloodResult, string) {
 	res := FloodResult{Requests: requests, BodyBytes: bodyBytes, ClientCPU: clientCPUs}
-	defer confineSelf(clientCPUs)()
 	stopProbe := probeProcess(ctx, t, "probe-idle", clientCPUs)
 	time.Sleep(idle)
 	h, c, e := stopProbe()

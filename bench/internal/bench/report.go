@@ -96,7 +96,7 @@ func (r *Results) Markdown(plotFile, resultsFile string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Benchmarks\n\nOne run of `make bench` (profile `%s`), %s. The server under test and the\n", r.Profile.Name, r.Date.Format("2006-01-02 15:04 MST"))
 	fmt.Fprintf(&b, "baseline (a minimal coder/websocket server: no auth, no store, frames pushed as they come)\n")
-	fmt.Fprintf(&b, "ran in turn on one core (`taskset -c 0`: %v), the load generator on the other, through\n", r.Machine.Pinned)
+	fmt.Fprintf(&b, "ran in turn on one core (`taskset -c 0`: %v), the load generator (every thread, the whole side) on the others, through\n", r.Machine.Pinned)
 	fmt.Fprintf(&b, "their public interfaces only. Ratios are wspresence / baseline; raw results: `%s`.\n\n", resultsFile)
 	fmt.Fprintf(&b, "Machine: %d CPUs, %s, %s. Other work on the machine while each side ran (the machine is shared):\n", r.Machine.CPUs, r.Machine.Model, r.Machine.Go)
 	fmt.Fprintf(&b, "%.2f cores busy on average beside wspresence and the load generator (load average %s at its end), %.2f beside the baseline (%s).\n",
@@ -125,15 +125,15 @@ func (r *Results) Markdown(plotFile, resultsFile string) string {
 	}
 	for i, d := range r.Wspresence.Delivery {
 		bd := pick(r.Baseline.Delivery, i)
-		fmt.Fprintf(&b, "| delivery | %.0f msg/s | %.0f/s, p50 %.2f, p99 %.2f, p99.9 %.2f ms (%d/%d frames), CPU %.0f µs/msg | %.0f/s, p50 %.2f, p99 %.2f ms (%d/%d), CPU %.0f µs/msg |\n",
-			d.Offered, d.Delivered, d.Latency.P50, d.Latency.P99, d.Latency.P999, d.Received, d.Expected, d.CPU.PerMessageUS,
-			bd.Delivered, bd.Latency.P50, bd.Latency.P99, bd.Received, bd.Expected, bd.CPU.PerMessageUS)
+		fmt.Fprintf(&b, "| delivery | %.0f msg/s | %.0f/s, p50 %.2f, p99 %.2f, p99.9 %.2f ms (%d/%d frames), CPU %.0f µs/msg, load generator %.2f cores | %.0f/s, p50 %.2f, p99 %.2f ms (%d/%d), CPU %.0f µs/msg, load generator %.2f cores |\n",
+			d.Offered, d.Delivered, d.Latency.P50, d.Latency.P99, d.Latency.P999, d.Received, d.Expected, d.CPU.PerMessageUS, d.ClientCores,
+			bd.Delivered, bd.Latency.P50, bd.Latency.P99, bd.Received, bd.Expected, bd.CPU.PerMessageUS, bd.ClientCores)
 	}
 	for i, p := range r.Wspresence.Publish {
 		bp := pick(r.Baseline.Publish, i)
-		fmt.Fprintf(&b, "| publishers (1 msg/request, %d publishers, %d conns) | %.0f msg/s | %.0f/s, receipt p50 %.2f, p99 %.2f ms, POST p50 %.2f, p99 %.2f ms (%d/%d frames, %d errors), CPU %.2f s, %.0f µs/msg, %.2f commits/msg | %.0f/s, receipt p99 %.2f ms, POST p99 %.2f ms (%d/%d), CPU %.2f s, %.0f µs/msg |\n",
-			p.Publishers, p.Connections, p.Offered, p.Delivered, p.Receipt.P50, p.Receipt.P99, p.Post.P50, p.Post.P99, p.Received, p.Expected, p.Errors, p.CPU.Seconds, p.CPU.PerMessageUS, p.CPU.CommitsPerMessage,
-			bp.Delivered, bp.Receipt.P99, bp.Post.P99, bp.Received, bp.Expected, bp.CPU.Seconds, bp.CPU.PerMessageUS)
+		fmt.Fprintf(&b, "| publishers (1 msg/request, %d publishers, %d conns) | %.0f msg/s | %.0f/s, receipt p50 %.2f, p99 %.2f ms, POST p50 %.2f, p99 %.2f ms (%d/%d frames, %d errors), CPU %.2f s, %.0f µs/msg, %.2f commits/msg, load generator %.2f cores | %.0f/s, receipt p99 %.2f ms, POST p99 %.2f ms (%d/%d), CPU %.2f s, %.0f µs/msg, load generator %.2f cores |\n",
+			p.Publishers, p.Connections, p.Offered, p.Delivered, p.Receipt.P50, p.Receipt.P99, p.Post.P50, p.Post.P99, p.Received, p.Expected, p.Errors, p.CPU.Seconds, p.CPU.PerMessageUS, p.CPU.CommitsPerMessage, p.ClientCores,
+			bp.Delivered, bp.Receipt.P99, bp.Post.P99, bp.Received, bp.Expected, bp.CPU.Seconds, bp.CPU.PerMessageUS, bp.ClientCores)
 	}
 	if rc := r.Wspresence.Recovery; rc != nil {
 		fmt.Fprintf(&b, "| recovery (%d clients, %d msgs each) | live | %.0f msg/s (%d msgs in %.2f s) | – |\n",

@@ -212,9 +212,13 @@ func Run(ctx context.Context, p Profile, serverBin string, ref Reference, self, 
 		if err != nil {
 			return nil, fmt.Errorf("start %s: %w", name, err)
 		}
+		// The load generator keeps to the CPUs the server is not pinned to for the whole
+		// side, so its work (and its collector) never takes the server's core.
+		release := confineSelf(clientCPUs(t))
 		load := startLoad(t)
 		side, tops, idleHeapTop := measure(ctx, t, sp, outDir, log)
 		side.Load = load.stop()
+		release()
 		t.Stop()
 		switch name {
 		case "baseline":
@@ -477,6 +481,21 @@ func selfCPU() (float64, error) {
 	}
 	tv := func(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
 	return tv(ru.Utime) + tv(ru.Stime), nil
+}
+
+// selfMeter starts timing this program's CPU; the function it returns gives the cores it
+// kept busy since (CPU time / wall time; 0 if the CPU time cannot be read).
+func selfMeter() func() float64 {
+	start := time.Now()
+	before, err := selfCPU()
+	return func() float64 {
+		after, err2 := selfCPU()
+		wall := time.Since(start).Seconds()
+		if err != nil || err2 != nil || wall <= 0 {
+			return 0
+		}
+		return (after - before) / wall
+	}
 }
 
 // kneeRate is the highest offered rate that was delivered in full (95%).

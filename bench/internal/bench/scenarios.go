@@ -195,6 +195,8 @@ type DeliveryPoint struct {
 	Errors  int   `json:"errors"`
 	// CPU is the server's CPU time over the phase (sending, then waiting for the frames).
 	CPU CPUCost `json:"server_cpu"`
+	// ClientCores is the load generator's CPU time over the phase / its wall time.
+	ClientCores float64 `json:"client_cores"`
 }
 
 // CPUCost is the server's CPU time over a scenario and what it cost per delivered message
@@ -228,6 +230,7 @@ func (f *Fleet) Deliver(ctx context.Context, t *Target, rate float64, dur time.D
 	start := time.Now()
 	commits := t.Commits(ctx) // before the CPU meter starts, so the scrape is not counted
 	cpu := t.meterCPU()
+	self := selfMeter()
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
 	openLoop(ctx, requests, rate/float64(batch), func(int, time.Time) {
 		type msg struct {
@@ -250,7 +253,7 @@ func (f *Fleet) Deliver(ctx context.Context, t *Target, rate float64, dur time.D
 	elapsed := time.Since(start)
 	return DeliveryPoint{Offered: rate, Delivered: float64(got) / float64(f.perUser) / elapsed.Seconds(),
 		Latency: summarize(f.rec.take()), Expected: expected, Received: got, Backlog: expected - min(got, expected), Errors: int(errs.Load()),
-		CPU: cpuCost(cpu.stop(), t.Commits(ctx)-commits, got/int64(f.perUser))}
+		CPU: cpuCost(cpu.stop(), t.Commits(ctx)-commits, got/int64(f.perUser)), ClientCores: self()}
 }
 
 // push posts body to the target's POST /messages and reports whether it was accepted (202).
@@ -287,6 +290,9 @@ type PublishResult struct {
 	Errors      int     `json:"errors"`
 	// CPU is the server's CPU time over the run (publishing, then waiting for the frames).
 	CPU CPUCost `json:"server_cpu"`
+	// ClientCores is the load generator's CPU time over the run / its wall time: the cores
+	// it kept busy (at most as many as it is confined to; near that, it paced the run).
+	ClientCores float64 `json:"client_cores"`
 }
 
 // Publish sends rate messages per second for dur, one message per POST, from publishers
@@ -316,6 +322,7 @@ func (f *Fleet) Publish(ctx context.Context, t *Target, rate float64, dur time.D
 	start := time.Now()
 	commits := t.Commits(ctx) // before the CPU meter starts, so the scrape is not counted
 	cpu := t.meterCPU()
+	self := selfMeter()
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: publishers}}
 	for range publishers {
 		wg.Add(1)
@@ -338,7 +345,7 @@ func (f *Fleet) Publish(ctx context.Context, t *Target, rate float64, dur time.D
 	return PublishResult{Offered: rate, Publishers: publishers, Connections: len(f.conns),
 		Delivered: float64(got) / float64(f.perUser) / time.Since(start).Seconds(),
 		Receipt:   summarize(f.rec.take()), Post: summarize(post.take()), Expected: expected, Received: got, Errors: int(errs.Load()),
-		CPU: cpuCost(cpu.stop(), t.Commits(ctx)-commits, got/int64(f.perUser))}
+		CPU: cpuCost(cpu.stop(), t.Commits(ctx)-commits, got/int64(f.perUser)), ClientCores: self()}
 }
 
 // Lag measures append→view visible: from a connection's upgrade (its open is durable by

@@ -113,7 +113,7 @@ var flagRe = regexp.MustCompile(`(?m)^\s+--([a-z0-9-]+)`)
 // StartBaseline starts `self baseline-server`, pinned to cpu.
 func StartBaseline(self, cpu string) (*Target, error) {
 	cmd := pinned(cpu, self, "baseline-server", "--addr", "127.0.0.1:0")
-	t := &Target{Name: "baseline", cmd: cmd, baseline: true}
+	t := &Target{Name: "baseline", cmd: cmd, cpu: cpu, baseline: true}
 	return t, t.start(func(string) bool { return true })
 }
 
