@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -495,6 +496,23 @@ func selfMeter() func() float64 {
 			return 0
 		}
 		return (after - before) / wall
+	}
+}
+
+// gcPauseLimit is the heap at which the load generator's collector runs anyway while it is
+// held off (pauseGC): far above what a phase allocates, far below the machine's memory.
+const gcPauseLimit = 4 << 30
+
+// pauseGC runs the load generator's collector now, then holds it off until the returned
+// function is called (unless the heap reaches gcPauseLimit), so that its pauses and mark
+// work, on the one core left to it, stay out of the latencies of a measured phase.
+func pauseGC() func() {
+	runtime.GC()
+	pct := debug.SetGCPercent(-1)
+	limit := debug.SetMemoryLimit(gcPauseLimit)
+	return func() {
+		debug.SetGCPercent(pct)
+		debug.SetMemoryLimit(limit)
 	}
 }
 

@@ -222,6 +222,7 @@ func cpuCost(seconds, commits float64, delivered int64) CPUCost {
 // Deliver enqueues messages at rate per second for dur (batches of batch messages per
 // request, users in turn) and waits for the frames.
 func (f *Fleet) Deliver(ctx context.Context, t *Target, rate float64, dur time.Duration, batch int) DeliveryPoint {
+	defer pauseGC()()
 	f.rec.take()
 	f.received.Store(0)
 	requests := int(rate * dur.Seconds() / float64(batch))
@@ -300,6 +301,7 @@ type PublishResult struct {
 // publisher is busy, so queueing shows in the POST latency, counted from the tick), and
 // waits for the frames.
 func (f *Fleet) Publish(ctx context.Context, t *Target, rate float64, dur time.Duration, publishers int) PublishResult {
+	defer pauseGC()()
 	f.rec.take()
 	f.received.Store(0)
 	n := int(rate * dur.Seconds())
