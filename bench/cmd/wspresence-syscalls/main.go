@@ -4,10 +4,11 @@
 // the kernel's share of a message, which a user-space count (wspresence-instructions)
 // does not see. Counts do not move with the machine's other load as CPU seconds do.
 //
-// The server runs pinned to CPU 0 as in wspresence-bench; the connections open, a warm-up
-// phase runs, then for each rate `perf stat` counts the server's system calls (every thread,
-// tracepoints syscalls:sys_enter_*) from the first request until every frame has arrived
-// and the outcomes are recorded, and the counts are divided by the messages delivered.
+// The server runs pinned to CPU 0 and this program on the others, as in wspresence-bench;
+// the connections open, a warm-up phase runs, then for each rate `perf stat` counts the
+// server's system calls (every thread, tracepoints syscalls:sys_enter_*) from the first
+// request until every frame has arrived and the outcomes are recorded, and the counts are
+// divided by the messages delivered.
 // With --trace, a runtime trace of each phase's first seconds counts the goroutines started
 // and woken a message and times its POST /messages on the server: the whole, the part
 // blocked for the group commit, and the wait for the CPU once answered (p50, p99).
@@ -179,6 +180,7 @@ func measure(bin string, rates []float64, dur time.Duration, conns, publishers i
 		return nil, err
 	}
 	defer t.Stop()
+	defer bench.ConfineLoad(t)() // as in wspresence-bench: the load generator off the server's core
 	ctx := context.Background()
 	fleet := bench.OpenFleet(ctx, t, conns, conns, 2000, "pub")
 	defer fleet.Close()

@@ -215,7 +215,7 @@ func Run(ctx context.Context, p Profile, serverBin string, ref Reference, self, 
 		}
 		// The load generator keeps to the CPUs the server is not pinned to for the whole
 		// side, so its work (and its collector) never takes the server's core.
-		release := confineSelf(clientCPUs(t))
+		release := ConfineLoad(t)
 		load := startLoad(t)
 		side, tops, idleHeapTop := measure(ctx, t, sp, outDir, log)
 		side.Load = load.stop()
@@ -394,6 +394,11 @@ func measure(ctx context.Context, t *Target, p Profile, outDir string, log *slog
 	}
 	return s, tops, idleHeapTop
 }
+
+// ConfineLoad keeps every thread of this program (the load generator) to the CPUs t's
+// server is not pinned to, until the returned function is called; a no-op when the server
+// is not pinned or taskset is missing.
+func ConfineLoad(t *Target) func() { return confineSelf(clientCPUs(t)) }
 
 // clientCPUs are the CPUs the load generator keeps to while t's server is pinned to one
 // (every other; empty when the server is not pinned).
