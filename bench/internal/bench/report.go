@@ -91,6 +91,23 @@ func (r *Results) rows() []row {
 	return rows
 }
 
+// Figures of a publishers pass, for passRange.
+func receiptP99(p PublishResult) float64    { return p.Receipt.P99 }
+func postP99(p PublishResult) float64       { return p.Post.P99 }
+func cpuPerMessage(p PublishResult) float64 { return p.CPU.PerMessageUS }
+
+// passRange is " (passes lo–hi)" of fig over p's passes, or "" for a point of one pass.
+func passRange(p PublishResult, fig func(PublishResult) float64) string {
+	if len(p.Passes) < 2 {
+		return ""
+	}
+	lo, hi := fig(p.Passes[0]), fig(p.Passes[0])
+	for _, pass := range p.Passes[1:] {
+		lo, hi = min(lo, fig(pass)), max(hi, fig(pass))
+	}
+	return fmt.Sprintf(" (passes %.3g–%.3g)", lo, hi)
+}
+
 // Markdown renders the report: the machine, the headline table, every point, the profile.
 func (r *Results) Markdown(plotFile, resultsFile string) string {
 	var b strings.Builder
@@ -102,7 +119,13 @@ func (r *Results) Markdown(plotFile, resultsFile string) string {
 	fmt.Fprintf(&b, "%.2f cores busy on average beside wspresence and the load generator (load average %s at its end), %.2f beside the baseline (%s).\n",
 		r.Wspresence.Load.OtherCores, r.Wspresence.Load.LoadAvg, r.Baseline.Load.OtherCores, r.Baseline.Load.LoadAvg)
 	b.WriteString("Server CPU is the process's user + system time (`/proc/<pid>/stat`) over the scenario, sending\n")
-	b.WriteString("and waiting for the frames, divided by the messages delivered.\n\n")
+	b.WriteString("and waiting for the frames, divided by the messages delivered.")
+	if r.Profile.PubPasses > 1 {
+		fmt.Fprintf(&b, " Each publishers point pools %d passes of %s at its rate, the rates\n", r.Profile.PubPasses, r.Profile.PhaseDuration)
+		b.WriteString("interleaved: its latencies are those of every sample of every pass, its CPU that of all their\n")
+		b.WriteString("messages; the range of each pass's own figure follows in brackets.")
+	}
+	b.WriteString("\n\n")
 	b.WriteString("| metric | wspresence | baseline | ratio | target |\n|---|---|---|---|---|\n")
 	for _, row := range r.rows() {
 		ratio := "–"
@@ -131,9 +154,10 @@ func (r *Results) Markdown(plotFile, resultsFile string) string {
 	}
 	for i, p := range r.Wspresence.Publish {
 		bp := pick(r.Baseline.Publish, i)
-		fmt.Fprintf(&b, "| publishers (1 msg/request, %d publishers, %d conns) | %.0f msg/s | %.0f/s, receipt p50 %.2f, p99 %.2f ms, POST p50 %.2f, p99 %.2f ms (%d/%d frames, %d errors), CPU %.2f s, %.0f µs/msg, %.2f commits/msg, load generator %.2f cores | %.0f/s, receipt p99 %.2f ms, POST p99 %.2f ms (%d/%d), CPU %.2f s, %.0f µs/msg, load generator %.2f cores |\n",
-			p.Publishers, p.Connections, p.Offered, p.Delivered, p.Receipt.P50, p.Receipt.P99, p.Post.P50, p.Post.P99, p.Received, p.Expected, p.Errors, p.CPU.Seconds, p.CPU.PerMessageUS, p.CPU.CommitsPerMessage, p.ClientCores,
-			bp.Delivered, bp.Receipt.P99, bp.Post.P99, bp.Received, bp.Expected, bp.CPU.Seconds, bp.CPU.PerMessageUS, bp.ClientCores)
+		fmt.Fprintf(&b, "| publishers (1 msg/request, %d publishers, %d conns) | %.0f msg/s | %.0f/s, receipt p50 %.2f, p99 %.2f ms%s, POST p50 %.2f, p99 %.2f ms%s (%d/%d frames, %d errors), CPU %.2f s, %.0f µs/msg%s, %.2f commits/msg, load generator %.2f cores | %.0f/s, receipt p99 %.2f ms%s, POST p99 %.2f ms%s (%d/%d), CPU %.2f s, %.0f µs/msg%s, load generator %.2f cores |\n",
+			p.Publishers, p.Connections, p.Offered, p.Delivered, p.Receipt.P50, p.Receipt.P99, passRange(p, receiptP99), p.Post.P50, p.Post.P99, passRange(p, postP99),
+			p.Received, p.Expected, p.Errors, p.CPU.Seconds, p.CPU.PerMessageUS, passRange(p, cpuPerMessage), p.CPU.CommitsPerMessage, p.ClientCores,
+			bp.Delivered, bp.Receipt.P99, passRange(bp, receiptP99), bp.Post.P99, passRange(bp, postP99), bp.Received, bp.Expected, bp.CPU.Seconds, bp.CPU.PerMessageUS, passRange(bp, cpuPerMessage), bp.ClientCores)
 	}
 	if rc := r.Wspresence.Recovery; rc != nil {
 		fmt.Fprintf(&b, "| recovery (%d clients, %d msgs each) | live | %.0f msg/s (%d msgs in %.2f s) | – |\n",
@@ -157,8 +181,8 @@ func (r *Results) Markdown(plotFile, resultsFile string) string {
 			if rp.CPU.PerMessageUS > 0 {
 				ratio = fmt.Sprintf("%.2f", p.CPU.PerMessageUS/rp.CPU.PerMessageUS)
 			}
-			fmt.Fprintf(&b, "| %.0f msg/s | %.0f µs (%.2f s for %d) | %.0f µs (%.2f s for %d) | %s | %.2f | %.2f | %.2f ms | %.2f ms | %.2f ms | %.2f ms |\n",
-				p.Offered, p.CPU.PerMessageUS, p.CPU.Seconds, p.Received, rp.CPU.PerMessageUS, rp.CPU.Seconds, rp.Received, ratio,
+			fmt.Fprintf(&b, "| %.0f msg/s | %.0f µs (%.2f s for %d)%s | %.0f µs (%.2f s for %d)%s | %s | %.2f | %.2f | %.2f ms | %.2f ms | %.2f ms | %.2f ms |\n",
+				p.Offered, p.CPU.PerMessageUS, p.CPU.Seconds, p.Received, passRange(p, cpuPerMessage), rp.CPU.PerMessageUS, rp.CPU.Seconds, rp.Received, passRange(rp, cpuPerMessage), ratio,
 				p.CPU.CommitsPerMessage, rp.CPU.CommitsPerMessage, p.Receipt.P99, rp.Receipt.P99, p.Post.P99, rp.Post.P99)
 		}
 	}

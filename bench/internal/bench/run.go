@@ -37,6 +37,9 @@ type Profile struct {
 	PubRates   []float64 `json:"publish_rates"`
 	Publishers int       `json:"publishers"`
 	PubConns   int       `json:"publish_connections"`
+	// PubPasses is how many passes of PhaseDuration each rate gets, interleaved, pooled
+	// into its point (at least one).
+	PubPasses int `json:"publish_passes,omitempty"`
 	// The recovery scenario (wspresence only: the baseline does not recover): RecClients
 	// recovering clients reconnecting at once, RecMessages messages each.
 	RecClients  int `json:"recovery_clients"`
@@ -83,19 +86,19 @@ func (p Profile) runs(scenario string) bool {
 var Profiles = map[string]Profile{
 	"smoke": {Name: "smoke", ConnectN: 50, ConnectRates: []float64{500}, Users: 20, Conns: 40, DeliveryRates: []float64{500},
 		PhaseDuration: time.Second, Batch: 10, LagSamples: 5, RESTDuration: time.Second, RESTRate1: 100, RESTRate100: 50, MemoryN: []int{100},
-		PubRates: []float64{200}, Publishers: 16, PubConns: 100, RecClients: 20, RecMessages: 5,
+		PubRates: []float64{200}, Publishers: 16, PubConns: 100, PubPasses: 2, RecClients: 20, RecMessages: 5,
 		UsersN: []int{200, 400}, UsersConcurrency: 16, ChurnRate: 50, ChurnStay: time.Second, ChurnDuration: 8 * time.Second,
 		ChurnRetention: time.Second, ChurnSample: time.Second, FloodRequests: 100, FloodBytes: []int{1 << 20, 5 << 20}, FloodIdle: time.Second},
 	"short": {Name: "short", ConnectN: 3000, ConnectRates: []float64{1000, 3000, 6000}, Users: 1000, Conns: 2000,
 		DeliveryRates: []float64{2000, 5000, 10000, 20000, 40000}, PhaseDuration: 3 * time.Second, Batch: 50, LagSamples: 100,
 		RESTDuration: 3 * time.Second, RESTRate1: 2000, RESTRate100: 500, MemoryN: []int{2000, 10000},
-		PubRates: []float64{1000, 4000}, Publishers: 128, PubConns: 4000, RecClients: 1000, RecMessages: 20,
+		PubRates: []float64{1000, 4000}, Publishers: 128, PubConns: 4000, PubPasses: 3, RecClients: 1000, RecMessages: 20,
 		UsersN: []int{100_000, 1_000_000}, UsersConcurrency: 64, ChurnRate: 200, ChurnStay: time.Second, ChurnDuration: time.Minute,
 		ChurnRetention: time.Second, ChurnSample: 5 * time.Second, FloodRequests: 1000, FloodBytes: []int{1 << 20, 5 << 20}, FloodIdle: 2 * time.Second},
 	"long": {Name: "long", ConnectN: 10000, ConnectRates: []float64{2000, 5000, 10000, 15000}, Users: 5000, Conns: 10000,
 		DeliveryRates: []float64{5000, 10000, 20000, 40000, 60000, 80000}, PhaseDuration: 10 * time.Second, Batch: 100, LagSamples: 500,
 		RESTDuration: 10 * time.Second, RESTRate1: 5000, RESTRate100: 1000, MemoryN: []int{1000, 5000, 10000},
-		PubRates: []float64{1000, 4000}, Publishers: 128, PubConns: 4000, RecClients: 1000, RecMessages: 50,
+		PubRates: []float64{1000, 4000}, Publishers: 128, PubConns: 4000, PubPasses: 3, RecClients: 1000, RecMessages: 50,
 		UsersN: []int{100_000, 1_000_000}, UsersConcurrency: 64, ChurnRate: 200, ChurnStay: time.Second, ChurnDuration: 5 * time.Minute,
 		ChurnRetention: time.Second, ChurnSample: 10 * time.Second, FloodRequests: 1000, FloodBytes: []int{1 << 20, 5 << 20}, FloodIdle: 2 * time.Second},
 }
@@ -358,9 +361,8 @@ func measure(ctx context.Context, t *Target, p Profile, outDir string, log *slog
 		pubs := OpenFleet(ctx, t, p.PubConns, p.PubConns, 2000, "pub")
 		s.Errors += pubs.Errors()
 		pubs.Publish(ctx, t, p.PubRates[0], p.PhaseDuration/2, p.Publishers) // warm-up, not measured
-		for _, rate := range p.PubRates {
-			r := pubs.Publish(ctx, t, rate, p.PhaseDuration, p.Publishers)
-			s.Publish = append(s.Publish, r)
+		s.Publish = pubs.PublishPasses(ctx, t, p.PubRates, p.PhaseDuration, p.Publishers, p.PubPasses)
+		for _, r := range s.Publish {
 			s.Errors += r.Errors
 		}
 		if p.ProfileScenario == "publishers" {

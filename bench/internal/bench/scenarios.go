@@ -294,6 +294,19 @@ type PublishResult struct {
 	// ClientCores is the load generator's CPU time over the run / its wall time: the cores
 	// it kept busy (at most as many as it is confined to; near that, it paced the run).
 	ClientCores float64 `json:"client_cores"`
+	// Passes, when the point pools several passes (PublishPasses), is each pass's own
+	// figures, in the order they ran; the point's latencies are those of every sample of
+	// every pass, its CPU and commits their sums over the messages of every pass.
+	Passes []PublishResult `json:"passes,omitempty"`
+}
+
+// publishPass is one pass of the publishers scenario: its figures and what pooling needs.
+type publishPass struct {
+	res           PublishResult
+	receipt, post []time.Duration
+	commits       float64
+	wall          float64
+	clientCPU     float64
 }
 
 // Publish sends rate messages per second for dur, one message per POST, from publishers
@@ -301,6 +314,52 @@ type PublishResult struct {
 // publisher is busy, so queueing shows in the POST latency, counted from the tick), and
 // waits for the frames.
 func (f *Fleet) Publish(ctx context.Context, t *Target, rate float64, dur time.Duration, publishers int) PublishResult {
+	return f.publish(ctx, t, rate, dur, publishers).res
+}
+
+// PublishPasses runs passes passes of Publish at each of rates, interleaved (every rate in
+// turn, then again), so that a minute of the machine's other load falls on every rate
+// alike, and pools each rate's passes into one point: the latencies of all their samples,
+// the CPU of all their messages.
+func (f *Fleet) PublishPasses(ctx context.Context, t *Target, rates []float64, dur time.Duration, publishers, passes int) []PublishResult {
+	runs := make([][]publishPass, len(rates))
+	for range max(passes, 1) {
+		for i, rate := range rates {
+			runs[i] = append(runs[i], f.publish(ctx, t, rate, dur, publishers))
+		}
+	}
+	out := make([]PublishResult, len(rates))
+	for i, ps := range runs {
+		if len(ps) == 1 {
+			out[i] = ps[0].res
+			continue
+		}
+		p := PublishResult{Offered: ps[0].res.Offered, Publishers: publishers, Connections: len(f.conns)}
+		var receipt, post []time.Duration
+		var cpu, commits, wall, clientCPU float64
+		for _, pass := range ps {
+			receipt, post = append(receipt, pass.receipt...), append(post, pass.post...)
+			p.Expected += pass.res.Expected
+			p.Received += pass.res.Received
+			p.Errors += pass.res.Errors
+			cpu += pass.res.CPU.Seconds
+			commits += pass.commits
+			wall += pass.wall
+			clientCPU += pass.clientCPU
+			p.Passes = append(p.Passes, pass.res)
+		}
+		p.Receipt, p.Post = summarize(receipt), summarize(post)
+		p.CPU = cpuCost(cpu, commits, p.Received/int64(f.perUser))
+		if wall > 0 {
+			p.Delivered = float64(p.Received) / float64(f.perUser) / wall
+			p.ClientCores = clientCPU / wall
+		}
+		out[i] = p
+	}
+	return out
+}
+
+func (f *Fleet) publish(ctx context.Context, t *Target, rate float64, dur time.Duration, publishers int) publishPass {
 	defer pauseGC()()
 	f.rec.take()
 	f.received.Store(0)
@@ -324,7 +383,7 @@ func (f *Fleet) Publish(ctx context.Context, t *Target, rate float64, dur time.D
 	start := time.Now()
 	commits := t.Commits(ctx) // before the CPU meter starts, so the scrape is not counted
 	cpu := t.meterCPU()
-	self := selfMeter()
+	self, _ := selfCPU()
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: publishers}}
 	for range publishers {
 		wg.Add(1)
@@ -344,10 +403,16 @@ func (f *Fleet) Publish(ctx context.Context, t *Target, rate float64, dur time.D
 	wg.Wait()
 	expected := next.Load() * int64(f.perUser)
 	got := f.awaitFrames(expected)
-	return PublishResult{Offered: rate, Publishers: publishers, Connections: len(f.conns),
-		Delivered: float64(got) / float64(f.perUser) / time.Since(start).Seconds(),
-		Receipt:   summarize(f.rec.take()), Post: summarize(post.take()), Expected: expected, Received: got, Errors: int(errs.Load()),
-		CPU: cpuCost(cpu.stop(), t.Commits(ctx)-commits, got/int64(f.perUser)), ClientCores: self()}
+	wall := time.Since(start).Seconds()
+	seconds := cpu.stop()
+	committed := float64(t.Commits(ctx) - commits)
+	selfEnd, _ := selfCPU()
+	pass := publishPass{receipt: f.rec.take(), post: post.take(), commits: committed, wall: wall, clientCPU: selfEnd - self}
+	pass.res = PublishResult{Offered: rate, Publishers: publishers, Connections: len(f.conns),
+		Delivered: float64(got) / float64(f.perUser) / wall,
+		Receipt:   summarize(pass.receipt), Post: summarize(pass.post), Expected: expected, Received: got, Errors: int(errs.Load()),
+		CPU: cpuCost(seconds, committed, got/int64(f.perUser)), ClientCores: (selfEnd - self) / wall}
+	return pass
 }
 
 // Lag measures append→view visible: from a connection's upgrade (its open is durable by
