@@ -96,6 +96,14 @@ func receiptP99(p PublishResult) float64    { return p.Receipt.P99 }
 func postP99(p PublishResult) float64       { return p.Post.P99 }
 func cpuPerMessage(p PublishResult) float64 { return p.CPU.PerMessageUS }
 
+// lateness is ", its ticks late p99 …" of p, or "" for results that did not time them.
+func lateness(p PublishResult) string {
+	if p.Late.N == 0 {
+		return ""
+	}
+	return fmt.Sprintf(", its ticks late p99 %.2f ms", p.Late.P99)
+}
+
 // passRange is " (passes lo–hi)" of fig over p's passes, or "" for a point of one pass.
 func passRange(p PublishResult, fig func(PublishResult) float64) string {
 	if len(p.Passes) < 2 {
@@ -154,10 +162,10 @@ func (r *Results) Markdown(plotFile, resultsFile string) string {
 	}
 	for i, p := range r.Wspresence.Publish {
 		bp := pick(r.Baseline.Publish, i)
-		fmt.Fprintf(&b, "| publishers (1 msg/request, %d publishers, %d conns) | %.0f msg/s | %.0f/s, receipt p50 %.2f, p99 %.2f ms%s, POST p50 %.2f, p99 %.2f ms%s (%d/%d frames, %d errors), CPU %.2f s, %.0f µs/msg%s, %.2f commits/msg, load generator %.2f cores | %.0f/s, receipt p99 %.2f ms%s, POST p99 %.2f ms%s (%d/%d), CPU %.2f s, %.0f µs/msg%s, load generator %.2f cores |\n",
+		fmt.Fprintf(&b, "| publishers (1 msg/request, %d publishers, %d conns) | %.0f msg/s | %.0f/s, receipt p50 %.2f, p99 %.2f ms%s, POST p50 %.2f, p99 %.2f ms%s (%d/%d frames, %d errors), CPU %.2f s, %.0f µs/msg%s, %.2f commits/msg, load generator %.2f cores%s | %.0f/s, receipt p99 %.2f ms%s, POST p99 %.2f ms%s (%d/%d), CPU %.2f s, %.0f µs/msg%s, load generator %.2f cores%s |\n",
 			p.Publishers, p.Connections, p.Offered, p.Delivered, p.Receipt.P50, p.Receipt.P99, passRange(p, receiptP99), p.Post.P50, p.Post.P99, passRange(p, postP99),
-			p.Received, p.Expected, p.Errors, p.CPU.Seconds, p.CPU.PerMessageUS, passRange(p, cpuPerMessage), p.CPU.CommitsPerMessage, p.ClientCores,
-			bp.Delivered, bp.Receipt.P99, passRange(bp, receiptP99), bp.Post.P99, passRange(bp, postP99), bp.Received, bp.Expected, bp.CPU.Seconds, bp.CPU.PerMessageUS, passRange(bp, cpuPerMessage), bp.ClientCores)
+			p.Received, p.Expected, p.Errors, p.CPU.Seconds, p.CPU.PerMessageUS, passRange(p, cpuPerMessage), p.CPU.CommitsPerMessage, p.ClientCores, lateness(p),
+			bp.Delivered, bp.Receipt.P99, passRange(bp, receiptP99), bp.Post.P99, passRange(bp, postP99), bp.Received, bp.Expected, bp.CPU.Seconds, bp.CPU.PerMessageUS, passRange(bp, cpuPerMessage), bp.ClientCores, lateness(bp))
 	}
 	if rc := r.Wspresence.Recovery; rc != nil {
 		fmt.Fprintf(&b, "| recovery (%d clients, %d msgs each) | live | %.0f msg/s (%d msgs in %.2f s) | – |\n",

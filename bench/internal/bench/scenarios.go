@@ -286,9 +286,12 @@ type PublishResult struct {
 	Delivered   float64 `json:"delivered_per_s"`
 	Receipt     Latency `json:"enqueue_to_receipt"`
 	Post        Latency `json:"post_messages"`
-	Expected    int64   `json:"frames_expected"`
-	Received    int64   `json:"frames_received"`
-	Errors      int     `json:"errors"`
+	// Late is how late a publisher took each request's tick (from the tick's due time
+	// until the request starts): the load generator's own delay, inside Post.
+	Late     Latency `json:"tick_lateness"`
+	Expected int64   `json:"frames_expected"`
+	Received int64   `json:"frames_received"`
+	Errors   int     `json:"errors"`
 	// CPU is the server's CPU time over the run (publishing, then waiting for the frames).
 	CPU CPUCost `json:"server_cpu"`
 	// ClientCores is the load generator's CPU time over the run / its wall time: the cores
@@ -302,11 +305,11 @@ type PublishResult struct {
 
 // publishPass is one pass of the publishers scenario: its figures and what pooling needs.
 type publishPass struct {
-	res           PublishResult
-	receipt, post []time.Duration
-	commits       float64
-	wall          float64
-	clientCPU     float64
+	res                 PublishResult
+	receipt, post, late []time.Duration
+	commits             float64
+	wall                float64
+	clientCPU           float64
 }
 
 // Publish sends rate messages per second for dur, one message per POST, from publishers
@@ -335,10 +338,11 @@ func (f *Fleet) PublishPasses(ctx context.Context, t *Target, rates []float64, d
 			continue
 		}
 		p := PublishResult{Offered: ps[0].res.Offered, Publishers: publishers, Connections: len(f.conns)}
-		var receipt, post []time.Duration
+		var receipt, post, late []time.Duration
 		var cpu, commits, wall, clientCPU float64
 		for _, pass := range ps {
 			receipt, post = append(receipt, pass.receipt...), append(post, pass.post...)
+			late = append(late, pass.late...)
 			p.Expected += pass.res.Expected
 			p.Received += pass.res.Received
 			p.Errors += pass.res.Errors
@@ -348,7 +352,7 @@ func (f *Fleet) PublishPasses(ctx context.Context, t *Target, rates []float64, d
 			clientCPU += pass.clientCPU
 			p.Passes = append(p.Passes, pass.res)
 		}
-		p.Receipt, p.Post = summarize(receipt), summarize(post)
+		p.Receipt, p.Post, p.Late = summarize(receipt), summarize(post), summarize(late)
 		p.CPU = cpuCost(cpu, commits, p.Received/int64(f.perUser))
 		if wall > 0 {
 			p.Delivered = float64(p.Received) / float64(f.perUser) / wall
@@ -377,7 +381,7 @@ func (f *Fleet) publish(ctx context.Context, t *Target, rate float64, dur time.D
 			ticks <- due
 		}
 	}()
-	var post recorder
+	var post, late recorder
 	var errs, next atomic.Int64
 	var wg sync.WaitGroup
 	start := time.Now()
@@ -390,6 +394,7 @@ func (f *Fleet) publish(ctx context.Context, t *Target, rate float64, dur time.D
 		go func() {
 			defer wg.Done()
 			for due := range ticks {
+				late.add(time.Since(due))
 				k := next.Add(1)
 				body := fmt.Sprintf(`[{"UserId":%q,"Body":"p%d:%d"}]`, f.Users[int(k)%len(f.Users)], k, time.Now().UnixNano())
 				if !push(ctx, client, t, []byte(body)) {
@@ -407,10 +412,10 @@ func (f *Fleet) publish(ctx context.Context, t *Target, rate float64, dur time.D
 	seconds := cpu.stop()
 	committed := float64(t.Commits(ctx) - commits)
 	selfEnd, _ := selfCPU()
-	pass := publishPass{receipt: f.rec.take(), post: post.take(), commits: committed, wall: wall, clientCPU: selfEnd - self}
+	pass := publishPass{receipt: f.rec.take(), post: post.take(), late: late.take(), commits: committed, wall: wall, clientCPU: selfEnd - self}
 	pass.res = PublishResult{Offered: rate, Publishers: publishers, Connections: len(f.conns),
 		Delivered: float64(got) / float64(f.perUser) / wall,
-		Receipt:   summarize(pass.receipt), Post: summarize(pass.post), Expected: expected, Received: got, Errors: int(errs.Load()),
+		Receipt:   summarize(pass.receipt), Post: summarize(pass.post), Late: summarize(pass.late), Expected: expected, Received: got, Errors: int(errs.Load()),
 		CPU: cpuCost(seconds, committed, got/int64(f.perUser)), ClientCores: (selfEnd - self) / wall}
 	return pass
 }
