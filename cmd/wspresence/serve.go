@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -76,7 +75,6 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	log := newLogger(stderr, cfg.LogLevel)
-	atLeastTwoProcs(getenv)
 	srv, err := localrt.New(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -230,16 +228,4 @@ func restore(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		fmt.Fprintf(stdout, "the backup carries no secrets: those missing from %s are generated at the next start, and tokens and API keys made with the old ones get 401\n", cfg.DataDir)
 	}
 	return nil
-}
-
-// atLeastTwoProcs gives the scheduler a second P on a one-CPU machine (or a process pinned
-// to one core), unless GOMAXPROCS is set. The store's writer blocks its thread in fsync;
-// with one P every other goroutine (the WebSocket writes, the HTTP handlers) waits until
-// the runtime retakes the P from the syscall, which can take up to 10 ms each time. With a
-// second P they run on the same core meanwhile (benchmark, delivery at 10,000 msg/s pinned
-// to one core: enqueue→receipt p99 0.75-1 s with one P, 32 ms with two).
-func atLeastTwoProcs(getenv env) {
-	if getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) < 2 {
-		runtime.GOMAXPROCS(2)
-	}
 }
