@@ -307,9 +307,7 @@ type PublishResult struct {
 type publishPass struct {
 	res                 PublishResult
 	receipt, post, late []time.Duration
-	commits             float64
-	wall                float64
-	clientCPU           float64
+	commits, wall       float64
 }
 
 // Publish sends rate messages per second for dur, one message per POST, from publishers
@@ -349,7 +347,7 @@ func (f *Fleet) PublishPasses(ctx context.Context, t *Target, rates []float64, d
 			cpu += pass.res.CPU.Seconds
 			commits += pass.commits
 			wall += pass.wall
-			clientCPU += pass.clientCPU
+			clientCPU += pass.res.ClientCores * pass.wall
 			p.Passes = append(p.Passes, pass.res)
 		}
 		p.Receipt, p.Post, p.Late = summarize(receipt), summarize(post), summarize(late)
@@ -387,7 +385,7 @@ func (f *Fleet) publish(ctx context.Context, t *Target, rate float64, dur time.D
 	start := time.Now()
 	commits := t.Commits(ctx) // before the CPU meter starts, so the scrape is not counted
 	cpu := t.meterCPU()
-	self, _ := selfCPU()
+	self := selfMeter()
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: publishers}}
 	for range publishers {
 		wg.Add(1)
@@ -411,12 +409,11 @@ func (f *Fleet) publish(ctx context.Context, t *Target, rate float64, dur time.D
 	wall := time.Since(start).Seconds()
 	seconds := cpu.stop()
 	committed := float64(t.Commits(ctx) - commits)
-	selfEnd, _ := selfCPU()
-	pass := publishPass{receipt: f.rec.take(), post: post.take(), late: late.take(), commits: committed, wall: wall, clientCPU: selfEnd - self}
+	pass := publishPass{receipt: f.rec.take(), post: post.take(), late: late.take(), commits: committed, wall: wall}
 	pass.res = PublishResult{Offered: rate, Publishers: publishers, Connections: len(f.conns),
 		Delivered: float64(got) / float64(f.perUser) / wall,
 		Receipt:   summarize(pass.receipt), Post: summarize(pass.post), Late: summarize(pass.late), Expected: expected, Received: got, Errors: int(errs.Load()),
-		CPU: cpuCost(seconds, committed, got/int64(f.perUser)), ClientCores: (selfEnd - self) / wall}
+		CPU: cpuCost(seconds, committed, got/int64(f.perUser)), ClientCores: self()}
 	return pass
 }
 
