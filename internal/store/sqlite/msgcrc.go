@@ -5,6 +5,7 @@ import (
 	"database/sql/driver"
 	"fmt"
 	"strconv"
+	"sync"
 
 	sqlitedriver "modernc.org/sqlite"
 )
@@ -58,13 +59,16 @@ func (m *QueuedMessage) positions(kept bool) (offset, gen sql.NullInt64) {
 	return sql.NullInt64{Int64: m.Offset, Valid: true}, sql.NullInt64{Int64: m.Gen, Valid: true}
 }
 
-// messageCRC is the checksum of a queue row.
+// messageCRC is the checksum of a queue row: rowCRC("message", ...) over its fields, each
+// ended by a zero byte, the body last. The fields are laid out in a buffer of crcBufs (the
+// writer computes three a message: a queue row's, and an outcome's old and new).
 func messageCRC(id, user string, enqueuedAt int64, offset, gen sql.NullInt64, body string) int64 {
-	b := make([]byte, 0, len(id)+len(user)+len(body)+64)
-	b = append(append(b, id...), 0)
+	bp := crcBufs.Get().(*[]byte)
+	b := append((*bp)[:0], id...)
+	b = append(b, 0)
 	b = append(append(b, user...), 0)
 	b = append(strconv.AppendInt(b, enqueuedAt, 10), 0)
-	for _, n := range []sql.NullInt64{offset, gen} {
+	for _, n := range [...]sql.NullInt64{offset, gen} {
 		if n.Valid {
 			b = strconv.AppendInt(b, n.Int64, 10)
 		} else {
@@ -72,8 +76,20 @@ func messageCRC(id, user string, enqueuedAt int64, offset, gen sql.NullInt64, bo
 		}
 		b = append(b, 0)
 	}
-	return rowCRC("message", append(b, body...))
+	sum := rowCRC("message", append(b, body...))
+	if cap(b) <= maxCRCBuf {
+		*bp = b[:0]
+		crcBufs.Put(bp)
+	}
+	return sum
 }
+
+// crcBufs holds the buffers messageCRC lays a row out in; one that grew past maxCRCBuf (a
+// large body) is dropped instead of kept.
+var crcBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// maxCRCBuf is the largest buffer crcBufs keeps.
+const maxCRCBuf = 64 << 10
 
 // checkMessage checks a queue row read back (see checkRow).
 func (s *Store) checkMessage(seq int64, id, user string, enqueuedAt int64, offset, gen sql.NullInt64, body string, crc sql.NullInt64) error {
