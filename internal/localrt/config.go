@@ -204,7 +204,7 @@ func DefaultConfig() Config {
 		ReadTimeout:            30 * time.Second,
 		KeepAliveTimeout:       60 * time.Second,
 		GCPercentUnderLoad:     400,
-		MemoryUnderLoad:        512 << 20,
+		MemoryUnderLoad:        64 << 20,
 		EventsHeartbeat:        15 * time.Second,
 	}
 }
