@@ -168,9 +168,15 @@ func TestBodyBudget(t *testing.T) {
 		resp.Body.Close()
 		done <- resp.StatusCode
 	}()
-	if _, err := pw.Write([]byte(`[{"UserId":"budget-user","Body":"`)); err != nil { // the server is reading it now
+	if _, err := pw.Write([]byte(`[{"UserId":"budget-user","Body":"`)); err != nil { // the client is sending it now
 		t.Fatal(err)
 	}
+	// The write returns once the client has the bytes, not once the server's handler has
+	// taken the body's budget: until then a request to a user nobody connects as (nothing
+	// reaches the client if it is accepted) is taken, and from then on refused.
+	waitFor(t, "the slow body's budget taken", func() bool {
+		return ts.do(http.MethodPost, "/messages", testKey, []byte(`{"UserId":"budget-probe","Body":"probe"}`)).status == http.StatusServiceUnavailable
+	})
 	r := ts.do(http.MethodPost, "/messages", testKey, []byte(`{"UserId":"budget-user","Body":"refused"}`))
 	if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
 		t.Fatalf("POST /messages past the budget: %d %s", r.status, r.body)
