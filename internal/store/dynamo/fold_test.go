@@ -289,13 +289,12 @@ func TestGraceWithPutEventsFailing(t *testing.T) {
 // announces correctly.
 func TestItemStaysBounded(t *testing.T) {
 	t.Parallel()
-	cycles := 2500
-	if testing.Short() {
-		cycles = 500
-	}
+	// Three times the cap: the item reaches it after DefaultMaxTombstones cycles and must
+	// then stay the size it was (the same ids' and times' lengths every cycle).
+	cycles := 3 * dynamo.DefaultMaxTombstones
 	r := newRig(t)
 	ctx := context.Background()
-	maxSize := 0
+	atCap, maxSize := 0, 0
 	for i := range cycles {
 		at := base.Add(time.Duration(i) * 100 * time.Millisecond)
 		id := fmt.Sprintf("reconnect-%06d", i)
@@ -306,11 +305,17 @@ func TestItemStaysBounded(t *testing.T) {
 		}
 		// The relay is not under test: the user item's writes are not kept.
 		r.view.Next()
-		if i%500 == 499 {
+		if i%100 == 99 {
 			size := itemSize(t, r.store)
 			maxSize = max(maxSize, size)
 			if size > 32*1024 {
 				t.Fatalf("after %d cycles the user item is %d bytes", i+1, size)
+			}
+			switch {
+			case i+1 == 3*dynamo.DefaultMaxTombstones/2:
+				atCap = size
+			case i+1 > 3*dynamo.DefaultMaxTombstones/2 && size > atCap+64:
+				t.Fatalf("after %d cycles the user item is %d bytes, %d at the cap: it grows past the cap", i+1, size, atCap)
 			}
 		}
 	}
@@ -325,7 +330,7 @@ func TestItemStaysBounded(t *testing.T) {
 	if live, _ := r.store.LiveConnections(ctx, "loop"); len(live) != 0 {
 		t.Fatalf("a forgotten connection came back: %v", live)
 	}
-	t.Logf("largest user item after %d cycles: %d bytes", cycles, maxSize)
+	t.Logf("largest user item after %d cycles: %d bytes (%d at the cap)", cycles, maxSize, atCap)
 }
 
 // itemSize approximates DynamoDB's item size: attribute names and values, as stored.
