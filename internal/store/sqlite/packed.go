@@ -178,85 +178,99 @@ func encodeBlock(users []packed) (string, []byte) {
 // errBlock is a block that does not decode or does not match its checksum.
 var errBlock = errors.New("a block of packed users does not match its checksum")
 
-// decodeBlock reads a block whose key is key, checked against its checksum and its key.
-func decodeBlock(key string, b []byte) ([]packed, error) {
+// walkBlock checks a block whose key is key against its checksum, its key and its order,
+// and calls fn with each of its users in id order: the id (its bytes valid during the call
+// only), the last activity and the offline gap. It allocates nothing, so that a lookup
+// costs a scan of the block's bytes.
+func walkBlock(key string, b []byte, fn func(id []byte, last int64, gap sql.NullInt64)) error {
 	if len(b) < 5 || binary.LittleEndian.Uint32(b[len(b)-4:]) != blockCRC(key, b[:len(b)-4]) || b[0] != packFormat {
-		return nil, fmt.Errorf("%w: the block ending at user %q", errBlock, key)
+		return fmt.Errorf("%w: the block ending at user %q", errBlock, key)
 	}
-	r := bytes.NewReader(b[1 : len(b)-4])
-	fail := func() ([]packed, error) {
-		return nil, fmt.Errorf("%w: the block ending at user %q does not decode", errBlock, key)
+	body := b[1 : len(b)-4]
+	fail := func() error {
+		return fmt.Errorf("%w: the block ending at user %q does not decode", errBlock, key)
 	}
-	count, err := binary.ReadUvarint(r)
-	if err != nil || count > uint64(len(b)) {
-		return fail()
-	}
-	base, err := binary.ReadVarint(r)
-	if err != nil {
-		return fail()
-	}
-	out := make([]packed, 0, count)
-	prev := ""
-	for range count {
-		head, err := binary.ReadUvarint(r)
-		if err != nil {
-			return fail()
+	bad := false
+	uvarint := func() uint64 {
+		v, n := binary.Uvarint(body)
+		if n <= 0 {
+			bad = true
+			return 0
 		}
+		body = body[n:]
+		return v
+	}
+	count := uvarint()
+	base, n := binary.Varint(body)
+	if bad || n <= 0 || count > uint64(len(b)) {
+		return fail()
+	}
+	body = body[n:]
+	var buf [64]byte
+	id := buf[:0]
+	for i := range count {
+		head := uvarint()
 		shared, flags := int(head>>flagBits), head&(1<<flagBits-1)
-		rest, err := binary.ReadUvarint(r)
-		if err != nil || shared > len(prev) || rest > uint64(r.Len()) {
+		rest := uvarint()
+		if bad || shared > len(id) || rest > uint64(len(body)) {
 			return fail()
 		}
-		suffix := make([]byte, rest)
-		if _, err := r.Read(suffix); err != nil && rest > 0 {
+		suffix := body[:rest]
+		body = body[rest:]
+		// The ids ascend: this one, the previous one's first shared bytes and the suffix,
+		// comes after it when the suffix comes after the rest of the previous one.
+		if i > 0 && bytes.Compare(suffix, id[shared:]) <= 0 {
 			return fail()
 		}
-		p := packed{id: prev[:shared] + string(suffix)}
-		d, err := binary.ReadUvarint(r)
-		if err != nil {
-			return fail()
-		}
-		p.last = base + int64(d)
+		id = append(id[:shared], suffix...)
+		last := base + int64(uvarint())
+		var gap sql.NullInt64
 		if flags&flagGap != 0 {
-			p.gap.Valid = true
+			gap.Valid = true
 			if flags&flagGapSize != 0 {
-				if p.gap.Int64, err = binary.ReadVarint(r); err != nil {
+				if gap.Int64, n = binary.Varint(body); n <= 0 {
 					return fail()
 				}
+				body = body[n:]
 			}
 		}
-		if len(out) > 0 && p.id <= prev {
+		if bad {
 			return fail()
 		}
-		out = append(out, p)
-		prev = p.id
+		fn(id, last, gap)
 	}
-	if r.Len() != 0 || prev != key {
+	if len(body) != 0 || string(id) != key {
 		return fail()
+	}
+	return nil
+}
+
+// decodeBlock reads a block whose key is key, checked against its checksum and its key.
+func decodeBlock(key string, b []byte) ([]packed, error) {
+	var out []packed
+	err := walkBlock(key, b, func(id []byte, last int64, gap sql.NullInt64) {
+		out = append(out, packed{id: string(id), last: last, gap: gap})
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }
 
 // findPacked returns id's entry in the block read (its key and bytes): found false when
-// the block does not hold it.
+// the block does not hold it. The whole block is checked, found or not.
 func findPacked(id, key string, block []byte) (packed, bool, error) {
-	users, err := decodeBlock(key, block)
+	var p packed
+	found := false
+	err := walkBlock(key, block, func(uid []byte, last int64, gap sql.NullInt64) {
+		if !found && string(uid) == id {
+			p, found = packed{id: id, last: last, gap: gap}, true
+		}
+	})
 	if err != nil {
 		return packed{}, false, err
 	}
-	i, ok := slices.BinarySearchFunc(users, id, func(p packed, id string) int {
-		switch {
-		case p.id < id:
-			return -1
-		case p.id > id:
-			return 1
-		}
-		return 0
-	})
-	if !ok {
-		return packed{}, false, nil
-	}
-	return users[i], true, nil
+	return p, found, nil
 }
 
 // packedUser reads id's packed entry from row, the result of selectBlock for id: found

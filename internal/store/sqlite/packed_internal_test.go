@@ -58,3 +58,49 @@ func TestBlocksOfPackedUsersDecodeToWhatWasEncoded(t *testing.T) {
 		t.Fatalf("a block under another key: %v, want errBlock", err)
 	}
 }
+
+// TestFindPackedFindsEachUserOfItsBlockAndNoOther: every user of a block is found in it
+// with its entry, an id not in it (between two, before the first, a prefix of one) is not,
+// and a block whose checksum matches but whose ids do not ascend is refused.
+func TestFindPackedFindsEachUserOfItsBlockAndNoOther(t *testing.T) {
+	var users []packed
+	for i := range 600 {
+		u := packed{id: fmt.Sprintf("user-%05d", 2*i), last: int64(i) * 1_000_003}
+		if i%2 == 0 {
+			u.gap = sql.NullInt64{Int64: int64(i % 3), Valid: true}
+		}
+		users = append(users, u)
+	}
+	keys, blocks := encodeBlocks(users)
+	if len(blocks) < 2 {
+		t.Fatalf("%d blocks, want several", len(blocks))
+	}
+	at := 0
+	for i := range keys {
+		b, err := decodeBlock(keys[i], blocks[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, u := range b {
+			if p, found, err := findPacked(u.id, keys[i], blocks[i]); err != nil || !found || p != users[at] {
+				t.Fatalf("%s: %+v, %v, %v; want %+v", u.id, p, found, err, users[at])
+			}
+			at++
+		}
+		for _, id := range []string{b[0].id[:len(b[0].id)-1], b[0].id + "0", b[len(b)/2].id + "-", "a"} {
+			if p, found, err := findPacked(id, keys[i], blocks[i]); err != nil || found {
+				t.Fatalf("%s, not in block %d: %+v, %v, %v", id, i, p, found, err)
+			}
+		}
+	}
+	if at != len(users) {
+		t.Fatalf("found %d users in the blocks, want %d", at, len(users))
+	}
+	// Two ids swapped, the checksum written for the result: the order check refuses it.
+	b, _ := decodeBlock(keys[0], blocks[0])
+	b[3], b[4] = b[4], b[3]
+	_, swapped := encodeBlock(b)
+	if _, _, err := findPacked(b[0].id, keys[0], swapped); !errors.Is(err, errBlock) {
+		t.Fatalf("ids out of order: %v, want errBlock", err)
+	}
+}

@@ -383,3 +383,59 @@ func BenchmarkAppendsBesidePacking(b *testing.B) {
 		b.ReportMetric(float64(len(beside)), "appends-beside")
 	}
 }
+
+// BenchmarkUsersOutsideTheImage: GET /user/online?userIds= for 100 users offline since
+// before the last restart, read from the store (not the memory image): hot rows, then the
+// same users packed. One operation is one Users call of 100 ids.
+func BenchmarkUsersOutsideTheImage(b *testing.B) {
+	ctx := context.Background()
+	path := filepath.Join(b.TempDir(), "db")
+	clk := &clock{t: t0}
+	opts := sqlite.Options{Grace: time.Second, Now: clk.Now, Sync: "normal"}
+	s, err := sqlite.Open(ctx, path, opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	const users = 10_000
+	for i := 0; i < users; i += 500 {
+		var evs []events.ConnectionEvent
+		for j := i; j < i+500; j++ {
+			uid, cid, at := fmt.Sprintf("user-%07d", j), fmt.Sprintf("conn-%07d", j), t0.Add(time.Duration(j)*time.Millisecond)
+			evs = append(evs, events.Opened(uid, cid, at, "", ""), events.Closed(uid, cid, at.Add(time.Millisecond/2), events.ReasonClient))
+		}
+		if _, err := s.Append(ctx, evs...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	expireGraces(b, s, clk, t0.Add(time.Hour))
+	reopen := func() {
+		b.Helper()
+		if err := s.Close(); err != nil {
+			b.Fatal(err)
+		}
+		if s, err = sqlite.Open(ctx, path, opts); err != nil {
+			b.Fatal(err)
+		}
+	}
+	reopen() // the restart's snapshot writes the rows; the image holds no one
+	ids := make([]string, 100)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("user-%07d", i*7919%users)
+	}
+	run := func(b *testing.B) {
+		for b.Loop() {
+			st, err := s.Users(ctx, ids)
+			if err != nil || st[0].LastActivity.IsZero() {
+				b.Fatalf("%+v, %v", st[0], err)
+			}
+		}
+	}
+	b.Run("rows", run)
+	if n, err := s.PackUsers(ctx, t0.Add(time.Hour)); err != nil || n != users {
+		b.Fatalf("packed %d, %v", n, err)
+	}
+	b.Run("packed", run)
+	if err := s.Close(); err != nil {
+		b.Fatal(err)
+	}
+}

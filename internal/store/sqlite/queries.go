@@ -68,11 +68,30 @@ func (s *Store) Users(ctx context.Context, ids []string) ([]presence.Status, err
 		return nil, s.noteRead(err)
 	}
 	defer func() { _ = tx.Rollback() }()
+	// Each query is parsed once for all the ids (SQLite's parser costs more than a lookup).
+	var byID, block *sql.Stmt
+	defer func() {
+		for _, st := range []*sql.Stmt{byID, block} {
+			if st != nil {
+				_ = st.Close()
+			}
+		}
+	}()
 	for _, i := range misses {
-		u, err := scanUser(tx.QueryRowContext(ctx, selectUser+` WHERE user_id = ?`, ids[i]))
+		if byID == nil {
+			if byID, err = tx.PrepareContext(ctx, selectUser+` WHERE user_id = ?`); err != nil {
+				return nil, s.noteRead(fmt.Errorf("read the view: %w", err))
+			}
+		}
+		u, err := scanUser(byID.QueryRowContext(ctx, ids[i]))
 		if errors.Is(err, sql.ErrNoRows) {
+			if block == nil {
+				if block, err = tx.PrepareContext(ctx, selectBlock); err != nil {
+					return nil, s.noteRead(fmt.Errorf("read the packed users: %w", err))
+				}
+			}
 			var found bool
-			if u, found, err = packedUser(tx.QueryRowContext(ctx, selectBlock, ids[i]), ids[i]); err == nil && !found {
+			if u, found, err = packedUser(block.QueryRowContext(ctx, ids[i]), ids[i]); err == nil && !found {
 				err = sql.ErrNoRows
 			}
 		}
