@@ -260,121 +260,131 @@ func TestCrashSafety(t *testing.T) {
 		seed = v
 	}
 	var totalMessages, totalDials, lost, totalDelivered, falseDeliveries atomic.Int64
-	for run := range runs {
-		runSeed := seed + uint64(run)
-		t.Run(fmt.Sprintf("run-%02d-seed-%d", run, runSeed), func(t *testing.T) {
-			rng := rand.New(rand.NewPCG(runSeed, 7))
-			dir := t.TempDir()
-			a := startChild(t, dir)
-			secretText, err := localrt.ReadSecret(dir, localrt.JWTSecretFile)
-			if err != nil {
-				t.Fatal(err)
-			}
-			users := []string{"u0", "u1", "u2", "u3", "u4", "u5"}
-			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(100+rng.IntN(500))*time.Millisecond)
-			var l *load
-			done := make(chan struct{})
-			go func() { l = drive(ctx, a, []byte(secretText), rng, users); close(done) }()
-			<-ctx.Done()
-			a.stop(t, syscall.SIGKILL) // mid-flight: requests, upgrades and writes are cut off
-			cancel()
-			<-done
-			// Every client reads what reached it, until its connection's EOF.
-			readersDone := make(chan struct{})
-			go func() { l.readers.Wait(); close(readersDone) }()
-			select {
-			case <-readersDone:
-			case <-time.After(10 * time.Second):
-				t.Fatal("clients still reading 10 s after the kill")
-			}
-
-			b := startChild(t, dir)
-			// Every message answered 202 gets an outcome; UserOffline settles everyone.
-			var envs []events.Envelope
-			deadline := time.Now().Add(15 * time.Second)
-			for {
-				envs = outbox(t, b)
-				missing := missingOutcomes(l, envs)
-				if missing == 0 && allOffline(envs) {
-					break
-				}
-				if time.Now().After(deadline) {
-					lost.Add(int64(missing))
-					t.Fatalf("after restart: %d accepted messages without an outcome; transitions settled %v", missing, allOffline(envs))
-				}
-				time.Sleep(100 * time.Millisecond)
-			}
-			checkTransitions(t, envs)
-			// Nothing reported delivered that no client received: MessageDelivered is
-			// recorded once the frame is written, never when it is merely queued.
-			delivered := 0
-			for _, env := range envs {
-				if env.DetailType != events.DetailMessageDelivered {
-					continue
-				}
-				delivered++
-				var d detail
-				_ = json.Unmarshal(env.Detail, &d)
-				if readingUsers[d.UserID] && !l.received[d.UserID][d.MessageID] {
-					falseDeliveries.Add(1)
-					t.Errorf("%s: message %s reported delivered, but no client of the user received it", d.UserID, d.MessageID)
-				}
-			}
-			totalDelivered.Add(int64(delivered))
-			b.stop(t, syscall.SIGTERM)
-
-			st, err := sqlite.Open(context.Background(), filepath.Join(dir, localrt.StoreFile), sqlite.Options{Grace: crashGrace})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer st.Close()
-			log, err := st.Log(context.Background())
-			if err != nil {
-				t.Fatal(err)
-			}
-			opened := map[string]int{}
-			open := map[string]bool{}
-			for _, e := range log {
-				switch e.Type {
-				case events.TypeConnectionOpened:
-					opened[e.UserID]++
-					open[e.ConnectionID] = true
-				case events.TypeConnectionClosed:
-					delete(open, e.ConnectionID)
-				}
-			}
-			for u, n := range l.dials {
-				if opened[u] < n {
-					lost.Add(int64(n - opened[u]))
-					t.Errorf("%s: %d connections were accepted but only %d opens are in the log", u, n, opened[u])
-				}
-			}
-			if len(open) != 0 {
-				t.Errorf("%d connections never closed", len(open))
-			}
-			live, _ := st.Dump(context.Background())
-			if _, err := st.Rebuild(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-			rebuilt, _ := st.Dump(context.Background())
-			if !reflect.DeepEqual(live, rebuilt) {
-				t.Errorf("the view differs from a rebuild of the log")
-			}
-			var msgs int
-			for _, ids := range l.accepted {
-				msgs += len(ids)
-			}
-			var dials int
-			for _, n := range l.dials {
-				dials += n
-			}
-			totalMessages.Add(int64(msgs))
-			totalDials.Add(int64(dials))
-			t.Logf("seed %d: %d connections and %d messages accepted before SIGKILL, %d events in the log", runSeed, dials, msgs, len(log))
-		})
-	}
+	// The runs go in pairs (go test's -parallel): each has its own data dir and server
+	// process, and half of a run is waiting for the server to start and the grace to pass.
+	t.Run("runs", func(t *testing.T) {
+		for run := range runs {
+			crashRun(t, seed+uint64(run), run, &totalMessages, &totalDials, &lost, &totalDelivered, &falseDeliveries)
+		}
+	})
 	t.Logf("crash safety: %d runs, %d kills, %d connections and %d messages acknowledged, lost %d; %d reported delivered, %d of them not received",
 		runs, runs, totalDials.Load(), totalMessages.Load(), lost.Load(), totalDelivered.Load(), falseDeliveries.Load())
+}
+
+// crashRun is one of TestCrashSafety's runs, seeded with runSeed, as a parallel subtest;
+// it adds its figures to the totals.
+func crashRun(t *testing.T, runSeed uint64, run int, totalMessages, totalDials, lost, totalDelivered, falseDeliveries *atomic.Int64) {
+	t.Run(fmt.Sprintf("run-%02d-seed-%d", run, runSeed), func(t *testing.T) {
+		t.Parallel()
+		rng := rand.New(rand.NewPCG(runSeed, 7))
+		dir := t.TempDir()
+		a := startChild(t, dir)
+		secretText, err := localrt.ReadSecret(dir, localrt.JWTSecretFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		users := []string{"u0", "u1", "u2", "u3", "u4", "u5"}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(100+rng.IntN(500))*time.Millisecond)
+		var l *load
+		done := make(chan struct{})
+		go func() { l = drive(ctx, a, []byte(secretText), rng, users); close(done) }()
+		<-ctx.Done()
+		a.stop(t, syscall.SIGKILL) // mid-flight: requests, upgrades and writes are cut off
+		cancel()
+		<-done
+		// Every client reads what reached it, until its connection's EOF.
+		readersDone := make(chan struct{})
+		go func() { l.readers.Wait(); close(readersDone) }()
+		select {
+		case <-readersDone:
+		case <-time.After(10 * time.Second):
+			t.Fatal("clients still reading 10 s after the kill")
+		}
+
+		b := startChild(t, dir)
+		// Every message answered 202 gets an outcome; UserOffline settles everyone.
+		var envs []events.Envelope
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			envs = outbox(t, b)
+			missing := missingOutcomes(l, envs)
+			if missing == 0 && allOffline(envs) {
+				break
+			}
+			if time.Now().After(deadline) {
+				lost.Add(int64(missing))
+				t.Fatalf("after restart: %d accepted messages without an outcome; transitions settled %v", missing, allOffline(envs))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		checkTransitions(t, envs)
+		// Nothing reported delivered that no client received: MessageDelivered is
+		// recorded once the frame is written, never when it is merely queued.
+		delivered := 0
+		for _, env := range envs {
+			if env.DetailType != events.DetailMessageDelivered {
+				continue
+			}
+			delivered++
+			var d detail
+			_ = json.Unmarshal(env.Detail, &d)
+			if readingUsers[d.UserID] && !l.received[d.UserID][d.MessageID] {
+				falseDeliveries.Add(1)
+				t.Errorf("%s: message %s reported delivered, but no client of the user received it", d.UserID, d.MessageID)
+			}
+		}
+		totalDelivered.Add(int64(delivered))
+		b.stop(t, syscall.SIGTERM)
+
+		st, err := sqlite.Open(context.Background(), filepath.Join(dir, localrt.StoreFile), sqlite.Options{Grace: crashGrace})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		log, err := st.Log(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		opened := map[string]int{}
+		open := map[string]bool{}
+		for _, e := range log {
+			switch e.Type {
+			case events.TypeConnectionOpened:
+				opened[e.UserID]++
+				open[e.ConnectionID] = true
+			case events.TypeConnectionClosed:
+				delete(open, e.ConnectionID)
+			}
+		}
+		for u, n := range l.dials {
+			if opened[u] < n {
+				lost.Add(int64(n - opened[u]))
+				t.Errorf("%s: %d connections were accepted but only %d opens are in the log", u, n, opened[u])
+			}
+		}
+		if len(open) != 0 {
+			t.Errorf("%d connections never closed", len(open))
+		}
+		live, _ := st.Dump(context.Background())
+		if _, err := st.Rebuild(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		rebuilt, _ := st.Dump(context.Background())
+		if !reflect.DeepEqual(live, rebuilt) {
+			t.Errorf("the view differs from a rebuild of the log")
+		}
+		var msgs int
+		for _, ids := range l.accepted {
+			msgs += len(ids)
+		}
+		var dials int
+		for _, n := range l.dials {
+			dials += n
+		}
+		totalMessages.Add(int64(msgs))
+		totalDials.Add(int64(dials))
+		t.Logf("seed %d: %d connections and %d messages accepted before SIGKILL, %d events in the log", runSeed, dials, msgs, len(log))
+	})
 }
 
 func missingOutcomes(l *load, envs []events.Envelope) int {

@@ -45,6 +45,7 @@ func TestRoundsOfVisitorsLeaveNeitherImageNorStoreGrowing(t *testing.T) {
 		{"user retention 1s", false, time.Second},
 	} {
 		t.Run(v.name, func(t *testing.T) {
+			t.Parallel() // each its own server and store; most of a round is waiting for retentions
 			id := func(round, i int) string {
 				if v.sameUsers {
 					round = 1
