@@ -336,31 +336,7 @@ func TestAPackedUserTakesAThirdOfARow(t *testing.T) {
 func BenchmarkAppendsBesidePacking(b *testing.B) {
 	ctx := context.Background()
 	for b.Loop() {
-		path := filepath.Join(b.TempDir(), "db")
-		clk := &clock{t: t0}
-		opts := sqlite.Options{Grace: time.Second, Now: clk.Now, Sync: "normal"}
-		s, err := sqlite.Open(ctx, path, opts)
-		if err != nil {
-			b.Fatal(err)
-		}
-		const users, perAppend = 100_000, 500
-		for i := 0; i < users; i += perAppend {
-			evs := make([]events.ConnectionEvent, 0, 2*perAppend)
-			for j := i; j < i+perAppend; j++ {
-				uid, cid, at := fmt.Sprintf("user-%07d", j*7919%users), fmt.Sprintf("conn-%07d", j), t0.Add(time.Duration(j)*time.Millisecond)
-				evs = append(evs, events.Opened(uid, cid, at, "", ""), events.Closed(uid, cid, at.Add(time.Millisecond/2), events.ReasonClient))
-			}
-			if _, err := s.Append(ctx, evs...); err != nil {
-				b.Fatal(err)
-			}
-		}
-		expireGraces(b, s, clk, t0.Add(time.Hour))
-		if err := s.Close(); err != nil {
-			b.Fatal(err)
-		}
-		if s, err = sqlite.Open(ctx, path, opts); err != nil {
-			b.Fatal(err)
-		}
+		s := offlineUsers(b, 100_000)
 		var packed int64
 		var took time.Duration
 		alone, beside := appendsBeside(b, s, func() {
@@ -389,35 +365,8 @@ func BenchmarkAppendsBesidePacking(b *testing.B) {
 // same users packed. One operation is one Users call of 100 ids.
 func BenchmarkUsersOutsideTheImage(b *testing.B) {
 	ctx := context.Background()
-	path := filepath.Join(b.TempDir(), "db")
-	clk := &clock{t: t0}
-	opts := sqlite.Options{Grace: time.Second, Now: clk.Now, Sync: "normal"}
-	s, err := sqlite.Open(ctx, path, opts)
-	if err != nil {
-		b.Fatal(err)
-	}
 	const users = 10_000
-	for i := 0; i < users; i += 500 {
-		var evs []events.ConnectionEvent
-		for j := i; j < i+500; j++ {
-			uid, cid, at := fmt.Sprintf("user-%07d", j), fmt.Sprintf("conn-%07d", j), t0.Add(time.Duration(j)*time.Millisecond)
-			evs = append(evs, events.Opened(uid, cid, at, "", ""), events.Closed(uid, cid, at.Add(time.Millisecond/2), events.ReasonClient))
-		}
-		if _, err := s.Append(ctx, evs...); err != nil {
-			b.Fatal(err)
-		}
-	}
-	expireGraces(b, s, clk, t0.Add(time.Hour))
-	reopen := func() {
-		b.Helper()
-		if err := s.Close(); err != nil {
-			b.Fatal(err)
-		}
-		if s, err = sqlite.Open(ctx, path, opts); err != nil {
-			b.Fatal(err)
-		}
-	}
-	reopen() // the restart's snapshot writes the rows; the image holds no one
+	s := offlineUsers(b, users)
 	ids := make([]string, 100)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("user-%07d", i*7919%users)
@@ -438,4 +387,38 @@ func BenchmarkUsersOutsideTheImage(b *testing.B) {
 	if err := s.Close(); err != nil {
 		b.Fatal(err)
 	}
+}
+
+// offlineUsers opens a store in a new folder where users (ids user-0000000 on, not written
+// in id order) each opened a connection and closed it, their grace periods run out, and
+// returns it reopened: the restart's snapshot wrote their rows, and the image holds no one.
+func offlineUsers(b *testing.B, users int) *sqlite.Store {
+	b.Helper()
+	ctx := context.Background()
+	path := filepath.Join(b.TempDir(), "db")
+	clk := &clock{t: t0}
+	opts := sqlite.Options{Grace: time.Second, Now: clk.Now, Sync: "normal"}
+	s, err := sqlite.Open(ctx, path, opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	const perAppend = 500
+	for i := 0; i < users; i += perAppend {
+		evs := make([]events.ConnectionEvent, 0, 2*perAppend)
+		for j := i; j < min(i+perAppend, users); j++ {
+			uid, cid, at := fmt.Sprintf("user-%07d", j*7919%users), fmt.Sprintf("conn-%07d", j), t0.Add(time.Duration(j)*time.Millisecond)
+			evs = append(evs, events.Opened(uid, cid, at, "", ""), events.Closed(uid, cid, at.Add(time.Millisecond/2), events.ReasonClient))
+		}
+		if _, err := s.Append(ctx, evs...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	expireGraces(b, s, clk, t0.Add(time.Hour))
+	if err := s.Close(); err != nil {
+		b.Fatal(err)
+	}
+	if s, err = sqlite.Open(ctx, path, opts); err != nil {
+		b.Fatal(err)
+	}
+	return s
 }
