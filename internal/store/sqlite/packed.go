@@ -331,8 +331,8 @@ func (s *Store) readBlocks(ctx context.Context, query string, stop func(key stri
 // damagedBlock records a block that fails its checksum (Health) and returns the error.
 func (s *Store) damagedBlock(err error) error {
 	damaged := fmt.Errorf("%w: %w: restore a backup, or run rebuild while the log is whole", ErrDamaged, err)
-	s.damage.Store(&damaged)
 	s.opts.Logger.Error("the store's file is damaged", "err", err)
+	s.damage.Store(&damaged)
 	return damaged
 }
 

@@ -131,8 +131,8 @@ func storedRow[T any](s *Store, v T, err error) (T, bool, error) {
 		return v, false, nil
 	case errors.Is(err, ErrSnapshotDamaged):
 		damaged := fmt.Errorf("%w: %w", ErrDamaged, err)
-		s.damage.Store(&damaged)
 		s.opts.Logger.Error("the store's file is damaged", "err", err)
+		s.damage.Store(&damaged)
 		return v, false, damaged
 	}
 	return v, false, s.noteRead(fmt.Errorf("read the view: %w", err))

@@ -750,11 +750,12 @@ func (s *Store) checkRow(table string, seq int64, kind string, text []byte, crc 
 // (Health), logs the table and position, and returns an error wrapping ErrDamaged.
 func (s *Store) damagedRow(table string, seq int64) error {
 	err := fmt.Errorf("%w: the %s row at position %d does not match its checksum: restore a backup", ErrDamaged, table, seq)
+	// Logged before it is recorded: whoever sees the store unhealthy finds the reason logged.
+	s.opts.Logger.Error("a damaged row of the store", "table", table, "position", seq)
 	s.damage.Store(&err)
 	if table == outboxTable {
 		s.outboxDamage.Store(&err)
 	}
-	s.opts.Logger.Error("a damaged row of the store", "table", table, "position", seq)
 	return err
 }
 
@@ -812,8 +813,8 @@ func (s *Store) noteRead(err error) error {
 	}
 	if isDamage(err) {
 		damaged := fmt.Errorf("%w: %w", ErrDamaged, err)
-		s.damage.Store(&damaged)
 		s.opts.Logger.Error("the store's file is damaged", "err", err)
+		s.damage.Store(&damaged)
 	}
 	return err
 }

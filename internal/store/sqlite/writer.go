@@ -162,8 +162,8 @@ func (s *Store) checkIntegrity() {
 		s.noteRead(err)
 	case res != "ok":
 		err := fmt.Errorf("%w: %s", ErrDamaged, res)
-		s.damage.Store(&err)
 		s.opts.Logger.Error("the store's file is damaged", "check", res)
+		s.damage.Store(&err)
 	}
 }
 
