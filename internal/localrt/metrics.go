@@ -21,6 +21,7 @@ type metrics struct {
 	deliveryLatency prometheus.Histogram
 	authFailures    *prometheus.CounterVec
 	commitBatch     prometheus.Histogram
+	commitSync      prometheus.Histogram
 	walBytes        prometheus.Gauge
 	storeQueued     prometheus.Gauge
 	webhookMissed   prometheus.Counter
@@ -57,6 +58,9 @@ func newMetrics(connections func() int, view onlineCounter, imageUsers, held fun
 			Help: "Refused connection attempts and backend requests, by reason."}, []string{"reason"}),
 		commitBatch: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "wspresence_store_commit_batch_size",
 			Help: "Write requests group-committed per transaction.", Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
+		commitSync: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "wspresence_store_commit_sync_seconds",
+			Help:    "How long a commit synced to disk took to write its pages to the write-ahead log and sync it: the disk's share of the wait of a POST /messages, a connect or a close (--sync full).",
+			Buckets: prometheus.ExponentialBuckets(0.000125, 2, 14)}),
 		webhookMissed: prometheus.NewCounter(prometheus.CounterOpts{Name: "wspresence_webhook_events_missed_total",
 			Help: "Published events webhooks skipped because the outbox pruned them before they were taken."}),
 		pruned: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wspresence_pruned_total",
@@ -72,7 +76,7 @@ func newMetrics(connections func() int, view onlineCounter, imageUsers, held fun
 		storeQueued: prometheus.NewGauge(prometheus.GaugeOpts{Name: "wspresence_store_queued_message_bytes",
 			Help: "Bytes of accepted messages handed to the store and not yet committed (at most 1 MiB, or one larger request; the others wait within the body budget)."}),
 	}
-	reg.MustRegister(m.appended, m.projectorLag, m.messages, m.deliveryLatency, m.authFailures, m.commitBatch, m.walBytes, m.storeQueued, m.webhookMissed, m.pruned, m.packed,
+	reg.MustRegister(m.appended, m.projectorLag, m.messages, m.deliveryLatency, m.authFailures, m.commitBatch, m.commitSync, m.walBytes, m.storeQueued, m.webhookMissed, m.pruned, m.packed,
 		m.recoveries, m.replayed,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_messages_held",
 			Help: "Messages held for a recovering user's reconnect (their window, at most --max-held-messages-per-user per user and --max-held-messages in all: past them new messages get 503)."}, func() float64 { return float64(held()) }),

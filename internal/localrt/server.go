@@ -178,6 +178,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		CommitDelay:    storeCommitDelay(cfg.CommitDelay),
 		Logger:         log,
 		OnCommit:       func(n int) { s.metrics.commitBatch.Observe(float64(n)) },
+		OnSynced:       func(d time.Duration) { s.metrics.commitSync.Observe(d.Seconds()) },
 		OnWAL:          func(n int64) { s.metrics.walBytes.Set(float64(n)) },
 		OnAppended:     func(t events.Type) { s.metrics.appended.WithLabelValues(string(t)).Inc() },
 		OnProjected:    func(lag time.Duration) { s.metrics.projectorLag.Observe(lag.Seconds()) },

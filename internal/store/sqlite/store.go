@@ -80,6 +80,11 @@ type Options struct {
 	// OnCommit, if set, is called after each group commit with the number of requests it
 	// held (for metrics).
 	OnCommit func(requests int)
+	// OnSynced, if set, is called after each commit synced to disk (every commit in the
+	// mode "full" but those of outcomes only) with how long its COMMIT took: its pages
+	// written to the write-ahead log and the fsync, the disk's share of what a write's
+	// caller waits for (for metrics). It runs on the writer's goroutine and must not block.
+	OnSynced func(took time.Duration)
 	// OnAppended, if set, is called after each commit for every event it appended.
 	OnAppended func(t events.Type)
 	// OnProjected, if set, is called for every event a commit folded, with the time from

@@ -578,9 +578,13 @@ func (s *Store) end(ctx context.Context, err error) error {
 		_, _ = s.stmts.rollback.ExecContext(context.WithoutCancel(ctx))
 		return err
 	}
+	start := time.Now()
 	if _, err := s.stmts.commit.ExecContext(ctx); err != nil {
 		_, _ = s.stmts.rollback.ExecContext(context.WithoutCancel(ctx))
 		return fmt.Errorf("commit: %w", err)
+	}
+	if s.syncMode == "full" && s.opts.OnSynced != nil {
+		s.opts.OnSynced(time.Since(start))
 	}
 	s.commits.Add(1)
 	return nil
