@@ -2,6 +2,7 @@ package localrt
 
 import (
 	"context"
+	"math"
 	"net/http"
 	"time"
 
@@ -60,7 +61,7 @@ func newMetrics(connections func() int, view onlineCounter, imageUsers, held fun
 			Help: "Write requests group-committed per transaction.", Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
 		commitSync: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "wspresence_store_commit_sync_seconds",
 			Help:    "How long a commit synced to disk took to write its pages to the write-ahead log and sync it: the disk's share of the wait of a POST /messages, a connect or a close (--sync full).",
-			Buckets: prometheus.ExponentialBuckets(0.000125, 2, 14)}),
+			Buckets: prometheus.ExponentialBuckets(0.0001, math.Sqrt2, 28)}),
 		webhookMissed: prometheus.NewCounter(prometheus.CounterOpts{Name: "wspresence_webhook_events_missed_total",
 			Help: "Published events webhooks skipped because the outbox pruned them before they were taken."}),
 		pruned: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wspresence_pruned_total",

@@ -96,12 +96,17 @@ func receiptP99(p PublishResult) float64    { return p.Receipt.P99 }
 func postP99(p PublishResult) float64       { return p.Post.P99 }
 func cpuPerMessage(p PublishResult) float64 { return p.CPU.PerMessageUS }
 
-// lateness is ", its ticks late p99 …" of p, or "" for results that did not time them.
+// lateness is ", its ticks late p99 …" of p, or "" for results that did not time them,
+// followed by the server's synced commits, when it reported them.
 func lateness(p PublishResult) string {
 	if p.Late.N == 0 {
 		return ""
 	}
-	return fmt.Sprintf(", its ticks late p99 %.2f ms", p.Late.P99)
+	s := fmt.Sprintf(", its ticks late p99 %.2f ms", p.Late.P99)
+	if p.Synced != nil {
+		s += fmt.Sprintf("; %d commits synced, each p50 %.2f, p99 %.2f ms (WAL pages and fsync)", p.Synced.N, p.Synced.P50, p.Synced.P99)
+	}
+	return s
 }
 
 // passRange is " (passes lo–hi)" of fig over p's passes, or "" for a point of one pass.

@@ -297,10 +297,34 @@ type PublishResult struct {
 	// ClientCores is the load generator's CPU time over the run / its wall time: the cores
 	// it kept busy (at most as many as it is confined to; near that, it paced the run).
 	ClientCores float64 `json:"client_cores"`
+	// Synced is the server's commits synced to disk over the run and how long they took
+	// (wspresence only): the disk's share of the POST latency.
+	Synced *SyncTimes `json:"commit_sync,omitempty"`
 	// Passes, when the point pools several passes (PublishPasses), is each pass's own
 	// figures, in the order they ran; the point's latencies are those of every sample of
 	// every pass, its CPU and commits their sums over the messages of every pass.
 	Passes []PublishResult `json:"passes,omitempty"`
+}
+
+// SyncTimes is how many commits the server synced to disk over a run and how long each
+// took (its WAL pages and the fsync), from the histogram wspresence_store_commit_sync_seconds:
+// p50 and p99 interpolated within its buckets (each 1.41 times the one below), as
+// Prometheus's histogram_quantile does.
+type SyncTimes struct {
+	N   int     `json:"n"`
+	P50 float64 `json:"p50_ms"`
+	P99 float64 `json:"p99_ms"`
+}
+
+// syncHistogram is the server's histogram of its synced commits' times.
+const syncHistogram = "wspresence_store_commit_sync_seconds"
+
+// syncTimes summarizes the observations of h (nil when there are none).
+func syncTimes(h Buckets) *SyncTimes {
+	if len(h) == 0 || h[len(h)-1].Count <= 0 {
+		return nil
+	}
+	return &SyncTimes{N: int(h[len(h)-1].Count), P50: h.Quantile(0.50) * 1000, P99: h.Quantile(0.99) * 1000}
 }
 
 // publishPass is one pass of the publishers scenario: its figures and what pooling needs.
@@ -308,6 +332,7 @@ type publishPass struct {
 	res                 PublishResult
 	receipt, post, late []time.Duration
 	commits, wall       float64
+	synced              Buckets
 }
 
 // Publish sends rate messages per second for dur, one message per POST, from publishers
@@ -338,7 +363,9 @@ func (f *Fleet) PublishPasses(ctx context.Context, t *Target, rates []float64, d
 		p := PublishResult{Offered: ps[0].res.Offered, Publishers: publishers, Connections: len(f.conns)}
 		var receipt, post, late []time.Duration
 		var cpu, commits, wall, clientCPU float64
+		var synced Buckets
 		for _, pass := range ps {
+			synced = synced.Add(pass.synced)
 			receipt, post = append(receipt, pass.receipt...), append(post, pass.post...)
 			late = append(late, pass.late...)
 			p.Expected += pass.res.Expected
@@ -352,6 +379,7 @@ func (f *Fleet) PublishPasses(ctx context.Context, t *Target, rates []float64, d
 		}
 		p.Receipt, p.Post, p.Late = summarize(receipt), summarize(post), summarize(late)
 		p.CPU = cpuCost(cpu, commits, p.Received/int64(f.perUser))
+		p.Synced = syncTimes(synced)
 		if wall > 0 {
 			p.Delivered = float64(p.Received) / float64(f.perUser) / wall
 			p.ClientCores = clientCPU / wall
@@ -383,7 +411,8 @@ func (f *Fleet) publish(ctx context.Context, t *Target, rate float64, dur time.D
 	var errs, next atomic.Int64
 	var wg sync.WaitGroup
 	start := time.Now()
-	commits := t.Commits(ctx) // before the CPU meter starts, so the scrape is not counted
+	commits := t.Commits(ctx) // before the CPU meter starts, so the scrapes are not counted
+	synced := t.Histogram(ctx, syncHistogram)
 	cpu := t.meterCPU()
 	self := selfMeter()
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: publishers}}
@@ -409,11 +438,14 @@ func (f *Fleet) publish(ctx context.Context, t *Target, rate float64, dur time.D
 	wall := time.Since(start).Seconds()
 	seconds := cpu.stop()
 	committed := float64(t.Commits(ctx) - commits)
-	pass := publishPass{receipt: f.rec.take(), post: post.take(), late: late.take(), commits: committed, wall: wall}
+	if synced != nil {
+		synced = t.Histogram(ctx, syncHistogram).Since(synced)
+	}
+	pass := publishPass{receipt: f.rec.take(), post: post.take(), late: late.take(), commits: committed, wall: wall, synced: synced}
 	pass.res = PublishResult{Offered: rate, Publishers: publishers, Connections: len(f.conns),
 		Delivered: float64(got) / float64(f.perUser) / wall,
 		Receipt:   summarize(pass.receipt), Post: summarize(pass.post), Late: summarize(pass.late), Expected: expected, Received: got, Errors: int(errs.Load()),
-		CPU: cpuCost(seconds, committed, got/int64(f.perUser)), ClientCores: self()}
+		CPU: cpuCost(seconds, committed, got/int64(f.perUser)), ClientCores: self(), Synced: syncTimes(synced)}
 	return pass
 }
 

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
@@ -333,6 +334,106 @@ func (t *Target) Metric(ctx context.Context, name string) (float64, bool) {
 		}
 	}
 	return 0, false
+}
+
+// Buckets is a Prometheus histogram's cumulative buckets: each upper bound (le, +Inf last)
+// with the observations at or below it.
+type Buckets []Bucket
+
+// Bucket is one cumulative bucket of a histogram.
+type Bucket struct {
+	LE    float64
+	Count float64
+}
+
+// Histogram returns the buckets of an unlabelled histogram of the server's /metrics (nil
+// when it is absent, for the baseline, or when the server did not answer).
+func (t *Target) Histogram(ctx context.Context, name string) Buckets {
+	if t.baseline {
+		return nil
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, t.Base+"/metrics", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	var out Buckets
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		rest, ok := strings.CutPrefix(sc.Text(), name+`_bucket{le="`)
+		if !ok {
+			continue
+		}
+		le, count, ok := strings.Cut(rest, `"} `)
+		if !ok {
+			continue
+		}
+		b := Bucket{LE: math.Inf(1)}
+		if le != "+Inf" {
+			if b.LE, err = strconv.ParseFloat(le, 64); err != nil {
+				continue
+			}
+		}
+		if b.Count, err = strconv.ParseFloat(strings.TrimSpace(count), 64); err == nil {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// Since returns the observations made between before and h (the same histogram, scraped
+// twice): each bucket's count less before's.
+func (h Buckets) Since(before Buckets) Buckets {
+	if len(before) != len(h) {
+		return h
+	}
+	out := make(Buckets, len(h))
+	for i := range h {
+		out[i] = Bucket{LE: h[i].LE, Count: h[i].Count - before[i].Count}
+	}
+	return out
+}
+
+// Add returns the sum of two histograms with the same buckets (h when o is nil).
+func (h Buckets) Add(o Buckets) Buckets {
+	if len(h) == 0 {
+		return o
+	}
+	if len(o) != len(h) {
+		return h
+	}
+	out := make(Buckets, len(h))
+	for i := range h {
+		out[i] = Bucket{LE: h[i].LE, Count: h[i].Count + o[i].Count}
+	}
+	return out
+}
+
+// Quantile estimates the q-quantile of the observations, in the unit of the bounds, as
+// Prometheus's histogram_quantile does: linearly within the bucket that holds it (the
+// first bucket's lower bound 0; the last finite bound when it falls in +Inf). NaN when
+// there are none.
+func (h Buckets) Quantile(q float64) float64 {
+	if len(h) == 0 || h[len(h)-1].Count <= 0 {
+		return math.NaN()
+	}
+	rank := q * h[len(h)-1].Count
+	lo, below := 0.0, 0.0
+	for _, b := range h {
+		if b.Count >= rank {
+			if math.IsInf(b.LE, 1) {
+				return lo
+			}
+			if b.Count == below {
+				return b.LE
+			}
+			return lo + (b.LE-lo)*(rank-below)/(b.Count-below)
+		}
+		lo, below = b.LE, b.Count
+	}
+	return lo
 }
 
 // StoreBytes is the size of the store's files in the data directory: the database and
