@@ -73,6 +73,7 @@ func TestEndToEnd(t *testing.T) {
 		"wspresence_delivery_latency_seconds_count", `wspresence_auth_failures_total{reason="api_key"}`,
 		"wspresence_store_commit_batch_size_count",
 		"wspresence_store_commit_sync_seconds_count", "wspresence_store_commit_sync_seconds_sum",
+		"go_sched_latencies_seconds_count",
 	} {
 		if v := m[name]; v <= 0 {
 			t.Errorf("metric %s = %v, want > 0", name, v)

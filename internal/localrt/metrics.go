@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"net/http"
+	"regexp"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,6 +32,12 @@ type metrics struct {
 	pruned          *prometheus.CounterVec
 	packed          prometheus.Counter
 }
+
+// schedLatencies adds the Go runtime's /sched/latencies:seconds to the Go collector's
+// defaults, as go_sched_latencies_seconds: how long goroutines waited, runnable, for a CPU.
+// It is the CPU's share of a request's wait, as wspresence_store_commit_sync_seconds is the
+// disk's: a POST /messages answered by its commit still waits for the CPU to write the 202.
+var schedLatencies = collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/sched/latencies:seconds$`)}
 
 // onlineCounter counts online users (the view).
 type onlineCounter interface {
@@ -116,7 +123,7 @@ func newMetrics(connections func() int, view onlineCounter, imageUsers, held fun
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wspresence_closes_pending",
 			Help: "Connection closes not yet written (the store cannot write): shown closed, written once it can."},
 			func() float64 { return float64(st.closesPending()) }),
-		collectors.NewGoCollector(),
+		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(schedLatencies)),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	for _, t := range []events.Type{events.TypeConnectionOpened, events.TypeConnectionClosed, events.TypeActivityRecorded} {

@@ -106,6 +106,16 @@ func lateness(p PublishResult) string {
 	if p.Synced != nil {
 		s += fmt.Sprintf("; %d commits synced, each p50 %.2f, p99 %.2f ms (WAL pages and fsync)", p.Synced.N, p.Synced.P50, p.Synced.P99)
 	}
+	if st := p.SyncStalls; st != nil {
+		s += fmt.Sprintf(", %d over %.1f ms (%.2f a second)", st.Over, st.OverMS, st.PerSecond)
+	}
+	if w := p.CPUWaits; w != nil {
+		s += fmt.Sprintf("; goroutines that waited for the CPU over %.1f ms: %d of %d (%.2f a second)", w.OverMS, w.Over, w.N, w.PerSecond)
+	}
+	if d := p.Disk; d != nil {
+		s += fmt.Sprintf("; the disk alone beside it (%d KB and an fsync every %v): fsync p50 %.2f, p99 %.2f, p99.9 %.2f, max %.2f ms, %d over %.0f ms (%.2f a second)",
+			diskProbeBytes>>10, diskProbeGap, d.P50, d.P99, d.P999, d.Max, d.Over, stallBound*1000, d.PerSecond)
+	}
 	return s
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -300,6 +301,14 @@ type PublishResult struct {
 	// Synced is the server's commits synced to disk over the run and how long they took
 	// (wspresence only): the disk's share of the POST latency.
 	Synced *SyncTimes `json:"commit_sync,omitempty"`
+	// SyncStalls counts the synced commits over about 10 ms (wspresence only): every
+	// request that arrives during one waits for it.
+	SyncStalls *Stalls `json:"commit_sync_stalls,omitempty"`
+	// CPUWaits counts the server's goroutines that waited over about 10 ms, runnable, for
+	// the CPU (go_sched_latencies_seconds; wspresence only).
+	CPUWaits *Stalls `json:"cpu_waits,omitempty"`
+	// Disk is the disk alone, probed beside the baseline's passes (baseline only).
+	Disk *DiskTimes `json:"disk_alone,omitempty"`
 	// Passes, when the point pools several passes (PublishPasses), is each pass's own
 	// figures, in the order they ran; the point's latencies are those of every sample of
 	// every pass, its CPU and commits their sums over the messages of every pass.
@@ -332,7 +341,9 @@ type publishPass struct {
 	res                 PublishResult
 	receipt, post, late []time.Duration
 	commits, wall       float64
-	synced              Buckets
+	synced, sched       Buckets
+	disk                []time.Duration
+	diskWall            float64
 }
 
 // Publish sends rate messages per second for dur, one message per POST, from publishers
@@ -363,9 +374,12 @@ func (f *Fleet) PublishPasses(ctx context.Context, t *Target, rates []float64, d
 		p := PublishResult{Offered: ps[0].res.Offered, Publishers: publishers, Connections: len(f.conns)}
 		var receipt, post, late []time.Duration
 		var cpu, commits, wall, clientCPU float64
-		var synced Buckets
+		var synced, sched Buckets
+		var disk []time.Duration
+		var diskWall float64
 		for _, pass := range ps {
-			synced = synced.Add(pass.synced)
+			synced, sched = synced.Add(pass.synced), sched.Add(pass.sched)
+			disk, diskWall = append(disk, pass.disk...), diskWall+pass.diskWall
 			receipt, post = append(receipt, pass.receipt...), append(post, pass.post...)
 			late = append(late, pass.late...)
 			p.Expected += pass.res.Expected
@@ -380,6 +394,7 @@ func (f *Fleet) PublishPasses(ctx context.Context, t *Target, rates []float64, d
 		p.Receipt, p.Post, p.Late = summarize(receipt), summarize(post), summarize(late)
 		p.CPU = cpuCost(cpu, commits, p.Received/int64(f.perUser))
 		p.Synced = syncTimes(synced)
+		p.SyncStalls, p.CPUWaits, p.Disk = stalls(synced, wall), stalls(sched, wall), diskTimes(disk, diskWall)
 		if wall > 0 {
 			p.Delivered = float64(p.Received) / float64(f.perUser) / wall
 			p.ClientCores = clientCPU / wall
@@ -413,6 +428,11 @@ func (f *Fleet) publish(ctx context.Context, t *Target, rate float64, dur time.D
 	start := time.Now()
 	commits := t.Commits(ctx) // before the CPU meter starts, so the scrapes are not counted
 	synced := t.Histogram(ctx, syncHistogram)
+	sched := t.Histogram(ctx, schedHistogram)
+	var probe *diskProbe
+	if t.baseline {
+		probe = startDiskProbe("") // beside the baseline's pass, the disk has nothing else of this run to write
+	}
 	cpu := t.meterCPU()
 	self := selfMeter()
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: publishers}}
@@ -436,16 +456,22 @@ func (f *Fleet) publish(ctx context.Context, t *Target, rate float64, dur time.D
 	expected := next.Load() * int64(f.perUser)
 	got := f.awaitFrames(expected)
 	wall := time.Since(start).Seconds()
+	disk, diskWall := probe.finish()
 	seconds := cpu.stop()
 	committed := float64(t.Commits(ctx) - commits)
 	if synced != nil {
 		synced = t.Histogram(ctx, syncHistogram).Since(synced)
 	}
-	pass := publishPass{receipt: f.rec.take(), post: post.take(), late: late.take(), commits: committed, wall: wall, synced: synced}
+	if sched != nil {
+		sched = t.Histogram(ctx, schedHistogram).Since(sched)
+	}
+	pass := publishPass{receipt: f.rec.take(), post: post.take(), late: late.take(), commits: committed, wall: wall,
+		synced: synced, sched: sched, disk: disk, diskWall: diskWall}
 	pass.res = PublishResult{Offered: rate, Publishers: publishers, Connections: len(f.conns),
 		Delivered: float64(got) / float64(f.perUser) / wall,
 		Receipt:   summarize(pass.receipt), Post: summarize(pass.post), Late: summarize(pass.late), Expected: expected, Received: got, Errors: int(errs.Load()),
-		CPU: cpuCost(seconds, committed, got/int64(f.perUser)), ClientCores: self(), Synced: syncTimes(synced)}
+		CPU: cpuCost(seconds, committed, got/int64(f.perUser)), ClientCores: self(), Synced: syncTimes(synced),
+		SyncStalls: stalls(synced, wall), CPUWaits: stalls(sched, wall), Disk: diskTimes(slices.Clone(disk), diskWall)}
 	return pass
 }
 
