@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -342,7 +341,7 @@ type publishPass struct {
 	receipt, post, late []time.Duration
 	commits, wall       float64
 	synced, sched       Buckets
-	disk                []time.Duration
+	disk                []diskSync
 	diskWall            float64
 }
 
@@ -375,11 +374,11 @@ func (f *Fleet) PublishPasses(ctx context.Context, t *Target, rates []float64, d
 		var receipt, post, late []time.Duration
 		var cpu, commits, wall, clientCPU float64
 		var synced, sched Buckets
-		var disk []time.Duration
+		var disk [][]diskSync
 		var diskWall float64
 		for _, pass := range ps {
 			synced, sched = synced.Add(pass.synced), sched.Add(pass.sched)
-			disk, diskWall = append(disk, pass.disk...), diskWall+pass.diskWall
+			disk, diskWall = append(disk, pass.disk), diskWall+pass.diskWall
 			receipt, post = append(receipt, pass.receipt...), append(post, pass.post...)
 			late = append(late, pass.late...)
 			p.Expected += pass.res.Expected
@@ -471,7 +470,7 @@ func (f *Fleet) publish(ctx context.Context, t *Target, rate float64, dur time.D
 		Delivered: float64(got) / float64(f.perUser) / wall,
 		Receipt:   summarize(pass.receipt), Post: summarize(pass.post), Late: summarize(pass.late), Expected: expected, Received: got, Errors: int(errs.Load()),
 		CPU: cpuCost(seconds, committed, got/int64(f.perUser)), ClientCores: self(), Synced: syncTimes(synced),
-		SyncStalls: stalls(synced, wall), CPUWaits: stalls(sched, wall), Disk: diskTimes(slices.Clone(disk), diskWall)}
+		SyncStalls: stalls(synced, wall), CPUWaits: stalls(sched, wall), Disk: diskTimes([][]diskSync{disk}, diskWall)}
 	return pass
 }
 
