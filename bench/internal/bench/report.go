@@ -113,8 +113,12 @@ func lateness(p PublishResult) string {
 		s += fmt.Sprintf("; goroutines that waited for the CPU over %.1f ms: %d of %d (%.2f a second)", w.OverMS, w.Over, w.N, w.PerSecond)
 	}
 	if d := p.Disk; d != nil {
-		s += fmt.Sprintf("; the disk alone beside it (%d KB and an fsync every %v): fsync p50 %.2f, p99 %.2f, p99.9 %.2f, max %.2f ms, %d over %.0f ms (%.2f a second); a durable answer's least wait on it, p99 over arrival times: %.2f ms (the rest of the sync in progress and the next whole one; the rest alone %.2f ms)",
-			diskProbeBytes>>10, diskProbeGap, d.P50, d.P99, d.P999, d.Max, d.Over, stallBound*1000, d.PerSecond, d.DurableWait, d.InProgress)
+		s += fmt.Sprintf("; the disk alone beside it (%d KB and an fsync every %v): fsync p50 %.2f, p99 %.2f, p99.9 %.2f, max %.2f ms, %d over %.0f ms (%.2f a second)",
+			diskProbeBytes>>10, diskProbeGap, d.P50, d.P99, d.P999, d.Max, d.Over, stallBound*1000, d.PerSecond)
+		if d.DurableWait > 0 {
+			s += fmt.Sprintf("; a durable answer's least wait on it, p99 over arrival times: %.2f ms (the rest of the sync in progress and the next whole one; the rest alone %.2f ms)",
+				d.DurableWait, d.InProgress)
+		}
 	}
 	return s
 }
