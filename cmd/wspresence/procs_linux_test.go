@@ -37,20 +37,23 @@ func startPinnedChild(t *testing.T) *child {
 	return startChild(t, t.TempDir())
 }
 
+// TestServeRunsWithTwoProcsOnOneCPU: confined to one CPU, serve runs with two Ps, unless
+// the operator's GOMAXPROCS says otherwise.
 func TestServeRunsWithTwoProcsOnOneCPU(t *testing.T) {
-	t.Setenv("GOMAXPROCS", "")
-	c := startPinnedChild(t)
-	defer c.stop(t, syscall.SIGTERM)
-	if got := c.metric(t, "go_sched_gomaxprocs_threads"); got != 2 {
-		t.Fatalf("serve on one CPU runs with GOMAXPROCS %d, want 2", got)
-	}
-}
-
-func TestServeKeepsAnOperatorsGOMAXPROCS(t *testing.T) {
-	t.Setenv("GOMAXPROCS", "1")
-	c := startPinnedChild(t)
-	defer c.stop(t, syscall.SIGTERM)
-	if got := c.metric(t, "go_sched_gomaxprocs_threads"); got != 1 {
-		t.Fatalf("serve with GOMAXPROCS=1 runs with GOMAXPROCS %d, want 1", got)
+	for _, c := range []struct {
+		env, why string
+		want     int64
+	}{
+		{"", "the default", 2},
+		{"1", "GOMAXPROCS=1", 1},
+	} {
+		t.Run(c.why, func(t *testing.T) {
+			t.Setenv("GOMAXPROCS", c.env)
+			ch := startPinnedChild(t)
+			defer ch.stop(t, syscall.SIGTERM)
+			if got := ch.metric(t, "go_sched_gomaxprocs_threads"); got != c.want {
+				t.Fatalf("serve on one CPU with %s runs with GOMAXPROCS %d, want %d", c.why, got, c.want)
+			}
+		})
 	}
 }
