@@ -32,13 +32,16 @@ func run() error {
 	if len(os.Args) > 1 && os.Args[1] == "baseline-server" {
 		fs := flag.NewFlagSet("baseline-server", flag.ExitOnError)
 		addr := fs.String("addr", "127.0.0.1:0", "listen address")
+		var opts bench.BaselineOptions
+		fs.StringVar(&opts.Log, "log", "", "make the baseline durable: append each push to this file and sync it before the 202, in group commits")
+		fs.DurationVar(&opts.Hold, "hold", 0, "with --log: how long each group commit waits for more requests after its first")
 		_ = fs.Parse(os.Args[2:])
 		ln, err := net.Listen("tcp", *addr)
 		if err != nil {
 			return err
 		}
 		fmt.Printf("baseline listening on %s\n", ln.Addr())
-		return bench.ServeBaseline(ctx, ln)
+		return bench.ServeBaseline(ctx, ln, opts)
 	}
 	if len(os.Args) > 1 && os.Args[1] == "probe" {
 		fs := flag.NewFlagSet("probe", flag.ExitOnError)

@@ -3,28 +3,56 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"runtime"
 	"runtime/debug"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/coder/websocket"
 )
 
 // Baseline is the raw-transport server: connections by user, frames pushed as they come.
+// A durable baseline (BaselineOptions.Log set) first appends each request's body to a log
+// and syncs it, in group commits, and answers and pushes only then.
 type Baseline struct {
 	mu    sync.Mutex
 	conns map[string]map[*websocket.Conn]bool
+	log   *groupLog
+}
+
+// BaselineOptions shape the baseline.
+type BaselineOptions struct {
+	// Log, if set, makes the baseline durable: each POST /push body is appended to this
+	// file and synced before the 202, in group commits (see groupLog).
+	Log string
+	// Hold is how long a durable baseline holds each group commit open for more requests
+	// after its first (0: it commits at once whatever arrived while the previous one synced).
+	Hold time.Duration
 }
 
 // ServeBaseline serves the baseline on ln until ctx ends. Endpoints: "/" WebSocket
 // (?user=), POST /push (the message array of POST /messages), GET /online?userIds=,
-// GET /gc (collects garbage, for memory figures), GET /healthz.
-func ServeBaseline(ctx context.Context, ln net.Listener) error {
+// GET /gc (collects garbage, for memory figures), GET /healthz, and for a durable
+// baseline GET /commits (the group commits made, a number).
+func ServeBaseline(ctx context.Context, ln net.Listener, opts BaselineOptions) error {
 	b := &Baseline{conns: map[string]map[*websocket.Conn]bool{}}
 	mux := http.NewServeMux()
+	if opts.Log != "" {
+		l, err := openGroupLog(opts.Log, opts.Hold)
+		if err != nil {
+			return err
+		}
+		defer l.close()
+		b.log = l
+		mux.HandleFunc("GET /commits", func(w http.ResponseWriter, _ *http.Request) {
+			fmt.Fprintf(w, "%d\n", l.commits.Load())
+		})
+	}
 	mux.HandleFunc("/{$}", b.ws)
 	mux.HandleFunc("POST /push", b.push)
 	mux.HandleFunc("GET /online", b.online)
@@ -71,10 +99,21 @@ type pushMessage struct {
 }
 
 func (b *Baseline) push(w http.ResponseWriter, r *http.Request) {
-	var msgs []pushMessage
-	if err := json.NewDecoder(r.Body).Decode(&msgs); err != nil {
+	body, err := io.ReadAll(io.LimitReader(r.Body, 4<<20))
+	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
+	}
+	var msgs []pushMessage
+	if err := json.Unmarshal(body, &msgs); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if b.log != nil {
+		if err := b.log.append(body); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
 	}
 	w.WriteHeader(http.StatusAccepted)
 	go func() {

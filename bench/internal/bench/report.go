@@ -213,6 +213,7 @@ func (r *Results) Markdown(plotFile, resultsFile string) string {
 				p.CPU.CommitsPerMessage, rp.CPU.CommitsPerMessage, p.Receipt.P99, rp.Receipt.P99, p.Post.P99, rp.Post.P99)
 		}
 	}
+	r.durableMarkdown(&b)
 	if r.CPUTop != "" {
 		scenario := r.Profile.ProfileScenario
 		if scenario == "" {
@@ -303,4 +304,38 @@ func dirOf(path string) string {
 		return path[:i]
 	}
 	return "."
+}
+
+// durableMarkdown renders the durable baselines beside wspresence and the baseline, rate by
+// rate: what answering only once durable costs a server that does nothing else.
+func (r *Results) durableMarkdown(b *strings.Builder) {
+	if len(r.Durable) == 0 {
+		return
+	}
+	b.WriteString("\n## What durability alone costs: durable baselines, same run\n\n")
+	b.WriteString("The publishers scenario on the baseline made durable and nothing more: each request's body appended to\n")
+	b.WriteString("one file and synced (one write and one `fsync` a group commit) before the 202, the frames pushed after;\n")
+	b.WriteString("a commit takes what arrived while the one before synced, held open for more for the hold given. No\n")
+	b.WriteString("index, outcome or recovery: the least a server answering only once durable does on this machine.\n")
+	if r.Reference != nil {
+		fmt.Fprintf(b, "The last column is a third of the CPU a message of the build before (`%s`) in this run.\n", r.ReferenceName)
+	}
+	b.WriteString("\n| offered | server | CPU per delivered message | commits per message | receipt p99 | POST p50 | POST p99 | a third of the build before |\n|---|---|---|---|---|---|---|---|\n")
+	for i, p := range r.Wspresence.Publish {
+		bound := "–"
+		if r.Reference != nil {
+			if rp := pick(r.Reference.Publish, i); rp.CPU.PerMessageUS > 0 {
+				bound = fmt.Sprintf("%.0f µs", rp.CPU.PerMessageUS/3)
+			}
+		}
+		line := func(name string, q PublishResult) {
+			fmt.Fprintf(b, "| %.0f msg/s | %s | %.0f µs%s | %.2f | %.2f ms | %.2f ms | %.2f ms%s | %s |\n",
+				p.Offered, name, q.CPU.PerMessageUS, passRange(q, cpuPerMessage), q.CPU.CommitsPerMessage, q.Receipt.P99, q.Post.P50, q.Post.P99, passRange(q, postP99), bound)
+		}
+		line("wspresence", p)
+		for _, d := range r.Durable {
+			line(fmt.Sprintf("durable baseline, hold %v", d.Hold), pick(d.Publish, i))
+		}
+		line("baseline (not durable)", pick(r.Baseline.Publish, i))
+	}
 }

@@ -40,6 +40,10 @@ type Profile struct {
 	// PubPasses is how many passes of PhaseDuration each rate gets, interleaved, pooled
 	// into its point (at least one).
 	PubPasses int `json:"publish_passes,omitempty"`
+	// DurableHolds: the publishers scenario is also run on a durable baseline (the
+	// baseline appending each body to a log it syncs before the 202, in group commits)
+	// once per hold here, each commit held open that long: what durability alone costs.
+	DurableHolds []time.Duration `json:"durable_holds_ns,omitempty"`
 	// The recovery scenario (wspresence only: the baseline does not recover): RecClients
 	// recovering clients reconnecting at once, RecMessages messages each.
 	RecClients  int `json:"recovery_clients"`
@@ -76,6 +80,11 @@ type Profile struct {
 	ProfileScenario string `json:"profile_scenario,omitempty"`
 }
 
+// durableHolds are the holds of the durable baselines of the short and long profiles: none
+// (the lowest POST latency a group commit gives), 1 ms, and wspresence's default
+// --commit-delay.
+var durableHolds = []time.Duration{0, time.Millisecond, 5 * time.Millisecond}
+
 // runs reports whether scenario is part of the run.
 func (p Profile) runs(scenario string) bool {
 	return len(p.Only) == 0 || slices.Contains(p.Only, scenario)
@@ -86,19 +95,19 @@ func (p Profile) runs(scenario string) bool {
 var Profiles = map[string]Profile{
 	"smoke": {Name: "smoke", ConnectN: 50, ConnectRates: []float64{500}, Users: 20, Conns: 40, DeliveryRates: []float64{500},
 		PhaseDuration: time.Second, Batch: 10, LagSamples: 5, RESTDuration: time.Second, RESTRate1: 100, RESTRate100: 50, MemoryN: []int{100},
-		PubRates: []float64{200}, Publishers: 16, PubConns: 100, PubPasses: 2, RecClients: 20, RecMessages: 5,
+		PubRates: []float64{200}, Publishers: 16, PubConns: 100, PubPasses: 2, DurableHolds: []time.Duration{0}, RecClients: 20, RecMessages: 5,
 		UsersN: []int{200, 400}, UsersConcurrency: 16, ChurnRate: 50, ChurnStay: time.Second, ChurnDuration: 8 * time.Second,
 		ChurnRetention: time.Second, ChurnSample: time.Second, FloodRequests: 100, FloodBytes: []int{1 << 20, 5 << 20}, FloodIdle: time.Second},
 	"short": {Name: "short", ConnectN: 3000, ConnectRates: []float64{1000, 3000, 6000}, Users: 1000, Conns: 2000,
 		DeliveryRates: []float64{2000, 5000, 10000, 20000, 40000}, PhaseDuration: 3 * time.Second, Batch: 50, LagSamples: 100,
 		RESTDuration: 3 * time.Second, RESTRate1: 2000, RESTRate100: 500, MemoryN: []int{2000, 10000},
-		PubRates: []float64{1000, 4000}, Publishers: 128, PubConns: 4000, PubPasses: 3, RecClients: 1000, RecMessages: 20,
+		PubRates: []float64{1000, 4000}, Publishers: 128, PubConns: 4000, PubPasses: 3, DurableHolds: durableHolds, RecClients: 1000, RecMessages: 20,
 		UsersN: []int{100_000, 1_000_000}, UsersConcurrency: 64, ChurnRate: 200, ChurnStay: time.Second, ChurnDuration: time.Minute,
 		ChurnRetention: time.Second, ChurnSample: 5 * time.Second, FloodRequests: 1000, FloodBytes: []int{1 << 20, 5 << 20}, FloodIdle: 2 * time.Second},
 	"long": {Name: "long", ConnectN: 10000, ConnectRates: []float64{2000, 5000, 10000, 15000}, Users: 5000, Conns: 10000,
 		DeliveryRates: []float64{5000, 10000, 20000, 40000, 60000, 80000}, PhaseDuration: 10 * time.Second, Batch: 100, LagSamples: 500,
 		RESTDuration: 10 * time.Second, RESTRate1: 5000, RESTRate100: 1000, MemoryN: []int{1000, 5000, 10000},
-		PubRates: []float64{1000, 4000}, Publishers: 128, PubConns: 4000, PubPasses: 3, RecClients: 1000, RecMessages: 50,
+		PubRates: []float64{1000, 4000}, Publishers: 128, PubConns: 4000, PubPasses: 3, DurableHolds: durableHolds, RecClients: 1000, RecMessages: 50,
 		UsersN: []int{100_000, 1_000_000}, UsersConcurrency: 64, ChurnRate: 200, ChurnStay: time.Second, ChurnDuration: 5 * time.Minute,
 		ChurnRetention: time.Second, ChurnSample: 10 * time.Second, FloodRequests: 1000, FloodBytes: []int{1 << 20, 5 << 20}, FloodIdle: 2 * time.Second},
 }
@@ -136,6 +145,9 @@ type Results struct {
 	// which), measured right after wspresence's.
 	Reference     *Side  `json:"reference,omitempty"`
 	ReferenceName string `json:"reference_name,omitempty"`
+	// Durable are the publishers scenario's durable baselines, one per profile hold,
+	// measured after the other sides.
+	Durable []DurableSide `json:"durable,omitempty"`
 	// FloodRun, if set, names the results file the flood scenario's figures were taken
 	// from: a run of that scenario alone, rendered into this one's report (--flood-from).
 	FloodRun  string `json:"flood_run,omitempty"`
@@ -168,6 +180,13 @@ func machine() Machine {
 	_, err := exec.LookPath("taskset")
 	m.Pinned = err == nil && m.CPUs >= 2
 	return m
+}
+
+// DurableSide is the publishers scenario on a durable baseline whose group commits are
+// held open for Hold.
+type DurableSide struct {
+	Hold time.Duration `json:"hold_ns"`
+	Side
 }
 
 // Reference is an earlier build of wspresence measured in the same run, on the
@@ -234,6 +253,15 @@ func Run(ctx context.Context, p Profile, serverBin string, ref Reference, self, 
 			res.CPUTop, res.CPUCumTop, res.HeapTop = tops.cpu, tops.cpuCum, tops.heap
 		}
 	}
+	if p.runs("publishers") && (len(p.Targets) == 0 || slices.Contains(p.Targets, "baseline")) {
+		for _, hold := range p.DurableHolds {
+			side, err := measureDurable(ctx, p, self, cpuServer, hold, outDir, log)
+			if err != nil {
+				return nil, err
+			}
+			res.Durable = append(res.Durable, DurableSide{Hold: hold, Side: side})
+		}
+	}
 	if len(p.Targets) > 0 && !slices.Contains(p.Targets, "wspresence") {
 		return res, nil
 	}
@@ -258,6 +286,28 @@ func Run(ctx context.Context, p Profile, serverBin string, ref Reference, self, 
 		w.Errors += c.Errors
 	}
 	return res, nil
+}
+
+// measureDurable runs the publishers scenario on a durable baseline holding its commits
+// for hold, its log in a directory of its own.
+func measureDurable(ctx context.Context, p Profile, self, cpu string, hold time.Duration, outDir string, log *slog.Logger) (Side, error) {
+	dir, err := os.MkdirTemp("", "wspresence-bench-durable-")
+	if err != nil {
+		return Side{}, err
+	}
+	defer os.RemoveAll(dir)
+	t, err := StartDurableBaseline(self, dir, cpu, hold)
+	if err != nil {
+		return Side{}, fmt.Errorf("start durable baseline: %w", err)
+	}
+	p.Only, p.ProfileScenario = []string{"publishers"}, ""
+	release := ConfineLoad(t)
+	load := startLoad(t)
+	side, _, _ := measure(ctx, t, p, outDir, log)
+	side.Load = load.stop()
+	release()
+	t.Stop()
+	return side, nil
 }
 
 // profileTops are the top lists of the server's profiles.
@@ -583,6 +633,11 @@ var ErrScenario = errors.New("scenario errors")
 func (r *Results) Check() error {
 	if r.Reference != nil && r.Reference.Errors > 0 {
 		return fmt.Errorf("%w: reference %d", ErrScenario, r.Reference.Errors)
+	}
+	for _, d := range r.Durable {
+		if d.Errors > 0 {
+			return fmt.Errorf("%w: durable baseline (hold %v) %d", ErrScenario, d.Hold, d.Errors)
+		}
 	}
 	if r.Wspresence.Errors > 0 || r.Baseline.Errors > 0 {
 		return fmt.Errorf("%w: wspresence %d, baseline %d", ErrScenario, r.Wspresence.Errors, r.Baseline.Errors)

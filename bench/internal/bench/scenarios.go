@@ -429,7 +429,7 @@ func (f *Fleet) publish(ctx context.Context, t *Target, rate float64, dur time.D
 	synced := t.Histogram(ctx, syncHistogram)
 	sched := t.Histogram(ctx, schedHistogram)
 	var probe *diskProbe
-	if t.baseline {
+	if t.baseline && !t.durable {
 		probe = startDiskProbe("") // beside the baseline's pass, the disk has nothing else of this run to write
 	}
 	cpu := t.meterCPU()

@@ -30,8 +30,9 @@ type Target struct {
 	secret []byte
 	mu     sync.Mutex
 	tokens map[string]string
-	// baseline targets use ?user=, push to /push and read /online.
-	baseline bool
+	// baseline targets use ?user=, push to /push and read /online; durable ones (a
+	// baseline with a group-committed log) also count their commits at /commits.
+	baseline, durable bool
 	// Dir is a wspresence target's data directory (its store); bin, cpu and args start it
 	// again on it (Restart).
 	Dir       string
@@ -115,6 +116,15 @@ var flagRe = regexp.MustCompile(`(?m)^\s+--([a-z0-9-]+)`)
 func StartBaseline(self, cpu string) (*Target, error) {
 	cmd := pinned(cpu, self, "baseline-server", "--addr", "127.0.0.1:0")
 	t := &Target{Name: "baseline", cmd: cmd, cpu: cpu, baseline: true}
+	return t, t.start(func(string) bool { return true })
+}
+
+// StartDurableBaseline starts `self baseline-server` pinned to cpu, durable: its log in
+// dir, each group commit held for hold (see BaselineOptions).
+func StartDurableBaseline(self, dir, cpu string, hold time.Duration) (*Target, error) {
+	cmd := pinned(cpu, self, "baseline-server", "--addr", "127.0.0.1:0",
+		"--log", filepath.Join(dir, "log"), "--hold", hold.String())
+	t := &Target{Name: "durable baseline, hold " + hold.String(), cmd: cmd, cpu: cpu, baseline: true, durable: true}
 	return t, t.start(func(string) bool { return true })
 }
 
@@ -307,8 +317,20 @@ func (m cpuMeter) stop() float64 {
 }
 
 // Commits returns how many group commits the server's store has made (the count of
-// wspresence_store_commit_batch_size in /metrics); 0 for the baseline, or when unknown.
+// wspresence_store_commit_batch_size in /metrics, a durable baseline's /commits); 0 for
+// the baseline, or when unknown.
 func (t *Target) Commits(ctx context.Context) float64 {
+	if t.durable {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, t.Base+"/commits", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0
+		}
+		defer resp.Body.Close()
+		var n float64
+		_, _ = fmt.Fscan(resp.Body, &n)
+		return n
+	}
 	if t.baseline {
 		return 0
 	}
