@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 
@@ -36,6 +37,11 @@ func run() error {
 		fs.StringVar(&opts.Log, "log", "", "make the baseline durable: append each push to this file and sync it before the 202, in group commits")
 		fs.DurationVar(&opts.Hold, "hold", 0, "with --log: how long each group commit waits for more requests after its first")
 		_ = fs.Parse(os.Args[2:])
+		if opts.Log != "" && os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) < 2 {
+			// As `wspresence serve` does on one CPU: a sync would otherwise hold the only P,
+			// and the whole server with it, until the runtime took the P back.
+			runtime.GOMAXPROCS(2)
+		}
 		ln, err := net.Listen("tcp", *addr)
 		if err != nil {
 			return err

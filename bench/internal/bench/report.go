@@ -316,7 +316,8 @@ func (r *Results) durableMarkdown(b *strings.Builder) {
 	b.WriteString("The publishers scenario on the baseline made durable and nothing more: each request's body appended to\n")
 	b.WriteString("one file and synced (one write and one `fsync` a group commit) before the 202, the frames pushed after;\n")
 	b.WriteString("a commit takes what arrived while the one before synced, held open for more for the hold given. No\n")
-	b.WriteString("index, outcome or recovery: the least a server answering only once durable does on this machine.\n")
+	b.WriteString("index, outcome or recovery, two Go Ps on the one core as `serve` has: the least a server answering\n")
+	b.WriteString("only once durable does on this machine, with the same HTTP and WebSocket libraries as the baseline.\n")
 	if r.Reference != nil {
 		fmt.Fprintf(b, "The last column is a third of the CPU a message of the build before (`%s`) in this run.\n", r.ReferenceName)
 	}
