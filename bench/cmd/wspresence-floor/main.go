@@ -2,8 +2,8 @@
 // what a server that uses no protocol library at all costs a message, and how long its
 // answer takes, when it answers only once durable. Its server reads each POST as raw
 // HTTP/1.1 (the Content-Length header and the body, nothing else parsed), appends the
-// body to one file and syncs it in group commits (each commit held open for --holds, one
-// run per hold), then writes a pre-encoded unmasked WebSocket text frame to every
+// body to one file and syncs it in group commits (the durable baseline's bench.GroupLog,
+// each commit held open for --holds, one run per hold), then writes a pre-encoded unmasked WebSocket text frame to every
 // connection of the message's user and a fixed 202. With --sync=false the same server
 // writes nothing: the sockets' floor alone. What is left is the kernel's work (the
 // loopback's reads and writes, the file's write and fsync) and Go's scheduler: no server
@@ -37,6 +37,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/wspresence/wspresence/bench/internal/bench"
 )
 
 func main() {
@@ -289,21 +291,12 @@ func commits(addr string) (int64, error) {
 // accepted is the server's whole answer to a POST.
 const accepted = "HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 
-// server is the floor's server: connections by user, a group-committed log.
+// server is the floor's server: connections by user, and the durable baseline's
+// group-committed log (nil when it does not sync).
 type server struct {
 	mu     sync.Mutex
 	byUser map[int][]net.Conn
-	log    *os.File
-	doSync bool
-	hold   time.Duration
-	reqs   chan *pending
-	n      atomic.Int64
-}
-
-// pending is one POST waiting for its commit.
-type pending struct {
-	body []byte
-	done chan error
+	log    *bench.GroupLog
 }
 
 func serve(args []string) error {
@@ -327,22 +320,21 @@ func serve(args []string) error {
 
 // newServer opens the server's log (truncated) and starts its committer, if doSync.
 func newServer(logPath string, hold time.Duration, doSync bool) (*server, error) {
-	s := &server{byUser: map[int][]net.Conn{}, doSync: doSync, hold: hold, reqs: make(chan *pending, 4096)}
+	s := &server{byUser: map[int][]net.Conn{}}
 	if doSync {
-		f, err := os.OpenFile(logPath, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o644)
+		l, err := bench.OpenGroupLog(logPath, hold)
 		if err != nil {
 			return nil, err
 		}
-		s.log = f
-		go s.commit()
+		s.log = l
 	}
 	return s, nil
 }
 
-// close closes the log (a commit after it fails, and its requests' connections end).
+// close closes the log (appends after it fail, and their requests' connections end).
 func (s *server) close() {
 	if s.log != nil {
-		_ = s.log.Close()
+		s.log.Close()
 	}
 }
 
@@ -354,44 +346,6 @@ func (s *server) serveOn(ln net.Listener) error {
 			return err
 		}
 		go s.conn(c)
-	}
-}
-
-// commit writes and syncs what is waiting, one group at a time, as long as the process runs.
-func (s *server) commit() {
-	var off int64
-	var buf []byte
-	var batch []*pending
-	for p := range s.reqs {
-		batch = append(batch[:0], p)
-		if s.hold > 0 {
-			time.Sleep(s.hold)
-		}
-	drain:
-		for {
-			select {
-			case p := <-s.reqs:
-				batch = append(batch, p)
-			default:
-				break drain
-			}
-		}
-		buf = buf[:0]
-		for _, p := range batch {
-			buf = append(append(buf, p.body...), '\n')
-		}
-		if off+int64(len(buf)) > 64<<20 {
-			off = 0
-		}
-		_, err := s.log.WriteAt(buf, off)
-		if err == nil {
-			err = s.log.Sync()
-		}
-		off += int64(len(buf))
-		s.n.Add(1)
-		for _, p := range batch {
-			p.done <- err
-		}
 	}
 }
 
@@ -415,7 +369,11 @@ func (s *server) conn(c net.Conn) {
 		s.mu.Unlock()
 		_, _ = io.Copy(io.Discard, br)
 	case first == "COMMITS\n":
-		fmt.Fprintf(c, "%d\n", s.n.Load())
+		var n int64
+		if s.log != nil {
+			n = s.log.Commits()
+		}
+		fmt.Fprintf(c, "%d\n", n)
 	case first == "POST\n":
 		s.posts(c, br)
 	}
@@ -448,10 +406,8 @@ func (s *server) posts(c net.Conn, br *bufio.Reader) {
 		if _, err := io.ReadFull(br, body); err != nil {
 			return
 		}
-		if s.doSync {
-			p := &pending{body: body, done: make(chan error, 1)}
-			s.reqs <- p
-			if err := <-p.done; err != nil {
+		if s.log != nil {
+			if err := s.log.Append(body); err != nil {
 				return
 			}
 		}

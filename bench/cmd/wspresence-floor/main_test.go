@@ -16,18 +16,7 @@ import (
 // user's connections (and to no other user's), and the commit is counted.
 func TestFloorServerAnswersOnceDurableAfterTheFrames(t *testing.T) {
 	logPath := filepath.Join(t.TempDir(), "log")
-	s, err := newServer(logPath, 0, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.close()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() { _ = s.serveOn(ln) }()
-	addr := ln.Addr().String()
+	addr := startServer(t, logPath, 0)
 	dial := func(first string) net.Conn {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
@@ -74,18 +63,7 @@ func TestFloorServerAnswersOnceDurableAfterTheFrames(t *testing.T) {
 // TestFloorLoadCountsWhatWasAnswered: the load posts at its rate for its duration and
 // reports every answer, the commits the server made for them and the latencies' order.
 func TestFloorLoadCountsWhatWasAnswered(t *testing.T) {
-	s, err := newServer(filepath.Join(t.TempDir(), "log"), time.Millisecond, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.close()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() { _ = s.serveOn(ln) }()
-	r, err := load(ln.Addr().String(), os.Getpid(), 200, 500*time.Millisecond, 5, 4)
+	r, err := load(startServer(t, filepath.Join(t.TempDir(), "log"), time.Millisecond), os.Getpid(), 200, 500*time.Millisecond, 5, 4)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,4 +76,21 @@ func TestFloorLoadCountsWhatWasAnswered(t *testing.T) {
 	if r.p50 <= 0 || r.p99 < r.p50 {
 		t.Errorf("p50 %v, p99 %v", r.p50, r.p99)
 	}
+}
+
+// startServer serves a floor server logging to logPath, each commit held for hold, until
+// the test ends, and returns its address.
+func startServer(t *testing.T, logPath string, hold time.Duration) string {
+	t.Helper()
+	s, err := newServer(logPath, hold, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close(); s.close() })
+	go func() { _ = s.serveOn(ln) }()
+	return ln.Addr().String()
 }

@@ -22,13 +22,13 @@ import (
 type Baseline struct {
 	mu    sync.Mutex
 	conns map[string]map[*websocket.Conn]bool
-	log   *groupLog
+	log   *GroupLog
 }
 
 // BaselineOptions shape the baseline.
 type BaselineOptions struct {
 	// Log, if set, makes the baseline durable: each POST /push body is appended to this
-	// file and synced before the 202, in group commits (see groupLog).
+	// file and synced before the 202, in group commits (see GroupLog).
 	Log string
 	// Hold is how long a durable baseline holds each group commit open for more requests
 	// after its first (0: it commits at once whatever arrived while the previous one synced).
@@ -43,14 +43,14 @@ func ServeBaseline(ctx context.Context, ln net.Listener, opts BaselineOptions) e
 	b := &Baseline{conns: map[string]map[*websocket.Conn]bool{}}
 	mux := http.NewServeMux()
 	if opts.Log != "" {
-		l, err := openGroupLog(opts.Log, opts.Hold)
+		l, err := OpenGroupLog(opts.Log, opts.Hold)
 		if err != nil {
 			return err
 		}
-		defer l.close()
+		defer l.Close()
 		b.log = l
 		mux.HandleFunc("GET /commits", func(w http.ResponseWriter, _ *http.Request) {
-			fmt.Fprintf(w, "%d\n", l.commits.Load())
+			fmt.Fprintf(w, "%d\n", l.Commits())
 		})
 	}
 	mux.HandleFunc("/{$}", b.ws)
@@ -110,7 +110,7 @@ func (b *Baseline) push(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if b.log != nil {
-		if err := b.log.append(body); err != nil {
+		if err := b.log.Append(body); err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}

@@ -8,13 +8,13 @@ import (
 	"time"
 )
 
-// groupLog is the least a server does to answer only once a message is durable: the
+// GroupLog is the least a server does to answer only once a message is durable: the
 // requests' bodies appended to one file in group commits, each one write and one fsync.
 // A commit takes the first waiting request, holds for more (hold), takes every request
 // that arrived meanwhile, writes them and syncs; requests arriving while it syncs wait for
 // the next. No index, no outcome, no recovery: a floor, not a queue. The file starts over
 // once past logWrap bytes, so it stays bounded over any run.
-type groupLog struct {
+type GroupLog struct {
 	f       *os.File
 	hold    time.Duration
 	reqs    chan *logAppend
@@ -23,11 +23,14 @@ type groupLog struct {
 	commits atomic.Int64
 }
 
-// logWrap is the size at which groupLog writes from the start of its file again.
+// Commits is how many group commits the log has made.
+func (l *GroupLog) Commits() int64 { return l.commits.Load() }
+
+// logWrap is the size at which GroupLog writes from the start of its file again.
 const logWrap = 64 << 20
 
-// errLogClosed answers the appends that find the log closed.
-var errLogClosed = errors.New("log closed")
+// ErrLogClosed answers the appends that find the log closed.
+var ErrLogClosed = errors.New("log closed")
 
 // logAppend is one request's body waiting for its commit; err receives its outcome.
 type logAppend struct {
@@ -35,25 +38,27 @@ type logAppend struct {
 	err  chan error
 }
 
-// openGroupLog creates (or truncates) path and starts its committer.
-func openGroupLog(path string, hold time.Duration) (*groupLog, error) {
+// OpenGroupLog creates (or truncates) path and starts its committer, each commit held
+// open for hold after its first request.
+func OpenGroupLog(path string, hold time.Duration) (*GroupLog, error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("open log: %w", err)
 	}
-	l := &groupLog{f: f, hold: hold, reqs: make(chan *logAppend, 4096),
+	l := &GroupLog{f: f, hold: hold, reqs: make(chan *logAppend, 4096),
 		done: make(chan struct{}), exited: make(chan struct{})}
 	go l.run()
 	return l, nil
 }
 
-// append returns once data is written and synced, with the commit's error if any.
-func (l *groupLog) append(data []byte) error {
+// Append returns once data is written and synced, with the commit's error if any
+// (ErrLogClosed once the log is closed).
+func (l *GroupLog) Append(data []byte) error {
 	a := &logAppend{data: data, err: make(chan error, 1)}
 	select {
 	case l.reqs <- a:
 	case <-l.done:
-		return errLogClosed
+		return ErrLogClosed
 	}
 	select {
 	case err := <-a.err:
@@ -63,26 +68,26 @@ func (l *groupLog) append(data []byte) error {
 		case err := <-a.err: // answered before the committer stopped
 			return err
 		default:
-			return errLogClosed
+			return ErrLogClosed
 		}
 	}
 }
 
-// close stops the committer once its commit in progress ends (appends still waiting get
-// errLogClosed) and closes the file.
-func (l *groupLog) close() {
+// Close stops the committer once its commit in progress ends (appends still waiting get
+// ErrLogClosed) and closes the file.
+func (l *GroupLog) Close() {
 	close(l.done)
 	<-l.exited
 	_ = l.f.Close()
 }
 
-func (l *groupLog) run() {
+func (l *GroupLog) run() {
 	defer close(l.exited)
 	defer func() {
 		for {
 			select {
 			case a := <-l.reqs:
-				a.err <- errLogClosed
+				a.err <- ErrLogClosed
 			default:
 				return
 			}

@@ -89,26 +89,26 @@ func TestDurableBaselineAnswersOnceTheBodyIsInItsLog(t *testing.T) {
 	}
 }
 
-// TestGroupLogRefusesAppendsOnceClosed: after close, an append fails with errLogClosed
+// TestGroupLogRefusesAppendsOnceClosed: after close, an append fails with ErrLogClosed
 // instead of waiting for a committer that is gone.
 func TestGroupLogRefusesAppendsOnceClosed(t *testing.T) {
-	l, err := openGroupLog(filepath.Join(t.TempDir(), "log"), 0)
+	l, err := OpenGroupLog(filepath.Join(t.TempDir(), "log"), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := l.append([]byte("first")); err != nil {
+	if err := l.Append([]byte("first")); err != nil {
 		t.Fatalf("append: %v", err)
 	}
-	if got := l.commits.Load(); got != 1 {
+	if got := l.Commits(); got != 1 {
 		t.Errorf("%d commits after one append, want 1", got)
 	}
-	l.close()
+	l.Close()
 	done := make(chan error, 1)
-	go func() { done <- l.append([]byte("late")) }()
+	go func() { done <- l.Append([]byte("late")) }()
 	select {
 	case err := <-done:
-		if !errors.Is(err, errLogClosed) {
-			t.Errorf("append after close: %v, want errLogClosed", err)
+		if !errors.Is(err, ErrLogClosed) {
+			t.Errorf("append after close: %v, want ErrLogClosed", err)
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("append after close still waiting after 5 s")

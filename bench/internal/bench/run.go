@@ -235,14 +235,7 @@ func Run(ctx context.Context, p Profile, serverBin string, ref Reference, self, 
 		if err != nil {
 			return nil, fmt.Errorf("start %s: %w", name, err)
 		}
-		// The load generator keeps to the CPUs the server is not pinned to for the whole
-		// side, so its work (and its collector) never takes the server's core.
-		release := ConfineLoad(t)
-		load := startLoad(t)
-		side, tops, idleHeapTop := measure(ctx, t, sp, outDir, log)
-		side.Load = load.stop()
-		release()
-		t.Stop()
+		side, tops, idleHeapTop := measureSide(ctx, t, sp, outDir, log)
 		switch name {
 		case "baseline":
 			res.Baseline = side
@@ -301,13 +294,21 @@ func measureDurable(ctx context.Context, p Profile, self, cpu string, hold time.
 		return Side{}, fmt.Errorf("start durable baseline: %w", err)
 	}
 	p.Only, p.ProfileScenario = []string{"publishers"}, ""
+	side, _, _ := measureSide(ctx, t, p, outDir, log)
+	return side, nil
+}
+
+// measureSide measures t with p and stops it. The load generator keeps to the CPUs the
+// server is not pinned to for the whole side, so its work (and its collector) never takes
+// the server's core; the machine's other load over the side is kept in its Load.
+func measureSide(ctx context.Context, t *Target, p Profile, outDir string, log *slog.Logger) (Side, profileTops, string) {
 	release := ConfineLoad(t)
 	load := startLoad(t)
-	side, _, _ := measure(ctx, t, p, outDir, log)
+	side, tops, idleHeapTop := measure(ctx, t, p, outDir, log)
 	side.Load = load.stop()
 	release()
 	t.Stop()
-	return side, nil
+	return side, tops, idleHeapTop
 }
 
 // profileTops are the top lists of the server's profiles.
