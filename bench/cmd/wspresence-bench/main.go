@@ -67,7 +67,7 @@ func run() error {
 	findings := flag.String("findings", "bench/findings.md", "Markdown appended to the report (the profile findings), if it exists")
 	render := flag.String("render", "", "render the report and plot of a saved results file instead of running")
 	only := flag.String("only", "", "run only these scenarios (comma-separated: memory,connect,lag,rest,delivery,publishers,recovery,flood,users,churn)")
-	targets := flag.String("targets", "", "measure only these sides (comma-separated: baseline,wspresence)")
+	targets := flag.String("targets", "", "measure only these sides (comma-separated: baseline (with the durable baselines),wspresence)")
 	profileScenario := flag.String("profile-scenario", "publishers", "scenario the server's CPU and heap profiles cover: publishers, delivery or flood")
 	floodRequests := flag.Int("flood-requests", 0, "concurrent requests of the flood scenario (0: the profile's)")
 	floodBytes := flag.Int("flood-bytes", 0, "body size of the flood scenario's requests (0: the profile's sizes)")

@@ -69,8 +69,8 @@ type Profile struct {
 	FloodIdle     time.Duration `json:"flood_idle_ns,omitempty"`
 	// Only, if set, names the scenarios to run (memory, connect, lag, rest, delivery,
 	// publishers, recovery, flood, users, churn) and the others are skipped; Targets, if
-	// set, names the sides to measure (baseline, wspresence). Partial runs are for
-	// profiling one scenario, not for reports.
+	// set, names the sides to measure (baseline, with the durable baselines; wspresence).
+	// Partial runs are for profiling one scenario, not for reports.
 	Only    []string `json:"only,omitempty"`
 	Targets []string `json:"targets,omitempty"`
 	// ProfileScenario is the scenario the server's CPU and heap profiles cover: publishers
