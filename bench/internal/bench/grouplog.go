@@ -18,7 +18,7 @@ type GroupLog struct {
 	f       *os.File
 	hold    time.Duration
 	reqs    chan *logAppend
-	done    chan struct{} // closed by close
+	done    chan struct{} // closed by Close
 	exited  chan struct{} // closed by run when it returns
 	commits atomic.Int64
 }
