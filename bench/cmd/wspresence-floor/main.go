@@ -31,6 +31,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -66,6 +67,11 @@ func run() error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
+	}
+	// The load keeps off CPU 0, the server's, for the whole run (runtime.NumCPU counts the
+	// CPUs this process could use at its start).
+	if runtime.NumCPU() >= 2 {
+		defer bench.ConfineSelf(fmt.Sprintf("1-%d", runtime.NumCPU()-1))()
 	}
 	if *dir == "" {
 		d, err := os.MkdirTemp("", "wspresence-floor-")
@@ -107,9 +113,8 @@ func measure(self, dir string, hold time.Duration, doSync bool, rate float64, du
 	log := filepath.Join(dir, "log")
 	args := []string{"server", "--log", log, "--hold", hold.String(), "--sync=" + strconv.FormatBool(doSync)}
 	cmd := exec.Command(self, args...)
-	if ts, err := exec.LookPath("taskset"); err == nil {
+	if ts, err := exec.LookPath("taskset"); err == nil && runtime.NumCPU() >= 2 {
 		cmd = exec.Command(ts, append([]string{"-c", "0", self}, args...)...)
-		confine("1-" + strconv.Itoa(max(1, numCPU()-1)))
 	}
 	cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
 	cmd.Stderr = os.Stderr
@@ -135,41 +140,6 @@ func measure(self, dir string, hold time.Duration, doSync bool, rate float64, du
 	return load(addr, cmd.Process.Pid, rate, dur, users, publishers)
 }
 
-// numCPU is the machine's CPU count (runtime.NumCPU counts only those this process may use).
-func numCPU() int {
-	data, err := os.ReadFile("/sys/devices/system/cpu/online")
-	if err != nil {
-		return 2
-	}
-	s := strings.TrimSpace(string(data))
-	if _, hi, ok := strings.Cut(s, "-"); ok {
-		if n, err := strconv.Atoi(hi); err == nil {
-			return n + 1
-		}
-	}
-	return 1
-}
-
-// confine keeps this process's threads on cpus (taskset), best effort.
-func confine(cpus string) {
-	_ = exec.Command("taskset", "-a", "-p", "-c", cpus, strconv.Itoa(os.Getpid())).Run()
-}
-
-// cpuSeconds is pid's user + system time.
-func cpuSeconds(pid int) (float64, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+2:]))
-	u, err1 := strconv.ParseFloat(f[11], 64)
-	s, err2 := strconv.ParseFloat(f[12], 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, err
-	}
-	return (u + s) / 100, nil // clock ticks (USER_HZ, 100 on Linux)
-}
-
 // load opens the users' connections, then posts for dur at rate and returns the figures.
 func load(addr string, pid int, rate float64, dur time.Duration, users, publishers int) (result, error) {
 	var conns []net.Conn
@@ -192,7 +162,7 @@ func load(addr string, pid int, rate float64, dur time.Duration, users, publishe
 		}
 	}
 	time.Sleep(time.Second) // every connection registered
-	c0, err := cpuSeconds(pid)
+	c0, err := bench.ProcessCPUSeconds(pid)
 	if err != nil {
 		return result{}, err
 	}
@@ -225,7 +195,7 @@ func load(addr string, pid int, rate float64, dur time.Duration, users, publishe
 	if err := <-errs; err != nil {
 		return result{}, err
 	}
-	c1, err := cpuSeconds(pid)
+	c1, err := bench.ProcessCPUSeconds(pid)
 	if err != nil {
 		return result{}, err
 	}

@@ -57,9 +57,9 @@ type FloodResult struct {
 	ClientCPU string `json:"client_cpus,omitempty"`
 }
 
-// confineSelf restricts every thread of this process to cpus (taskset), and returns the
+// ConfineSelf restricts every thread of this process to cpus (taskset), and returns the
 // function that gives them all CPUs back; a no-op where taskset is missing.
-func confineSelf(cpus string) func() {
+func ConfineSelf(cpus string) func() {
 	ts, err := exec.LookPath("taskset")
 	if err != nil || cpus == "" {
 		return func() {}

@@ -451,7 +451,7 @@ func measure(ctx context.Context, t *Target, p Profile, outDir string, log *slog
 // ConfineLoad keeps every thread of this program (the load generator) to the CPUs t's
 // server is not pinned to, until the returned function is called; a no-op when the server
 // is not pinned or taskset is missing.
-func ConfineLoad(t *Target) func() { return confineSelf(clientCPUs(t)) }
+func ConfineLoad(t *Target) func() { return ConfineSelf(clientCPUs(t)) }
 
 // clientCPUs are the CPUs the load generator keeps to while t's server is pinned to one
 // (every other; empty when the server is not pinned).

@@ -271,8 +271,10 @@ const clockTicks = 100
 
 // CPUSeconds returns the CPU time the server process has used so far, user plus system,
 // in seconds (utime + stime of /proc/<pid>/stat, every thread counted).
-func (t *Target) CPUSeconds() (float64, error) {
-	pid := t.cmd.Process.Pid
+func (t *Target) CPUSeconds() (float64, error) { return ProcessCPUSeconds(t.cmd.Process.Pid) }
+
+// ProcessCPUSeconds is process pid's user + system time, from /proc/<pid>/stat.
+func ProcessCPUSeconds(pid int) (float64, error) {
 	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
 	if err != nil {
 		return 0, err
